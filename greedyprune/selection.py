@@ -1,0 +1,384 @@
+"""Greedy forward selection: Algorithm 1 of "How much pre-training is enough to discover a
+good subnetwork?" (after "Good Subnetworks Provably Exist: Pruning via Greedy Forward Selection").
+
+Given the output vectors ``phi_i`` of N neurons over m examples, build a multiset S of k neurons one
+at a time, each step adding the neuron whose inclusion gives the lowest loss of the averaged output::
+
+    S_0 = {}, u_0 = 0
+    i_k     = argmin_i  l((k * u_k + phi_i) / (k + 1))
+    u_{k+1} = (k * u_k + phi_{i_k}) / (k + 1)
+
+The engine never loops over candidates in Python and never evaluates a candidate network. Writing
+``s = k * u_k`` for the running sum of the chosen outputs:
+
+* squared loss ``l(u) = ||u - y||^2 / m``: ``argmin_i  ||phi_i||^2 - 2 (k+1) <phi_i, y> + 2 <phi_i, s>``.
+  ``<phi_i, s>`` for all i is kept up to date with one matrix-vector product per *newly* chosen neuron
+  (a neuron chosen again reuses its cached column), so a step costs one (N x m) product or O(N).
+* logistic loss (binary cross-entropy on logits) and softmax cross-entropy: the linear part
+  ``-<y, z>`` is precomputed per neuron, and the non-linear part (softplus / log-sum-exp of
+  ``(s + phi_i) / (k + 1)``) is one pass over the (N, m[, C]) outputs, in row chunks sized to stay in
+  cache (CPU) or within a memory budget (GPU).
+
+Ties are broken by the lowest neuron index, as a brute-force loop with ``argmin`` would.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn.functional as F
+
+LOSSES = ("squared", "logistic", "cross_entropy")
+
+# Rows per chunk are chosen so that one chunk holds about this many elements. On CPU a chunk that
+# fits in L2 cache keeps the add -> softplus -> sum sequence out of main memory.
+_CPU_CHUNK_ELEMENTS = 1 << 18
+_GPU_CHUNK_ELEMENTS = 1 << 26
+
+
+@dataclass
+class SelectionResult:
+    """What :func:`greedy_forward_selection` returns.
+
+    Attributes:
+        indices: (k,) int64 - the neuron chosen at each step, in order; repeats allowed.
+        counts: (N,) int64 - how many times each neuron was chosen (sums to k).
+        losses: (k,) float64 - the loss of the averaged output after each step, ``l(u_1) .. l(u_k)``.
+        output: the final averaged output ``u_k``, shape (m,) or (m, C), on the outputs' device.
+        loss: the loss name used.
+        replacement: whether a neuron could be chosen more than once.
+    """
+
+    indices: torch.Tensor
+    counts: torch.Tensor
+    losses: torch.Tensor
+    output: torch.Tensor
+    loss: str
+    replacement: bool
+    candidates: int | None = None
+    seed: int = 0
+    extra: dict = field(default_factory=dict, repr=False)
+
+    @property
+    def k(self) -> int:
+        """Number of selection steps (the size of the multiset S_k)."""
+        return int(self.indices.numel())
+
+    @property
+    def num_neurons(self) -> int:
+        """N, the number of candidate neurons."""
+        return int(self.counts.numel())
+
+    @property
+    def selected(self) -> torch.Tensor:
+        """The distinct chosen neurons, ascending."""
+        return torch.nonzero(self.counts, as_tuple=False).flatten()
+
+    @property
+    def weights(self) -> torch.Tensor:
+        """(N,) float64 - each neuron's weight in the average, ``count_i / k``."""
+        return self.counts.to(torch.float64) / max(self.k, 1)
+
+    def gap(self, reference_loss: float) -> torch.Tensor:
+        """Per-step gap ``l(u_j) - reference_loss`` (e.g. the dense network's loss; Lemma 1)."""
+        return self.losses - float(reference_loss)
+
+    def __repr__(self) -> str:
+        return (
+            f"SelectionResult(k={self.k}, distinct={int(self.selected.numel())}/{self.num_neurons}, "
+            f"loss={self.loss!r}, final_loss={float(self.losses[-1]):.6g})"
+        )
+
+
+def loss_value(u: torch.Tensor, target: torch.Tensor, loss: str) -> float:
+    """The loss ``l(u)`` of one output (m,) or (m, C) against the target, in float64.
+
+    squared: ``||u - y||^2 / m`` (summed over outputs when C > 1); logistic: mean binary
+    cross-entropy with ``u`` as logits; cross_entropy: mean softmax cross-entropy with ``u`` as logits.
+    """
+    u = u.double()
+    if loss == "squared":
+        return float(((u - target.double()) ** 2).sum() / u.shape[0])
+    if loss == "logistic":
+        return float(F.binary_cross_entropy_with_logits(u, target.double()))
+    if loss == "cross_entropy":
+        return float(F.cross_entropy(u, target))
+    raise ValueError(f"unknown loss {loss!r}; expected one of {LOSSES}")
+
+
+def _check_int(name: str, value, minimum: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise TypeError(f"{name} must be an int, got {type(value).__name__} ({value!r})")
+    if value < minimum:
+        raise ValueError(f"{name} must be >= {minimum}, got {value}")
+    return value
+
+
+def _validate(outputs, target, k, loss, replacement, candidates, seed) -> None:
+    if loss not in LOSSES:
+        raise ValueError(f"unknown loss {loss!r}; expected one of {LOSSES}")
+    if not isinstance(outputs, torch.Tensor):
+        raise TypeError(f"outputs must be a torch.Tensor of shape (N, m) or (N, m, C), got {type(outputs).__name__}")
+    if not isinstance(target, torch.Tensor):
+        raise TypeError(f"target must be a torch.Tensor, got {type(target).__name__}")
+    if not outputs.is_floating_point():
+        raise TypeError(f"outputs must be a floating-point tensor, got dtype {outputs.dtype}; convert with outputs.float()")
+    if outputs.dim() not in (2, 3):
+        raise ValueError(
+            f"outputs must have shape (N, m) or (N, m, C) - row i is neuron i's output over the m examples - "
+            f"got shape {tuple(outputs.shape)}"
+        )
+    n, m = outputs.shape[0], outputs.shape[1]
+    if n == 0 or m == 0 or (outputs.dim() == 3 and outputs.shape[2] == 0):
+        raise ValueError(f"outputs must be non-empty, got shape {tuple(outputs.shape)}")
+    if target.device != outputs.device:
+        raise ValueError(
+            f"target is on {target.device} but outputs are on {outputs.device}; move it with target.to(outputs.device)"
+        )
+    _check_int("k", k, 1)
+    if not isinstance(replacement, bool):
+        raise TypeError(f"replacement must be True or False, got {replacement!r}")
+    if not replacement and k > n:
+        raise ValueError(f"k={k} exceeds the number of neurons N={n}; without replacement k must be <= N")
+    if candidates is not None:
+        _check_int("candidates", candidates, 1)
+    _check_int("seed", seed, 0)
+
+    if loss == "cross_entropy":
+        if outputs.dim() != 3:
+            raise ValueError(
+                f"loss='cross_entropy' needs outputs of shape (N, m, C) holding logits, got shape {tuple(outputs.shape)}"
+            )
+        if target.shape != (m,):
+            raise ValueError(f"target must have shape (m,) = ({m},) of class indices, got {tuple(target.shape)}")
+        if target.dtype not in (torch.int64, torch.int32, torch.int16, torch.int8, torch.uint8):
+            raise TypeError(f"cross_entropy target must hold integer class indices, got dtype {target.dtype}")
+        c = outputs.shape[2]
+        if target.numel() and (int(target.min()) < 0 or int(target.max()) >= c):
+            raise ValueError(f"cross_entropy target must lie in [0, {c - 1}] (C={c} classes), got values in "
+                             f"[{int(target.min())}, {int(target.max())}]")
+    elif loss == "logistic":
+        if outputs.dim() != 2:
+            raise ValueError(f"loss='logistic' needs outputs of shape (N, m) holding logits, got shape {tuple(outputs.shape)}")
+        if target.shape != (m,):
+            raise ValueError(f"target must have shape (m,) = ({m},), got {tuple(target.shape)}")
+        if target.is_complex():
+            raise TypeError(f"target must be real, got dtype {target.dtype}")
+        bad = (target != 0) & (target != 1)
+        if bool(bad.any()):
+            j = int(torch.nonzero(bad)[0])
+            raise ValueError(f"loss='logistic' needs labels in {{0, 1}}; target[{j}] = {target[j].item()!r}")
+    else:  # squared
+        expected = tuple(outputs.shape[1:])
+        if tuple(target.shape) != expected:
+            raise ValueError(f"target must have shape {expected} (the outputs' shape without N), got {tuple(target.shape)}")
+        if not target.is_floating_point():
+            raise TypeError(f"loss='squared' needs a floating-point target, got dtype {target.dtype}; use target.float()")
+        if not bool(torch.isfinite(target).all()):
+            raise ValueError("target contains NaN or inf")
+    if not bool(torch.isfinite(outputs).all()):
+        bad_rows = torch.nonzero(~torch.isfinite(outputs.reshape(n, -1)).all(dim=1)).flatten()
+        raise ValueError(
+            f"outputs contain NaN or inf (in {bad_rows.numel()} of {n} neurons, first: neuron {int(bad_rows[0])}); "
+            f"check the network's weights and inputs"
+        )
+
+
+def _draw_candidates(generator: torch.Generator, pool: torch.Tensor, c: int | None) -> torch.Tensor:
+    """The candidates evaluated at one step: all of ``pool`` or a uniform random subset of c of them.
+
+    ``pool`` is ascending; the subset is returned ascending so that argmin breaks ties by lowest index.
+    The generator is always a CPU generator so the same seed gives the same subsets on any device.
+    """
+    if c is None or c >= pool.numel():
+        return pool
+    pick = torch.randperm(pool.numel(), generator=generator)[:c]
+    return pool[pick.sort().values]
+
+
+class _Scorer:
+    """Loss-specific part of the engine: ``scores(rows, k)`` is monotone in the candidate loss."""
+
+    def __init__(self, phi: torch.Tensor, target: torch.Tensor, chunk_elements: int):
+        self.phi = phi
+        self.n = phi.shape[0]
+        self.per_row = phi[0].numel()
+        self.chunk_rows = max(1, chunk_elements // self.per_row)
+        self.s = torch.zeros(phi.shape[1:], dtype=phi.dtype, device=phi.device)  # running sum of chosen outputs
+
+    def add(self, i: int) -> None:
+        self.s += self.phi[i]
+
+
+class _SquaredScorer(_Scorer):
+    def __init__(self, phi, target, chunk_elements):
+        super().__init__(phi, target, chunk_elements)
+        flat = phi.reshape(self.n, -1)
+        self.flat = flat
+        y = target.reshape(-1).to(phi.dtype)
+        self.sq = (flat * flat).sum(dim=1, dtype=torch.float64) if phi.dtype != torch.float64 else (flat * flat).sum(dim=1)
+        self.py = (flat @ y).double()
+        self.g = torch.zeros(self.n, dtype=torch.float64, device=phi.device)  # <phi_i, s> for every i
+        self.cache: dict[int, torch.Tensor] = {}
+
+    def scores(self, rows: torch.Tensor | None, k: int) -> torch.Tensor:
+        base = self.sq - (2.0 * (k + 1)) * self.py + 2.0 * self.g
+        return base if rows is None else base[rows]
+
+    def add(self, i: int) -> None:
+        super().add(i)
+        col = self.cache.get(i)
+        if col is None:
+            col = (self.flat @ self.flat[i]).double()
+            self.cache[i] = col
+        self.g += col
+
+
+class _SubsetSquaredScorer(_SquaredScorer):
+    """Squared loss when only a few candidates are evaluated per step: <phi_i, s> for just those rows."""
+
+    def scores(self, rows, k):
+        if rows is None:
+            rows = torch.arange(self.n, device=self.phi.device)
+        g = (self.flat[rows] @ self.s.reshape(-1)).double()
+        return self.sq[rows] - (2.0 * (k + 1)) * self.py[rows] + 2.0 * g
+
+    def add(self, i):
+        _Scorer.add(self, i)
+
+
+class _LogisticScorer(_Scorer):
+    def __init__(self, phi, target, chunk_elements):
+        super().__init__(phi, target, chunk_elements)
+        y = target.to(phi.dtype)
+        self.py = (phi @ y).double()
+
+    def _nonlinear(self, block: torch.Tensor, k: int, buf: torch.Tensor) -> torch.Tensor:
+        # sum_j softplus((s_j + phi_ij) / (k+1)) * (k+1), via softplus's beta = 1/(k+1)
+        torch.add(block, self.s, out=buf)
+        torch._C._nn.softplus(buf, 1.0 / (k + 1), 20.0, out=buf)
+        return buf.sum(dim=1, dtype=torch.float64)
+
+    def scores(self, rows, k):
+        out = torch.empty(self.n if rows is None else rows.numel(), dtype=torch.float64, device=self.phi.device)
+        step = self.chunk_rows
+        buf = torch.empty((min(step, out.numel()),) + tuple(self.phi.shape[1:]), dtype=self.phi.dtype,
+                          device=self.phi.device)
+        for a in range(0, out.numel(), step):
+            b = min(a + step, out.numel())
+            block = self.phi[a:b] if rows is None else self.phi[rows[a:b]]
+            out[a:b] = self._nonlinear(block, k, buf[: b - a])
+        py = self.py if rows is None else self.py[rows]
+        return out - py
+
+
+class _CrossEntropyScorer(_LogisticScorer):
+    def __init__(self, phi, target, chunk_elements):
+        _Scorer.__init__(self, phi, target, chunk_elements)
+        idx = target.long().view(1, -1, 1).expand(self.n, -1, 1)
+        self.py = torch.gather(phi, 2, idx).sum(dim=(1, 2), dtype=torch.float64)
+
+    def _nonlinear(self, block, k, buf):
+        # sum_j logsumexp_c((s + phi_i) / (k+1)) * (k+1)
+        torch.add(block, self.s, out=buf)
+        buf.mul_(1.0 / (k + 1))
+        return torch.logsumexp(buf, dim=2).sum(dim=1, dtype=torch.float64) * (k + 1)
+
+
+def greedy_forward_selection(
+    outputs: torch.Tensor,
+    target: torch.Tensor,
+    k: int,
+    loss: str = "squared",
+    replacement: bool = True,
+    candidates: int | None = None,
+    seed: int = 0,
+    *,
+    chunk_elements: int | None = None,
+    progress: bool = False,
+) -> SelectionResult:
+    """Select k neurons greedily (Algorithm 1) from their output vectors.
+
+    Args:
+        outputs: (N, m) - row i is neuron i's output over the m examples - or (N, m, C) for C outputs.
+            For "logistic" and "cross_entropy" the outputs are logits. Float16/32/64, CPU or CUDA; the
+            work runs on this tensor's device.
+        target: "squared": floats shaped like ``outputs[0]``; "logistic": (m,) labels in {0, 1};
+            "cross_entropy": (m,) integer class indices in [0, C). Same device as ``outputs``.
+        k: number of selection steps (>= 1). With replacement the result has at most k distinct neurons.
+        loss: "squared" (the theory), "logistic" or "cross_entropy" (the experiments).
+        replacement: True (the paper's multiset: a neuron may be chosen again, which re-weights it);
+            False never picks a neuron twice (then k <= N).
+        candidates: None evaluates every neuron at every step; an int c evaluates a random subset of c
+            per step (drawn with ``seed``), as the public deep-network implementation does.
+        seed: seeds the candidate subsets.
+        chunk_elements: advanced - elements per row chunk for the logistic / cross-entropy passes.
+        progress: show a progress bar over the k steps.
+
+    Returns:
+        A :class:`SelectionResult` with ``indices``, ``counts``, ``losses`` and ``output``.
+
+    The selected indices are exactly those of a brute-force loop that forms each candidate's averaged
+    output and evaluates its loss, with ties broken by the lowest index (up to floating-point rounding
+    of near-ties; the statistics are accumulated in float64).
+    """
+    _validate(outputs, target, k, loss, replacement, candidates, seed)
+    phi = outputs.contiguous()
+    n = phi.shape[0]
+    device = phi.device
+    if chunk_elements is None:
+        chunk_elements = _GPU_CHUNK_ELEMENTS if device.type == "cuda" else _CPU_CHUNK_ELEMENTS
+    else:
+        _check_int("chunk_elements", chunk_elements, 1)
+
+    if loss == "squared":
+        subset = candidates is not None and candidates < n // 2
+        scorer = (_SubsetSquaredScorer if subset else _SquaredScorer)(phi, target, chunk_elements)
+    elif loss == "logistic":
+        scorer = _LogisticScorer(phi, target, chunk_elements)
+    else:
+        scorer = _CrossEntropyScorer(phi, target, chunk_elements)
+
+    generator = torch.Generator().manual_seed(seed)
+    all_rows = torch.arange(n)
+    available = torch.ones(n, dtype=torch.bool)
+    indices = torch.empty(k, dtype=torch.int64)
+    losses = torch.empty(k, dtype=torch.float64)
+    counts = torch.zeros(n, dtype=torch.int64)
+
+    steps = range(k)
+    if progress:
+        from tqdm.auto import tqdm
+
+        steps = tqdm(steps, desc=f"greedy selection ({loss})", unit="step", leave=False)
+    for step in steps:
+        if candidates is None:
+            rows = None
+            score = scorer.scores(None, step)
+            if not replacement:
+                score = score.masked_fill(~available.to(device), math.inf)
+            best = int(torch.argmin(score))
+        else:
+            pool = all_rows if replacement else all_rows[available]
+            rows_cpu = _draw_candidates(generator, pool, candidates)
+            rows = rows_cpu.to(device)
+            score = scorer.scores(rows, step)
+            best = int(rows_cpu[int(torch.argmin(score))])
+        indices[step] = best
+        counts[best] += 1
+        available[best] = False
+        scorer.add(best)
+        losses[step] = loss_value(scorer.s / (step + 1), target, loss)
+
+    output = scorer.s / k
+    return SelectionResult(
+        indices=indices,
+        counts=counts,
+        losses=losses,
+        output=output,
+        loss=loss,
+        replacement=replacement,
+        candidates=candidates,
+        seed=seed,
+    )
