@@ -1,0 +1,6 @@
+"""``python -m greedyprune`` runs the command line (also under torchrun)."""
+import sys
+
+from .cli import main
+
+sys.exit(main())

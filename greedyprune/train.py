@@ -1,0 +1,202 @@
+"""Pre-training loop for the networks that get pruned: mini-batch SGD or full-batch gradient descent.
+
+The batch at iteration t is a pure function of (seed, t) - each epoch is a fresh permutation drawn from
+``seed`` and the epoch number - so a run resumed from a checkpoint takes exactly the steps an
+uninterrupted run would. Checkpoints are written atomically (to a temporary file, then renamed).
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Callable
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+TRAIN_LOSSES = ("logistic", "squared", "cross_entropy")
+CHECKPOINT_FORMAT = "greedyprune-train-v1"
+
+
+@dataclass
+class TrainConfig:
+    """Hyper-parameters of :func:`pretrain`. ``batch_size=None`` is full-batch gradient descent (the theory)."""
+
+    iterations: int = 1000
+    lr: float = 0.1
+    batch_size: int | None = 128
+    loss: str = "logistic"
+    momentum: float = 0.0
+    weight_decay: float = 0.0
+    seed: int = 0
+
+    def validate(self) -> None:
+        if isinstance(self.iterations, bool) or not isinstance(self.iterations, int) or self.iterations < 0:
+            raise ValueError(f"iterations must be an int >= 0, got {self.iterations!r}")
+        if not (isinstance(self.lr, (int, float)) and self.lr > 0):
+            raise ValueError(f"lr must be a positive number, got {self.lr!r}")
+        if self.batch_size is not None and (
+            isinstance(self.batch_size, bool) or not isinstance(self.batch_size, int) or self.batch_size < 1
+        ):
+            raise ValueError(f"batch_size must be a positive int, or None for full-batch GD; got {self.batch_size!r}")
+        if self.loss not in TRAIN_LOSSES:
+            raise ValueError(f"unknown loss {self.loss!r}; expected one of {TRAIN_LOSSES}")
+        if not 0 <= self.momentum < 1:
+            raise ValueError(f"momentum must be in [0, 1), got {self.momentum!r}")
+        if self.weight_decay < 0:
+            raise ValueError(f"weight_decay must be >= 0, got {self.weight_decay!r}")
+
+
+def training_loss(output: torch.Tensor, y: torch.Tensor, loss: str) -> torch.Tensor:
+    """Mean loss of a batch: binary cross-entropy on logits, squared error, or softmax cross-entropy."""
+    if loss == "logistic":
+        return F.binary_cross_entropy_with_logits(output, y.to(output.dtype))
+    if loss == "squared":
+        return ((output - y.to(output.dtype)) ** 2).reshape(output.shape[0], -1).sum(dim=1).mean()
+    if loss == "cross_entropy":
+        return F.cross_entropy(output, y)
+    raise ValueError(f"unknown loss {loss!r}; expected one of {TRAIN_LOSSES}")
+
+
+def accuracy(output: torch.Tensor, y: torch.Tensor, loss: str) -> float:
+    """Fraction correct: logit > 0 for "logistic", output > 0.5 against {0,1} labels for "squared",
+    argmax for "cross_entropy". NaN for "squared" with targets that are not binary labels."""
+    if loss == "logistic":
+        return float(((output > 0).to(y.dtype) == y).double().mean())
+    if loss == "squared":
+        if not bool(((y == 0) | (y == 1)).all()):
+            return float("nan")
+        return float(((output > 0.5).to(y.dtype) == y).double().mean())
+    return float((output.argmax(dim=-1) == y).double().mean())
+
+
+@torch.no_grad()
+def evaluate(model: nn.Module, X: torch.Tensor, y: torch.Tensor, loss: str, batch_size: int = 8192) -> tuple[float, float]:
+    """``(loss, accuracy)`` of ``model`` on (X, y), computed in batches without gradients."""
+    was_training = model.training
+    model.eval()
+    outputs = [model(X[a:a + batch_size]) for a in range(0, X.shape[0], batch_size)]
+    model.train(was_training)
+    out = torch.cat(outputs)
+    return float(training_loss(out.double(), y, loss)), accuracy(out, y, loss)
+
+
+def _batch_indices(n: int, batch_size: int | None, seed: int, iteration: int, cache: dict) -> torch.Tensor | None:
+    if batch_size is None or batch_size >= n:
+        return None  # full batch
+    per_epoch = n // batch_size
+    epoch, pos = divmod(iteration, per_epoch)
+    if cache.get("epoch") != epoch:
+        gen = torch.Generator().manual_seed(seed * 1_000_003 + epoch)
+        cache["epoch"], cache["perm"] = epoch, torch.randperm(n, generator=gen)
+    return cache["perm"][pos * batch_size:(pos + 1) * batch_size]
+
+
+def save_checkpoint(path: str | os.PathLike, payload: dict) -> None:
+    """``torch.save`` to ``path`` atomically: write a temporary file, flush it to disk, rename."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "wb") as f:
+        torch.save(payload, f)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def load_checkpoint(path: str | os.PathLike, map_location="cpu") -> dict:
+    """Load a checkpoint written by :func:`pretrain`, with a clear error for anything else."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"no checkpoint at {path}")
+    try:
+        payload = torch.load(path, map_location=map_location, weights_only=True)
+    except Exception as exc:  # noqa: BLE001 - re-raised with the path
+        raise ValueError(f"{path} is not a readable greedyprune checkpoint ({exc})") from exc
+    if not isinstance(payload, dict) or payload.get("format") != CHECKPOINT_FORMAT:
+        raise ValueError(f"{path} is not a greedyprune training checkpoint (format {CHECKPOINT_FORMAT!r} expected)")
+    return payload
+
+
+def pretrain(
+    model: nn.Module,
+    X: torch.Tensor,
+    y: torch.Tensor,
+    config: TrainConfig,
+    *,
+    checkpoint_path: str | os.PathLike | None = None,
+    checkpoint_every: int | None = None,
+    callback: Callable[[int, nn.Module], None] | None = None,
+    callback_every: int | None = None,
+    progress: bool = False,
+) -> nn.Module:
+    """Train ``model`` in place on (X, y) for ``config.iterations`` steps of SGD / GD; returns the model.
+
+    Args:
+        model: any module mapping X to outputs ((m,) logits for "logistic", etc.). Trained on its device;
+            X and y are moved there.
+        config: a :class:`TrainConfig`.
+        checkpoint_path: if given, a checkpoint (model, optimizer, iteration, config) is written there every
+            ``checkpoint_every`` iterations and at the end; if the file exists when called, training
+            resumes from it (its config must match, else ValueError).
+        callback: ``callback(iteration, model)`` at iteration 0 (before any step), every
+            ``callback_every`` iterations, and at the last iteration. It runs before the checkpoint at
+            the same iteration is written, and after a resume it is called again at the resumed
+            iteration, so it must be idempotent (the studies skip work already recorded).
+        progress: show a progress bar.
+    """
+    config.validate()
+    for name, every in (("checkpoint_every", checkpoint_every), ("callback_every", callback_every)):
+        if every is not None and (isinstance(every, bool) or not isinstance(every, int) or every < 1):
+            raise ValueError(f"{name} must be a positive int or None, got {every!r}")
+    if not isinstance(X, torch.Tensor) or X.dim() < 2 or X.shape[0] == 0:
+        raise ValueError(f"X must be a non-empty tensor of shape (m, ...), got {getattr(X, 'shape', type(X))}")
+    if not isinstance(y, torch.Tensor) or y.shape[0] != X.shape[0]:
+        raise ValueError(f"y must be a tensor with {X.shape[0]} rows (one per example), got {getattr(y, 'shape', type(y))}")
+    device = next(model.parameters()).device
+    X, y = X.to(device), y.to(device)
+    optimizer = torch.optim.SGD(model.parameters(), lr=config.lr, momentum=config.momentum,
+                                weight_decay=config.weight_decay)
+    start = 0
+    if checkpoint_path is not None and Path(checkpoint_path).exists():
+        state = load_checkpoint(checkpoint_path, map_location=device)
+        if state["config"] != asdict(config):
+            diff = {k: (state["config"].get(k), v) for k, v in asdict(config).items() if state["config"].get(k) != v}
+            raise ValueError(f"checkpoint {checkpoint_path} was made with another configuration "
+                             f"(stored, requested): {diff}; use another checkpoint path or the same configuration")
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        start = int(state["iteration"])
+
+    def checkpoint(t: int) -> None:
+        if checkpoint_path is not None:
+            save_checkpoint(checkpoint_path, {"format": CHECKPOINT_FORMAT, "iteration": t, "config": asdict(config),
+                                              "model": model.state_dict(), "optimizer": optimizer.state_dict()})
+
+    def at(t: int, every: int | None) -> bool:
+        return t == config.iterations or (every is not None and t % every == 0)
+
+    if callback is not None and (start == 0 or at(start, callback_every)):
+        callback(start, model)
+    cache: dict = {}
+    steps = range(start, config.iterations)
+    if progress:
+        from tqdm.auto import tqdm
+
+        steps = tqdm(steps, desc="pre-training", unit="it", initial=start, total=config.iterations, leave=False)
+    model.train()
+    for t in steps:
+        idx = _batch_indices(X.shape[0], config.batch_size, config.seed, t, cache)
+        xb, yb = (X, y) if idx is None else (X[idx.to(device)], y[idx.to(device)])
+        optimizer.zero_grad(set_to_none=True)
+        training_loss(model(xb), yb, config.loss).backward()
+        optimizer.step()
+        done = t + 1
+        if callback is not None and at(done, callback_every):
+            callback(done, model)
+        if at(done, checkpoint_every):
+            checkpoint(done)
+    if checkpoint_path is not None and start == config.iterations == 0:
+        checkpoint(0)
+    return model

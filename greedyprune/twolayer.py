@@ -1,0 +1,210 @@
+"""Two-layer networks and their pruning with greedy forward selection.
+
+A standard ``Linear(d, N) -> activation -> Linear(N, C)`` network with hidden weights ``w_i``, biases
+``beta_i``, output weights ``V`` and output bias ``c`` is the paper's mean-field network
+``f(x) = (1/N) sum_i sigma(x; theta_i)`` with one "neuron output" per hidden unit::
+
+    sigma(x; theta_i) = N * V[:, i] * act(w_i . x + beta_i) + c
+
+Greedy forward selection picks a multiset S of k of these; the pruned network is their average,
+which physically keeps the distinct neurons of S with output weights ``N * V[:, i] * count_i / k``
+and the same output bias.
+"""
+from __future__ import annotations
+
+import copy
+
+import torch
+from torch import nn
+
+from .selection import SelectionResult, greedy_forward_selection
+
+ACTIVATIONS = {
+    "relu": nn.ReLU,
+    "tanh": nn.Tanh,
+    "sigmoid": nn.Sigmoid,
+    # smooth activations for the theory's setting (bounded derivatives): softplus and GELU
+    "softplus": nn.Softplus,
+    "gelu": nn.GELU,
+}
+
+
+class TwoLayerNet(nn.Sequential):
+    """``Linear(in_features, hidden) -> activation -> Linear(hidden, out_features)``.
+
+    It is an ``nn.Sequential`` (``net[0]``, ``net[1]``, ``net[2]``), so anything that works on such a
+    sequential works on it. ``out_features=1`` gives a single logit / regression output of shape (batch,).
+
+    Args:
+        in_features: input dimension d.
+        hidden: number of hidden neurons N.
+        activation: one of "relu", "tanh", "sigmoid", "softplus", "gelu" (tanh and sigmoid are bounded
+            with bounded derivatives, as the paper's Assumption 1 asks).
+        out_features: number of outputs (1 for binary / regression).
+        init: "default" (PyTorch's Linear init) or "gaussian" - the theory's initialisation: hidden
+            weights ~ N(0, 1) (so ``w . x ~ N(0, 1)`` for unit-norm inputs), zero hidden bias, output
+            weights ~ N(0, 1/N^2)... scaled as ``v_i ~ N(0, 1) / N`` so every ``N v_i`` is O(1).
+        seed: if given, the initialisation is drawn from this seed (independent of the global RNG).
+    """
+
+    def __init__(self, in_features: int, hidden: int, activation: str = "relu", out_features: int = 1,
+                 init: str = "default", seed: int | None = None):
+        for name, value in (("in_features", in_features), ("hidden", hidden), ("out_features", out_features)):
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"{name} must be a positive int, got {value!r}")
+        if activation not in ACTIVATIONS:
+            raise ValueError(f"unknown activation {activation!r}; expected one of {tuple(ACTIVATIONS)}")
+        if init not in ("default", "gaussian"):
+            raise ValueError(f"unknown init {init!r}; expected 'default' or 'gaussian'")
+        if seed is None:
+            super().__init__(nn.Linear(in_features, hidden), ACTIVATIONS[activation](), nn.Linear(hidden, out_features))
+        else:
+            with torch.random.fork_rng(devices=[]):
+                torch.manual_seed(seed)
+                super().__init__(nn.Linear(in_features, hidden), ACTIVATIONS[activation](),
+                                 nn.Linear(hidden, out_features))
+        self.activation_name = activation
+        if init == "gaussian":
+            gen = torch.Generator().manual_seed(0 if seed is None else seed)
+            with torch.no_grad():
+                self[0].weight.copy_(torch.randn(self[0].weight.shape, generator=gen))
+                self[0].bias.zero_()
+                self[2].weight.copy_(torch.randn(self[2].weight.shape, generator=gen) / hidden)
+                self[2].bias.zero_()
+
+    @property
+    def in_features(self) -> int:
+        return self[0].in_features
+
+    @property
+    def hidden(self) -> int:
+        return self[0].out_features
+
+    @property
+    def out_features(self) -> int:
+        return self[2].out_features
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = super().forward(x)
+        return out.squeeze(-1) if self.out_features == 1 else out
+
+    def extra_repr(self) -> str:
+        return f"in_features={self.in_features}, hidden={self.hidden}, out_features={self.out_features}"
+
+
+def _layers(model: nn.Module) -> tuple[nn.Linear, nn.Module, nn.Linear]:
+    """The (Linear, activation, Linear) of a TwoLayerNet or a 3-module nn.Sequential, validated."""
+    if not isinstance(model, nn.Sequential) or len(model) != 3:
+        raise TypeError(
+            "prune_two_layer needs a greedyprune.TwoLayerNet or an nn.Sequential(nn.Linear, activation, nn.Linear); "
+            f"got {type(model).__name__}" + (f" with {len(model)} modules" if isinstance(model, nn.Sequential) else "")
+        )
+    first, act, second = model[0], model[1], model[2]
+    if not isinstance(first, nn.Linear) or not isinstance(second, nn.Linear):
+        raise TypeError(f"modules 0 and 2 must be nn.Linear, got {type(first).__name__} and {type(second).__name__}")
+    if first.out_features != second.in_features:
+        raise ValueError(f"hidden sizes do not match: Linear 0 has {first.out_features} outputs, "
+                         f"Linear 2 has {second.in_features} inputs")
+    if list(act.parameters()):
+        raise TypeError(f"the activation {type(act).__name__} has parameters; only parameter-free activations "
+                        "can be pruned neuron by neuron")
+    return first, act, second
+
+
+def _squeezes(model: nn.Module) -> bool:
+    return isinstance(model, TwoLayerNet) and model.out_features == 1
+
+
+@torch.no_grad()
+def hidden_features(model: nn.Module, X: torch.Tensor) -> torch.Tensor:
+    """The hidden activations ``act(W x + beta)``, shape (m, N)."""
+    first, act, _ = _layers(model)
+    return act(first(X))
+
+
+@torch.no_grad()
+def neuron_outputs(model: nn.Module, X: torch.Tensor) -> torch.Tensor:
+    """Each hidden neuron's output vector over the data: ``N * V[:, i] * act(w_i . x + beta_i) + c``.
+
+    Returns (N, m) when the network has one output, else (N, m, C). The mean over the N rows is the
+    network's output on X.
+    """
+    _, _, second = _layers(model)
+    h = hidden_features(model, X)  # (m, N)
+    n = h.shape[1]
+    v = second.weight * n  # (C, N)
+    c = second.bias if second.bias is not None else torch.zeros(second.out_features, device=h.device, dtype=h.dtype)
+    if second.out_features == 1:
+        return h.t() * v[0].unsqueeze(1) + c[0]
+    return h.t().unsqueeze(2) * v.t().unsqueeze(1) + c.view(1, 1, -1)
+
+
+def build_pruned(model: nn.Module, counts: torch.Tensor) -> nn.Module:
+    """The physically smaller network that is the average of the multiset given by ``counts`` (N,)."""
+    first, act, second = _layers(model)
+    counts = counts.to(first.weight.device)
+    n = first.out_features
+    if counts.shape != (n,):
+        raise ValueError(f"counts must have shape ({n},), got {tuple(counts.shape)}")
+    keep = torch.nonzero(counts, as_tuple=False).flatten()
+    if keep.numel() == 0:
+        raise ValueError("counts selects no neuron")
+    k = int(counts.sum())
+    scale = counts[keep].to(second.weight.dtype) * (n / k)
+    new_first = nn.Linear(first.in_features, keep.numel(), bias=first.bias is not None,
+                          device=first.weight.device, dtype=first.weight.dtype)
+    new_second = nn.Linear(keep.numel(), second.out_features, bias=second.bias is not None,
+                           device=second.weight.device, dtype=second.weight.dtype)
+    with torch.no_grad():
+        new_first.weight.copy_(first.weight[keep])
+        if first.bias is not None:
+            new_first.bias.copy_(first.bias[keep])
+        new_second.weight.copy_(second.weight[:, keep] * scale)
+        if second.bias is not None:
+            new_second.bias.copy_(second.bias)
+    if isinstance(model, TwoLayerNet):
+        pruned = copy.deepcopy(model)
+        pruned[0], pruned[2] = new_first, new_second
+    else:
+        pruned = nn.Sequential(new_first, copy.deepcopy(act), new_second)
+    pruned.train(model.training)
+    return pruned
+
+
+def prune_two_layer(model: nn.Module, X: torch.Tensor, y: torch.Tensor, k: int, loss: str = "logistic",
+                    **selection_options) -> tuple[nn.Module, SelectionResult]:
+    """Prune the hidden layer of a two-layer network to at most k neurons with greedy forward selection.
+
+    Args:
+        model: a :class:`TwoLayerNet` or any ``nn.Sequential(nn.Linear, activation, nn.Linear)``.
+        X: (m, d) inputs the selection is fitted on.
+        y: targets as :func:`greedy_forward_selection` expects for ``loss`` ((m,) {0,1} labels for
+            "logistic", (m,) floats or (m, C) for "squared", (m,) class indices for "cross_entropy").
+        k: selection steps; the pruned net has ``len(result.selected) <= k`` hidden neurons.
+        loss: "logistic" (default; single-logit nets), "squared" or "cross_entropy" (C-output nets).
+        **selection_options: ``replacement``, ``candidates``, ``seed``, ``progress``, ... passed on.
+
+    Returns:
+        ``(pruned_model, result)``: a new model of the same kind with only the distinct selected neurons,
+        whose output on X equals ``result.output`` up to float rounding; the model is left unchanged.
+        ``result.extra["dense_loss"]`` holds the dense network's loss on (X, y) for comparison.
+    """
+    first, _, second = _layers(model)
+    if not isinstance(X, torch.Tensor) or X.dim() != 2 or X.shape[1] != first.in_features:
+        shape = tuple(X.shape) if isinstance(X, torch.Tensor) else type(X).__name__
+        raise ValueError(f"X must be a tensor of shape (m, {first.in_features}), got {shape}")
+    if loss == "logistic" and second.out_features != 1:
+        raise ValueError(f"loss='logistic' needs a network with one output, this one has {second.out_features}; "
+                         "use loss='cross_entropy'")
+    if loss == "cross_entropy" and second.out_features < 2:
+        raise ValueError("loss='cross_entropy' needs a network with C >= 2 outputs; use loss='logistic' for one logit")
+    X = X.to(device=first.weight.device, dtype=first.weight.dtype)
+    y = y.to(first.weight.device)
+    phi = neuron_outputs(model, X)
+    if loss == "squared" and second.out_features == 1 and y.dim() == 2 and y.shape[1] == 1:
+        y = y.squeeze(1)
+    result = greedy_forward_selection(phi, y, k, loss=loss, **selection_options)
+    from .selection import loss_value
+
+    result.extra["dense_loss"] = loss_value(phi.mean(dim=0), y, loss)
+    return build_pruned(model, result.counts), result
