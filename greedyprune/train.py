@@ -190,7 +190,11 @@ def pretrain(
         idx = _batch_indices(X.shape[0], config.batch_size, config.seed, t, cache)
         xb, yb = (X, y) if idx is None else (X[idx.to(device)], y[idx.to(device)])
         optimizer.zero_grad(set_to_none=True)
-        training_loss(model(xb), yb, config.loss).backward()
+        batch_loss = training_loss(model(xb), yb, config.loss)
+        if not bool(torch.isfinite(batch_loss)):
+            raise FloatingPointError(f"training diverged at iteration {t}: the {config.loss} loss is "
+                                     f"{float(batch_loss)}; lower the learning rate (lr={config.lr})")
+        batch_loss.backward()
         optimizer.step()
         done = t + 1
         if callback is not None and at(done, callback_every):

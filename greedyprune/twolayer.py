@@ -42,8 +42,8 @@ class TwoLayerNet(nn.Sequential):
             with bounded derivatives, as the paper's Assumption 1 asks).
         out_features: number of outputs (1 for binary / regression).
         init: "default" (PyTorch's Linear init) or "gaussian" - the theory's initialisation: hidden
-            weights ~ N(0, 1) (so ``w . x ~ N(0, 1)`` for unit-norm inputs), zero hidden bias, output
-            weights ~ N(0, 1/N^2)... scaled as ``v_i ~ N(0, 1) / N`` so every ``N v_i`` is O(1).
+            weights ~ N(0, 1) (so ``w . x ~ N(0, 1)`` for unit-norm inputs), zero biases, and output
+            weights ``v_i ~ N(0, 1) / N``, so that each neuron's ``N v_i`` is O(1) as in the mean-field form.
         seed: if given, the initialisation is drawn from this seed (independent of the global RNG).
     """
 

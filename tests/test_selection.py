@@ -1,0 +1,203 @@
+"""The selection engine against a brute-force loop, its invariants, Lemma 1, and its input checks."""
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from greedyprune import TrainConfig, TwoLayerNet, greedy_forward_selection, loss_value, neuron_outputs, pretrain
+from greedyprune._reference import brute_force_selection
+from greedyprune.data import make_synthetic
+
+torch.set_num_threads(1)
+
+
+def random_problem(seed, loss, n=None, m=None, c=None, dtype=torch.float64):
+    g = torch.Generator().manual_seed(seed)
+    n = n or int(torch.randint(2, 25, (1,), generator=g))
+    m = m or int(torch.randint(1, 30, (1,), generator=g))
+    c = c or int(torch.randint(2, 5, (1,), generator=g))
+    if loss == "cross_entropy":
+        return torch.randn(n, m, c, generator=g, dtype=dtype) * 2, torch.randint(0, c, (m,), generator=g)
+    if loss == "logistic":
+        return torch.randn(n, m, generator=g, dtype=dtype) * 3, torch.randint(0, 2, (m,), generator=g).to(dtype)
+    return torch.randn(n, m, generator=g, dtype=dtype), torch.randn(m, generator=g, dtype=dtype)
+
+
+@pytest.mark.parametrize("loss", ["squared", "logistic", "cross_entropy"])
+@pytest.mark.parametrize("replacement", [True, False])
+@pytest.mark.parametrize("candidates", [None, 1, 3, 7])
+def test_same_indices_as_brute_force(loss, replacement, candidates):
+    for seed in range(25):
+        phi, y = random_problem(seed, loss)
+        n = phi.shape[0]
+        k = 2 * n if replacement else n
+        result = greedy_forward_selection(phi, y, k, loss=loss, replacement=replacement, candidates=candidates,
+                                          seed=seed)
+        indices, losses = brute_force_selection(phi, y, k, loss=loss, replacement=replacement,
+                                                candidates=candidates, seed=seed)
+        assert result.indices.tolist() == indices, f"seed {seed}"
+        torch.testing.assert_close(result.losses, torch.tensor(losses, dtype=torch.float64))
+
+
+def test_squared_with_several_outputs_matches_brute_force():
+    g = torch.Generator().manual_seed(3)
+    phi = torch.randn(12, 9, 3, generator=g, dtype=torch.float64)
+    y = torch.randn(9, 3, generator=g, dtype=torch.float64)
+    result = greedy_forward_selection(phi, y, 20, loss="squared")
+    indices, _ = brute_force_selection(phi, y, 20, loss="squared")
+    assert result.indices.tolist() == indices
+
+
+@pytest.mark.parametrize("loss", ["squared", "logistic", "cross_entropy"])
+def test_ties_go_to_the_lowest_index(loss):
+    # integer-valued outputs make every computation exact, so duplicated neurons tie exactly
+    g = torch.Generator().manual_seed(0)
+    if loss == "cross_entropy":
+        base = torch.randint(-3, 4, (4, 6, 3), generator=g).double()
+        y = torch.randint(0, 3, (6,), generator=g)
+    else:
+        base = torch.randint(-3, 4, (4, 6), generator=g).double()
+        y = torch.randint(0, 2, (6,), generator=g).double()
+    phi = torch.cat([base, base, base])  # neurons i, i+4, i+8 identical
+    for replacement in (True, False):
+        result = greedy_forward_selection(phi, y, 8, loss=loss, replacement=replacement)
+        indices, _ = brute_force_selection(phi, y, 8, loss=loss, replacement=replacement)
+        assert result.indices.tolist() == indices
+        assert int(result.indices[0]) < 4  # the first copy wins
+
+
+def test_result_invariants():
+    phi, y = random_problem(1, "squared", n=30, m=40)
+    result = greedy_forward_selection(phi, y, 50)
+    assert result.k == 50 and result.num_neurons == 30
+    assert result.counts.tolist() == torch.bincount(result.indices, minlength=30).tolist()
+    assert int(result.counts.sum()) == 50
+    torch.testing.assert_close(result.output, phi[result.indices].mean(dim=0))
+    assert math.isclose(float(result.losses[-1]), loss_value(result.output, y, "squared"), rel_tol=1e-12)
+    assert result.selected.tolist() == sorted(set(result.indices.tolist()))
+    torch.testing.assert_close(result.weights.sum(), torch.tensor(1.0, dtype=torch.float64))
+    torch.testing.assert_close(result.gap(0.5), result.losses - 0.5)
+    assert "SelectionResult(k=50" in repr(result)
+
+
+def test_greedy_step_is_never_worse_than_any_single_neuron():
+    # step 1 picks the best single neuron: check against every neuron's own loss
+    phi, y = random_problem(2, "logistic", n=40, m=25)
+    result = greedy_forward_selection(phi, y, 1, loss="logistic")
+    singles = [loss_value(phi[i], y, "logistic") for i in range(40)]
+    assert int(result.indices[0]) == int(np.argmin(singles))
+
+
+def test_without_replacement_is_a_permutation_when_k_equals_n():
+    phi, y = random_problem(4, "cross_entropy", n=15, m=10)
+    result = greedy_forward_selection(phi, y, 15, loss="cross_entropy", replacement=False)
+    assert sorted(result.indices.tolist()) == list(range(15))
+    assert result.counts.tolist() == [1] * 15
+
+
+def test_candidate_subsets_are_seeded():
+    phi, y = random_problem(5, "squared", n=200, m=20)
+    a = greedy_forward_selection(phi, y, 30, candidates=5, seed=1)
+    b = greedy_forward_selection(phi, y, 30, candidates=5, seed=1)
+    c = greedy_forward_selection(phi, y, 30, candidates=5, seed=2)
+    assert a.indices.tolist() == b.indices.tolist()
+    assert a.indices.tolist() != c.indices.tolist()
+    full = greedy_forward_selection(phi, y, 30)
+    assert full.losses[-1] <= a.losses[-1] + 1e-9 or full.indices.tolist() != a.indices.tolist()
+
+
+def test_chunk_size_does_not_change_the_selection():
+    for loss in ("logistic", "cross_entropy"):
+        phi, y = random_problem(6, loss, n=50, m=30)
+        ref = greedy_forward_selection(phi, y, 40, loss=loss)
+        for chunk in (1, 31, 10_000):
+            assert greedy_forward_selection(phi, y, 40, loss=loss, chunk_elements=chunk).indices.tolist() == \
+                ref.indices.tolist()
+
+
+def test_float32_gives_the_float64_selection_on_a_well_separated_problem():
+    phi, y = random_problem(7, "logistic", n=60, m=200)
+    a = greedy_forward_selection(phi, y, 20, loss="logistic")
+    b = greedy_forward_selection(phi.float(), y.float(), 20, loss="logistic")
+    assert a.indices.tolist() == b.indices.tolist()
+    assert b.output.dtype == torch.float32
+
+
+def test_subset_squared_path_matches_brute_force_on_large_n():
+    # candidates < N/2 takes the gather-and-multiply path for the squared loss
+    phi, y = random_problem(8, "squared", n=300, m=15)
+    result = greedy_forward_selection(phi, y, 25, candidates=20, seed=3)
+    indices, _ = brute_force_selection(phi, y, 25, candidates=20, seed=3)
+    assert result.indices.tolist() == indices
+
+
+def test_lemma1_gap_shrinks_like_one_over_k():
+    """Lemma 1: on a pre-trained net, l(u_K) - l(dense) decays like O(1/K)."""
+    torch.manual_seed(0)
+    ds = make_synthetic(n=400, d=10, seed=0)
+    net = TwoLayerNet(10, 300, activation="tanh", seed=0)
+    pretrain(net, ds.X, ds.targets, TrainConfig(iterations=300, lr=0.05, batch_size=None, loss="squared"))
+    phi = neuron_outputs(net, ds.X)
+    dense = loss_value(phi.mean(dim=0), ds.targets, "squared")
+    result = greedy_forward_selection(phi, ds.targets, 320, loss="squared")
+    ks = np.array([10, 20, 40, 80, 160, 320])
+    gaps = result.gap(dense).numpy()[ks - 1]
+    assert (gaps > 0).all(), gaps
+    assert gaps[-1] < gaps[0] / 8  # 1/K would give /32
+    slope = np.polyfit(np.log(ks), np.log(gaps), 1)[0]
+    assert slope < -0.7, f"fitted rate K^{slope:.2f}"
+    # the losses of Algorithm 1 never increase much: the bound is on the trend; check monotone in the large
+    assert result.losses[-1] < result.losses[9]
+
+
+def test_progress_bar_runs():
+    phi, y = random_problem(9, "squared", n=10, m=5)
+    assert greedy_forward_selection(phi, y, 3, progress=True).k == 3
+
+
+# --- bad input ------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize(
+    "make, match",
+    [
+        (lambda: (torch.randn(5), torch.randn(5), 2, {}), "shape \\(N, m\\)"),
+        (lambda: (torch.randn(2, 3, 4, 5), torch.randn(3), 2, {}), "shape \\(N, m\\)"),
+        (lambda: (torch.randn(4, 3), torch.randn(4), 2, {}), "target must have shape"),
+        (lambda: (torch.randn(4, 3), torch.randn(3), 0, {}), "k must be >= 1"),
+        (lambda: (torch.randn(4, 3), torch.randn(3), -3, {}), "k must be >= 1"),
+        (lambda: (torch.randn(4, 3), torch.randn(3), 5, {"replacement": False}), "exceeds the number of neurons"),
+        (lambda: (torch.tensor([[1.0, float("nan")], [0.0, 1.0]]), torch.randn(2), 1, {}), "NaN or inf"),
+        (lambda: (torch.tensor([[1.0, float("inf")], [0.0, 1.0]]), torch.randn(2), 1, {}), "NaN or inf"),
+        (lambda: (torch.randn(4, 3), torch.tensor([0.0, 1.0, 2.0]), 1, {"loss": "logistic"}), "labels in \\{0, 1\\}"),
+        (lambda: (torch.randn(4, 3), torch.tensor([0.0, 0.5, 1.0]), 1, {"loss": "logistic"}), "target\\[1\\]"),
+        (lambda: (torch.randn(4, 3), torch.randn(3), 1, {"loss": "hinge"}), "unknown loss"),
+        (lambda: (torch.randn(4, 3), torch.zeros(3, dtype=torch.long), 1, {"loss": "cross_entropy"}), "\\(N, m, C\\)"),
+        (lambda: (torch.randn(4, 3, 2), torch.tensor([0, 1, 2]), 1, {"loss": "cross_entropy"}), "lie in \\[0, 1\\]"),
+        (lambda: (torch.randn(4, 3), torch.randn(3), 1, {"candidates": 0}), "candidates must be >= 1"),
+        (lambda: (torch.randn(4, 3), torch.randn(3), 1, {"seed": -1}), "seed must be >= 0"),
+        (lambda: (torch.empty(0, 3), torch.randn(3), 1, {}), "non-empty"),
+    ],
+)
+def test_bad_input_value_errors(make, match):
+    outputs, target, k, kw = make()
+    with pytest.raises(ValueError, match=match):
+        greedy_forward_selection(outputs, target, k, **kw)
+
+
+@pytest.mark.parametrize(
+    "make, match",
+    [
+        (lambda: (torch.ones(4, 3, dtype=torch.long), torch.randn(3), 1, {}), "floating-point"),
+        (lambda: (np.ones((4, 3)), torch.randn(3), 1, {}), "torch.Tensor"),
+        (lambda: (torch.randn(4, 3), torch.randn(3), 2.0, {}), "k must be an int"),
+        (lambda: (torch.randn(4, 3), torch.randn(3), True, {}), "k must be an int"),
+        (lambda: (torch.randn(4, 3), torch.ones(3, dtype=torch.long), 1, {}), "floating-point target"),
+        (lambda: (torch.randn(4, 3, 2), torch.zeros(3), 1, {"loss": "cross_entropy"}), "integer class indices"),
+        (lambda: (torch.randn(4, 3), torch.randn(3), 1, {"replacement": 1}), "True or False"),
+    ],
+)
+def test_bad_input_type_errors(make, match):
+    outputs, target, k, kw = make()
+    with pytest.raises(TypeError, match=match):
+        greedy_forward_selection(outputs, target, k, **kw)
