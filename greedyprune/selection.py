@@ -210,6 +210,13 @@ class _Scorer:
     def add(self, i: int) -> None:
         self.s += self.phi[i]
 
+    def best(self, k: int, available: torch.Tensor | None) -> int:
+        """The lowest-index minimiser over all neurons (``available`` masks out taken ones)."""
+        score = self.scores(None, k)
+        if available is not None:
+            score = score.masked_fill(~available, math.inf)
+        return int(torch.argmin(score))
+
 
 class _SquaredScorer(_Scorer):
     def __init__(self, phi, target, chunk_elements):
@@ -249,10 +256,35 @@ class _SubsetSquaredScorer(_SquaredScorer):
 
 
 class _LogisticScorer(_Scorer):
+    """Binary cross-entropy on logits. Exact scores are one chunked softplus pass; ``best`` first bounds
+    every candidate with one matrix-vector product and evaluates exactly only those that can still win.
+
+    With the anchor ``a = s / (k+1)`` (the part of a candidate's logits that every candidate shares), the
+    candidate logits are ``a + phi_i / (k+1)``. The loss is convex with curvature at most ``CURVATURE``
+    (1/4 for softplus, 1/2 for log-sum-exp), so its scaled score is bracketed by
+    ``L_i = (k+1) f(a) + <phi_i, f'(a)> - <phi_i, y>`` and ``U_i = L_i + CURVATURE/2 * ||phi_i||^2 / (k+1)``.
+    A candidate with ``L_i > min U`` can be neither the minimiser nor tied with it.
+    """
+
+    CURVATURE = 0.25
+
     def __init__(self, phi, target, chunk_elements):
         super().__init__(phi, target, chunk_elements)
-        y = target.to(phi.dtype)
-        self.py = (phi @ y).double()
+        self.flat = phi.reshape(self.n, -1)
+        self.py = self._linear_target_term(phi, target)
+        self.sq = (self.flat * self.flat).sum(dim=1, dtype=torch.float64)
+        self.norm = self.sq.sqrt()
+        self.eps = torch.finfo(phi.dtype).eps
+        self.sqrt_m = math.sqrt(self.flat.shape[1])
+        self.evaluated = 0  # exact candidate evaluations, for diagnostics
+
+    def _linear_target_term(self, phi, target):
+        return (phi @ target.to(phi.dtype)).double()
+
+    def _anchor(self, k: int) -> tuple[float, torch.Tensor]:
+        """``f(a)`` summed over the data, and the gradient ``f'(a)`` (same shape as one output)."""
+        a = self.s / (k + 1)
+        return float(F.softplus(a).sum(dtype=torch.float64)), torch.sigmoid(a)
 
     def _nonlinear(self, block: torch.Tensor, k: int, buf: torch.Tensor) -> torch.Tensor:
         # sum_j softplus((s_j + phi_ij) / (k+1)) * (k+1), via softplus's beta = 1/(k+1)
@@ -261,23 +293,51 @@ class _LogisticScorer(_Scorer):
         return buf.sum(dim=1, dtype=torch.float64)
 
     def scores(self, rows, k):
-        out = torch.empty(self.n if rows is None else rows.numel(), dtype=torch.float64, device=self.phi.device)
+        count = self.n if rows is None else rows.numel()
+        self.evaluated += count
+        out = torch.empty(count, dtype=torch.float64, device=self.phi.device)
         step = self.chunk_rows
-        buf = torch.empty((min(step, out.numel()),) + tuple(self.phi.shape[1:]), dtype=self.phi.dtype,
+        buf = torch.empty((min(step, count),) + tuple(self.phi.shape[1:]), dtype=self.phi.dtype,
                           device=self.phi.device)
-        for a in range(0, out.numel(), step):
-            b = min(a + step, out.numel())
+        for a in range(0, count, step):
+            b = min(a + step, count)
             block = self.phi[a:b] if rows is None else self.phi[rows[a:b]]
             out[a:b] = self._nonlinear(block, k, buf[: b - a])
         py = self.py if rows is None else self.py[rows]
         return out - py
 
+    def bounds(self, k: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """``(lower, upper, margin)`` of every candidate's score at step k (see the class docstring)."""
+        base, grad = self._anchor(k)
+        grad = grad.reshape(-1)
+        lower = (k + 1) * base + (self.flat @ grad).double() - self.py
+        upper = lower + (self.CURVATURE / 2) * self.sq / (k + 1)
+        # rounding of the matrix-vector product and of the sums, generously bounded
+        margin = 64 * self.eps * (self.sqrt_m * self.norm * float(grad.double().norm()) + (k + 1) * abs(base)
+                                  + self.py.abs())
+        return lower, upper, margin
+
+    def best(self, k, available):
+        lower, upper, margin = self.bounds(k)
+        if available is not None:
+            lower = lower.masked_fill(~available, math.inf)
+            upper = upper.masked_fill(~available, math.inf)
+        alive = torch.nonzero(lower - margin <= upper.min() + margin.max(), as_tuple=False).flatten()
+        if alive.numel() * 2 > self.n:
+            return super().best(k, available)
+        return int(alive[int(torch.argmin(self.scores(alive, k)))])
+
 
 class _CrossEntropyScorer(_LogisticScorer):
-    def __init__(self, phi, target, chunk_elements):
-        _Scorer.__init__(self, phi, target, chunk_elements)
+    CURVATURE = 0.5  # the Hessian of log-sum-exp, diag(p) - p p^T, has eigenvalues <= 1/2
+
+    def _linear_target_term(self, phi, target):
         idx = target.long().view(1, -1, 1).expand(self.n, -1, 1)
-        self.py = torch.gather(phi, 2, idx).sum(dim=(1, 2), dtype=torch.float64)
+        return torch.gather(phi, 2, idx).sum(dim=(1, 2), dtype=torch.float64)
+
+    def _anchor(self, k):
+        a = self.s / (k + 1)
+        return float(torch.logsumexp(a, dim=1).sum(dtype=torch.float64)), torch.softmax(a, dim=1)
 
     def _nonlinear(self, block, k, buf):
         # sum_j logsumexp_c((s + phi_i) / (k+1)) * (k+1)
@@ -354,11 +414,7 @@ def greedy_forward_selection(
         steps = tqdm(steps, desc=f"greedy selection ({loss})", unit="step", leave=False)
     for step in steps:
         if candidates is None:
-            rows = None
-            score = scorer.scores(None, step)
-            if not replacement:
-                score = score.masked_fill(~available.to(device), math.inf)
-            best = int(torch.argmin(score))
+            best = scorer.best(step, None if replacement else available.to(device))
         else:
             pool = all_rows if replacement else all_rows[available]
             rows_cpu = _draw_candidates(generator, pool, candidates)

@@ -201,3 +201,31 @@ def test_bad_input_type_errors(make, match):
     outputs, target, k, kw = make()
     with pytest.raises(TypeError, match=match):
         greedy_forward_selection(outputs, target, k, **kw)
+
+
+@pytest.mark.parametrize("loss", ["logistic", "cross_entropy"])
+def test_bounds_bracket_the_exact_scores(loss):
+    from greedyprune.selection import _CrossEntropyScorer, _LogisticScorer
+
+    cls = _LogisticScorer if loss == "logistic" else _CrossEntropyScorer
+    for seed in range(5):
+        phi, y = random_problem(seed, loss, n=40, m=30)
+        scorer = cls(phi, y, chunk_elements=1 << 16)
+        for k in range(12):
+            lower, upper, _ = scorer.bounds(k)
+            exact = scorer.scores(None, k)
+            assert (lower <= exact + 1e-9).all() and (exact <= upper + 1e-9).all(), (seed, k)
+            scorer.add(int(torch.argmin(exact)))
+
+
+def test_bounds_skip_most_exact_evaluations_late_in_the_selection():
+    from greedyprune.selection import _LogisticScorer
+
+    phi, y = random_problem(11, "logistic", n=400, m=300)
+    scorer = _LogisticScorer(phi, y, chunk_elements=1 << 16)
+    for k in range(60):
+        scorer.add(scorer.best(k, None))
+    scorer.evaluated = 0
+    for k in range(60, 80):
+        scorer.add(scorer.best(k, None))
+    assert scorer.evaluated < 20 * 400 / 4  # far fewer than a full pass per step
