@@ -1,0 +1,228 @@
+"""Tests of greedyprune.plotting (Figure 1 analysis and figures)."""
+
+from __future__ import annotations
+
+import importlib
+import importlib.util
+import math
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+PLOTTING_PY = Path(__file__).resolve().parents[1] / "greedyprune" / "plotting.py"
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+
+
+def _load_plotting():
+    try:
+        return importlib.import_module("greedyprune.plotting")
+    except ImportError:
+        # the package __init__ may import modules that are not ready yet
+        spec = importlib.util.spec_from_file_location("_greedyprune_plotting", PLOTTING_PY)
+        mod = importlib.util.module_from_spec(spec)
+        sys.modules[spec.name] = mod
+        spec.loader.exec_module(mod)
+        return mod
+
+
+plotting = _load_plotting()
+threshold_iterations = plotting.threshold_iterations
+summarize = plotting.summarize
+
+NAN = float("nan")
+
+
+# ------------------------------------------------------------ red-line rule
+def test_threshold_basic_with_nan_cell():
+    sizes = [10, 20, 40]
+    iterations = [0, 5, 10]
+    pm = [[0.50, 0.90, 0.95],
+          [0.40, NAN, 0.85],
+          [0.30, 0.70, 0.80]]
+    # reference = best of the largest size (40) = 0.80
+    ref, th = threshold_iterations(sizes, iterations, pm)
+    assert ref == pytest.approx(0.80)
+    assert th == [5, 10, 10]  # size 20: the NaN at iteration 5 is skipped
+    assert all(type(t) is int for t in th)
+
+
+def test_threshold_never_and_equality():
+    sizes = [1, 2, 3]
+    iterations = [0, 100, 200, 300]
+    pm = np.array([[0.2, 0.6, 0.6, 0.6],    # equal to the reference at 100
+                   [0.1, 0.3, 0.5, 0.59],   # never
+                   [0.1, 0.4, 0.6, 0.55]])  # reference 0.6 reached at 200, then drops
+    ref, th = threshold_iterations(sizes, iterations, pm)
+    assert ref == pytest.approx(0.6)
+    assert th == [100, None, 200]
+
+
+def test_threshold_largest_size_not_last_and_unsorted_iterations():
+    # the largest size is found by value; iterations are scanned in ascending order
+    sizes = [40, 10]
+    iterations = [20, 0, 10]
+    pm = [[0.9, 0.1, 0.5],   # size 40: reference 0.9 at iteration 20
+          [0.95, 0.2, 0.91]]  # size 10: first iteration >= 0.9 is 10
+    ref, th = threshold_iterations(sizes, iterations, pm)
+    assert ref == pytest.approx(0.9)
+    assert th == [20, 10]
+
+
+def test_threshold_reference_all_nan_and_shape_check():
+    ref, th = threshold_iterations([1, 2], [0, 1], [[0.5, 0.6], [NAN, NAN]])
+    assert math.isnan(ref) and th == [None, None]
+    with pytest.raises(ValueError):
+        threshold_iterations([1, 2], [0, 1, 2], [[0.5, 0.6], [0.1, 0.2]])
+
+
+# --------------------------------------------------------------- summarize
+WIDTHS = (4, 16)
+SIZES = (50, 100, 200)
+ITERS = (0, 10, 20, 30)
+TRIALS = 3
+
+
+def synthetic_rows(seed=0):
+    """Rows with known per-trial values; the cell (16, 100, it=20) has no rows
+    and (4, 200, it=10) lacks trial 2."""
+    rng = np.random.default_rng(seed)
+    values = {}  # (width, size, iteration) -> (pruned array, dense array) over trials
+    rows = []
+    for w in WIDTHS:
+        for si, s in enumerate(SIZES):
+            for it in ITERS:
+                if (w, s, it) == (16, 100, 20):
+                    continue
+                n = 2 if (w, s, it) == (4, 200, 10) else TRIALS
+                base = 0.3 + 0.6 * (1 - np.exp(-it / (8.0 * (si + 1))))
+                p = np.clip(base + rng.normal(0, 0.02, n), 0, 1)
+                d = np.clip(p + 0.05, 0, 1)
+                values[(w, s, it)] = (p, d)
+                for t in range(n):
+                    rows.append(dict(width=w, size=s, trial=t, iteration=it,
+                                     pruned_accuracy=float(p[t]), dense_accuracy=float(d[t]),
+                                     pruned_loss=1.0, dense_loss=0.5, distinct=3, k=3,
+                                     prune_seconds=0.0, losses=[1.0, 0.5, 0.2],
+                                     created="2024-01-01T00:00:00"))
+    rng.shuffle(rows)  # order must not matter
+    return rows, values
+
+
+def test_summarize_matches_numpy():
+    rows, values = synthetic_rows()
+    summaries = summarize(rows)
+    assert [s.width for s in summaries] == list(WIDTHS)
+    for s in summaries:
+        assert s.sizes == list(SIZES)
+        assert s.iterations == list(ITERS)
+        assert s.pruned_mean.shape == (len(SIZES), len(ITERS))
+        for i, size in enumerate(SIZES):
+            for j, it in enumerate(ITERS):
+                key = (s.width, size, it)
+                if key not in values:
+                    assert math.isnan(s.pruned_mean[i, j]) and math.isnan(s.pruned_std[i, j])
+                    assert math.isnan(s.dense_mean[i, j])
+                    assert s.trials[i, j] == 0
+                    continue
+                p, d = values[key]
+                assert s.pruned_mean[i, j] == pytest.approx(np.mean(p), abs=1e-12)
+                assert s.pruned_std[i, j] == pytest.approx(np.std(p), abs=1e-12)
+                assert s.dense_mean[i, j] == pytest.approx(np.mean(d), abs=1e-12)
+                assert s.trials[i, j] == len(p)
+        ref, th = threshold_iterations(s.sizes, s.iterations, s.pruned_mean)
+        assert s.reference == pytest.approx(ref)
+        assert s.reference == pytest.approx(np.nanmax(s.pruned_mean[-1]))
+        assert s.thresholds == th
+        assert s.k_values == [3]
+    assert summaries[0].trials[2, 1] == 2
+
+
+def test_summarize_empty_and_bad_rows():
+    with pytest.raises(ValueError, match="no results"):
+        summarize([])
+    with pytest.raises(ValueError, match="pruned_accuracy"):
+        summarize([{"width": 1, "size": 1, "trial": 0, "iteration": 0, "dense_accuracy": 0.5}])
+
+
+# -------------------------------------------------------- figures and table
+def staircase_rows(never_size=None):
+    """2 widths x 4 sizes x 2 trials x 5 iterations; size index i reaches 0.9
+    (the reference of the largest size) at iteration index i+1.  Trials
+    differ by +-0.01 so the mean is exact."""
+    sizes = [100, 200, 400, 800]
+    iters = [0, 25, 50, 75, 100]
+    rows = []
+    for w in (8, 32):
+        for i, s in enumerate(sizes):
+            for j, it in enumerate(iters):
+                acc = 0.9 if j >= i + 1 else 0.3 + 0.1 * j
+                if s == never_size:
+                    acc = min(acc, 0.85)
+                for t, delta in enumerate((-0.01, 0.01)):
+                    rows.append(dict(width=w, size=s, trial=t, iteration=it,
+                                     pruned_accuracy=acc + delta, dense_accuracy=0.95 + delta / 2,
+                                     k=2))
+    return rows
+
+
+def test_staircase_thresholds():
+    for s in summarize(staircase_rows(never_size=200)):
+        assert s.reference == pytest.approx(0.9)
+        assert s.thresholds == [25, None, 75, 100]
+
+
+def _assert_png(path):
+    path = Path(path)
+    data = path.read_bytes()
+    assert data[:8] == PNG_MAGIC
+    assert len(data) > 5000
+
+
+def test_plot_figure1_and_curves(tmp_path):
+    rows = staircase_rows(never_size=200)
+    plotting.plot_figure1(rows, tmp_path / "f1.png")
+    plotting.plot_accuracy_curves(rows, tmp_path / "curves.png")
+    _assert_png(tmp_path / "f1.png")
+    _assert_png(tmp_path / "curves.png")
+
+
+def test_plot_with_missing_cells_and_single_width(tmp_path):
+    rows, _ = synthetic_rows()
+    rows = [r for r in rows if r["width"] == 16]
+    plotting.plot_figure1(rows, tmp_path / "f1.png")
+    plotting.plot_accuracy_curves(rows, tmp_path / "c.png")
+    _assert_png(tmp_path / "f1.png")
+    _assert_png(tmp_path / "c.png")
+
+
+def test_plot_study(tmp_path):
+    out = tmp_path / "figs"
+    paths = plotting.plot_study(staircase_rows(), out)
+    assert [p.name for p in paths] == ["figure1.png", "accuracy_curves.png"]
+    assert all(p.parent == out for p in paths)
+    for p in paths:
+        _assert_png(p)
+
+
+def test_plot_empty_rows(tmp_path):
+    with pytest.raises(ValueError, match="no results"):
+        plotting.plot_study([], tmp_path)
+
+
+def test_summary_table():
+    text = plotting.summary_table(staircase_rows(never_size=200))
+    assert "width 8" in text and "width 32" in text
+    assert "reference" in text and "0.9000" in text
+    blocks = text.strip().split("\n\n")
+    assert len(blocks) == 2
+    lines = blocks[0].splitlines()
+    body = [ln for ln in lines if ln.strip()[:1].isdigit()]
+    cells = [[c.strip() for c in ln.split("|")] for ln in body]
+    assert [c[0] for c in cells] == ["100", "200", "400", "800"]
+    assert [c[1] for c in cells] == ["25", "never", "75", "100"]
+    assert [c[2] for c in cells] == ["0.3000"] * 4  # pruned accuracy at iteration 0
+    assert cells[0][3] == "0.9000 (25)"
+    assert cells[1][3] == "0.8500 (50)"
+    assert all(c[4] == "0.9500" for c in cells)  # final dense accuracy
