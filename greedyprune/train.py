@@ -193,7 +193,7 @@ def pretrain(
         batch_loss = training_loss(model(xb), yb, config.loss)
         if not bool(torch.isfinite(batch_loss)):
             raise FloatingPointError(f"training diverged at iteration {t}: the {config.loss} loss is "
-                                     f"{float(batch_loss)}; lower the learning rate (lr={config.lr})")
+                                     f"{float(batch_loss.detach())}; lower the learning rate (lr={config.lr})")
         batch_loss.backward()
         optimizer.step()
         done = t + 1

@@ -1,0 +1,216 @@
+"""The ``greedyprune`` command line.
+
+    greedyprune study pretraining [--preset quick|paper] [--data SPEC] [--out DIR] [overrides]
+    greedyprune plot DIR
+    greedyprune export DIR [--csv FILE]
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from pathlib import Path
+
+from . import __version__
+
+
+class UsageError(Exception):
+    """A bad option: printed as ``greedyprune: error: ...`` with exit status 2."""
+
+
+def _int_list(text: str) -> tuple[int, ...]:
+    try:
+        values = tuple(int(v) for v in text.split(",") if v.strip())
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated integers like 250,1000; got {text!r}") from None
+    if not values:
+        raise argparse.ArgumentTypeError(f"expected at least one integer, got {text!r}")
+    return values
+
+
+def _batch_size(text: str):
+    if text in ("full", "none", "gd"):
+        return "full"
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer or 'full' (full-batch GD), got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"batch size must be >= 1, got {value}")
+    return value
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 1, got {value}")
+    return value
+
+
+def _nonnegative_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {value}")
+    return value
+
+
+def _positive_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"expected a number > 0, got {text!r}")
+    return value
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from .studies.pretraining import PRESETS, STUDY_LOSSES
+    from .twolayer import ACTIVATIONS
+    from .data import NORMALIZATIONS
+
+    parser = argparse.ArgumentParser(prog="greedyprune", description="Structured pruning by greedy forward selection.")
+    parser.add_argument("--version", action="version", version=f"greedyprune {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    sub.required = True
+
+    study = sub.add_parser("study", help="run a study from the papers")
+    studies = study.add_subparsers(dest="study", metavar="STUDY")
+    studies.required = True
+    pt = studies.add_parser(
+        "pretraining",
+        help="how much pre-training before GFS finds a good subnetwork (Figure 1)",
+        description="For each hidden width, dataset size and trial: pre-train a two-layer net and every "
+                    "--eval-every iterations prune it to --k hidden nodes with greedy forward selection. "
+                    "Results go to OUT/results.sqlite as they are computed; re-running resumes.",
+    )
+    pt.add_argument("--preset", default="quick", choices=sorted(PRESETS),
+                    help="quick (default, a few minutes on a laptop CPU) or paper (the paper's protocol)")
+    pt.add_argument("--data", help="mnist5k (default, built in), digits, synthetic, mnist:DIR or cifar10:DIR")
+    pt.add_argument("--out", type=Path, help="output directory (default runs/pretraining-PRESET-DATA)")
+    pt.add_argument("--widths", type=_int_list, help="hidden widths, e.g. 250,1000")
+    pt.add_argument("--sizes", type=_int_list, help="dataset sizes, e.g. 1000,3000,5000 (default: evenly spaced)")
+    pt.add_argument("--size-steps", type=_positive_int, help="number of evenly spaced sizes when --sizes is not given")
+    pt.add_argument("--trials", type=_positive_int)
+    pt.add_argument("--iterations", type=_nonnegative_int, help="pre-training iterations")
+    pt.add_argument("--eval-every", type=_positive_int, help="prune every this many iterations")
+    pt.add_argument("--k", type=_positive_int, help="greedy selection steps (hidden nodes kept, at most)")
+    pt.add_argument("--lr", type=_positive_float, help="learning rate")
+    pt.add_argument("--batch-size", type=_batch_size, help="mini-batch size, or 'full' for full-batch GD")
+    pt.add_argument("--loss", choices=STUDY_LOSSES, help="training and pruning loss")
+    pt.add_argument("--activation", choices=sorted(ACTIVATIONS))
+    pt.add_argument("--normalize", choices=NORMALIZATIONS, help="input normalisation (default unit: ||x|| = 1)")
+    pt.add_argument("--no-replacement", action="store_true", help="never select a neuron twice")
+    pt.add_argument("--candidates", type=_positive_int, help="evaluate a random subset of this many neurons per step")
+    pt.add_argument("--seed", type=_nonnegative_int)
+    pt.add_argument("--device", default="cpu", help="cpu (default), cuda or cuda:N")
+    pt.add_argument("--threads", type=_positive_int, help="torch CPU threads (default: torch's choice)")
+    pt.add_argument("--no-progress", action="store_true", help="no progress bars")
+    pt.add_argument("--no-plot", action="store_true", help="do not draw the figures at the end")
+
+    plot = sub.add_parser("plot", help="redraw a study's figures and summary from its database")
+    plot.add_argument("dir", type=Path, help="the study's output directory")
+
+    export = sub.add_parser("export", help="write a study's results as CSV")
+    export.add_argument("dir", type=Path, help="the study's output directory")
+    export.add_argument("--csv", type=Path, help="output file (default DIR/results.csv)")
+    return parser
+
+
+def _open_store(directory: Path):
+    from .storage import ResultsStore
+    from .studies.pretraining import DB_NAME
+
+    db = directory / DB_NAME
+    if not directory.is_dir():
+        raise UsageError(f"no such directory: {directory}")
+    if not db.is_file():
+        raise UsageError(f"{directory} holds no study results ({DB_NAME} not found); run a study with --out {directory}")
+    return ResultsStore(db, kind="pretraining")
+
+
+def _report(rows, out_dir: Path, draw: bool) -> None:
+    from .plotting import plot_study, summary_table
+
+    if not rows:
+        raise UsageError(f"{out_dir} holds no result rows yet")
+    print(summary_table(rows))
+    if draw:
+        for path in plot_study(rows, out_dir):
+            print(f"wrote {path}")
+
+
+def cmd_study_pretraining(args) -> int:
+    import torch
+
+    from .studies.pretraining import config_with, get_preset, run_pretraining_study
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    overrides = dict(
+        data=args.data, widths=args.widths, sizes=args.sizes, size_steps=args.size_steps, trials=args.trials,
+        iterations=args.iterations, eval_every=args.eval_every, k=args.k, lr=args.lr, batch_size=args.batch_size,
+        loss=args.loss, activation=args.activation, normalize=args.normalize, candidates=args.candidates,
+        seed=args.seed, replacement=False if args.no_replacement else None,
+    )
+    overrides = {name: value for name, value in overrides.items() if value is not None}
+    if overrides.get("batch_size") == "full":
+        overrides["batch_size"] = None  # full-batch gradient descent
+    config = config_with(get_preset(args.preset), **overrides)
+    out = args.out or Path("runs") / f"pretraining-{args.preset}-{_slug(config.data)}"
+    print(f"study pretraining -> {out}")
+    try:
+        run = run_pretraining_study(config, out, device=args.device, progress=not args.no_progress)
+    except KeyboardInterrupt:
+        print(f"\ninterrupted; every finished row is saved in {out}. Run the same command again to resume.",
+              file=sys.stderr)
+        return 130
+    print(f"{run.computed} rows computed, {run.skipped} already done; results in {out}/results.sqlite "
+          f"and {out}/results.csv")
+    _report(run.rows, out, draw=not args.no_plot)
+    return 0
+
+
+def _slug(data: str) -> str:
+    """A directory-name form of a data spec: mnist5k -> mnist5k, mnist:/data/MNIST -> mnist-MNIST."""
+    kind, _, directory = data.partition(":")
+    text = kind + ("-" + os.path.basename(directory.rstrip("/\\")) if directory else "")
+    return "".join(c if c.isalnum() or c in "-_" else "-" for c in text)
+
+
+def cmd_plot(args) -> int:
+    with _open_store(args.dir) as store:
+        rows = store.rows()
+    _report(rows, args.dir, draw=True)
+    return 0
+
+
+def cmd_export(args) -> int:
+    target = args.csv or args.dir / "results.csv"
+    with _open_store(args.dir) as store:
+        store.export_csv(target)
+        n = len(store.rows())
+    print(f"wrote {n} rows to {target}")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    handlers = {"plot": cmd_plot, "export": cmd_export}
+    handler = cmd_study_pretraining if args.command == "study" else handlers[args.command]
+    try:
+        return handler(args)
+    except (UsageError, ValueError, FileNotFoundError) as exc:
+        parser.exit(2, f"greedyprune: error: {exc}\n")
+    return 0
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())
