@@ -256,34 +256,36 @@ class _SubsetSquaredScorer(_SquaredScorer):
 
 
 class _LogisticScorer(_Scorer):
-    """Binary cross-entropy on logits. Exact scores are one chunked softplus pass; ``best`` first bounds
-    every candidate with one matrix-vector product and evaluates exactly only those that can still win.
+    """Binary cross-entropy on logits; exact scores are one chunked softplus pass over the candidates.
 
-    With the anchor ``a = s / (k+1)`` (the part of a candidate's logits that every candidate shares), the
-    candidate logits are ``a + phi_i / (k+1)``. The loss is convex with curvature at most ``CURVATURE``
-    (1/4 for softplus, 1/2 for log-sum-exp), so its scaled score is bracketed by
-    ``L_i = (k+1) f(a) + <phi_i, f'(a)> - <phi_i, y>`` and ``U_i = L_i + CURVATURE/2 * ||phi_i||^2 / (k+1)``.
-    A candidate with ``L_i > min U`` can be neither the minimiser nor tied with it.
+    ``best`` evaluates exactly only the candidates that can still win. The loss f is convex in the
+    logits, so for any anchor b (m[, C]) and candidate logits ``z_i = a + phi_i / (k+1)`` with
+    ``a = s / (k+1)``, ``f(z_i) >= f(b) + <f'(b), z_i - b>``; the scaled score is then bounded below by::
+
+        L_i = (k+1) [f(b) + <f'(b), a - b>] + <phi_i, f'(b)> - <phi_i, y>
+
+    ``<phi_i, f'(b)>`` is one matrix-vector product, cached across steps for as long as the anchor b is
+    kept, so a step costs O(N) plus the exact passes. Candidates are evaluated in ascending order of L
+    until the next L exceeds the best exact score found: no candidate left out can win or tie. The anchor
+    is moved to the current ``a`` (one new product) when a step needed many exact evaluations.
     """
-
-    CURVATURE = 0.25
 
     def __init__(self, phi, target, chunk_elements):
         super().__init__(phi, target, chunk_elements)
         self.flat = phi.reshape(self.n, -1)
         self.py = self._linear_target_term(phi, target)
-        self.sq = (self.flat * self.flat).sum(dim=1, dtype=torch.float64)
-        self.norm = self.sq.sqrt()
+        self.norm = (self.flat * self.flat).sum(dim=1, dtype=torch.float64).sqrt()
         self.eps = torch.finfo(phi.dtype).eps
         self.sqrt_m = math.sqrt(self.flat.shape[1])
+        self.anchor = None  # (b, f(b) summed, f'(b), <phi_i, f'(b)> for all i, rounding margin)
+        self.refresh_after = max(32, self.n // 16)  # exact evaluations in one step that trigger a new anchor
         self.evaluated = 0  # exact candidate evaluations, for diagnostics
 
     def _linear_target_term(self, phi, target):
         return (phi @ target.to(phi.dtype)).double()
 
-    def _anchor(self, k: int) -> tuple[float, torch.Tensor]:
-        """``f(a)`` summed over the data, and the gradient ``f'(a)`` (same shape as one output)."""
-        a = self.s / (k + 1)
+    def _f_and_grad(self, a: torch.Tensor) -> tuple[float, torch.Tensor]:
+        """``f(a)`` summed over the data, and its gradient ``f'(a)`` (same shape as one output)."""
         return float(F.softplus(a).sum(dtype=torch.float64)), torch.sigmoid(a)
 
     def _nonlinear(self, block: torch.Tensor, k: int, buf: torch.Tensor) -> torch.Tensor:
@@ -306,44 +308,67 @@ class _LogisticScorer(_Scorer):
         py = self.py if rows is None else self.py[rows]
         return out - py
 
-    def bounds(self, k: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """``(lower, upper, margin)`` of every candidate's score at step k (see the class docstring)."""
-        base, grad = self._anchor(k)
-        grad = grad.reshape(-1)
-        lower = (k + 1) * base + (self.flat @ grad).double() - self.py
-        upper = lower + (self.CURVATURE / 2) * self.sq / (k + 1)
-        # rounding of the matrix-vector product and of the sums, generously bounded
-        margin = 64 * self.eps * (self.sqrt_m * self.norm * float(grad.double().norm()) + (k + 1) * abs(base)
-                                  + self.py.abs())
-        return lower, upper, margin
+    def set_anchor(self, k: int) -> None:
+        """Linearise at the current ``a = s / (k+1)``: one matrix-vector product over all candidates."""
+        b = self.s / (k + 1)
+        fb, grad = self._f_and_grad(b)
+        g = (self.flat @ grad.reshape(-1)).double()
+        # rounding of the product and of the sums, generously bounded
+        margin = 64 * self.eps * (self.sqrt_m * self.norm * float(grad.double().norm()) + self.py.abs())
+        self.anchor = (b, fb, grad, g, margin)
+
+    def lower_bounds(self, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(L, margin)``: every candidate's score at step k is at least ``L - margin``."""
+        if self.anchor is None:
+            self.set_anchor(k)
+        b, fb, grad, g, margin = self.anchor
+        a = self.s / (k + 1)
+        shared = (k + 1) * (fb + float((grad.double() * (a - b).double()).sum()))
+        return shared + g - self.py, margin + 64 * self.eps * (k + 1) * (abs(fb) + 1.0)
 
     def best(self, k, available):
-        lower, upper, margin = self.bounds(k)
+        lower, margin = self.lower_bounds(k)
+        lower = lower - margin
         if available is not None:
             lower = lower.masked_fill(~available, math.inf)
-            upper = upper.masked_fill(~available, math.inf)
-        alive = torch.nonzero(lower - margin <= upper.min() + margin.max(), as_tuple=False).flatten()
-        if alive.numel() * 2 > self.n:
-            return super().best(k, available)
-        return int(alive[int(torch.argmin(self.scores(alive, k)))])
+        order = torch.argsort(lower, stable=True)
+        best_score, best_index = math.inf, -1
+        start, batch, before = 0, 32, self.evaluated
+        while start < self.n and float(lower[order[start]]) <= best_score:
+            rows = order[start:start + batch]
+            rows = rows[lower[rows] <= best_score]  # (stays ascending in L; only can-still-win rows)
+            rows = rows[~torch.isinf(lower[rows])]
+            if rows.numel():
+                rows = rows.sort().values
+                score = self.scores(rows, k)
+                top = float(score.min())
+                index = int(rows[score == top].min())
+                if top < best_score or (top == best_score and index < best_index):
+                    best_score, best_index = top, index
+            start += batch
+            batch *= 2
+        if self.evaluated - before > self.refresh_after:
+            self.anchor = None  # bounds have grown loose: re-linearise at the next step
+        return best_index
 
 
 class _CrossEntropyScorer(_LogisticScorer):
-    CURVATURE = 0.5  # the Hessian of log-sum-exp, diag(p) - p p^T, has eigenvalues <= 1/2
-
     def _linear_target_term(self, phi, target):
         idx = target.long().view(1, -1, 1).expand(self.n, -1, 1)
         return torch.gather(phi, 2, idx).sum(dim=(1, 2), dtype=torch.float64)
 
-    def _anchor(self, k):
-        a = self.s / (k + 1)
+    def _f_and_grad(self, a):
         return float(torch.logsumexp(a, dim=1).sum(dtype=torch.float64)), torch.softmax(a, dim=1)
 
     def _nonlinear(self, block, k, buf):
-        # sum_j logsumexp_c((s + phi_i) / (k+1)) * (k+1)
+        # sum_j logsumexp_c((s + phi_i) / (k+1)) * (k+1), with the usual max shift; written out because
+        # torch.logsumexp over a short last axis is about twice as slow
         torch.add(block, self.s, out=buf)
         buf.mul_(1.0 / (k + 1))
-        return torch.logsumexp(buf, dim=2).sum(dim=1, dtype=torch.float64) * (k + 1)
+        top = buf.amax(dim=2, keepdim=True)
+        buf.sub_(top).exp_()
+        lse = buf.sum(dim=2).log_().add_(top.squeeze(2))
+        return lse.sum(dim=1, dtype=torch.float64) * (k + 1)
 
 
 def greedy_forward_selection(

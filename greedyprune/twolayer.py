@@ -134,9 +134,10 @@ def neuron_outputs(model: nn.Module, X: torch.Tensor) -> torch.Tensor:
     n = h.shape[1]
     v = second.weight * n  # (C, N)
     c = second.bias if second.bias is not None else torch.zeros(second.out_features, device=h.device, dtype=h.dtype)
+    ht = h.t().contiguous()  # (N, m); a contiguous result is what the selection engine reads fastest
     if second.out_features == 1:
-        return h.t() * v[0].unsqueeze(1) + c[0]
-    return h.t().unsqueeze(2) * v.t().unsqueeze(1) + c.view(1, 1, -1)
+        return ht * v[0].unsqueeze(1) + c[0]
+    return ht.unsqueeze(2) * v.t().unsqueeze(1) + c.view(1, 1, -1)
 
 
 def build_pruned(model: nn.Module, counts: torch.Tensor) -> nn.Module:
