@@ -2,32 +2,16 @@
 
 from __future__ import annotations
 
-import importlib
-import importlib.util
 import math
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-PLOTTING_PY = Path(__file__).resolve().parents[1] / "greedyprune" / "plotting.py"
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
 
-def _load_plotting():
-    try:
-        return importlib.import_module("greedyprune.plotting")
-    except ImportError:
-        # the package __init__ may import modules that are not ready yet
-        spec = importlib.util.spec_from_file_location("_greedyprune_plotting", PLOTTING_PY)
-        mod = importlib.util.module_from_spec(spec)
-        sys.modules[spec.name] = mod
-        spec.loader.exec_module(mod)
-        return mod
-
-
-plotting = _load_plotting()
+from greedyprune import plotting  # noqa: E402
 threshold_iterations = plotting.threshold_iterations
 summarize = plotting.summarize
 

@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import csv
-import importlib
-import importlib.util
 import json
 import math
 import os
@@ -18,22 +16,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-STORAGE_PY = Path(__file__).resolve().parents[1] / "greedyprune" / "storage.py"
 
 
-def _load_storage():
-    try:
-        return importlib.import_module("greedyprune.storage")
-    except ImportError:
-        # the package __init__ may import modules that are not ready yet
-        spec = importlib.util.spec_from_file_location("_greedyprune_storage", STORAGE_PY)
-        mod = importlib.util.module_from_spec(spec)
-        sys.modules[spec.name] = mod
-        spec.loader.exec_module(mod)
-        return mod
+from greedyprune import storage  # noqa: E402
 
-
-storage = _load_storage()
+STORAGE_PY = Path(storage.__file__)
 ResultsStore = storage.ResultsStore
 ConfigMismatchError = storage.ConfigMismatchError
 
