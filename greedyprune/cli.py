@@ -206,7 +206,7 @@ def main(argv: list[str] | None = None) -> int:
     handler = cmd_study_pretraining if args.command == "study" else handlers[args.command]
     try:
         return handler(args)
-    except (UsageError, ValueError, FileNotFoundError) as exc:
+    except (UsageError, ValueError, OSError, FloatingPointError) as exc:
         parser.exit(2, f"greedyprune: error: {exc}\n")
     return 0
 

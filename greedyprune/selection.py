@@ -35,6 +35,7 @@ LOSSES = ("squared", "logistic", "cross_entropy")
 # fits in L2 cache keeps the add -> softplus -> sum sequence out of main memory.
 _CPU_CHUNK_ELEMENTS = 1 << 18
 _GPU_CHUNK_ELEMENTS = 1 << 26
+_MAX_MAGNITUDE = 1e15
 
 
 @dataclass
@@ -177,7 +178,11 @@ def _validate(outputs, target, k, loss, replacement, candidates, seed) -> None:
             raise TypeError(f"loss='squared' needs a floating-point target, got dtype {target.dtype}; use target.float()")
         if not bool(torch.isfinite(target).all()):
             raise ValueError("target contains NaN or inf")
-    if not bool(torch.isfinite(outputs).all()):
+    finite = bool(torch.isfinite(outputs).all())
+    if finite and float(outputs.detach().abs().max()) > _MAX_MAGNITUDE:
+        raise ValueError(f"outputs reach magnitude {float(outputs.detach().abs().max()):.3g}; values beyond "
+                         f"{_MAX_MAGNITUDE:.0e} are not supported - rescale them")
+    if not finite:
         bad_rows = torch.nonzero(~torch.isfinite(outputs.reshape(n, -1)).all(dim=1)).flatten()
         raise ValueError(
             f"outputs contain NaN or inf (in {bad_rows.numel()} of {n} neurons, first: neuron {int(bad_rows[0])}); "
@@ -258,13 +263,17 @@ class _SubsetSquaredScorer(_SquaredScorer):
 class _LogisticScorer(_Scorer):
     """Binary cross-entropy on logits; exact scores are one chunked softplus pass over the candidates.
 
-    ``best`` evaluates exactly only the candidates that can still win. The loss f is convex in the
+    The per-example loss is written ``softplus(sign * z)`` with ``sign = 1 - 2y``, which equals
+    ``softplus(z) - y z`` without the cancellation when predictions are confident.
+
+    ``best`` evaluates exactly only the candidates that can still win. The loss F is convex in the
     logits, so for any anchor b (m[, C]) and candidate logits ``z_i = a + phi_i / (k+1)`` with
-    ``a = s / (k+1)``, ``f(z_i) >= f(b) + <f'(b), z_i - b>``; the scaled score is then bounded below by::
+    ``a = s / (k+1)``, ``F(z_i) >= F(b) + <F'(b), z_i - b>``; the scaled score ``(k+1) F(z_i)`` is then
+    bounded below by::
 
-        L_i = (k+1) [f(b) + <f'(b), a - b>] + <phi_i, f'(b)> - <phi_i, y>
+        L_i = (k+1) [F(b) + <F'(b), a - b>] + <phi_i, F'(b)>
 
-    ``<phi_i, f'(b)>`` is one matrix-vector product, cached across steps for as long as the anchor b is
+    ``<phi_i, F'(b)>`` is one matrix-vector product, cached across steps for as long as the anchor b is
     kept, so a step costs O(N) plus the exact passes. Candidates are evaluated in ascending order of L
     until the next L exceeds the best exact score found: no candidate left out can win or tie. The anchor
     is moved to the current ``a`` (one new product) when a step needed many exact evaluations.
@@ -273,25 +282,29 @@ class _LogisticScorer(_Scorer):
     def __init__(self, phi, target, chunk_elements):
         super().__init__(phi, target, chunk_elements)
         self.flat = phi.reshape(self.n, -1)
-        self.py = self._linear_target_term(phi, target)
+        self._prepare_target(target)
         self.norm = (self.flat * self.flat).sum(dim=1, dtype=torch.float64).sqrt()
         self.eps = torch.finfo(phi.dtype).eps
+        # softplus(x) is returned as x past this point: exp(-threshold) must be below the dtype's precision
+        self.threshold = 20.0 if phi.dtype == torch.float32 else 40.0
         self.sqrt_m = math.sqrt(self.flat.shape[1])
-        self.anchor = None  # (b, f(b) summed, f'(b), <phi_i, f'(b)> for all i, rounding margin)
+        self.anchor = None  # (b, F(b), F'(b), <phi_i, F'(b)> for all i, rounding margin)
         self.refresh_after = max(32, self.n // 16)  # exact evaluations in one step that trigger a new anchor
         self.evaluated = 0  # exact candidate evaluations, for diagnostics
 
-    def _linear_target_term(self, phi, target):
-        return (phi @ target.to(phi.dtype)).double()
+    def _prepare_target(self, target):
+        self.sign = 1 - 2 * target.to(self.phi.dtype)
 
     def _f_and_grad(self, a: torch.Tensor) -> tuple[float, torch.Tensor]:
-        """``f(a)`` summed over the data, and its gradient ``f'(a)`` (same shape as one output)."""
-        return float(F.softplus(a).sum(dtype=torch.float64)), torch.sigmoid(a)
+        """``F(a)`` (the loss summed over the data) and its gradient ``F'(a)``."""
+        t = self.sign * a
+        return float(F.softplus(t).sum(dtype=torch.float64)), self.sign * torch.sigmoid(t)
 
     def _nonlinear(self, block: torch.Tensor, k: int, buf: torch.Tensor) -> torch.Tensor:
-        # sum_j softplus((s_j + phi_ij) / (k+1)) * (k+1), via softplus's beta = 1/(k+1)
+        # (k+1) * sum_j softplus(sign_j (s_j + phi_ij) / (k+1)), via softplus's beta = 1/(k+1)
         torch.add(block, self.s, out=buf)
-        torch._C._nn.softplus(buf, 1.0 / (k + 1), 20.0, out=buf)
+        buf.mul_(self.sign)
+        torch._C._nn.softplus(buf, 1.0 / (k + 1), self.threshold, out=buf)
         return buf.sum(dim=1, dtype=torch.float64)
 
     def scores(self, rows, k):
@@ -305,16 +318,15 @@ class _LogisticScorer(_Scorer):
             b = min(a + step, count)
             block = self.phi[a:b] if rows is None else self.phi[rows[a:b]]
             out[a:b] = self._nonlinear(block, k, buf[: b - a])
-        py = self.py if rows is None else self.py[rows]
-        return out - py
+        return out
 
     def set_anchor(self, k: int) -> None:
         """Linearise at the current ``a = s / (k+1)``: one matrix-vector product over all candidates."""
         b = self.s / (k + 1)
         fb, grad = self._f_and_grad(b)
         g = (self.flat @ grad.reshape(-1)).double()
-        # rounding of the product and of the sums, generously bounded
-        margin = 64 * self.eps * (self.sqrt_m * self.norm * float(grad.double().norm()) + self.py.abs())
+        # rounding of the product, generously bounded
+        margin = 64 * self.eps * self.sqrt_m * self.norm * float(grad.double().norm())
         self.anchor = (b, fb, grad, g, margin)
 
     def lower_bounds(self, k: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -323,8 +335,11 @@ class _LogisticScorer(_Scorer):
             self.set_anchor(k)
         b, fb, grad, g, margin = self.anchor
         a = self.s / (k + 1)
-        shared = (k + 1) * (fb + float((grad.double() * (a - b).double()).sum()))
-        return shared + g - self.py, margin + 64 * self.eps * (k + 1) * (abs(fb) + 1.0)
+        inner = float((grad.double() * (a - b).double()).sum())
+        shared = (k + 1) * (fb + inner)
+        # rounding of the shared term and of the exact scores it is compared with
+        slack = 64 * self.eps * (k + 1) * (abs(fb) + abs(inner) + 1.0)
+        return shared + g, margin + slack
 
     def best(self, k, available):
         lower, margin = self.lower_bounds(k)
@@ -336,8 +351,7 @@ class _LogisticScorer(_Scorer):
         start, batch, before = 0, 32, self.evaluated
         while start < self.n and float(lower[order[start]]) <= best_score:
             rows = order[start:start + batch]
-            rows = rows[lower[rows] <= best_score]  # (stays ascending in L; only can-still-win rows)
-            rows = rows[~torch.isinf(lower[rows])]
+            rows = rows[(lower[rows] <= best_score) & (lower[rows] != math.inf)]  # rows that can still win
             if rows.numel():
                 rows = rows.sort().values
                 score = self.scores(rows, k)
@@ -347,28 +361,59 @@ class _LogisticScorer(_Scorer):
                     best_score, best_index = top, index
             start += batch
             batch *= 2
+        if best_index < 0:
+            raise RuntimeError(f"greedy selection found no candidate at step {k}; please report this with the inputs")
         if self.evaluated - before > self.refresh_after:
             self.anchor = None  # bounds have grown loose: re-linearise at the next step
         return best_index
 
 
 class _CrossEntropyScorer(_LogisticScorer):
-    def _linear_target_term(self, phi, target):
-        idx = target.long().view(1, -1, 1).expand(self.n, -1, 1)
-        return torch.gather(phi, 2, idx).sum(dim=(1, 2), dtype=torch.float64)
+    """Softmax cross-entropy on logits (N, m, C). The per-example loss is computed as
+    ``(top - z_y) + log1p(sum_{c != argmax} exp(z_c - top))`` (``top = max_c z_c``): no cancellation when
+    the right class wins by a wide margin."""
+
+    def _prepare_target(self, target):
+        self.labels = target.long()
+        self.onehot = F.one_hot(self.labels, self.phi.shape[2]).to(self.phi.dtype)
 
     def _f_and_grad(self, a):
-        return float(torch.logsumexp(a, dim=1).sum(dtype=torch.float64)), torch.softmax(a, dim=1)
+        value = torch.logsumexp(a, dim=1) - a.gather(1, self.labels.view(-1, 1)).squeeze(1)
+        return float(value.sum(dtype=torch.float64)), torch.softmax(a, dim=1) - self.onehot
 
     def _nonlinear(self, block, k, buf):
-        # sum_j logsumexp_c((s + phi_i) / (k+1)) * (k+1), with the usual max shift; written out because
-        # torch.logsumexp over a short last axis is about twice as slow
         torch.add(block, self.s, out=buf)
         buf.mul_(1.0 / (k + 1))
-        top = buf.amax(dim=2, keepdim=True)
+        top, arg = buf.max(dim=2, keepdim=True)
+        zy = buf.gather(2, self.labels.view(1, -1, 1).expand(buf.shape[0], -1, 1))
+        margin = (top - zy).squeeze(2)
         buf.sub_(top).exp_()
-        lse = buf.sum(dim=2).log_().add_(top.squeeze(2))
-        return lse.sum(dim=1, dtype=torch.float64) * (k + 1)
+        buf.scatter_(2, arg, 0.0)
+        loss = margin.add_(torch.log1p(buf.sum(dim=2)))
+        return loss.sum(dim=1, dtype=torch.float64) * (k + 1)
+
+
+def _duplicate_groups(phi: torch.Tensor) -> dict[int, list[int]]:
+    """Rows that are exactly equal, as {row: all rows equal to it, ascending}; empty when none are.
+
+    Equal rows have equal losses, and a brute-force loop picks the lowest of them; the engine's
+    vectorised arithmetic may round them differently, so ties among exact duplicates are resolved here.
+    Rows are bucketed by a hash of their bytes and then compared exactly.
+    """
+    rows = phi.reshape(phi.shape[0], -1).cpu().numpy()
+    buckets: dict[int, list[int]] = {}
+    for i in range(rows.shape[0]):
+        buckets.setdefault(hash(rows[i].tobytes()), []).append(i)
+    groups: dict[int, list[int]] = {}
+    for members in buckets.values():
+        while len(members) > 1:
+            first = members[0]
+            same = [j for j in members if (rows[j] == rows[first]).all()]
+            if len(same) > 1:
+                for j in same:
+                    groups[j] = same
+            members = [j for j in members if j not in same]
+    return groups
 
 
 def greedy_forward_selection(
@@ -387,8 +432,9 @@ def greedy_forward_selection(
 
     Args:
         outputs: (N, m) - row i is neuron i's output over the m examples - or (N, m, C) for C outputs.
-            For "logistic" and "cross_entropy" the outputs are logits. Float16/32/64, CPU or CUDA; the
-            work runs on this tensor's device.
+            For "logistic" and "cross_entropy" the outputs are logits. float32 or float64 (float16 and
+            bfloat16 are computed in float32), magnitudes up to 1e15, CPU or CUDA; the work runs on this
+            tensor's device. Inputs that require grad are detached.
         target: "squared": floats shaped like ``outputs[0]``; "logistic": (m,) labels in {0, 1};
             "cross_entropy": (m,) integer class indices in [0, C). Same device as ``outputs``.
         k: number of selection steps (>= 1). With replacement the result has at most k distinct neurons.
@@ -409,7 +455,12 @@ def greedy_forward_selection(
     of near-ties; the statistics are accumulated in float64).
     """
     _validate(outputs, target, k, loss, replacement, candidates, seed)
-    phi = outputs.contiguous()
+    phi = outputs.detach()
+    if phi.dtype in (torch.float16, torch.bfloat16):
+        phi = phi.float()  # half precision cannot hold the running sums and scores: computed in float32
+    phi = phi.contiguous()
+    target = target.detach()
+    target = target.long() if loss == "cross_entropy" else target.to(phi.dtype)
     n = phi.shape[0]
     device = phi.device
     if chunk_elements is None:
@@ -425,6 +476,7 @@ def greedy_forward_selection(
     else:
         scorer = _CrossEntropyScorer(phi, target, chunk_elements)
 
+    duplicates = _duplicate_groups(phi)
     generator = torch.Generator().manual_seed(seed)
     all_rows = torch.arange(n)
     available = torch.ones(n, dtype=torch.bool)
@@ -439,13 +491,17 @@ def greedy_forward_selection(
         steps = tqdm(steps, desc=f"greedy selection ({loss})", unit="step", leave=False)
     for step in steps:
         if candidates is None:
+            rows_cpu = None
             best = scorer.best(step, None if replacement else available.to(device))
         else:
             pool = all_rows if replacement else all_rows[available]
             rows_cpu = _draw_candidates(generator, pool, candidates)
-            rows = rows_cpu.to(device)
-            score = scorer.scores(rows, step)
+            score = scorer.scores(rows_cpu.to(device), step)
             best = int(rows_cpu[int(torch.argmin(score))])
+        if best in duplicates:  # an exact copy with a lower index, if eligible, ties and wins
+            eligible = set(rows_cpu.tolist()) if rows_cpu is not None else None
+            best = min(j for j in duplicates[best]
+                       if (replacement or available[j]) and (eligible is None or j in eligible))
         indices[step] = best
         counts[best] += 1
         available[best] = False

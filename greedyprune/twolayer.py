@@ -65,7 +65,7 @@ class TwoLayerNet(nn.Sequential):
                                  nn.Linear(hidden, out_features))
         self.activation_name = activation
         if init == "gaussian":
-            gen = torch.Generator().manual_seed(0 if seed is None else seed)
+            gen = None if seed is None else torch.Generator().manual_seed(seed)  # None: the global RNG
             with torch.no_grad():
                 self[0].weight.copy_(torch.randn(self[0].weight.shape, generator=gen))
                 self[0].bias.zero_()

@@ -145,7 +145,7 @@ def test_interrupted_study_resumes_with_one_row_per_key(tmp_path, sig):
     assert "resuming" in done.stdout + done.stderr
     with sqlite3.connect(out / "results.sqlite") as conn:
         keys = conn.execute("SELECT width, size, trial, iteration FROM results").fetchall()
-    assert len(keys) == len(set(keys)) == LONG_ROWS
+    assert len(keys) == LONG_ROWS and len(set(keys)) == LONG_ROWS
 
     # the interrupted-and-resumed rows are the rows of an uninterrupted run
     reference = run_pretraining_study(config_with(get_preset("quick"), **LONG), tmp_path / "ref", progress=False,

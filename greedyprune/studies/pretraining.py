@@ -164,7 +164,6 @@ def run_pretraining_study(config: PretrainingStudyConfig, out_dir: str | Path, *
     ds = load_dataset(config.data, normalize=config.normalize, seed=config.seed)
     sizes = resolve_sizes(config, len(ds))
     points = config.checkpoints()
-    y_all = ds.binary_labels()
 
     with ResultsStore(out / DB_NAME, kind="pretraining") as store:
         store.bind_config(_study_identity(config, sizes))
@@ -187,7 +186,7 @@ def run_pretraining_study(config: PretrainingStudyConfig, out_dir: str | Path, *
                         keys = [(width, size, trial, t) for t in points]
                         if all(key in done for key in keys):
                             continue
-                        _run_one(config, ds, y_all, width, size, trial, dev, out, store, done, run, bar)
+                        _run_one(config, ds, width, size, trial, dev, out, store, done, run, bar)
         finally:
             if bar is not None:
                 bar.close()
@@ -196,15 +195,31 @@ def run_pretraining_study(config: PretrainingStudyConfig, out_dir: str | Path, *
     return run
 
 
-def _run_one(config, ds, y_all, width, size, trial, dev, out, store, done, run, bar) -> None:
-    """Pre-train one (width, size, trial) net, pruning at each checkpoint not yet recorded."""
-    idx = balanced_subsample(ds.labels, size, seed=config.seed * 1_000_003 + trial)
-    X = ds.X[idx].to(dev)
-    y = y_all[idx].to(dev)
-    model = TwoLayerNet(ds.in_features, width, activation=config.activation, seed=config.seed * 1_000_003 + trial)
-    model.to(dev)
+def setup_run(config: PretrainingStudyConfig, ds, width: int, size: int, trial: int, device="cpu"):
+    """The sub-dataset, initial network and training settings of one (width, size, trial) run:
+    ``(X, y, model, train_config)``. Everything that replays a study run starts here."""
+    run_seed = config.seed * 1_000_003 + trial
+    idx = balanced_subsample(ds.labels, size, seed=run_seed)
+    X = ds.X[idx].to(device)
+    y = ds.binary_labels()[idx].to(device)
+    model = TwoLayerNet(ds.in_features, width, activation=config.activation, seed=run_seed).to(device)
     train_config = TrainConfig(iterations=config.iterations, lr=config.lr, batch_size=config.batch_size,
-                               loss=config.loss, seed=config.seed * 1_000_003 + trial)
+                               loss=config.loss, seed=run_seed)
+    return X, y, model, train_config
+
+
+def load_study_config(ident: dict) -> PretrainingStudyConfig:
+    """The config stored in a study database (its identity dict) back as a :class:`PretrainingStudyConfig`."""
+    known = {f.name for f in fields(PretrainingStudyConfig)}
+    values = {k: v for k, v in ident.items() if k in known}
+    values["widths"] = tuple(values["widths"])
+    values["sizes"] = tuple(values["sizes"]) if values.get("sizes") is not None else None
+    return PretrainingStudyConfig(**values)
+
+
+def _run_one(config, ds, width, size, trial, dev, out, store, done, run, bar) -> None:
+    """Pre-train one (width, size, trial) net, pruning at each checkpoint not yet recorded."""
+    X, y, model, train_config = setup_run(config, ds, width, size, trial, dev)
     ckpt = out / "checkpoints" / f"w{width}_n{size}_t{trial}.pt"
 
     def prune_and_record(iteration: int, net) -> None:
