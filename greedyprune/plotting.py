@@ -414,14 +414,82 @@ def summary_table(rows: Iterable[Mapping[str, Any]]) -> str:
     return "\n\n".join(blocks) + "\n"
 
 
+def lemma1_gaps(rows: Iterable[Mapping[str, Any]]) -> list[dict]:
+    """Lemma 1 per (width, largest size, iteration): the mean over trials of the per-step gap
+    ``l(u_k) - l(dense)`` and its fitted rate ``gap ~ K^rate`` over the steps with a positive mean gap."""
+    from .fitting import fit_power_law
+
+    records = [r for r in _as_records(rows) if r.get("losses")]
+    out = []
+    for width in sorted({int(r["width"]) for r in records}):
+        mine = [r for r in records if int(r["width"]) == width]
+        size = max(int(r["size"]) for r in mine)
+        for iteration in sorted({int(r["iteration"]) for r in mine}):
+            cell = [r for r in mine if int(r["size"]) == size and int(r["iteration"]) == iteration]
+            gaps = np.mean([np.asarray(r["losses"], dtype=float) - float(r["dense_loss"]) for r in cell], axis=0)
+            ks = np.arange(1, gaps.size + 1)
+            keep = gaps > 0
+            rate = stderr = math.nan
+            if keep.sum() >= 3:
+                rate, stderr, _ = fit_power_law(ks[keep], gaps[keep])
+            out.append({"width": width, "size": size, "iteration": iteration, "gaps": gaps, "rate": rate,
+                        "stderr": stderr, "positive_steps": int(keep.sum())})
+    return out
+
+
+def plot_lemma1(rows: Iterable[Mapping[str, Any]], path: str | Path) -> None:
+    """Gap ``l(u_k) - l(dense)`` against k on log-log axes, one curve per pre-training checkpoint, one
+    panel per width (largest dataset size); a 1/K guide shows Lemma 1's rate. Steps where greedy
+    selection beats the dense network (negative gap) are not drawn."""
+    curves = lemma1_gaps(rows)
+    if not curves:
+        raise ValueError("no per-step selection losses in these rows (they are stored by study pretraining)")
+    widths = sorted({c["width"] for c in curves})
+    fig, axes = _new_figure(len(widths), 5.0, 3.9)
+    import matplotlib
+
+    cmap = matplotlib.colormaps["viridis"]
+    for ax, width in zip(axes, widths):
+        mine = [c for c in curves if c["width"] == width]
+        for j, c in enumerate(mine):
+            ks = np.arange(1, c["gaps"].size + 1)
+            gaps = np.where(c["gaps"] > 0, c["gaps"], np.nan)
+            rate = "" if math.isnan(c["rate"]) else f", K^{c['rate']:.2f}"
+            ax.plot(ks, gaps, color=cmap(j / max(len(mine) - 1, 1)), lw=1.5, label=f"iter {c['iteration']}{rate}")
+        ref = [c for c in mine if c["positive_steps"] > 0]
+        if ref:
+            g0 = np.nanmax([c["gaps"][0] for c in ref])
+            ks = np.arange(1, mine[0]["gaps"].size + 1)
+            ax.plot(ks, g0 / ks, color="black", ls=":", lw=1, label="1/K")
+        ax.set_xscale("log")
+        if ref:
+            ax.set_yscale("log")
+        else:
+            ax.text(0.5, 0.5, "the pruned net beats the dense one\nat every step (gap <= 0)", ha="center",
+                    va="center", transform=ax.transAxes)
+        ax.set_xlabel("selection step K")
+        ax.set_ylabel("l(u_K) - l(dense)")
+        ax.set_title(f"width {width}, dataset size {mine[0]['size']}")
+        ax.grid(alpha=0.3, which="both")
+        if ref:
+            ax.legend(fontsize=7, ncol=2)
+    fig.suptitle("Lemma 1: the pruned loss approaches the dense loss like O(1/K)")
+    _save(fig, path)
+
+
 def plot_study(rows: Iterable[Mapping[str, Any]], out_dir: str | Path) -> list[Path]:
-    """Write ``figure1.png`` and ``accuracy_curves.png`` into ``out_dir``
+    """Write ``figure1.png``, ``accuracy_curves.png`` and ``lemma1_gap.png`` into ``out_dir``
     (created if absent) and return their paths."""
     records = _as_records(rows)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     fig1 = out / "figure1.png"
     curves = out / "accuracy_curves.png"
+    lemma = out / "lemma1_gap.png"
     plot_figure1(records, fig1)
     plot_accuracy_curves(records, curves)
-    return [fig1, curves]
+    paths = [fig1, curves]
+    if any(r.get("losses") for r in records):
+        plot_lemma1(records, lemma)
+        paths.append(lemma)
+    return paths

@@ -85,6 +85,23 @@ class SelectionResult:
         """Per-step gap ``l(u_j) - reference_loss`` (e.g. the dense network's loss; Lemma 1)."""
         return self.losses - float(reference_loss)
 
+    def gap_rate(self, reference_loss: float, k_min: int = 1) -> dict:
+        """Lemma 1 in practice: fit ``gap(K) ~ C * K^rate`` over the steps K >= k_min with a positive gap.
+
+        Lemma 1 bounds the gap to the dense network's loss by O(1/K) (rate -1 or faster). A gap can turn
+        negative - greedy selection with replacement can beat the dense net - and such steps are left out
+        of the fit. Returns ``{"rate", "stderr", "prefactor", "steps_used"}`` (NaN rate if fewer than 3).
+        """
+        from .fitting import fit_power_law
+
+        gaps = self.gap(reference_loss).numpy()
+        ks = torch.arange(1, self.k + 1).numpy()
+        keep = (ks >= k_min) & (gaps > 0)
+        if keep.sum() < 3:
+            return {"rate": math.nan, "stderr": math.nan, "prefactor": math.nan, "steps_used": int(keep.sum())}
+        rate, stderr, prefactor = fit_power_law(ks[keep], gaps[keep])
+        return {"rate": rate, "stderr": stderr, "prefactor": prefactor, "steps_used": int(keep.sum())}
+
     def __repr__(self) -> str:
         return (
             f"SelectionResult(k={self.k}, distinct={int(self.selected.numel())}/{self.num_neurons}, "
