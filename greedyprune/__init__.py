@@ -6,6 +6,7 @@ The verbs::
     result = greedyprune.greedy_forward_selection(outputs, target, k, loss="squared")
     small, result = greedyprune.prune_two_layer(model, X, y, k=50, loss="logistic")
 """
+from .advisor import PretrainingAdvisor
 from .selection import LOSSES, SelectionResult, greedy_forward_selection, loss_value
 from .train import TrainConfig, evaluate, pretrain
 from .twolayer import TwoLayerNet, build_pruned, neuron_outputs, prune_two_layer
@@ -13,6 +14,7 @@ from .twolayer import TwoLayerNet, build_pruned, neuron_outputs, prune_two_layer
 __version__ = "0.1.0"
 __all__ = [
     "LOSSES",
+    "PretrainingAdvisor",
     "SelectionResult",
     "TrainConfig",
     "TwoLayerNet",

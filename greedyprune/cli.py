@@ -1,6 +1,9 @@
 """The ``greedyprune`` command line.
 
     greedyprune study pretraining [--preset quick|paper] [--data SPEC] [--out DIR] [overrides]
+    greedyprune study appendix-c [--preset quick|paper]
+    greedyprune theory threshold STUDY_DIR
+    greedyprune advise [--data SPEC ...] | greedyprune advise --compare STUDY_DIR
     greedyprune plot DIR
     greedyprune export DIR [--csv FILE]
 """
@@ -113,6 +116,68 @@ def build_parser() -> argparse.ArgumentParser:
     pt.add_argument("--no-progress", action="store_true", help="no progress bars")
     pt.add_argument("--no-plot", action="store_true", help="do not draw the figures at the end")
 
+    ac = studies.add_parser(
+        "appendix-c",
+        help="Appendix C: smallest singular value of hidden features ~ sqrt(width); condition numbers vs rows",
+        description="Reproduces Appendix C: (a) the smallest singular value of the hidden-feature matrix at "
+                    "initialisation against the width N, with the sqrt(N) fit (figure2.png); (b) the condition "
+                    "number of Gaussian random matrices against the number of rows (figure3.png). CSVs too.",
+    )
+    ac.add_argument("--preset", default="quick", choices=["quick", "paper"], help="quick (default, < 2 min) or paper")
+    ac.add_argument("--out", type=Path, help="output directory (default runs/appendix-c-PRESET)")
+    ac.add_argument("--repeats", type=_positive_int, help="random matrices per setting")
+    ac.add_argument("--activation", choices=["tanh", "sigmoid", "erf"], help="bounded smooth activation")
+    ac.add_argument("--seed", type=_nonnegative_int)
+    ac.add_argument("--threads", type=_positive_int, help="torch CPU threads")
+    ac.add_argument("--no-progress", action="store_true")
+
+    theory = sub.add_parser("theory", help="the paper's theory, measured on your data")
+    theories = theory.add_subparsers(dest="theory", metavar="WHAT")
+    theories.required = True
+    th = theories.add_parser(
+        "threshold",
+        help="Theorem 3: Definition 1's lambda_0 and kappa, predicted threshold ~ kappa log m vs the red line",
+        description="For each width and dataset size of a finished `study pretraining` directory, rebuilds the "
+                    "initial network and sub-dataset, computes lambda_0 and kappa of the first-layer output matrix, "
+                    "and plots the predicted threshold order kappa*log(m) (one fitted constant per width) next to "
+                    "the observed red-line thresholds. Writes thresholds.csv and thresholds.png.",
+    )
+    th.add_argument("dir", type=Path, help="a finished study pretraining directory")
+    th.add_argument("--out", type=Path, help="where to write (default: the study directory)")
+    th.add_argument("--max-trials", type=_positive_int, help="use at most this many trials per size")
+    th.add_argument("--no-progress", action="store_true")
+
+    adv = sub.add_parser(
+        "advise",
+        help="train a two-layer net with the pre-training advisor and stop when pre-training is enough",
+        description="Trains a two-layer net on a data set, pruning it with greedy forward selection every "
+                    "--check-every steps; stops when the pruned accuracy and the selection have both stopped "
+                    "improving (see greedyprune.PretrainingAdvisor), and saves the pruned model. With --compare "
+                    "DIR it instead replays a finished `study pretraining` with the advisor and compares its stop "
+                    "steps with the study's red-line thresholds.",
+    )
+    adv.add_argument("--compare", type=Path, metavar="STUDY_DIR", help="replay this study with the advisor")
+    adv.add_argument("--data", default="mnist5k", help="mnist5k (default), digits, synthetic, mnist:DIR, cifar10:DIR")
+    adv.add_argument("--size", type=_positive_int, help="class-balanced subset of this many examples")
+    adv.add_argument("--width", type=_positive_int, default=1000)
+    adv.add_argument("--iterations", type=_positive_int, help="training steps at most (default 4000; with "
+                     "--compare: twice the study's)")
+    adv.add_argument("--check-every", type=_positive_int, default=250)
+    adv.add_argument("--k", type=_positive_int, default=50)
+    adv.add_argument("--lr", type=_positive_float, default=1.0)
+    adv.add_argument("--batch-size", type=_batch_size, default=64)
+    adv.add_argument("--check-examples", type=_positive_int, default=1024,
+                     help="size of the fixed batch the advisor checks on (default 1024)")
+    adv.add_argument("--patience", type=_positive_int, default=2)
+    adv.add_argument("--tolerance", type=_positive_float, default=0.005)
+    adv.add_argument("--distance-tolerance", type=_positive_float, default=0.05)
+    adv.add_argument("--keep-training", action="store_true", help="train to the end even after the advisor fires")
+    adv.add_argument("--seed", type=_nonnegative_int, default=0)
+    adv.add_argument("--out", type=Path, help="output directory (default runs/advise-DATA, or the study directory)")
+    adv.add_argument("--device", default="cpu")
+    adv.add_argument("--threads", type=_positive_int)
+    adv.add_argument("--no-progress", action="store_true")
+
     plot = sub.add_parser("plot", help="redraw a study's figures and summary from its database")
     plot.add_argument("dir", type=Path, help="the study's output directory")
 
@@ -176,6 +241,50 @@ def cmd_study_pretraining(args) -> int:
     return 0
 
 
+def cmd_study_appendix_c(args) -> int:
+    import torch
+
+    from .studies.appendix_c import config_with, get_preset, run_appendix_c, summary_text
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    overrides = {k: v for k, v in dict(repeats=args.repeats, activation=args.activation, seed=args.seed).items()
+                 if v is not None}
+    config = config_with(get_preset(args.preset), **overrides)
+    out = args.out or Path("runs") / f"appendix-c-{args.preset}"
+    print(f"study appendix-c -> {out}")
+    result = run_appendix_c(config, out, progress=not args.no_progress)
+    print(summary_text(result))
+    return 0
+
+
+def cmd_theory_threshold(args) -> int:
+    from .theory import run_threshold
+
+    run_threshold(args.dir, args.out, progress=not args.no_progress)
+    return 0
+
+
+def cmd_advise(args) -> int:
+    import torch
+
+    from .studies.advisor import advise, compare_with_study
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    rules = dict(check_examples=args.check_examples, patience=args.patience, tolerance=args.tolerance,
+                 distance_tolerance=args.distance_tolerance, device=args.device, progress=not args.no_progress)
+    if args.compare is not None:
+        compare_with_study(args.compare, args.out, iterations=args.iterations, **rules)
+        return 0
+    batch = None if args.batch_size == "full" else args.batch_size
+    out = args.out or Path("runs") / f"advise-{_slug(args.data)}"
+    run = advise(data=args.data, size=args.size, width=args.width, iterations=args.iterations or 4000,
+                 check_every=args.check_every, k=args.k, lr=args.lr, batch_size=batch, seed=args.seed, out_dir=out,
+                 stop_when_fired=not args.keep_training, **rules)
+    return 0  # not firing is an answer too ("pre-train longer"), not an error
+
+
 def _slug(data: str) -> str:
     """A directory-name form of a data spec: mnist5k -> mnist5k, mnist:/data/MNIST -> mnist-MNIST."""
     kind, _, directory = data.partition(":")
@@ -202,8 +311,11 @@ def cmd_export(args) -> int:
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    handlers = {"plot": cmd_plot, "export": cmd_export}
-    handler = cmd_study_pretraining if args.command == "study" else handlers[args.command]
+    if args.command == "study":
+        handler = cmd_study_pretraining if args.study == "pretraining" else cmd_study_appendix_c
+    else:
+        handler = {"plot": cmd_plot, "export": cmd_export, "theory": cmd_theory_threshold,
+                   "advise": cmd_advise}[args.command]
     try:
         return handler(args)
     except (UsageError, ValueError, OSError, FloatingPointError) as exc:
