@@ -103,7 +103,7 @@ def main() -> None:
               f"distinct kept {int(result.selected.numel())}")
         if not same:
             raise SystemExit(f"{loss}: the engine and the reference chose differently")
-        del phi, flat
+        phi = flat = None  # free the (N, m[, C]) matrix before the next loss
 
     squared = floor_ratios.get("squared", float("nan"))
     print(f"speedup vs reference: {min(speedups.values()):.1f}x, squared vs floor: {squared:.1f}x")

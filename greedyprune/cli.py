@@ -279,7 +279,7 @@ def cmd_advise(args) -> int:
         return 0
     batch = None if args.batch_size == "full" else args.batch_size
     out = args.out or Path("runs") / f"advise-{_slug(args.data)}"
-    run = advise(data=args.data, size=args.size, width=args.width, iterations=args.iterations or 4000,
+    advise(data=args.data, size=args.size, width=args.width, iterations=args.iterations or 4000,
                  check_every=args.check_every, k=args.k, lr=args.lr, batch_size=batch, seed=args.seed, out_dir=out,
                  stop_when_fired=not args.keep_training, **rules)
     return 0  # not firing is an answer too ("pre-train longer"), not an error

@@ -20,6 +20,8 @@ from typing import Any, Iterable, Mapping, Sequence
 
 import numpy as np
 
+from ._text import format_table
+
 __all__ = [
     "WidthSummary",
     "summarize",
@@ -404,13 +406,7 @@ def summary_table(rows: Iterable[Mapping[str, Any]]) -> str:
             fin = np.flatnonzero(np.isfinite(d))
             final = f"{d[fin[-1]]:.4f}" if fin.size else "n/a"
             body.append([str(size), "never" if t is None else str(t), at0, best, final])
-        widths = [max(len(h), *(len(r[c]) for r in body)) for c, h in enumerate(header)]
-
-        def line(cells: list[str]) -> str:
-            return " | ".join(c.rjust(w) for c, w in zip(cells, widths))
-
-        rule = "-+-".join("-" * w for w in widths)
-        blocks.append("\n".join([head, line(header), rule, *(line(r) for r in body)]))
+        blocks.append(head + "\n" + format_table(header, body))
     return "\n\n".join(blocks) + "\n"
 
 

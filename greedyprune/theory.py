@@ -51,6 +51,8 @@ from typing import Callable, Sequence
 import numpy as np
 import torch
 
+from ._text import format_table
+
 __all__ = [
     "Definition1",
     "definition1",
@@ -347,13 +349,7 @@ def threshold_text(rows: Sequence[ThresholdRow], constants: dict[int, float]) ->
                  f"{r.lambda_0:.4g}", f"{r.kappa:.4g}", f"{r.predicted:.4g}",
                  "never" if r.observed is None else str(r.observed),
                  "n/a" if r.fitted is None else f"{r.fitted:.0f}"] for r in wrows]
-        widths = [max(len(h), *(len(b[i]) for b in body)) for i, h in enumerate(header)]
-
-        def line(cells: list[str]) -> str:
-            return " | ".join(x.rjust(w) for x, w in zip(cells, widths))
-
-        rule = "-+-".join("-" * w for w in widths)
-        blocks.append("\n".join([head, line(header), rule, *(line(b) for b in body)]))
+        blocks.append(head + "\n" + format_table(header, body))
     return "\n\n".join(blocks) + "\n"
 
 

@@ -28,13 +28,14 @@ from __future__ import annotations
 import csv
 import math
 import time
-from dataclasses import dataclass, field, fields, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Sequence
 
 import numpy as np
 import torch
 
+from ._config import override, pick_preset
 from ..fitting import fit_power_law  # noqa: F401 - part of this module's API
 
 __all__ = [
@@ -143,18 +144,12 @@ PRESETS: dict[str, AppendixCConfig] = {
 
 
 def get_preset(name: str) -> AppendixCConfig:
-    if name not in PRESETS:
-        raise ValueError(f"unknown preset {name!r}; expected one of {tuple(PRESETS)}")
-    return PRESETS[name]
+    return pick_preset(PRESETS, name)
 
 
 def config_with(base: AppendixCConfig, **overrides) -> AppendixCConfig:
-    """``base`` with the given fields replaced, e.g. ``config_with(get_preset("quick"), repeats=3)``."""
-    names = {f.name for f in fields(AppendixCConfig)}
-    unknown = set(overrides) - names
-    if unknown:
-        raise ValueError(f"unknown Appendix C settings {sorted(unknown)}; known: {sorted(names)}")
-    return replace(base, **overrides)
+    """``base`` with the given fields replaced, e.g. ``config_with(get_preset("quick"), trials=1)``."""
+    return override(base, "Appendix C", **overrides)
 
 
 # ----------------------------------------------------------------------------- numerics

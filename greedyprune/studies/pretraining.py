@@ -12,12 +12,13 @@ from __future__ import annotations
 
 import json
 import time
-from dataclasses import asdict, dataclass, field, fields, replace
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Callable
 
 import torch
 
+from ._config import override, pick_preset
 from ..data import NORMALIZATIONS, balanced_subsample, load_dataset
 from ..selection import _check_int
 from ..storage import ResultsStore
@@ -97,18 +98,12 @@ PRESETS: dict[str, PretrainingStudyConfig] = {
 
 
 def get_preset(name: str) -> PretrainingStudyConfig:
-    if name not in PRESETS:
-        raise ValueError(f"unknown preset {name!r}; expected one of {tuple(PRESETS)}")
-    return PRESETS[name]
+    return pick_preset(PRESETS, name)
 
 
 def config_with(base: PretrainingStudyConfig, **overrides) -> PretrainingStudyConfig:
     """``base`` with the given fields replaced, e.g. ``config_with(get_preset("quick"), trials=1)``."""
-    names = {f.name for f in fields(PretrainingStudyConfig)}
-    unknown = set(overrides) - names
-    if unknown:
-        raise ValueError(f"unknown study settings {sorted(unknown)}; known: {sorted(names)}")
-    return replace(base, **overrides)
+    return override(base, "study", **overrides)
 
 
 def resolve_sizes(config: PretrainingStudyConfig, n_available: int) -> list[int]:

@@ -1,0 +1,13 @@
+"""Plain-text tables for the command line's summaries."""
+from __future__ import annotations
+
+
+def format_table(header: list[str], body: list[list[str]]) -> str:
+    """Right-aligned columns separated by `` | ``, with a rule under the header."""
+    widths = [max(len(h), *(len(row[i]) for row in body)) if body else len(h) for i, h in enumerate(header)]
+
+    def line(cells: list[str]) -> str:
+        return " | ".join(cell.rjust(w) for cell, w in zip(cells, widths))
+
+    rule = "-+-".join("-" * w for w in widths)
+    return "\n".join([line(header), rule, *(line(row) for row in body)])
