@@ -417,8 +417,9 @@ class VGG(nn.Module):
 def _cifar_resnet(depth: int) -> Callable[..., nn.Module]:
     n = (depth - 2) // 6
 
-    def build(num_classes: int, in_channels: int, shortcut: str = "B") -> nn.Module:
-        return ResNet((n, n, n), (16, 32, 64), num_classes, in_channels, shortcut)
+    def build(num_classes: int, in_channels: int, shortcut: str = "B", width: int = 16) -> nn.Module:
+        _check_positive_int("width", width)
+        return ResNet((n, n, n), (width, 2 * width, 4 * width), num_classes, in_channels, shortcut)
 
     return build
 
@@ -437,9 +438,10 @@ def _vgg16(num_classes: int, in_channels: int, head: str = "mlp") -> nn.Module:
 
 # name -> (builder, accepted keyword arguments beyond num_classes / in_channels / seed)
 _BUILDERS: dict[str, tuple[Callable[..., nn.Module], tuple[str, ...]]] = {
-    "resnet20": (_cifar_resnet(20), ("shortcut",)),
-    "resnet32": (_cifar_resnet(32), ("shortcut",)),
-    "resnet56": (_cifar_resnet(56), ("shortcut",)),
+    "resnet8": (_cifar_resnet(8), ("shortcut", "width")),
+    "resnet20": (_cifar_resnet(20), ("shortcut", "width")),
+    "resnet32": (_cifar_resnet(32), ("shortcut", "width")),
+    "resnet56": (_cifar_resnet(56), ("shortcut", "width")),
     "resnet34": (_resnet34, ("shortcut",)),
     "mobilenetv2": (_mobilenetv2, ()),
     "vgg16": (_vgg16, ("head",)),
@@ -464,7 +466,8 @@ def get_model(name: str, num_classes: int = 10, in_channels: int = 3, *, seed: i
         If given, the weights are initialised from this seed inside ``torch.random.fork_rng``
         (the global RNG state is left as it was); the same seed gives an identical ``state_dict``.
     **kw
-        Model-specific options: ``shortcut="A"|"B"`` for the ResNets (default "B"), ``head="mlp"|
+        Model-specific options: ``shortcut="A"|"B"`` for the ResNets (default "B"), ``width`` for the CIFAR
+        ResNets (channels of the first stage, default 16; stages have width, 2 width, 4 width), ``head="mlp"|
         "linear"`` for VGG-16 (default "mlp"). Anything else raises ``TypeError``.
 
     Returns

@@ -1,0 +1,227 @@
+"""Layer-wise greedy forward selection for deep networks (greedyprune.deep)."""
+import copy
+import warnings
+
+import pytest
+import torch
+from torch import nn
+
+from greedyprune.deep import (UnsupportedLayerError, apply_masks, find_groups, fold_and_remove, load_pruned,
+                              prune_model, save_pruned)
+from greedyprune.metrics import count_macs
+from greedyprune.models import get_model
+
+
+def _randomize_bn(model: nn.Module, seed: int = 0) -> nn.Module:
+    g = torch.Generator().manual_seed(seed)
+    for m in model.modules():
+        if isinstance(m, (nn.BatchNorm2d, nn.BatchNorm1d)):
+            m.running_mean.copy_(torch.randn(m.running_mean.shape, generator=g) * 0.1)
+            m.running_var.copy_(torch.rand(m.running_var.shape, generator=g) + 0.5)
+            m.weight.data.copy_(torch.rand(m.weight.shape, generator=g) + 0.5)
+            m.bias.data.copy_(torch.randn(m.bias.shape, generator=g) * 0.1)
+    return model.eval()
+
+
+def _random_counts(groups, seed: int) -> dict:
+    g = torch.Generator().manual_seed(seed)
+    out = {}
+    for group in groups:
+        counts = torch.randint(0, 3, (group.channels,), generator=g)
+        counts[int(torch.randint(group.channels, (1,), generator=g))] += 1  # at least one channel kept
+        out[group] = counts
+    return out
+
+
+@pytest.mark.parametrize("name, shape, kw", [
+    ("resnet20", (3, 32, 32), {}),
+    ("resnet20", (1, 28, 28), {"shortcut": "A"}),
+    ("resnet56", (3, 32, 32), {}),
+    ("mobilenetv2", (3, 32, 32), {}),
+    ("vgg16", (1, 28, 28), {}),
+])
+def test_pruned_model_matches_masked_model(name, shape, kw):
+    model = _randomize_bn(get_model(name, in_channels=shape[0], seed=0, **kw))
+    x = torch.randn(4, *shape, generator=torch.Generator().manual_seed(1))
+    DG, groups = find_groups(model, x[:1])
+    assert groups, "no prunable group found"
+    counts = _random_counts(groups, seed=2)
+    scales = {g: c.float() * (c.numel() / c.sum()) for g, c in counts.items()}
+    with torch.no_grad(), apply_masks(model, scales):
+        masked = model(x)
+    macs_before, params_before = count_macs(model, x[:1]), sum(p.numel() for p in model.parameters())
+    for group in groups:
+        kept = fold_and_remove(DG, model, group, counts[group])
+        assert kept == torch.nonzero(counts[group]).flatten().tolist()
+    with torch.no_grad():
+        pruned = model(x)
+    torch.testing.assert_close(pruned, masked, rtol=1e-4, atol=1e-4)
+    assert count_macs(model, x[:1]) < macs_before
+    assert sum(p.numel() for p in model.parameters()) < params_before
+
+
+def test_groups_of_projection_resnet_are_residual_streams_and_block_convs():
+    model = get_model("resnet20", seed=0).eval()
+    _, groups = find_groups(model, torch.randn(1, 3, 32, 32))
+    names = [g.name for g in groups]
+    # stage 1's stream holds the stem conv (skipped); stages 2 and 3 each have one stream group
+    stream = [g for g in groups if len(g.writers) > 1]
+    assert len(stream) == 2
+    assert {len(g.writers) for g in stream} == {4}  # shortcut conv + three blocks' conv2
+    assert sum(1 for n in names if n.endswith("conv1")) == 9
+    assert [g.order for g in groups] == sorted(g.order for g in groups)
+
+
+def test_a_shortcut_prunes_only_convs_inside_blocks():
+    model = get_model("resnet20", shortcut="A", seed=0).eval()
+    _, groups = find_groups(model, torch.randn(1, 3, 32, 32))
+    assert len(groups) == 9 and all(g.name.endswith("conv1") and len(g.writers) == 1 for g in groups)
+
+
+def _data(shape, n=96, seed=0, classes=10):
+    g = torch.Generator().manual_seed(seed)
+    return torch.randn(n, *shape, generator=g), torch.randint(0, classes, (n,), generator=g)
+
+
+def test_fast_search_chooses_the_same_channels_as_the_reference():
+    model = _randomize_bn(get_model("resnet8", in_channels=1, width=8, seed=0))
+    X, y = _data((1, 28, 28))
+    opts = dict(keep_ratio=0.5, candidates=5, batch_size=16, seed=3)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # no silent fallback to the reference
+        fast = prune_model(model, (X, y), method="fast", **opts)
+    ref = prune_model(model, (X, y), method="reference", **opts)
+    assert fast.kept == ref.kept
+    assert all(r["evaluator"] == "fast" for r in fast.groups)
+    torch.testing.assert_close(torch.tensor([r["loss"] for r in fast.groups]),
+                               torch.tensor([r["loss"] for r in ref.groups]), rtol=1e-4, atol=1e-5)
+
+
+def _brute_force_step(model, group, counts, cand, x, y):
+    """Independent loop: the loss of every candidate by a full forward with explicit scales."""
+    D = group.channels
+    losses = []
+    for c in cand:
+        trial = counts.clone()
+        trial[c] += 1
+        scale = trial.float() * D / trial.sum()
+        with torch.no_grad(), apply_masks(model, {group: scale}):
+            losses.append(float(nn.functional.cross_entropy(model(x), y)))
+    return losses
+
+
+def test_first_selection_is_the_argmin_of_a_brute_force_loop():
+    model = _randomize_bn(get_model("resnet8", in_channels=1, width=8, seed=1))
+    X, y = _data((1, 28, 28), n=32)
+    result = prune_model(model, (X, y), keep_ratio=0.25, candidates=None, batch_size=32, seed=0)
+    _, groups = find_groups(copy.deepcopy(model), X[:1])
+    first = groups[0]
+    losses = _brute_force_step(model, first, torch.zeros(first.channels, dtype=torch.long),
+                               range(first.channels), X, y)
+    best = min(range(first.channels), key=lambda c: (losses[c], c))
+    assert best in result.kept[first.name]
+    assert result.counts[first.name][best] == 1
+
+
+def test_keep_ratio_and_flops_target_and_report():
+    model = _randomize_bn(get_model("resnet8", in_channels=1, width=8, seed=0))
+    X, y = _data((1, 28, 28))
+    r = prune_model(model, (X, y), keep_ratio=0.5, candidates=4, batch_size=16)
+    for g in r.groups:
+        assert g["kept"] == max(1, round(0.5 * g["channels"]))
+    assert r.report["macs_after"] == count_macs(r.model, X[:1])
+    assert r.report["params_after"] == sum(p.numel() for p in r.model.parameters())
+    f = prune_model(model, (X, y), flops_target=0.5, candidates=4, batch_size=16)
+    ratio = f.report["macs_after"] / f.report["macs_before"]
+    assert 0.3 < ratio <= 0.5 + 1e-9
+    # the dense model is untouched
+    assert sum(p.numel() for p in model.parameters()) == r.report["params_before"]
+
+
+def test_tolerance_rules_stop_early_and_same_seed_is_deterministic():
+    model = _randomize_bn(get_model("resnet8", in_channels=1, width=8, seed=0))
+    X, y = _data((1, 28, 28))
+    loose = prune_model(model, (X, y), epsilon=10.0, candidates=4, batch_size=16)
+    assert all(g["steps"] == 1 for g in loose.groups)  # a 10x loss gap is met by the first channel
+    a = prune_model(model, (X, y), accuracy_tolerance=0.5, candidates=4, batch_size=16, seed=5)
+    b = prune_model(model, (X, y), accuracy_tolerance=0.5, candidates=4, batch_size=16, seed=5)
+    assert a.kept == b.kept and a.counts == b.counts
+
+
+def test_replacement_can_choose_a_channel_twice_and_folds_its_weight():
+    model = _randomize_bn(get_model("resnet8", in_channels=1, width=8, seed=0))
+    X, y = _data((1, 28, 28))
+    r = prune_model(model, (X, y), keep_ratio=0.5, replacement=True, max_steps=12, candidates=None, batch_size=16)
+    assert any(max(c) >= 2 for c in r.counts.values())
+    for name, counts in r.counts.items():
+        assert r.kept[name] == [i for i, c in enumerate(counts) if c > 0]
+
+
+def test_data_loader_and_finetune(tmp_path):
+    model = _randomize_bn(get_model("resnet8", in_channels=1, width=8, seed=0))
+    X, y = _data((1, 28, 28))
+    loader = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(X, y), batch_size=16)
+    r = prune_model(model, loader, keep_ratio=0.5, candidates=3, finetune_steps=2)
+    assert r.report["eval_examples"] == 96
+    path = tmp_path / "pruned.pt"
+    save_pruned(path, r, name="resnet8", model_kwargs={"in_channels": 1, "width": 8},
+                extra={"input_shape": [1, 28, 28]})
+    for replay in (False, True):
+        loaded, info = load_pruned(path, replay=replay)
+        loaded.eval()
+        with torch.no_grad():
+            torch.testing.assert_close(loaded(X[:8]), r.model.eval()(X[:8]))
+        assert info["kept"] == r.kept
+
+
+def test_bad_input_errors():
+    model = get_model("resnet8", in_channels=1, width=8, seed=0)
+    X, y = _data((1, 28, 28), n=16)
+    empty = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(X[:0], y[:0]), batch_size=4)
+    with pytest.raises(ValueError, match="empty"):
+        prune_model(model, empty, keep_ratio=0.5)
+    for bad in (1.0, 1.5, 0, -0.2):
+        with pytest.raises(ValueError, match="flops_target"):
+            prune_model(model, (X, y), flops_target=bad)
+    with pytest.raises(ValueError, match="one stopping rule"):
+        prune_model(model, (X, y), keep_ratio=0.5, epsilon=0.1)
+    with pytest.raises(ValueError, match="shape"):
+        prune_model(model, (X.flatten(1), y), keep_ratio=0.5)
+    with pytest.raises(ValueError, match="labels"):
+        prune_model(model, (X, y + 10), keep_ratio=0.5)
+    with pytest.raises(ValueError, match="no layer named"):
+        prune_model(model, (X, y), keep_ratio=0.5, skip=["nope"])
+
+
+class _Scale(nn.Module):
+    """A per-channel learned scale Torch-Pruning has no pruner for."""
+
+    def __init__(self, c):
+        super().__init__()
+        self.gain = nn.Parameter(torch.ones(1, c, 1, 1))
+
+    def forward(self, x):
+        return x * self.gain
+
+
+class _Custom(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.stem = nn.Conv2d(1, 8, 3, padding=1)
+        self.conv = nn.Conv2d(8, 8, 3, padding=1)
+        self.scale = _Scale(8)
+        self.head = nn.Conv2d(8, 8, 3, padding=1)
+        self.fc = nn.Linear(8, 10)
+
+    def forward(self, x):
+        x = self.scale(torch.relu(self.conv(torch.relu(self.stem(x)))))
+        return self.fc(torch.relu(self.head(x)).mean((2, 3)))
+
+
+def test_a_layer_torch_pruning_cannot_handle_is_named():
+    X, y = _data((1, 12, 12), n=16)
+    with pytest.raises(UnsupportedLayerError, match="'scale'.*skip="):
+        prune_model(_Custom(), (X, y), keep_ratio=0.5)
+    # skipping the layers that write those channels leaves the group whole, and the rest prunes
+    r = prune_model(_Custom(), (X, y), keep_ratio=0.5, extra_skip=["conv"], candidates=2)
+    assert list(r.kept) == ["head"]
