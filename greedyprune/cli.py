@@ -6,6 +6,7 @@
     greedyprune advise [--data SPEC ...] | greedyprune advise --compare STUDY_DIR
     greedyprune plot DIR
     greedyprune export DIR [--csv FILE]
+    greedyprune train --model NAME [--data SPEC --size N --iterations T --checkpoint-every K --out DIR ...]
 """
 from __future__ import annotations
 
@@ -70,6 +71,46 @@ def _positive_float(text: str) -> float:
     if not value > 0:
         raise argparse.ArgumentTypeError(f"expected a number > 0, got {text!r}")
     return value
+
+
+def _fraction(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    if not 0 <= value < 1:
+        raise argparse.ArgumentTypeError(f"expected a number in [0, 1), got {text!r}")
+    return value
+
+
+def _nonnegative_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    if not value >= 0:
+        raise argparse.ArgumentTypeError(f"expected a number >= 0, got {text!r}")
+    return value
+
+
+def _key_value(text: str) -> tuple[str, object]:
+    """``KEY=VALUE`` with VALUE read as an int, a float, true/false, or else kept as a string."""
+    key, sep, raw = text.partition("=")
+    key = key.strip()
+    if not sep or not key.isidentifier():
+        raise argparse.ArgumentTypeError(f"expected KEY=VALUE such as shortcut=A, got {text!r}")
+    raw = raw.strip()
+    value: object = raw
+    if raw.lower() in ("true", "false"):
+        value = raw.lower() == "true"
+    else:
+        for convert in (int, float):
+            try:
+                value = convert(raw)
+                break
+            except ValueError:
+                pass
+    return key, value
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -184,6 +225,47 @@ def build_parser() -> argparse.ArgumentParser:
     export = sub.add_parser("export", help="write a study's results as CSV")
     export.add_argument("dir", type=Path, help="the study's output directory")
     export.add_argument("--csv", type=Path, help="output file (default DIR/results.csv)")
+
+    from .train import SCHEDULES
+
+    tr = sub.add_parser(
+        "train",
+        help="train a CNN (SGD, momentum, cosine lr, weight decay), saving a model checkpoint every K iterations",
+        description="Pre-trains a CNN of greedyprune.models on an image data set with softmax cross-entropy, the "
+                    "recipe of the paper's Appendix E (SGD, momentum 0.9, cosine lr from 0.1, batch 128, weight "
+                    "decay 5e-4). Writes OUT/train_config.json, a model checkpoint OUT/checkpoints/iter_XXXXXXX.pt "
+                    "at iteration 0, every --checkpoint-every iterations and at the end (with the accuracy on "
+                    "fixed evaluation subsets), and the resume state OUT/train_state.pt. Running the same command "
+                    "again resumes exactly where it stopped; checkpoints already written are kept.",
+    )
+    tr.add_argument("--model", required=True,
+                    help="a name of greedyprune.models.MODEL_NAMES: resnet20, resnet56, resnet34, vgg16, ...")
+    tr.add_argument("--model-arg", type=_key_value, action="append", default=[], metavar="KEY=VALUE",
+                    help="a model option, repeatable, e.g. --model-arg shortcut=A")
+    tr.add_argument("--data", default="mnist5k", help="mnist5k (default), digits, mnist:DIR or cifar10:DIR")
+    tr.add_argument("--normalize", choices=NORMALIZATIONS, default="pixel",
+                    help="input normalisation (default pixel: values in [0, 1])")
+    tr.add_argument("--size", type=_positive_int, help="train on a class-balanced subset of this many examples "
+                                                       "(drawn with --seed)")
+    tr.add_argument("--iterations", type=_positive_int, required=True, help="training steps")
+    tr.add_argument("--checkpoint-every", type=_positive_int, default=1000,
+                    help="model checkpoint period in iterations (default 1000)")
+    tr.add_argument("--state-every", type=_positive_int,
+                    help="resume-state period in iterations (default: min(checkpoint-every, 100))")
+    tr.add_argument("--lr", type=_positive_float, default=0.1, help="(initial) learning rate, default 0.1")
+    tr.add_argument("--momentum", type=_fraction, default=0.9, help="SGD momentum, default 0.9")
+    tr.add_argument("--weight-decay", type=_nonnegative_float, default=5e-4, help="default 5e-4")
+    tr.add_argument("--batch-size", type=_positive_int, default=128, help="default 128")
+    tr.add_argument("--schedule", choices=SCHEDULES, default="cosine", help="learning-rate schedule, default cosine")
+    tr.add_argument("--seed", type=_nonnegative_int, default=0,
+                    help="seed of the initialisation, the batch order and the subsets (default 0)")
+    tr.add_argument("--eval-examples", type=_positive_int, default=1000,
+                    help="size of the fixed class-balanced train (and test) subsets evaluated at each checkpoint")
+    tr.add_argument("--out", type=Path, help="output directory (default runs/train-MODEL-DATA[-nSIZE]-sSEED)")
+    tr.add_argument("--device", default="cpu", help="cpu (default), cuda or cuda:N")
+    tr.add_argument("--threads", type=_positive_int, help="torch CPU threads (default: torch's choice)")
+    tr.add_argument("--progress", action=argparse.BooleanOptionalAction, default=True,
+                    help="show a progress bar (default: --progress)")
     return parser
 
 
@@ -308,6 +390,151 @@ def cmd_export(args) -> int:
     return 0
 
 
+TRAIN_RUN_FORMAT = "greedyprune-train-run-v1"
+TRAIN_RUN_CONFIG = "train_config.json"
+
+
+def _fixed_subset(dataset, size: int, seed: int):
+    """The whole data set, or a class-balanced subset of ``size`` examples drawn with ``seed``."""
+    from .data import balanced_subsample
+
+    if size >= len(dataset):
+        return dataset
+    return dataset.subset(balanced_subsample(dataset.labels, size, seed))
+
+
+def _flatten(d: dict, prefix: str = "") -> dict:
+    """``{"train": {"lr": 0.1}}`` -> ``{"train.lr": 0.1}``."""
+    flat = {}
+    for key, value in d.items():
+        if isinstance(value, dict) and value:
+            flat.update(_flatten(value, f"{prefix}{key}."))
+        else:
+            flat[f"{prefix}{key}"] = value
+    return flat
+
+
+def _check_run_config(path: Path, run: dict) -> None:
+    """Refuse to resume a run directory made with another configuration; write the config if new."""
+    import json
+
+    if path.is_file():
+        try:
+            stored = json.loads(path.read_text())
+        except (OSError, ValueError) as exc:
+            raise UsageError(f"cannot read {path} ({exc}); use another --out or delete the file") from None
+        if stored != run:
+            old, new = _flatten(stored), _flatten(run)
+            keys = sorted(set(old) | set(new))
+            diff = [f"{k}: {old.get(k)!r} there, {new.get(k)!r} now" for k in keys if old.get(k) != new.get(k)]
+            raise UsageError(f"{path.parent} holds a training run with another configuration ({'; '.join(diff)}); "
+                             f"use another --out, or the same options to resume it")
+        return
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(run, indent=2, sort_keys=True) + "\n")
+    os.replace(tmp, path)
+
+
+def cmd_train(args) -> int:
+    import dataclasses
+    import json
+
+    import torch
+
+    from .checkpoints import TRAIN_STATE, train_with_checkpoints
+    from .data import BUILTIN_DATASETS, load_dataset
+    from .models import MODEL_NAMES, get_model
+    from .train import TrainConfig
+
+    name = args.model.lower()
+    if name not in MODEL_NAMES:
+        raise UsageError(f"unknown model {args.model!r}; expected one of {', '.join(MODEL_NAMES)}")
+    model_args = dict(args.model_arg)
+    reserved = sorted(set(model_args) & {"num_classes", "in_channels", "seed"})
+    if reserved:
+        raise UsageError(f"--model-arg {', '.join(reserved)} is set by the command (from the data and --seed); "
+                         f"leave it out")
+    try:
+        device = torch.device(args.device)
+    except RuntimeError as exc:
+        raise UsageError(f"bad --device {args.device!r} ({exc}); use cpu, cuda or cuda:N") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise UsageError(f"--device {args.device} asked for, but CUDA is not available here; use --device cpu")
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    if args.data == "synthetic":
+        raise UsageError("--data synthetic is not image data; use mnist5k, digits, mnist:DIR or cifar10:DIR")
+    try:
+        with torch.device("meta"):  # check the model options before loading any data
+            get_model(name, **model_args)
+    except TypeError as exc:
+        raise UsageError(str(exc)) from None
+
+    train = load_dataset(args.data, normalize=args.normalize)
+    if len(train.image_shape) != 3:
+        raise UsageError(f"--data {args.data} is not image data (examples of shape {train.image_shape}); "
+                         f"use mnist5k, digits, mnist:DIR or cifar10:DIR")
+    test = None
+    if args.data not in BUILTIN_DATASETS:
+        try:
+            test = load_dataset(args.data, normalize=args.normalize, split="test")
+        except FileNotFoundError as exc:
+            print(f"note: no test split ({exc}); test accuracy is not recorded", file=sys.stderr)
+    if args.size is not None:
+        if args.size > len(train):
+            raise UsageError(f"--size {args.size} exceeds the {len(train)} training examples of {args.data}")
+        train = _fixed_subset(train, args.size, args.seed)
+    model_kwargs = {"num_classes": train.num_classes, "in_channels": train.image_shape[0], **model_args}
+    try:
+        model = get_model(name, seed=args.seed, **model_kwargs)
+    except TypeError as exc:
+        raise UsageError(str(exc)) from None
+
+    config = TrainConfig(iterations=args.iterations, lr=args.lr, batch_size=args.batch_size, loss="cross_entropy",
+                         momentum=args.momentum, weight_decay=args.weight_decay, seed=args.seed,
+                         schedule=args.schedule)
+    config.validate()
+    run = {"format": TRAIN_RUN_FORMAT, "model": name, "model_kwargs": model_kwargs, "data": args.data,
+           "normalize": args.normalize, "size": args.size, "train_examples": len(train),
+           "eval_examples": args.eval_examples, "checkpoint_every": args.checkpoint_every,
+           "train": dataclasses.asdict(config)}
+    run = json.loads(json.dumps(run))  # as it reads back from the file
+    size_part = f"-n{args.size}" if args.size else ""
+    out = args.out or Path("runs") / f"train-{name}-{_slug(args.data)}{size_part}-s{args.seed}"
+    _check_run_config(out / TRAIN_RUN_CONFIG, run)
+
+    eval_sets = {"train": _fixed_subset(train, args.eval_examples, args.seed)}
+    if test is not None:
+        eval_sets["test"] = _fixed_subset(test, args.eval_examples, args.seed)
+    extra = {"data": args.data, "normalize": args.normalize, "size": args.size, "seed": args.seed,
+             "eval_examples": {k: len(d) for k, d in eval_sets.items()}, "train": dataclasses.asdict(config)}
+
+    def report(t: int, path: Path, info: dict) -> None:
+        parts = [f"iteration {t}: train loss {info['train_loss']:.4f} accuracy {info['train_accuracy']:.4f}"]
+        if "test_accuracy" in info:
+            parts.append(f"test accuracy {info['test_accuracy']:.4f}")
+        print(", ".join(parts) + f" -> {path}", flush=True)
+
+    resumed = (out / TRAIN_STATE).is_file()
+    print(f"train {name} on {args.data} ({len(train)} examples, {config.iterations} iterations) -> {out}"
+          + (" (resuming)" if resumed else ""), flush=True)
+    model.to(device)
+    try:
+        checkpoints = train_with_checkpoints(
+            model, train.images(), train.labels, config, out, name=name, model_kwargs=model_kwargs,
+            checkpoint_every=args.checkpoint_every, state_every=args.state_every,
+            eval_sets={k: (d.images(), d.labels) for k, d in eval_sets.items()}, extra=extra,
+            on_checkpoint=report, progress=args.progress,
+        )
+    except KeyboardInterrupt:
+        print(f"\ninterrupted; the checkpoints written so far are in {out}. Run the same command again to resume.",
+              file=sys.stderr)
+        return 130
+    print(f"done: {len(checkpoints)} model checkpoints in {out / 'checkpoints'}; final model {checkpoints[-1][1]}")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -315,7 +542,7 @@ def main(argv: list[str] | None = None) -> int:
         handler = cmd_study_pretraining if args.study == "pretraining" else cmd_study_appendix_c
     else:
         handler = {"plot": cmd_plot, "export": cmd_export, "theory": cmd_theory_threshold,
-                   "advise": cmd_advise}[args.command]
+                   "advise": cmd_advise, "train": cmd_train}[args.command]
     try:
         return handler(args)
     except (UsageError, ValueError, OSError, FloatingPointError) as exc:

@@ -125,6 +125,29 @@ class Dataset:
         """
         return (self.labels >= self.num_classes // 2).to(torch.float32)
 
+    def images(self) -> torch.Tensor:
+        """The inputs as images: ``X`` viewed as ``(n, *image_shape)``, e.g. ``(n, 1, 28, 28)``.
+
+        Returns
+        -------
+        torch.Tensor
+            ``X`` reshaped to ``(n, C, H, W)``, the input of the CNNs of :mod:`greedyprune.models`;
+            a view sharing ``X``'s memory (no copy) whenever ``X`` is contiguous, as loaded data is.
+
+        Raises
+        ------
+        ValueError
+            If the data set has no image shape (``image_shape`` is ``(d,)``: synthetic or other
+            flat data), naming the data set.
+        """
+        if self.image_shape is None or len(self.image_shape) < 2:
+            raise ValueError(
+                f"dataset {self.name!r} is not image data (image_shape={self.image_shape}, {self.in_features} flat "
+                f"features), so it cannot be fed to a CNN; use an image data set such as mnist5k, digits, "
+                f"mnist:DIR or cifar10:DIR"
+            )
+        return self.X.reshape(len(self), *self.image_shape)
+
     def subset(self, indices: torch.Tensor | Sequence[int] | np.ndarray) -> "Dataset":
         """A new Dataset with the rows at ``indices`` (integer indices or a boolean mask), same metadata."""
         idx = torch.as_tensor(indices)
@@ -542,6 +565,24 @@ def load_dataset(spec: str, *, normalize: str = "unit", split: str = "train", se
             return load_mnist_idx(directory, split=split, normalize=normalize)
         return load_cifar10(directory, split=split, normalize=normalize)
     raise ValueError(f"unknown dataset spec {spec!r}; expected one of {', '.join(_SPEC_FORMS)}")
+
+
+def as_images(dataset: Dataset) -> torch.Tensor:
+    """``dataset.X`` viewed as ``(n, *image_shape)`` images; see :meth:`Dataset.images`.
+
+    Parameters
+    ----------
+    dataset : Dataset
+        An image data set (``image_shape`` like ``(C, H, W)``).
+
+    Returns
+    -------
+    torch.Tensor
+        ``dataset.X`` as ``(n, C, H, W)`` images (a view, no copy, for contiguous ``X``).
+    """
+    if not isinstance(dataset, Dataset):
+        raise ValueError(f"as_images expects a greedyprune.data.Dataset, got {_describe(dataset)}")
+    return dataset.images()
 
 
 def balanced_subsample(labels: torch.Tensor, size: int, seed: int) -> torch.Tensor:

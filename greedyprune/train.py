@@ -1,13 +1,17 @@
 """Pre-training loop for the networks that get pruned: mini-batch SGD or full-batch gradient descent.
 
 The batch at iteration t is a pure function of (seed, t) - each epoch is a fresh permutation drawn from
-``seed`` and the epoch number - so a run resumed from a checkpoint takes exactly the steps an
-uninterrupted run would. Checkpoints are written atomically (to a temporary file, then renamed).
+``seed`` and the epoch number - and so is the learning rate (constant, or the cosine schedule of
+:func:`learning_rate`), so a run resumed from a checkpoint takes exactly the steps an uninterrupted run
+would. Checkpoints are written atomically (to a temporary file, then renamed). The same loop trains the
+two-layer networks (X of shape (m, d)) and the CNNs (images of shape (m, C, H, W), see
+:meth:`greedyprune.data.Dataset.images`).
 """
 from __future__ import annotations
 
+import math
 import os
-from dataclasses import asdict, dataclass
+from dataclasses import MISSING, asdict, dataclass, fields
 from pathlib import Path
 from typing import Callable
 
@@ -16,12 +20,18 @@ import torch.nn.functional as F
 from torch import nn
 
 TRAIN_LOSSES = ("logistic", "squared", "cross_entropy")
+SCHEDULES = ("constant", "cosine")
 CHECKPOINT_FORMAT = "greedyprune-train-v1"
 
 
 @dataclass
 class TrainConfig:
-    """Hyper-parameters of :func:`pretrain`. ``batch_size=None`` is full-batch gradient descent (the theory)."""
+    """Hyper-parameters of :func:`pretrain`. ``batch_size=None`` is full-batch gradient descent (the theory).
+
+    ``schedule`` is the learning-rate schedule: ``"constant"`` (``lr`` at every step, the default) or
+    ``"cosine"`` (``lr * 0.5 * (1 + cos(pi * t / iterations))`` at step t, the CNN recipe of the paper's
+    Appendix E); see :func:`learning_rate`.
+    """
 
     iterations: int = 1000
     lr: float = 0.1
@@ -30,6 +40,7 @@ class TrainConfig:
     momentum: float = 0.0
     weight_decay: float = 0.0
     seed: int = 0
+    schedule: str = "constant"
 
     def validate(self) -> None:
         if isinstance(self.iterations, bool) or not isinstance(self.iterations, int) or self.iterations < 0:
@@ -46,6 +57,39 @@ class TrainConfig:
             raise ValueError(f"momentum must be in [0, 1), got {self.momentum!r}")
         if self.weight_decay < 0:
             raise ValueError(f"weight_decay must be >= 0, got {self.weight_decay!r}")
+        if self.schedule not in SCHEDULES:
+            raise ValueError(f"unknown schedule {self.schedule!r}; expected one of {SCHEDULES}")
+
+
+def learning_rate(config: TrainConfig, iteration: int) -> float:
+    """The learning rate of step ``iteration`` (0-based) under ``config``'s schedule.
+
+    Parameters
+    ----------
+    config : TrainConfig
+        Its ``lr``, ``schedule`` and ``iterations`` are used.
+    iteration : int
+        The step, ``0 <= iteration < config.iterations``.
+
+    Returns
+    -------
+    float
+        ``config.lr`` for ``"constant"``; ``config.lr * 0.5 * (1 + cos(pi * iteration / config.iterations))``
+        for ``"cosine"`` (``lr`` at step 0, decaying to nearly 0 at the last step). A pure function of the
+        step, so a resumed run uses the same rates as an uninterrupted one.
+    """
+    if config.schedule == "constant" or config.iterations == 0:
+        return float(config.lr)
+    if config.schedule == "cosine":
+        return float(config.lr) * 0.5 * (1.0 + math.cos(math.pi * iteration / config.iterations))
+    raise ValueError(f"unknown schedule {config.schedule!r}; expected one of {SCHEDULES}")
+
+
+def _stored_config(stored: dict) -> dict:
+    """A checkpoint's config with fields added to :class:`TrainConfig` since it was written set to their
+    defaults, so old checkpoints (e.g. without ``schedule``) still resume."""
+    defaults = {f.name: f.default for f in fields(TrainConfig) if f.default is not MISSING}
+    return {**defaults, **stored}
 
 
 def training_loss(output: torch.Tensor, y: torch.Tensor, loss: str) -> torch.Tensor:
@@ -73,11 +117,17 @@ def accuracy(output: torch.Tensor, y: torch.Tensor, loss: str) -> float:
 
 @torch.no_grad()
 def evaluate(model: nn.Module, X: torch.Tensor, y: torch.Tensor, loss: str, batch_size: int = 8192) -> tuple[float, float]:
-    """``(loss, accuracy)`` of ``model`` on (X, y), computed in batches without gradients."""
+    """``(loss, accuracy)`` of ``model`` on (X, y), computed in batches without gradients.
+
+    The model is put in eval mode for the evaluation (BatchNorm uses its running statistics, dropout is
+    off) and then returned to the mode it was in.
+    """
     was_training = model.training
     model.eval()
-    outputs = [model(X[a:a + batch_size]) for a in range(0, X.shape[0], batch_size)]
-    model.train(was_training)
+    try:
+        outputs = [model(X[a:a + batch_size]) for a in range(0, X.shape[0], batch_size)]
+    finally:
+        model.train(was_training)
     out = torch.cat(outputs)
     return float(training_loss(out.double(), y, loss)), accuracy(out, y, loss)
 
@@ -119,6 +169,22 @@ def load_checkpoint(path: str | os.PathLike, map_location="cpu") -> dict:
     return payload
 
 
+def _rng_state(device: torch.device) -> dict:
+    """The global RNG state(s) a training step can draw from (dropout): CPU, and the model's CUDA device."""
+    state = {"cpu": torch.get_rng_state()}
+    if device.type == "cuda":
+        state["cuda"] = torch.cuda.get_rng_state(device)
+    return state
+
+
+def _set_rng_state(state: dict | None, device: torch.device) -> None:
+    if not state:
+        return  # a checkpoint written before RNG states were stored
+    torch.set_rng_state(state["cpu"].cpu())
+    if device.type == "cuda" and "cuda" in state:
+        torch.cuda.set_rng_state(state["cuda"].cpu(), device)
+
+
 def pretrain(
     model: nn.Module,
     X: torch.Tensor,
@@ -137,14 +203,20 @@ def pretrain(
         model: any module mapping X to outputs ((m,) logits for "logistic", etc.). Trained on its device;
             X and y are moved there.
         config: a :class:`TrainConfig`.
-        checkpoint_path: if given, a checkpoint (model, optimizer, iteration, config) is written there every
-            ``checkpoint_every`` iterations and at the end; if the file exists when called, training
-            resumes from it (its config must match, else ValueError).
+        checkpoint_path: if given, a checkpoint (model, optimizer, iteration, config, global RNG state) is
+            written there every ``checkpoint_every`` iterations and at the end; if the file exists when
+            called, training resumes from it (its config must match, else ValueError; fields a checkpoint
+            predates, like ``schedule``, count as their defaults). Resuming restores the global RNG state
+            saved with the checkpoint, so models that draw random numbers while training (dropout) also
+            continue exactly as an uninterrupted run.
         callback: ``callback(iteration, model)`` at iteration 0 (before any step), every
             ``callback_every`` iterations, and at the last iteration. It runs before the checkpoint at
             the same iteration is written, and after a resume it is called again at the resumed
             iteration, so it must be idempotent (the studies skip work already recorded).
         progress: show a progress bar.
+
+    The model is put in training mode (``model.train()``) before the first step and left in it.
+    The learning rate of step t is :func:`learning_rate` ``(config, t)``, set on the optimizer every step.
     """
     config.validate()
     for name, every in (("checkpoint_every", checkpoint_every), ("callback_every", callback_every)):
@@ -161,8 +233,9 @@ def pretrain(
     start = 0
     if checkpoint_path is not None and Path(checkpoint_path).exists():
         state = load_checkpoint(checkpoint_path, map_location=device)
-        if state["config"] != asdict(config):
-            diff = {k: (state["config"].get(k), v) for k, v in asdict(config).items() if state["config"].get(k) != v}
+        stored = _stored_config(state["config"])
+        if stored != asdict(config):
+            diff = {k: (stored.get(k), v) for k, v in asdict(config).items() if stored.get(k) != v}
             raise ValueError(f"checkpoint {checkpoint_path} was made with another configuration "
                              f"(stored, requested): {diff}; use another checkpoint path or the same configuration")
         model.load_state_dict(state["model"])
@@ -172,13 +245,17 @@ def pretrain(
     def checkpoint(t: int) -> None:
         if checkpoint_path is not None:
             save_checkpoint(checkpoint_path, {"format": CHECKPOINT_FORMAT, "iteration": t, "config": asdict(config),
-                                              "model": model.state_dict(), "optimizer": optimizer.state_dict()})
+                                              "model": model.state_dict(), "optimizer": optimizer.state_dict(),
+                                              "rng": _rng_state(device)})
 
     def at(t: int, every: int | None) -> bool:
         return t == config.iterations or (every is not None and t % every == 0)
 
     if callback is not None and (start == 0 or at(start, callback_every)):
         callback(start, model)
+    if start > 0:
+        # after the repeated callback: the stored state was taken after the callback at that iteration
+        _set_rng_state(state.get("rng"), device)
     cache: dict = {}
     steps = range(start, config.iterations)
     if progress:
@@ -189,6 +266,9 @@ def pretrain(
     for t in steps:
         idx = _batch_indices(X.shape[0], config.batch_size, config.seed, t, cache)
         xb, yb = (X, y) if idx is None else (X[idx.to(device)], y[idx.to(device)])
+        rate = learning_rate(config, t)
+        for group in optimizer.param_groups:
+            group["lr"] = rate
         optimizer.zero_grad(set_to_none=True)
         batch_loss = training_loss(model(xb), yb, config.loss)
         if not bool(torch.isfinite(batch_loss)):
