@@ -225,3 +225,30 @@ def test_a_layer_torch_pruning_cannot_handle_is_named():
     # skipping the layers that write those channels leaves the group whole, and the rest prunes
     r = prune_model(_Custom(), (X, y), keep_ratio=0.5, extra_skip=["conv"], candidates=2)
     assert list(r.kept) == ["head"]
+
+
+@pytest.mark.parametrize("criterion", ["l1", "bn", "taylor", "random"])
+def test_baselines_keep_the_same_channels_per_group(criterion):
+    from greedyprune.baselines import prune_like
+
+    model = _randomize_bn(get_model("resnet8", in_channels=1, width=8, seed=0))
+    X, y = _data((1, 28, 28))
+    gfs = prune_model(model, (X, y), keep_ratio=0.5, candidates=3, batch_size=16)
+    keep = {name: len(idx) for name, idx in gfs.kept.items()}
+    base = prune_like(model, keep, criterion, data=(X, y), batch_size=16)
+    assert count_macs(base, X[:1]) == count_macs(gfs.model, X[:1])
+    assert sum(p.numel() for p in base.parameters()) == sum(p.numel() for p in gfs.model.parameters())
+
+
+def test_l1_baseline_keeps_the_largest_filters():
+    from greedyprune.baselines import prune_like
+
+    model = _randomize_bn(get_model("resnet8", in_channels=1, width=8, seed=0))
+    _, groups = find_groups(model, torch.randn(1, 1, 28, 28))
+    g = groups[0]  # a block's conv1
+    conv1 = dict(model.named_modules())[g.name]
+    # brute force: the 3 filters of conv1 with the largest L1 norm, in their original order
+    norms = [float(conv1.weight[i].abs().sum()) for i in range(conv1.out_channels)]
+    top = sorted(sorted(range(len(norms)), key=lambda i: -norms[i])[:3])
+    pruned = prune_like(model, {g.name: 3}, "l1", example_inputs=torch.randn(1, 1, 28, 28))
+    torch.testing.assert_close(dict(pruned.named_modules())[g.name].weight, conv1.weight[top])
