@@ -172,6 +172,88 @@ def build_parser() -> argparse.ArgumentParser:
     ac.add_argument("--threads", type=_positive_int, help="torch CPU threads")
     ac.add_argument("--no-progress", action="store_true")
 
+    from .studies.cnn import BASELINES, PRESETS as CNN_PRESETS, RETHINKING_PRESETS
+
+    cnn = studies.add_parser(
+        "cnn",
+        help="Appendix E / Table 1: GFS on CNN checkpoints of class-balanced sub-datasets, vs the dense net",
+        description="For each sub-dataset size and trial: pre-train a CNN with a checkpoint every --checkpoint-every "
+                    "iterations; prune every checkpoint with greedy forward selection, fine-tune briefly and record "
+                    "test accuracy next to the dense net's; baselines (L1, BN scale, Taylor, random) are pruned to "
+                    "the same channels per group. Rows go to OUT/results.sqlite as they finish; re-running resumes. "
+                    "Prints a table like the paper's Table 1 and the baseline comparison; draws OUT/cnn_study.png.",
+    )
+    cnn.add_argument("--preset", default="quick", choices=sorted(CNN_PRESETS),
+                     help="quick (default: built-in MNIST-5k, small ResNet, a few minutes on a CPU) or paper "
+                          "(CIFAR-10 protocol of Appendix E; pass --data cifar10:DIR, GPU advised)")
+    cnn.add_argument("--data", help="mnist5k, digits, mnist:DIR or cifar10:DIR")
+    cnn.add_argument("--model", help="a model name (see greedyprune train --help)")
+    cnn.add_argument("--sizes", type=_int_list, help="sub-dataset sizes, e.g. 10000,30000,50000")
+    cnn.add_argument("--trials", type=_positive_int)
+    cnn.add_argument("--iterations", type=_positive_int, help="pre-training iterations")
+    cnn.add_argument("--checkpoint-every", type=_positive_int, help="prune every this many iterations")
+    cnn.add_argument("--flops-target", type=_fraction, help="keep this fraction of the dense multiply-adds")
+    cnn.add_argument("--accuracy-tolerance", type=_fraction, help="stop a group within this relative top-1 gap")
+    cnn.add_argument("--candidates", type=_positive_int, help="channels evaluated per greedy step")
+    cnn.add_argument("--finetune-iterations", type=_nonnegative_int)
+    cnn.add_argument("--baselines", type=lambda t: [x for x in t.split(",") if x],
+                     help=f"comma-separated subset of {','.join(BASELINES)}, or '' for none")
+    cnn.add_argument("--seed", type=_nonnegative_int)
+    cnn.add_argument("--out", type=Path, help="output directory (default runs/cnn-PRESET)")
+    cnn.add_argument("--device", default="cpu")
+    cnn.add_argument("--threads", type=_positive_int)
+    cnn.add_argument("--no-progress", action="store_true")
+
+    rt = studies.add_parser(
+        "rethinking",
+        help="one pruned architecture: fine-tuned vs Scratch-E vs Scratch-B (Rethinking the Value of Network Pruning)",
+        description="Trains the dense net, prunes it once with GFS to --flops-target, then retrains the pruned "
+                    "architecture per seed: fine-tuned, from scratch for the dense net's iterations (Scratch-E) and "
+                    "for the same compute (Scratch-B). Prints mean and std of test accuracy; resumable.",
+    )
+    rt.add_argument("--preset", default="quick", choices=sorted(RETHINKING_PRESETS))
+    rt.add_argument("--data")
+    rt.add_argument("--model")
+    rt.add_argument("--size", type=_positive_int)
+    rt.add_argument("--iterations", type=_positive_int, help="dense (and Scratch-E) training iterations")
+    rt.add_argument("--flops-target", type=_fraction)
+    rt.add_argument("--finetune-iterations", type=_positive_int)
+    rt.add_argument("--seeds", type=_int_list, help="e.g. 0,1,2")
+    rt.add_argument("--out", type=Path, help="output directory (default runs/rethinking-PRESET)")
+    rt.add_argument("--device", default="cpu")
+    rt.add_argument("--threads", type=_positive_int)
+    rt.add_argument("--no-progress", action="store_true")
+
+    pr = sub.add_parser(
+        "prune",
+        help="prune a trained CNN checkpoint with greedy forward selection; writes the smaller model",
+        description="Loads a model checkpoint (from greedyprune train, or a state_dict with --model), prunes it "
+                    "layer by layer with greedy forward selection on the data set, and writes the physically "
+                    "smaller model. Prints parameters, multiply-adds, accuracy and CPU latency, dense vs pruned.",
+    )
+    pr.add_argument("checkpoint", type=Path)
+    pr.add_argument("--model", help="architecture of the checkpoint; checked against the one stored in it")
+    pr.add_argument("--model-arg", type=_key_value, action="append", default=[], metavar="KEY=VALUE")
+    pr.add_argument("--data", default="mnist5k", help="mnist5k (default), digits, mnist:DIR or cifar10:DIR")
+    pr.add_argument("--normalize", choices=NORMALIZATIONS, default="pixel")
+    pr.add_argument("--size", type=_positive_int, help="search on a class-balanced subset of this many examples")
+    rule = pr.add_mutually_exclusive_group()
+    rule.add_argument("--epsilon", type=_nonnegative_float, help="relative loss gap per group")
+    rule.add_argument("--accuracy-tolerance", type=_fraction, help="relative top-1 gap per group (default 0.02)")
+    rule.add_argument("--keep-ratio", type=_fraction, help="fraction of channels kept per group")
+    rule.add_argument("--flops-target", type=float, help="fraction (0, 1) of the dense multiply-adds to keep")
+    pr.add_argument("--candidates", type=_positive_int, default=50, help="channels evaluated per step (default 50)")
+    pr.add_argument("--all-candidates", action="store_true", help="evaluate every channel at every step")
+    pr.add_argument("--replacement", action="store_true", help="allow a channel to be chosen more than once")
+    pr.add_argument("--batch-size", type=_positive_int, default=128)
+    pr.add_argument("--finetune-steps", type=_nonnegative_int, default=0, help="SGD steps after each group")
+    pr.add_argument("--method", choices=["auto", "fast", "reference"], default="auto")
+    pr.add_argument("--seed", type=_nonnegative_int, default=0)
+    pr.add_argument("--out", type=Path, help="pruned model file (default: CHECKPOINT with suffix .pruned.pt)")
+    pr.add_argument("--device", default="cpu")
+    pr.add_argument("--threads", type=_positive_int)
+    pr.add_argument("--no-progress", action="store_true")
+
     theory = sub.add_parser("theory", help="the paper's theory, measured on your data")
     theories = theory.add_subparsers(dest="theory", metavar="WHAT")
     theories.required = True
@@ -535,14 +617,128 @@ def cmd_train(args) -> int:
     return 0
 
 
+def cmd_study_cnn(args) -> int:
+    import torch
+
+    from .studies.cnn import baseline_table, config_with, get_preset, plot_cnn_study, run_cnn_study, table1
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    overrides = {k: v for k, v in dict(data=args.data, model=args.model, sizes=args.sizes, trials=args.trials,
+                                       iterations=args.iterations, checkpoint_every=args.checkpoint_every,
+                                       candidates=args.candidates, finetune_iterations=args.finetune_iterations,
+                                       baselines=args.baselines, seed=args.seed).items() if v is not None}
+    if args.model is not None:
+        overrides["model_kwargs"] = {}
+    if args.flops_target is not None:
+        overrides.update(flops_target=args.flops_target, accuracy_tolerance=None)
+    if args.accuracy_tolerance is not None:
+        overrides.update(accuracy_tolerance=args.accuracy_tolerance, flops_target=None)
+    config = config_with(get_preset(args.preset), **overrides)
+    out = args.out or Path("runs") / f"cnn-{args.preset}"
+    print(f"study cnn -> {out}")
+    try:
+        rows = run_cnn_study(config, out, device=_device(args.device), progress=not args.no_progress)
+    except KeyboardInterrupt:
+        print(f"interrupted; finished rows are in {out}; run the same command again to resume", file=sys.stderr)
+        return 130
+    print("\nfine-tuned test accuracy of the GFS-pruned net (columns: pre-training iterations)")
+    print(table1(rows))
+    if any(r["method"] != "gfs" for r in rows):
+        print("\nat the same channels per group (same multiply-adds):")
+        print(baseline_table(rows))
+    print(f"wrote {plot_cnn_study(rows, Path(out) / 'cnn_study.png')}")
+    return 0
+
+
+def cmd_study_rethinking(args) -> int:
+    import torch
+
+    from .studies.cnn import RETHINKING_PRESETS, rethinking_table, run_rethinking
+    from .studies._config import override, pick_preset
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    overrides = {k: v for k, v in dict(data=args.data, model=args.model, size=args.size, iterations=args.iterations,
+                                       flops_target=args.flops_target, finetune_iterations=args.finetune_iterations,
+                                       seeds=args.seeds).items() if v is not None}
+    if args.model is not None:
+        overrides["model_kwargs"] = {}
+    config = override(pick_preset(RETHINKING_PRESETS, args.preset), "rethinking study", **overrides)
+    out = args.out or Path("runs") / f"rethinking-{args.preset}"
+    print(f"study rethinking -> {out}")
+    try:
+        rows = run_rethinking(config, out, device=_device(args.device), progress=not args.no_progress)
+    except KeyboardInterrupt:
+        print(f"interrupted; finished rows are in {out}; run the same command again to resume", file=sys.stderr)
+        return 130
+    print(rethinking_table(rows))
+    return 0
+
+
+def _device(text: str) -> str:
+    import torch
+
+    try:
+        device = torch.device(text)
+    except RuntimeError as exc:
+        raise UsageError(f"bad --device {text!r} ({exc}); use cpu, cuda or cuda:N") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise UsageError(f"--device {text} asked for, but CUDA is not available here; use --device cpu")
+    return text
+
+
+def cmd_prune(args) -> int:
+    import torch
+
+    from .checkpoints import load_model
+    from .data import load_dataset
+    from .deep import prune_model, save_pruned
+    from .metrics import measure_latency
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    device = _device(args.device)
+    name = args.model.lower() if args.model else None
+    model, info = load_model(args.checkpoint, name=name, model_kwargs=dict(args.model_arg) or None,
+                             map_location=device)
+    ds = load_dataset(args.data, normalize=args.normalize)
+    if ds.image_shape is None or len(ds.image_shape) != 3:
+        raise UsageError(f"--data {args.data} is not image data; use mnist5k, digits, mnist:DIR or cifar10:DIR")
+    if args.size is not None:
+        ds = _fixed_subset(ds, args.size, args.seed)
+    images, labels = ds.images(), ds.labels
+    rule = {k: v for k, v in dict(epsilon=args.epsilon, accuracy_tolerance=args.accuracy_tolerance,
+                                  keep_ratio=args.keep_ratio, flops_target=args.flops_target).items()
+            if v is not None}
+    result = prune_model(model, (images, labels), candidates=None if args.all_candidates else args.candidates,
+                         replacement=args.replacement, batch_size=args.batch_size, seed=args.seed, device=device,
+                         finetune_steps=args.finetune_steps, method=args.method, progress=not args.no_progress,
+                         **rule)
+    out = args.out or args.checkpoint.with_suffix(".pruned.pt")
+    stored_name = info.get("name") if isinstance(info, dict) else None
+    save_pruned(out, result, name=stored_name, model_kwargs=info.get("model_kwargs") if stored_name else None,
+                extra={"input_shape": list(images.shape[1:]), "source": str(args.checkpoint), "data": args.data})
+    print(result.summary())
+    shape = (1, *images.shape[1:])
+    dense_lat = measure_latency(model, shape, threads=1)["median"]
+    pruned_lat = measure_latency(result.model, shape, threads=1)["median"]
+    r = result.report
+    print(f"latency     {dense_lat * 1e3:.2f} ms -> {pruned_lat * 1e3:.2f} ms ({pruned_lat / dense_lat:.3f}x; "
+          f"multiply-adds {r['macs_after'] / r['macs_before']:.3f}x; batch 1, 1 thread, CPU median)")
+    print(f"wrote {out}")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     if args.command == "study":
-        handler = cmd_study_pretraining if args.study == "pretraining" else cmd_study_appendix_c
+        handler = {"pretraining": cmd_study_pretraining, "appendix-c": cmd_study_appendix_c, "cnn": cmd_study_cnn,
+                   "rethinking": cmd_study_rethinking}[args.study]
     else:
         handler = {"plot": cmd_plot, "export": cmd_export, "theory": cmd_theory_threshold,
-                   "advise": cmd_advise, "train": cmd_train}[args.command]
+                   "advise": cmd_advise, "train": cmd_train, "prune": cmd_prune}[args.command]
     try:
         return handler(args)
     except (UsageError, ValueError, OSError, FloatingPointError) as exc:

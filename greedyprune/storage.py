@@ -62,6 +62,48 @@ VALUE_COLUMNS: tuple[str, ...] = tuple(
     name for name, _ in RESULT_COLUMNS if name not in KEY_COLUMNS
 )
 
+#: Results of the CNN study (Appendix E): one row per (size, trial, iteration, method).
+CNN_COLUMNS: tuple[tuple[str, str], ...] = (
+    ("size", "INTEGER"),
+    ("trial", "INTEGER"),
+    ("iteration", "INTEGER"),
+    ("method", "TEXT"),
+    ("dense_accuracy", "REAL"),
+    ("dense_train_accuracy", "REAL"),
+    ("pruned_accuracy", "REAL"),
+    ("finetuned_accuracy", "REAL"),
+    ("params", "INTEGER"),
+    ("macs", "INTEGER"),
+    ("dense_params", "INTEGER"),
+    ("dense_macs", "INTEGER"),
+    ("prune_seconds", "REAL"),
+    ("kept", "TEXT"),
+    ("created", "TEXT"),
+)
+
+#: Results of the Rethinking study: one row per (mode, seed).
+RETHINKING_COLUMNS: tuple[tuple[str, str], ...] = (
+    ("mode", "TEXT"),
+    ("seed", "INTEGER"),
+    ("accuracy", "REAL"),
+    ("train_accuracy", "REAL"),
+    ("iterations", "INTEGER"),
+    ("params", "INTEGER"),
+    ("macs", "INTEGER"),
+    ("seconds", "REAL"),
+    ("created", "TEXT"),
+)
+
+#: kind -> (columns, key columns). Unknown kinds use the pre-training schema.
+SCHEMAS: dict[str, tuple[tuple[tuple[str, str], ...], tuple[str, ...]]] = {
+    "pretraining": (RESULT_COLUMNS, KEY_COLUMNS),
+    "cnn": (CNN_COLUMNS, ("size", "trial", "iteration", "method")),
+    "rethinking": (RETHINKING_COLUMNS, ("mode", "seed")),
+}
+
+#: TEXT columns holding JSON (lists or dicts), encoded on add and decoded by rows().
+_JSON_COLUMNS = frozenset({"losses", "kept"})
+
 #: Value of ``meta['format']`` that marks a greedyprune results database.
 FORMAT_NAME = "greedyprune-results"
 #: Value of ``meta['schema_version']`` written by this version.
@@ -108,6 +150,8 @@ class ResultsStore:
     def __init__(self, path: str | os.PathLike, kind: str = "pretraining") -> None:
         self.path = Path(path)
         self.kind = str(kind)
+        self.columns, self.key_columns = SCHEMAS.get(self.kind, SCHEMAS["pretraining"])
+        self.column_names = tuple(name for name, _ in self.columns)
         self._conn: sqlite3.Connection | None = None
         if self.path.is_dir():
             raise ValueError(f"{self.path}: is a directory, not a results database file")
@@ -155,9 +199,9 @@ class ResultsStore:
 
     def _create_tables(self, conn: sqlite3.Connection) -> None:
         conn.execute("CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT)")
-        cols = ", ".join(f"{_q(n)} {t}" + (" NOT NULL" if n in KEY_COLUMNS else "")
-                         for n, t in RESULT_COLUMNS)
-        key = ", ".join(_q(n) for n in KEY_COLUMNS)
+        cols = ", ".join(f"{_q(n)} {t}" + (" NOT NULL" if n in self.key_columns else "")
+                         for n, t in self.columns)
+        key = ", ".join(_q(n) for n in self.key_columns)
         conn.execute(f"CREATE TABLE results ({cols}, PRIMARY KEY ({key}))")
         conn.executemany(
             "INSERT INTO meta (key, value) VALUES (?, ?)",
@@ -177,7 +221,7 @@ class ResultsStore:
                 f"{FORMAT_NAME!r} in its meta table)"
             )
         have = {r[1] for r in conn.execute("PRAGMA table_info(results)")}
-        missing = [n for n in _COLUMN_NAMES if n not in have]
+        missing = [n for n in self.column_names if n not in have]
         if missing:
             raise ValueError(
                 f"{self.path}: results table lacks the columns {missing}; "
@@ -253,9 +297,9 @@ class ResultsStore:
             raise
 
     # ---------------------------------------------------------------- results
-    def done_keys(self) -> set[tuple[int, int, int, int]]:
-        """The ``(width, size, trial, iteration)`` keys already stored."""
-        key = ", ".join(_q(n) for n in KEY_COLUMNS)
+    def done_keys(self) -> set[tuple]:
+        """The keys already stored (``(width, size, trial, iteration)`` for the pre-training study)."""
+        key = ", ".join(_q(n) for n in self.key_columns)
         return {
             tuple(r) for r in self._require_open().execute(f"SELECT {key} FROM results")
         }
@@ -273,12 +317,12 @@ class ResultsStore:
         was inserted, ``False`` if a row with the same key exists already (the
         stored row is kept unchanged).
         """
-        values = _encode_row(row)
-        cols = ", ".join(_q(n) for n in _COLUMN_NAMES)
-        marks = ", ".join("?" for _ in _COLUMN_NAMES)
+        values = _encode_row(row, self.columns, self.key_columns)
+        cols = ", ".join(_q(n) for n in self.column_names)
+        marks = ", ".join("?" for _ in self.column_names)
         cur = self._require_open().execute(
             f"INSERT OR IGNORE INTO results ({cols}) VALUES ({marks})",
-            [values[n] for n in _COLUMN_NAMES],
+            [values[n] for n in self.column_names],
         )
         return cur.rowcount == 1
 
@@ -287,17 +331,20 @@ class ResultsStore:
 
         REAL columns stored as NULL (SQLite stores NaN as NULL) come back as NaN.
         """
-        cols = ", ".join(_q(n) for n in _COLUMN_NAMES)
-        key = ", ".join(_q(n) for n in KEY_COLUMNS)
+        cols = ", ".join(_q(n) for n in self.column_names)
+        key = ", ".join(_q(n) for n in self.key_columns)
         out = []
         for rec in self._require_open().execute(
             f"SELECT {cols} FROM results ORDER BY {key}"
         ):
-            row = dict(zip(_COLUMN_NAMES, rec))
-            for name, typ in RESULT_COLUMNS:
+            row = dict(zip(self.column_names, rec))
+            for name, typ in self.columns:
                 if typ == "REAL" and row[name] is None:
                     row[name] = math.nan
-            row["losses"] = _decode_losses(row["losses"])
+            if "losses" in row:
+                row["losses"] = _decode_losses(row["losses"])
+            if "kept" in row and row["kept"]:
+                row["kept"] = json.loads(row["kept"])
             out.append(row)
         return out
 
@@ -308,15 +355,15 @@ class ResultsStore:
         a reader never sees a half-written file.
         """
         path = Path(path)
-        cols = ", ".join(_q(n) for n in _COLUMN_NAMES)
-        key = ", ".join(_q(n) for n in KEY_COLUMNS)
+        cols = ", ".join(_q(n) for n in self.column_names)
+        key = ", ".join(_q(n) for n in self.key_columns)
         records = self._require_open().execute(
             f"SELECT {cols} FROM results ORDER BY {key}"
         ).fetchall()
         tmp = path.with_name(path.name + ".tmp")
         with open(tmp, "w", newline="", encoding="utf-8") as fh:
             writer = csv.writer(fh)
-            writer.writerow(_COLUMN_NAMES)
+            writer.writerow(self.column_names)
             for rec in records:
                 writer.writerow(["" if v is None else v for v in rec])
         os.replace(tmp, path)
@@ -356,11 +403,12 @@ def _config_differences(stored: dict, requested: dict) -> list[str]:
     return diffs
 
 
-def _encode_row(row: dict) -> dict[str, Any]:
+def _encode_row(row: dict, columns=RESULT_COLUMNS, key_columns=KEY_COLUMNS) -> dict[str, Any]:
     if not isinstance(row, dict):
         raise TypeError(f"row must be a dict, not {type(row).__name__}")
-    unknown = sorted(set(row) - set(_COLUMN_NAMES), key=str)
-    missing = [n for n in _COLUMN_NAMES if n not in row and n not in _OPTIONAL_COLUMNS]
+    names = [n for n, _ in columns]
+    unknown = sorted(set(row) - set(names), key=str)
+    missing = [n for n in names if n not in row and n not in _OPTIONAL_COLUMNS]
     problems = []
     if missing:
         problems.append(f"missing columns {missing}")
@@ -369,7 +417,7 @@ def _encode_row(row: dict) -> dict[str, Any]:
     if problems:
         raise ValueError("result row has " + " and ".join(problems))
     out: dict[str, Any] = {}
-    for name, typ in RESULT_COLUMNS:
+    for name, typ in columns:
         value = row.get(name)
         if name == "created":
             out[name] = (
@@ -378,10 +426,14 @@ def _encode_row(row: dict) -> dict[str, Any]:
             )
         elif name == "losses":
             out[name] = _encode_losses(value)
+        elif name in _JSON_COLUMNS:
+            out[name] = None if value is None else (value if isinstance(value, str) else json.dumps(value))
         elif value is None:
-            if name in KEY_COLUMNS:
+            if name in key_columns:
                 raise ValueError(f"result row: key column {name!r} is None")
             out[name] = None
+        elif typ == "TEXT":
+            out[name] = str(value)
         elif typ == "INTEGER":
             out[name] = _as_int(name, value)
         else:  # REAL
