@@ -6,8 +6,8 @@ the candidates along the batch dimension, folds batch norms, and computes the gr
 as a shared product plus one channel's contribution per candidate. Both runs see the same batches
 and candidates; the script checks they keep the same channels.
 
-    python bench/deep_selection.py            # ~2-4 minutes on 2 CPU cores
-    python bench/deep_selection.py --steps 1  # quicker
+    python bench/deep_selection.py            # ~5 minutes on 2 CPU cores
+    python bench/deep_selection.py --steps 2  # quicker: at most 2 greedy steps per group
 
 Last line: ``speedup vs reference: X.Xx``.
 """
@@ -39,8 +39,9 @@ def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--model", default="resnet20")
     p.add_argument("--candidates", type=int, default=50)
-    p.add_argument("--batch-size", type=int, default=128)
-    p.add_argument("--steps", type=int, default=2, help="greedy steps per group (both methods take the same)")
+    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--keep-ratio", type=float, default=0.5, help="channels kept per group (steps = kept channels)")
+    p.add_argument("--steps", type=int, default=None, help="cap on greedy steps per group (default: no cap)")
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--device", default="cpu")
     p.add_argument("--seed", type=int, default=0)
@@ -50,10 +51,10 @@ def main(argv: list[str] | None = None) -> None:
     g = torch.Generator().manual_seed(args.seed)
     X = torch.randn(2048, 3, 32, 32, generator=g)
     y = torch.randint(0, 10, (2048,), generator=g)
-    opts = dict(keep_ratio=0.5, candidates=args.candidates, batch_size=args.batch_size, max_steps=args.steps,
+    opts = dict(keep_ratio=args.keep_ratio, candidates=args.candidates, batch_size=args.batch_size, max_steps=args.steps,
                 seed=args.seed, device=args.device, eval_examples=256)
     print(f"{args.model}, 3x32x32, batch {args.batch_size}, {args.candidates} candidates per step, "
-          f"{args.steps} steps per group, {args.threads} threads, {args.device}")
+          f"keep ratio {args.keep_ratio}, {args.threads} threads, {args.device}")
     results, seconds = {}, {}
     for method in ("fast", "reference"):
         start = time.perf_counter()

@@ -1,0 +1,105 @@
+"""Command line: greedyprune prune, study cnn (resume), study rethinking."""
+import pytest
+import torch
+
+from greedyprune.checkpoints import save_model
+from greedyprune.cli import main
+from greedyprune.deep import load_pruned
+from greedyprune.models import get_model
+from greedyprune.storage import ResultsStore
+
+TINY = {"in_channels": 1, "num_classes": 10, "width": 4}
+
+
+@pytest.fixture()
+def checkpoint(tmp_path):
+    path = tmp_path / "resnet8.pt"
+    save_model(path, get_model("resnet8", seed=0, **TINY), name="resnet8", model_kwargs=TINY)
+    return path
+
+
+def _fails(capsys, argv, *needles):
+    with pytest.raises(SystemExit) as exc:
+        main(argv)
+    assert exc.value.code == 2
+    err = capsys.readouterr().err
+    for needle in needles:
+        assert needle in err, err
+    return err
+
+
+def test_prune_writes_a_smaller_model_that_loads(checkpoint, tmp_path, capsys):
+    out = tmp_path / "small.pt"
+    assert main(["prune", str(checkpoint), "--model", "resnet8", "--size", "200", "--keep-ratio", "0.5",
+                 "--candidates", "2", "--batch-size", "32", "--no-progress", "--out", str(out)]) == 0
+    text = capsys.readouterr().out
+    assert "mult-adds" in text and "latency" in text
+    for replay in (False, True):
+        model, info = load_pruned(out, replay=replay)
+        assert model.eval()(torch.zeros(2, 1, 28, 28)).shape == (2, 10)
+        assert sum(p.numel() for p in model.parameters()) < sum(
+            p.numel() for p in get_model("resnet8", **TINY).parameters())
+
+
+def test_prune_bad_input(checkpoint, capsys):
+    _fails(capsys, ["prune", str(checkpoint), "--model", "resnet20", "--size", "100"], "resnet8", "resnet20")
+    for bad in ("1.5", "1", "0", "-0.1"):
+        _fails(capsys, ["prune", str(checkpoint), "--size", "100", "--flops-target", bad], "flops_target")
+    _fails(capsys, ["prune", str(checkpoint.with_name("missing.pt"))], "missing.pt")
+
+
+CNN_ARGS = ["study", "cnn", "--sizes", "200", "--iterations", "20", "--checkpoint-every", "10", "--candidates", "2",
+            "--finetune-iterations", "2", "--baselines", "l1,random", "--model", "resnet8", "--no-progress"]
+
+
+def _rows(path):
+    with ResultsStore(path / "results.sqlite", kind="cnn") as store:
+        return store.rows()
+
+
+def test_study_cnn_resumes_after_an_interruption(tmp_path, monkeypatch, capsys):
+    import greedyprune.deep as deep
+
+    full, part = tmp_path / "full", tmp_path / "part"
+    assert main(CNN_ARGS + ["--out", str(full)]) == 0
+    expected = _rows(full)
+    assert len(expected) == 3 + 2  # gfs at iterations 0, 10, 20; baselines at the last checkpoint
+    assert "dense (final)" in capsys.readouterr().out
+
+    real, calls = deep.prune_model, []
+
+    def interrupted(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(deep, "prune_model", interrupted)
+    assert main(CNN_ARGS + ["--out", str(part)]) == 130
+    first = _rows(part)
+    assert len(first) == 1  # the first checkpoint's row was kept
+    monkeypatch.setattr(deep, "prune_model", real)
+    assert main(CNN_ARGS + ["--out", str(part)]) == 0
+    resumed = _rows(part)
+    assert resumed[0]["created"] == first[0]["created"]  # not redone
+    drop = ("created", "prune_seconds")
+    assert [{k: v for k, v in r.items() if k not in drop} for r in resumed] == \
+        [{k: v for k, v in r.items() if k not in drop} for r in expected]
+    # another configuration in the same directory is refused
+    _fails(capsys, CNN_ARGS[:-1] + ["--seed", "3", "--no-progress", "--out", str(part)], "seed")
+
+
+def test_study_rethinking_table(tmp_path, capsys):
+    argv = ["study", "rethinking", "--size", "200", "--iterations", "10", "--finetune-iterations", "2",
+            "--seeds", "0,1", "--flops-target", "0.6", "--model", "resnet8", "--no-progress", "--out", str(tmp_path)]
+    assert main(argv) == 0
+    out = capsys.readouterr().out
+    for mode in ("dense", "finetune", "scratch-e", "scratch-b"):
+        assert mode in out
+    with ResultsStore(tmp_path / "results.sqlite", kind="rethinking") as store:
+        rows = store.rows()
+    scratch_b = [r for r in rows if r["mode"] == "scratch-b"]
+    dense = [r for r in rows if r["mode"] == "dense"][0]
+    # Scratch-B trains for the dense iterations x dense MACs / pruned MACs (closed form)
+    assert all(r["iterations"] == round(10 * dense["macs"] / r["macs"]) for r in scratch_b)
+    assert len(rows) == 1 + 3 * 2
