@@ -258,7 +258,9 @@ def test_get_model_errors():
     with pytest.raises(ValueError, match="resnet20.*vgg16"):
         get_model("resnet18")
     with pytest.raises(TypeError, match="width"):
-        get_model("resnet20", width=2)
+        get_model("mobilenetv2", width=2)
+    with pytest.raises(ValueError, match="width"):
+        get_model("resnet20", width=0)
     with pytest.raises(TypeError, match="shortcut"):
         get_model("vgg16", shortcut="A")
     with pytest.raises(ValueError, match="'C'"):
