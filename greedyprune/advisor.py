@@ -128,10 +128,13 @@ class PretrainingAdvisor:
         try:
             _layers(model)
         except TypeError as exc:
+            if any(isinstance(m, nn.Conv2d) for m in model.modules()):
+                return deep_pruner(**self.selection_options)(model, X, y)
             raise TypeError(
                 f"PretrainingAdvisor cannot prune a {type(model).__name__}: it prunes two-layer networks "
-                "(greedyprune.TwoLayerNet or nn.Sequential(nn.Linear, activation, nn.Linear)) by itself; for "
-                f"other networks pass pruner=callable(model, X, y) -> (pruned_model, kept_ids). ({exc})"
+                "(greedyprune.TwoLayerNet or nn.Sequential(nn.Linear, activation, nn.Linear)) and CNNs "
+                "(with greedyprune.prune_model) by itself; for other networks pass "
+                f"pruner=callable(model, X, y) -> (pruned_model, kept_ids). ({exc})"
             ) from None
         pruned, result = prune_two_layer(model, X, y, self.k, loss=self.loss, **self.selection_options)
         return pruned, set(result.selected.tolist())
@@ -198,3 +201,17 @@ class PretrainingAdvisor:
             "stop_step": self.stop_step,
             "checks": [asdict(c) for c in self.history],
         }
+
+
+def deep_pruner(**prune_options) -> Callable:
+    """A ``pruner`` for deep networks: :func:`greedyprune.prune_model` with these options (default: its
+    accuracy-tolerance rule); the kept ids are ``(group, channel)`` pairs, so the advisor compares the
+    selections of consecutive checks over all groups. The advisor uses it by itself for CNNs, with its
+    ``selection_options`` as the options."""
+    from .deep import prune_model
+
+    def prune(model: nn.Module, X: torch.Tensor, y: torch.Tensor):
+        result = prune_model(model, (X, y), **prune_options)
+        return result.model, {(group, i) for group, kept in result.kept.items() for i in kept}
+
+    return prune

@@ -81,9 +81,10 @@ def prune_like(model: nn.Module, keep: Mapping[str, int], criterion: str, *, dat
     if criterion == "taylor":
         model.eval()
         model.zero_grad(set_to_none=True)
-        for _ in range(taylor_batches):
-            x, y = batches.next()
-            F.cross_entropy(model(x), y).backward()
+        with torch.enable_grad():
+            for _ in range(taylor_batches):
+                x, y = batches.next()
+                F.cross_entropy(model(x), y).backward()
     importance = _importance(criterion)
     scores = {}
     with torch.random.fork_rng(devices=[]):

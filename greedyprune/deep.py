@@ -144,7 +144,8 @@ def _build_graph(model: nn.Module, example_inputs: torch.Tensor):
     import torch_pruning as tp
 
     try:
-        return tp.DependencyGraph().build_dependency(model, example_inputs=example_inputs)
+        with torch.enable_grad():  # Torch-Pruning traces through autograd, even if the caller is in no_grad
+            return tp.DependencyGraph().build_dependency(model, example_inputs=example_inputs)
     except Exception as exc:  # noqa: BLE001 - re-raised with what to do
         raise UnsupportedLayerError(
             f"Torch-Pruning could not trace the model ({type(exc).__name__}: {exc}); check that "
@@ -873,6 +874,12 @@ def _finetune(model: nn.Module, batches: _Batches, steps: int, lr: float) -> Non
     params = [p for p in model.parameters() if p.requires_grad]
     opt = torch.optim.SGD(params, lr=lr, momentum=0.9, weight_decay=5e-4)
     model.train()
+    with torch.enable_grad():
+        _finetune_steps(model, opt, batches, steps, lr)
+    model.eval()
+
+
+def _finetune_steps(model: nn.Module, opt, batches: "_Batches", steps: int, lr: float) -> None:
     for _ in range(steps):
         x, y = batches.next()
         opt.zero_grad(set_to_none=True)
@@ -881,7 +888,6 @@ def _finetune(model: nn.Module, batches: _Batches, steps: int, lr: float) -> Non
             raise FloatingPointError(f"fine-tuning diverged (loss {float(loss)}); lower finetune_lr (now {lr})")
         loss.backward()
         opt.step()
-    model.eval()
 
 
 # ----------------------------------------------------------------------------------------------------

@@ -77,12 +77,24 @@ def test_advisor_on_a_real_training_run_saves_a_working_pruned_net(tmp_path):
 
 
 def test_a_model_it_cannot_prune_gets_a_clear_error_and_a_pruner_fixes_it():
-    conv = nn.Sequential(nn.Conv2d(1, 4, 3), nn.Flatten(), nn.Linear(4 * 6 * 6, 1), nn.Flatten(0))
-    X, y = torch.randn(8, 1, 8, 8), torch.randint(0, 2, (8,)).float()
+    conv = nn.Sequential(nn.Linear(64, 4), nn.ReLU(), nn.Linear(4, 4), nn.ReLU(), nn.Linear(4, 1), nn.Flatten(0))
+    X, y = torch.randn(8, 64), torch.randint(0, 2, (8,)).float()
     with pytest.raises(TypeError, match="PretrainingAdvisor cannot prune a Sequential.*pruner="):
         PretrainingAdvisor(3, log=None).check(0, conv, X, y)
     advisor = PretrainingAdvisor(3, log=None, pruner=lambda model, X, y: (model, torch.tensor([0, 1, 2])))
     assert advisor.check(0, conv, X, y) is False and advisor.history[0].distinct == 3
+
+
+def test_cnns_are_pruned_with_prune_model():
+    from greedyprune.models import get_model
+
+    cnn = get_model("resnet8", in_channels=1, width=4, seed=0)
+    X, y = torch.randn(32, 1, 28, 28), torch.randint(0, 10, (32,))
+    advisor = PretrainingAdvisor(1, loss="cross_entropy", log=None,
+                                 selection_options={"keep_ratio": 0.5, "candidates": 2, "batch_size": 16})
+    assert advisor.check(0, cnn, X, y) is False
+    kept_channels = sum(max(1, round(0.5 * c)) for c in (4, 8, 8, 16, 16))  # resnet8: 3 block convs + 2 streams
+    assert advisor.history[0].distinct == kept_channels
 
 
 @pytest.mark.parametrize(
