@@ -249,6 +249,11 @@ def build_parser() -> argparse.ArgumentParser:
     pr.add_argument("--finetune-steps", type=_nonnegative_int, default=0, help="SGD steps after each group")
     pr.add_argument("--method", choices=["auto", "fast", "reference"], default="auto")
     pr.add_argument("--seed", type=_nonnegative_int, default=0)
+    pr.add_argument("--workers", type=_positive_int, default=1,
+                    help="split each step's candidates over this many local processes (torch.distributed, gloo "
+                         "on CPU / nccl on CUDA); under torchrun the launched ranks are used instead")
+    pr.add_argument("--timeout", type=_positive_float, default=300.0,
+                    help="seconds a rank waits for the others before failing (distributed runs; default 300)")
     pr.add_argument("--out", type=Path, help="pruned model file (default: CHECKPOINT with suffix .pruned.pt)")
     pr.add_argument("--device", default="cpu")
     pr.add_argument("--threads", type=_positive_int)
@@ -711,10 +716,23 @@ def cmd_prune(args) -> int:
     rule = {k: v for k, v in dict(epsilon=args.epsilon, accuracy_tolerance=args.accuracy_tolerance,
                                   keep_ratio=args.keep_ratio, flops_target=args.flops_target).items()
             if v is not None}
-    result = prune_model(model, (images, labels), candidates=None if args.all_candidates else args.candidates,
-                         replacement=args.replacement, batch_size=args.batch_size, seed=args.seed, device=device,
-                         finetune_steps=args.finetune_steps, method=args.method, progress=not args.no_progress,
-                         **rule)
+    options = dict(candidates=None if args.all_candidates else args.candidates, replacement=args.replacement,
+                   batch_size=args.batch_size, seed=args.seed, device=device, finetune_steps=args.finetune_steps,
+                   method=args.method, **rule)
+    from . import distributed as dd
+
+    if "RANK" in os.environ and "WORLD_SIZE" in os.environ:  # launched by torchrun
+        dd.init_process_group(timeout_s=args.timeout)
+        result = prune_model(model, (images, labels), distributed=True, progress=not args.no_progress and dd.is_main(),
+                             **options)
+        if not dd.is_main():
+            return 0  # only rank 0 writes and reports
+    elif args.workers > 1:
+        print(f"pruning with {args.workers} worker processes")
+        result = dd.launch(_prune_worker, args.workers, model, images, labels, options, timeout_s=args.timeout,
+                           backend="nccl" if str(device).startswith("cuda") else "gloo")
+    else:
+        result = prune_model(model, (images, labels), progress=not args.no_progress, **options)
     out = args.out or args.checkpoint.with_suffix(".pruned.pt")
     stored_name = info.get("name") if isinstance(info, dict) else None
     save_pruned(out, result, name=stored_name, model_kwargs=info.get("model_kwargs") if stored_name else None,
@@ -730,6 +748,15 @@ def cmd_prune(args) -> int:
     return 0
 
 
+def _prune_worker(model, images, labels, options):
+    """One rank of ``greedyprune prune --workers P``: every rank searches; rank 0 returns the result."""
+    from .deep import prune_model
+    from .distributed import is_main
+
+    result = prune_model(model, (images, labels), distributed=True, **options)
+    return result if is_main() else None
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -739,9 +766,11 @@ def main(argv: list[str] | None = None) -> int:
     else:
         handler = {"plot": cmd_plot, "export": cmd_export, "theory": cmd_theory_threshold,
                    "advise": cmd_advise, "train": cmd_train, "prune": cmd_prune}[args.command]
+    from .distributed import DistributedSelectionError, WorkerError
+
     try:
         return handler(args)
-    except (UsageError, ValueError, OSError, FloatingPointError) as exc:
+    except (UsageError, ValueError, OSError, FloatingPointError, WorkerError, DistributedSelectionError) as exc:
         parser.exit(2, f"greedyprune: error: {exc}\n")
     return 0
 

@@ -917,6 +917,8 @@ def prune_model(
     stack_elements: int | None = None,
     inplace: bool = False,
     progress: bool = False,
+    distributed: bool = False,
+    group=None,
 ) -> DeepPruneResult:
     """Prune the channels of a deep network by layer-wise greedy forward selection.
 
@@ -953,6 +955,11 @@ def prune_model(
         stack_elements: memory cap of the stacked forward: elements of its largest activation.
         inplace: prune ``model`` itself instead of a deep copy.
         progress: show a progress bar over groups.
+        distributed: split each step's candidates across the ranks of the initialised
+            ``torch.distributed`` process group (``group``, default the world). Every rank must call
+            with the same model, data and options; each evaluates its contiguous share of the
+            candidates, the losses are all-gathered, and every rank takes the same argmin (ties: the
+            lowest channel), so every rank returns the same pruned model as a single process would.
     """
     rules = {k: v for k, v in dict(epsilon=epsilon, accuracy_tolerance=accuracy_tolerance, keep_ratio=keep_ratio,
                                    flops_target=flops_target).items() if v is not None}
@@ -985,6 +992,7 @@ def prune_model(
     if not isinstance(model, nn.Module):
         raise TypeError(f"model must be an nn.Module, got {type(model).__name__}")
     start_time = time.perf_counter()
+    split = _CandidateSplit(group) if distributed else None
 
     if not inplace:
         model = copy.deepcopy(model)
@@ -1081,7 +1089,10 @@ def prune_model(
                 if step == 0 and isinstance(evaluator, _FastEvaluator):
                     evaluator = _self_check(evaluator, model, group, x, y, base, cand[:2], delta, method)
                     evaluator.prepare(x)
-                losses, accs = evaluator.evaluate_step(base, cand, delta, y)
+                if split is None:
+                    losses, accs = evaluator.evaluate_step(base, cand, delta, y)
+                else:
+                    losses, accs = split.evaluate(evaluator, base, cand, delta, y)
                 if need_full:
                     full_loss, full_acc = evaluator.evaluate(torch.ones(1, D, device=device), y)
                     losses, accs = torch.cat([losses, full_loss]), torch.cat([accs, full_acc])
@@ -1117,6 +1128,35 @@ def prune_model(
     }
     return DeepPruneResult(model=model, kept=kept, counts=counts_out, groups=records, report=report,
                            history=[list(h) for h in DG.pruning_history()])
+
+
+class _CandidateSplit:
+    """Algorithm 2 for deep networks: each rank scores a contiguous share of a step's candidates."""
+
+    def __init__(self, group=None):
+        import torch.distributed as dist
+
+        if not dist.is_available() or not dist.is_initialized():
+            raise ValueError("distributed=True needs an initialised torch.distributed process group; start the "
+                             "program with torchrun, or call greedyprune.distributed.init_process_group() first")
+        self.dist, self.group = dist, group
+        self.rank, self.world = dist.get_rank(group), dist.get_world_size(group)
+
+    def evaluate(self, evaluator, base, cand, delta, y):
+        K = cand.numel()
+        lo, hi = K * self.rank // self.world, K * (self.rank + 1) // self.world
+        width = -(-K // self.world)  # the largest share
+        device = base.device if self.dist.get_backend(self.group) != "gloo" else torch.device("cpu")
+        mine = torch.full((2, width), float("inf"), device=device)
+        if hi > lo:
+            loss, acc = evaluator.evaluate_step(base, cand[lo:hi], delta, y)
+            mine[0, :hi - lo], mine[1, :hi - lo] = loss.to(device), acc.to(device)
+        parts = [torch.empty_like(mine) for _ in range(self.world)]
+        self.dist.all_gather(parts, mine, group=self.group)
+        sizes = [K * (r + 1) // self.world - K * r // self.world for r in range(self.world)]
+        losses = torch.cat([p[0, :n] for p, n in zip(parts, sizes)])
+        accs = torch.cat([p[1, :n] for p, n in zip(parts, sizes)])
+        return losses.to(base.device), accs.to(base.device)
 
 
 def _self_check(evaluator: _FastEvaluator, model, group, x, y, base, cand, delta, method) -> Any:

@@ -41,6 +41,16 @@ def test_prune_writes_a_smaller_model_that_loads(checkpoint, tmp_path, capsys):
             p.numel() for p in get_model("resnet8", **TINY).parameters())
 
 
+def test_prune_with_two_workers_keeps_the_same_channels(checkpoint, tmp_path, capsys):
+    common = [str(checkpoint), "--size", "200", "--keep-ratio", "0.5", "--candidates", "3", "--batch-size", "32",
+              "--no-progress", "--method", "fast"]
+    assert main(["prune"] + common + ["--out", str(tmp_path / "one.pt")]) == 0
+    assert main(["prune"] + common + ["--workers", "2", "--out", str(tmp_path / "two.pt")]) == 0
+    assert "2 worker processes" in capsys.readouterr().out
+    one, two = load_pruned(tmp_path / "one.pt")[1], load_pruned(tmp_path / "two.pt")[1]
+    assert one["kept"] == two["kept"]
+
+
 def test_prune_bad_input(checkpoint, capsys):
     _fails(capsys, ["prune", str(checkpoint), "--model", "resnet20", "--size", "100"], "resnet8", "resnet20")
     for bad in ("1.5", "1", "0", "-0.1"):

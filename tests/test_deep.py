@@ -252,3 +252,30 @@ def test_l1_baseline_keeps_the_largest_filters():
     top = sorted(sorted(range(len(norms)), key=lambda i: -norms[i])[:3])
     pruned = prune_like(model, {g.name: 3}, "l1", example_inputs=torch.randn(1, 1, 28, 28))
     torch.testing.assert_close(dict(pruned.named_modules())[g.name].weight, conv1.weight[top])
+
+
+def _distributed_prune(rank_unused=None):
+    model = _randomize_bn(get_model("resnet8", in_channels=1, width=8, seed=0))
+    X, y = _data((1, 28, 28))
+    result = prune_model(model, (X, y), keep_ratio=0.5, candidates=5, batch_size=16, seed=3, distributed=True)
+    return result.kept, result.counts, [g["loss"] for g in result.groups], result.model.state_dict()
+
+
+def test_distributed_prune_model_matches_one_process():
+    from greedyprune.distributed import launch
+
+    model = _randomize_bn(get_model("resnet8", in_channels=1, width=8, seed=0))
+    X, y = _data((1, 28, 28))
+    single = prune_model(model, (X, y), keep_ratio=0.5, candidates=5, batch_size=16, seed=3)
+    kept, counts, losses, state = launch(_distributed_prune, 2, timeout_s=60)
+    assert kept == single.kept and counts == single.counts
+    torch.testing.assert_close(torch.tensor(losses), torch.tensor([g["loss"] for g in single.groups]))
+    for k, v in single.model.state_dict().items():
+        torch.testing.assert_close(state[k], v)
+
+
+def test_distributed_needs_a_process_group():
+    model = get_model("resnet8", in_channels=1, width=8, seed=0)
+    X, y = _data((1, 28, 28), n=16)
+    with pytest.raises(ValueError, match="process group"):
+        prune_model(model, (X, y), keep_ratio=0.5, distributed=True)
