@@ -5,15 +5,16 @@ data's target and its own rows of the (N, m[, C]) output matrix. At each step::
 
     every rank:  (loss_r, i_r) = its best local candidate and that candidate's exact score
     all ranks:   i_k = the (loss, global index) pair with the lowest loss; ties -> lowest global index
-    owner of i_k broadcasts phi_{i_k}; every rank adds it to the shared running sum s = k * u_k
+    phi_{i_k} reaches every rank, which adds it to the shared running sum s = k * u_k
 
 A step costs one ``all_gather`` of (score, index) pairs that also carries each rank's best row when
-rows are small (else a broadcast from the owner follows), plus, for the logistic and cross-entropy
-losses, one all-reduce of a single number: the engine's search evaluates exactly only the candidates
-whose lower bound can still beat the best score found, and the ranks share that score after a first
-small batch so that a rank without the winner does not evaluate more than its share. Every rank ends
-with the same :class:`~greedyprune.selection.SelectionResult` (global indices, counts over all N
-neurons, losses, the final averaged output).
+rows are small (else a broadcast from the owner follows). For the logistic and cross-entropy losses
+the engine's search evaluates exactly only the candidates whose lower bound can still beat the best
+score found; after a step in which some rank had to evaluate more than a first small batch, the next
+step also shares the best score after that batch (one all-reduce of a number), so that a rank without
+the winner does not evaluate more than its share. Every rank ends with the same
+:class:`~greedyprune.selection.SelectionResult` (global indices, counts over all N neurons, losses,
+the final averaged output).
 
 Exactness
 ---------
@@ -61,10 +62,9 @@ import torch
 import torch.distributed as dist
 
 from .selection import (
-    LOSSES,
-    SelectionResult,
     _CPU_CHUNK_ELEMENTS,
     _GPU_CHUNK_ELEMENTS,
+    SelectionResult,
     _check_int,
     _CrossEntropyScorer,
     _draw_candidates,
@@ -509,10 +509,12 @@ class _BoundedSliceMixin(_SliceMixin):
     """Logistic / cross-entropy on a slice: the engine's lower-bound search, with the ranks' bounds shared.
 
     Like the engine, a rank evaluates exactly only the candidates whose lower bound does not exceed the
-    best exact score known (see ``_LogisticScorer``). Alone, a rank would only know its own best, which
-    for the ranks without the overall winner is looser; so each rank evaluates a first small batch, the
-    ranks share the lowest score found (one all-reduce), and each goes on only with candidates that can
-    still beat it. The candidate chosen is unchanged: no candidate left out can win or tie.
+    best exact score known (see ``_LogisticScorer``), starting with a first batch of the candidates with
+    the lowest bounds (the engine's first batch, shared out between the ranks). Alone, a rank only knows
+    its own best, which for the ranks without the overall winner is looser; so when ``share`` is given,
+    the ranks share the lowest score found after the first batch (one all-reduce) and each goes on only
+    with candidates that can still beat it. The candidate chosen is the same either way: no candidate
+    left out can win or tie.
     """
 
     def local_best(self, k, available, share=None):
@@ -837,13 +839,13 @@ def greedy_forward_selection(
                 return r
         raise RuntimeError(f"internal error: no rank owns row {j}")
 
-    # each step exchanges every rank's (score, global index) - and, when rows are small, its best row
-    # too (exactly, as float64), which saves the broadcast: one collective per step instead of two
+    # each step exchanges every rank's (score, global index, exact evaluations) - and, when rows are
+    # small, its best row too (exactly, as float64), which saves the broadcast
     comm = _comm_device(group, device)
     row_shape = tuple(phi.shape[1:])
     row_numel = math.prod(row_shape)
-    fused = world * (2 + row_numel) * 8 <= _FUSED_BYTES
-    pair = torch.zeros(2 + (row_numel if fused else 0), dtype=torch.float64, device=comm)
+    fused = world * (3 + row_numel) * 8 <= _FUSED_BYTES
+    pair = torch.zeros(3 + (row_numel if fused else 0), dtype=torch.float64, device=comm)
     gathered = [torch.empty_like(pair) for _ in range(world)]
     row_buf = torch.empty(tuple(phi.shape[1:]), dtype=phi.dtype, device=comm)
     one = torch.empty(1, dtype=torch.int64, device=comm)
@@ -870,7 +872,7 @@ def greedy_forward_selection(
             ) from err
 
     bound_buf = torch.empty(1, dtype=torch.float64, device=comm)
-    step = 0
+    step, evaluated_before, share_bound = 0, getattr(scorer, "evaluated", 0), world > 1
 
     def share(score: float) -> float:
         bound_buf[0] = score
@@ -883,7 +885,7 @@ def greedy_forward_selection(
         if candidates is None:
             rows_cpu = None
             local_available = None if replacement else available[offset:offset + n].to(device)
-            score, i = scorer.local_best(step, local_available, share if world > 1 else None)
+            score, i = scorer.local_best(step, local_available, share if share_bound else None)
         else:
             pool = all_rows if replacement else all_rows[available]
             rows_cpu = _draw_candidates(generator, pool, candidates)  # the same draw on every rank
@@ -895,13 +897,17 @@ def greedy_forward_selection(
                 values = scorer.subset_scores(local_rows, lo, rows_cpu.numel(), step)
                 j = int(torch.argmin(values))
                 score, i = float(values[j]), int(local_rows[j])
-        pair[0], pair[1] = score, (offset + i if i >= 0 else n_total)
+        evaluated = getattr(scorer, "evaluated", 0)
+        pair[0], pair[1], pair[2] = score, (offset + i if i >= 0 else n_total), evaluated - evaluated_before
+        evaluated_before = evaluated
         if fused and i >= 0:
-            pair[2:].copy_(phi[i].reshape(-1))
+            pair[3:].copy_(phi[i].reshape(-1))
 
         # 4. the global best: lowest score, then lowest global index
         collective("gathering the ranks' best candidates", step, lambda: dist.all_gather(gathered, pair, group=group))
-        table = torch.stack([g[:2] for g in gathered]).cpu()
+        table = torch.stack([g[:3] for g in gathered]).cpu()
+        # share the bound next step only if a rank needed more than its first batch this step
+        share_bound = world > 1 and float(table[:, 2].max()) > 2 * getattr(scorer, "first_batch", math.inf)
         best_score = float(table[:, 0].min())
         best = int(table[table[:, 0] == best_score, 1].min())
         if best >= n_total:
@@ -910,13 +916,13 @@ def greedy_forward_selection(
         # 5. its output row reaches every rank
         src = owner_of(best)
         if fused:
-            row = gathered[src][2:].view(row_shape).to(device=device, dtype=phi.dtype)
+            row = gathered[src][3:].view(row_shape).to(device=device, dtype=phi.dtype)
         else:
             if src == me:
                 row_buf.copy_(phi[best - offset])
             src_global = dist.get_global_rank(group, src) if group is not None else src
             collective("broadcasting the chosen neuron's output", step,
-                       lambda: dist.broadcast(row_buf, src=src_global, group=group))
+                       lambda src=src_global: dist.broadcast(row_buf, src=src, group=group))
             row = row_buf.to(device) if comm != device else row_buf
 
         # 6. an exact copy with a lower index, if eligible, ties and wins (as in the engine)
