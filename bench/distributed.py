@@ -153,6 +153,89 @@ def run_case(case: Case, engine: bool):
     return max(t for t, _ in times), max(c for _, c in times), result.indices, result.losses
 
 
+# ----------------------------------------------------------------------------------------- deep networks
+@dataclass
+class DeepCase:
+    """One channel group of a CNN, pruned by ``prune_model`` for ``steps`` greedy steps."""
+
+    name: str
+    model: str
+    model_kwargs: dict
+    group: str
+    steps: int = 3
+    candidates: int = 50
+    batch: int = 64
+
+
+DEEP_CASES = [
+    DeepCase("resnet20 layer1.0.conv1", "resnet20", {}, "layer1.0.conv1"),
+    DeepCase("resnet20 layer2.0.conv1", "resnet20", {}, "layer2.0.conv1"),
+    DeepCase("resnet20 layer3.0.conv1", "resnet20", {}, "layer3.0.conv1"),
+    DeepCase("resnet20-w32 layer3.0.conv1", "resnet20", {"width": 32}, "layer3.0.conv1"),
+]
+
+
+def run_deep_case(case: DeepCase, distributed: bool):
+    """Runs in every worker: prune one group of the ResNet (same batches on every rank); returns the
+    group's search seconds (slowest rank) and the kept channels, on rank 0."""
+    from greedyprune.deep import find_groups, prune_model
+    from greedyprune.models import get_model
+
+    world = D.world_size()
+    model = get_model(case.model, seed=0, **case.model_kwargs).eval()
+    gen = torch.Generator().manual_seed(0)
+    for m in model.modules():  # batch-norm statistics away from their initial values
+        if isinstance(m, torch.nn.BatchNorm2d):
+            m.running_var.copy_(torch.rand(m.running_var.shape, generator=gen) + 0.5)
+            m.weight.data.copy_(torch.rand(m.weight.shape, generator=gen) + 0.5)
+    X, y = torch.randn(512, 3, 32, 32, generator=gen), torch.randint(0, 10, (512,), generator=gen)
+    _, groups = find_groups(model, X[:1])
+    others = [w for g in groups if g.name != case.group for w in g.writers]
+    dist.barrier()
+    result = prune_model(model, (X, y), keep_ratio=1.0, max_steps=case.steps, candidates=case.candidates,
+                         batch_size=case.batch, extra_skip=others, distributed=distributed and world > 1,
+                         method="fast", eval_examples=64)
+    seconds = result.groups[0]["seconds"]
+    times = [None] * world
+    dist.all_gather_object(times, seconds)
+    return max(times), result.kept
+
+
+def bench_deep(cases, workers, repeats) -> list:
+    body, plotted = [], []
+    for case in cases:
+        def best(p, distributed):
+            runs = [D.launch(run_deep_case, p, case, distributed, threads=1) for _ in range(repeats)]
+            return min(runs, key=lambda r: r[0])
+
+        one_s, ref_kept = best(1, False)
+        by_workers, same = {}, True
+        for p in workers:
+            by_workers[p], kept = best(p, True)
+            same &= kept == ref_kept
+        channels = get_channels(case)
+        body.append([case.name, str(channels), str(min(case.candidates, channels)), str(case.steps), f"{one_s:.2f}"]
+                    + [f"{by_workers[p]:.2f}" for p in workers] + [f"{one_s / by_workers[p]:.2f}x" for p in workers
+                                                                   if p > 1] + ["yes" if same else "NO"])
+        plotted.append((case.name, one_s, by_workers))
+        print(f"  {case.name}: one process {one_s:.2f} s, " +
+              ", ".join(f"{p} worker(s) {by_workers[p]:.2f} s" for p in workers) + f", same channels: {same}",
+              flush=True)
+        if not same:
+            raise SystemExit(f"{case.name}: the distributed search kept other channels")
+    header = ["group", "channels", "candidates", "steps", "1 process s"] + [f"{p} worker(s) s" for p in workers]
+    header += [f"speedup {p}" for p in workers if p > 1] + ["same"]
+    print(format_table(header, body))
+    return plotted
+
+
+def get_channels(case: DeepCase) -> int:
+    from greedyprune.models import get_model
+
+    model = get_model(case.model, **case.model_kwargs)
+    return dict(model.named_modules())[case.group].out_channels
+
+
 def plot(rows, out: str) -> None:
     import matplotlib
 
@@ -187,6 +270,9 @@ def main() -> None:
     parser.add_argument("--workers", default="1,2", help="comma-separated worker counts")
     parser.add_argument("--repeats", type=int, default=1, help="runs per setting; the fastest is kept")
     parser.add_argument("--out", default=os.path.join(os.path.dirname(os.path.abspath(__file__)), "distributed.png"))
+    parser.add_argument("--deep", default=",".join(c.name for c in DEEP_CASES),
+                        help="ResNet group cases to run ('' for none), from: "
+                             + ", ".join(c.name for c in DEEP_CASES))
     args = parser.parse_args()
     by_name = {c.name: c for c in CASES}
     unknown = [n for n in args.cases.split(",") if n not in by_name]
@@ -226,10 +312,16 @@ def main() -> None:
     print(format_table(header, body))
     print("s: wall-clock seconds to select (slowest rank); (cpu): that rank's CPU seconds - much lower than "
           "the wall time when other processes compete for the cores")
+    deep_by_name = {c.name: c for c in DEEP_CASES}
+    deep = [deep_by_name[n] for n in args.deep.split(",") if n]
+    if deep:
+        print("\nResNet channel groups (prune_model, 50 candidates per step, batch 64; 1 process = no collectives):")
+        plotted += bench_deep(deep, workers, args.repeats)
     plot(plotted, args.out)
     print(f"plot saved to {args.out}")
     if 2 in workers:
-        widest = max(plotted, key=lambda row: (by_name[row[0]].n, _row_size(by_name[row[0]])))
+        two_layer = [row for row in plotted if row[0] in by_name]
+        widest = max(two_layer, key=lambda row: (by_name[row[0]].n, _row_size(by_name[row[0]])))
         print(f"speedup with 2 workers on the widest case: {widest[1] / widest[2][2]:.1f}x")
 
 
