@@ -36,7 +36,7 @@ import time
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable, Iterator, Sequence
+from typing import Any, Iterable, Iterator
 
 import torch
 import torch.nn.functional as F
@@ -672,7 +672,7 @@ class _Batches:
                             f"of tensors, got {type(data).__name__}")
 
     def _from_loader(self):
-        for attempt in range(2):
+        for _ in range(2):
             if self.iterator is None:
                 self.iterator = iter(self.loader)
             try:
