@@ -8,7 +8,7 @@ The outputs are real: the neuron output vectors of a randomly initialised 784-N 
 
 * engine: ``greedy_forward_selection``.
 * reference: for every candidate, form the averaged subnetwork output and evaluate its loss, one
-  candidate at a time (``greedyprune._reference.brute_force_selection``). Its cost per step is the same at
+  candidate at a time (``tests/reference.py``). Its cost per step is the same at
   every step, so it is timed on ``--reference-steps`` steps and scaled to k (say 200 to time all of them);
   its choices on those steps are checked against the engine's.
 * floor: k passes of the cheapest possible per-step work over the same (N, m[, C]) matrix: a
@@ -21,14 +21,18 @@ three losses; engine time / floor time for the squared loss, lower is better).
 from __future__ import annotations
 
 import argparse
+import sys
 import time
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 
 from greedyprune import TwoLayerNet, greedy_forward_selection, neuron_outputs
-from greedyprune._reference import brute_force_selection
 from greedyprune.data import load_mnist5k
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+from reference import brute_force_selection  # noqa: E402 - the brute-force reference lives with the tests
 
 
 def timed(fn):

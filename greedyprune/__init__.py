@@ -4,35 +4,37 @@
 The verbs::
 
     result = greedyprune.greedy_forward_selection(outputs, target, k, loss="squared")
-    small, result = greedyprune.prune_two_layer(model, X, y, k=50, loss="logistic")
-    result = greedyprune.prune_model(cnn, (images, labels), flops_target=0.5)   # deep networks
+    result = greedyprune.prune_two_layer(model, X, y, k=50, loss="logistic")     # -> PruneResult
+    result = greedyprune.prune_model(cnn, (images, labels), flops_target=0.5)   # deep networks -> PruneResult
 """
 from .advisor import PretrainingAdvisor
-from .deep import DeepPruneResult, load_pruned, prune_model, save_pruned
+from .channels import UnsupportedLayerError, load_pruned, prune_model, save_pruned
 from .models import MODEL_NAMES, get_model
+from .result import PruneResult
 from .selection import LOSSES, SelectionResult, greedy_forward_selection, loss_value
-from .train import TrainConfig, evaluate, pretrain
+from .training.loop import TrainConfig, evaluate, pretrain
 from .twolayer import TwoLayerNet, build_pruned, neuron_outputs, prune_two_layer
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"
 __all__ = [
     "LOSSES",
     "MODEL_NAMES",
-    "DeepPruneResult",
-    "get_model",
-    "load_pruned",
-    "prune_model",
-    "save_pruned",
+    "PruneResult",
     "PretrainingAdvisor",
     "SelectionResult",
     "TrainConfig",
     "TwoLayerNet",
+    "UnsupportedLayerError",
     "build_pruned",
     "evaluate",
+    "get_model",
     "greedy_forward_selection",
+    "load_pruned",
     "loss_value",
     "neuron_outputs",
     "pretrain",
+    "prune_model",
     "prune_two_layer",
+    "save_pruned",
     "__version__",
 ]

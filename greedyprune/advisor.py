@@ -21,7 +21,7 @@ Defaults: ``patience=2``, ``tolerance=0.005``, ``distance_tolerance=0.05``, no `
 
 Two-layer networks (``TwoLayerNet`` or ``nn.Sequential(Linear, act, Linear)``) are pruned with
 :func:`greedyprune.prune_two_layer`; other networks need a ``pruner`` callable
-``pruner(model, X, y) -> (pruned_model, kept)`` where ``kept`` is a 1-D tensor or a set of kept unit ids.
+``pruner(model, X, y) -> PruneResult`` (what every pruner of the package returns).
 """
 from __future__ import annotations
 
@@ -34,9 +34,10 @@ from typing import Callable
 import torch
 from torch import nn
 
-from .selection import _check_int
-from .train import evaluate
-from .twolayer import _layers, prune_two_layer
+from .checks import check_int
+from .result import PruneResult
+from .training.loop import evaluate
+from .twolayer import is_two_layer, prune_two_layer, save_two_layer
 
 
 @dataclass
@@ -72,8 +73,9 @@ class PretrainingAdvisor:
         distance_tolerance: largest fall of the selection distance below its earlier minimum, over
             ``patience`` checks, that still counts as settled.
         max_distance: optional absolute bound on the selection distance of each of those checks.
-        save_path: where to save the pruned model (``torch.save`` of the module) when the advisor fires.
-        pruner: for networks that are not two-layer: ``pruner(model, X, y) -> (pruned_model, kept_ids)``.
+        save_path: where to save the pruned model when the advisor fires (two-layer nets: read it back with
+            :func:`greedyprune.twolayer.load_two_layer`).
+        pruner: for networks that are not two-layer: ``pruner(model, X, y) -> PruneResult``.
         selection_options: passed to :func:`greedyprune.greedy_forward_selection` (``replacement``,
             ``candidates``, ``seed``).
         log: where messages go (``print`` by default; ``None`` for silence).
@@ -92,8 +94,8 @@ class PretrainingAdvisor:
                  save_path: str | os.PathLike | None = None,
                  pruner: Callable | None = None, selection_options: dict | None = None,
                  log: Callable[[str], None] | None = print):
-        _check_int("k", k, 1)
-        _check_int("patience", patience, 1)
+        check_int("k", k, 1)
+        check_int("patience", patience, 1)
         if loss not in ("logistic", "squared", "cross_entropy"):
             raise ValueError(f"unknown loss {loss!r}; expected 'logistic', 'squared' or 'cross_entropy'")
         if not (isinstance(tolerance, (int, float)) and tolerance >= 0):
@@ -121,23 +123,26 @@ class PretrainingAdvisor:
         """Whether the advisor has said that pre-training is enough."""
         return self.stop_step is not None
 
-    def _prune(self, model: nn.Module, X: torch.Tensor, y: torch.Tensor):
+    def _prune(self, model: nn.Module, X: torch.Tensor, y: torch.Tensor) -> tuple[nn.Module, set]:
         if self.pruner is not None:
-            pruned, kept = self.pruner(model, X, y)
-            return pruned, set(kept.tolist() if isinstance(kept, torch.Tensor) else kept)
-        try:
-            _layers(model)
-        except TypeError as exc:
-            if any(isinstance(m, nn.Conv2d) for m in model.modules()):
-                return deep_pruner(**self.selection_options)(model, X, y)
+            result = self.pruner(model, X, y)
+            if not isinstance(result, PruneResult):
+                raise TypeError(f"pruner must return a PruneResult (what prune_two_layer, prune_model and the "
+                                f"baselines return), got {type(result).__name__}")
+        elif is_two_layer(model):
+            result = prune_two_layer(model, X, y, self.k, loss=self.loss, **self.selection_options)
+        elif any(isinstance(m, nn.Conv2d) for m in model.modules()):
+            if self.loss != "cross_entropy":
+                raise ValueError(f"a CNN is pruned and evaluated with loss='cross_entropy' (class logits); this "
+                                 f"advisor has loss={self.loss!r}: pass PretrainingAdvisor(k, loss='cross_entropy')")
+            result = deep_pruner(**self.selection_options)(model, X, y)
+        else:
             raise TypeError(
                 f"PretrainingAdvisor cannot prune a {type(model).__name__}: it prunes two-layer networks "
                 "(greedyprune.TwoLayerNet or nn.Sequential(nn.Linear, activation, nn.Linear)) and CNNs "
                 "(with greedyprune.prune_model) by itself; for other networks pass "
-                f"pruner=callable(model, X, y) -> (pruned_model, kept_ids). ({exc})"
-            ) from None
-        pruned, result = prune_two_layer(model, X, y, self.k, loss=self.loss, **self.selection_options)
-        return pruned, set(result.selected.tolist())
+                "pruner=callable(model, X, y) -> PruneResult")
+        return result.model, {(layer, i) for layer, ids in result.kept.items() for i in ids}
 
     def check(self, step: int, model: nn.Module, X: torch.Tensor, y: torch.Tensor) -> bool:
         """Prune ``model`` on the batch (X, y), record the check, and return True once the advisor fires.
@@ -146,7 +151,7 @@ class PretrainingAdvisor:
         """
         if self.fired:
             return True
-        _check_int("step", step, 0)
+        check_int("step", step, 0)
         if self.history and step <= self.history[-1].step:
             raise ValueError(f"steps must increase from check to check: got {step} after {self.history[-1].step}")
         start = time.perf_counter()
@@ -184,10 +189,14 @@ class PretrainingAdvisor:
         return improvement < self.tolerance and settled
 
     def _save(self, pruned: nn.Module) -> None:
-        self.save_path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = self.save_path.with_name(self.save_path.name + ".tmp")
-        torch.save(pruned, tmp)
-        os.replace(tmp, self.save_path)
+        """Two-layer nets as sizes and weights (:func:`greedyprune.twolayer.load_two_layer` reads them); other
+        nets as a state dict (load it into the pruned architecture)."""
+        if is_two_layer(pruned):
+            save_two_layer(self.save_path, pruned)
+        else:
+            from .fileio import save_torch
+
+            save_torch(self.save_path, {"format": "greedyprune-state-dict-v1", "state_dict": pruned.state_dict()})
 
     def overhead_seconds(self) -> float:
         """Total time spent in checks."""
@@ -205,13 +214,10 @@ class PretrainingAdvisor:
 
 def deep_pruner(**prune_options) -> Callable:
     """A ``pruner`` for deep networks: :func:`greedyprune.prune_model` with these options (default: its
-    accuracy-tolerance rule); the kept ids are ``(group, channel)`` pairs, so the advisor compares the
-    selections of consecutive checks over all groups. The advisor uses it by itself for CNNs, with its
-    ``selection_options`` as the options."""
-    from .deep import prune_model
+    accuracy-tolerance rule). The advisor uses it by itself for CNNs, with its ``selection_options``."""
+    from .channels import prune_model
 
-    def prune(model: nn.Module, X: torch.Tensor, y: torch.Tensor):
-        result = prune_model(model, (X, y), **prune_options)
-        return result.model, {(group, i) for group, kept in result.kept.items() for i in kept}
+    def prune(model: nn.Module, X: torch.Tensor, y: torch.Tensor) -> PruneResult:
+        return prune_model(model, (X, y), **prune_options)
 
     return prune

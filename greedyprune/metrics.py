@@ -33,7 +33,7 @@ import torch
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
-__all__ = ["compare_models", "count_macs", "count_parameters", "measure_latency", "model_report"]
+__all__ = ["compare_models", "count_macs", "count_parameters", "layer_macs", "measure_latency", "model_report"]
 
 DEFAULT_INPUT_SHAPE = (1, 3, 32, 32)
 
@@ -104,34 +104,44 @@ def count_parameters(model: nn.Module) -> int:
     return sum(p.numel() for p in _check_model(model).parameters())
 
 
-def count_macs(model: nn.Module, input_shape=DEFAULT_INPUT_SHAPE) -> int:
-    """Multiply-adds of one forward pass, as counted by ``FlopCounterMode`` (``FLOPs // 2``).
-
-    Parameters
-    ----------
-    model : nn.Module
-        Run once in eval mode under ``torch.no_grad``; its training flags are restored afterwards.
-    input_shape : sequence of int or torch.Tensor
-        Shape of a random input (batch included, e.g. ``(1, 3, 32, 32)``), or an example input
-        tensor. Either way the input is put on the model's device and floating dtype.
-
-    Returns
-    -------
-    int
-        Multiply-adds of convolutions and matrix products for that whole batch (so per image
-        with batch 1).
-
-    Raises
-    ------
-    TypeError, ValueError
-        ``model`` is not a module, or ``input_shape`` is neither a tensor nor positive ints.
-    """
+def _flop_counts(model: nn.Module, input_shape) -> FlopCounterMode:
     _check_model(model)
     x = _example_input(model, input_shape)
     counter = FlopCounterMode(display=False)
     with _eval_mode(model), torch.no_grad(), counter:
         model(x)
-    return int(counter.get_total_flops()) // 2
+    return counter
+
+
+def count_macs(model: nn.Module, input_shape=DEFAULT_INPUT_SHAPE) -> int:
+    """Multiply-adds of one forward pass, as counted by ``FlopCounterMode`` (``FLOPs // 2``).
+
+    Args:
+        model: run once in eval mode under ``torch.no_grad``; its training flags are restored afterwards.
+        input_shape: shape of a random input (batch included, e.g. ``(1, 3, 32, 32)``), or an example
+            input tensor. Either way the input is put on the model's device and floating dtype.
+
+    Returns:
+        Multiply-adds of convolutions and matrix products for that whole batch (so per image with batch 1).
+
+    Raises:
+        TypeError, ValueError: ``model`` is not a module, or ``input_shape`` is neither a tensor nor
+            positive ints.
+    """
+    return int(_flop_counts(model, input_shape).get_total_flops()) // 2
+
+
+def layer_macs(model: nn.Module, input_shape=DEFAULT_INPUT_SHAPE) -> dict[str, int]:
+    """Multiply-adds of every leaf layer (qualified name -> MACs), counted as :func:`count_macs` counts."""
+    counter = _flop_counts(model, input_shape)
+    leaf = {n for n, m in model.named_modules() if n and not list(m.children())}
+    prefix = type(model).__name__ + "."  # FlopCounterMode names layers "<ModelClass>.<qualified name>"
+    out = {}
+    for key, ops in counter.get_flop_counts().items():
+        name = key[len(prefix):] if key.startswith(prefix) else key
+        if name in leaf:
+            out[name] = sum(ops.values()) // 2
+    return out
 
 
 def measure_latency(model: nn.Module, input_shape=DEFAULT_INPUT_SHAPE, *, repeats: int = 50, warmup: int = 10,

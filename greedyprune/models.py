@@ -108,14 +108,15 @@ def _check_shortcut(shortcut) -> str:
     return shortcut
 
 
-def _init_weights(model: nn.Module) -> None:
-    """Kaiming-normal (fan_out) convs, BN weight 1 / bias 0; Linear layers keep PyTorch's init."""
+def init_weights(model: nn.Module) -> None:
+    """He initialisation in place: convs ``kaiming_normal_(mode="fan_out", nonlinearity="relu")`` with zero
+    biases, BatchNorm / GroupNorm weight 1 and bias 0; Linear layers keep PyTorch's default."""
     for m in model.modules():
         if isinstance(m, nn.Conv2d):
             nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
             if m.bias is not None:
                 nn.init.zeros_(m.bias)
-        elif isinstance(m, (nn.BatchNorm1d, nn.BatchNorm2d)):
+        elif isinstance(m, (nn.BatchNorm1d, nn.BatchNorm2d, nn.GroupNorm)) and m.weight is not None:
             nn.init.ones_(m.weight)
             nn.init.zeros_(m.bias)
 
@@ -495,14 +496,14 @@ def get_model(name: str, num_classes: int = 10, in_channels: int = 3, *, seed: i
     _check_positive_int("in_channels", in_channels)
     if seed is None:
         model = builder(num_classes, in_channels, **kw)
-        _init_weights(model)
+        init_weights(model)
         return model
     if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
         raise ValueError(f"seed must be a non-negative int or None, got {seed!r}")
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         model = builder(num_classes, in_channels, **kw)
-        _init_weights(model)
+        init_weights(model)
     return model
 
 

@@ -13,11 +13,13 @@ and the same output bias.
 from __future__ import annotations
 
 import copy
+import time
 
 import torch
 from torch import nn
 
-from .selection import SelectionResult, greedy_forward_selection
+from .result import PruneResult
+from .selection import greedy_forward_selection, loss_value
 
 ACTIVATIONS = {
     "relu": nn.ReLU,
@@ -108,11 +110,39 @@ def _layers(model: nn.Module) -> tuple[nn.Linear, nn.Module, nn.Linear]:
     if list(act.parameters()):
         raise TypeError(f"the activation {type(act).__name__} has parameters; only parameter-free activations "
                         "can be pruned neuron by neuron")
+    _check_elementwise(act, first.out_features)
     return first, act, second
 
 
-def _squeezes(model: nn.Module) -> bool:
-    return isinstance(model, TwoLayerNet) and model.out_features == 1
+def is_two_layer(model: nn.Module) -> bool:
+    """Whether ``model`` is a network :func:`prune_two_layer` prunes (a TwoLayerNet or Sequential(Linear,
+    element-wise activation, Linear))."""
+    try:
+        _layers(model)
+    except (TypeError, ValueError):
+        return False
+    return True
+
+
+def _check_elementwise(act: nn.Module, width: int) -> None:
+    """Refuse an activation that mixes units or examples (softmax, normalisation): a neuron's output must
+    depend on its own pre-activation alone, or removing other neurons would change it."""
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(3, max(width, 2), generator=g, dtype=torch.float64)
+    moved = x.clone()
+    moved[0, 0] += 1.5
+    try:
+        with torch.no_grad():
+            y, y_moved = act(x), act(moved)
+    except Exception as exc:  # noqa: BLE001 - reported as the activation's problem
+        raise TypeError(f"the activation {type(act).__name__} cannot be applied to a (batch, {width}) tensor "
+                        f"({type(exc).__name__}: {exc})") from exc
+    same = torch.ones_like(y, dtype=torch.bool)
+    same[0, 0] = False
+    if y.shape != x.shape or not torch.equal(y[same], y_moved[same]):
+        raise TypeError(f"the activation {type(act).__name__} is not element-wise (changing one neuron's input "
+                        f"changed other outputs, as softmax or normalisation do), so neurons cannot be pruned "
+                        f"one by one; use an element-wise activation such as ReLU, tanh or GELU")
 
 
 @torch.no_grad()
@@ -173,7 +203,7 @@ def build_pruned(model: nn.Module, counts: torch.Tensor) -> nn.Module:
 
 
 def prune_two_layer(model: nn.Module, X: torch.Tensor, y: torch.Tensor, k: int, loss: str = "logistic",
-                    **selection_options) -> tuple[nn.Module, SelectionResult]:
+                    **selection_options) -> PruneResult:
     """Prune the hidden layer of a two-layer network to at most k neurons with greedy forward selection.
 
     Args:
@@ -186,9 +216,11 @@ def prune_two_layer(model: nn.Module, X: torch.Tensor, y: torch.Tensor, k: int, 
         **selection_options: ``replacement``, ``candidates``, ``seed``, ``progress``, ... passed on.
 
     Returns:
-        ``(pruned_model, result)``: a new model of the same kind with only the distinct selected neurons,
-        whose output on X equals ``result.output`` up to float rounding; the model is left unchanged.
-        ``result.extra["dense_loss"]`` holds the dense network's loss on (X, y) for comparison.
+        A :class:`~greedyprune.result.PruneResult`: ``.model`` is a new model of the same kind with only
+        the distinct selected neurons, whose output on X equals ``.selection.output`` up to float
+        rounding (the input model is left unchanged); ``.kept["hidden"]`` the kept neurons;
+        ``.selection.extra["dense_loss"]`` the dense network's loss on (X, y). It unpacks as
+        ``pruned_model, selection = prune_two_layer(...)``.
     """
     first, _, second = _layers(model)
     if not isinstance(X, torch.Tensor) or X.dim() != 2 or X.shape[1] != first.in_features:
@@ -204,8 +236,51 @@ def prune_two_layer(model: nn.Module, X: torch.Tensor, y: torch.Tensor, k: int, 
     phi = neuron_outputs(model, X)
     if loss == "squared" and second.out_features == 1 and y.dim() == 2 and y.shape[1] == 1:
         y = y.squeeze(1)
+    start = time.perf_counter()
     result = greedy_forward_selection(phi, y, k, loss=loss, **selection_options)
-    from .selection import loss_value
+    dense_loss = loss_value(phi.mean(dim=0), y, loss)
+    result.extra["dense_loss"] = dense_loss
+    pruned = build_pruned(model, result.counts)
+    distinct = result.selected.tolist()
+    report = {"params_before": sum(p.numel() for p in model.parameters()),
+              "params_after": sum(p.numel() for p in pruned.parameters()),
+              "loss_before": dense_loss, "loss_after": float(result.losses[-1]), "eval_examples": int(X.shape[0]),
+              "seconds": time.perf_counter() - start}
+    layer = {"name": "hidden", "units": first.out_features, "kept": len(distinct), "steps": result.k,
+             "rule": f"k={result.k}", "loss": float(result.losses[-1]), "accuracy": None,
+             "seconds": report["seconds"]}
+    return PruneResult(model=pruned, kept={"hidden": distinct}, counts={"hidden": result.counts.tolist()},
+                       report=report, selection=result, layers=[layer], method="gfs")
 
-    result.extra["dense_loss"] = loss_value(phi.mean(dim=0), y, loss)
-    return build_pruned(model, result.counts), result
+
+TWO_LAYER_FORMAT = "greedyprune-twolayer-v1"
+
+
+def save_two_layer(path, model: nn.Module) -> None:
+    """Save a two-layer net as its sizes, activation and weights (atomic, checksummed, no pickle)."""
+    from .fileio import save_torch
+
+    first, act, second = _layers(model)
+    name = next((k for k, cls in ACTIVATIONS.items() if type(act) is cls), None)
+    if name is None:
+        raise ValueError(f"cannot save a two-layer net with activation {type(act).__name__}; known: {tuple(ACTIVATIONS)}")
+    save_torch(path, {"format": TWO_LAYER_FORMAT, "in_features": first.in_features, "hidden": first.out_features,
+                      "out_features": second.out_features, "activation": name,
+                      "squeeze": isinstance(model, TwoLayerNet),
+                      "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()}})
+
+
+def load_two_layer(path) -> nn.Module:
+    """Load a net written by :func:`save_two_layer` (weights-only read, checksum verified)."""
+    from .fileio import load_torch
+
+    payload = load_torch(path, what="two-layer network", require_checksum=True)
+    if not isinstance(payload, dict) or payload.get("format") != TWO_LAYER_FORMAT:
+        raise ValueError(f"{path} is not a two-layer network saved by greedyprune ({TWO_LAYER_FORMAT!r} expected)")
+    if payload["squeeze"]:
+        model = TwoLayerNet(payload["in_features"], payload["hidden"], payload["activation"], payload["out_features"])
+    else:
+        model = nn.Sequential(nn.Linear(payload["in_features"], payload["hidden"]), ACTIVATIONS[payload["activation"]](),
+                              nn.Linear(payload["hidden"], payload["out_features"]))
+    model.load_state_dict(payload["state_dict"])
+    return model

@@ -7,6 +7,8 @@ from torch import nn
 
 from greedyprune import PretrainingAdvisor, TrainConfig, TwoLayerNet, pretrain
 from greedyprune.advisor import AdvisorCheck, jaccard_distance
+from greedyprune.result import PruneResult
+from greedyprune.twolayer import load_two_layer
 from greedyprune.cli import main
 from greedyprune.data import load_dataset
 from greedyprune.studies.advisor import compare_with_study
@@ -68,7 +70,7 @@ def test_advisor_on_a_real_training_run_saves_a_working_pruned_net(tmp_path):
              callback=lambda t, m: advisor.check(t, m, X, y), callback_every=100)
     assert advisor.fired, [(c.step, c.pruned_accuracy, c.distance) for c in advisor.history]
     assert advisor.stop_step == advisor.history[-1].step and advisor.stop_step > 0
-    saved = torch.load(tmp_path / "pruned.pt", weights_only=False)
+    saved = load_two_layer(tmp_path / "pruned.pt")  # sizes and weights, read without unpickling
     torch.testing.assert_close(saved(X), advisor.pruned_model(X))
     assert saved.hidden <= 20 and advisor.history[-1].pruned_accuracy > 0.8
     report = advisor.report()
@@ -81,7 +83,7 @@ def test_a_model_it_cannot_prune_gets_a_clear_error_and_a_pruner_fixes_it():
     X, y = torch.randn(8, 64), torch.randint(0, 2, (8,)).float()
     with pytest.raises(TypeError, match="PretrainingAdvisor cannot prune a Sequential.*pruner="):
         PretrainingAdvisor(3, log=None).check(0, conv, X, y)
-    advisor = PretrainingAdvisor(3, log=None, pruner=lambda model, X, y: (model, torch.tensor([0, 1, 2])))
+    advisor = PretrainingAdvisor(3, log=None, pruner=lambda model, X, y: PruneResult(model, {"fc": [0, 1, 2]}))
     assert advisor.check(0, conv, X, y) is False and advisor.history[0].distinct == 3
 
 

@@ -2,11 +2,11 @@
 import pytest
 import torch
 
-from greedyprune.checkpoints import save_model
+from greedyprune.training.checkpoints import save_model
 from greedyprune.cli import main
-from greedyprune.deep import load_pruned
+from greedyprune.channels import load_pruned
 from greedyprune.models import get_model
-from greedyprune.storage import ResultsStore
+from greedyprune.studies.store import ResultsStore
 
 TINY = {"in_channels": 1, "num_classes": 10, "width": 4}
 
@@ -34,8 +34,8 @@ def test_prune_writes_a_smaller_model_that_loads(checkpoint, tmp_path, capsys):
                  "--candidates", "2", "--batch-size", "32", "--no-progress", "--out", str(out)]) == 0
     text = capsys.readouterr().out
     assert "mult-adds" in text and "latency" in text
-    for replay in (False, True):
-        model, info = load_pruned(out, replay=replay)
+    for kwargs in ({}, {"model": get_model("resnet8", **TINY)}):
+        model, info = load_pruned(out, **kwargs)
         assert model.eval()(torch.zeros(2, 1, 28, 28)).shape == (2, 10)
         assert sum(p.numel() for p in model.parameters()) < sum(
             p.numel() for p in get_model("resnet8", **TINY).parameters())
@@ -54,7 +54,7 @@ def test_prune_with_two_workers_keeps_the_same_channels(checkpoint, tmp_path, ca
 def test_prune_bad_input(checkpoint, capsys):
     _fails(capsys, ["prune", str(checkpoint), "--model", "resnet20", "--size", "100"], "resnet8", "resnet20")
     for bad in ("1.5", "1", "0", "-0.1"):
-        _fails(capsys, ["prune", str(checkpoint), "--size", "100", "--flops-target", bad], "flops_target")
+        _fails(capsys, ["prune", str(checkpoint), "--size", "100", "--flops-target", bad], "flops-target")
     _fails(capsys, ["prune", str(checkpoint.with_name("missing.pt"))], "missing.pt")
 
 
@@ -63,12 +63,12 @@ CNN_ARGS = ["study", "cnn", "--sizes", "200", "--iterations", "20", "--checkpoin
 
 
 def _rows(path):
-    with ResultsStore(path / "results.sqlite", kind="cnn") as store:
+    with ResultsStore(path / "results.sqlite") as store:
         return store.rows()
 
 
 def test_study_cnn_resumes_after_an_interruption(tmp_path, monkeypatch, capsys):
-    import greedyprune.deep as deep
+    import greedyprune.channels as deep
 
     full, part = tmp_path / "full", tmp_path / "part"
     assert main(CNN_ARGS + ["--out", str(full)]) == 0
@@ -106,7 +106,7 @@ def test_study_rethinking_table(tmp_path, capsys):
     out = capsys.readouterr().out
     for mode in ("dense", "finetune", "scratch-e", "scratch-b"):
         assert mode in out
-    with ResultsStore(tmp_path / "results.sqlite", kind="rethinking") as store:
+    with ResultsStore(tmp_path / "results.sqlite") as store:
         rows = store.rows()
     scratch_b = [r for r in rows if r["mode"] == "scratch-b"]
     dense = [r for r in rows if r["mode"] == "dense"][0]

@@ -10,8 +10,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from greedyprune import checkpoints, data
-from greedyprune.checkpoints import list_checkpoints, load_model
+from greedyprune import data
+from greedyprune.training import checkpoints
+from greedyprune.training.checkpoints import list_checkpoints, load_model
 from greedyprune.cli import main
 
 torch.set_num_threads(1)

@@ -6,7 +6,7 @@ import pytest
 import torch
 from torch import nn
 
-from greedyprune.checkpoints import (
+from greedyprune.training.checkpoints import (
     MODEL_CHECKPOINT_FORMAT,
     list_checkpoints,
     load_model,
@@ -15,8 +15,8 @@ from greedyprune.checkpoints import (
     train_with_checkpoints,
 )
 from greedyprune.data import Dataset, as_images
-from greedyprune.retrain import finetune, reinitialize, retrain, scratch_iterations
-from greedyprune.train import (
+from greedyprune.training.retrain import finetune, reinitialize, retrain, scratch_iterations
+from greedyprune.training.loop import (
     CHECKPOINT_FORMAT,
     TrainConfig,
     evaluate,
@@ -206,7 +206,7 @@ def test_load_model_errors_say_what_the_file_is(tmp_path):
     with pytest.raises(ValueError, match="training-state checkpoint"):
         load_model(tmp_path / "st.pt")
     (tmp_path / "junk.pt").write_bytes(b"not a torch file")
-    with pytest.raises(ValueError, match="not a readable torch file"):
+    with pytest.raises(ValueError, match="is not a readable"):
         load_model(tmp_path / "junk.pt")
     torch.save(TinyCNN(), tmp_path / "module.pt")
     with pytest.raises(ValueError, match="pickled Python objects.*TinyCNN"):
@@ -232,7 +232,9 @@ def test_pruned_models_need_full_module(tmp_path):
     with pytest.raises(ValueError, match=r"fc.weight: file \(2, 64\), model \(3, 64\).*full_module=True"):
         save_model(tmp_path / "p.pt", model, name="resnet20", model_kwargs={"num_classes": 3})
     save_model(tmp_path / "p.pt", model, name="resnet20", model_kwargs={"num_classes": 3}, full_module=True)
-    loaded, info = load_model(tmp_path / "p.pt", name="resnet20")
+    with pytest.raises(ValueError, match="trust_pickle=True"):
+        load_model(tmp_path / "p.pt", name="resnet20")  # unpickling runs code: only on request
+    loaded, info = load_model(tmp_path / "p.pt", name="resnet20", trust_pickle=True)
     assert info["full_module"] and loaded.fc.out_features == 2
     assert torch.equal(loaded.fc.weight, model.fc.weight)
     with pytest.raises(ValueError, match="extra"):

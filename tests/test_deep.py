@@ -6,7 +6,7 @@ import pytest
 import torch
 from torch import nn
 
-from greedyprune.deep import (UnsupportedLayerError, apply_masks, find_groups, fold_and_remove, load_pruned,
+from greedyprune.channels import (UnsupportedLayerError, apply_masks, find_groups, fold_and_remove, load_pruned,
                               prune_model, save_pruned)
 from greedyprune.metrics import count_macs
 from greedyprune.models import get_model
@@ -92,9 +92,9 @@ def test_fast_search_chooses_the_same_channels_as_the_reference():
         fast = prune_model(model, (X, y), method="fast", **opts)
     ref = prune_model(model, (X, y), method="reference", **opts)
     assert fast.kept == ref.kept
-    assert all(r["evaluator"] == "fast" for r in fast.groups)
-    torch.testing.assert_close(torch.tensor([r["loss"] for r in fast.groups]),
-                               torch.tensor([r["loss"] for r in ref.groups]), rtol=1e-4, atol=1e-5)
+    assert all(r["evaluator"] == "fast" for r in fast.layers)
+    torch.testing.assert_close(torch.tensor([r["loss"] for r in fast.layers]),
+                               torch.tensor([r["loss"] for r in ref.layers]), rtol=1e-4, atol=1e-5)
 
 
 def _brute_force_step(model, group, counts, cand, x, y):
@@ -127,7 +127,7 @@ def test_keep_ratio_and_flops_target_and_report():
     model = _randomize_bn(get_model("resnet8", in_channels=1, width=8, seed=0))
     X, y = _data((1, 28, 28))
     r = prune_model(model, (X, y), keep_ratio=0.5, candidates=4, batch_size=16)
-    for g in r.groups:
+    for g in r.layers:
         assert g["kept"] == max(1, round(0.5 * g["channels"]))
     assert r.report["macs_after"] == count_macs(r.model, X[:1])
     assert r.report["params_after"] == sum(p.numel() for p in r.model.parameters())
@@ -142,7 +142,7 @@ def test_tolerance_rules_stop_early_and_same_seed_is_deterministic():
     model = _randomize_bn(get_model("resnet8", in_channels=1, width=8, seed=0))
     X, y = _data((1, 28, 28))
     loose = prune_model(model, (X, y), epsilon=10.0, candidates=4, batch_size=16)
-    assert all(g["steps"] == 1 for g in loose.groups)  # a 10x loss gap is met by the first channel
+    assert all(g["steps"] == 1 for g in loose.layers)  # a 10x loss gap is met by the first channel
     a = prune_model(model, (X, y), accuracy_tolerance=0.5, candidates=4, batch_size=16, seed=5)
     b = prune_model(model, (X, y), accuracy_tolerance=0.5, candidates=4, batch_size=16, seed=5)
     assert a.kept == b.kept and a.counts == b.counts
@@ -164,10 +164,9 @@ def test_data_loader_and_finetune(tmp_path):
     r = prune_model(model, loader, keep_ratio=0.5, candidates=3, finetune_steps=2)
     assert r.report["eval_examples"] == 96
     path = tmp_path / "pruned.pt"
-    save_pruned(path, r, name="resnet8", model_kwargs={"in_channels": 1, "width": 8},
-                extra={"input_shape": [1, 28, 28]})
-    for replay in (False, True):
-        loaded, info = load_pruned(path, replay=replay)
+    save_pruned(path, r, name="resnet8", model_kwargs={"in_channels": 1, "width": 8})
+    for kwargs in ({}, {"model": get_model("resnet8", in_channels=1, width=8)}):
+        loaded, info = load_pruned(path, **kwargs)
         loaded.eval()
         with torch.no_grad():
             torch.testing.assert_close(loaded(X[:8]), r.model.eval()(X[:8]))
@@ -235,7 +234,9 @@ def test_baselines_keep_the_same_channels_per_group(criterion):
     X, y = _data((1, 28, 28))
     gfs = prune_model(model, (X, y), keep_ratio=0.5, candidates=3, batch_size=16)
     keep = {name: len(idx) for name, idx in gfs.kept.items()}
-    base = prune_like(model, keep, criterion, data=(X, y), batch_size=16)
+    result = prune_like(model, keep, criterion, data=(X, y), batch_size=16)
+    base = result.model
+    assert result.method == criterion and {k: len(v) for k, v in result.kept.items()} == keep
     assert count_macs(base, X[:1]) == count_macs(gfs.model, X[:1])
     assert sum(p.numel() for p in base.parameters()) == sum(p.numel() for p in gfs.model.parameters())
 
@@ -251,14 +252,15 @@ def test_l1_baseline_keeps_the_largest_filters():
     norms = [float(conv1.weight[i].abs().sum()) for i in range(conv1.out_channels)]
     top = sorted(sorted(range(len(norms)), key=lambda i: -norms[i])[:3])
     pruned = prune_like(model, {g.name: 3}, "l1", example_inputs=torch.randn(1, 1, 28, 28))
-    torch.testing.assert_close(dict(pruned.named_modules())[g.name].weight, conv1.weight[top])
+    assert pruned.kept[g.name] == top
+    torch.testing.assert_close(dict(pruned.model.named_modules())[g.name].weight, conv1.weight[top])
 
 
 def _distributed_prune(rank_unused=None):
     model = _randomize_bn(get_model("resnet8", in_channels=1, width=8, seed=0))
     X, y = _data((1, 28, 28))
     result = prune_model(model, (X, y), keep_ratio=0.5, candidates=5, batch_size=16, seed=3, distributed=True)
-    return result.kept, result.counts, [g["loss"] for g in result.groups], result.model.state_dict()
+    return result.kept, result.counts, [g["loss"] for g in result.layers], result.model.state_dict()
 
 
 def test_distributed_prune_model_matches_one_process():
@@ -269,7 +271,7 @@ def test_distributed_prune_model_matches_one_process():
     single = prune_model(model, (X, y), keep_ratio=0.5, candidates=5, batch_size=16, seed=3)
     kept, counts, losses, state = launch(_distributed_prune, 2, timeout_s=60)
     assert kept == single.kept and counts == single.counts
-    torch.testing.assert_close(torch.tensor(losses), torch.tensor([g["loss"] for g in single.groups]))
+    torch.testing.assert_close(torch.tensor(losses), torch.tensor([g["loss"] for g in single.layers]))
     for k, v in single.model.state_dict().items():
         torch.testing.assert_close(state[k], v)
 

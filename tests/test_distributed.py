@@ -15,6 +15,8 @@ import torch
 import torch.distributed as dist
 
 from greedyprune import distributed as D
+from greedyprune.selection import sharded as S
+from greedyprune.selection.scorers import CrossEntropyScorer, LogisticScorer, Placement
 from greedyprune import greedy_forward_selection
 
 torch.set_num_threads(1)
@@ -102,15 +104,15 @@ def run_case(spec, **extra):
         offset, length = spec["split"][D.rank()]
     else:
         offset, length = D.split_range(phi.shape[0], D.world_size(), D.rank())
-    saved = D._FUSED_BYTES, D._FIRST_BATCH
-    D._FUSED_BYTES = saved[0] if spec["fused"] else 0
-    D._FIRST_BATCH = spec["first_batch"] or saved[1]
+    saved = S.FUSED_BYTES, S.FIRST_BATCH
+    S.FUSED_BYTES = saved[0] if spec["fused"] else 0
+    S.FIRST_BATCH = spec["first_batch"] or saved[1]
     try:
         return D.greedy_forward_selection(phi[offset:offset + length], y, spec["k"], offset=offset,
                                           loss=spec["loss"], replacement=spec["replacement"],
                                           candidates=spec["candidates"], seed=spec["seed"], **extra)
     finally:
-        D._FUSED_BYTES, D._FIRST_BATCH = saved
+        S.FUSED_BYTES, S.FIRST_BATCH = saved
 
 
 def error_cases(world):
@@ -361,16 +363,13 @@ def test_slice_products_round_like_the_full_product():
         start = int(torch.randint(0, n, (1,), generator=g))
         length = int(torch.randint(1, n - start + 1, (1,), generator=g)) if trial % 3 else n - start
         rows = a[start:start + length].clone()
-        assert torch.equal(D._matvec_as_in_full(rows, x, start, n), full[start:start + length]), (n, m, start, length)
+        assert torch.equal(Placement().matvec(rows, x, start, n), full[start:start + length]), (n, m, start, length)
 
 
 @pytest.mark.parametrize("loss", ["logistic", "cross_entropy"])
 def test_subset_scores_on_a_slice_are_bitwise_the_engines(loss):
     # SIMD passes round a buffer's last elements differently: a slice rebuilds the engine's chunks
-    from greedyprune.selection import _CrossEntropyScorer, _LogisticScorer
-
-    engine_cls, slice_cls = ((_LogisticScorer, D._DistLogistic) if loss == "logistic"
-                             else (_CrossEntropyScorer, D._DistCrossEntropy))
+    engine_cls = LogisticScorer if loss == "logistic" else CrossEntropyScorer
     g = torch.Generator().manual_seed(1)
     for _ in range(40):
         n = int(torch.randint(20, 300, (1,), generator=g))
@@ -379,25 +378,25 @@ def test_subset_scores_on_a_slice_are_bitwise_the_engines(loss):
         chunk = int(torch.randint(1, 3000, (1,), generator=g))
         engine = engine_cls(phi, y, chunk)
         for i in torch.randint(0, n, (3,), generator=g).tolist():
-            engine.add(i)
+            engine.add(phi[i], i)
         total = int(torch.randint(1, n + 1, (1,), generator=g))
         rows = torch.randperm(n, generator=g)[:total].sort().values
         full = engine.scores(rows, 3)
         offset = int(torch.randint(0, n, (1,), generator=g))
         length = int(torch.randint(1, n - offset + 1, (1,), generator=g))
-        local = slice_cls(phi[offset:offset + length].clone(), y, chunk)
+        local = engine_cls(phi[offset:offset + length].clone(), y, chunk, Placement(offset, n))
         local.s = engine.s.clone()
         lo, hi = int(torch.searchsorted(rows, offset)), int(torch.searchsorted(rows, offset + length))
-        assert torch.equal(local.subset_scores(rows[lo:hi] - offset, lo, total, 3), full[lo:hi])
+        assert torch.equal(local.scores(rows[lo:hi] - offset, 3, position=(lo, total)), full[lo:hi])
 
 
 def test_row_digests_agree_for_equal_rows():
     phi = torch.randn(50, 13)
     phi[7] = phi[31]
-    digests = D._row_digests(phi)
+    digests = S.row_digests(phi)
     assert digests[7] == digests[31]
     assert len(set(digests)) == 49
-    assert D._row_digests(phi.double())[7] == D._row_digests(phi.double())[31]
+    assert S.row_digests(phi.double())[7] == S.row_digests(phi.double())[31]
 
 
 def test_launch_needs_a_positive_number_of_workers():

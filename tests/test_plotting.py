@@ -11,7 +11,7 @@ import pytest
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
 
-from greedyprune import plotting  # noqa: E402
+from greedyprune.studies import pretraining_report as plotting  # noqa: E402
 threshold_iterations = plotting.threshold_iterations
 summarize = plotting.summarize
 

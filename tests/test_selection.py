@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from greedyprune import TrainConfig, TwoLayerNet, greedy_forward_selection, loss_value, neuron_outputs, pretrain
-from greedyprune._reference import brute_force_selection
+from reference import brute_force_selection
 from greedyprune.data import make_synthetic
 
 torch.set_num_threads(1)
@@ -203,7 +203,7 @@ def test_bad_input_type_errors(make, match):
 
 @pytest.mark.parametrize("loss", ["logistic", "cross_entropy"])
 def test_lower_bounds_hold_for_fresh_and_stale_anchors(loss):
-    from greedyprune.selection import _CrossEntropyScorer, _LogisticScorer
+    from greedyprune.selection.scorers import CrossEntropyScorer as _CrossEntropyScorer, LogisticScorer as _LogisticScorer
 
     cls = _LogisticScorer if loss == "logistic" else _CrossEntropyScorer
     for seed in range(5):
@@ -219,19 +219,22 @@ def test_lower_bounds_hold_for_fresh_and_stale_anchors(loss):
                 curvature = 0.25 if loss == "logistic" else 0.5
                 sq = (phi.reshape(40, -1) ** 2).sum(dim=1)
                 assert (exact - lower <= curvature / 2 * sq / (k + 1) + 1e-9).all(), (seed, k)
-            scorer.add(int(torch.argmin(exact)))
+            i = int(torch.argmin(exact))
+            scorer.add(scorer.phi[i], i)
 
 
 def test_bounds_skip_most_exact_evaluations_late_in_the_selection():
-    from greedyprune.selection import _LogisticScorer
+    from greedyprune.selection.scorers import LogisticScorer as _LogisticScorer
 
     phi, y = random_problem(11, "logistic", n=400, m=300)
     scorer = _LogisticScorer(phi, y, chunk_elements=1 << 16)
     for k in range(60):
-        scorer.add(scorer.best(k, None))
+        i = scorer.best(k, None)[1]
+        scorer.add(scorer.phi[i], i)
     scorer.evaluated = 0
     for k in range(60, 80):
-        scorer.add(scorer.best(k, None))
+        i = scorer.best(k, None)[1]
+        scorer.add(scorer.phi[i], i)
     assert scorer.evaluated < 20 * 400 / 4  # far fewer than a full pass per step
 
 

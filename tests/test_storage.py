@@ -18,11 +18,19 @@ import pytest
 
 
 
-from greedyprune import storage  # noqa: E402
+from greedyprune.studies import store as storage  # noqa: E402
+from greedyprune.studies.pretraining import SCHEMA  # noqa: E402
 
 STORAGE_PY = Path(storage.__file__)
-ResultsStore = storage.ResultsStore
 ConfigMismatchError = storage.ConfigMismatchError
+RESULT_COLUMNS = SCHEMA.all_columns()
+KEY_COLUMNS = SCHEMA.key
+
+
+def ResultsStore(path, kind="pretraining"):
+    """The pre-training study's table, under another kind name if asked."""
+    schema = SCHEMA if kind == SCHEMA.kind else storage.Schema(kind, SCHEMA.columns, SCHEMA.key, SCHEMA.json_columns)
+    return storage.ResultsStore(path, schema)
 
 
 def make_row(width=8, size=100, trial=0, iteration=0, **over):
@@ -36,13 +44,13 @@ def make_row(width=8, size=100, trial=0, iteration=0, **over):
 
 
 def test_columns_constants():
-    names = [n for n, _ in storage.RESULT_COLUMNS]
-    assert tuple(names[:4]) == storage.KEY_COLUMNS == ("width", "size", "trial", "iteration")
+    names = [n for n, _ in RESULT_COLUMNS]
+    assert tuple(names[:4]) == KEY_COLUMNS == ("width", "size", "trial", "iteration")
     assert set(names) == {
         "width", "size", "trial", "iteration", "pruned_accuracy", "pruned_loss",
         "dense_accuracy", "dense_loss", "distinct", "k", "prune_seconds", "losses", "created",
     }
-    assert dict(storage.RESULT_COLUMNS)["losses"] == "TEXT"
+    assert dict(RESULT_COLUMNS)["losses"] == "TEXT"
 
 
 def test_round_trip(tmp_path):
@@ -59,12 +67,12 @@ def test_round_trip(tmp_path):
     with ResultsStore(path) as store:
         out = store.rows()
         keys = store.done_keys()
-    assert [tuple(r[c] for c in storage.KEY_COLUMNS) for r in out] == sorted(
-        tuple(r[c] for c in storage.KEY_COLUMNS) for r in rows_in)
-    assert keys == {tuple(r[c] for c in storage.KEY_COLUMNS) for r in rows_in}
-    by_key = {tuple(r[c] for c in storage.KEY_COLUMNS): r for r in rows_in}
+    assert [tuple(r[c] for c in KEY_COLUMNS) for r in out] == sorted(
+        tuple(r[c] for c in KEY_COLUMNS) for r in rows_in)
+    assert keys == {tuple(r[c] for c in KEY_COLUMNS) for r in rows_in}
+    by_key = {tuple(r[c] for c in KEY_COLUMNS): r for r in rows_in}
     for r in out:
-        src = by_key[tuple(r[c] for c in storage.KEY_COLUMNS)]
+        src = by_key[tuple(r[c] for c in KEY_COLUMNS)]
         for name in src:
             assert r[name] == src[name], name
         assert isinstance(r["losses"], list) and all(isinstance(x, float) for x in r["losses"])
@@ -162,9 +170,8 @@ def test_other_kind_rejected(tmp_path):
     path = tmp_path / "r.sqlite"
     with ResultsStore(path, kind="pretraining") as store:
         store.bind_config({"k": 4})
-    with ResultsStore(path, kind="baseline") as store:
-        with pytest.raises(ConfigMismatchError, match="pretraining"):
-            store.bind_config({"k": 4})
+    with pytest.raises(ConfigMismatchError, match="pretraining"):
+        ResultsStore(path, kind="baseline")  # refused when opened, before anything is written
 
 
 @pytest.mark.parametrize("content", ["random", "other_sqlite", "text"])
@@ -208,7 +215,7 @@ def test_export_csv(tmp_path):
         reader = csv.reader(fh)
         header = next(reader)
         body = list(reader)
-    assert header == [n for n, _ in storage.RESULT_COLUMNS]
+    assert header == [n for n, _ in RESULT_COLUMNS]
     assert len(body) == 5
     recs = [dict(zip(header, r)) for r in body]
     assert [int(r["iteration"]) for r in recs] == [0, 10, 20, 30, 40]
@@ -234,7 +241,11 @@ _CHILD = textwrap.dedent(
     mod = importlib.util.module_from_spec(spec)
     sys.modules[spec.name] = mod
     spec.loader.exec_module(mod)
-    store = mod.ResultsStore(sys.argv[2])
+    cols = (("width", "INTEGER"), ("size", "INTEGER"), ("trial", "INTEGER"), ("iteration", "INTEGER"),
+            ("pruned_accuracy", "REAL"), ("pruned_loss", "REAL"), ("dense_accuracy", "REAL"), ("dense_loss", "REAL"),
+            ("distinct", "INTEGER"), ("k", "INTEGER"), ("prune_seconds", "REAL"), ("losses", "TEXT"))
+    schema = mod.Schema("pretraining", cols, ("width", "size", "trial", "iteration"), ("losses",))
+    store = mod.ResultsStore(sys.argv[2], schema)
     store.bind_config({"k": 4})
     n = int(sys.argv[3])
     for i in range(n):

@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from greedyprune.cli import main
-from greedyprune.storage import ConfigMismatchError
+from greedyprune.studies.store import ConfigMismatchError
 from greedyprune.studies.pretraining import config_with, get_preset, run_pretraining_study
 
 torch.set_num_threads(1)
@@ -150,7 +150,7 @@ def test_interrupted_study_resumes_with_one_row_per_key(tmp_path, sig):
     # the interrupted-and-resumed rows are the rows of an uninterrupted run
     reference = run_pretraining_study(config_with(get_preset("quick"), **LONG), tmp_path / "ref", progress=False,
                                       log=lambda s: None)
-    from greedyprune.storage import ResultsStore
+    from greedyprune.studies.store import ResultsStore
 
     with ResultsStore(out / "results.sqlite") as store:
         resumed = store.rows()

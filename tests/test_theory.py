@@ -9,10 +9,10 @@ import pytest
 import torch
 
 from greedyprune.data import balanced_subsample, load_dataset
-from greedyprune.plotting import summarize
-from greedyprune.storage import ResultsStore
-from greedyprune.studies.pretraining import DB_NAME, config_with, get_preset, run_pretraining_study
-from greedyprune.theory import (
+from greedyprune.studies.pretraining_report import summarize
+from greedyprune.studies.store import ResultsStore, Schema
+from greedyprune.studies.pretraining import DB_NAME, SCHEMA, config_with, get_preset, run_pretraining_study
+from greedyprune.studies.theory import (
     Definition1,
     ThresholdRow,
     definition1,
@@ -195,22 +195,22 @@ def test_missing_and_empty_directories(tmp_path):
 
 def test_database_without_rows_or_config(tmp_path, tiny_study):
     config = json.loads((tiny_study / "config.json").read_text())
-    with ResultsStore(tmp_path / "a" / DB_NAME) as store:
+    with ResultsStore(tmp_path / "a" / DB_NAME, SCHEMA) as store:
         store.bind_config(config)
     with pytest.raises(ValueError, match=r"no result rows.*run `greedyprune study pretraining --out .*a` first"):
         threshold_table(tmp_path / "a")
 
-    with ResultsStore(tmp_path / "b" / DB_NAME):
+    with ResultsStore(tmp_path / "b" / DB_NAME, SCHEMA):
         pass  # no config bound, no rows
     with pytest.raises(ValueError, match="no pre-training study config"):
         threshold_table(tmp_path / "b")
 
-    with ResultsStore(tmp_path / "c" / DB_NAME, kind="other") as store:
+    with ResultsStore(tmp_path / "c" / DB_NAME, Schema("other", SCHEMA.columns, SCHEMA.key)) as store:
         store.bind_config(config)
     with pytest.raises(ValueError, match="not of a 'pretraining' study"):
         threshold_table(tmp_path / "c")
 
-    with ResultsStore(tmp_path / "d" / DB_NAME) as store:
+    with ResultsStore(tmp_path / "d" / DB_NAME, SCHEMA) as store:
         store.bind_config({"hello": 1})
     with pytest.raises(ValueError, match="not a pre-training study config"):
         threshold_table(tmp_path / "d")
@@ -219,7 +219,7 @@ def test_database_without_rows_or_config(tmp_path, tiny_study):
 def copy_rows(src, dst, config):
     with ResultsStore(src / DB_NAME) as store:
         rows = store.rows()
-    with ResultsStore(dst / DB_NAME) as store:
+    with ResultsStore(dst / DB_NAME, SCHEMA) as store:
         store.bind_config(config)
         for row in rows:
             store.add(row)

@@ -3,7 +3,7 @@ import pytest
 import torch
 
 from greedyprune import TrainConfig, TwoLayerNet, evaluate, pretrain
-from greedyprune.train import load_checkpoint, save_checkpoint
+from greedyprune.training.loop import load_checkpoint, save_checkpoint
 
 torch.set_num_threads(1)
 
@@ -69,7 +69,7 @@ def test_divergence_is_reported():
 
 def test_load_checkpoint_rejects_foreign_files(tmp_path):
     (tmp_path / "junk.pt").write_bytes(b"not a checkpoint")
-    with pytest.raises(ValueError, match="not a readable greedyprune checkpoint"):
+    with pytest.raises(ValueError, match="is not a readable greedyprune"):
         load_checkpoint(tmp_path / "junk.pt")
     save_checkpoint(tmp_path / "other.pt", {"format": "something else"})
     with pytest.raises(ValueError, match="not a greedyprune training checkpoint"):

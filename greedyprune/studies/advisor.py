@@ -20,13 +20,13 @@ import numpy as np
 import torch
 
 from ..advisor import PretrainingAdvisor
+from ..checks import as_device, check_int
 from ..data import balanced_subsample, load_dataset
-from ..plotting import summarize
-from ..selection import _check_int
-from ..storage import ResultsStore
-from ..train import TrainConfig, pretrain
+from ..training.loop import TrainConfig, pretrain
 from ..twolayer import TwoLayerNet
-from .pretraining import DB_NAME, check_device, load_study_config, setup_run
+from .pretraining import DB_NAME, SCHEMA, load_study_config, setup_run
+from .pretraining_report import summarize
+from .store import ResultsStore
 
 
 class _Fired(Exception):
@@ -81,8 +81,8 @@ def advise(*, data: str = "mnist5k", size: int | None = None, width: int = 1000,
            distance_tolerance: float = 0.05, seed: int = 0, device: str = "cpu", out_dir: str | Path | None = None,
            stop_when_fired: bool = True, progress: bool = True, log: Callable[[str], None] = print) -> AdvisedRun:
     """Train a two-layer net on a built-in or on-disk data set with the advisor; see ``greedyprune advise``."""
-    _check_int("check_every", check_every, 1)
-    dev = check_device(device)
+    check_int("check_every", check_every, 1)
+    dev = as_device(device)
     ds = load_dataset(data, seed=seed)
     if size is not None:
         ds = ds.subset(balanced_subsample(ds.labels, size, seed=seed))
@@ -140,15 +140,15 @@ def compare_with_study(study_dir: str | Path, out_dir: str | Path | None = None,
     if not (study / DB_NAME).is_file():
         raise FileNotFoundError(f"{study} holds no pre-training study ({DB_NAME} not found); "
                                 f"run greedyprune study pretraining --out {study} first")
-    with ResultsStore(study / DB_NAME, kind="pretraining") as store:
+    with ResultsStore(study / DB_NAME, SCHEMA) as store:
         ident, rows = store.config(), store.rows()
     if ident is None or not rows:
         raise ValueError(f"{study / DB_NAME} has no results yet; finish greedyprune study pretraining --out {study}")
     config = load_study_config(ident)
     horizon = 2 * config.iterations if iterations is None else iterations
-    _check_int("iterations", horizon, 1)
+    check_int("iterations", horizon, 1)
     summaries = {s.width: s for s in summarize(rows)}
-    dev = check_device(device)
+    dev = as_device(device)
     ds = load_dataset(config.data, normalize=config.normalize, seed=config.seed)
     out = Path(out_dir) if out_dir is not None else study
     result: list[ComparisonRow] = []

@@ -35,7 +35,7 @@ from typing import Callable, Sequence
 import numpy as np
 import torch
 
-from ._config import override, pick_preset
+from .common import override, pick_preset
 from ..fitting import fit_power_law  # noqa: F401 - part of this module's API
 
 __all__ = [

@@ -7,11 +7,7 @@ checkpoint prune it with greedy forward selection, fine-tune briefly, and record
 next to the dense network's. Baseline criteria (L1, BN scale, Taylor, random) are pruned to the
 same channels per group, and so to the same multiply-adds, and fine-tuned the same way.
 
-Rethinking study. One pruned architecture (GFS on the fully trained dense network), retrained three
-ways over several seeds: fine-tuned, Scratch-E (new initialisation, the dense net's iterations) and
-Scratch-B (iterations scaled by dense / pruned multiply-adds).
-
-Both write one SQLite row per finished unit of work (``results.sqlite``) and skip rows already
+It writes one SQLite row per finished unit of work (``results.sqlite``) and skip rows already
 there, and pre-training resumes from its own state file, so an interrupted study loses nothing
 finished: run the same command again.
 """
@@ -27,13 +23,27 @@ from typing import Callable
 
 import torch
 
-from ._config import override, pick_preset
+from ..baselines import CRITERIA
+from ..checks import as_device
 from ..data import balanced_subsample, load_dataset
-from ..storage import ResultsStore
-from ..train import TrainConfig
+from ..fileio import atomic_write_text, run_directory
+from ..training.loop import TrainConfig, evaluate
+from .common import override, pick_preset
+from .store import ResultsStore, Schema
 
 DB_NAME = "results.sqlite"
-BASELINES = ("l1", "bn", "taylor", "random")
+BASELINES = CRITERIA
+
+#: One row per (size, trial, checkpoint iteration, method): test accuracy before and after fine-tuning.
+SCHEMA = Schema(
+    kind="cnn",
+    columns=(("size", "INTEGER"), ("trial", "INTEGER"), ("iteration", "INTEGER"), ("method", "TEXT"),
+             ("dense_accuracy", "REAL"), ("dense_train_accuracy", "REAL"), ("pruned_accuracy", "REAL"),
+             ("finetuned_accuracy", "REAL"), ("params", "INTEGER"), ("macs", "INTEGER"), ("dense_params", "INTEGER"),
+             ("dense_macs", "INTEGER"), ("prune_seconds", "REAL"), ("kept", "TEXT")),
+    key=("size", "trial", "iteration", "method"),
+    json_columns=("kept",),
+)
 
 
 @dataclass
@@ -61,7 +71,7 @@ class CNNStudyConfig:
     prune_batch_size: int = 128
     finetune_iterations: int = 100
     finetune_lr: float = 0.01
-    baselines: list = field(default_factory=lambda: list(BASELINES))
+    baselines: list = field(default_factory=lambda: ["l1", "bn", "taylor", "random"])
     baselines_at: str = "last"  # "last" checkpoint of each run, or "all"
     seed: int = 0
 
@@ -92,6 +102,31 @@ class CNNStudyConfig:
                 else {"accuracy_tolerance": self.accuracy_tolerance})
         return dict(rule, candidates=self.candidates, batch_size=self.prune_batch_size, seed=self.seed)
 
+
+#: Command-line help of each field (``greedyprune study cnn --FIELD``).
+OPTION_HELP = {
+    "model": "a model name (see greedyprune train --help)",
+    "data": "mnist5k, digits, mnist:DIR or cifar10:DIR",
+    "normalize": "input normalisation: pixel, standard, unit or none",
+    "test_size": "held-out test examples when the data has no test split",
+    "sizes": "sub-dataset sizes, e.g. 10000,30000,50000",
+    "trials": "trials per size",
+    "iterations": "pre-training iterations",
+    "checkpoint_every": "prune every this many iterations",
+    "lr": "initial learning rate of pre-training",
+    "momentum": "SGD momentum",
+    "weight_decay": "SGD weight decay",
+    "batch_size": "pre-training batch size",
+    "flops_target": "keep this fraction of the dense multiply-adds",
+    "accuracy_tolerance": "stop a group within this relative top-1 gap",
+    "candidates": "channels evaluated per greedy step",
+    "prune_batch_size": "examples per greedy step",
+    "finetune_iterations": "fine-tuning iterations after pruning",
+    "finetune_lr": "fine-tuning learning rate",
+    "baselines": f"comma-separated subset of {','.join(BASELINES)}, or '' for none",
+    "baselines_at": "run the baselines at the 'last' checkpoint or at 'all'",
+    "seed": "seed of the sub-datasets, initialisations and batches",
+}
 
 PRESETS: dict[str, CNNStudyConfig] = {
     # about 5-8 minutes on 2 CPU cores
@@ -135,31 +170,29 @@ def load_data(config: CNNStudyConfig):
     return train, test
 
 
-def _accuracy(model, images, labels, batch: int = 500) -> float:
-    from ..deep import _evaluate
-
-    return _evaluate(model, images, labels, batch)[1]
+def accuracy(model, images, labels, batch: int = 500) -> float:
+    """Top-1 accuracy of ``model`` (eval mode) on a labelled set."""
+    return evaluate(model, images, labels, "cross_entropy", batch_size=batch)[1]
 
 
 def run_cnn_study(config: CNNStudyConfig, out_dir: str | Path, *, device: str = "cpu", progress: bool = True,
                   log: Callable[[str], None] = print) -> list[dict]:
     """Run (or resume) the CNN study into ``out_dir``; returns all rows."""
     from ..baselines import prune_like
-    from ..checkpoints import load_model, train_with_checkpoints
-    from ..deep import prune_model
+    from ..channels import prune_model
     from ..models import get_model
-    from ..retrain import finetune
+    from ..training.checkpoints import load_model, train_with_checkpoints
+    from ..training.retrain import finetune
 
     config.validate()
-    dev = torch.device(device)
+    dev = as_device(device)
     out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
     train, test = load_data(config)
     test_x, test_y = test.images().to(dev), test.labels.to(dev)
     ident = asdict(config)
-    with ResultsStore(out / DB_NAME, kind="cnn") as store:
+    with run_directory(out), ResultsStore(out / DB_NAME, SCHEMA) as store:
         store.bind_config(ident)
-        (out / "config.json").write_text(json.dumps(ident, indent=2) + "\n")
+        atomic_write_text(out / "config.json", json.dumps(ident, indent=2) + "\n")
         done = store.done_keys()
         if done:
             log(f"resuming: {len(done)} rows already in {out / DB_NAME}")
@@ -189,8 +222,8 @@ def run_cnn_study(config: CNNStudyConfig, out_dir: str | Path, *, device: str = 
                         continue
                     dense, _ = load_model(path, map_location=dev)
                     dense.eval()
-                    dense_acc = _accuracy(dense, test_x, test_y)
-                    dense_train_acc = _accuracy(dense, images, labels)
+                    dense_acc = accuracy(dense, test_x, test_y)
+                    dense_train_acc = accuracy(dense, images, labels)
                     dense_params = sum(p.numel() for p in dense.parameters())
                     start = time.perf_counter()
                     result = prune_model(dense, (images, labels), device=dev, progress=progress,
@@ -203,15 +236,15 @@ def run_cnn_study(config: CNNStudyConfig, out_dir: str | Path, *, device: str = 
                             pruned, seconds = result.model, gfs_seconds
                         else:
                             pruned = prune_like(dense, keep, method, data=(images, labels), seed=seed,
-                                                batch_size=config.prune_batch_size)
+                                                batch_size=config.prune_batch_size).model
                             seconds = time.perf_counter() - start
-                        pruned_acc = _accuracy(pruned, test_x, test_y)
+                        pruned_acc = accuracy(pruned, test_x, test_y)
                         tuned = finetune(pruned, images, labels, config.finetune_iterations, config.finetune_lr,
                                          batch_size=config.batch_size, seed=seed) \
                             if config.finetune_iterations else pruned
                         row = {"size": size, "trial": trial, "iteration": t, "method": method,
                                "dense_accuracy": dense_acc, "dense_train_accuracy": dense_train_acc,
-                               "pruned_accuracy": pruned_acc, "finetuned_accuracy": _accuracy(tuned, test_x, test_y),
+                               "pruned_accuracy": pruned_acc, "finetuned_accuracy": accuracy(tuned, test_x, test_y),
                                "params": sum(p.numel() for p in pruned.parameters()),
                                "macs": result.report["macs_after"], "dense_params": dense_params,
                                "dense_macs": result.report["macs_before"], "prune_seconds": seconds, "kept": keep}
@@ -298,144 +331,11 @@ def plot_cnn_study(rows: list[dict], path: str | Path) -> Path:
     return path
 
 
-# ------------------------------------------------------------------------------------------ Rethinking
-
-
-@dataclass
-class RethinkingConfig:
-    """Settings of the Rethinking comparison for one pruned architecture."""
-
-    model: str = "resnet8"
-    model_kwargs: dict = field(default_factory=lambda: {"width": 8})
-    data: str = "mnist5k"
-    normalize: str = "pixel"
-    test_size: int = 1000
-    size: int = 4000
-    iterations: int = 400  # the dense net's training, and Scratch-E's
-    lr: float = 0.1
-    momentum: float = 0.9
-    weight_decay: float = 5e-4
-    batch_size: int = 128
-    flops_target: float = 0.5
-    candidates: int | None = 8
-    prune_batch_size: int = 128
-    finetune_iterations: int = 100
-    finetune_lr: float = 0.01
-    seeds: list = field(default_factory=lambda: [0, 1, 2])
-    seed: int = 0
-
-    def validate(self) -> None:
-        for name in ("test_size", "size", "iterations", "batch_size", "prune_batch_size", "finetune_iterations"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ValueError(f"{name} must be a positive int, got {value!r}")
-        if not self.seeds:
-            raise ValueError("seeds must list at least one seed")
-
-    # the study's data split follows the CNN study's
-    @property
-    def sizes(self) -> list[int]:
-        return [self.size]
-
-
-RETHINKING_PRESETS = {
-    "quick": RethinkingConfig(),
-    "paper": RethinkingConfig(model="resnet56", model_kwargs={"shortcut": "A"}, data="cifar10:./cifar10",
-                              normalize="standard", test_size=10000, size=50000, iterations=64000,
-                              flops_target=0.5, candidates=50, finetune_iterations=6400, seeds=[0, 1, 2, 3, 4]),
-}
-MODES = ("dense", "finetune", "scratch-e", "scratch-b")
-
-
-def run_rethinking(config: RethinkingConfig, out_dir: str | Path, *, device: str = "cpu", progress: bool = True,
-                   log: Callable[[str], None] = print) -> list[dict]:
-    """Train the dense net (resumable), prune it once with GFS, retrain the pruned architecture three
-    ways for every seed; one row per (mode, seed)."""
-    from ..checkpoints import load_model, train_with_checkpoints
-    from ..deep import load_pruned, prune_model, save_pruned
-    from ..models import get_model
-    from ..retrain import retrain
-
-    config.validate()
-    dev = torch.device(device)
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    train, test = load_data(config)
-    test_x, test_y = test.images().to(dev), test.labels.to(dev)
-    sub = train.subset(balanced_subsample(train.labels, config.size, config.seed))
-    images, labels = sub.images().to(dev), sub.labels.to(dev)
-    model_kwargs = {"num_classes": train.num_classes, "in_channels": train.image_shape[0], **config.model_kwargs}
-    ident = asdict(config)
-    with ResultsStore(out / DB_NAME, kind="rethinking") as store:
-        store.bind_config(ident)
-        (out / "config.json").write_text(json.dumps(ident, indent=2) + "\n")
-        done = store.done_keys()
-        tc = TrainConfig(iterations=config.iterations, lr=config.lr, batch_size=config.batch_size,
-                         loss="cross_entropy", momentum=config.momentum, weight_decay=config.weight_decay,
-                         seed=config.seed, schedule="cosine")
-        log(f"dense {config.model}: {config.iterations} iterations on {config.size} examples")
-        ckpts = train_with_checkpoints(get_model(config.model, seed=config.seed, **model_kwargs).to(dev), images,
-                                       labels, tc, out / "dense", name=config.model, model_kwargs=model_kwargs,
-                                       checkpoint_every=config.iterations, progress=progress)
-        dense, _ = load_model(ckpts[-1][1], map_location=dev)
-        dense.eval()
-        dense_macs = _macs(dense, images[:1])
-        if ("dense", config.seed) not in done:
-            store.add({"mode": "dense", "seed": config.seed, "accuracy": _accuracy(dense, test_x, test_y),
-                       "train_accuracy": _accuracy(dense, images, labels), "iterations": config.iterations,
-                       "params": sum(p.numel() for p in dense.parameters()), "macs": dense_macs, "seconds": 0.0})
-        pruned_path = out / "pruned.pt"
-        if pruned_path.exists():
-            pruned, _ = load_pruned(pruned_path)
-            pruned.to(dev)
-        else:
-            result = prune_model(dense, (images, labels), flops_target=config.flops_target,
-                                 candidates=config.candidates, batch_size=config.prune_batch_size, seed=config.seed,
-                                 device=dev, progress=progress)
-            save_pruned(pruned_path, result, name=config.model, model_kwargs=model_kwargs,
-                        extra={"input_shape": list(images.shape[1:])})
-            pruned = result.model
-            log(result.summary())
-        pruned_macs = _macs(pruned, images[:1])
-        for seed in config.seeds:
-            for mode in MODES[1:]:
-                if (mode, seed) in done:
-                    continue
-                iterations = config.finetune_iterations if mode == "finetune" else config.iterations
-                start = time.perf_counter()
-                res = retrain(pruned, mode, images, labels, iterations=iterations,
-                              lr=config.finetune_lr if mode == "finetune" else config.lr,
-                              batch_size=config.batch_size, seed=seed, dense_macs=dense_macs,
-                              pruned_macs=pruned_macs, progress=progress)
-                row = {"mode": mode, "seed": seed, "accuracy": _accuracy(res.model, test_x, test_y),
-                       "train_accuracy": _accuracy(res.model, images, labels), "iterations": res.config.iterations,
-                       "params": sum(p.numel() for p in res.model.parameters()), "macs": pruned_macs,
-                       "seconds": time.perf_counter() - start}
-                store.add(row)
-                log(f"  seed {seed} {mode:>9}: test accuracy {row['accuracy']:.4f} ({row['iterations']} iterations)")
-        rows = store.rows()
-        store.export_csv(out / "results.csv")
-    return rows
-
-
-def _macs(model, example) -> int:
-    from ..deep import _total_macs
-
-    return _total_macs(model, example)
-
-
-def rethinking_table(rows: list[dict]) -> str:
-    """Mean and standard deviation of test accuracy per retraining mode."""
-    from .._text import format_table
-
-    body = []
-    for mode in MODES:
-        acc = [r["accuracy"] for r in rows if r["mode"] == mode]
-        if not acc:
-            continue
-        sd = statistics.stdev(acc) if len(acc) > 1 else 0.0
-        its = sorted({r["iterations"] for r in rows if r["mode"] == mode})
-        macs = sorted({r["macs"] for r in rows if r["mode"] == mode})
-        body.append([mode, str(len(acc)), f"{statistics.fmean(acc):.4f}", f"{sd:.4f}",
-                     "/".join(map(str, its)), f"{macs[0]:,}"])
-    return format_table(["mode", "seeds", "mean acc", "std", "iterations", "MACs"], body)
+def report(rows: list[dict], out_dir: str | Path, draw: bool = True) -> str:
+    """Table 1, the baseline comparison and (with ``draw``) ``cnn_study.png``."""
+    parts = ["fine-tuned test accuracy of the GFS-pruned net (columns: pre-training iterations)", table1(rows)]
+    if any(r["method"] != "gfs" for r in rows):
+        parts += ["", "at the same channels per group (same multiply-adds):", baseline_table(rows)]
+    if draw:
+        parts.append(f"wrote {plot_cnn_study(rows, Path(out_dir) / 'cnn_study.png')}")
+    return "\n".join(parts)

@@ -18,15 +18,26 @@ from typing import Callable
 
 import torch
 
-from ._config import override, pick_preset
+from ..checks import as_device, check_int
 from ..data import NORMALIZATIONS, balanced_subsample, load_dataset
-from ..selection import _check_int
-from ..storage import ResultsStore
-from ..train import TrainConfig, evaluate, pretrain
+from ..fileio import atomic_write_text, run_directory
+from ..training.loop import TrainConfig, evaluate, pretrain
 from ..twolayer import ACTIVATIONS, TwoLayerNet, prune_two_layer
+from .common import override, pick_preset
+from .store import ResultsStore, Schema
 
 STUDY_LOSSES = ("logistic", "squared")
 DB_NAME = "results.sqlite"
+
+#: One row per (width, size, trial, iteration): the pruned and dense net's loss and accuracy on the training set.
+SCHEMA = Schema(
+    kind="pretraining",
+    columns=(("width", "INTEGER"), ("size", "INTEGER"), ("trial", "INTEGER"), ("iteration", "INTEGER"),
+             ("pruned_accuracy", "REAL"), ("pruned_loss", "REAL"), ("dense_accuracy", "REAL"), ("dense_loss", "REAL"),
+             ("distinct", "INTEGER"), ("k", "INTEGER"), ("prune_seconds", "REAL"), ("losses", "TEXT")),
+    key=("width", "size", "trial", "iteration"),
+    json_columns=("losses",),
+)
 
 
 @dataclass(frozen=True)
@@ -56,20 +67,20 @@ class PretrainingStudyConfig:
         if not self.widths:
             raise ValueError("widths must name at least one hidden width")
         for w in self.widths:
-            _check_int("each width", w, 1)
+            check_int("each width", w, 1)
         if self.sizes is not None:
             if not self.sizes:
                 raise ValueError("sizes must name at least one dataset size (or leave it unset)")
             for s in self.sizes:
-                _check_int("each dataset size", s, 2)
-        _check_int("size_steps", self.size_steps, 1)
-        _check_int("trials", self.trials, 1)
-        _check_int("iterations", self.iterations, 0)
-        _check_int("eval_every", self.eval_every, 1)
-        _check_int("k", self.k, 1)
-        _check_int("seed", self.seed, 0)
+                check_int("each dataset size", s, 2)
+        check_int("size_steps", self.size_steps, 1)
+        check_int("trials", self.trials, 1)
+        check_int("iterations", self.iterations, 0)
+        check_int("eval_every", self.eval_every, 1)
+        check_int("k", self.k, 1)
+        check_int("seed", self.seed, 0)
         if self.candidates is not None:
-            _check_int("candidates", self.candidates, 1)
+            check_int("candidates", self.candidates, 1)
         if self.loss not in STUDY_LOSSES:
             raise ValueError(f"unknown study loss {self.loss!r}; expected one of {STUDY_LOSSES}")
         if self.activation not in ACTIVATIONS:
@@ -85,6 +96,26 @@ class PretrainingStudyConfig:
             points.append(self.iterations)
         return points
 
+
+#: Command-line help of each field (``greedyprune study pretraining --FIELD``).
+OPTION_HELP = {
+    "data": "mnist5k (built in), digits, synthetic, mnist:DIR or cifar10:DIR",
+    "normalize": "input normalisation: unit (||x|| = 1), pixel, standard or none",
+    "widths": "hidden widths, e.g. 250,1000",
+    "sizes": "dataset sizes, e.g. 1000,3000,5000 (default: evenly spaced up to the whole data set)",
+    "size_steps": "number of evenly spaced sizes when --sizes is not given",
+    "trials": "trials per (width, size)",
+    "iterations": "pre-training iterations",
+    "eval_every": "prune every this many iterations",
+    "k": "greedy selection steps (hidden nodes kept, at most)",
+    "lr": "learning rate",
+    "batch_size": "mini-batch size, or 'full' for full-batch gradient descent",
+    "loss": "training and pruning loss: logistic or squared",
+    "activation": "relu, tanh, sigmoid, softplus or gelu",
+    "replacement": "allow a neuron to be selected more than once (the paper's multiset)",
+    "candidates": "evaluate a random subset of this many neurons per step",
+    "seed": "seed of the sub-datasets, initialisations and batches",
+}
 
 PRESETS: dict[str, PretrainingStudyConfig] = {
     # about 2-3 minutes on a 2-core CPU; shows the effect on the built-in 5,000 MNIST images
@@ -126,18 +157,6 @@ def _study_identity(config: PretrainingStudyConfig, sizes: list[int]) -> dict:
     return ident
 
 
-def check_device(device: str) -> torch.device:
-    try:
-        dev = torch.device(device)
-    except RuntimeError as exc:
-        raise ValueError(f"unknown device {device!r}; use 'cpu', 'cuda' or 'cuda:N'") from exc
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"device {device!r} requested but CUDA is not available here; use --device cpu")
-    if dev.type not in ("cpu", "cuda"):
-        raise ValueError(f"unsupported device {device!r}; use 'cpu', 'cuda' or 'cuda:N'")
-    return dev
-
-
 @dataclass
 class StudyRun:
     out_dir: Path
@@ -151,18 +170,17 @@ class StudyRun:
 def run_pretraining_study(config: PretrainingStudyConfig, out_dir: str | Path, *, device: str = "cpu",
                           progress: bool = True, log: Callable[[str], None] = print) -> StudyRun:
     """Run (or resume) the study into ``out_dir``; returns what was done. Figures are drawn by the caller
-    (:func:`greedyprune.plotting.plot_study`)."""
+    (:func:`greedyprune.studies.pretraining_report.plot_study`)."""
     config.validate()
-    dev = check_device(device)
+    dev = as_device(device)
     out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
     ds = load_dataset(config.data, normalize=config.normalize, seed=config.seed)
     sizes = resolve_sizes(config, len(ds))
     points = config.checkpoints()
 
-    with ResultsStore(out / DB_NAME, kind="pretraining") as store:
+    with run_directory(out), ResultsStore(out / DB_NAME, SCHEMA) as store:
         store.bind_config(_study_identity(config, sizes))
-        (out / "config.json").write_text(json.dumps(_study_identity(config, sizes), indent=2) + "\n")
+        atomic_write_text(out / "config.json", json.dumps(_study_identity(config, sizes), indent=2) + "\n")
         done = store.done_keys()
         run = StudyRun(out, config, sizes)
         total = len(config.widths) * len(sizes) * config.trials * len(points)

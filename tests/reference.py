@@ -11,7 +11,7 @@ import math
 
 import torch
 
-from .selection import _draw_candidates, loss_value
+from greedyprune.selection import draw_candidates as _draw_candidates, loss_value
 
 
 def brute_force_selection(outputs, target, k, loss="squared", replacement=True, candidates=None, seed=0,

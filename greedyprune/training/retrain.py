@@ -13,7 +13,7 @@ training the pruned architecture from a fresh random initialisation:
     the same, for ``iterations * MACs(dense) / MACs(pruned)`` iterations, so the pruned net gets the
     dense net's compute budget (:func:`scratch_iterations`).
 
-All training goes through :func:`greedyprune.train.pretrain` (SGD with momentum 0.9 and weight decay
+All training goes through :func:`greedyprune.training.loop.pretrain` (SGD with momentum 0.9 and weight decay
 5e-4, softmax cross-entropy), so the runs are deterministic given the seed and resume from a
 checkpoint exactly.
 """
@@ -29,7 +29,9 @@ from fractions import Fraction
 import torch
 from torch import nn
 
-from .train import SCHEDULES, TrainConfig, pretrain
+from ..checks import check_int
+from ..models import init_weights
+from .loop import SCHEDULES, TrainConfig, pretrain
 
 __all__ = [
     "INITS",
@@ -47,25 +49,9 @@ INITS = ("kaiming", "default")
 
 
 def kaiming_init(model: nn.Module) -> None:
-    """Initialise in place as :func:`greedyprune.models.get_model` does.
-
-    Convolutions get ``kaiming_normal_(mode="fan_out", nonlinearity="relu")`` and zero biases, BatchNorm /
-    GroupNorm weight 1 and bias 0; Linear layers keep PyTorch's default (already drawn by
-    ``reset_parameters``). This is the He initialisation the Rethinking paper trains its scratch models with.
-
-    Parameters
-    ----------
-    model : nn.Module
-        Modified in place.
-    """
-    for m in model.modules():
-        if isinstance(m, nn.Conv2d):
-            nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
-            if m.bias is not None:
-                nn.init.zeros_(m.bias)
-        elif isinstance(m, (nn.BatchNorm2d, nn.GroupNorm)) and m.weight is not None:
-            nn.init.ones_(m.weight)
-            nn.init.zeros_(m.bias)
+    """Initialise in place as :func:`greedyprune.models.get_model` does (:func:`greedyprune.models.init_weights`):
+    the He initialisation the Rethinking paper trains its scratch models with."""
+    init_weights(model)
 
 
 def reinitialize(
@@ -137,12 +123,6 @@ def reinitialize(
     return fresh.to(device)
 
 
-def _check_count(name: str, value, minimum: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-        raise ValueError(f"{name} must be an int >= {minimum}, got {value!r}")
-    return value
-
-
 def _check_macs(name: str, value) -> Fraction:
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value <= 0:
         raise ValueError(f"{name} must be a positive finite number (multiply-accumulates), got {value!r}")
@@ -194,7 +174,7 @@ def scratch_iterations(
     key = mode.upper().removeprefix("SCRATCH-") if isinstance(mode, str) else mode
     if key not in ("E", "B"):
         raise ValueError(f"unknown scratch mode {mode!r}; expected 'E' (same iterations) or 'B' (same compute)")
-    dense_iterations = _check_count("dense_iterations", dense_iterations, 1)
+    dense_iterations = check_int("dense_iterations", dense_iterations, 1)
     dense, pruned = _check_macs("dense_macs", dense_macs), _check_macs("pruned_macs", pruned_macs)
     if pruned > dense:
         raise ValueError(f"pruned_macs ({pruned_macs}) exceeds dense_macs ({dense_macs}); are the arguments swapped?")
@@ -229,7 +209,7 @@ def finetune(
 ) -> nn.Module:
     """Fine-tune ``model`` in place with SGD on softmax cross-entropy; returns it.
 
-    A thin wrapper over :func:`greedyprune.train.pretrain` with
+    A thin wrapper over :func:`greedyprune.training.loop.pretrain` with
     ``TrainConfig(loss="cross_entropy", momentum=0.9, weight_decay=5e-4, schedule="constant")``.
 
     Parameters
@@ -245,9 +225,9 @@ def finetune(
     lr : float
         Learning rate (0.01, as the paper's Appendix E).
     momentum, weight_decay, batch_size, schedule, seed
-        As in :class:`greedyprune.train.TrainConfig`; ``seed`` fixes the batch order.
+        As in :class:`greedyprune.training.loop.TrainConfig`; ``seed`` fixes the batch order.
     checkpoint_path, checkpoint_every, callback, callback_every, progress
-        Passed to :func:`greedyprune.train.pretrain` (resumable checkpoints, periodic callbacks).
+        Passed to :func:`greedyprune.training.loop.pretrain` (resumable checkpoints, periodic callbacks).
 
     Returns
     -------
@@ -320,17 +300,17 @@ def retrain(
     lr, schedule : optional
         Default 0.01 / ``"constant"`` for fine-tuning, 0.1 / ``"cosine"`` from scratch.
     momentum, weight_decay, batch_size, seed
-        As in :class:`greedyprune.train.TrainConfig`; ``seed`` also seeds the re-initialisation.
+        As in :class:`greedyprune.training.loop.TrainConfig`; ``seed`` also seeds the re-initialisation.
     dense_macs, pruned_macs, max_factor
         Required (the MACs) for ``"scratch-b"``; see :func:`scratch_iterations`.
     init, checkpoint_path, checkpoint_every, progress
-        See :func:`reinitialize` and :func:`greedyprune.train.pretrain`. The checkpoint holds the
+        See :func:`reinitialize` and :func:`greedyprune.training.loop.pretrain`. The checkpoint holds the
         retraining run; resuming a scratch run re-creates the same initialisation from ``seed`` first.
 
     Returns
     -------
     RetrainResult
-        The retrained model, the mode and the :class:`~greedyprune.train.TrainConfig` used.
+        The retrained model, the mode and the :class:`~greedyprune.training.loop.TrainConfig` used.
 
     Raises
     ------
@@ -342,7 +322,7 @@ def retrain(
     if schedule is not None and schedule not in SCHEDULES:
         raise ValueError(f"unknown schedule {schedule!r}; expected one of {SCHEDULES}")
     if mode == "finetune":
-        steps = _check_count("iterations", iterations, 0)
+        steps = check_int("iterations", iterations, 0)
         trained = copy.deepcopy(model)
         lr = 0.01 if lr is None else lr
         schedule = schedule or "constant"
@@ -353,7 +333,7 @@ def retrain(
                                  "forward pass of the dense and of the pruned model)")
             steps = scratch_iterations(iterations, dense_macs, pruned_macs, "B", max_factor=max_factor)
         else:
-            steps = _check_count("iterations", iterations, 1)
+            steps = check_int("iterations", iterations, 1)
         trained = reinitialize(model, seed, init=init)
         lr = 0.1 if lr is None else lr
         schedule = schedule or "cosine"

@@ -26,8 +26,9 @@ classes' code changes, as long as the parameter names and shapes stay the same.
 A pruned model no longer has the architecture ``get_model`` builds (its layers are narrower). For such
 models ``save_model(..., full_module=True)`` pickles the module itself. Loading it needs the same
 classes importable under the same module paths, and unpickling can run arbitrary code: :func:`load_model`
-first reads the file with ``weights_only=True``, checks the format marker, and only then unpickles the
-embedded module with ``weights_only=False`` - so do this only for files from a source you trust. The
+reads the file with ``weights_only=True`` and unpickles the embedded module only when the caller passes
+``trust_pickle=True`` - do this only for files you made yourself. (Pruned models are better saved with
+:func:`greedyprune.channels.save_pruned`, which needs no pickle.) The
 ``name`` and ``model_kwargs`` stored with it describe the dense architecture the model came from.
 
 Training runs
@@ -42,8 +43,6 @@ from __future__ import annotations
 
 import io
 import os
-import pickle
-import re
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -51,8 +50,9 @@ from typing import Any
 import torch
 from torch import nn
 
-from .train import CHECKPOINT_FORMAT as TRAIN_CHECKPOINT_FORMAT
-from .train import TrainConfig, save_checkpoint
+from ..fileio import UnsafeFileError, load_torch, save_torch, torch_bytes
+from .loop import CHECKPOINT_FORMAT as TRAIN_CHECKPOINT_FORMAT
+from .loop import TrainConfig
 
 MODEL_CHECKPOINT_FORMAT = "greedyprune-model-v1"
 
@@ -121,7 +121,7 @@ def _mismatch_message(lines: list[str]) -> str:
 
 
 def _build(name: str, model_kwargs: dict, meta: bool = False) -> nn.Module:
-    from .models import get_model
+    from ..models import get_model
 
     try:
         if meta:  # architecture only: no memory, no initialisation cost
@@ -179,7 +179,7 @@ def save_model(
         raise ValueError(f"model must be a torch.nn.Module, got {type(model).__name__}")
     if not isinstance(name, str) or not name:
         raise ValueError(f"name must be a model name (str), got {name!r}")
-    from .models import MODEL_NAMES
+    from ..models import MODEL_NAMES
 
     if name.lower() not in MODEL_NAMES:
         raise ValueError(f"unknown model {name!r}; expected one of {', '.join(MODEL_NAMES)}")
@@ -193,9 +193,7 @@ def save_model(
     state = {key: value.detach().cpu() for key, value in model.state_dict().items()}
     module_bytes = None
     if full_module:
-        buffer = io.BytesIO()
-        torch.save(model, buffer)
-        module_bytes = buffer.getvalue()
+        module_bytes = torch_bytes(model)
     else:
         reference = _build(name, model_kwargs, meta=True).state_dict()
         lines = state_dict_mismatches(reference, state)
@@ -214,8 +212,7 @@ def save_model(
         "extra": extra,
         "torch_version": str(torch.__version__),
     }
-    save_checkpoint(path, payload)
-    return Path(path)
+    return save_torch(path, payload)
 
 
 def _is_state_dict(obj: Any) -> bool:
@@ -266,6 +263,7 @@ def load_model(
     name: str | None = None,
     model_kwargs: dict | None = None,
     map_location: str | torch.device = "cpu",
+    trust_pickle: bool = False,
 ) -> tuple[nn.Module, dict]:
     """Rebuild a model from a checkpoint written by :func:`save_model`.
 
@@ -282,6 +280,9 @@ def load_model(
         ``get_model`` keyword arguments (``num_classes``, ``in_channels``, ``shortcut``); default none.
     map_location : str or torch.device
         Device the model is placed on.
+    trust_pickle : bool
+        Needed for a checkpoint saved with ``full_module=True``: unpickling its module can run arbitrary
+        code, so only pass True for files you made yourself.
 
     Returns
     -------
@@ -302,21 +303,13 @@ def load_model(
         the weights do not fit the architecture (the first mismatching keys and shapes are listed).
     """
     path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"no model checkpoint at {path}")
     try:
-        payload = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # re-raised with the path and what the file is
-        found = re.search(r"Unsupported global: GLOBAL ([\w.]+)", str(exc))
-        if isinstance(exc, pickle.UnpicklingError) and found:
-            raise ValueError(
-                f"{path} is not a greedyprune model checkpoint: it holds pickled Python objects ({found.group(1)}; "
-                f"for example a whole module saved with torch.save(model)), which are not unpickled because that "
-                f"can run arbitrary code. Save models with greedyprune.checkpoints.save_model, or save "
-                f"model.state_dict() and load it with name=..."
-            ) from exc
-        raise ValueError(f"{path} is not a readable torch file, so not a greedyprune model checkpoint "
-                         f"({type(exc).__name__}: {str(exc).splitlines()[0][:200]})") from exc
+        payload = load_torch(path, what="model checkpoint", require_checksum=MODEL_CHECKPOINT_FORMAT)
+    except UnsafeFileError as exc:
+        raise UnsafeFileError(
+            f"{path} is not a greedyprune model checkpoint: {str(exc).split(': ', 1)[-1]} Save models with "
+            f"greedyprune.training.checkpoints.save_model, or save model.state_dict() and load it with name=..."
+        ) from exc
 
     wanted = name.lower() if isinstance(name, str) else name
     if isinstance(payload, dict) and payload.get("format") == MODEL_CHECKPOINT_FORMAT:
@@ -333,7 +326,11 @@ def load_model(
             )
         full = payload.get("module") is not None
         if full:
-            # our own format, checked above: only now unpickle the embedded module
+            if not trust_pickle:
+                raise UnsafeFileError(
+                    f"checkpoint {path} stores a whole pickled module (saved with full_module=True); unpickling it "
+                    f"can run arbitrary code. If you made this file yourself, load it with trust_pickle=True "
+                    f"(--trust-pickle on the command line)")
             model = torch.load(io.BytesIO(payload["module"]), map_location="cpu", weights_only=False)
             if not isinstance(model, nn.Module):
                 raise ValueError(f"checkpoint {path} embeds a {type(model).__name__}, not a torch.nn.Module")
@@ -454,7 +451,7 @@ def train_with_checkpoints(
     list of (int, pathlib.Path)
         All model checkpoints in ``OUT/checkpoints``, sorted by iteration.
     """
-    from .train import evaluate, pretrain
+    from .loop import evaluate, pretrain
 
     if isinstance(checkpoint_every, bool) or not isinstance(checkpoint_every, int) or checkpoint_every < 1:
         raise ValueError(f"checkpoint_every must be a positive int, got {checkpoint_every!r}")

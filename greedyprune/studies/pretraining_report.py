@@ -20,7 +20,7 @@ from typing import Any, Iterable, Mapping, Sequence
 
 import numpy as np
 
-from ._text import format_table
+from .._text import format_table
 
 __all__ = [
     "WidthSummary",
@@ -413,7 +413,7 @@ def summary_table(rows: Iterable[Mapping[str, Any]]) -> str:
 def lemma1_gaps(rows: Iterable[Mapping[str, Any]]) -> list[dict]:
     """Lemma 1 per (width, largest size, iteration): the mean over trials of the per-step gap
     ``l(u_k) - l(dense)`` and its fitted rate ``gap ~ K^rate`` over the steps with a positive mean gap."""
-    from .fitting import fit_power_law
+    from ..fitting import fit_power_law
 
     records = [r for r in _as_records(rows) if r.get("losses")]
     out = []
@@ -489,3 +489,11 @@ def plot_study(rows: Iterable[Mapping[str, Any]], out_dir: str | Path) -> list[P
         plot_lemma1(records, lemma)
         paths.append(lemma)
     return paths
+
+
+def report(rows: Iterable[Mapping[str, Any]], out_dir: str | Path, draw: bool = True) -> str:
+    """The study's summary table; with ``draw`` its figures are (re)written into ``out_dir`` too."""
+    text = summary_table(rows)
+    if draw:
+        text += "".join(f"\nwrote {p}" for p in plot_study(rows, out_dir))
+    return text

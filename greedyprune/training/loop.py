@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import math
 import os
+import warnings
 from dataclasses import MISSING, asdict, dataclass, fields
 from pathlib import Path
 from typing import Callable
@@ -18,6 +19,9 @@ from typing import Callable
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from ..checks import check_finite
+from ..fileio import load_torch, payload_digest, save_torch
 
 TRAIN_LOSSES = ("logistic", "squared", "cross_entropy")
 SCHEDULES = ("constant", "cosine")
@@ -144,29 +148,43 @@ def _batch_indices(n: int, batch_size: int | None, seed: int, iteration: int, ca
 
 
 def save_checkpoint(path: str | os.PathLike, payload: dict) -> None:
-    """``torch.save`` to ``path`` atomically: write a temporary file, flush it to disk, rename."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "wb") as f:
-        torch.save(payload, f)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    """``torch.save`` to ``path`` atomically and with a checksum (see :func:`greedyprune.fileio.save_torch`)."""
+    save_torch(path, payload)
 
 
 def load_checkpoint(path: str | os.PathLike, map_location="cpu") -> dict:
-    """Load a checkpoint written by :func:`pretrain`, with a clear error for anything else."""
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"no checkpoint at {path}")
-    try:
-        payload = torch.load(path, map_location=map_location, weights_only=True)
-    except Exception as exc:  # noqa: BLE001 - re-raised with the path
-        raise ValueError(f"{path} is not a readable greedyprune checkpoint ({exc})") from exc
+    """Load a checkpoint written by :func:`pretrain`, verifying its checksum, with a clear error for anything else."""
+    payload = load_torch(path, what="greedyprune training checkpoint", require_checksum=True,
+                         map_location=map_location)
     if not isinstance(payload, dict) or payload.get("format") != CHECKPOINT_FORMAT:
         raise ValueError(f"{path} is not a greedyprune training checkpoint (format {CHECKPOINT_FORMAT!r} expected)")
     return payload
+
+
+def data_digest(X: torch.Tensor, y: torch.Tensor) -> str:
+    """A digest of the training data, stored in training checkpoints so a resume on other data is refused."""
+    return payload_digest({"X": X, "y": y})
+
+
+def train_step(model: nn.Module, optimizer: torch.optim.Optimizer, x: torch.Tensor, y: torch.Tensor, loss: str,
+               lr: float | None = None, where: str = "") -> float:
+    """One SGD step on a batch (the only training step in the package); returns the batch loss.
+
+    ``lr``, if given, is set on every parameter group first. A non-finite loss raises FloatingPointError
+    (``where`` says which run and iteration, for the message).
+    """
+    if lr is not None:
+        for group in optimizer.param_groups:
+            group["lr"] = lr
+    optimizer.zero_grad(set_to_none=True)
+    batch_loss = training_loss(model(x), y, loss)
+    if not bool(torch.isfinite(batch_loss)):
+        rate = optimizer.param_groups[0]["lr"]
+        raise FloatingPointError(f"training diverged{where}: the {loss} loss is {float(batch_loss.detach())}; "
+                                 f"lower the learning rate (lr={rate})")
+    batch_loss.backward()
+    optimizer.step()
+    return float(batch_loss.detach())
 
 
 def _rng_state(device: torch.device) -> dict:
@@ -226,6 +244,11 @@ def pretrain(
         raise ValueError(f"X must be a non-empty tensor of shape (m, ...), got {getattr(X, 'shape', type(X))}")
     if not isinstance(y, torch.Tensor) or y.shape[0] != X.shape[0]:
         raise ValueError(f"y must be a tensor with {X.shape[0]} rows (one per example), got {getattr(y, 'shape', type(y))}")
+    check_finite("X", X)
+    if config.loss in ("logistic", "cross_entropy") and y.numel() and bool((y == y.reshape(-1)[0]).all()):
+        raise ValueError(f"every label is {y.reshape(-1)[0].item()!r}: a classifier needs at least two classes in "
+                         f"its training data (check the labels or the sub-dataset size)")
+    digest = data_digest(X, y)
     device = next(model.parameters()).device
     X, y = X.to(device), y.to(device)
     optimizer = torch.optim.SGD(model.parameters(), lr=config.lr, momentum=config.momentum,
@@ -238,6 +261,13 @@ def pretrain(
             diff = {k: (stored.get(k), v) for k, v in asdict(config).items() if stored.get(k) != v}
             raise ValueError(f"checkpoint {checkpoint_path} was made with another configuration "
                              f"(stored, requested): {diff}; use another checkpoint path or the same configuration")
+        if "data" not in state:
+            warnings.warn(f"checkpoint {checkpoint_path} predates data digests: resuming without checking that it was "
+                          f"made on the same training data", stacklevel=2)
+        elif state["data"] != digest:
+            raise ValueError(f"checkpoint {checkpoint_path} was made on other training data (its data digest "
+                             f"differs); resuming would mix two runs. Use another checkpoint path, or delete it to "
+                             f"start over")
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
         start = int(state["iteration"])
@@ -246,7 +276,7 @@ def pretrain(
         if checkpoint_path is not None:
             save_checkpoint(checkpoint_path, {"format": CHECKPOINT_FORMAT, "iteration": t, "config": asdict(config),
                                               "model": model.state_dict(), "optimizer": optimizer.state_dict(),
-                                              "rng": _rng_state(device)})
+                                              "rng": _rng_state(device), "data": digest})
 
     def at(t: int, every: int | None) -> bool:
         return t == config.iterations or (every is not None and t % every == 0)
@@ -266,16 +296,7 @@ def pretrain(
     for t in steps:
         idx = _batch_indices(X.shape[0], config.batch_size, config.seed, t, cache)
         xb, yb = (X, y) if idx is None else (X[idx.to(device)], y[idx.to(device)])
-        rate = learning_rate(config, t)
-        for group in optimizer.param_groups:
-            group["lr"] = rate
-        optimizer.zero_grad(set_to_none=True)
-        batch_loss = training_loss(model(xb), yb, config.loss)
-        if not bool(torch.isfinite(batch_loss)):
-            raise FloatingPointError(f"training diverged at iteration {t}: the {config.loss} loss is "
-                                     f"{float(batch_loss.detach())}; lower the learning rate (lr={config.lr})")
-        batch_loss.backward()
-        optimizer.step()
+        train_step(model, optimizer, xb, yb, config.loss, learning_rate(config, t), f" at iteration {t}")
         done = t + 1
         if callback is not None and at(done, callback_every):
             callback(done, model)

@@ -51,7 +51,7 @@ from typing import Callable, Sequence
 import numpy as np
 import torch
 
-from ._text import format_table
+from .._text import format_table
 
 __all__ = [
     "Definition1",
@@ -108,7 +108,7 @@ def definition1(model: torch.nn.Module, X: torch.Tensor) -> Definition1:
     structurally zero ones are not), and of those ``lambda_0`` is the smallest above the rank tolerance
     (see the module docstring for why the strict smallest is 0 for the study's ReLU nets).
     """
-    from .twolayer import hidden_features
+    from ..twolayer import hidden_features
 
     if not isinstance(X, torch.Tensor) or X.dim() != 2:
         raise ValueError(f"X must be a 2-D tensor (m, d), got {type(X).__name__}"
@@ -186,8 +186,8 @@ class ThresholdRow:
 
 def _read_study(study_dir: Path) -> tuple[dict, list[dict]]:
     """The study's config and rows, with every check of :func:`threshold_table`."""
-    from .storage import ResultsStore
-    from .studies.pretraining import DB_NAME
+    from .pretraining import DB_NAME, SCHEMA
+    from .store import ResultsStore
 
     run_first = _RUN_FIRST.format(dir=study_dir)
     if not study_dir.exists():
@@ -199,7 +199,7 @@ def _read_study(study_dir: Path) -> tuple[dict, list[dict]]:
         raise FileNotFoundError(f"{study_dir}: no {DB_NAME} in this directory, so no study results; {run_first}")
     if db.stat().st_size == 0:  # ResultsStore would create its tables in an empty file; do not write there
         raise ValueError(f"{db}: empty database file with no study results; {run_first}")
-    with ResultsStore(db, kind="pretraining") as store:
+    with ResultsStore(db, SCHEMA) as store:
         kind = store.stored_kind()
         config = store.config()
         rows = store.rows()
@@ -255,9 +255,9 @@ def threshold_table(study_dir: str | os.PathLike, *, max_trials: int | None = No
     database of another kind or without a pre-training config, data set that cannot be loaded,
     rows that do not match the config: "mismatched database"), each naming the directory and what to do.
     """
-    from .data import load_dataset
-    from .plotting import summarize
-    from .studies.pretraining import load_study_config, setup_run
+    from ..data import load_dataset
+    from .pretraining import load_study_config, setup_run
+    from .pretraining_report import summarize
 
     if max_trials is not None and (isinstance(max_trials, bool) or not isinstance(max_trials, int)
                                    or max_trials < 1):

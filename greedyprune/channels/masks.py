@@ -1,0 +1,102 @@
+"""Mask while searching, fold when done.
+
+While a group is searched, channel j is seen by the layers that read the group scaled by
+``D * count_j / |S|`` (0 when not chosen) - :class:`apply_masks` puts those scales on the readers'
+inputs with forward pre-hooks. When the group stops, :func:`fold_and_remove` multiplies the scales into
+the readers' weights and has Torch-Pruning remove the channels with count 0, so the network gets really
+smaller and computes what the masked network did.
+
+Why at the readers: between the layers that write a channel and those that read it (mix it with other
+channels: a non-depthwise convolution or a linear layer) there are only per-channel operations (batch
+norm, activations, depthwise convolutions, residual additions, pooling), so scaling where the channel is
+read is exactly what removing it (scale 0) and folding a scale into the readers' weights do.
+"""
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from .groups import ChannelGroup, refresh_group
+
+__all__ = ["apply_masks", "fold_and_remove", "group_scales", "reader_scale", "scale_input"]
+
+
+def reader_scale(module: nn.Module, idx: torch.Tensor, root: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
+    """(K, C_in) scale of a reader's input channels from (K, D) group scales (1 where not in the group)."""
+    c_in = module.in_channels if isinstance(module, nn.modules.conv._ConvNd) else module.in_features
+    out = torch.ones(scale.shape[0], c_in, dtype=scale.dtype, device=scale.device)
+    out[:, idx.to(scale.device)] = scale[:, root.to(scale.device)]
+    return out
+
+
+def scale_input(x: torch.Tensor, s: torch.Tensor, K: int) -> torch.Tensor:
+    """x: (K*B, C, ...) or (B, C, ...) with K == 1 broadcast; s: (K, C). Returns (K*B, C, ...)."""
+    if x.shape[0] % K:
+        raise RuntimeError("stacked batch is not a multiple of the number of candidates")
+    B = x.shape[0] // K
+    view = (K, 1, s.shape[1]) + (1,) * (x.dim() - 2)
+    return (x.reshape(K, B, *x.shape[1:]) * s.reshape(view)).reshape(K * B, *x.shape[1:])
+
+
+def group_scales(counts: torch.Tensor) -> torch.Tensor:
+    """The mask of "Good Subnetworks Provably Exist": ``D * count_j / |S|`` for the D channels."""
+    total = counts.sum()
+    return counts.to(torch.float32) * (counts.numel() / max(int(total), 1))
+
+
+class apply_masks:
+    """Context manager: every reader of each group sees channel j scaled by ``scales[group][j]``.
+
+    ``scales`` maps a :class:`ChannelGroup` to a (D,) tensor; the hooks are removed on exit.
+    """
+
+    def __init__(self, model: nn.Module, scales: dict[ChannelGroup, torch.Tensor]):
+        self.model, self.scales, self.hooks = model, scales, []
+
+    def __enter__(self) -> "apply_masks":
+        named = dict(self.model.named_modules())
+        per_reader: dict[str, list] = {}
+        for group, scale in self.scales.items():
+            for name, idx, root in group.readers:
+                per_reader.setdefault(name, []).append((idx, root, scale))
+        for name, parts in per_reader.items():
+            module = named[name]
+            s = None
+            for idx, root, scale in parts:
+                part = reader_scale(module, idx, root, scale.reshape(1, -1))
+                s = part if s is None else s * part
+            self.hooks.append(module.register_forward_pre_hook(
+                lambda mod, args, s=s: (scale_input(args[0], s.to(args[0].dtype), 1),) + tuple(args[1:])))
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        for h in self.hooks:
+            h.remove()
+        self.hooks = []
+
+
+def fold_and_remove(DG, model: nn.Module, group: ChannelGroup, counts: torch.Tensor,
+                    scale: torch.Tensor | None = None) -> list[int]:
+    """Fold the group's scales into the readers' weights and remove the channels with count 0.
+
+    ``scale`` defaults to :func:`group_scales` of ``counts``. Returns the kept channel indices; the model
+    changes in place (Torch-Pruning removes the channels from writers, norms and readers alike).
+    """
+    group = refresh_group(DG, model, group)
+    counts = torch.as_tensor(counts)
+    if counts.numel() != group.channels:
+        raise ValueError(f"counts has {counts.numel()} entries but group {group.name!r} has {group.channels} channels")
+    if int(counts.sum()) <= 0:
+        raise ValueError(f"group {group.name!r}: no channel was selected; at least one must be kept")
+    scale = (group_scales(counts) if scale is None else scale.to(torch.float32)).reshape(1, -1)
+    named = dict(model.named_modules())
+    with torch.no_grad():
+        for name, idx, root in group.readers:
+            module = named[name]
+            s = reader_scale(module, idx, root, scale)[0].to(module.weight.dtype)
+            shape = (1, -1) + (1,) * (module.weight.dim() - 2)
+            module.weight.mul_(s.to(module.weight.device).reshape(shape))
+    remove = [i for i in range(group.channels) if int(counts[i]) == 0]
+    if remove:
+        DG.get_pruning_group(group.root, group.root_fn, remove).prune()
+    return [i for i in range(group.channels) if int(counts[i]) > 0]

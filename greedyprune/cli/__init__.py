@@ -1,0 +1,72 @@
+"""The ``greedyprune`` command line: one module per group of commands.
+
+    greedyprune study pretraining | appendix-c | cnn | rethinking      (study.py)
+    greedyprune train | prune                                          (deep.py)
+    greedyprune plot | export | theory threshold | advise              (results.py)
+
+A user's mistake (a bad option, a missing file, a damaged file, a locked output) is printed as
+``greedyprune: error: ...`` with exit status 2. An internal failure keeps its traceback (exit 1): an
+error message the package raised is told apart from one raised inside torch, numpy or Python itself by
+where it was raised. ``GREEDYPRUNE_DEBUG=1`` shows the traceback of every error.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import traceback
+from pathlib import Path
+
+from .. import __version__
+from .common import UsageError
+
+__all__ = ["UsageError", "build_parser", "main"]
+
+_PACKAGE = str(Path(__file__).resolve().parents[1])
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from . import deep, results, study
+
+    parser = argparse.ArgumentParser(prog="greedyprune", description="Structured pruning by greedy forward selection.")
+    parser.add_argument("--version", action="version", version=f"greedyprune {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    sub.required = True
+    study.register(sub)
+    deep.register(sub)
+    results.register(sub)
+    return parser
+
+
+def _raised_by_package(exc: BaseException) -> bool:
+    """Whether the innermost frame that raised ``exc`` is greedyprune's own code (a deliberate message)."""
+    frames = traceback.extract_tb(exc.__traceback__)
+    return bool(frames) and str(Path(frames[-1].filename).resolve()).startswith(_PACKAGE)
+
+
+def _user_error(exc: BaseException) -> bool:
+    from ..parallel import DistributedSelectionError, WorkerError
+
+    if isinstance(exc, (UsageError, OSError, FloatingPointError, WorkerError, DistributedSelectionError)):
+        return True
+    from ..fileio import RunLockedError
+
+    if isinstance(exc, RunLockedError):
+        return True
+    return isinstance(exc, (ValueError, TypeError)) and _raised_by_package(exc)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return args.handler(args)
+    except Exception as exc:  # noqa: BLE001 - user errors get a clean message; internal ones their traceback
+        if os.environ.get("GREEDYPRUNE_DEBUG") or not _user_error(exc):
+            raise
+        parser.exit(2, f"greedyprune: error: {exc}\n")
+    return 0
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,307 @@
+"""``greedyprune train`` and ``greedyprune prune``: CNNs from training to a pruned file."""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from pathlib import Path
+
+from .common import (UsageError, add_run_options, device, fraction, interrupted, key_value, nonnegative_float,
+                     nonnegative_int, number, positive_float, positive_int, set_threads, slug)
+
+TRAIN_RUN_FORMAT = "greedyprune-train-run-v1"
+TRAIN_RUN_CONFIG = "train_config.json"
+
+TRUST_HELP = ("WARNING: unpickling runs whatever code the file's author put in it. Allow checkpoints that store a "
+              "whole pickled module (saved with full_module=True); only for files you made yourself")
+
+
+def register(sub) -> None:
+    from ..data import NORMALIZATIONS
+    from ..training.loop import SCHEDULES
+
+    pr = sub.add_parser(
+        "prune",
+        help="prune a trained CNN checkpoint with greedy forward selection; writes the smaller model",
+        description="Loads a model checkpoint (from greedyprune train, or a state_dict with --model), prunes it "
+                    "layer by layer with greedy forward selection on the data set, and writes the physically "
+                    "smaller model. Prints parameters, multiply-adds, accuracy and CPU latency, dense vs pruned.",
+    )
+    pr.add_argument("checkpoint", type=Path)
+    pr.add_argument("--model", help="architecture of the checkpoint; checked against the one stored in it")
+    pr.add_argument("--model-arg", type=key_value, action="append", default=[], metavar="KEY=VALUE")
+    pr.add_argument("--data", default="mnist5k", help="mnist5k (default), digits, mnist:DIR or cifar10:DIR")
+    pr.add_argument("--normalize", choices=NORMALIZATIONS, default="pixel")
+    pr.add_argument("--size", type=positive_int, help="search on a class-balanced subset of this many examples")
+    rule = pr.add_mutually_exclusive_group()
+    rule.add_argument("--epsilon", type=nonnegative_float, help="relative loss gap per group")
+    rule.add_argument("--accuracy-tolerance", type=fraction, help="relative top-1 gap per group (default 0.02)")
+    rule.add_argument("--keep-ratio", type=number(0, 1, low_open=True), help="fraction of channels kept per group")
+    rule.add_argument("--flops-target", type=number(0, 1, low_open=True, high_open=True),
+                      help="fraction (0, 1) of the dense multiply-adds to keep")
+    pr.add_argument("--candidates", type=positive_int, default=50, help="channels evaluated per step (default 50)")
+    pr.add_argument("--all-candidates", action="store_true", help="evaluate every channel at every step")
+    pr.add_argument("--replacement", action="store_true", help="allow a channel to be chosen more than once")
+    pr.add_argument("--batch-size", type=positive_int, default=128)
+    pr.add_argument("--finetune-steps", type=nonnegative_int, default=0, help="SGD steps after each group")
+    pr.add_argument("--method", choices=["auto", "fast", "reference"], default="auto")
+    pr.add_argument("--seed", type=nonnegative_int, default=0)
+    pr.add_argument("--workers", type=positive_int, default=1,
+                    help="split each step's candidates over this many local processes (torch.distributed, gloo "
+                         "on CPU / nccl on CUDA); under torchrun the launched ranks are used instead")
+    pr.add_argument("--timeout", type=positive_float, default=300.0,
+                    help="seconds a rank waits for the others before failing (distributed runs; default 300)")
+    pr.add_argument("--out", type=Path, help="pruned model file (default: CHECKPOINT with suffix .pruned.pt)")
+    pr.add_argument("--trust-pickle", action="store_true", help=TRUST_HELP)
+    add_run_options(pr)
+    pr.set_defaults(handler=cmd_prune)
+
+    tr = sub.add_parser(
+        "train",
+        help="train a CNN (SGD, momentum, cosine lr, weight decay), saving a model checkpoint every K iterations",
+        description="Pre-trains a CNN of greedyprune.models on an image data set with softmax cross-entropy, the "
+                    "recipe of the paper's Appendix E (SGD, momentum 0.9, cosine lr from 0.1, batch 128, weight "
+                    "decay 5e-4). Writes OUT/train_config.json, a model checkpoint OUT/checkpoints/iter_XXXXXXX.pt "
+                    "at iteration 0, every --checkpoint-every iterations and at the end (with the accuracy on "
+                    "fixed evaluation subsets), and the resume state OUT/train_state.pt. Running the same command "
+                    "again resumes exactly where it stopped; checkpoints already written are kept.",
+    )
+    tr.add_argument("--model", required=True,
+                    help="a name of greedyprune.models.MODEL_NAMES: resnet20, resnet56, resnet34, vgg16, ...")
+    tr.add_argument("--model-arg", type=key_value, action="append", default=[], metavar="KEY=VALUE",
+                    help="a model option, repeatable, e.g. --model-arg shortcut=A")
+    tr.add_argument("--data", default="mnist5k", help="mnist5k (default), digits, mnist:DIR or cifar10:DIR")
+    tr.add_argument("--normalize", choices=NORMALIZATIONS, default="pixel",
+                    help="input normalisation (default pixel: values in [0, 1])")
+    tr.add_argument("--size", type=positive_int, help="train on a class-balanced subset of this many examples "
+                                                      "(drawn with --seed)")
+    tr.add_argument("--iterations", type=positive_int, required=True, help="training steps")
+    tr.add_argument("--checkpoint-every", type=positive_int, default=1000,
+                    help="model checkpoint period in iterations (default 1000)")
+    tr.add_argument("--state-every", type=positive_int,
+                    help="resume-state period in iterations (default: min(checkpoint-every, 100))")
+    tr.add_argument("--lr", type=positive_float, default=0.1, help="(initial) learning rate, default 0.1")
+    tr.add_argument("--momentum", type=fraction, default=0.9, help="SGD momentum, default 0.9")
+    tr.add_argument("--weight-decay", type=nonnegative_float, default=5e-4, help="default 5e-4")
+    tr.add_argument("--batch-size", type=positive_int, default=128, help="default 128")
+    tr.add_argument("--schedule", choices=SCHEDULES, default="cosine", help="learning-rate schedule, default cosine")
+    tr.add_argument("--seed", type=nonnegative_int, default=0,
+                    help="seed of the initialisation, the batch order and the subsets (default 0)")
+    tr.add_argument("--eval-examples", type=positive_int, default=1000,
+                    help="size of the fixed class-balanced train (and test) subsets evaluated at each checkpoint")
+    tr.add_argument("--out", type=Path, help="output directory (default runs/train-MODEL-DATA[-nSIZE]-sSEED)")
+    tr.add_argument("--device", default="cpu", help="cpu (default), cuda or cuda:N")
+    tr.add_argument("--threads", type=positive_int, help="torch CPU threads (default: torch's choice)")
+    tr.add_argument("--progress", action=argparse.BooleanOptionalAction, default=True,
+                    help="show a progress bar (default: --progress)")
+    tr.set_defaults(handler=cmd_train)
+
+
+def fixed_subset(dataset, size: int, seed: int):
+    """The whole data set, or a class-balanced subset of ``size`` examples drawn with ``seed``."""
+    from ..data import balanced_subsample
+
+    if size >= len(dataset):
+        return dataset
+    return dataset.subset(balanced_subsample(dataset.labels, size, seed))
+
+
+def _flatten(d: dict, prefix: str = "") -> dict:
+    """``{"train": {"lr": 0.1}}`` -> ``{"train.lr": 0.1}``."""
+    flat = {}
+    for key, value in d.items():
+        if isinstance(value, dict) and value:
+            flat.update(_flatten(value, f"{prefix}{key}."))
+        else:
+            flat[f"{prefix}{key}"] = value
+    return flat
+
+
+def _check_run_config(path: Path, run: dict) -> bool:
+    """Refuse to resume a run directory made with another configuration. Returns whether the file exists."""
+    if not path.is_file():
+        return False
+    try:
+        stored = json.loads(path.read_text())
+    except (OSError, ValueError) as exc:
+        raise UsageError(f"cannot read {path} ({exc}); use another --out or delete the file") from None
+    if stored != run:
+        old, new = _flatten(stored), _flatten(run)
+        keys = sorted(set(old) | set(new))
+        diff = [f"{k}: {old.get(k)!r} there, {new.get(k)!r} now" for k in keys if old.get(k) != new.get(k)]
+        raise UsageError(f"{path.parent} holds a training run with another configuration ({'; '.join(diff)}); "
+                         f"use another --out, or the same options to resume it")
+    return True
+
+
+def _check_resumable(state_path: Path, model) -> None:
+    """A resume state left in the directory must fit the model about to be trained (checked before any write)."""
+    from ..training.checkpoints import state_dict_mismatches
+    from ..training.loop import load_checkpoint
+
+    if not state_path.is_file():
+        return
+    state = load_checkpoint(state_path)
+    lines = state_dict_mismatches(model.state_dict(), state["model"])
+    if lines:
+        raise UsageError(f"{state_path} holds the resume state of another model ({'; '.join(lines[:3])}); use "
+                         f"another --out, or the options that run was started with")
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    import dataclasses
+
+    import torch
+
+    from ..data import BUILTIN_DATASETS, load_dataset
+    from ..fileio import atomic_write_text, run_directory
+    from ..models import MODEL_NAMES, get_model
+    from ..training.checkpoints import TRAIN_STATE, train_with_checkpoints
+    from ..training.loop import TrainConfig
+
+    name = args.model.lower()
+    if name not in MODEL_NAMES:
+        raise UsageError(f"unknown model {args.model!r}; expected one of {', '.join(MODEL_NAMES)}")
+    model_args = dict(args.model_arg)
+    reserved = sorted(set(model_args) & {"num_classes", "in_channels", "seed"})
+    if reserved:
+        raise UsageError(f"--model-arg {', '.join(reserved)} is set by the command (from the data and --seed); "
+                         f"leave it out")
+    dev = device(args.device)
+    set_threads(args)
+    if args.data == "synthetic":
+        raise UsageError("--data synthetic is not image data; use mnist5k, digits, mnist:DIR or cifar10:DIR")
+    try:
+        with torch.device("meta"):  # check the model options before loading any data
+            get_model(name, **model_args)
+    except TypeError as exc:
+        raise UsageError(str(exc)) from None
+
+    train = load_dataset(args.data, normalize=args.normalize)
+    if len(train.image_shape) != 3:
+        raise UsageError(f"--data {args.data} is not image data (examples of shape {train.image_shape}); "
+                         f"use mnist5k, digits, mnist:DIR or cifar10:DIR")
+    test = None
+    if args.data not in BUILTIN_DATASETS:
+        try:
+            test = load_dataset(args.data, normalize=args.normalize, split="test")
+        except FileNotFoundError as exc:
+            print(f"note: no test split ({exc}); test accuracy is not recorded", file=sys.stderr)
+    if args.size is not None:
+        if args.size > len(train):
+            raise UsageError(f"--size {args.size} exceeds the {len(train)} training examples of {args.data}")
+        train = fixed_subset(train, args.size, args.seed)
+    model_kwargs = {"num_classes": train.num_classes, "in_channels": train.image_shape[0], **model_args}
+    try:
+        model = get_model(name, seed=args.seed, **model_kwargs)
+    except TypeError as exc:
+        raise UsageError(str(exc)) from None
+
+    config = TrainConfig(iterations=args.iterations, lr=args.lr, batch_size=args.batch_size, loss="cross_entropy",
+                         momentum=args.momentum, weight_decay=args.weight_decay, seed=args.seed,
+                         schedule=args.schedule)
+    config.validate()
+    run = {"format": TRAIN_RUN_FORMAT, "model": name, "model_kwargs": model_kwargs, "data": args.data,
+           "normalize": args.normalize, "size": args.size, "train_examples": len(train),
+           "eval_examples": args.eval_examples, "checkpoint_every": args.checkpoint_every,
+           "train": dataclasses.asdict(config)}
+    run = json.loads(json.dumps(run))  # as it reads back from the file
+    size_part = f"-n{args.size}" if args.size else ""
+    out = args.out or Path("runs") / f"train-{name}-{slug(args.data)}{size_part}-s{args.seed}"
+    # everything that can refuse the run is checked before anything is written into the directory
+    known = _check_run_config(out / TRAIN_RUN_CONFIG, run)
+    _check_resumable(out / TRAIN_STATE, model)
+
+    eval_sets = {"train": fixed_subset(train, args.eval_examples, args.seed)}
+    if test is not None:
+        eval_sets["test"] = fixed_subset(test, args.eval_examples, args.seed)
+    extra = {"data": args.data, "normalize": args.normalize, "size": args.size, "seed": args.seed,
+             "eval_examples": {k: len(d) for k, d in eval_sets.items()}, "train": dataclasses.asdict(config)}
+
+    def report(t: int, path: Path, info: dict) -> None:
+        parts = [f"iteration {t}: train loss {info['train_loss']:.4f} accuracy {info['train_accuracy']:.4f}"]
+        if "test_accuracy" in info:
+            parts.append(f"test accuracy {info['test_accuracy']:.4f}")
+        print(", ".join(parts) + f" -> {path}", flush=True)
+
+    resumed = (out / TRAIN_STATE).is_file()
+    print(f"train {name} on {args.data} ({len(train)} examples, {config.iterations} iterations) -> {out}"
+          + (" (resuming)" if resumed else ""), flush=True)
+    model.to(dev)
+    with run_directory(out):
+        if not known:
+            atomic_write_text(out / TRAIN_RUN_CONFIG, json.dumps(run, indent=2, sort_keys=True) + "\n")
+        try:
+            checkpoints = train_with_checkpoints(
+                model, train.images(), train.labels, config, out, name=name, model_kwargs=model_kwargs,
+                checkpoint_every=args.checkpoint_every, state_every=args.state_every,
+                eval_sets={k: (d.images(), d.labels) for k, d in eval_sets.items()}, extra=extra,
+                on_checkpoint=report, progress=args.progress,
+            )
+        except KeyboardInterrupt:
+            return interrupted(out)
+    print(f"done: {len(checkpoints)} model checkpoints in {out / 'checkpoints'}; final model {checkpoints[-1][1]}")
+    return 0
+
+
+def cmd_prune(args: argparse.Namespace) -> int:
+    from .. import parallel
+    from ..channels import prune_model, save_pruned
+    from ..data import load_dataset
+    from ..fileio import RunLock, check_writable_file
+    from ..metrics import measure_latency
+    from ..training.checkpoints import load_model
+
+    set_threads(args)
+    dev = device(args.device)
+    out = args.out or args.checkpoint.with_suffix(".pruned.pt")
+    check_writable_file(out, "--out")  # before the search, not after it
+    name = args.model.lower() if args.model else None
+    model, info = load_model(args.checkpoint, name=name, model_kwargs=dict(args.model_arg) or None,
+                             map_location=dev, trust_pickle=args.trust_pickle)
+    ds = load_dataset(args.data, normalize=args.normalize)
+    if ds.image_shape is None or len(ds.image_shape) != 3:
+        raise UsageError(f"--data {args.data} is not image data; use mnist5k, digits, mnist:DIR or cifar10:DIR")
+    if args.size is not None:
+        ds = fixed_subset(ds, args.size, args.seed)
+    images, labels = ds.images(), ds.labels
+    rule = {k: v for k, v in dict(epsilon=args.epsilon, accuracy_tolerance=args.accuracy_tolerance,
+                                  keep_ratio=args.keep_ratio, flops_target=args.flops_target).items()
+            if v is not None}
+    options = dict(candidates=None if args.all_candidates else args.candidates, replacement=args.replacement,
+                   batch_size=args.batch_size, seed=args.seed, device=dev, finetune_steps=args.finetune_steps,
+                   method=args.method, **rule)
+    with RunLock.for_file(out):
+        if "RANK" in os.environ and "WORLD_SIZE" in os.environ:  # launched by torchrun
+            parallel.init_process_group(timeout_s=args.timeout)
+            result = prune_model(model, (images, labels), distributed=True,
+                                 progress=not args.no_progress and parallel.is_main(), **options)
+            if not parallel.is_main():
+                return 0  # only rank 0 writes and reports
+        elif args.workers > 1:
+            print(f"pruning with {args.workers} worker processes")
+            result = parallel.launch(_prune_worker, args.workers, model, images, labels, options,
+                                     timeout_s=args.timeout, backend="nccl" if str(dev).startswith("cuda") else "gloo")
+        else:
+            result = prune_model(model, (images, labels), progress=not args.no_progress, **options)
+        stored_name = info.get("name") if not info.get("full_module") else None
+        save_pruned(out, result, name=stored_name, model_kwargs=info.get("model_kwargs") if stored_name else None,
+                    extra={"source": str(args.checkpoint), "data": args.data}, full_module=stored_name is None)
+    print(result.summary())
+    shape = (1, *images.shape[1:])
+    dense_lat = measure_latency(model.cpu(), shape, threads=1)["median"]
+    pruned_lat = measure_latency(result.model.cpu(), shape, threads=1)["median"]
+    print(f"latency     {dense_lat * 1e3:.2f} ms -> {pruned_lat * 1e3:.2f} ms ({pruned_lat / dense_lat:.3f}x; "
+          f"multiply-adds {result.ratio('macs'):.3f}x; batch 1, 1 thread, CPU median)")
+    print(f"wrote {out}")
+    return 0
+
+
+def _prune_worker(model, images, labels, options):
+    """One rank of ``greedyprune prune --workers P``: every rank searches; rank 0 returns the result."""
+    from ..channels import prune_model
+    from ..parallel import is_main
+
+    result = prune_model(model, (images, labels), distributed=True, **options)
+    return result if is_main() else None
