@@ -64,11 +64,12 @@ def test_groups_of_projection_resnet_are_residual_streams_and_block_convs():
     model = get_model("resnet20", seed=0).eval()
     _, groups = find_groups(model, torch.randn(1, 3, 32, 32))
     names = [g.name for g in groups]
-    # stage 1's stream holds the stem conv (skipped); stages 2 and 3 each have one stream group
+    # one stream group per stage: stage 1's holds the stem conv (pruned with the stream by default)
     stream = [g for g in groups if len(g.writers) > 1]
-    assert len(stream) == 2
-    assert {len(g.writers) for g in stream} == {4}  # shortcut conv + three blocks' conv2
-    assert sum(1 for n in names if n.endswith("conv1")) == 9
+    assert len(stream) == 3
+    assert [len(g.writers) for g in stream] == [4, 4, 4]  # stem / shortcut conv + three blocks' conv2
+    assert "conv1" in stream[0].writers
+    assert sum(1 for n in names if n.endswith("conv1")) == 9 + 1  # nine blocks' conv1 and the stem
     assert [g.order for g in groups] == sorted(g.order for g in groups)
 
 
@@ -193,14 +194,15 @@ def test_bad_input_errors():
 
 
 class _Scale(nn.Module):
-    """A per-channel learned scale Torch-Pruning has no pruner for."""
+    """A per-channel learned scale whose channels are NOT its last dimension: Torch-Pruning's default for
+    bare parameters (cut the last non-singleton dimension) would cut the wrong one."""
 
     def __init__(self, c):
         super().__init__()
-        self.gain = nn.Parameter(torch.ones(1, c, 1, 1))
+        self.gain = nn.Parameter(torch.ones(c, 3))
 
     def forward(self, x):
-        return x * self.gain
+        return x * self.gain.mean(1).view(1, -1, 1, 1)
 
 
 class _Custom(nn.Module):

@@ -1,49 +1,72 @@
-"""Multiply-add budgets over channel groups: what a network costs when each group keeps some channels."""
+"""Budgets over channel groups: what a network costs when each group keeps some channels, and how many
+channels each group keeps to meet a multiply-add or parameter budget.
+
+* :class:`CostModel` - multiply-adds or parameters as a function of the channels kept per group. A
+  layer's cost scales with the kept fraction of the group its outputs belong to and of the group its
+  inputs belong to (a depthwise convolution with its one group only).
+* :func:`uniform_keep_counts` - the same keep fraction in every group, the largest that fits.
+* :func:`allocate` - adaptive widths: starting from the dense network, repeatedly take a channel from
+  the group where it costs the least loss per unit of cost saved, read off each group's own loss curve
+  (the held-out loss against the number of channels kept, measured by greedy selection), until the
+  budget is met. Each group's width then follows its own loss curve, as in "Good Subnetworks Provably
+  Exist", instead of one fraction for all.
+"""
 from __future__ import annotations
+
+import heapq
+from typing import Sequence
 
 import torch
 from torch import nn
 
-from ..metrics import count_macs, layer_macs
+from ..metrics import count_macs, count_parameters, layer_macs
 from .groups import ChannelGroup, is_depthwise
 
-__all__ = ["MacModel", "uniform_keep_counts"]
+__all__ = ["CostModel", "allocate", "monotone_gaps", "uniform_keep_counts"]
 
 
-class MacModel:
-    """The network's multiply-adds as a function of the channels kept per group.
+class CostModel:
+    """Multiply-adds (``kind="macs"``) or parameters (``kind="params"``) as a function of the channels
+    kept per group: ``cost(kept) = fixed + sum_layers cost_layer * f_out * f_in`` with ``f`` the kept
+    fraction of the layer's output / input group (1 for layers outside every group)."""
 
-    A conv / linear layer's cost scales with the kept fraction of every group it writes (output channels)
-    or reads (input channels; depthwise convolutions scale only with their own channels), so
-    ``macs(kept) = fixed + sum_layers macs_layer * prod_{groups g of the layer} kept_g / D_g``.
-    """
-
-    def __init__(self, model: nn.Module, groups: list[ChannelGroup], example: torch.Tensor, DG):
-        self.per_layer = layer_macs(model, example)
-        self.dense = count_macs(model, example)
-        self.groups = groups
+    def __init__(self, model: nn.Module, groups: list[ChannelGroup], example: torch.Tensor, DG, kind: str = "macs"):
+        if kind not in ("macs", "params"):
+            raise ValueError(f"unknown cost {kind!r}; expected 'macs' or 'params'")
+        self.kind, self.groups = kind, groups
         names = {m: n for n, m in model.named_modules()}
-        self.factors: dict[str, list[ChannelGroup]] = {}
+        self.out_group: dict[str, ChannelGroup] = {}
+        self.in_group: dict[str, ChannelGroup] = {}
         for g in groups:
             for item in DG.get_pruning_group(g.root, g.root_fn, list(range(g.channels))):
                 module = item.dep.target.module
-                if not isinstance(module, (nn.Conv2d, nn.Linear)):
+                if not isinstance(module, nn.Module) or module not in names:
                     continue
-                if not DG.is_out_channel_pruning_fn(item.dep.handler) and is_depthwise(module):
-                    continue
-                layer = self.factors.setdefault(names[module], [])
-                if g not in layer:
-                    layer.append(g)
-        self.fixed = self.dense - sum(self.per_layer.get(n, 0) for n in self.factors)
+                name = names[module]
+                if DG.is_out_channel_pruning_fn(item.dep.handler):
+                    self.out_group[name] = g
+                elif DG.is_in_channel_pruning_fn(item.dep.handler) and not is_depthwise(module):
+                    self.in_group[name] = g
+        if kind == "macs":
+            self.per_layer = {n: c for n, c in layer_macs(model, example).items()}
+            self.total = count_macs(model, example)
+        else:
+            self.per_layer = {n: sum(p.numel() for p in m.parameters(recurse=False))
+                              for n, m in model.named_modules() if n and next(m.parameters(recurse=False), None)
+                              is not None}
+            self.total = count_parameters(model)
+        layers = set(self.out_group) | set(self.in_group)
+        self.fixed = self.total - sum(self.per_layer.get(n, 0) for n in layers)
+        self.layers = sorted(layers)
 
-    def macs(self, kept: dict[str, int]) -> float:
-        """Multiply-adds with ``kept[group.name]`` channels in each group (groups not named stay whole)."""
+    def cost(self, kept: dict[str, int]) -> float:
+        """The cost with ``kept[group.name]`` channels in each group (groups not named stay whole)."""
+        def fraction(g: ChannelGroup | None) -> float:
+            return 1.0 if g is None else kept.get(g.name, g.channels) / g.channels
+
         total = float(self.fixed)
-        for name, gs in self.factors.items():
-            f = 1.0
-            for g in gs:
-                f *= kept.get(g.name, g.channels) / g.channels
-            total += self.per_layer.get(name, 0) * f
+        for name in self.layers:
+            total += self.per_layer.get(name, 0) * fraction(self.out_group.get(name)) * fraction(self.in_group.get(name))
         return total
 
     def uniform(self, r: float) -> dict[str, int]:
@@ -51,21 +74,85 @@ class MacModel:
         return {g.name: max(1, min(g.channels, round(r * g.channels))) for g in self.groups}
 
 
-def uniform_keep_counts(model: nn.Module, groups: list[ChannelGroup], example: torch.Tensor, target: float,
-                        DG) -> dict[str, int]:
+def uniform_keep_counts(model: nn.Module, groups: list[ChannelGroup], example: torch.Tensor, target: float, DG,
+                        kind: str = "macs") -> dict[str, int]:
     """Channels to keep per group, the same fraction r in every group, with r the largest for which the
-    pruned network's multiply-adds are at most ``target`` x the dense network's."""
-    cost = MacModel(model, groups, example, DG)
-    budget = target * cost.dense
-    if cost.macs(cost.uniform(0.0)) > budget:
-        raise ValueError(f"flops_target={target} is not reachable: keeping one channel in every prunable group still "
-                         f"costs {cost.macs(cost.uniform(0.0)) / cost.dense:.3f} of the dense multiply-adds (the "
-                         f"skipped layers alone); raise flops_target or skip fewer layers")
+    pruned network's cost is at most ``target`` x the dense network's."""
+    model_cost = CostModel(model, groups, example, DG, kind)
+    budget = target * model_cost.total
+    floor = model_cost.cost(model_cost.uniform(0.0))
+    if floor > budget:
+        raise ValueError(f"{_name(kind)}={target} is not reachable: keeping one channel in every prunable group "
+                         f"still costs {floor / model_cost.total:.3f} of the dense network's {_what(kind)} (the "
+                         f"skipped layers alone); raise the target or skip fewer layers")
     lo, hi = 0.0, 1.0
     for _ in range(40):
         mid = (lo + hi) / 2
-        if cost.macs(cost.uniform(mid)) <= budget:
+        if model_cost.cost(model_cost.uniform(mid)) <= budget:
             lo = mid
         else:
             hi = mid
-    return cost.uniform(lo)
+    return model_cost.uniform(lo)
+
+
+def monotone_gaps(losses: Sequence[float], unpruned: float) -> list[float]:
+    """``gap[k-1]`` for k = 1..D channels kept: the held-out loss with k channels minus the unpruned loss,
+    made non-increasing in k (a running minimum) so that noise never makes a wider group look worse."""
+    out, best = [], float("inf")
+    for value in losses:
+        best = min(best, float(value) - unpruned)
+        out.append(best)
+    return out
+
+
+def allocate(model_cost: CostModel, gaps: dict[str, list[float]], target: float) -> dict[str, int]:
+    """Channels per group for a cost of at most ``target`` x the dense network's, by greedy marginal
+    analysis: remove, one channel at a time, the channel whose removal raises its group's loss gap the
+    least per unit of cost it saves. ``gaps[group]`` as from :func:`monotone_gaps` (length D).
+
+    Raises ValueError naming the closest reachable fraction when one channel per group is still too much.
+    """
+    budget = target * model_cost.total
+    groups = {g.name: g for g in model_cost.groups}
+    kept = {name: g.channels for name, g in groups.items()}
+    for name, curve in gaps.items():
+        if len(curve) != groups[name].channels:
+            raise ValueError(f"loss curve of group {name!r} has {len(curve)} points for {groups[name].channels} "
+                             f"channels")
+    floor = model_cost.cost({name: 1 for name in groups})
+    if floor > budget:
+        raise ValueError(f"a budget of {target} is not reachable: keeping one channel in every prunable group still "
+                         f"costs {floor / model_cost.total:.3f} of the dense network (closest reachable); raise the "
+                         f"target or skip fewer layers")
+    cost = model_cost.cost(kept)
+
+    def price(name: str) -> tuple[float, float]:
+        k = kept[name]
+        curve = gaps.get(name)
+        trial = dict(kept)
+        trial[name] = k - 1
+        saved = cost - model_cost.cost(trial)
+        rise = max(curve[k - 2] - curve[k - 1], 0.0) if curve is not None else 0.0
+        return (rise / saved if saved > 0 else float("inf")), saved
+
+    heap = [(price(n)[0], n) for n in groups if kept[n] > 1]
+    heapq.heapify(heap)
+    while cost > budget and heap:
+        value, name = heapq.heappop(heap)
+        fresh, saved = price(name)  # the other groups' widths may have changed this channel's cost
+        if heap and fresh > heap[0][0] + 1e-15:
+            heapq.heappush(heap, (fresh, name))
+            continue
+        kept[name] -= 1
+        cost -= saved
+        if kept[name] > 1:
+            heapq.heappush(heap, (price(name)[0], name))
+    return kept
+
+
+def _name(kind: str) -> str:
+    return "flops_target" if kind == "macs" else "params_target"
+
+
+def _what(kind: str) -> str:
+    return "multiply-adds" if kind == "macs" else "parameters"

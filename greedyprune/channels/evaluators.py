@@ -14,6 +14,7 @@ whole network on this batch when the group's channels are scaled by ``rows[c]``"
 """
 from __future__ import annotations
 
+import contextlib
 import warnings
 from typing import Protocol
 
@@ -23,8 +24,9 @@ import torch.nn.functional as F
 from torch import nn
 from torch.nn.utils.fusion import fuse_conv_bn_weights
 
+from .bn import BATCH_NORMS, batch_statistics, per_candidate_batch_norm
 from .groups import ChannelGroup
-from .masks import apply_masks, reader_scale, scale_input
+from .masks import apply_masks, channel_view, reader_scale, reads_last_dim, scale_input
 
 __all__ = ["Evaluator", "FastEvaluator", "ReferenceEvaluator", "checked", "step_rows", "trace"]
 
@@ -59,10 +61,14 @@ class Evaluator(Protocol):
 
 
 class ReferenceEvaluator:
-    """One full forward of the masked network per candidate (the public implementation's way)."""
+    """One full forward of the masked network per candidate (the public implementation's way).
 
-    def __init__(self, model: nn.Module, group: ChannelGroup):
-        self.model, self.group = model, group
+    ``bn="batch"`` normalises every batch norm with the statistics of the batch (see
+    :class:`~greedyprune.channels.bn.batch_statistics`); ``"running"`` uses the stored statistics.
+    """
+
+    def __init__(self, model: nn.Module, group: ChannelGroup, bn: str = "running"):
+        self.model, self.group, self.bn = model, group, bn
 
     def prepare(self, x: torch.Tensor) -> None:
         self.x = x
@@ -70,11 +76,15 @@ class ReferenceEvaluator:
     def evaluate(self, rows: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         losses, accs = [], []
         for s in rows:
-            with apply_masks(self.model, {self.group: s}):
+            with apply_masks(self.model, {self.group: s}), _bn_mode(self.model, self.bn):
                 ce, acc = per_candidate(self.model(self.x), y, 1)
             losses.append(ce)
             accs.append(acc)
         return torch.cat(losses), torch.cat(accs)
+
+
+def _bn_mode(model: nn.Module, bn: str):
+    return batch_statistics(model) if bn == "batch" else contextlib.nullcontext()
 
 
 def trace(model: nn.Module) -> fx.Graph:
@@ -83,10 +93,15 @@ def trace(model: nn.Module) -> fx.Graph:
 
 
 class FastEvaluator:
-    """Upstream of the group's readers once per batch; downstream per candidate, candidates stacked."""
+    """Upstream of the group's readers once per batch; downstream per candidate, candidates stacked.
 
-    def __init__(self, model: nn.Module, graph: fx.Graph, group: ChannelGroup, stack_elements: int):
-        self.model, self.group, self.stack_elements = model, group, stack_elements
+    With ``bn="batch"`` batch norms use batch statistics: upstream ones the batch's, downstream ones each
+    candidate's own (:func:`~greedyprune.channels.bn.per_candidate_batch_norm`); nothing is folded then.
+    """
+
+    def __init__(self, model: nn.Module, graph: fx.Graph, group: ChannelGroup, stack_elements: int,
+                 bn: str = "running"):
+        self.model, self.group, self.stack_elements, self.bn = model, group, stack_elements, bn
         self.named = dict(model.named_modules())
         self.readers = {name: (idx, root) for name, idx, root in group.readers}
         self.nodes = list(graph.nodes)
@@ -104,7 +119,10 @@ class FastEvaluator:
         # the independent values the downstream part reads
         self.needed = {i for n in self.nodes if n in self.dependent for i in n.all_input_nodes
                        if i not in self.dependent}
-        self.fused, self.passthrough = self._fuse_batch_norms()
+        self.fused, self.passthrough = self._fuse_batch_norms() if bn == "running" else ({}, set())
+        self.batch_norms = {n for n in self.dependent if n.op == "call_module" and bn == "batch"
+                            and isinstance(self.named[n.target], BATCH_NORMS) and self.named[n.target].track_running_stats
+                            and len(n.args) == 1 and not n.kwargs}
         self.per_sample = None
 
     def _fuse_batch_norms(self) -> tuple[dict, set]:
@@ -156,19 +174,20 @@ class FastEvaluator:
         if x.dim() == 4 and x.device.type == "cpu":
             x = x.contiguous(memory_format=torch.channels_last)  # faster CPU convolutions; values unchanged
         keep = {}
-        for i, n in enumerate(self.nodes):
-            if n in self.dependent or n.op == "output":
-                continue
-            if n.op == "placeholder":
-                env[n] = x
-            else:
-                env[n] = self._run(n, fx.node.map_arg(n.args, lambda a: env[a]),
-                                   fx.node.map_arg(n.kwargs, lambda a: env[a]))
-            if n in self.needed:
-                keep[n] = env[n]
-            for a in n.all_input_nodes:
-                if last_use.get(a) == i and a not in self.needed:
-                    env.pop(a, None)
+        with _bn_mode(self.model, self.bn):
+            for i, n in enumerate(self.nodes):
+                if n in self.dependent or n.op == "output":
+                    continue
+                if n.op == "placeholder":
+                    env[n] = x
+                else:
+                    env[n] = self._run(n, fx.node.map_arg(n.args, lambda a: env[a]),
+                                       fx.node.map_arg(n.kwargs, lambda a: env[a]))
+                if n in self.needed:
+                    keep[n] = env[n]
+                for a in n.all_input_nodes:
+                    if last_use.get(a) == i and a not in self.needed:
+                        env.pop(a, None)
         self.cache = keep
 
     def _forward(self, rows: torch.Tensor, record: bool = False) -> torch.Tensor:
@@ -201,6 +220,8 @@ class FastEvaluator:
                 env[n] = self._reader(n, rows, value)
             elif n in self.fused:
                 env[n] = self._call_layer(n, value(n.args[0]))
+            elif n in self.batch_norms:
+                env[n] = per_candidate_batch_norm(value(n.args[0]), self.named[n.target], K)
             else:
                 env[n] = self._run(n, fx.node.map_arg(n.args, value), fx.node.map_arg(n.kwargs, value))
             if record and isinstance(env[n], torch.Tensor):
@@ -219,12 +240,11 @@ class FastEvaluator:
         x = value(x_node) if x_node in self.dependent else self.cache[x_node]
         idx, root = self.readers[n.target]
         s = reader_scale(module, idx, root, rows).to(x.dtype)
+        last = reads_last_dim(module)
         if x_node not in self.dependent and K > 1:
-            x = x.unsqueeze(0)
-            view = (1, s.shape[1]) + (1,) * (x.dim() - 3)
-            x = (x * s.reshape(K, *view)).reshape(K * B, *x.shape[2:])
+            x = (x.unsqueeze(0) * s.reshape(channel_view(K, s.shape[1], x.dim(), last))).reshape(K * B, *x.shape[1:])
         else:
-            x = scale_input(x, s, K)
+            x = scale_input(x, s, K, last)
         if len(n.args) == 1 and not n.kwargs:
             return self._call_layer(n, x)
         return module(x, *fx.node.map_arg(n.args[1:], value), **fx.node.map_arg(n.kwargs, value))
@@ -250,7 +270,7 @@ def checked(evaluator: FastEvaluator, model: nn.Module, group: ChannelGroup, x: 
             rows: torch.Tensor, strict: bool):
     """``evaluator`` if it agrees with full masked forwards on ``rows`` (and the unpruned group), else a
     :class:`ReferenceEvaluator` with a warning - or, with ``strict``, an error."""
-    ref = ReferenceEvaluator(model, group)
+    ref = ReferenceEvaluator(model, group, evaluator.bn)
     ref.prepare(x)
     probe = torch.cat([rows, torch.ones(1, rows.shape[1], device=rows.device)])
     try:

@@ -18,7 +18,8 @@ from torch import nn
 
 from .groups import ChannelGroup, refresh_group
 
-__all__ = ["apply_masks", "fold_and_remove", "group_scales", "reader_scale", "scale_input"]
+__all__ = ["apply_masks", "channel_view", "fold_and_remove", "group_scales", "reader_scale", "reads_last_dim",
+           "scale_input"]
 
 
 def reader_scale(module: nn.Module, idx: torch.Tensor, root: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
@@ -29,12 +30,24 @@ def reader_scale(module: nn.Module, idx: torch.Tensor, root: torch.Tensor, scale
     return out
 
 
-def scale_input(x: torch.Tensor, s: torch.Tensor, K: int) -> torch.Tensor:
-    """x: (K*B, C, ...) or (B, C, ...) with K == 1 broadcast; s: (K, C). Returns (K*B, C, ...)."""
+def channel_view(K: int, C: int, dims: int, last: bool) -> tuple[int, ...]:
+    """The shape that broadcasts (K, C) scales over a (K, B, ...) stack of inputs with ``dims`` dimensions
+    per batch: channels in dimension 1 (convolutions), or in the last one (``last``: linear layers, which
+    read the last dimension - (batch, tokens, features) inputs included)."""
+    return (K, 1) + ((1,) * (dims - 2) + (C,) if last else (C,) + (1,) * (dims - 2))
+
+
+def reads_last_dim(module: nn.Module) -> bool:
+    """Whether a reader mixes its input's last dimension (linear layers) rather than dimension 1."""
+    return isinstance(module, nn.Linear)
+
+
+def scale_input(x: torch.Tensor, s: torch.Tensor, K: int, last: bool = False) -> torch.Tensor:
+    """x: (K*B, C, ...) - or (K*B, ..., C) with ``last`` - or (B, ...) with K == 1; s: (K, C)."""
     if x.shape[0] % K:
         raise RuntimeError("stacked batch is not a multiple of the number of candidates")
     B = x.shape[0] // K
-    view = (K, 1, s.shape[1]) + (1,) * (x.dim() - 2)
+    view = channel_view(K, s.shape[1], x.dim(), last)
     return (x.reshape(K, B, *x.shape[1:]) * s.reshape(view)).reshape(K * B, *x.shape[1:])
 
 
@@ -65,8 +78,10 @@ class apply_masks:
             for idx, root, scale in parts:
                 part = reader_scale(module, idx, root, scale.reshape(1, -1))
                 s = part if s is None else s * part
+            last = reads_last_dim(module)
             self.hooks.append(module.register_forward_pre_hook(
-                lambda mod, args, s=s: (scale_input(args[0], s.to(args[0].dtype), 1),) + tuple(args[1:])))
+                lambda mod, args, s=s, last=last: (scale_input(args[0], s.to(args[0].dtype), 1, last),)
+                + tuple(args[1:])))
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -94,6 +109,13 @@ def fold_and_remove(DG, model: nn.Module, group: ChannelGroup, counts: torch.Ten
         for name, idx, root in group.readers:
             module = named[name]
             s = reader_scale(module, idx, root, scale)[0].to(module.weight.dtype)
+            groups = getattr(module, "groups", 1)
+            if groups > 1:  # a grouped conv's weight holds in_channels / groups inputs, the same in every group
+                per_group = s.reshape(groups, -1)
+                if not torch.equal(per_group, per_group[:1].expand_as(per_group)):
+                    raise ValueError(f"group {group.name!r}: the scales of grouped convolution {name!r} differ between "
+                                     f"its conv groups; select its channels in units (ChannelGroup.units)")
+                s = per_group[0]
             shape = (1, -1) + (1,) * (module.weight.dim() - 2)
             module.weight.mul_(s.to(module.weight.device).reshape(shape))
     remove = [i for i in range(group.channels) if int(counts[i]) == 0]

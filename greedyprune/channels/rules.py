@@ -21,8 +21,8 @@ from typing import Protocol
 
 from ..checks import check_number
 
-__all__ = ["AccuracyTolerance", "FlopsTarget", "KeepCounts", "KeepRatio", "LossGap", "PlanContext", "Step",
-           "StoppingRule", "rule_from_options"]
+__all__ = ["AccuracyTolerance", "Budget", "FlopsTarget", "KeepCounts", "KeepRatio", "LossGap", "ParamsTarget",
+           "PlanContext", "Step", "StoppingRule", "rule_from_options"]
 
 
 @dataclass
@@ -41,12 +41,15 @@ class Step:
 
 @dataclass
 class PlanContext:
-    """What a rule may read once before the search: the model, its groups, an example input, the graph."""
+    """What a rule may read once before the search: the model, its groups, an example input, the graph,
+    and ``curves()``: every group's held-out loss after each greedy step on the dense network, grown to
+    its full width, with the unpruned loss (``{group: (losses, unpruned_loss)}``; computed on first call)."""
 
     model: object
     groups: list
     example: object
     graph: object
+    curves: object = None
     extra: dict = field(default_factory=dict)
 
 
@@ -127,32 +130,72 @@ class KeepRatio(KeepCounts):
         self.targets = {g.name: max(1, min(g.channels, round(self.value * g.channels))) for g in context.groups}
 
 
-class FlopsTarget(KeepCounts):
-    """Keep this fraction of the dense network's multiply-adds with the same keep fraction in every group:
-    the largest fraction that meets the target (see :func:`~greedyprune.channels.budget.uniform_keep_counts`)."""
+class Budget(KeepCounts):
+    """Keep ``target`` (a fraction in (0, 1)) of the dense network's multiply-adds (``kind="macs"``) or
+    parameters (``kind="params"``).
 
-    name = "flops_target"
+    Adaptive (the default): every group's width follows its own loss curve. Before the search, each group
+    is grown by greedy selection on the dense network to its full width, recording the held-out loss
+    after every step; the widths are then allocated by marginal loss per unit of cost saved
+    (:func:`~greedyprune.channels.budget.allocate`), and the sequential search keeps that many channels
+    per group. ``uniform=True`` keeps the same fraction in every group instead, the largest that fits.
+    """
 
-    def __init__(self, target: float):
+    needs_curves = True
+
+    def __init__(self, target: float, kind: str = "macs", uniform: bool = False, curves: dict | None = None):
+        keyword = "flops_target" if kind == "macs" else "params_target"
         if isinstance(target, (int, float)) and not isinstance(target, bool) and target >= 1:
-            raise ValueError(f"flops_target must be a fraction in (0, 1) of the dense network's multiply-adds; "
-                             f"got {target!r}, which is not below the dense network (1.0)")
-        self.value = check_number("flops_target", target, low=0, high=1, low_open=True, high_open=True)
+            raise ValueError(f"{keyword} must be a fraction in (0, 1) of the dense network's "
+                             f"{'multiply-adds' if kind == 'macs' else 'parameters'}; got {target!r}, which is not "
+                             f"below the dense network (1.0)")
+        self.value = check_number(keyword, target, low=0, high=1, low_open=True, high_open=True)
+        if not isinstance(uniform, bool):
+            raise TypeError(f"uniform must be True or False, got {uniform!r}")
+        self.name, self.kind, self.uniform = keyword, kind, uniform
+        self.needs_curves = not uniform
+        self.allocated_cost: float | None = None
+        self.curves = curves
         super().__init__({})
 
     def plan(self, context: PlanContext) -> None:
-        from .budget import uniform_keep_counts
+        from .budget import CostModel, allocate, monotone_gaps, uniform_keep_counts
 
-        self.targets = uniform_keep_counts(context.model, context.groups, context.example, self.value,
-                                           context.graph)
+        if self.uniform:
+            self.targets = uniform_keep_counts(context.model, context.groups, context.example, self.value,
+                                               context.graph, self.kind)
+            return
+        cost = CostModel(context.model, context.groups, context.example, context.graph, self.kind)
+        if self.curves is None:
+            self.curves = context.curves()
+        curves = self.curves
+        unknown = sorted(set(curves) ^ {g.name for g in context.groups})
+        if unknown:
+            raise ValueError(f"the loss curves given do not match the model's groups ({unknown[:5]}); pass curves "
+                             f"measured on this model with the same skip")
+        gaps = {name: monotone_gaps(losses, unpruned) for name, (losses, unpruned) in curves.items()}
+        self.targets = allocate(cost, gaps, self.value)
+        self.allocated_cost = cost.cost(self.targets) / cost.total
+
+
+def FlopsTarget(target: float, uniform: bool = False, curves: dict | None = None) -> Budget:
+    """A multiply-add budget (see :class:`Budget`). ``curves`` reuses the loss curves another run measured
+    (``rule.curves`` after that run): they do not depend on the budget."""
+    return Budget(target, "macs", uniform, curves)
+
+
+def ParamsTarget(target: float, uniform: bool = False, curves: dict | None = None) -> Budget:
+    """A parameter budget (see :class:`Budget`)."""
+    return Budget(target, "params", uniform, curves)
 
 
 _KEYWORDS = {"epsilon": LossGap, "accuracy_tolerance": AccuracyTolerance, "keep_ratio": KeepRatio,
-             "flops_target": FlopsTarget}
+             "flops_target": FlopsTarget, "params_target": ParamsTarget}
 
 
-def rule_from_options(rule: StoppingRule | None = None, **options) -> StoppingRule:
-    """The rule given, or the one named by a keyword shortcut (default ``accuracy_tolerance=0.02``)."""
+def rule_from_options(rule: StoppingRule | None = None, *, uniform: bool = False, **options) -> StoppingRule:
+    """The rule given, or the one named by a keyword shortcut (default ``accuracy_tolerance=0.02``).
+    ``uniform`` applies to the budget shortcuts (``flops_target``, ``params_target``)."""
     given = {k: v for k, v in options.items() if v is not None}
     if rule is not None:
         if given:
@@ -167,4 +210,8 @@ def rule_from_options(rule: StoppingRule | None = None, **options) -> StoppingRu
     if not given:
         return AccuracyTolerance(0.02)
     (key, value), = given.items()
+    if key in ("flops_target", "params_target"):
+        return _KEYWORDS[key](value, uniform=uniform)
+    if uniform:
+        raise ValueError(f"uniform=True applies to flops_target / params_target, not to {key}")
     return _KEYWORDS[key](value)

@@ -6,8 +6,20 @@ at a time, from input to output. For a group with D channels a multiset S of cha
 while searching, channel j is seen by the layers that read the group scaled by ``D * count_j / |S|``
 (0 when not chosen), and each step adds the candidate channel that gives the lowest cross-entropy of
 the *whole* network on a mini-batch, all other layers fixed, until the stopping rule holds. The group is
-then folded and physically removed (``masks.py``), and the network optionally fine-tuned briefly,
-before the next group.
+then folded and physically removed (``masks.py``), checked against the masked network, its batch-norm
+statistics re-estimated, and the network optionally fine-tuned briefly, before the next group.
+
+Batch norms. By default (``bn="batch"``) every candidate is scored with the batch norms normalising by
+the statistics of what they see - as if the network had been recalibrated for that candidate - and the
+running statistics are re-estimated on a fixed calibration subset after every group and at the end
+(``recalibrate``). Scoring against the dense network's stale statistics instead (``bn="running"``, no
+recalibration, the public implementation's way) makes the search optimise a network that is not the one
+returned: on an MNIST ResNet-20 at half its multiply-adds, recalibrating such a result afterwards
+*lowered* its accuracy (0.871 -> 0.754).
+
+Stopping rules that compare with the unpruned group (``epsilon``, ``accuracy_tolerance``) and the loss
+curves of adaptive budgets are measured on a fixed held-out subset of the training data (``holdout``
+examples), not on the step's noisy batch.
 """
 from __future__ import annotations
 
@@ -26,15 +38,19 @@ from ..result import PruneResult
 from ..selection import draw_candidates
 from ..training.loop import evaluate, train_step
 from .batches import Batches
+from .bn import has_batch_norm, recalibrate_bn
 from .evaluators import (CPU_STACK_ELEMENTS, GPU_STACK_ELEMENTS, FastEvaluator, ReferenceEvaluator, checked,
                          step_rows, trace)
-from .groups import ChannelGroup, find_groups, refresh_group
-from .masks import fold_and_remove
+from .groups import ChannelGroup, UnsupportedLayerError, find_groups, refresh_group
+from .groups import execution_order
+from .masks import apply_masks, fold_and_remove, group_scales
+from .preflight import preflight
 from .rules import PlanContext, Step, StoppingRule, rule_from_options
 
-__all__ = ["METHODS", "SearchOptions", "prune_model"]
+__all__ = ["BN_MODES", "METHODS", "SearchOptions", "prune_model"]
 
 METHODS = ("auto", "fast", "reference")
+BN_MODES = ("auto", "batch", "running")
 
 
 @dataclass
@@ -48,9 +64,16 @@ class SearchOptions:
     seed: int = 0
     finetune_steps: int = 0
     finetune_lr: float = 0.01
+    finetune_weight_decay: float = 5e-4
     method: str = "auto"
     eval_examples: int = 1024
     stack_elements: int | None = None
+    bn: str = "auto"
+    recalibrate: int = 512
+    holdout: int | None = None
+    check: bool = True
+    step: int = 1
+    curve_points: int = 32
 
     def validate(self) -> None:
         self.candidates = check_int("candidates", self.candidates, 1, allow_none=True)
@@ -61,9 +84,43 @@ class SearchOptions:
         self.seed = check_int("seed", self.seed, 0)
         self.finetune_steps = check_int("finetune_steps", self.finetune_steps, 0)
         self.finetune_lr = check_number("finetune_lr", self.finetune_lr, low=0, low_open=True)
+        self.finetune_weight_decay = check_number("finetune_weight_decay", self.finetune_weight_decay, low=0)
         check_choice("method", self.method, METHODS)
+        check_choice("bn", self.bn, BN_MODES)
         self.eval_examples = check_int("eval_examples", self.eval_examples, 1)
         self.stack_elements = check_int("stack_elements", self.stack_elements, 1, allow_none=True)
+        self.recalibrate = check_int("recalibrate", self.recalibrate, 0)
+        self.holdout = check_int("holdout", self.holdout, 0, allow_none=True)
+        self.step = check_int("step", self.step, 1)
+        self.curve_points = check_int("curve_points", self.curve_points, 2)
+        if not isinstance(self.check, bool):
+            raise TypeError(f"check must be True or False, got {self.check!r}")
+
+
+class _Search:
+    """Everything one pruning run shares: the model, its graph, the data subsets, the options."""
+
+    def __init__(self, model, DG, graph, batches: Batches, options: SearchOptions, split, device,
+                 calibration: torch.Tensor | None, holdout: tuple | None, check_x: torch.Tensor):
+        self.model, self.DG, self.graph, self.batches = model, DG, graph, batches
+        self.options, self.split, self.device = options, split, device
+        self.calibration, self.holdout, self.check_x = calibration, holdout, check_x
+
+    def evaluator(self, group: ChannelGroup):
+        opts = self.options
+        if self.graph is not None:
+            try:
+                return FastEvaluator(self.model, self.graph, group, opts.stack_elements, bn=opts.bn)
+            except RuntimeError as exc:
+                if opts.method == "fast":
+                    raise
+                warnings.warn(f"group {group.name!r}: fast search unavailable ({exc}); using the reference search",
+                              stacklevel=3)
+        return ReferenceEvaluator(self.model, group, bn=opts.bn)
+
+    def recalibrate(self) -> None:
+        if self.calibration is not None:
+            recalibrate_bn(self.model, self.calibration, self.options.batch_size)
 
 
 def prune_model(
@@ -75,6 +132,8 @@ def prune_model(
     accuracy_tolerance: float | None = None,
     keep_ratio: float | None = None,
     flops_target: float | None = None,
+    params_target: float | None = None,
+    uniform: bool = False,
     candidates: int | None = 50,
     replacement: bool = False,
     batch_size: int = 128,
@@ -83,11 +142,19 @@ def prune_model(
     device: str | torch.device | None = None,
     skip: Iterable | None = None,
     extra_skip: Iterable = (),
+    bn: str = "auto",
+    recalibrate: int = 512,
+    holdout: int | None = None,
     finetune_steps: int = 0,
     finetune_lr: float = 0.01,
+    finetune_weight_decay: float = 5e-4,
     method: str = "auto",
     eval_examples: int = 1024,
     stack_elements: int | None = None,
+    check: bool = True,
+    unsupported: str = "error",
+    step: int = 1,
+    curve_points: int = 32,
     inplace: bool = False,
     progress: bool = False,
     distributed: bool = False,
@@ -101,27 +168,47 @@ def prune_model(
         data: a DataLoader (or any iterable of ``(inputs, labels)`` batches, cycled) or an ``(X, y)``
             pair of tensors (X already shaped as the model's input, y integer labels). Inputs must be finite.
         rule: a stopping rule object (:mod:`greedyprune.channels.rules`), or one keyword shortcut:
-        epsilon: stop a group when its pruned loss is within this relative gap of the loss with the
-            group unpruned, on the same batch: ``(loss_S - loss_full) <= epsilon * loss_full``.
-        accuracy_tolerance: stop when top-1 accuracy is at least ``(1 - tolerance)`` x the unpruned
-            accuracy on the batch (the public implementation uses 0.02). The default rule when none
-            is given.
+        epsilon: stop a group when its held-out loss is within this relative gap of the loss with the
+            group unpruned: ``(loss_S - loss_full) <= epsilon * loss_full``.
+        accuracy_tolerance: stop when held-out top-1 accuracy is at least ``(1 - tolerance)`` x the
+            unpruned accuracy (the public implementation uses 0.02). The default rule when none is given.
         keep_ratio: keep this fraction of each group's channels (at least one).
-        flops_target: keep this fraction (0, 1) of the dense network's multiply-adds: the same
-            keep fraction in every pruned group, the largest that meets the target.
+        flops_target, params_target: keep this fraction (0, 1) of the dense network's multiply-adds or
+            parameters. By default each group's width follows its own loss curve (see
+            :class:`~greedyprune.channels.rules.Budget`); ``uniform=True`` keeps the same fraction in every
+            group instead.
         candidates: channels evaluated per step (a seeded random subset), or None for all.
         replacement: allow a channel to be chosen more than once (its scale grows).
         batch_size: examples per step (when ``data`` is an (X, y) pair).
         max_steps: cap on steps per group (default: D without replacement, 2 D with).
-        seed: seeds the candidate subsets and the batches.
+        seed: seeds the candidate subsets, the batches and the held-out / calibration subsets.
         device: where to search (default: the model's device).
-        skip: layers whose groups stay whole; None = first conv, classifier and
-            ``model.greedyprune_skip_layers()``. ``extra_skip`` adds to it.
-        finetune_steps, finetune_lr: SGD steps (momentum 0.9) after each group; 0 = none.
+        skip: layers whose groups stay whole; None = the classifier, the input layer when its outputs
+            are a group of their own (a stem that writes a residual stream is pruned with the stream),
+            and ``model.greedyprune_skip_layers()``. ``extra_skip`` adds to it.
+        bn: "batch" (candidates scored with batch-statistics batch norms), "running" (with the stored
+            statistics), or "auto" (batch when the model has batch norms).
+        recalibrate: examples of the calibration subset the batch-norm statistics are re-estimated on
+            after every group and at the end; 0 = never.
+        holdout: examples of the fixed held-out subset on which the rules that compare with the unpruned
+            group and the loss curves of adaptive budgets are measured; 0 = the step's batch; None (default)
+            = 512, or a quarter of a smaller data set. From an (X, y) pair they are set aside (not used for
+            the search); from a loader they are its first examples. Unused by the other rules.
+        finetune_steps, finetune_lr, finetune_weight_decay: SGD steps (momentum 0.9) after each group; 0 =
+            none. The public implementation uses about 0.1 epoch at lr 2.5e-3 and weight decay 4e-5.
         method: "fast" (stacked downstream-only evaluation), "reference" (full masked forward per
             candidate), or "auto" (fast, falling back to reference with a warning).
         eval_examples: size of the fixed set the report's before/after loss and accuracy use.
         stack_elements: memory cap of the stacked forward: elements of its largest activation.
+        check: before the search, prune a copy group by group with random counts and compare it with the
+            masked copy (:func:`~greedyprune.channels.preflight.preflight`); after each group, compare the
+            physically pruned network with the masked one. A difference raises :class:`UnsupportedLayerError`.
+        unsupported: "error" (default) refuses a model with a group that cannot be masked and removed
+            exactly; "skip" leaves such groups whole, with a warning naming each and why.
+        step: channels (units) added per greedy step: the best ``step`` candidates of the step's scoring
+            (1 = the paper's one at a time; larger is faster and less exact).
+        curve_points: points of each group's loss curve for adaptive budgets (the curve is measured with
+            ``ceil(D / curve_points)`` channels added per step).
         inplace: prune ``model`` itself instead of a deep copy.
         progress: show a progress bar over groups.
         distributed: split each step's candidates across the ranks of the initialised
@@ -131,14 +218,16 @@ def prune_model(
 
     Returns:
         A :class:`~greedyprune.result.PruneResult`: the physically smaller ``model``, ``kept`` and
-        ``counts`` per group, one record per group in ``layers``, a before/after ``report`` and the
-        replayable pruning ``history``.
+        ``counts`` per group, one record per group in ``layers``, a before/after ``report`` (evaluated in
+        eval mode; after recalibration when ``recalibrate``) and the replayable pruning ``history``.
     """
-    stop = rule_from_options(rule, epsilon=epsilon, accuracy_tolerance=accuracy_tolerance, keep_ratio=keep_ratio,
-                             flops_target=flops_target)
+    stop = rule_from_options(rule, uniform=uniform, epsilon=epsilon, accuracy_tolerance=accuracy_tolerance,
+                             keep_ratio=keep_ratio, flops_target=flops_target, params_target=params_target)
     options = SearchOptions(candidates, replacement, batch_size, max_steps, seed, finetune_steps, finetune_lr,
-                            method, eval_examples, stack_elements)
+                            finetune_weight_decay, method, eval_examples, stack_elements, bn, recalibrate, holdout,
+                            check, step, curve_points)
     options.validate()
+    check_choice("unsupported", unsupported, ("error", "skip"))
     if not isinstance(model, nn.Module):
         raise TypeError(f"model must be an nn.Module, got {type(model).__name__}")
     start_time = time.perf_counter()
@@ -151,18 +240,28 @@ def prune_model(
         model = copy.deepcopy(model)
     device = _model_device(model) if device is None else as_device(device)
     model.to(device).eval()
-    batches = Batches(data, options.batch_size, options.seed, device)
+    if options.bn == "auto":
+        options.bn = "batch" if has_batch_norm(model) else "running"
+    needs_holdout = stop.needs_unpruned or getattr(stop, "needs_curves", False)
+    batches, holdout_set = _split_data(data, options, device, needs_holdout)
     eval_x, eval_y = batches.fixed(options.eval_examples)
     _check_model_accepts(model, eval_x, eval_y)
     example = eval_x[:1]
-    DG, groups = find_groups(model, example, skip, extra_skip=extra_skip)
+    _check_train_mode(model, eval_x[:2])
+    DG, groups = find_groups(model, example, skip, extra_skip=extra_skip, unsupported=unsupported)
+    if options.check:
+        groups = preflight(model, groups, example, skip, extra_skip, unsupported)
     if not groups:
         raise ValueError("no prunable channel group: every group holds a skipped layer; pass skip=[] or fewer layers")
     before = _measure(model, example, eval_x, eval_y)
-    stop.plan(PlanContext(model, groups, example, DG))
-    graph = _trace_for(model, options.method)
     if options.stack_elements is None:
         options.stack_elements = GPU_STACK_ELEMENTS if device.type == "cuda" else CPU_STACK_ELEMENTS
+    calibration = None
+    if options.recalibrate and has_batch_norm(model):
+        calibration = batches.fixed(options.recalibrate)[0]
+    search = _Search(model, DG, _trace_for(model, options.method), batches, options, split, device, calibration,
+                     holdout_set, eval_x[:8])
+    stop.plan(PlanContext(model, groups, example, DG, curves=lambda: loss_curves(search, groups)))
 
     kept, counts_out, records = {}, {}, []
     bar = groups
@@ -173,76 +272,227 @@ def prune_model(
     for gi, group in enumerate(bar):
         t0 = time.perf_counter()
         group = refresh_group(DG, model, group)
-        counts, record = search_group(model, group, batches, stop, options, graph, split, gi, device)
-        kept[group.name] = fold_and_remove(DG, model, group, counts)
+        counts, record = search_group(search, group, gi, stop)
+        kept[group.name] = _fold_checked(search, group, counts)
         counts_out[group.name] = counts.tolist()
-        finetune(model, batches, options.finetune_steps, options.finetune_lr)
+        search.recalibrate()
+        finetune(model, batches, options.finetune_steps, options.finetune_lr, options.finetune_weight_decay)
         record.update(kept=len(kept[group.name]), seconds=time.perf_counter() - t0)
         records.append(record)
         if progress:
             bar.set_postfix(group=group.name, kept=f"{len(kept[group.name])}/{group.channels}")
+    search.recalibrate()
     after = _measure(model, example, eval_x, eval_y)
     report = {f"{key}_{when}": value for when, m in (("before", before), ("after", after)) for key, value in m.items()}
-    report.update(eval_examples=int(eval_x.shape[0]), input_shape=list(example.shape[1:]), rule=stop.name, value=getattr(stop, "value", None),
+    report.update(eval_examples=int(eval_x.shape[0]), input_shape=list(example.shape[1:]), rule=stop.name,
+                  value=getattr(stop, "value", None), bn=options.bn, recalibrated=calibration is not None,
+                  holdout=0 if holdout_set is None else int(holdout_set[0].shape[0]),
                   seconds=time.perf_counter() - start_time)
     return PruneResult(model=model, kept=kept, counts=counts_out, report=report, layers=records,
                        history=[list(h) for h in DG.pruning_history()], method="gfs")
 
 
-def search_group(model: nn.Module, group: ChannelGroup, batches: Batches, stop: StoppingRule,
-                 options: SearchOptions, graph, split, index: int, device: torch.device) -> tuple[torch.Tensor, dict]:
-    """Grow one group's multiset until ``stop`` says so. Returns ``(counts, record)``."""
-    D = group.channels
-    evaluator = _evaluator_for(model, graph, group, options)
-    counts = torch.zeros(D, dtype=torch.long)
-    generator = torch.Generator().manual_seed(options.seed * 1_000_003 + index)
-    steps_cap = options.max_steps if options.max_steps is not None else (2 * D if options.replacement else D)
+def search_group(search: _Search, group: ChannelGroup, index: int, stop: StoppingRule | None,
+                 curve: list | None = None) -> tuple[torch.Tensor, dict]:
+    """Grow one group's multiset until ``stop`` says so (``None``: to its full width). Returns
+    ``(per-channel counts, record)``. With ``curve`` (a list), ``(channels kept, held-out loss, unpruned
+    held-out loss)`` is appended after every step. Channels tied in units (:attr:`ChannelGroup.units`) are
+    selected a unit at a time."""
+    opts, device, D, U = search.options, search.device, group.channels, group.num_units
+    units = None if group.units is None else group.units.to(device)
+
+    def widen(rows: torch.Tensor) -> torch.Tensor:  # (K, U) unit scales -> (K, D) channel scales
+        return rows if units is None else rows[:, units]
+
+    evaluator = search.evaluator(group)
+    held = None
+    if search.holdout is not None and (curve is not None or (stop is not None and stop.needs_unpruned)):
+        held = search.evaluator(group)
+        held.prepare(search.holdout[0])
+    counts = torch.zeros(U, dtype=torch.long)
+    generator = torch.Generator().manual_seed(opts.seed * 1_000_003 + index)
+    steps_cap = opts.max_steps if opts.max_steps is not None else (2 * U if opts.replacement else U)
     unpruned = torch.ones(1, D, device=device)
     last = Step(group.name, D, 0, 0, float("nan"), float("nan"))
+    held_unpruned = None
     with torch.inference_mode():
         for step in range(steps_cap):
-            pool = torch.arange(D) if options.replacement else torch.nonzero(counts == 0).flatten()
+            pool = torch.arange(U) if opts.replacement else torch.nonzero(counts == 0).flatten()
             if pool.numel() == 0:
                 break
-            x, y = batches.next()
-            cand = draw_candidates(generator, pool, options.candidates)
-            delta = D / (step + 1)
+            x, y = search.batches.next()
+            cand = draw_candidates(generator, pool, opts.candidates)
+            delta = U / (int(counts.sum()) + 1)
             base = (counts.to(torch.float32) * delta).to(device)
             if step == 0 and isinstance(evaluator, FastEvaluator):
-                evaluator = checked(evaluator, model, group, x, y, step_rows(base, cand[:2], delta),
-                                    strict=options.method == "fast")
+                evaluator = checked(evaluator, search.model, group, x, y, widen(step_rows(base, cand[:2], delta)),
+                                    strict=opts.method == "fast")
+                if held is not None and not isinstance(evaluator, FastEvaluator):
+                    held = ReferenceEvaluator(search.model, group, bn=opts.bn)
+                    held.prepare(search.holdout[0])
             evaluator.prepare(x)
 
             def score(share: torch.Tensor) -> torch.Tensor:
-                return torch.stack(evaluator.evaluate(step_rows(base, share, delta), y))
+                return torch.stack(evaluator.evaluate(widen(step_rows(base, share, delta)), y))
 
-            scores = score(cand) if split is None else split.evaluate(score, cand, 2, device)
+            scores = score(cand) if search.split is None else search.split.evaluate(score, cand, 2, device)
             losses, accs = scores[0].cpu(), scores[1].cpu()
             j = int(torch.argmin(losses))
-            counts[int(cand[j])] += 1
-            last = Step(group.name, D, step + 1, int((counts > 0).sum()), float(losses[j]), float(accs[j]))
-            if stop.needs_unpruned:
+            take = _step_size(opts.step, group, counts, stop, len(cand))
+            for i in torch.argsort(losses, stable=True)[:take].tolist():  # the best, then the next ones
+                counts[int(cand[i])] += 1
+            kept = int((group.channel_counts(counts) > 0).sum())
+            last = Step(group.name, D, step + 1, kept, float(losses[j]), float(accs[j]))
+            if held is not None:
+                hy = search.holdout[1]
+                if held_unpruned is None:
+                    held_unpruned = [float(v[0]) for v in held.evaluate(unpruned, hy)]
+                loss, acc = held.evaluate(widen(group_scales(counts).to(device).reshape(1, -1)), hy)
+                last.loss, last.accuracy = float(loss[0]), float(acc[0])
+                last.unpruned_loss, last.unpruned_accuracy = held_unpruned
+            elif stop is not None and stop.needs_unpruned:
                 full_loss, full_acc = evaluator.evaluate(unpruned, y)
                 last.unpruned_loss, last.unpruned_accuracy = float(full_loss[0]), float(full_acc[0])
-            if stop.stop(last):
+            if curve is not None:
+                curve.append((last.kept, last.loss, held_unpruned[0] if held_unpruned else float("nan")))
+            if stop is not None and stop.stop(last):
                 break
-    return counts, {"name": group.name, "channels": D, "steps": last.step, "rule": stop.name, "loss": last.loss,
-                    "accuracy": last.accuracy, "evaluator": "fast" if isinstance(evaluator, FastEvaluator)
-                    else "reference"}
+    rule = stop.name if stop is not None else "curve"
+    return group.channel_counts(counts), {
+        "name": group.name, "channels": D, "steps": last.step, "rule": rule, "loss": last.loss,
+        "accuracy": last.accuracy, "evaluator": "fast" if isinstance(evaluator, FastEvaluator) else "reference"}
 
 
-def finetune(model: nn.Module, batches: Batches, steps: int, lr: float) -> None:
-    """``steps`` SGD steps (momentum 0.9, weight decay 5e-4) on the next batches; the model ends in eval mode."""
+def _step_size(step: int, group: ChannelGroup, counts: torch.Tensor, stop, candidates: int) -> int:
+    """Units to add this step: ``step``, but no more than the candidates scored nor than a fixed target of
+    channels (a keep-count rule) still allows."""
+    take = min(step, candidates)
+    target = getattr(stop, "targets", {}).get(group.name) if stop is not None else None
+    if target is not None and take > 1:
+        per_unit = group.channels // group.num_units
+        kept = int((group.channel_counts(counts) > 0).sum())
+        take = max(1, min(take, -(-(target - kept) // per_unit)))
+    return take
+
+
+def loss_curves(search: _Search, groups: list[ChannelGroup]) -> dict[str, tuple[list[float], float]]:
+    """Every group grown on the dense network to its full width, one at a time (the others unpruned):
+    ``{group: (held-out loss with k = 1..D channels, held-out loss unpruned)}``. A group is grown about
+    ``curve_points`` units per point (``ceil(units / curve_points)`` per step); between points the loss
+    of the next point is used."""
+    if search.holdout is None:
+        raise ValueError("adaptive budgets measure each group's loss curve on a held-out subset: pass holdout > 0, "
+                         "or uniform=True")
+    curves = {}
+    for gi, group in enumerate(groups):
+        curve: list = []
+        without_replacement = copy.copy(search.options)
+        without_replacement.replacement, without_replacement.max_steps = False, None
+        without_replacement.step = max(1, -(-group.num_units // search.options.curve_points))
+        search.options, saved = without_replacement, search.options
+        try:
+            search_group(search, refresh_group(search.DG, search.model, group), gi, None, curve)
+        finally:
+            search.options = saved
+        # per channel count k = 1..D: the loss with the fewest units that keep at least k channels
+        losses, points = [], iter(curve)
+        kept, loss, unpruned = next(points)
+        for k in range(1, group.channels + 1):
+            while kept < k:
+                kept, loss, unpruned = next(points)
+            losses.append(loss)
+        curves[group.name] = (losses, unpruned)
+    return curves
+
+
+def finetune(model: nn.Module, batches: Batches, steps: int, lr: float, weight_decay: float = 5e-4) -> None:
+    """``steps`` SGD steps (momentum 0.9) on the next batches; the model ends in eval mode."""
     if steps <= 0:
         return
     params = [p for p in model.parameters() if p.requires_grad]
-    optimizer = torch.optim.SGD(params, lr=lr, momentum=0.9, weight_decay=5e-4)
+    optimizer = torch.optim.SGD(params, lr=lr, momentum=0.9, weight_decay=weight_decay)
     model.train()
     with torch.enable_grad():
         for _ in range(steps):
             x, y = batches.next()
             train_step(model, optimizer, x, y, "cross_entropy", where=" while fine-tuning between groups")
     model.eval()
+
+
+def _fold_checked(search: _Search, group: ChannelGroup, counts: torch.Tensor) -> list[int]:
+    """Fold and remove the group; with ``check``, the pruned network must compute what the masked one did."""
+    model, x = search.model, search.check_x
+    masked = None
+    if search.options.check:
+        with torch.no_grad(), apply_masks(model, {group: group_scales(counts).to(search.device)}):
+            masked = model(x)
+    kept = fold_and_remove(search.DG, model, group, counts)
+    if masked is not None:
+        with torch.no_grad():
+            pruned = model(x)
+        scale = float(masked.abs().max()) + 1e-6
+        if pruned.shape != masked.shape or float((pruned - masked).abs().max()) > 1e-3 * scale + 1e-4:
+            diff = "shapes differ" if pruned.shape != masked.shape else \
+                f"max difference {float((pruned - masked).abs().max()):.3g}"
+            raise UnsupportedLayerError(
+                f"group {group.name!r}: the physically pruned network differs from the masked network the search "
+                f"scored ({diff}); a layer in this group ({', '.join(group.writers + [r[0] for r in group.readers])}) "
+                f"is not pruned exactly by Torch-Pruning. Leave the group whole with skip=[...] naming its writers")
+    return kept
+
+
+def _split_data(data, options: SearchOptions, device, needed: bool) -> tuple[Batches, tuple | None]:
+    """The search's batches and the fixed held-out subset (set aside from an (X, y) pair)."""
+    holdout = options.holdout if needed else 0
+    pair = isinstance(data, (tuple, list)) and len(data) == 2 and isinstance(data[0], torch.Tensor)
+    if holdout is None:
+        n = data[0].shape[0] if pair and data[0].dim() else None
+        holdout = 512 if n is None else min(512, n // 4)
+    if holdout and pair:
+        X, y = data
+        n = X.shape[0] if X.dim() else 0
+        if holdout >= n:
+            raise ValueError(f"holdout={holdout} examples is not less than the {n} examples of the data; pass a "
+                             f"smaller holdout (it is set aside from the search), or holdout=0 to measure the "
+                             f"stopping rules on the step's batch")
+        perm = torch.randperm(n, generator=torch.Generator().manual_seed(options.seed + 7919))
+        hold, rest = perm[:holdout].sort().values, perm[holdout:].sort().values
+        batches = Batches((X[rest], y[rest]), options.batch_size, options.seed, device)
+        return batches, (X[hold].to(device), y[hold].to(device, torch.long))
+    batches = Batches(data, options.batch_size, options.seed, device)
+    if not holdout:
+        return batches, None
+    x, y = batches.fixed(holdout)
+    if x.shape[0] < holdout:
+        raise ValueError(f"holdout={holdout} examples asked for, but the data loader holds only {x.shape[0]}; pass "
+                         f"a smaller holdout")
+    return batches, (x, y)
+
+
+def _check_train_mode(model: nn.Module, x: torch.Tensor) -> None:
+    """Refuse a model that runs layers in training it does not run in evaluation (auxiliary heads): the
+    groups are traced in eval mode, so those layers would be left inconsistent and the pruned model would
+    fail in train mode."""
+    from .bn import batch_statistics
+
+    evaluated = execution_order(model, x)
+    flags = [(m, m.training) for m in model.modules()]
+    model.train()
+    try:
+        with batch_statistics(model):
+            trained = execution_order(model, x)
+    finally:
+        for m, flag in flags:
+            m.training = flag
+    names = {m: n for n, m in model.named_modules()}
+    extra = [names.get(m, type(m).__name__) for m in trained if m not in evaluated
+             and next(m.parameters(recurse=False), None) is not None]
+    if extra:
+        raise UnsupportedLayerError(
+            f"layers {extra[:5]} run in training but not in evaluation (auxiliary heads?): the channel groups are "
+            f"found in eval mode, so these layers would not be pruned with the channels they read and the pruned "
+            f"model would fail in train mode. Remove them before pruning (e.g. model.aux_logits = False and "
+            f"model.AuxLogits = None), or make them run in eval mode too")
 
 
 def _model_device(model: nn.Module) -> torch.device:
@@ -285,15 +535,3 @@ def _trace_for(model: nn.Module, method: str):
         warnings.warn(f"torch.fx could not trace the model ({type(exc).__name__}); using the slower reference "
                       f"search (one full forward per candidate)", stacklevel=3)
         return None
-
-
-def _evaluator_for(model: nn.Module, graph, group: ChannelGroup, options: SearchOptions):
-    if graph is not None:
-        try:
-            return FastEvaluator(model, graph, group, options.stack_elements)
-        except RuntimeError as exc:
-            if options.method == "fast":
-                raise
-            warnings.warn(f"group {group.name!r}: fast search unavailable ({exc}); using the reference search",
-                          stacklevel=3)
-    return ReferenceEvaluator(model, group)

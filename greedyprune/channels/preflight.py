@@ -1,0 +1,71 @@
+"""Before the search: does removing each group's channels compute what masking them does?
+
+The search scores masked networks; the network returned is the one with the channels removed. They are the
+same function when every layer between the group's writers and readers acts on each channel alone. Some
+layers do not - a LayerNorm over the channels, a channel shuffle that Torch-Pruning's index mapping does
+not follow, a layer whose parameters Torch-Pruning cuts along the wrong dimension - and for those the two
+differ. :func:`preflight` prunes a copy of the model group by group with random counts and compares the
+pruned copy with the masked one on a few inputs, so such a group is refused (or left whole) before any
+search time is spent, with the difference it found.
+"""
+from __future__ import annotations
+
+import copy
+import warnings
+
+import torch
+from torch import nn
+
+from .groups import ChannelGroup, UnsupportedLayerError, find_groups, refresh_group
+from .masks import apply_masks, fold_and_remove, group_scales
+
+__all__ = ["preflight"]
+
+
+def _random_counts(channels: int, generator: torch.Generator) -> torch.Tensor:
+    counts = torch.randint(0, 3, (channels,), generator=generator)
+    counts[int(torch.randint(channels, (1,), generator=generator))] += 1  # at least one channel kept
+    return counts
+
+
+def preflight(model: nn.Module, groups: list[ChannelGroup], example: torch.Tensor, skip, extra_skip,
+              unsupported: str = "error", tolerance: float = 1e-4) -> list[ChannelGroup]:
+    """The groups whose pruned form equals their masked form on a copy of ``model``.
+
+    A group that differs raises :class:`UnsupportedLayerError` (``unsupported="error"``) or is dropped with
+    a warning (``"skip"``). ``model`` itself is not changed.
+    """
+    probe = copy.deepcopy(model).eval()
+    x = example.repeat(4, *([1] * (example.dim() - 1))) + 0.1 * torch.randn(
+        (4,) + tuple(example.shape[1:]), generator=torch.Generator().manual_seed(0)).to(example)
+    DG, copies = find_groups(probe, example, skip, extra_skip=extra_skip, unsupported="skip")
+    by_name = {g.name: g for g in copies}
+    generator = torch.Generator().manual_seed(0)
+    good = []
+    for group in groups:
+        twin = by_name.get(group.name)
+        if twin is None:
+            good.append(group)
+            continue
+        twin = refresh_group(DG, probe, twin)
+        counts = twin.channel_counts(_random_counts(twin.num_units, generator))
+        with torch.no_grad(), apply_masks(probe, {twin: group_scales(counts).to(x.device)}):
+            masked = probe(x)
+        fold_and_remove(DG, probe, twin, counts)
+        with torch.no_grad():
+            pruned = probe(x)
+        scale = float(masked.abs().max()) + 1e-6
+        diff = float((pruned - masked).abs().max()) if pruned.shape == masked.shape else float("inf")
+        if diff <= tolerance * max(scale, 1.0):
+            good.append(group)
+            continue
+        message = (f"group {group.name!r} (channels written by {', '.join(group.writers)}): removing its channels "
+                   f"does not compute what masking them does (max difference {diff:.3g} on random inputs), so the "
+                   f"search would score a network other than the one returned. A layer between its writers and "
+                   f"readers mixes channels or is cut wrongly by Torch-Pruning (channel shuffle, a norm over the "
+                   f"channels, a custom layer). Leave it whole with skip=[...] naming its writers, or pass "
+                   f"unsupported='skip' to leave every such group whole")
+        if unsupported == "error":
+            raise UnsupportedLayerError(message)
+        warnings.warn(message, stacklevel=3)
+    return good
