@@ -1,15 +1,24 @@
-"""Benchmark: greedy forward selection of channels in a ResNet-20 on 32x32 inputs, ours vs the reference.
+"""Benchmark of the deep search: ours vs the reference way, and the cases users hit.
 
-The reference is the public implementation's way: one full forward of the masked network per
-candidate. Ours (``method="fast"``) runs the layers upstream of the group once per batch, stacks
-the candidates along the batch dimension, folds batch norms, and computes the group's first readers
-as a shared product plus one channel's contribution per candidate. Both runs see the same batches
-and candidates; the script checks they keep the same channels.
+    python bench/deep_selection.py                 # all rows (~10 minutes on 2 CPU cores)
+    python bench/deep_selection.py --rows main     # only the ResNet-20 comparison
+    python bench/deep_selection.py --device cuda
 
-    python bench/deep_selection.py            # ~5 minutes on 2 CPU cores
-    python bench/deep_selection.py --steps 2  # quicker: at most 2 greedy steps per group
+Rows:
 
-Last line: ``speedup vs reference: X.Xx``.
+* ``main`` - a ResNet-20 on 3x32x32, 50 candidates per step, batch 64, half of every group kept. The
+  reference is the public implementation's way: one full forward of the masked network per candidate.
+  Ours (``method="fast"``) runs the layers upstream of the group once per batch, stacks the candidates
+  along the batch dimension, and folds batch norms (``bn="running"`` for both: the scoring the two share).
+  Both runs see the same batches and candidates; the script checks that they keep the same channels.
+  A third run adds the best 2 candidates of each step (``step=2``): half the steps; its held-out loss
+  after pruning is printed next to the one-at-a-time search's, as its quality.
+* ``resnet18`` - a torchvision-style ResNet-18 (32x32) at 50 candidates and batch 128: seconds per greedy
+  step in each group (a few steps per group; ``--resnet18-steps``), so a full search can be estimated.
+* ``mobilenetv2`` - the in-tree MobileNetV2 (3x32x32) at ``flops_target=0.6`` with 8 candidates on 256
+  images, adaptive widths (each group's loss curve measured first), end to end.
+
+The ``main`` row ends with ``speedup vs reference: X.Xx`` (one channel per step; ``step=2`` in brackets).
 """
 from __future__ import annotations
 
@@ -19,8 +28,9 @@ import time
 import torch
 from torch import nn
 
-from greedyprune.deep import prune_model
+from greedyprune.channels import prune_model
 from greedyprune.models import get_model
+from greedyprune.training.loop import evaluate
 
 
 def _pretrained_like(model: nn.Module, seed: int) -> nn.Module:
@@ -35,44 +45,91 @@ def _pretrained_like(model: nn.Module, seed: int) -> nn.Module:
     return model.eval()
 
 
+def _data(n: int, seed: int, shape=(3, 32, 32)):
+    g = torch.Generator().manual_seed(seed)
+    return torch.randn(n, *shape, generator=g), torch.randint(0, 10, (n,), generator=g)
+
+
+def main_row(args) -> None:
+    model = _pretrained_like(get_model("resnet20", seed=args.seed), args.seed)
+    X, y = _data(2048, args.seed)
+    hold = _data(512, args.seed + 1)
+    opts = dict(keep_ratio=0.5, candidates=args.candidates, batch_size=args.batch_size, seed=args.seed,
+                device=args.device, eval_examples=256, bn="running", recalibrate=0, check=False)
+    print(f"resnet20, 3x32x32, batch {args.batch_size}, {args.candidates} candidates per step, keep 0.5, "
+          f"{torch.get_num_threads()} threads, {args.device}")
+    results, seconds = {}, {}
+    for key, extra in (("fast", {"method": "fast"}), ("reference", {"method": "reference"}),
+                       ("fast, step 2", {"method": "fast", "step": 2})):
+        start = time.perf_counter()
+        results[key] = prune_model(model, (X, y), **opts, **extra)
+        seconds[key] = time.perf_counter() - start
+    fast, ref = results["fast"], results["reference"]
+    print(f"{'group':>16} {'channels':>8} {'cands':>6} {'ours s':>8} {'ref s':>8} {'ratio':>6}")
+    for a, b in zip(fast.layers, ref.layers):
+        print(f"{a['name']:>16} {a['channels']:>8} {min(args.candidates, a['channels']):>6} "
+              f"{a['seconds']:>8.2f} {b['seconds']:>8.2f} {b['seconds'] / a['seconds']:>6.1f}")
+    same = fast.kept == ref.kept
+    search = {k: sum(r["seconds"] for r in results[k].layers) for k in results}
+    quality = {k: evaluate(r.model, hold[0].to(args.device), hold[1].to(args.device), "cross_entropy")[0]
+               for k, r in results.items()}
+    print(f"same channels chosen: {same}")
+    print(f"search time: ours {search['fast']:.1f} s, reference {search['reference']:.1f} s, ours with step=2 "
+          f"{search['fast, step 2']:.1f} s")
+    print(f"held-out loss of the pruned net: one channel per step {quality['fast']:.4f}, step=2 "
+          f"{quality['fast, step 2']:.4f} (dense {evaluate(model, hold[0], hold[1], 'cross_entropy')[0]:.4f})")
+    if not same:
+        raise SystemExit("the two methods chose different channels")
+    print(f"speedup vs reference: {search['reference'] / search['fast']:.1f}x "
+          f"({search['reference'] / search['fast, step 2']:.1f}x with step=2)")
+
+
+def resnet18_row(args) -> None:
+    model = _pretrained_like(get_model("resnet18", seed=args.seed), args.seed)
+    X, y = _data(1024, args.seed)
+    start = time.perf_counter()
+    result = prune_model(model, (X, y), keep_ratio=0.5, candidates=50, batch_size=128, seed=args.seed,
+                         device=args.device, max_steps=args.resnet18_steps, eval_examples=128, recalibrate=0,
+                         check=False)
+    total = time.perf_counter() - start
+    print(f"\nresnet18 (torchvision-style, 32x32), 50 candidates, batch 128, {args.resnet18_steps} steps per group, "
+          f"{args.device}")
+    print(f"{'group':>22} {'channels':>8} {'s/step':>8} {'est. s/group at keep 0.5':>26}")
+    estimate = 0.0
+    for r in result.layers:
+        per_step = r["seconds"] / max(r["steps"], 1)
+        estimate += per_step * r["channels"] / 2
+        print(f"{r['name']:>22} {r['channels']:>8} {per_step:>8.3f} {per_step * r['channels'] / 2:>26.1f}")
+    print(f"measured {total:.1f} s for {args.resnet18_steps} steps per group; a full keep-0.5 search: about "
+          f"{estimate:.0f} s")
+
+
+def mobilenet_row(args) -> None:
+    model = _pretrained_like(get_model("mobilenetv2", seed=args.seed), args.seed)
+    X, y = _data(256, args.seed)
+    start = time.perf_counter()
+    result = prune_model(model, (X, y), flops_target=0.6, candidates=8, seed=args.seed, device=args.device,
+                         eval_examples=128, holdout=64, recalibrate=128)
+    seconds = time.perf_counter() - start
+    print(f"\nmobilenetv2 (3x32x32), flops_target=0.6, 8 candidates, 256 images, adaptive widths: "
+          f"{seconds:.1f} s, MACs {result.ratio('macs'):.3f}x, params {result.ratio('params'):.3f}x, "
+          f"{len(result.kept)} groups")
+
+
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--model", default="resnet20")
+    p.add_argument("--rows", default="main,resnet18,mobilenetv2")
     p.add_argument("--candidates", type=int, default=50)
     p.add_argument("--batch-size", type=int, default=64)
-    p.add_argument("--keep-ratio", type=float, default=0.5, help="channels kept per group (steps = kept channels)")
-    p.add_argument("--steps", type=int, default=None, help="cap on greedy steps per group (default: no cap)")
+    p.add_argument("--resnet18-steps", type=int, default=2)
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--device", default="cpu")
     p.add_argument("--seed", type=int, default=0)
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
-    model = _pretrained_like(get_model(args.model, seed=args.seed), args.seed)
-    g = torch.Generator().manual_seed(args.seed)
-    X = torch.randn(2048, 3, 32, 32, generator=g)
-    y = torch.randint(0, 10, (2048,), generator=g)
-    opts = dict(keep_ratio=args.keep_ratio, candidates=args.candidates, batch_size=args.batch_size, max_steps=args.steps,
-                seed=args.seed, device=args.device, eval_examples=256)
-    print(f"{args.model}, 3x32x32, batch {args.batch_size}, {args.candidates} candidates per step, "
-          f"keep ratio {args.keep_ratio}, {args.threads} threads, {args.device}")
-    results, seconds = {}, {}
-    for method in ("fast", "reference"):
-        start = time.perf_counter()
-        results[method] = prune_model(model, (X, y), method=method, **opts)
-        seconds[method] = time.perf_counter() - start
-    fast, ref = results["fast"], results["reference"]
-    print(f"{'group':>16} {'channels':>8} {'cands':>6} {'ours s':>8} {'ref s':>8} {'ratio':>6}")
-    for a, b in zip(fast.groups, ref.groups):
-        print(f"{a['name']:>16} {a['channels']:>8} {min(args.candidates, a['channels']):>6} "
-              f"{a['seconds']:>8.2f} {b['seconds']:>8.2f} {b['seconds'] / a['seconds']:>6.1f}")
-    same = fast.kept == ref.kept
-    search = {m: sum(r["seconds"] for r in results[m].groups) for m in results}
-    print(f"same channels chosen: {same}")
-    print(f"search time: ours {search['fast']:.1f} s, reference {search['reference']:.1f} s "
-          f"(whole call: {seconds['fast']:.1f} s vs {seconds['reference']:.1f} s)")
-    if not same:
-        raise SystemExit("the two methods chose different channels")
-    print(f"speedup vs reference: {search['reference'] / search['fast']:.1f}x")
+    rows = {"main": main_row, "resnet18": resnet18_row, "mobilenetv2": mobilenet_row}
+    for name in args.rows.split(","):
+        rows[name](args)
 
 
 if __name__ == "__main__":

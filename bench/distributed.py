@@ -178,7 +178,7 @@ DEEP_CASES = [
 def run_deep_case(case: DeepCase, distributed: bool):
     """Runs in every worker: prune one group of the ResNet (same batches on every rank); returns the
     group's search seconds (slowest rank) and the kept channels, on rank 0."""
-    from greedyprune.deep import find_groups, prune_model
+    from greedyprune.channels import find_groups, prune_model
     from greedyprune.models import get_model
 
     world = D.world_size()
@@ -195,7 +195,7 @@ def run_deep_case(case: DeepCase, distributed: bool):
     result = prune_model(model, (X, y), keep_ratio=1.0, max_steps=case.steps, candidates=case.candidates,
                          batch_size=case.batch, extra_skip=others, distributed=distributed and world > 1,
                          method="fast", eval_examples=64)
-    seconds = result.groups[0]["seconds"]
+    seconds = result.layers[0]["seconds"]
     times = [None] * world
     dist.all_gather_object(times, seconds)
     return max(times), result.kept

@@ -13,7 +13,7 @@ import argparse
 
 import torch
 
-from greedyprune.deep import prune_model
+from greedyprune.channels import prune_model
 from greedyprune.metrics import count_macs, count_parameters, measure_latency
 from greedyprune.models import get_model
 

@@ -5,8 +5,9 @@ Every model is built by :func:`get_model` from a name in :data:`MODEL_NAMES`:
 * ``resnet20``, ``resnet32``, ``resnet56`` -- the CIFAR ResNets of He et al. (2016): 3x3 stem conv
   with 16 channels, three stages of n = (depth - 2) / 6 BasicBlocks with 16/32/64 channels and
   strides 1/2/2, global average pool, one Linear ``model.fc``. Option ``shortcut="A"|"B"``.
-* ``resnet34`` -- BasicBlocks [3, 4, 6, 3] with widths 64/128/256/512, 3x3 stride-1 stem without
-  max-pool (the usual 32x32 adaptation), projection shortcuts, classifier ``model.fc``.
+* ``resnet18``, ``resnet34`` -- BasicBlocks [2, 2, 2, 2] / [3, 4, 6, 3] with widths 64/128/256/512, 3x3
+  stride-1 stem without max-pool (the usual 32x32 adaptation of torchvision's), projection shortcuts,
+  classifier ``model.fc``.
 * ``mobilenetv2`` -- MobileNetV2 (Sandler et al. 2018) with CIFAR strides, classifier
   ``model.classifier``.
 * ``vgg16`` -- VGG-16 with BatchNorm (configuration D), the pruning papers' CIFAR variant,
@@ -429,6 +430,10 @@ def _resnet34(num_classes: int, in_channels: int, shortcut: str = "B") -> nn.Mod
     return ResNet((3, 4, 6, 3), (64, 128, 256, 512), num_classes, in_channels, shortcut)
 
 
+def _resnet18(num_classes: int, in_channels: int, shortcut: str = "B") -> nn.Module:
+    return ResNet((2, 2, 2, 2), (64, 128, 256, 512), num_classes, in_channels, shortcut)
+
+
 def _mobilenetv2(num_classes: int, in_channels: int) -> nn.Module:
     return MobileNetV2(num_classes, in_channels)
 
@@ -443,6 +448,7 @@ _BUILDERS: dict[str, tuple[Callable[..., nn.Module], tuple[str, ...]]] = {
     "resnet20": (_cifar_resnet(20), ("shortcut", "width")),
     "resnet32": (_cifar_resnet(32), ("shortcut", "width")),
     "resnet56": (_cifar_resnet(56), ("shortcut", "width")),
+    "resnet18": (_resnet18, ("shortcut",)),
     "resnet34": (_resnet34, ("shortcut",)),
     "mobilenetv2": (_mobilenetv2, ()),
     "vgg16": (_vgg16, ("head",)),

@@ -91,11 +91,13 @@ class apply_masks:
 
 
 def fold_and_remove(DG, model: nn.Module, group: ChannelGroup, counts: torch.Tensor,
-                    scale: torch.Tensor | None = None) -> list[int]:
+                    scale: torch.Tensor | None = None, reader_weights: dict | None = None) -> list[int]:
     """Fold the group's scales into the readers' weights and remove the channels with count 0.
 
-    ``scale`` defaults to :func:`group_scales` of ``counts``. Returns the kept channel indices; the model
-    changes in place (Torch-Pruning removes the channels from writers, norms and readers alike).
+    ``scale`` defaults to :func:`group_scales` of ``counts``. ``reader_weights`` (reader name -> weight in
+    the reader's full layout) replaces folding for those readers (a least-squares refit). Returns the kept
+    channel indices; the model changes in place (Torch-Pruning removes the channels from writers, norms
+    and readers alike).
     """
     group = refresh_group(DG, model, group)
     counts = torch.as_tensor(counts)
@@ -108,6 +110,9 @@ def fold_and_remove(DG, model: nn.Module, group: ChannelGroup, counts: torch.Ten
     with torch.no_grad():
         for name, idx, root in group.readers:
             module = named[name]
+            if reader_weights and name in reader_weights:
+                module.weight.copy_(reader_weights[name])
+                continue
             s = reader_scale(module, idx, root, scale)[0].to(module.weight.dtype)
             groups = getattr(module, "groups", 1)
             if groups > 1:  # a grouped conv's weight holds in_channels / groups inputs, the same in every group

@@ -74,6 +74,8 @@ class SearchOptions:
     check: bool = True
     step: int = 1
     curve_points: int = 32
+    refit: str | None = None
+    refit_ridge: float = 1e-3
 
     def validate(self) -> None:
         self.candidates = check_int("candidates", self.candidates, 1, allow_none=True)
@@ -93,6 +95,9 @@ class SearchOptions:
         self.holdout = check_int("holdout", self.holdout, 0, allow_none=True)
         self.step = check_int("step", self.step, 1)
         self.curve_points = check_int("curve_points", self.curve_points, 2)
+        if self.refit is not None:
+            check_choice("refit", self.refit, ("lstsq",))
+        self.refit_ridge = check_number("refit_ridge", self.refit_ridge, low=0)
         if not isinstance(self.check, bool):
             raise TypeError(f"check must be True or False, got {self.check!r}")
 
@@ -155,6 +160,8 @@ def prune_model(
     unsupported: str = "error",
     step: int = 1,
     curve_points: int = 32,
+    refit: str | None = None,
+    refit_ridge: float = 1e-3,
     inplace: bool = False,
     progress: bool = False,
     distributed: bool = False,
@@ -209,6 +216,9 @@ def prune_model(
             (1 = the paper's one at a time; larger is faster and less exact).
         curve_points: points of each group's loss curve for adaptive budgets (the curve is measured with
             ``ceil(D / curve_points)`` channels added per step).
+        refit: None (fold the scales ``D * count / |S|`` into the readers, the paper's way) or "lstsq": re-solve
+            the readers' weights on the kept channels by ridge regression on the calibration subset
+            (:mod:`greedyprune.channels.refit`), with ``refit_ridge`` relative regularisation.
         inplace: prune ``model`` itself instead of a deep copy.
         progress: show a progress bar over groups.
         distributed: split each step's candidates across the ranks of the initialised
@@ -225,7 +235,7 @@ def prune_model(
                              keep_ratio=keep_ratio, flops_target=flops_target, params_target=params_target)
     options = SearchOptions(candidates, replacement, batch_size, max_steps, seed, finetune_steps, finetune_lr,
                             finetune_weight_decay, method, eval_examples, stack_elements, bn, recalibrate, holdout,
-                            check, step, curve_points)
+                            check, step, curve_points, refit, refit_ridge)
     options.validate()
     check_choice("unsupported", unsupported, ("error", "skip"))
     if not isinstance(model, nn.Module):
@@ -422,11 +432,17 @@ def finetune(model: nn.Module, batches: Batches, steps: int, lr: float, weight_d
 def _fold_checked(search: _Search, group: ChannelGroup, counts: torch.Tensor) -> list[int]:
     """Fold and remove the group; with ``check``, the pruned network must compute what the masked one did."""
     model, x = search.model, search.check_x
-    masked = None
-    if search.options.check:
+    masked = weights = None
+    if search.options.refit == "lstsq":
+        from .refit import refit_readers
+
+        inputs = search.calibration if search.calibration is not None else search.batches.fixed(256)[0]
+        weights = refit_readers(model, group, counts, group_scales(counts).to(search.device), inputs,
+                                search.options.refit_ridge)
+    elif search.options.check:
         with torch.no_grad(), apply_masks(model, {group: group_scales(counts).to(search.device)}):
             masked = model(x)
-    kept = fold_and_remove(search.DG, model, group, counts)
+    kept = fold_and_remove(search.DG, model, group, counts, reader_weights=weights)
     if masked is not None:
         with torch.no_grad():
             pruned = model(x)
