@@ -394,6 +394,22 @@ def test_a_damaged_train_state_stops_greedyprune_train(tmp_path, capsys):
     assert (out / "train_config.json").read_bytes() == config
 
 
+def test_delete_to_recompute_really_recomputes_a_damaged_training_checkpoint(tmp_path, capsys):
+    out = tmp_path / "run"
+    assert main(TRAIN + ["--out", str(out)]) == 0
+    ckpt = out / "checkpoints" / "iter_0000002.pt"
+    original = load_model(ckpt)[0].state_dict()
+    _garbage_in_the_middle(ckpt)
+    _fails(capsys, ["prune", str(ckpt), *PRUNE], str(ckpt), "Delete it to recompute")
+    ckpt.unlink()
+    # the resume state is past it, so a plain rerun cannot write it again: it says so instead of finishing without
+    _fails(capsys, TRAIN + ["--out", str(out)], "iteration(s) [2]", "train_state.pt is at iteration 4")
+    (out / "train_state.pt").unlink()
+    assert main(TRAIN + ["--out", str(out)]) == 0
+    recomputed = load_model(ckpt)[0].state_dict()
+    assert all(torch.equal(recomputed[k], v) for k, v in original.items())  # bitwise the weights it had
+
+
 @pytest.mark.parametrize("loader", [load_model, load_pruned, load_checkpoint])
 def test_an_empty_file_is_a_clear_error(loader, tmp_path, capsys):
     path = tmp_path / "empty.pt"
