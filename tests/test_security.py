@@ -272,6 +272,78 @@ def test_genuine_cifar_batches_still_load(tmp_path, protocol):
     assert ds.labels.tolist() == expected["test_batch"][b"labels"]
 
 
+def _py2_pickle(obj) -> bytes:
+    """``obj`` pickled as Python 2's cPickle wrote the CIFAR-10 batches (protocol 2): ``str`` as SHORT_BINSTRING
+    / BINSTRING, numpy arrays through ``numpy.core.multiarray._reconstruct`` with the raw bytes as a string."""
+    out = [b"\x80\x02"]
+
+    def put(o):
+        if isinstance(o, dict):
+            out.append(b"}(")  # EMPTY_DICT MARK ... SETITEMS
+            for key, value in o.items():
+                put(key)
+                put(value)
+            out.append(b"u")
+        elif isinstance(o, list):
+            out.append(b"](")  # EMPTY_LIST MARK ... APPENDS
+            for value in o:
+                put(value)
+            out.append(b"e")
+        elif isinstance(o, tuple):
+            out.append(b"(")
+            for value in o:
+                put(value)
+            out.append(b"t")
+        elif isinstance(o, bytes):
+            out.append(b"U" + bytes([len(o)]) + o if len(o) < 256 else b"T" + struct.pack("<i", len(o)) + o)
+        elif o is None:
+            out.append(b"N")
+        elif isinstance(o, bool):
+            out.append(b"\x88" if o else b"\x89")
+        elif isinstance(o, int):
+            out.append(b"J" + struct.pack("<i", o))
+        elif isinstance(o, np.ndarray):
+            out.append(b"cnumpy.core.multiarray\n_reconstruct\ncnumpy\nndarray\n")
+            put((0,))
+            put(b"b")
+            out.append(b"\x87R(J\x01\x00\x00\x00")  # TUPLE3 REDUCE, then the state: version 1,
+            put(o.shape)  # the shape,
+            out.append(b"cnumpy\ndtype\n")  # the dtype (rebuilt from its code and state),
+            put((o.dtype.str[1:].encode(), 0, 1))
+            out.append(b"R")
+            put((3, o.dtype.str[:1].encode(), None, None, None, -1, -1, 0))
+            out.append(b"b")
+            put(False)  # Fortran order, and the raw bytes
+            put(o.tobytes())
+            out.append(b"tb")
+        else:
+            raise TypeError(type(o))
+
+    put(obj)
+    return b"".join(out) + b"."
+
+
+def test_python2_cifar_batches_load(tmp_path):
+    """The published batches were written by Python 2: what a plain unpickler reads from them, the restricted
+    one reads too."""
+    batches = {}
+
+    def py2(name, genuine):
+        batches[name] = genuine
+        return genuine
+
+    folder = _cifar_dir(tmp_path / "c", py2)
+    for name, batch in batches.items():
+        (folder / name).write_bytes(_py2_pickle(batch))
+        plain = pickle.loads((folder / name).read_bytes(), encoding="bytes")
+        assert np.array_equal(plain[b"data"], batch[b"data"]) and plain[b"labels"] == batch[b"labels"]
+        restricted = load_pickle_restricted(folder / name, what="CIFAR-10 batch")
+        assert restricted.keys() == plain.keys() and np.array_equal(restricted[b"data"], plain[b"data"])
+    ds = load_dataset(f"cifar10:{folder}", normalize="none")
+    assert torch.equal(ds.X, torch.from_numpy(np.concatenate([batches[f"data_batch_{i}"][b"data"]
+                                                               for i in range(1, 6)]).astype(np.float32)))
+
+
 @pytest.mark.parametrize("where", ["file", "data", "labels", "object array"])
 @pytest.mark.parametrize("payload", PAYLOADS)
 def test_a_cifar_batch_with_a_payload_is_refused(where, payload, marker, tmp_path, capsys, checkpoint):
