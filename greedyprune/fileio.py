@@ -273,8 +273,8 @@ _FROMBUFFER = np.zeros(1).__reduce_ex__(5)[0]  # numpy._core.numeric._frombuffer
 #: The globals a pickle of numpy arrays of numbers (and of bytes, under protocol 2) needs, each bound to a
 #: checked stand-in: ``ndarray`` only as itself, no object dtypes, ``_codecs.encode`` only for latin1.
 NUMPY_ARRAY_GLOBALS = {
-    **{(module, "_reconstruct"): _ndarray_reconstruct for module in ("numpy.core.multiarray", "numpy._core.multiarray")},
-    **{(module, "_frombuffer"): _frombuffer for module in ("numpy.core.numeric", "numpy._core.numeric")},
+    **{(core + ".multiarray", "_reconstruct"): _ndarray_reconstruct for core in ("numpy.core", "numpy._core")},
+    **{(core + ".numeric", "_frombuffer"): _frombuffer for core in ("numpy.core", "numpy._core")},
     ("numpy", "ndarray"): np.ndarray,
     ("numpy", "dtype"): _numeric_dtype,
     ("_codecs", "encode"): _latin1,
@@ -326,9 +326,6 @@ def load_pickle_restricted(path: str | os.PathLike, *, what: str, allowed: dict 
         raise
     except _Refused as exc:
         raise UnsafeFileError(f"{path} holds {exc}, which a {what} never contains; the file was not loaded") from None
-    except pickle.UnpicklingError as exc:
-        raise ValueError(f"{path} is not a readable pickle (UnpicklingError: {_first_line(exc)}); the {what} is "
-                         f"damaged") from exc
     except Exception as exc:  # noqa: BLE001 - truncation and garbage fail in many ways
         raise ValueError(f"{path} is not a readable pickle ({type(exc).__name__}: {_first_line(exc)}); the {what} "
                          f"is damaged") from exc

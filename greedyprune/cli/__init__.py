@@ -6,8 +6,9 @@
 
 A user's mistake (a bad option, a missing file, a damaged file, a locked output) is printed as
 ``greedyprune: error: ...`` with exit status 2. An internal failure keeps its traceback (exit 1): an
-error message the package raised is told apart from one raised inside torch, numpy or Python itself by
-where it was raised. ``GREEDYPRUNE_DEBUG=1`` shows the traceback of every error.
+error message the package raised (a ``raise`` statement in greedyprune's code) is told apart from one raised
+inside torch, numpy or Python itself, even when C code called from the package raised it.
+``GREEDYPRUNE_DEBUG=1`` shows the traceback of every error.
 """
 from __future__ import annotations
 
