@@ -35,9 +35,9 @@ Normalisation is computed in float64 and the result is stored as float32.
 from __future__ import annotations
 
 import gzip
+import math
 import operator
 import os
-import pickle
 import zlib
 from dataclasses import dataclass
 from pathlib import Path
@@ -45,6 +45,8 @@ from typing import Sequence
 
 import numpy as np
 import torch
+
+from .fileio import UnsafeFileError, load_pickle_restricted
 
 NORMALIZATIONS = ("unit", "pixel", "standard", "none")
 BUILTIN_DATASETS = ("mnist5k", "digits", "synthetic")
@@ -392,7 +394,7 @@ def _read_idx(path: Path, magic_expected: int, ndim: int) -> tuple[tuple[int, ..
             f"header; download it again"
         )
     dims = tuple(int(v) for v in np.frombuffer(data, dtype=">u4", count=ndim, offset=4))
-    expected = int(np.prod(dims, dtype=np.int64))
+    expected = math.prod(dims)  # a Python int: dimensions whose product overflows 64 bits are caught below
     payload = len(data) - header_len
     if payload < expected:
         raise ValueError(
@@ -452,14 +454,12 @@ def load_mnist_idx(directory: str | os.PathLike, split: str = "train", normalize
 
 def _read_cifar_batch(path: Path) -> tuple[np.ndarray, np.ndarray]:
     """Read one CIFAR-10 python batch; return (uint8 data (n, 3072), int64 labels (n,))."""
-    try:
-        with open(path, "rb") as f:
-            batch = pickle.load(f, encoding="bytes")
-    except Exception as exc:  # unpickling can fail in many ways on a corrupt file
-        raise ValueError(
-            f"CIFAR-10 batch {str(path)!r} is not a readable pickle ({type(exc).__name__}: {exc}); "
-            f"extract cifar-10-python.tar.gz again"
-        ) from exc
+    try:  # only dicts, lists, bytes and numpy arrays of numbers: nothing in the file can run code
+        batch = load_pickle_restricted(path, what="CIFAR-10 batch")
+    except UnsafeFileError:
+        raise
+    except ValueError as exc:
+        raise ValueError(f"{exc}; extract cifar-10-python.tar.gz again") from exc.__cause__
     if not isinstance(batch, dict):
         raise ValueError(f"CIFAR-10 batch {str(path)!r} holds a {type(batch).__name__}, expected a dict")
     fields = {}
@@ -497,7 +497,8 @@ def load_cifar10(directory: str | os.PathLike, split: str = "train", normalize: 
 
     ``directory`` is either the extracted ``cifar-10-batches-py`` folder or its parent.  ``split="train"``
     reads ``data_batch_1`` .. ``data_batch_5``; ``split="test"`` reads ``test_batch``.
-    The batches are pickles: only load files from a source you trust.
+    The batches are pickles; they are read with a restricted unpickler that admits only dicts, lists, bytes
+    and numpy arrays of numbers, so a crafted batch file cannot run code (it is refused, naming what it holds).
     """
     _check_split(split)
     _check_normalize(normalize)

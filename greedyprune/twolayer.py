@@ -107,10 +107,10 @@ def _layers(model: nn.Module) -> tuple[nn.Linear, nn.Module, nn.Linear]:
     if first.out_features != second.in_features:
         raise ValueError(f"hidden sizes do not match: Linear 0 has {first.out_features} outputs, "
                          f"Linear 2 has {second.in_features} inputs")
-    if list(act.parameters()):
-        raise TypeError(f"the activation {type(act).__name__} has parameters; only parameter-free activations "
-                        "can be pruned neuron by neuron")
-    _check_elementwise(act, first.out_features)
+    if list(act.parameters()) or list(act.buffers()):
+        raise TypeError(f"the activation {type(act).__name__} has parameters or buffers (per-neuron state); only "
+                        "parameter-free activations can be pruned neuron by neuron")
+    _check_elementwise(act, first.out_features, first.weight.dtype)
     return first, act, second
 
 
@@ -124,11 +124,12 @@ def is_two_layer(model: nn.Module) -> bool:
     return True
 
 
-def _check_elementwise(act: nn.Module, width: int) -> None:
+def _check_elementwise(act: nn.Module, width: int, dtype: torch.dtype = torch.float64) -> None:
     """Refuse an activation that mixes units or examples (softmax, normalisation): a neuron's output must
-    depend on its own pre-activation alone, or removing other neurons would change it."""
+    depend on its own pre-activation alone, or removing other neurons would change it. Probed in ``dtype``,
+    the dtype the network computes in."""
     g = torch.Generator().manual_seed(0)
-    x = torch.randn(3, max(width, 2), generator=g, dtype=torch.float64)
+    x = torch.randn(3, max(width, 2), generator=g, dtype=torch.float64).to(dtype)
     moved = x.clone()
     moved[0, 0] += 1.5
     try:
@@ -274,7 +275,7 @@ def load_two_layer(path) -> nn.Module:
     """Load a net written by :func:`save_two_layer` (weights-only read, checksum verified)."""
     from .fileio import load_torch
 
-    payload = load_torch(path, what="two-layer network", require_checksum=True)
+    payload = load_torch(path, what="two-layer network", require_checksum=True, offer_trust=False)
     if not isinstance(payload, dict) or payload.get("format") != TWO_LAYER_FORMAT:
         raise ValueError(f"{path} is not a two-layer network saved by greedyprune ({TWO_LAYER_FORMAT!r} expected)")
     if payload["squeeze"]:

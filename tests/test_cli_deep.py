@@ -97,6 +97,28 @@ def test_study_cnn_resumes_after_an_interruption(tmp_path, monkeypatch, capsys):
         [{k: v for k, v in r.items() if k not in drop} for r in expected]
     # another configuration in the same directory is refused
     _fails(capsys, CNN_ARGS[:-1] + ["--seed", "3", "--no-progress", "--out", str(part)], "seed")
+    _plot_and_export_read_the_kind_from_the_database(full, tmp_path, capsys, "cnn_study.png")
+
+
+def _plot_and_export_read_the_kind_from_the_database(out, tmp_path, capsys, figure=None):
+    """`greedyprune plot` / `export` work on any study's directory (issue 10), with its own columns."""
+    import csv
+
+    with ResultsStore(out / "results.sqlite") as store:
+        columns, rows = list(store.column_names), store.rows()
+    capsys.readouterr()
+    if figure:
+        (out / figure).unlink(missing_ok=True)
+    assert main(["plot", str(out)]) == 0
+    assert capsys.readouterr().out.strip()
+    if figure:
+        assert (out / figure).read_bytes()[:4] == b"\x89PNG"
+    target = tmp_path / f"{out.name}.csv"
+    assert main(["export", str(out), "--csv", str(target)]) == 0
+    with open(target, newline="") as f:
+        table = list(csv.reader(f))
+    assert table[0] == columns and len(table) == 1 + len(rows)
+    assert [r[columns.index("created")] for r in table[1:]] == [r["created"] for r in rows]
 
 
 def test_study_rethinking_table(tmp_path, capsys):
@@ -113,3 +135,4 @@ def test_study_rethinking_table(tmp_path, capsys):
     # Scratch-B trains for the dense iterations x dense MACs / pruned MACs (closed form)
     assert all(r["iterations"] == round(10 * dense["macs"] / r["macs"]) for r in scratch_b)
     assert len(rows) == 1 + 3 * 2
+    _plot_and_export_read_the_kind_from_the_database(tmp_path, tmp_path / "csv", capsys)

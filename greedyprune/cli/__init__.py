@@ -6,15 +6,16 @@
 
 A user's mistake (a bad option, a missing file, a damaged file, a locked output) is printed as
 ``greedyprune: error: ...`` with exit status 2. An internal failure keeps its traceback (exit 1): an
-error message the package raised is told apart from one raised inside torch, numpy or Python itself by
-where it was raised. ``GREEDYPRUNE_DEBUG=1`` shows the traceback of every error.
+error message the package raised (a ``raise`` statement in greedyprune's code) is told apart from one raised
+inside torch, numpy or Python itself, even when C code called from the package raised it.
+``GREEDYPRUNE_DEBUG=1`` shows the traceback of every error.
 """
 from __future__ import annotations
 
 import argparse
+import dis
 import os
 import sys
-import traceback
 from pathlib import Path
 
 from .. import __version__
@@ -39,9 +40,18 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _raised_by_package(exc: BaseException) -> bool:
-    """Whether the innermost frame that raised ``exc`` is greedyprune's own code (a deliberate message)."""
-    frames = traceback.extract_tb(exc.__traceback__)
-    return bool(frames) and str(Path(frames[-1].filename).resolve()).startswith(_PACKAGE)
+    """Whether ``exc`` is a deliberate message of greedyprune's own code: raised by a ``raise`` statement in a
+    package frame, not by a call from there into torch, numpy or Python's C code (``int("x")``, a numpy
+    reshape), whose errors have no frame of their own and would otherwise pass for the package's."""
+    tb = exc.__traceback__
+    if tb is None:
+        return False
+    while tb.tb_next is not None:
+        tb = tb.tb_next
+    code = tb.tb_frame.f_code
+    if not str(Path(code.co_filename).resolve()).startswith(_PACKAGE):
+        return False
+    return any(ins.offset == tb.tb_lasti and ins.opname == "RAISE_VARARGS" for ins in dis.get_instructions(code))
 
 
 def _user_error(exc: BaseException) -> bool:

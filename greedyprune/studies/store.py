@@ -106,6 +106,7 @@ class ResultsStore:
         self._conn = conn
         try:
             conn.execute("PRAGMA synchronous=FULL")
+            self._check_intact(conn)
             self.schema = self._init_schema(schema)
         except sqlite3.DatabaseError as exc:
             error = self._damaged(exc)
@@ -120,21 +121,34 @@ class ResultsStore:
         self.column_names = tuple(name for name, _ in self.columns)
 
     # ------------------------------------------------------------------ errors
-    def _damaged(self, exc: sqlite3.DatabaseError) -> Exception:
+    def _check_intact(self, conn: sqlite3.Connection) -> None:
+        """``PRAGMA quick_check`` before any use: a damaged page that the first reads happen not to touch
+        would otherwise let a study resume into (and write more rows into) a damaged file."""
+        cursor = conn.execute("PRAGMA quick_check")
+        try:
+            problems = _problems([r[0] for r in cursor])
+        finally:
+            cursor.close()
+        if problems:
+            raise self._damaged(sqlite3.DatabaseError("PRAGMA quick_check failed"), problems)
+
+    def _damaged(self, exc: sqlite3.DatabaseError, problems: list[str] | None = None) -> Exception:
         """The error for an SQLite failure: a damaged file gets the integrity check and what to do."""
         text = str(exc)
         if "not a database" in text or "file is encrypted" in text:
             return ValueError(f"{self.path}: not a greedyprune results database ({text})")
-        report = text
         try:
-            check = sqlite3.connect(str(self.path), timeout=5)
-            try:
-                lines = [r[0] for r in check.execute("PRAGMA integrity_check")]
-            finally:
-                check.close()
-            report = "; ".join(lines[:5]) + (f"; ... ({len(lines)} problems)" if len(lines) > 5 else "")
+            if problems is None:
+                check = sqlite3.connect(str(self.path), timeout=5)
+                try:
+                    problems = _problems([r[0] for r in check.execute("PRAGMA integrity_check")])
+                finally:
+                    check.close()
+            shown = "; ".join(problems[:5]) + (f"; ... ({len(problems)} problems)" if len(problems) > 5 else "")
+            report = (f"{text}; PRAGMA integrity_check: {shown}" if problems else
+                      f"{text}; PRAGMA integrity_check finds the page structure intact, so a stored value is damaged")
         except sqlite3.DatabaseError as inner:
-            report = f"{text}; the integrity check itself failed: {inner}"
+            report = f"{text}; PRAGMA integrity_check itself failed: {inner}"
         return DamagedDatabaseError(
             f"{self.path} is damaged ({report}). Its finished rows may be recoverable with the sqlite3 tool "
             f"(sqlite3 {self.path.name} .recover > rows.sql); otherwise move the file away and run the study "
@@ -148,6 +162,16 @@ class ResultsStore:
             if isinstance(exc, sqlite3.IntegrityError):
                 raise
             raise self._damaged(exc) from exc
+
+    def _query(self, sql: str, params=()) -> list[tuple]:
+        """All rows of a SELECT: reading them, not only starting the statement, can hit a damaged page."""
+        cursor = self._run(sql, params)
+        try:
+            return cursor.fetchall()
+        except sqlite3.DatabaseError as exc:
+            raise self._damaged(exc) from exc
+        finally:
+            cursor.close()  # a statement left open by a failed read would keep the file locked
 
     # ------------------------------------------------------------------ setup
     def _init_schema(self, schema: Schema | None) -> Schema:
@@ -218,8 +242,8 @@ class ResultsStore:
 
     # ------------------------------------------------------------------- meta
     def _meta(self, key: str) -> str | None:
-        row = self._run("SELECT value FROM meta WHERE key=?", (key,)).fetchone()
-        return None if row is None else row[0]
+        rows = self._query("SELECT value FROM meta WHERE key=?", (key,))
+        return rows[0][0] if rows else None
 
     def stored_kind(self) -> str | None:
         """The study kind recorded in the database."""
@@ -262,10 +286,10 @@ class ResultsStore:
     def done_keys(self) -> set[tuple]:
         """The keys already stored."""
         key = ", ".join(_q(n) for n in self.key_columns)
-        return {tuple(r) for r in self._run(f"SELECT {key} FROM results")}
+        return {tuple(r) for r in self._query(f"SELECT {key} FROM results")}
 
     def __len__(self) -> int:
-        return self._run("SELECT COUNT(*) FROM results").fetchone()[0]
+        return self._query("SELECT COUNT(*) FROM results")[0][0]
 
     def add(self, row: dict) -> bool:
         """Insert one result row and commit it at once.
@@ -285,7 +309,7 @@ class ResultsStore:
     def _records(self) -> list[tuple]:
         cols = ", ".join(_q(n) for n in self.column_names)
         key = ", ".join(_q(n) for n in self.key_columns)
-        return self._run(f"SELECT {cols} FROM results ORDER BY {key}").fetchall()
+        return self._query(f"SELECT {cols} FROM results ORDER BY {key}")
 
     def rows(self) -> list[dict]:
         """All rows ordered by key, JSON columns decoded. REAL columns stored as NULL (SQLite stores NaN as
@@ -297,7 +321,14 @@ class ResultsStore:
                 if typ == "REAL" and row[name] is None:
                     row[name] = math.nan
                 elif name in self.schema.json_columns and row[name]:
-                    row[name] = json.loads(row[name])
+                    try:
+                        row[name] = json.loads(row[name])
+                    except ValueError:
+                        key = tuple(row[k] for k in self.key_columns)
+                        raise DamagedDatabaseError(
+                            f"{self.path} is damaged: column {name!r} of the row {key} holds {row[name]!r:.80}, "
+                            f"which is not the JSON that was stored; move the file away and run the study again "
+                            f"to recompute it") from None
             out.append(row)
         return out
 
@@ -351,6 +382,12 @@ def open_results(directory: str | os.PathLike, name: str = "results.sqlite") -> 
 
 # ----------------------------------------------------------------- helpers
 _ABSENT = "<absent>"
+
+
+def _problems(check_rows: list) -> list[str]:
+    """The problem lines of an integrity / quick check (one row may hold several lines); [] for "ok"."""
+    lines = [line.strip() for row in check_rows for line in str(row).splitlines()]
+    return [line for line in lines if line and line != "ok" and not line.startswith("*** in database")]
 
 
 def _config_differences(stored: dict, requested: dict) -> list[str]:

@@ -475,6 +475,25 @@ def train_with_checkpoints(
         if on_checkpoint is not None:
             on_checkpoint(t, path, info)
 
+    _check_earlier_checkpoints(out_dir, config.iterations, checkpoint_every)
     pretrain(model, images, labels, config, checkpoint_path=out_dir / TRAIN_STATE, checkpoint_every=state_every,
              callback=save, callback_every=checkpoint_every, progress=progress)
     return list_checkpoints(out_dir)
+
+
+def _check_earlier_checkpoints(out_dir: Path, iterations: int, every: int) -> None:
+    """A resumed run cannot write the checkpoints of iterations before its resume state again: refuse to resume
+    past a missing one (deleted because it was damaged, say) instead of finishing without it."""
+    from .loop import load_checkpoint
+
+    state = out_dir / TRAIN_STATE
+    if not state.is_file():
+        return
+    start = int(load_checkpoint(state)["iteration"])
+    expected = set(range(0, start + 1, every)) | ({start} if start == iterations else set())
+    missing = sorted(t for t in expected if not checkpoint_path(out_dir, t).is_file())
+    if missing:
+        raise ValueError(f"{out_dir} lacks the model checkpoints of iteration(s) {missing}, but its resume state "
+                         f"{state.name} is at iteration {start}, so resuming would not write them again. Delete "
+                         f"{state} to train again from the start: training is deterministic, so the checkpoints "
+                         f"still there are kept and the missing ones are written with the same weights")

@@ -155,7 +155,7 @@ def save_checkpoint(path: str | os.PathLike, payload: dict) -> None:
 def load_checkpoint(path: str | os.PathLike, map_location="cpu") -> dict:
     """Load a checkpoint written by :func:`pretrain`, verifying its checksum, with a clear error for anything else."""
     payload = load_torch(path, what="greedyprune training checkpoint", require_checksum=True,
-                         map_location=map_location)
+                         map_location=map_location, offer_trust=False)
     if not isinstance(payload, dict) or payload.get("format") != CHECKPOINT_FORMAT:
         raise ValueError(f"{path} is not a greedyprune training checkpoint (format {CHECKPOINT_FORMAT!r} expected)")
     return payload
