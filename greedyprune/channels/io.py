@@ -102,7 +102,7 @@ def load_pruned(path: str | os.PathLike, *, model: nn.Module | None = None, trus
         ValueError: not a pruned-model file, or the weights do not fit the rebuilt architecture.
     """
     path = Path(path)
-    payload = load_torch(path, what="pruned model", require_checksum=True)
+    payload = load_torch(path, what="pruned model", require_checksum=True, offer_trust=False)
     if not isinstance(payload, dict) or payload.get("format") != PRUNED_FORMAT:
         raise ValueError(f"{path} is not a pruned model saved by this version of greedyprune (no {PRUNED_FORMAT!r} "
                          f"marker)")
