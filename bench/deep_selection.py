@@ -13,6 +13,8 @@ Rows:
   Both runs see the same batches and candidates; the script checks that they keep the same channels.
   A third run adds the best 2 candidates of each step (``step=2``): half the steps; its held-out loss
   after pruning is printed next to the one-at-a-time search's, as its quality.
+* ``local`` - the local (reconstruction) objective (``objective="local"``) against the whole-network
+  search on the same ResNet-20 and widths: search seconds and the held-out loss of the pruned net.
 * ``resnet18`` - a torchvision-style ResNet-18 (32x32) at 50 candidates and batch 128: seconds per greedy
   step in each group (a few steps per group; ``--resnet18-steps``), so a full search can be estimated.
 * ``mobilenetv2`` - the in-tree MobileNetV2 (3x32x32) at ``flops_target=0.6`` with 8 candidates on 256
@@ -84,6 +86,23 @@ def main_row(args) -> None:
           f"({search['reference'] / search['fast, step 2']:.1f}x with step=2)")
 
 
+def local_row(args) -> None:
+    """The local (reconstruction) objective against the whole-network search, same net and widths."""
+    model = _pretrained_like(get_model("resnet20", seed=args.seed), args.seed)
+    X, y = _data(2048, args.seed)
+    hold = _data(512, args.seed + 1)
+    print(f"\nresnet20, keep 0.5: local objective (Gram form on 512 calibration images) vs whole-network search "
+          f"({args.candidates} candidates, batch {args.batch_size})")
+    for objective in ("network", "local"):
+        start = time.perf_counter()
+        result = prune_model(model, (X, y), keep_ratio=0.5, candidates=args.candidates, batch_size=args.batch_size,
+                             seed=args.seed, device=args.device, eval_examples=256, objective=objective, check=False)
+        seconds = time.perf_counter() - start
+        loss, acc = evaluate(result.model, hold[0].to(args.device), hold[1].to(args.device), "cross_entropy")
+        search = sum(r["seconds"] for r in result.layers)
+        print(f"{objective:>8}: search {search:.1f} s (whole call {seconds:.1f} s), held-out loss {loss:.4f}")
+
+
 def resnet18_row(args) -> None:
     model = _pretrained_like(get_model("resnet18", seed=args.seed), args.seed)
     X, y = _data(1024, args.seed)
@@ -118,7 +137,7 @@ def mobilenet_row(args) -> None:
 
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--rows", default="main,resnet18,mobilenetv2")
+    p.add_argument("--rows", default="main,local,resnet18,mobilenetv2")
     p.add_argument("--candidates", type=int, default=50)
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--resnet18-steps", type=int, default=2)
@@ -127,7 +146,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--seed", type=int, default=0)
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
-    rows = {"main": main_row, "resnet18": resnet18_row, "mobilenetv2": mobilenet_row}
+    rows = {"main": main_row, "local": local_row, "resnet18": resnet18_row, "mobilenetv2": mobilenet_row}
     for name in args.rows.split(","):
         rows[name](args)
 

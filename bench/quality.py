@@ -11,7 +11,10 @@ weight decay 5e-4, batch 128; the checkpoint is cached in ``--out``) and then, f
 multiply-add budget, pruned by
 
 * ``gfs`` - :func:`greedyprune.prune_model` with ``flops_target`` (adaptive widths from each group's loss
-  curve; the curves are measured once per seed and shared by the budgets);
+  curve; the curves are measured once per seed and shared by the budgets); ``gfs-refit`` the same with a
+  least-squares refit of the readers; ``gfs-local`` each group selected by the local (reconstruction)
+  objective at the same widths' budget; ``gfs-running`` scoring with the dense network's stored batch-norm
+  statistics and no recalibration during the search (the public implementation's way);
 * each baseline criterion (L1, BN scale, Taylor, FPGM, LAMP, random: Torch-Pruning importances) twice:
   at GFS's widths (``same widths``: the criterion alone differs) and with the same keep fraction in every
   group at the same budget (``uniform``, the usual way to run them);
@@ -47,6 +50,10 @@ from greedyprune.training.loop import TrainConfig, evaluate, pretrain
 from greedyprune.training.retrain import finetune
 
 BASELINES = ("l1", "bn", "taylor", "fpgm", "lamp", "random")
+# GFS variants: the default, a least-squares refit of the readers, and scoring with the dense network's stale
+# batch-norm statistics (the public implementation's way; recalibrated only at the end like every method)
+GFS_VARIANTS = {"gfs": {}, "gfs-refit": {"refit": "lstsq"}, "gfs-local": {"objective": "local"},
+                "gfs-running": {"bn": "running", "recalibrate": 0}}
 
 
 def parse_args(argv=None):
@@ -54,7 +61,7 @@ def parse_args(argv=None):
     p.add_argument("--models", default="resnet20,resnet56")
     p.add_argument("--budgets", default="0.3,0.5,0.7", help="fractions of the dense multiply-adds kept")
     p.add_argument("--seeds", default="0,1,2")
-    p.add_argument("--methods", default="gfs," + ",".join(BASELINES))
+    p.add_argument("--methods", default=",".join(GFS_VARIANTS) + "," + ",".join(BASELINES))
     p.add_argument("--data", default="mnist5k")
     p.add_argument("--test-size", type=int, default=1000)
     p.add_argument("--train-iterations", type=int, default=2000)
@@ -143,23 +150,30 @@ def run(args) -> list[dict]:
         dense_acc = accuracy(dense, test, device)
         print(f"{name}: dense test accuracy {dense_acc:.4f}, {dense_macs:,} MACs", flush=True)
         for seed in [int(s) for s in args.seeds.split(",")]:
-            curves = None
+            curves: dict = {}
             for budget in [float(b) for b in args.budgets.split(",")]:
                 gfs_widths = None
                 base = {"model": name, "seed": seed, "budget": budget, "dense_accuracy": dense_acc}
-                if "gfs" in methods or any(m in methods for m in BASELINES):
+                for variant, extra in GFS_VARIANTS.items():
+                    first = variant == "gfs" and any(m in methods for m in BASELINES)
+                    if variant not in methods and not first:
+                        continue
+                    if (name, seed, budget, variant, "own") in done and not first:
+                        continue
                     start = time.perf_counter()
-                    rule = FlopsTarget(budget, curves=curves)
+                    mode = extra.get("bn", "batch")
+                    rule = FlopsTarget(budget, curves=curves.get(mode))
                     result = prune_model(dense, (train[0], train[1]), rule=rule, candidates=args.candidates,
-                                         batch_size=args.batch_size, seed=seed, device=device)
-                    curves = rule.curves
+                                         batch_size=args.batch_size, seed=seed, device=device, **extra)
+                    curves[mode] = rule.curves
                     seconds = time.perf_counter() - start
-                    gfs_widths = {k: len(v) for k, v in result.kept.items()}
-                    if "gfs" in methods and (name, seed, budget, "gfs", "own") not in done:
+                    if variant == "gfs":
+                        gfs_widths = {k: len(v) for k, v in result.kept.items()}
+                    if variant in methods and (name, seed, budget, variant, "own") not in done:
                         pruned, tuned = finish(result.model, train, test, args, seed, device, calib)
-                        record({**base, "method": "gfs", "widths": "own", "pruned": pruned, "finetuned": tuned,
+                        record({**base, "method": variant, "widths": "own", "pruned": pruned, "finetuned": tuned,
                                 "macs_ratio": count_macs(result.model, example) / dense_macs, "seconds": seconds,
-                                "kept": gfs_widths})
+                                "kept": {k: len(v) for k, v in result.kept.items()}})
                 for method in [m for m in methods if m in BASELINES]:
                     for widths in ("same", "uniform"):
                         if (name, seed, budget, method, widths) in done:
@@ -210,7 +224,8 @@ def headline(rows: list[dict], budget: float = 0.5) -> str:
     for stage in ("pruned", "finetuned"):
         g = statistics.fmean(r[stage] for r in gfs)
         best = max((statistics.fmean(r[stage] for r in sel if (r["method"], r["widths"]) == key)
-                    for key in {(r["method"], r["widths"]) for r in sel if r["method"] != "gfs"}), default=float("nan"))
+                    for key in {(r["method"], r["widths"]) for r in sel if not r["method"].startswith("gfs")}),
+                   default=float("nan"))
         out.append(100 * (g - best))
     return (f"GFS vs best baseline at {budget:.0%} MACs: before fine-tuning {out[0]:+.1f} points, "
             f"after {out[1]:+.1f} points")

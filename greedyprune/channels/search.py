@@ -76,6 +76,7 @@ class SearchOptions:
     curve_points: int = 32
     refit: str | None = None
     refit_ridge: float = 1e-3
+    objective: str = "network"
 
     def validate(self) -> None:
         self.candidates = check_int("candidates", self.candidates, 1, allow_none=True)
@@ -98,6 +99,7 @@ class SearchOptions:
         if self.refit is not None:
             check_choice("refit", self.refit, ("lstsq",))
         self.refit_ridge = check_number("refit_ridge", self.refit_ridge, low=0)
+        check_choice("objective", self.objective, ("network", "local"))
         if not isinstance(self.check, bool):
             raise TypeError(f"check must be True or False, got {self.check!r}")
 
@@ -162,6 +164,7 @@ def prune_model(
     curve_points: int = 32,
     refit: str | None = None,
     refit_ridge: float = 1e-3,
+    objective: str = "network",
     inplace: bool = False,
     progress: bool = False,
     distributed: bool = False,
@@ -219,6 +222,10 @@ def prune_model(
         refit: None (fold the scales ``D * count / |S|`` into the readers, the paper's way) or "lstsq": re-solve
             the readers' weights on the kept channels by ridge regression on the calibration subset
             (:mod:`greedyprune.channels.refit`), with ``refit_ridge`` relative regularisation.
+        objective: "network" (each candidate scored by the whole network's loss, the paper's way) or "local"
+            (each group selected to reproduce the outputs of the layers that read it, on the calibration
+            subset, by the engine's Gram form: :mod:`greedyprune.channels.local`; no candidate forwards).
+            "local" needs a rule that fixes each group's width (keep_ratio, flops_target, params_target).
         inplace: prune ``model`` itself instead of a deep copy.
         progress: show a progress bar over groups.
         distributed: split each step's candidates across the ranks of the initialised
@@ -235,7 +242,7 @@ def prune_model(
                              keep_ratio=keep_ratio, flops_target=flops_target, params_target=params_target)
     options = SearchOptions(candidates, replacement, batch_size, max_steps, seed, finetune_steps, finetune_lr,
                             finetune_weight_decay, method, eval_examples, stack_elements, bn, recalibrate, holdout,
-                            check, step, curve_points, refit, refit_ridge)
+                            check, step, curve_points, refit, refit_ridge, objective)
     options.validate()
     check_choice("unsupported", unsupported, ("error", "skip"))
     if not isinstance(model, nn.Module):
@@ -282,7 +289,10 @@ def prune_model(
     for gi, group in enumerate(bar):
         t0 = time.perf_counter()
         group = refresh_group(DG, model, group)
-        counts, record = search_group(search, group, gi, stop)
+        if options.objective == "local":
+            counts, record = local_group(search, group, stop)
+        else:
+            counts, record = search_group(search, group, gi, stop)
         kept[group.name] = _fold_checked(search, group, counts)
         counts_out[group.name] = counts.tolist()
         search.recalibrate()
@@ -371,6 +381,24 @@ def search_group(search: _Search, group: ChannelGroup, index: int, stop: Stoppin
     return group.channel_counts(counts), {
         "name": group.name, "channels": D, "steps": last.step, "rule": rule, "loss": last.loss,
         "accuracy": last.accuracy, "evaluator": "fast" if isinstance(evaluator, FastEvaluator) else "reference"}
+
+
+def local_group(search: _Search, group: ChannelGroup, stop: StoppingRule) -> tuple[torch.Tensor, dict]:
+    """One group by the local objective: Algorithm 1 on the readers' reconstruction (Gram form)."""
+    from .local import local_problem, local_selection
+
+    targets = getattr(stop, "targets", None)
+    if targets is None:
+        raise ValueError(f"objective='local' needs a rule that fixes each group's width (keep_ratio, flops_target, "
+                         f"params_target or KeepCounts); {stop.name!r} compares network losses - use "
+                         f"objective='network' for it")
+    inputs = search.calibration if search.calibration is not None else search.batches.fixed(256)[0]
+    gram, cross, norm, positions = local_problem(search.model, group, inputs)
+    per_unit = group.channels // group.num_units
+    counts = local_selection(gram, cross, norm, positions, -(-targets[group.name] // per_unit), search.options.seed)
+    return group.channel_counts(counts), {"name": group.name, "channels": group.channels,
+                                          "steps": int(counts.sum()), "rule": stop.name, "loss": None,
+                                          "accuracy": None, "evaluator": "local"}
 
 
 def _step_size(step: int, group: ChannelGroup, counts: torch.Tensor, stop, candidates: int) -> int:
