@@ -14,10 +14,11 @@ multiply-add budget, pruned by
   curve; the curves are measured once per seed and shared by the budgets); ``gfs-refit`` the same with a
   least-squares refit of the readers; ``gfs-local`` each group selected by the local (reconstruction)
   objective at the same widths' budget; ``gfs-running`` scoring with the dense network's stored batch-norm
-  statistics and no recalibration during the search (the public implementation's way);
-* each baseline criterion (L1, BN scale, Taylor, FPGM, LAMP, random: Torch-Pruning importances) twice:
-  at GFS's widths (``same widths``: the criterion alone differs) and with the same keep fraction in every
-  group at the same budget (``uniform``, the usual way to run them);
+  statistics and no recalibration during the search (the public implementation's way). The variants run
+  at the main budget only;
+* each baseline criterion (L1, BN scale, Taylor, FPGM, LAMP, random: Torch-Pruning importances) with the
+  same keep fraction in every group at the same budget (``uniform``, the usual way to run them) and, at
+  the main budget (0.5), also at GFS's widths (``same``: the criterion alone differs);
 
 every pruned network has its batch-norm statistics re-estimated on the same 512 training images, and is
 then fine-tuned with the same budget (SGD, momentum 0.9, cosine lr from 0.01). Test accuracy is recorded
@@ -71,6 +72,10 @@ def parse_args(argv=None):
     p.add_argument("--device", default="cpu")
     p.add_argument("--threads", type=int, default=None)
     p.add_argument("--out", type=Path, default=Path("runs/quality"))
+    p.add_argument("--cache", type=Path, default=None, help="where dense checkpoints are cached (default OUT/cache)")
+    p.add_argument("--main-budget", type=float, default=0.5,
+                   help="the budget where the GFS variants and the same-width baselines also run")
+    p.add_argument("--time-budget", type=float, default=None, help="start no new work after this many seconds")
     p.add_argument("--quick", action="store_true", help="resnet20, budget 0.5, seed 0, 1000 training iterations")
     args = p.parse_args(argv)
     if args.quick:
@@ -94,7 +99,7 @@ def load_split(spec: str, test_size: int):
 
 
 def dense_model(name, train, classes, args, device):
-    path = args.out / "cache" / f"{name}-{args.data.replace(':', '-').replace('/', '_')}-it{args.train_iterations}.pt"
+    path = (args.cache or args.out / "cache") / f"{name}-{args.data.replace(':', '-').replace('/', '_')}-it{args.train_iterations}.pt"
     kwargs = {"num_classes": classes, "in_channels": int(train[0].shape[1])}
     if path.is_file():
         model, _ = load_model(path, map_location=device)
@@ -123,6 +128,16 @@ def finish(model, train, test, args, seed, device, calib):
     return before, accuracy(model.eval(), test, device)
 
 
+class _Clock:
+    """``--time-budget``: no new unit of work starts after the budget is spent (finished rows are saved)."""
+
+    def __init__(self, seconds: float | None):
+        self.start, self.seconds = time.perf_counter(), seconds
+
+    def out(self) -> bool:
+        return self.seconds is not None and time.perf_counter() - self.start > self.seconds
+
+
 def run(args) -> list[dict]:
     device = torch.device(args.device)
     if args.threads:
@@ -134,63 +149,72 @@ def run(args) -> list[dict]:
     train, test, classes = load_split(args.data, args.test_size)
     methods = [m for m in args.methods.split(",") if m]
     calib = train[0][torch.randperm(train[0].shape[0], generator=torch.Generator().manual_seed(1))[:512]].to(device)
+    example = test[0][:1].to(device)
+    clock = _Clock(args.time_budget)
 
     def record(row):
         rows.append(row)
         done.add((row["model"], row["seed"], row["budget"], row["method"], row["widths"]))
         atomic_write_text(results_path, json.dumps(rows, indent=1))
-        print(f"{row['model']:>9} seed {row['seed']} budget {row['budget']:.2f} {row['method']:>7} "
+        print(f"{row['model']:>9} seed {row['seed']} budget {row['budget']:.2f} {row['method']:>11} "
               f"({row['widths']:>7}): MACs {row['macs_ratio']:.3f}, after pruning {row['pruned']:.4f}, "
               f"fine-tuned {row['finetuned']:.4f} ({row['seconds']:.1f} s)", flush=True)
 
+    dense = {}
     for name in args.models.split(","):
-        dense = dense_model(name, train, classes, args, device)
-        example = test[0][:1].to(device)
-        dense_macs = count_macs(dense, example)
-        dense_acc = accuracy(dense, test, device)
-        print(f"{name}: dense test accuracy {dense_acc:.4f}, {dense_macs:,} MACs", flush=True)
-        for seed in [int(s) for s in args.seeds.split(",")]:
-            curves: dict = {}
-            for budget in [float(b) for b in args.budgets.split(",")]:
-                gfs_widths = None
+        model = dense_model(name, train, classes, args, device)
+        dense[name] = (model, count_macs(model, example), accuracy(model, test, device))
+        print(f"{name}: dense test accuracy {dense[name][2]:.4f}, {dense[name][1]:,} MACs", flush=True)
+    budgets = sorted((float(b) for b in args.budgets.split(",")), key=lambda b: abs(b - args.main_budget))
+    curves: dict = {}
+    for seed in [int(s) for s in args.seeds.split(",")]:  # seed-major: every model gets each seed early
+        for name, (model, dense_macs, dense_acc) in dense.items():
+            for budget in budgets:
+                diagnostic = abs(budget - args.main_budget) < 1e-9  # variants and same-width baselines here
                 base = {"model": name, "seed": seed, "budget": budget, "dense_accuracy": dense_acc}
+                gfs_widths = None
                 for variant, extra in GFS_VARIANTS.items():
-                    first = variant == "gfs" and any(m in methods for m in BASELINES)
-                    if variant not in methods and not first:
+                    wanted = variant in methods and (variant == "gfs" or diagnostic)
+                    needed = variant == "gfs" and diagnostic and any(m in methods for m in BASELINES)
+                    if clock.out() or not (wanted or needed):
                         continue
-                    if (name, seed, budget, variant, "own") in done and not first:
+                    if (name, seed, budget, variant, "own") in done and not needed:
                         continue
                     start = time.perf_counter()
-                    mode = extra.get("bn", "batch")
-                    rule = FlopsTarget(budget, curves=curves.get(mode))
-                    result = prune_model(dense, (train[0], train[1]), rule=rule, candidates=args.candidates,
+                    key = (name, seed, extra.get("bn", "batch"))
+                    rule = FlopsTarget(budget, curves=curves.get(key))
+                    result = prune_model(model, (train[0], train[1]), rule=rule, candidates=args.candidates,
                                          batch_size=args.batch_size, seed=seed, device=device, **extra)
-                    curves[mode] = rule.curves
+                    curves[key] = rule.curves
                     seconds = time.perf_counter() - start
                     if variant == "gfs":
                         gfs_widths = {k: len(v) for k, v in result.kept.items()}
-                    if variant in methods and (name, seed, budget, variant, "own") not in done:
+                    if wanted and (name, seed, budget, variant, "own") not in done:
                         pruned, tuned = finish(result.model, train, test, args, seed, device, calib)
                         record({**base, "method": variant, "widths": "own", "pruned": pruned, "finetuned": tuned,
                                 "macs_ratio": count_macs(result.model, example) / dense_macs, "seconds": seconds,
                                 "kept": {k: len(v) for k, v in result.kept.items()}})
                 for method in [m for m in methods if m in BASELINES]:
-                    for widths in ("same", "uniform"):
-                        if (name, seed, budget, method, widths) in done:
+                    for widths in (("uniform", "same") if diagnostic else ("uniform",)):
+                        if clock.out() or (name, seed, budget, method, widths) in done:
+                            continue
+                        if widths == "same" and gfs_widths is None:
                             continue
                         start = time.perf_counter()
                         if widths == "same":
                             keep = gfs_widths
                         else:
-                            DG, groups = find_groups(dense, example)
-                            keep = uniform_keep_counts(dense, groups, example, budget, DG)
-                        res = prune_like(dense, keep, method, data=(train[0].to(device), train[1].to(device)),
+                            DG, groups = find_groups(model, example)
+                            keep = uniform_keep_counts(model, groups, example, budget, DG)
+                        res = prune_like(model, keep, method, data=(train[0].to(device), train[1].to(device)),
                                          seed=seed, batch_size=args.batch_size)
                         seconds = time.perf_counter() - start
                         pruned, tuned = finish(res.model, train, test, args, seed, device, calib)
                         record({**base, "method": method, "widths": widths, "pruned": pruned, "finetuned": tuned,
                                 "macs_ratio": count_macs(res.model, example) / dense_macs, "seconds": seconds,
                                 "kept": keep})
+    if clock.out():
+        print(f"time budget of {args.time_budget:.0f} s spent: the rows above are what was finished", flush=True)
     return rows
 
 
@@ -249,8 +273,8 @@ def plot(rows: list[dict], path: Path) -> None:
                                        and r["budget"] == b) for b in pts]
                 ys = [statistics.fmean(r[stage] for r in sel if (r["method"], r["widths"]) == key and r["budget"] == b)
                       for b in pts]
-                style = dict(lw=2.5, color="k") if key[0] == "gfs" else dict(lw=1, ls="--" if key[1] == "uniform" else "-")
-                ax.plot(xs, ys, "o-", label=f"{key[0]} ({key[1]})" if key[0] != "gfs" else "GFS", **style)
+                style = dict(lw=2.5, color="k", ls="-") if key[0] == "gfs" else dict(lw=1, ls="--" if key[1] == "uniform" else "-")
+                ax.plot(xs, ys, marker="o", label=f"{key[0]} ({key[1]})" if key[0] != "gfs" else "GFS", **style)
             dense = statistics.fmean(r["dense_accuracy"] for r in sel)
             ax.axhline(dense, color="grey", lw=0.8, ls=":", label="dense")
             ax.set_title(f"{model}: {'right after pruning' if stage == 'pruned' else 'after fine-tuning'}")
