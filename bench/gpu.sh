@@ -10,7 +10,7 @@ python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upg
 export PYTHONUNBUFFERED=1
 nvidia-smi --query-gpu=name,memory.total --format=csv,noheader
 python3 -c "import torch; print('torch', torch.__version__, 'cuda', torch.cuda.is_available())"
-timeout 170 python3 bench/deep_selection.py --device cuda --rows main,local,resnet18 --resnet18-steps 3 \
+timeout 150 python3 bench/deep_selection.py --device cuda --rows main,local,resnet18 --resnet18-steps 3 \
     2>&1 | tee "$OUT/deep_selection.txt"
-timeout 370 python3 bench/quality.py --device cuda --out "$OUT/quality" --cache /tmp/qcache \
+timeout 360 python3 bench/quality.py --device cuda --out "$OUT/quality" --cache /tmp/qcache \
     --finetune-iterations 100 --time-budget 250 2>&1 | tee "$OUT/quality.txt"

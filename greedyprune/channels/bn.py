@@ -15,7 +15,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-__all__ = ["BATCH_NORMS", "batch_statistics", "has_batch_norm", "per_candidate_batch_norm", "recalibrate_bn"]
+__all__ = ["BATCH_NORMS", "batch_statistics", "exact_math", "has_batch_norm", "per_candidate_batch_norm",
+           "recalibrate_bn"]
 
 BATCH_NORMS = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)
 
@@ -87,3 +88,20 @@ def per_candidate_batch_norm(x: torch.Tensor, bn: nn.Module, K: int) -> torch.Te
     if bn.affine:
         y = y * bn.weight.reshape(1, 1, C, 1) + bn.bias.reshape(1, 1, C, 1)
     return y.reshape(x.shape)
+
+
+class exact_math:
+    """Context manager: full float32 precision for convolutions and matrix products (TF32 off on CUDA).
+
+    The checks that compare two ways of computing the same network (masked vs pruned, the fast evaluator vs
+    full forwards) would otherwise see TF32's ~1e-3 relative rounding on Ampere and newer GPUs as a difference.
+    """
+
+    def __enter__(self) -> "exact_math":
+        self.saved = (torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32)
+        torch.backends.cudnn.allow_tf32 = False
+        torch.backends.cuda.matmul.allow_tf32 = False
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = self.saved

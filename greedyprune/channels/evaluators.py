@@ -24,7 +24,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.nn.utils.fusion import fuse_conv_bn_weights
 
-from .bn import BATCH_NORMS, batch_statistics, per_candidate_batch_norm
+from .bn import BATCH_NORMS, batch_statistics, exact_math, per_candidate_batch_norm
 from .groups import ChannelGroup
 from .masks import apply_masks, channel_view, reader_scale, reads_last_dim, scale_input
 
@@ -270,6 +270,11 @@ def checked(evaluator: FastEvaluator, model: nn.Module, group: ChannelGroup, x: 
             rows: torch.Tensor, strict: bool):
     """``evaluator`` if it agrees with full masked forwards on ``rows`` (and the unpruned group), else a
     :class:`ReferenceEvaluator` with a warning - or, with ``strict``, an error."""
+    with exact_math():
+        return _checked(evaluator, model, group, x, y, rows, strict)
+
+
+def _checked(evaluator, model, group, x, y, rows, strict):
     ref = ReferenceEvaluator(model, group, evaluator.bn)
     ref.prepare(x)
     probe = torch.cat([rows, torch.ones(1, rows.shape[1], device=rows.device)])

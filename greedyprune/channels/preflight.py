@@ -16,6 +16,7 @@ import warnings
 import torch
 from torch import nn
 
+from .bn import exact_math
 from .groups import ChannelGroup, UnsupportedLayerError, find_groups, refresh_group
 from .masks import apply_masks, fold_and_remove, group_scales
 
@@ -33,8 +34,13 @@ def preflight(model: nn.Module, groups: list[ChannelGroup], example: torch.Tenso
     """The groups whose pruned form equals their masked form on a copy of ``model``.
 
     A group that differs raises :class:`UnsupportedLayerError` (``unsupported="error"``) or is dropped with
-    a warning (``"skip"``). ``model`` itself is not changed.
+    a warning (``"skip"``). ``model`` itself is not changed. Computed in full float32 (no TF32).
     """
+    with exact_math():
+        return _preflight(model, groups, example, skip, extra_skip, unsupported, tolerance)
+
+
+def _preflight(model, groups, example, skip, extra_skip, unsupported, tolerance) -> list[ChannelGroup]:
     probe = copy.deepcopy(model).eval()
     x = example.repeat(4, *([1] * (example.dim() - 1))) + 0.1 * torch.randn(
         (4,) + tuple(example.shape[1:]), generator=torch.Generator().manual_seed(0)).to(example)

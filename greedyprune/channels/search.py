@@ -38,7 +38,7 @@ from ..result import PruneResult
 from ..selection import draw_candidates
 from ..training.loop import evaluate, train_step
 from .batches import Batches
-from .bn import has_batch_norm, recalibrate_bn
+from .bn import exact_math, has_batch_norm, recalibrate_bn
 from .evaluators import (CPU_STACK_ELEMENTS, GPU_STACK_ELEMENTS, FastEvaluator, ReferenceEvaluator, checked,
                          step_rows, trace)
 from .groups import ChannelGroup, UnsupportedLayerError, find_groups, refresh_group
@@ -468,11 +468,11 @@ def _fold_checked(search: _Search, group: ChannelGroup, counts: torch.Tensor) ->
         weights = refit_readers(model, group, counts, group_scales(counts).to(search.device), inputs,
                                 search.options.refit_ridge)
     elif search.options.check:
-        with torch.no_grad(), apply_masks(model, {group: group_scales(counts).to(search.device)}):
+        with torch.no_grad(), exact_math(), apply_masks(model, {group: group_scales(counts).to(search.device)}):
             masked = model(x)
     kept = fold_and_remove(search.DG, model, group, counts, reader_weights=weights)
     if masked is not None:
-        with torch.no_grad():
+        with torch.no_grad(), exact_math():
             pruned = model(x)
         scale = float(masked.abs().max()) + 1e-6
         if pruned.shape != masked.shape or float((pruned - masked).abs().max()) > 1e-3 * scale + 1e-4:
