@@ -75,11 +75,13 @@ def copy_ids(rows: torch.Tensor) -> torch.Tensor:
 
 
 def brute_force_selection(outputs, target, k, loss="squared", replacement=True, candidates=None, seed=0,
-                          max_steps=None):
+                          max_steps=None, one_at_a_time=False):
     """Algorithm 1 by direct evaluation of every candidate's averaged output. Returns ``(indices, losses)``
     as Python lists. Ties go to the lowest index. Computed in float64.
 
-    ``max_steps`` stops early (for timing the reference on a few steps).
+    ``max_steps`` stops early (for timing the reference on a few steps). ``one_at_a_time`` evaluates the
+    candidates in a Python loop, one loss per candidate (the public implementations' way, which
+    ``bench/selection.py`` times), instead of all of a step's candidates in one vectorised pass.
     """
     n = outputs.shape[0]
     phi = outputs.detach().double()
@@ -93,7 +95,11 @@ def brute_force_selection(outputs, target, k, loss="squared", replacement=True, 
     for step in range(steps):
         pool = torch.arange(n) if replacement else torch.nonzero(~taken).flatten()
         rows = _draw_candidates(generator, pool, candidates)
-        values = candidate_losses((total + phi[rows]) / (step + 1), target, loss, copies[rows])
+        if one_at_a_time:
+            values = torch.tensor([reference_loss((total + phi[i]) / (step + 1), target, loss) for i in rows.tolist()],
+                                  dtype=torch.float64)
+        else:
+            values = candidate_losses((total + phi[rows]) / (step + 1), target, loss, copies[rows])
         best = int(rows[int(torch.argmin(values))])  # argmin returns the first minimum: the lowest index
         chosen.append(best)
         taken[best] = True

@@ -52,7 +52,8 @@ def test_bn_keeps_the_largest_batch_norm_scales(setup):
         scores = sum(named[_bn_of(w)].weight.detach().abs() for w in g.writers)
         assert result.kept[g.name] == _top(scores, keep[g.name]), g.name
     kept = result.kept["layer1.0.conv1"]
-    torch.testing.assert_close(dict(result.model.named_modules())["layer1.0.bn1"].weight, named["layer1.0.bn1"].weight[kept])
+    pruned_bn = dict(result.model.named_modules())["layer1.0.bn1"]
+    torch.testing.assert_close(pruned_bn.weight, named["layer1.0.bn1"].weight[kept])
 
 
 def test_taylor_keeps_the_largest_weight_times_gradient(setup):

@@ -5,6 +5,7 @@ dies or hangs mid-selection making the others fail within the timeout.
 Process groups are expensive to start (a few seconds each), so each world size is launched once and
 runs all of its cases inside; the tests then compare the results case by case.
 """
+import datetime
 import math
 import os
 import socket
@@ -253,6 +254,10 @@ def fail_mid_selection(victim, at_call, how, flag=None):
     still hanging) and then raises. The others report how long they took to fail, and release it."""
     phi, y = problem(5, "logistic", 40, 30)
     offset, length = D.split_range(40, D.world_size(), D.rank())
+    group = None
+    if how == "hang":  # a short timeout only once every rank is up (starting them may take long on a busy machine)
+        dist.barrier()
+        group = dist.new_group(timeout=datetime.timedelta(seconds=4))
     if D.rank() == victim:
         calls = [0]
         real = dist.all_gather
@@ -271,7 +276,8 @@ def fail_mid_selection(victim, at_call, how, flag=None):
         dist.all_gather = flaky
     start = time.perf_counter()
     try:
-        D.greedy_forward_selection(phi[offset:offset + length], y, 30, offset=offset, loss="logistic")
+        D.greedy_forward_selection(phi[offset:offset + length], y, 30, offset=offset, loss="logistic",
+                                   process_group=group)
     except D.DistributedSelectionError as err:
         if flag is not None:
             open(flag, "w").close()
@@ -280,26 +286,25 @@ def fail_mid_selection(victim, at_call, how, flag=None):
 
 
 def test_a_rank_that_dies_mid_selection_makes_the_others_fail_quickly():
-    start = time.perf_counter()
     with pytest.raises(D.WorkerError) as info:
-        D.launch(fail_mid_selection, 2, 1, 5, "die", threads=1, timeout_s=15)
-    assert time.perf_counter() - start < 45
+        D.launch(fail_mid_selection, 2, 1, 5, "die", threads=1, timeout_s=120)
     err = info.value
     assert set(err.failures) == {1} and "exit code 17" in err.failures[1]
-    elapsed, message = err.results[0]
-    assert elapsed < 15, elapsed
+    _, message = err.results[0]
     assert "rank 0 of 2" in message and "at step 5 of 30" in message
+    # quickly: the closed connection, not the (long) timeout, ended rank 0's wait
+    assert "timed out" not in message.lower() and "closed" in message.lower(), message
 
 
 def test_a_rank_that_hangs_makes_the_others_fail_within_the_timeout(tmp_path):
     flag = str(tmp_path / "rank 0 gave up")
     with pytest.raises(D.WorkerError) as info:
-        D.launch(fail_mid_selection, 2, 1, 3, "hang", flag, threads=1, timeout_s=2)
+        D.launch(fail_mid_selection, 2, 1, 3, "hang", flag, threads=1, timeout_s=120)
     err = info.value
     assert set(err.failures) == {1}
     # rank 1 was still hanging when rank 0 failed (rank 0 released it): rank 0 did not wait for it
     assert "raised:" in err.failures[1] and "ValueError: hung on purpose\n" in err.failures[1] + "\n"
-    elapsed, message = err.results[0]
+    _, message = err.results[0]
     assert "at step 3 of 30" in message and "gathering the ranks' best candidates failed" in message
     assert "timed out" in message.lower()  # the bounded timeout fired; the connection was still open
 

@@ -167,6 +167,7 @@ def test_flops_target_below_the_skipped_layers_is_refused():
 
 
 def test_rules_reject_bad_values():
-    for make, bad in ((LossGap, -0.1), (AccuracyTolerance, 1.0), (KeepRatio, 0.0), (KeepRatio, 1.5), (FlopsTarget, 1.0)):
+    bad_values = ((LossGap, -0.1), (AccuracyTolerance, 1.0), (KeepRatio, 0.0), (KeepRatio, 1.5), (FlopsTarget, 1.0))
+    for make, bad in bad_values:
         with pytest.raises(ValueError):
             make(bad)

@@ -185,6 +185,46 @@ def test_near_ties_duplicates_and_dead_neurons(loss, anchors):
             assert all(first_copy[phi[i].numpy().tobytes()] == i for i in result.indices.tolist())
 
 
+@pytest.mark.parametrize("loss", ["logistic", "cross_entropy"])
+def test_bounded_search_is_exact_for_any_first_batch(loss):
+    """``best`` against the argmin of the scorer's own exact scores of every candidate, with first batches
+    from 1 (Algorithm 2 shares 32 out between the ranks) up: every later batch must be evaluated whole."""
+    phi, y = problem(13, loss, 300, 12)
+    cls = scorers.LogisticScorer if loss == "logistic" else scorers.CrossEntropyScorer
+    for first_batch in (1, 2, 3, 7, 32):
+        scorer = cls(phi, y, chunk_elements=1 << 16)
+        available = torch.ones(300, dtype=torch.bool)
+        for k in range(40):
+            replacement = first_batch % 2 == 1
+            score, i = scorer.best(k, None if replacement else available, first_batch=first_batch)
+            exact = scorer.scores(None, k)
+            if not replacement:
+                exact = exact.masked_fill(~available, math.inf)
+            assert i == int(torch.argmin(exact)) and score == pytest.approx(float(exact[i]), rel=1e-13), (first_batch, k)
+            available[i] = False
+            scorer.add(scorer.phi[i], i)
+
+
+def test_wide_logits_match_the_reference():
+    """Averaged logits wrong by several units (softplus far from both of its asymptotes' switch-over)."""
+    phi, y = problem(14, "logistic", 600, 30, scale=12)
+    check_engine(phi, y, 60, "logistic", replacement=False)
+
+
+@pytest.mark.parametrize("mean", [0.5, 2.0, 4.5, 10.0, 25.0])
+def test_equal_mean_logits_prefer_the_less_spread_neuron(mean):
+    """Softplus is strictly convex: of two neurons whose logits have the same mean on wrongly predicted
+    examples, the one with the less spread logits has the lower loss - by ``exp(-mean)``-sized amounts that a
+    softplus cut over to its asymptote too early (or a textbook form) loses. The spread one comes first, so
+    a tie would pick it."""
+    spread = torch.tensor([[-(mean - 1), -(mean + 1)] * 3, [-mean] * 6], dtype=F64)
+    ones = torch.ones(6, dtype=F64)
+    expected = [_softplus_series(mean - 1) + _softplus_series(mean + 1), 2 * _softplus_series(mean)]
+    assert expected[1] < expected[0]
+    assert greedy_forward_selection(spread, ones, 1, loss="logistic").indices.tolist() == [1]
+    assert brute_force_selection(spread, ones, 1, loss="logistic")[0] == [1]
+
+
 def test_the_first_batch_is_not_the_whole_search(anchors):
     """A regression guard for the bound-and-prune loop: steps evaluate more than the first batch."""
     phi, y = problem(11, "logistic", 600, 30)
@@ -256,3 +296,14 @@ def test_gap_rate_leaves_out_negative_gaps_and_early_steps_like_a_direct_fit():
     assert -1.4 < fit["rate"] < -1.0
     few = _result([1.5, 0.5, 1.2, 0.9]).gap_rate(1.0)  # two positive gaps: no fit
     assert math.isnan(few["rate"]) and few["steps_used"] == 2
+
+
+def test_the_vectorised_and_the_one_at_a_time_references_agree():
+    for loss in ("squared", "logistic", "cross_entropy"):
+        phi, y = problem(12, loss, 40, 9)
+        phi = torch.cat([phi, phi[:6], torch.zeros_like(phi[:3])])  # with exact duplicates and dead rows
+        for replacement, candidates in ((True, None), (False, 11)):
+            fast = brute_force_selection(phi, y, 30, loss=loss, replacement=replacement, candidates=candidates, seed=2)
+            slow = brute_force_selection(phi, y, 30, loss=loss, replacement=replacement, candidates=candidates, seed=2,
+                                         one_at_a_time=True)
+            assert fast[0] == slow[0] and fast[1] == pytest.approx(slow[1], rel=1e-12)

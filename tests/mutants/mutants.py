@@ -63,7 +63,8 @@ MUTANTS = [
          original=("        self.cache: dict[int, torch.Tensor] = {}\n\n    def scores(self, rows, k, position=None):\n"
                    "        self.evaluated += self.n if rows is None else rows.numel()\n"
                    "        base = self.sq - (2.0 * (k + 1)) * self.py + 2.0 * self.g\n"),
-         replacement=("        self.cache: dict[int, torch.Tensor] = {}\n\n    def scores(self, rows, k, position=None):\n"
+         replacement=("        self.cache: dict[int, torch.Tensor] = {}\n\n"
+                      "    def scores(self, rows, k, position=None):\n"
                       "        self.evaluated += self.n if rows is None else rows.numel()\n"
                       "        base = self.sq - (2.0 * k) * self.py + 2.0 * self.g\n"),
          tests=SELECTION,
@@ -153,8 +154,8 @@ MUTANTS = [
          tests=RULES,
          why="the accuracy tolerance is added instead of subtracted"),
     dict(name="rule-keep-ratio-floor", file="greedyprune/channels/rules.py",
-         original="        self.targets = {g.name: max(1, min(g.channels, round(self.value * g.channels))) for g in context.groups}\n",
-         replacement="        self.targets = {g.name: max(1, min(g.channels, int(self.value * g.channels))) for g in context.groups}\n",
+         original="max(1, min(g.channels, round(self.value * g.channels))) for g in context.groups}\n",
+         replacement="max(1, min(g.channels, int(self.value * g.channels))) for g in context.groups}\n",
          tests=RULES,
          why="keep_ratio rounds down instead of to the nearest count"),
     dict(name="budget-returns-upper-end", file="greedyprune/channels/budget.py",
@@ -172,4 +173,31 @@ MUTANTS = [
          replacement="                f = kept.get(g.name, g.channels) / g.channels\n",
          tests=RULES,
          why="a layer that reads one group and writes another scales with only one of them"),
+    # ------------------------------------------------------------------ baselines, retraining, figures
+    dict(name="baseline-keeps-least-important", file="greedyprune/baselines.py",
+         original="        order = torch.argsort(-scores[name], stable=True)\n",
+         replacement="        order = torch.argsort(scores[name], stable=True)\n",
+         tests=["tests/test_baselines.py"],
+         why="every criterion keeps its lowest-scoring channels"),
+    dict(name="baseline-taylor-train-mode", file="greedyprune/baselines.py",
+         original="    if criterion in NEEDS_GRADIENTS:\n        model.eval()\n",
+         replacement="    if criterion in NEEDS_GRADIENTS:\n        model.train()\n",
+         tests=["tests/test_baselines.py"],
+         why="Taylor gradients taken in training mode (batch statistics) instead of the evaluated network's"),
+    dict(name="scratch-keeps-trained-weights", file="greedyprune/training/retrain.py",
+         original="        trained = reinitialize(model, seed, init=init)\n",
+         replacement="        trained = copy.deepcopy(model)\n",
+         tests=["tests/test_cnn_train.py"],
+         why="Scratch-E / Scratch-B train the pruned weights instead of a new initialisation"),
+    dict(name="figure1-red-line-off-by-one", file="greedyprune/studies/pretraining_report.py",
+         original="        xs = [col[t] if t is not None else np.nan for t in s.thresholds]\n",
+         replacement="        xs = [col[t] + 1 if t is not None else np.nan for t in s.thresholds]\n",
+         tests=["tests/test_plotting.py"],
+         why="Figure 1's red line is drawn one column right of the thresholds (the PNG still looks fine)"),
+    dict(name="lemma1-first-trial-only", file="greedyprune/studies/pretraining_report.py",
+         original=("            gaps = np.mean([np.asarray(r[\"losses\"], dtype=float) - float(r[\"dense_loss\"]) "
+                   "for r in cell], axis=0)\n"),
+         replacement="            gaps = np.asarray(cell[0][\"losses\"], dtype=float) - float(cell[0][\"dense_loss\"])\n",
+         tests=["tests/test_plotting.py"],
+         why="the Lemma-1 figure plots one trial's gap instead of the mean over trials"),
 ]

@@ -120,7 +120,8 @@ def main(argv=None) -> int:
     for name, status in results:
         print(f"  {name:<32} {status}")
     survived = [n for n, s in results if not s.startswith("killed")]
-    print(f"{len(results) - len(survived)} of {len(results)} killed" + (f"; not killed: {survived}" if survived else ""))
+    print(f"{len(results) - len(survived)} of {len(results)} killed"
+          + (f"; not killed: {survived}" if survived else ""))
     return 1 if survived else 0
 
 
