@@ -84,7 +84,7 @@ def main() -> None:
 
         engine_s, result = timed(lambda: greedy_forward_selection(phi, target, args.k, loss=loss))
         ref_s, (ref_indices, _) = timed(lambda: brute_force_selection(phi, target, args.k, loss=loss,
-                                                                      max_steps=ref_steps))
+                                                                      max_steps=ref_steps, one_at_a_time=True))
         ref_total = ref_s * args.k / ref_steps
         same = result.indices[:ref_steps].tolist() == ref_indices
         v = torch.randn(phi.reshape(args.n, -1).shape[1])

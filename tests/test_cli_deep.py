@@ -121,18 +121,57 @@ def _plot_and_export_read_the_kind_from_the_database(out, tmp_path, capsys, figu
     assert [r[columns.index("created")] for r in table[1:]] == [r["created"] for r in rows]
 
 
-def test_study_rethinking_table(tmp_path, capsys):
-    argv = ["study", "rethinking", "--size", "200", "--iterations", "10", "--finetune-iterations", "2",
-            "--seeds", "0,1", "--flops-target", "0.6", "--model", "resnet8", "--no-progress", "--out", str(tmp_path)]
-    assert main(argv) == 0
+RETHINKING_ARGS = ["study", "rethinking", "--size", "200", "--iterations", "10", "--finetune-iterations", "2",
+                   "--seeds", "0,1", "--flops-target", "0.6", "--model", "resnet8", "--no-progress",
+                   "--prune-batch-size", "16", "--candidates", "2", "--test-size", "200", "--batch-size", "32"]
+
+
+def test_study_rethinking_table_and_resume(tmp_path, monkeypatch, capsys):
+    import greedyprune.channels as deep
+    from greedyprune.training import retrain as retrain_module
+
+    full, part = tmp_path / "full", tmp_path / "part"
+    assert main(RETHINKING_ARGS + ["--out", str(full)]) == 0
     out = capsys.readouterr().out
     for mode in ("dense", "finetune", "scratch-e", "scratch-b"):
         assert mode in out
-    with ResultsStore(tmp_path / "results.sqlite") as store:
-        rows = store.rows()
+    rows = _rows(full)
     scratch_b = [r for r in rows if r["mode"] == "scratch-b"]
     dense = [r for r in rows if r["mode"] == "dense"][0]
     # Scratch-B trains for the dense iterations x dense MACs / pruned MACs (closed form)
     assert all(r["iterations"] == round(10 * dense["macs"] / r["macs"]) for r in scratch_b)
     assert len(rows) == 1 + 3 * 2
-    _plot_and_export_read_the_kind_from_the_database(tmp_path, tmp_path / "csv", capsys)
+
+    # interrupted during the third retraining: the dense row and two retrained rows are kept
+    real_retrain, calls = retrain_module.retrain, []
+
+    def interrupted(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 3:
+            raise KeyboardInterrupt
+        return real_retrain(*args, **kwargs)
+
+    monkeypatch.setattr(retrain_module, "retrain", interrupted)
+    assert main(RETHINKING_ARGS + ["--out", str(part)]) == 130
+    first = _rows(part)
+    assert [(r["mode"], r["seed"]) for r in first] == [("dense", 0), ("finetune", 0), ("scratch-e", 0)]
+    pruned_file = (part / "pruned.pt").stat().st_mtime_ns
+
+    # resumed: nothing is pruned again and nothing done is redone; the rows are those of the uninterrupted run
+    def no_pruning(*args, **kwargs):
+        raise AssertionError("the resumed study pruned again")
+
+    monkeypatch.setattr(retrain_module, "retrain", real_retrain)
+    monkeypatch.setattr(deep, "prune_model", no_pruning)
+    calls.clear()
+    monkeypatch.setattr(retrain_module, "retrain", lambda *a, **k: calls.append(1) or real_retrain(*a, **k))
+    assert main(RETHINKING_ARGS + ["--out", str(part)]) == 0
+    assert len(calls) == 3 * 2 - 2  # only the retrainings that were not done
+    resumed = _rows(part)
+    created = {(r["mode"], r["seed"]): r["created"] for r in resumed}
+    assert [created[(r["mode"], r["seed"])] for r in first] == [r["created"] for r in first]
+    assert (part / "pruned.pt").stat().st_mtime_ns == pruned_file
+    drop = ("created", "seconds")
+    assert [{k: v for k, v in r.items() if k not in drop} for r in resumed] == \
+        [{k: v for k, v in r.items() if k not in drop} for r in rows]
+    _plot_and_export_read_the_kind_from_the_database(full, tmp_path / "csv", capsys)

@@ -4,7 +4,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -113,17 +112,36 @@ def test_interrupted_run_resumes_to_the_same_weights(tmp_path, reference, cached
 def test_sigint_then_rerun_gives_the_uninterrupted_weights(tmp_path, reference, cached_data, capsys):
     out = tmp_path / "run"
     env = {**os.environ, "PYTHONPATH": str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", "")}
-    # a child started from a background job may inherit an ignored SIGINT: give it Python's default handler
-    code = ("import signal, sys; signal.signal(signal.SIGINT, signal.default_int_handler); "
-            "from greedyprune.cli import main; sys.exit(main(sys.argv[1:]))")
+    # The child runs the real command; right after it writes its first training state (iteration 5 of 40) it
+    # says so and waits there, so the SIGINT always lands mid-run, however fast or slow the machine is.
+    # (A child started from a background job may inherit an ignored SIGINT: give it Python's default handler.)
+    code = "\n".join([
+        "import signal, sys, time",
+        "signal.signal(signal.SIGINT, signal.default_int_handler)",
+        "from greedyprune.training import loop",
+        "real = loop.save_checkpoint",
+        "def save_then_wait(path, payload):",
+        "    real(path, payload)",
+        "    if payload['iteration'] == 5:",
+        "        print('TRAINING-STATE-WRITTEN', flush=True)",
+        "        for _ in range(6000):",  # at most 5 minutes: a bound on a broken test, not a timing assumption
+        "            time.sleep(0.05)",
+        "        sys.exit('no SIGINT arrived')",
+        "loop.save_checkpoint = save_then_wait",
+        "from greedyprune.cli import main",
+        "sys.exit(main(sys.argv[1:]))",
+    ])
     proc = subprocess.Popen([sys.executable, "-c", code, *TINY, "--out", str(out)], cwd=ROOT, env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    state = out / "train_state.pt"  # first written at iteration 5 of 40 (40 steps take about a second)
-    deadline = time.monotonic() + 120
-    while not state.exists() and proc.poll() is None and time.monotonic() < deadline:
-        time.sleep(0.005)
+    seen = []
+    for line in proc.stdout:  # ends early only if the child exits first (then the asserts below say why)
+        seen.append(line)
+        if line.strip() == "TRAINING-STATE-WRITTEN":
+            break
     proc.send_signal(signal.SIGINT)
-    stdout, stderr = proc.communicate(timeout=120)
+    stdout, stderr = proc.communicate(timeout=300)
+    stdout = "".join(seen) + stdout
+    state = out / "train_state.pt"
     assert proc.returncode == 130, stdout + stderr
     assert "interrupted" in stderr
     assert 5 <= torch.load(state, weights_only=True)["iteration"] < 40

@@ -344,3 +344,36 @@ def test_retrain_modes():
         retrain(pruned, "scratch-b", X, y, iterations=4)
     with pytest.raises(ValueError, match="unknown retraining mode"):
         retrain(pruned, "lottery", X, y, iterations=4)
+
+
+def test_scratch_modes_reinitialise_and_finetune_keeps_the_weights(monkeypatch):
+    import copy
+
+    from greedyprune.training import retrain as retrain_module
+
+    X, y = image_problem(m=48)
+    torch.manual_seed(0)
+    pruned = TinyCNN()
+    pretrain(pruned, X, y, TrainConfig(iterations=5, batch_size=16, loss="cross_entropy"))  # "trained" weights
+    started = []  # the model each retraining starts from
+    real = retrain_module.pretrain
+
+    def recording(model, *args, **kwargs):
+        started.append({k: v.clone() for k, v in model.state_dict().items()})
+        return real(model, *args, **kwargs)
+
+    monkeypatch.setattr(retrain_module, "pretrain", recording)
+    weights = ("conv.weight", "fc.weight", "fc.bias", "bn.weight", "bn.running_var")
+    for mode, seed in (("scratch-e", 3), ("scratch-b", 4), ("finetune", 5)):
+        started.clear()
+        result = retrain(pruned, mode, X, y, iterations=3, batch_size=16, seed=seed, dense_macs=200, pruned_macs=100)
+        (start,) = started
+        # from scratch: exactly reinitialize(model, seed)'s weights, none of the trained ones; fine-tuning: the
+        # trained weights themselves
+        origin = reinitialize(pruned, seed) if mode != "finetune" else pruned
+        assert all(torch.equal(start[k], v) for k, v in origin.state_dict().items()), mode
+        assert all(torch.equal(start[k], pruned.state_dict()[k]) == (mode == "finetune") for k in weights), mode
+        # and the result is that start trained with the mode's recipe, step for step
+        expected = real(copy.deepcopy(origin), X, y, result.config)
+        assert all(torch.equal(result.model.state_dict()[k], v) for k, v in expected.state_dict().items()), mode
+        assert result.config.iterations == (6 if mode == "scratch-b" else 3)

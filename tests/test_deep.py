@@ -134,7 +134,7 @@ def test_keep_ratio_and_flops_target_and_report():
     assert r.report["params_after"] == sum(p.numel() for p in r.model.parameters())
     f = prune_model(model, (X, y), flops_target=0.5, candidates=4, batch_size=16)
     ratio = f.report["macs_after"] / f.report["macs_before"]
-    assert 0.3 < ratio <= 0.5 + 1e-9
+    assert 0.8 * 0.5 < ratio <= 0.5  # meets the target, and not far under it (tests/test_rules.py: the largest fit)
     # the dense model is untouched
     assert sum(p.numel() for p in model.parameters()) == r.report["params_before"]
 
@@ -156,6 +156,26 @@ def test_replacement_can_choose_a_channel_twice_and_folds_its_weight():
     assert any(max(c) >= 2 for c in r.counts.values())
     for name, counts in r.counts.items():
         assert r.kept[name] == [i for i, c in enumerate(counts) if c > 0]
+    # every reader's weights are the dense ones on the kept channels, times D * count / |S| on its inputs
+    _, groups = find_groups(copy.deepcopy(model), X[:1])
+    dense, pruned = dict(model.named_modules()), dict(r.model.named_modules())
+    written_by = {w: g.name for g in groups for w in g.writers}
+    checked = 0
+    for g in groups:
+        counts = torch.tensor(r.counts[g.name], dtype=torch.float32)
+        scale = counts * g.channels / counts.sum()
+        kept_in = r.kept[g.name]
+        for reader, idx, root in g.readers:
+            assert torch.equal(idx, root)  # convolutions and the classifier read the channels one to one
+            weight = dense[reader].weight.detach()
+            if reader in written_by:  # its own output channels belong to a pruned group too
+                weight = weight[r.kept[written_by[reader]]]
+            expected = weight[:, kept_in] * scale[kept_in].reshape(1, -1, *[1] * (weight.dim() - 2))
+            torch.testing.assert_close(pruned[reader].weight, expected, rtol=1e-6, atol=1e-7)
+            checked += 1
+    assert checked >= len(groups)
+    twice = [(name, c) for name, c in r.counts.items() if max(c) >= 2]
+    assert twice and all(sum(c) == next(x["steps"] for x in r.layers if x["name"] == name) for name, c in twice)
 
 
 def test_data_loader_and_finetune(tmp_path):
@@ -283,3 +303,34 @@ def test_distributed_needs_a_process_group():
     X, y = _data((1, 28, 28), n=16)
     with pytest.raises(ValueError, match="process group"):
         prune_model(model, (X, y), keep_ratio=0.5, distributed=True)
+
+
+def test_a_fast_search_that_disagrees_with_full_forwards_falls_back_to_the_reference(monkeypatch):
+    from greedyprune.channels import evaluators
+
+    model = _randomize_bn(get_model("resnet8", in_channels=1, width=4, seed=0))
+    X, y = _data((1, 12, 12), n=48)
+    opts = dict(keep_ratio=0.5, candidates=3, batch_size=16, seed=1)
+    expected = prune_model(model, (X, y), method="reference", **opts)
+    real = evaluators.FastEvaluator.evaluate
+
+    def skewed(self, rows, labels):  # a fast path gone wrong: later candidates look better than they are
+        losses, accs = real(self, rows, labels)
+        return losses - 0.05 * torch.arange(losses.numel()), accs
+
+    monkeypatch.setattr(evaluators.FastEvaluator, "evaluate", skewed)
+    with pytest.warns(UserWarning, match="disagrees with a full forward") as caught:
+        result = prune_model(model, (X, y), method="auto", **opts)
+    assert sum("disagrees" in str(w.message) for w in caught) == len(result.layers)  # one warning per group
+    assert all(r["evaluator"] == "reference" for r in result.layers)
+    assert result.counts == expected.counts and result.kept == expected.kept
+    with pytest.raises(RuntimeError, match="disagrees with a full forward"):
+        prune_model(model, (X, y), method="fast", **opts)
+
+    def broken(self, rows, labels):
+        raise RuntimeError("no kernel for this layer")
+
+    monkeypatch.setattr(evaluators.FastEvaluator, "evaluate", broken)
+    with pytest.warns(UserWarning, match="fast search failed on this model"):
+        result = prune_model(model, (X, y), method="auto", **opts)
+    assert result.counts == expected.counts

@@ -164,9 +164,26 @@ def test_fx_trace_and_dependency_graph(models, name, kind):
 
 @pytest.mark.parametrize("shortcut", ["A", "B"])
 def test_resnet_shortcut_options_fx_and_tp(shortcut):
-    model = get_model("resnet20", in_channels=1, shortcut=shortcut, seed=0)
-    torch.fx.symbolic_trace(model)
-    tp.DependencyGraph().build_dependency(model, example_inputs=torch.randn(1, 1, 28, 28))
+    model = get_model("resnet20", in_channels=1, shortcut=shortcut, seed=0).eval()
+    x = torch.randn(2, 1, 28, 28, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        torch.testing.assert_close(torch.fx.symbolic_trace(model)(x), model(x))  # the traced graph computes the same
+    graph = tp.DependencyGraph().build_dependency(model, example_inputs=x[:1])
+    names = {m: n for n, m in model.named_modules()}
+    block = model.layer2[0]  # the transition block: stride 2, 16 -> 32 channels
+    coupled = {names.get(dep.target.module) for dep, _ in
+               graph.get_pruning_group(block.conv2, tp.prune_conv_out_channels, idxs=[0])}
+    if shortcut == "A":
+        # a parameter-free zero-pad shortcut: Torch-Pruning couples the streams of all stages through the pad
+        assert isinstance(block.shortcut, PadShortcut) and not list(block.shortcut.parameters())
+        assert {"conv1", "layer1.0.conv2", "layer3.0.conv2", "fc"} <= coupled
+        assert not any(name.startswith("layer2.0.shortcut") for name in coupled if name)
+    else:
+        # a 1x1 projection: stage 2's stream (shortcut conv + every block's conv2) is its own group
+        assert isinstance(block.shortcut, nn.Sequential) and isinstance(block.shortcut[0], nn.Conv2d)
+        assert block.shortcut[0].stride == (2, 2) and block.shortcut[0].out_channels == 32
+        assert {"layer2.0.shortcut.0", "layer2.0.conv2", "layer2.1.conv2", "layer2.2.conv2"} <= coupled
+        assert not {"conv1", "layer1.0.conv2", "layer3.0.conv2", "fc"} & coupled
 
 
 # ---------------------------------------------------------------- shortcut "A"

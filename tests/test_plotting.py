@@ -210,3 +210,151 @@ def test_summary_table():
     assert cells[0][3] == "0.9000 (25)"
     assert cells[1][3] == "0.8500 (50)"
     assert all(c[4] == "0.9500" for c in cells)  # final dense accuracy
+
+
+# -------------------------------------------------------- what the figures draw
+@pytest.fixture
+def drawn(monkeypatch):
+    """The matplotlib Figure objects the plotting functions would save (not rendered: the tests above check
+    that the files are written)."""
+    figures = []
+
+    def capture(fig, path):
+        figures.append(fig)
+        return Path(path)
+
+    monkeypatch.setattr(plotting, "_save", capture)
+    return figures
+
+
+def _cell_means(rows, key="pruned_accuracy"):
+    """{(width, size, iteration): mean of key over the cell's rows}, straight from the rows."""
+    cells = {}
+    for r in rows:
+        cells.setdefault((r["width"], r["size"], r["iteration"]), []).append(r[key])
+    return {cell: float(np.mean(v)) for cell, v in cells.items()}
+
+
+def _panels(fig, n):
+    """The first n axes of a figure: one panel per width (a colour bar, if any, comes after them)."""
+    return fig.axes[:n]
+
+
+def test_figure1_draws_the_cell_means_and_the_red_line_through_the_thresholds(tmp_path, drawn):
+    rows = staircase_rows(never_size=200)
+    plotting.plot_figure1(rows, tmp_path / "f1.png")
+    (fig,) = drawn
+    means = _cell_means(rows)
+    sizes, iters = [100, 200, 400, 800], [0, 25, 50, 75, 100]
+    for ax, width in zip(_panels(fig, 2), (8, 32)):
+        assert ax.get_title().startswith(f"width {width}")
+        image = ax.images[0].get_array()
+        expected = np.array([[means[(width, s, it)] for it in iters] for s in sizes])
+        np.testing.assert_allclose(np.ma.getdata(image), expected, rtol=0, atol=1e-12)  # rows = sizes, bottom up
+        assert [t.get_text() for t in ax.get_yticklabels()] == ["100", "200", "400", "800"]
+        assert [t.get_text() for t in ax.get_xticklabels()] == [str(i) for i in iters]
+        red = [line for line in ax.lines if line.get_color() == "red" and line.get_linestyle() == "-"]
+        assert len(red) == 1
+        # size 100 first reaches 0.9 at iteration 25 (column 1); 200 never; 400 at 75; 800 at 100
+        np.testing.assert_array_equal(red[0].get_xdata(), [1, np.nan, 3, 4])
+        np.testing.assert_array_equal(red[0].get_ydata(), [0, 1, 2, 3])
+        never = [line for line in ax.lines if line.get_marker() == "<"]
+        assert len(never) == 1 and list(never[0].get_ydata()) == [1]
+        boxes = sorted((p.get_x() + 0.5, p.get_y() + 0.5) for p in ax.patches)
+        assert boxes == [(1.0, 0.0), (3.0, 2.0), (4.0, 3.0)]  # the threshold cells, outlined
+        texts = {(t.get_position()): t.get_text() for t in ax.texts}
+        assert texts[(1, 0)] == f"{means[(width, 100, 25)]:.2f}" and texts[(0, 3)] == f"{means[(width, 800, 0)]:.2f}"
+
+
+def test_figure1_leaves_missing_cells_blank(tmp_path, drawn):
+    rows, values = synthetic_rows()
+    plotting.plot_figure1([r for r in rows if r["width"] == 16], tmp_path / "f1.png")
+    image = _panels(drawn[0], 1)[0].images[0].get_array()
+    assert image.mask[SIZES.index(100), ITERS.index(20)]  # the cell without rows
+    assert int(image.mask.sum()) == 1
+    p, _ = values[(16, 200, 30)]
+    assert image[SIZES.index(200), ITERS.index(30)] == pytest.approx(np.mean(p), abs=1e-12)
+
+
+def test_accuracy_curves_draw_pruned_and_dense_means_and_the_reference(tmp_path, drawn):
+    rows = staircase_rows()
+    plotting.plot_accuracy_curves(rows, tmp_path / "c.png")
+    (fig,) = drawn
+    pruned, dense = _cell_means(rows), _cell_means(rows, "dense_accuracy")
+    sizes, iters = [100, 200, 400, 800], [0, 25, 50, 75, 100]
+    for ax, width in zip(_panels(fig, 2), (8, 32)):
+        solid = [line for line in ax.lines if line.get_linestyle() == "-"]
+        dashed = [line for line in ax.lines if line.get_linestyle() == "--"]
+        dotted = [line for line in ax.lines if line.get_linestyle() == ":"]
+        assert len(solid) == len(dashed) == 4 and len(dotted) == 1
+        for s, line, dline in zip(sizes, solid, dashed):
+            np.testing.assert_array_equal(line.get_xdata(), iters)
+            np.testing.assert_allclose(line.get_ydata(), [pruned[(width, s, it)] for it in iters], atol=1e-12)
+            np.testing.assert_allclose(dline.get_ydata(), [dense[(width, s, it)] for it in iters], atol=1e-12)
+            assert line.get_color() == dline.get_color()  # a size's pruned and dense curves share a colour
+        # the reference: the best mean pruned accuracy of the largest size
+        assert dotted[0].get_ydata()[0] == pytest.approx(max(pruned[(width, 800, it)] for it in iters))
+        # the +-std band: trials differ by +-0.01, so the population std is 0.01 everywhere
+        band = ax.collections[0].get_paths()[0].vertices[:, 1]
+        assert band.min() == pytest.approx(min(pruned[(width, 100, it)] for it in iters) - 0.01, abs=1e-9)
+
+
+def lemma_rows():
+    """Per-step losses with a known mean gap: trial t of (width, iteration) has gap c_it * K^-1 * (1 +- 0.1),
+    except that one checkpoint beats the dense net at steps 3 and 4 (negative gaps, not drawn)."""
+    rows = []
+    for width in (6, 12):
+        for size in (50, 100):
+            for iteration, c in ((0, 2.0), (10, 1.0), (20, 0.5)):
+                for trial, wobble in enumerate((0.9, 1.1)):
+                    gaps = c * wobble / np.arange(1, 9)
+                    if iteration == 20:
+                        gaps[2:4] = -0.01
+                    dense = 0.3 + 0.01 * trial
+                    rows.append(dict(width=width, size=size, trial=trial, iteration=iteration,
+                                     pruned_accuracy=0.5, dense_accuracy=0.6, dense_loss=dense,
+                                     losses=list(dense + gaps), k=8))
+    return rows
+
+
+def test_lemma1_plot_draws_the_mean_gaps_of_the_largest_size(tmp_path, drawn):
+    rows = lemma_rows()
+    plotting.plot_lemma1(rows, tmp_path / "l.png")
+    (fig,) = drawn
+    ks = np.arange(1, 9)
+    for ax, width in zip(_panels(fig, 2), (6, 12)):
+        assert ax.get_title() == f"width {width}, dataset size 100"
+        curves = [line for line in ax.lines if line.get_label().startswith("iter ")]
+        assert [c.get_label().split(",")[0] for c in curves] == ["iter 0", "iter 10", "iter 20"]
+        for line, iteration in zip(curves, (0, 10, 20)):
+            cell = [r for r in rows if r["width"] == width and r["size"] == 100 and r["iteration"] == iteration]
+            gap = np.mean([np.array(r["losses"]) - r["dense_loss"] for r in cell], axis=0)
+            expected = np.where(gap > 0, gap, np.nan)
+            np.testing.assert_array_equal(line.get_xdata(), ks)
+            np.testing.assert_allclose(line.get_ydata(), expected, rtol=1e-12)
+            keep = gap > 0
+            rate = np.polyfit(np.log(ks[keep]), np.log(gap[keep]), 1)[0]
+            assert line.get_label().endswith(f"K^{rate:.2f}")
+        guide = [line for line in ax.lines if line.get_label() == "1/K"]
+        assert len(guide) == 1  # anchored at the largest first-step gap
+        np.testing.assert_allclose(guide[0].get_ydata(), 2.0 / ks, rtol=1e-12)
+        assert ax.get_xscale() == "log" and ax.get_yscale() == "log"
+
+
+def test_lemma1_gaps_match_a_direct_fit():
+    curves = plotting.lemma1_gaps(lemma_rows())
+    assert [(c["width"], c["size"], c["iteration"]) for c in curves] == [
+        (w, 100, it) for w in (6, 12) for it in (0, 10, 20)]
+    for c in curves:
+        assert c["positive_steps"] == (6 if c["iteration"] == 20 else 8)
+        # a mean gap of exactly c / K: rate -1, no scatter
+        assert c["rate"] == pytest.approx(-1.0, abs=1e-9) and c["stderr"] == pytest.approx(0.0, abs=1e-9)
+
+
+def test_plot_study_draws_the_lemma1_figure_only_with_per_step_losses(tmp_path, drawn):
+    paths = plotting.plot_study(lemma_rows(), tmp_path / "figs")
+    assert [p.name for p in paths] == ["figure1.png", "accuracy_curves.png", "lemma1_gap.png"]
+    assert len(drawn) == 3 and drawn[2].axes[0].get_xlabel() == "selection step K"
+    drawn.clear()
+    plotting.plot_study(staircase_rows(), tmp_path / "figs")  # no per-step losses: no Lemma 1 figure
+    assert len(drawn) == 2

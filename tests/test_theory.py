@@ -9,7 +9,6 @@ import pytest
 import torch
 
 from greedyprune.data import balanced_subsample, load_dataset
-from greedyprune.studies.pretraining_report import summarize
 from greedyprune.studies.store import ResultsStore, Schema
 from greedyprune.studies.pretraining import DB_NAME, SCHEMA, config_with, get_preset, run_pretraining_study
 from greedyprune.studies.theory import (
@@ -133,8 +132,19 @@ def test_threshold_table_equals_direct_recomputation(tiny_study):
     assert rows[1].predicted > rows[0].predicted
 
     with ResultsStore(tiny_study / DB_NAME) as store:
-        (summary,) = summarize(store.rows())
-    assert [r.observed for r in rows] == summary.thresholds
+        stored = store.rows()
+    # the red line straight from the stored rows: per (size, iteration) the mean pruned accuracy over trials;
+    # the reference is the best mean of the largest size; a size's threshold is its first iteration reaching it
+    cells = {}
+    for r in stored:
+        cells.setdefault((r["size"], r["iteration"]), []).append(r["pruned_accuracy"])
+    means = {cell: sum(v) / len(v) for cell, v in cells.items()}
+    iterations = sorted({it for _, it in means})
+    reference = max(means[(400, it)] for it in iterations)
+    expected = [next((it for it in iterations if means[(size, it)] >= reference * (1 - 1e-9)), None)
+                for size in (200, 400)]
+    assert [r.observed for r in rows] == expected
+    assert iterations == [0, 20, 40]
     assert rows[-1].observed is not None  # the largest size always reaches its own best
     c = fit_constant([r.predicted for r in rows], [r.observed for r in rows])
     assert constants == {20: pytest.approx(c)}

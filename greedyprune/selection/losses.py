@@ -4,7 +4,6 @@ from __future__ import annotations
 import math
 
 import torch
-import torch.nn.functional as F
 
 from ..checks import check_int
 
@@ -19,15 +18,24 @@ def loss_value(u: torch.Tensor, target: torch.Tensor, loss: str) -> float:
     """The loss ``l(u)`` of one output (m,) or (m, C) against the target, in float64.
 
     squared: ``||u - y||^2 / m`` (summed over outputs when C > 1); logistic: mean binary
-    cross-entropy with ``u`` as logits; cross_entropy: mean softmax cross-entropy with ``u`` as logits.
+    cross-entropy with ``u`` as logits; cross_entropy: mean softmax cross-entropy with ``u`` as logits. Both
+    are computed in log space, so they stay exact for saturated logits (a per-example loss of ``exp(-100)``).
     """
     u = u.double()
     if loss == "squared":
         return float(((u - target.double()) ** 2).sum() / u.shape[0])
     if loss == "logistic":
-        return float(F.binary_cross_entropy_with_logits(u, target.double()))
+        # softplus((1 - 2y) u) as max(t, 0) + log1p(exp(-|t|)): exact for saturated logits, where
+        # binary_cross_entropy_with_logits rounds log(1 + exp(-100)) to 0
+        t = (1.0 - 2.0 * target.double()) * u
+        return float((t.clamp_min(0) + torch.log1p(torch.exp(-t.abs()))).mean())
     if loss == "cross_entropy":
-        return float(F.cross_entropy(u, target))
+        # log(sum_c exp(u_c - u_y)) = softplus(logsumexp_{c != y}(u_c - u_y)): exact when the right class wins by
+        # a wide margin (the textbook logsumexp(u) - u_y cancels to 0 there while the loss is ~exp(-margin))
+        labels = target.long().view(-1, 1)
+        others = (u - u.gather(1, labels)).scatter(1, labels, -math.inf)
+        rest = torch.logsumexp(others, dim=1)
+        return float((rest.clamp_min(0) + torch.log1p(torch.exp(-rest.abs()))).mean())
     raise ValueError(f"unknown loss {loss!r}; expected one of {LOSSES}")
 
 
