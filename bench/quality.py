@@ -255,6 +255,11 @@ def headline(rows: list[dict], budget: float = 0.5) -> str:
             f"after {out[1]:+.1f} points")
 
 
+COLORS = {"l1": "tab:olive", "bn": "tab:orange", "taylor": "tab:red", "fpgm": "tab:green", "lamp": "tab:blue",
+          "random": "tab:gray", "gfs": "black", "gfs-refit": "tab:brown", "gfs-local": "tab:purple",
+          "gfs-running": "tab:pink"}
+
+
 def plot(rows: list[dict], path: Path) -> None:
     import matplotlib
 
@@ -262,22 +267,27 @@ def plot(rows: list[dict], path: Path) -> None:
     import matplotlib.pyplot as plt
 
     models = sorted({r["model"] for r in rows})
-    fig, axes = plt.subplots(2, len(models), figsize=(5 * len(models), 7), squeeze=False)
+    fig, axes = plt.subplots(2, len(models), figsize=(5.5 * len(models), 8), squeeze=False)
     for col, model in enumerate(models):
         for row_i, stage in enumerate(("pruned", "finetuned")):
             ax = axes[row_i][col]
             sel = [r for r in rows if r["model"] == model]
-            for i, key in enumerate(sorted({(r["method"], r["widths"]) for r in sel}, key=lambda t: (t[0] != "gfs", t))):
+            for key in sorted({(r["method"], r["widths"]) for r in sel}, key=lambda t: (t[0] != "gfs", t)):
                 pts = sorted({r["budget"] for r in sel if (r["method"], r["widths"]) == key})
                 xs = [statistics.fmean(r["macs_ratio"] for r in sel if (r["method"], r["widths"]) == key
                                        and r["budget"] == b) for b in pts]
                 ys = [statistics.fmean(r[stage] for r in sel if (r["method"], r["widths"]) == key and r["budget"] == b)
                       for b in pts]
-                style = dict(lw=2.5, color="k", ls="-") if key[0] == "gfs" else dict(lw=1, ls="--" if key[1] == "uniform" else "-")
-                ax.plot(xs, ys, marker="o", label=f"{key[0]} ({key[1]})" if key[0] != "gfs" else "GFS", **style)
+                method, widths = key
+                style = {"color": COLORS.get(method, None), "lw": 2.5 if method == "gfs" else 1,
+                         "ls": "-" if widths != "uniform" else "--", "marker": "s" if widths == "same" else "o",
+                         "ms": 4}
+                label = method if widths == "own" else f"{method} ({widths} widths)"
+                ax.plot(xs, ys, label=label, **style)
             dense = statistics.fmean(r["dense_accuracy"] for r in sel)
             ax.axhline(dense, color="grey", lw=0.8, ls=":", label="dense")
-            ax.set_title(f"{model}: {'right after pruning' if stage == 'pruned' else 'after fine-tuning'}")
+            ax.set_title(f"{model}: {'right after pruning' if stage == 'pruned' else 'after fine-tuning'} "
+                         f"(BN recalibrated; mean over seeds)", fontsize=9)
             ax.set_xlabel("fraction of dense multiply-adds")
             ax.set_ylabel("test accuracy")
         axes[0][col].legend(fontsize=6, ncol=2)

@@ -20,9 +20,14 @@ Which ``prune_model`` options it mirrors (update this file when the deep search 
   ``max(1, round(r D))`` distinct channels are kept), ``epsilon`` (stop when the chosen candidate's loss is
   within ``epsilon * |unpruned loss|`` of the group-unpruned network's loss on the same batch) and
   ``accuracy_tolerance`` (stop when its accuracy is at least ``(1 - t)`` x the unpruned accuracy).
-* default ``skip`` (first conv, classifier, ``model.greedyprune_skip_layers()``), ``skip=`` a list of names.
-* no fine-tuning, no BN recalibration between groups, no distributed split (the results must not depend
-  on it), ``method`` irrelevant (both evaluators must choose what this loop chooses).
+* default ``skip`` (whatever :func:`find_groups` leaves out by default), ``skip=`` a list of names.
+* ``bn="running"`` (candidates scored with the batch norms' stored statistics) or ``bn="batch"`` (each
+  candidate's forward normalised with its own batch's statistics: here simply every forward in batch-norm
+  train mode without updating the statistics), and ``recalibrate=n`` (after each group, the running
+  statistics re-estimated on ``X[:n]`` in batches of ``batch_size``; 0 = never).
+* ``holdout=0`` (the tolerance rules measured on the step's batch).
+* no fine-tuning, no distributed split (the results must not depend on it), ``method`` irrelevant (both
+  evaluators must choose what this loop chooses).
 
 A step: with counts n (the multiset S so far, |S| = step) and candidate c, the group's readers see channel
 j scaled by ``D * n'_j / |S'|`` with ``n' = n + e_c`` and ``|S'| = step + 1`` (0 when not chosen); the
@@ -37,7 +42,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+import contextlib
+
 from greedyprune.channels import Batches, apply_masks, find_groups, fold_and_remove
+from greedyprune.channels.bn import batch_statistics, recalibrate_bn
 from greedyprune.selection import draw_candidates
 
 __all__ = ["ReferenceRun", "reference_prune", "masked_dense_output"]
@@ -64,6 +72,10 @@ def _stop(rule: str, value: float, D: int, counts: torch.Tensor, record: dict) -
     raise ValueError(f"the reference does not mirror rule {rule!r}")
 
 
+def _scoring(model: nn.Module, bn: str):
+    return batch_statistics(model) if bn == "batch" else contextlib.nullcontext()
+
+
 def _loss_and_accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> tuple[float, float]:
     with torch.no_grad():
         logits = model(x)
@@ -72,7 +84,8 @@ def _loss_and_accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> tu
 
 def reference_prune(model: nn.Module, X: torch.Tensor, y: torch.Tensor, *, rule: str, value: float = 0.0,
                     candidates: int | None = 50, replacement: bool = False, batch_size: int = 128,
-                    max_steps: int | None = None, seed: int = 0, skip=None) -> ReferenceRun:
+                    max_steps: int | None = None, seed: int = 0, skip=None, bn: str = "running",
+                    recalibrate: int = 0) -> ReferenceRun:
     """The deep search by explicit masked networks; see the module docstring for what it mirrors."""
     model = copy.deepcopy(model).eval()
     batches = Batches((X, y), batch_size, seed, torch.device("cpu"))
@@ -98,18 +111,21 @@ def reference_prune(model: nn.Module, X: torch.Tensor, y: torch.Tensor, *, rule:
                 trial = counts.clone()
                 trial[c] += 1
                 scale = trial.to(torch.float32) * D / int(trial.sum())  # D * count_j / |S|
-                with apply_masks(model, {group: scale}):
+                with apply_masks(model, {group: scale}), _scoring(model, bn):
                     results.append(_loss_and_accuracy(model, x, yb))
             best = min(range(len(cand)), key=lambda i: (results[i][0], cand[i]))
             counts[cand[best]] += 1
             record = {"step": step + 1, "channel": cand[best], "loss": results[best][0],
                       "accuracy": results[best][1], "kept": int((counts > 0).sum())}
             if rule in ("epsilon", "accuracy_tolerance"):
-                record["unpruned_loss"], record["unpruned_accuracy"] = _loss_and_accuracy(model, x, yb)
+                with _scoring(model, bn):
+                    record["unpruned_loss"], record["unpruned_accuracy"] = _loss_and_accuracy(model, x, yb)
             records.append(record)
             if _stop(rule, value, D, counts, record):
                 break
         fold_and_remove(DG, model, group, counts)
+        if recalibrate:
+            recalibrate_bn(model, X[:recalibrate], batch_size)
         run.counts[name] = counts.tolist()
         run.steps[name] = records
     return run

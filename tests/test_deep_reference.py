@@ -100,17 +100,18 @@ def compare(result, recorder, ref, model, X):
     torch.testing.assert_close(pruned, masked_dense_output(model, result.counts, x), rtol=1e-4, atol=1e-4)
 
 
-@pytest.mark.parametrize("arch, candidates, replacement, seed", [
-    ("resnet8-B", None, False, 0),
-    ("resnet8-A", 3, False, 1),
-    ("mobilenetv2", 5, False, 2),
-    ("vgg", None, True, 3),
-    ("flatten", 4, False, 4),
+@pytest.mark.parametrize("arch, candidates, replacement, seed, bn", [
+    ("resnet8-B", None, False, 0, "running"),
+    ("resnet8-B", None, False, 0, "batch"),
+    ("resnet8-A", 3, False, 1, "running"),
+    ("mobilenetv2", 5, False, 2, "batch"),
+    ("vgg", None, True, 3, "running"),
+    ("flatten", 4, False, 4, "batch"),
 ])
-def test_fast_and_reference_search_choose_what_the_explicit_loop_chooses(arch, candidates, replacement, seed):
+def test_fast_and_reference_search_choose_what_the_explicit_loop_chooses(arch, candidates, replacement, seed, bn):
     model = randomize_bn(MODELS[arch](), seed)
     X, y = data(seed)
-    opts = dict(candidates=candidates, replacement=replacement, batch_size=16, seed=seed)
+    opts = dict(candidates=candidates, replacement=replacement, batch_size=16, seed=seed, bn=bn)
     ref = reference_prune(model, X, y, rule="keep_ratio", value=0.5, **opts)
     assert len(ref.counts) >= 2 and all(len(s) >= 2 for s in ref.steps.values())  # several steps in every group
     if replacement:
@@ -122,7 +123,7 @@ def test_fast_and_reference_search_choose_what_the_explicit_loop_chooses(arch, c
         recorder = Recorder(KeepRatio(0.5))
         with warnings.catch_warnings():
             warnings.simplefilter("error")  # no silent fallback from the fast search
-            result = prune_model(model, (X, y), rule=recorder, method=method, **opts)
+            result = prune_model(model, (X, y), rule=recorder, method=method, recalibrate=0, **opts)
         assert all(r["evaluator"] == method for r in result.layers)
         compare(result, recorder, ref, model, X)
 
@@ -131,11 +132,11 @@ def test_fast_and_reference_search_choose_what_the_explicit_loop_chooses(arch, c
 def test_tolerance_rules_stop_where_the_loop_computing_them_stops(rule, value):
     model = randomize_bn(MODELS["resnet8-B"](), 5)
     X, y = data(5, n=96)
-    opts = dict(candidates=4, batch_size=32, seed=6)
+    opts = dict(candidates=4, batch_size=32, seed=6, bn="running")
     ref = reference_prune(model, X, y, rule=rule, value=value, **opts)
     inner = LossGap(value) if rule == "epsilon" else AccuracyTolerance(value)
     recorder = Recorder(inner)
-    result = prune_model(model, (X, y), rule=recorder, **opts)
+    result = prune_model(model, (X, y), rule=recorder, recalibrate=0, holdout=0, **opts)
     compare(result, recorder, ref, model, X)
     steps = {name: len(s) for name, s in ref.steps.items()}
     assert [r["steps"] for r in result.layers] == list(steps.values())
@@ -149,3 +150,14 @@ def test_tolerance_rules_stop_where_the_loop_computing_them_stops(rule, value):
     # not a trivial rule here: some group stops after more than one step and before running out of channels
     channels = {name: len(c) for name, c in ref.counts.items()}
     assert any(1 < n < channels[name] for name, n in steps.items()), steps
+
+
+def test_recalibration_between_groups_is_what_the_loop_does():
+    model = randomize_bn(MODELS["resnet8-B"](), 7)
+    X, y = data(7)
+    opts = dict(candidates=3, batch_size=16, seed=7, bn="batch")
+    ref = reference_prune(model, X, y, rule="keep_ratio", value=0.5, recalibrate=32, **opts)
+    result = prune_model(model, (X, y), keep_ratio=0.5, recalibrate=32, **opts)
+    assert result.counts == ref.counts
+    with torch.no_grad():  # the last recalibration (after the last group) is the loop's too
+        torch.testing.assert_close(result.model.eval()(X[:8]), ref.model(X[:8]), rtol=1e-4, atol=1e-4)

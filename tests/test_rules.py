@@ -12,7 +12,7 @@ import torch
 
 from greedyprune.baselines import prune_like
 from greedyprune.channels import AccuracyTolerance, KeepRatio, LossGap, Step, find_groups, prune_model
-from greedyprune.channels.budget import MacModel, uniform_keep_counts
+from greedyprune.channels.budget import CostModel as MacModel, uniform_keep_counts
 from greedyprune.channels.rules import FlopsTarget, PlanContext
 from greedyprune.metrics import count_macs
 from greedyprune.models import MobileNetV2, get_model
@@ -115,7 +115,7 @@ def test_flops_target_keeps_the_largest_uniform_fraction_that_fits(arch, target)
     cost = MacModel(model, groups, x, DG)
     dense = count_macs(model, x)
     options = _distinct_uniform_counts(cost, groups)
-    fits = [i for i, (_, counts) in enumerate(options) if cost.macs(counts) <= target * dense]
+    fits = [i for i, (_, counts) in enumerate(options) if cost.cost(counts) <= target * dense]
     if not fits:  # the skipped layers alone cost more
         with pytest.raises(ValueError, match="not reachable"):
             uniform_keep_counts(model, groups, x, target, DG)
@@ -124,24 +124,24 @@ def test_flops_target_keeps_the_largest_uniform_fraction_that_fits(arch, target)
     assert fits == list(range(len(fits)))  # the multiply-adds grow with the fraction
     best = options[fits[-1]][1]
     assert uniform_keep_counts(model, groups, x, target, DG) == best
-    rule = FlopsTarget(target)
+    rule = FlopsTarget(target, uniform=True)
     rule.plan(PlanContext(model, groups, x, DG))
     assert rule.targets == best
     # with really pruned models: the chosen counts fit, the next larger uniform fraction does not
     macs = _real_macs(model, best, x)
-    assert macs == pytest.approx(cost.macs(best), rel=1e-9)
+    assert macs == pytest.approx(cost.cost(best), rel=1e-9)
     assert macs <= target * dense
     if fits[-1] + 1 < len(options):
         bigger = options[fits[-1] + 1][1]
         assert _real_macs(model, bigger, x) > target * dense
 
 
-def test_prune_model_meets_a_flops_target_without_overshooting():
+def test_prune_model_meets_a_uniform_flops_target_without_overshooting():
     model = _resnet(width=8)
     X = torch.randn(64, 1, 12, 12, generator=torch.Generator().manual_seed(0))
     y = torch.randint(0, 10, (64,), generator=torch.Generator().manual_seed(1))
     for target in (0.4, 0.7):
-        result = prune_model(model, (X, y), flops_target=target, candidates=2, batch_size=16)
+        result = prune_model(model, (X, y), flops_target=target, uniform=True, candidates=2, batch_size=16)
         ratio = result.report["macs_after"] / result.report["macs_before"]
         assert 0.8 * target < ratio <= target, ratio  # not 40% under it
         DG, groups = find_groups(model, X[:1])
@@ -155,8 +155,8 @@ def test_mac_model_counts_layers_reading_and_writing_pruned_groups():
     g = torch.Generator().manual_seed(3)
     for _ in range(4):  # arbitrary (non-uniform) keep counts
         counts = {gr.name: int(torch.randint(1, gr.channels + 1, (1,), generator=g)) for gr in groups}
-        assert cost.macs(counts) == pytest.approx(_real_macs(model, counts, x), rel=1e-9)
-    assert cost.macs({}) == count_macs(model, x)
+        assert cost.cost(counts) == pytest.approx(_real_macs(model, counts, x), rel=1e-9)
+    assert cost.cost({}) == count_macs(model, x)
 
 
 def test_flops_target_below_the_skipped_layers_is_refused():
@@ -171,3 +171,39 @@ def test_rules_reject_bad_values():
     for make, bad in bad_values:
         with pytest.raises(ValueError):
             make(bad)
+
+
+@pytest.mark.parametrize("kind", ["macs", "params"])
+def test_adaptive_budget_lands_within_two_percent_with_widths_from_the_loss_curves(kind):
+    from greedyprune.metrics import count_parameters
+
+    model = _resnet(width=8)
+    X = torch.randn(160, 1, 12, 12, generator=torch.Generator().manual_seed(0))
+    y = torch.randint(0, 10, (160,), generator=torch.Generator().manual_seed(1))
+    key = "flops_target" if kind == "macs" else "params_target"
+    for target in (0.4, 0.6):
+        result = prune_model(model, (X, y), candidates=3, batch_size=16, holdout=32, **{key: target})
+        ratio = result.ratio("macs" if kind == "macs" else "params")
+        assert abs(ratio - target) <= 0.02, (target, ratio)
+        fractions = {round(len(k) / g["channels"], 3) for k, g in zip(result.kept.values(), result.layers)}
+        assert len(fractions) > 1, "every group kept the same fraction"
+    dense = count_macs(model, X[:1]) if kind == "macs" else count_parameters(model)
+    assert dense > 0
+
+
+def test_allocation_takes_channels_where_the_loss_curve_is_flat():
+    from greedyprune.channels.budget import allocate, monotone_gaps
+
+    model, x = _resnet(width=8), torch.randn(1, 1, 12, 12)
+    DG, groups = find_groups(model, x)
+    cost = MacModel(model, groups, x, DG)
+    flat, steep = groups[0].name, groups[1].name
+    gaps = {}
+    for g in groups:  # every group's loss falls like 1/k; one is flat (costless to prune), one steep
+        scale = 1e-6 if g.name == flat else (100.0 if g.name == steep else 1.0)
+        gaps[g.name] = monotone_gaps([scale / k for k in range(1, g.channels + 1)], 0.0)
+    kept = allocate(cost, gaps, 0.6)
+    assert cost.cost(kept) <= 0.6 * cost.total
+    assert kept[flat] == 1 and kept[steep] == groups[1].channels
+    with pytest.raises(ValueError, match="not reachable.*closest reachable"):
+        allocate(cost, gaps, 0.001)
