@@ -95,7 +95,8 @@ def test_cnns_are_pruned_with_prune_model():
     advisor = PretrainingAdvisor(1, loss="cross_entropy", log=None,
                                  selection_options={"keep_ratio": 0.5, "candidates": 2, "batch_size": 16})
     assert advisor.check(0, cnn, X, y) is False
-    kept_channels = sum(max(1, round(0.5 * c)) for c in (4, 8, 8, 16, 16))  # resnet8: 3 block convs + 2 streams
+    # resnet8: 3 streams (stage 1's with the stem) + 3 block convs
+    kept_channels = sum(max(1, round(0.5 * c)) for c in (4, 4, 8, 8, 16, 16))
     assert advisor.history[0].distinct == kept_channels
 
 
