@@ -273,7 +273,7 @@ def test_seed_determinism(name):
 
 def test_get_model_errors():
     with pytest.raises(ValueError, match="resnet20.*vgg16"):
-        get_model("resnet18")
+        get_model("resnet19")
     with pytest.raises(TypeError, match="width"):
         get_model("mobilenetv2", width=2)
     with pytest.raises(ValueError, match="width"):

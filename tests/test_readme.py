@@ -29,5 +29,6 @@ def test_readme_python_example_runs():
     code = re.findall(r"```python\n(.*?)```", readme, flags=re.S)[0]
     namespace: dict = {}
     exec(compile(code, "README.md", "exec"), namespace)
-    small, result = namespace["small"], namespace["result"]
-    assert small.hidden == int(result.selected.numel()) <= 50
+    small, selection, pruned = namespace["small"], namespace["selection"], namespace["pruned"]
+    assert small is pruned.model and selection is pruned.selection
+    assert small.hidden == int(selection.selected.numel()) == len(pruned.kept["hidden"]) <= 50

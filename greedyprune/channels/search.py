@@ -225,7 +225,8 @@ def prune_model(
         objective: "network" (each candidate scored by the whole network's loss, the paper's way) or "local"
             (each group selected to reproduce the outputs of the layers that read it, on the calibration
             subset, by the engine's Gram form: :mod:`greedyprune.channels.local`; no candidate forwards).
-            "local" needs a rule that fixes each group's width (keep_ratio, flops_target, params_target).
+            "local" needs a rule that fixes each group's width (keep_ratio, flops_target, params_target); an
+            adaptive budget then allocates widths by the readers' relative reconstruction error.
         inplace: prune ``model`` itself instead of a deep copy.
         progress: show a progress bar over groups.
         distributed: split each step's candidates across the ranks of the initialised
@@ -415,9 +416,15 @@ def _step_size(step: int, group: ChannelGroup, counts: torch.Tensor, stop, candi
 
 def loss_curves(search: _Search, groups: list[ChannelGroup]) -> dict[str, tuple[list[float], float]]:
     """Every group grown on the dense network to its full width, one at a time (the others unpruned):
-    ``{group: (held-out loss with k = 1..D channels, held-out loss unpruned)}``. A group is grown about
-    ``curve_points`` units per point (``ceil(units / curve_points)`` per step); between points the loss
-    of the next point is used."""
+    ``{group: (loss with k = 1..D channels, loss unpruned)}``.
+
+    With the network objective the loss is the held-out cross-entropy, a group grown about
+    ``curve_points`` units per point (``ceil(units / curve_points)`` per step; between points the loss of
+    the next point is used). With ``objective="local"`` it is the readers' relative reconstruction error
+    (greedy selection on the Gram form, without replacement: no candidate forwards at all).
+    """
+    if search.options.objective == "local":
+        return _local_curves(search, groups)
     if search.holdout is None:
         raise ValueError("adaptive budgets measure each group's loss curve on a held-out subset: pass holdout > 0, "
                          "or uniform=True")
@@ -432,14 +439,36 @@ def loss_curves(search: _Search, groups: list[ChannelGroup]) -> dict[str, tuple[
             search_group(search, refresh_group(search.DG, search.model, group), gi, None, curve)
         finally:
             search.options = saved
-        # per channel count k = 1..D: the loss with the fewest units that keep at least k channels
-        losses, points = [], iter(curve)
-        kept, loss, unpruned = next(points)
-        for k in range(1, group.channels + 1):
-            while kept < k:
-                kept, loss, unpruned = next(points)
-            losses.append(loss)
-        curves[group.name] = (losses, unpruned)
+        curves[group.name] = (_per_channel(group, curve), curve[-1][2] if curve else float("nan"))
+    return curves
+
+
+def _per_channel(group: ChannelGroup, curve: list) -> list[float]:
+    """Per channel count k = 1..D: the loss with the fewest units that keep at least k channels."""
+    losses, points = [], iter(curve)
+    kept, loss, _ = next(points)
+    for k in range(1, group.channels + 1):
+        while kept < k:
+            kept, loss, _ = next(points)
+        losses.append(loss)
+    return losses
+
+
+def _local_curves(search: _Search, groups: list[ChannelGroup]) -> dict[str, tuple[list[float], float]]:
+    from ..selection import greedy_forward_selection
+    from .local import local_problem
+
+    inputs = search.calibration if search.calibration is not None else search.batches.fixed(256)[0]
+    curves = {}
+    for group in groups:
+        group = refresh_group(search.DG, search.model, group)
+        gram, cross, norm, positions = local_problem(search.model, group, inputs)
+        U, per_unit = group.num_units, group.channels // group.num_units
+        result = greedy_forward_selection(None, None, U, replacement=False, gram=gram, cross=cross, target_norm=norm,
+                                          examples=max(positions, 1))
+        scale = norm / max(positions, 1) or 1.0  # relative error: the loss of keeping nothing is 1
+        curve = [((k + 1) * per_unit, float(loss) / scale, 0.0) for k, loss in enumerate(result.losses)]
+        curves[group.name] = (_per_channel(group, curve), 0.0)
     return curves
 
 

@@ -149,16 +149,12 @@ def _check_resumable(state_path: Path, model) -> None:
                          f"another --out, or the options that run was started with")
 
 
-def cmd_train(args: argparse.Namespace) -> int:
-    import dataclasses
-
+def _train_data(args: argparse.Namespace):
+    """The checked model name and options, and the training / test sets ``greedyprune train`` uses."""
     import torch
 
     from ..data import BUILTIN_DATASETS, load_dataset
-    from ..fileio import atomic_write_text, run_directory
     from ..models import MODEL_NAMES, get_model
-    from ..training.checkpoints import TRAIN_STATE, train_with_checkpoints
-    from ..training.loop import TrainConfig
 
     name = args.model.lower()
     if name not in MODEL_NAMES:
@@ -168,8 +164,6 @@ def cmd_train(args: argparse.Namespace) -> int:
     if reserved:
         raise UsageError(f"--model-arg {', '.join(reserved)} is set by the command (from the data and --seed); "
                          f"leave it out")
-    dev = device(args.device)
-    set_threads(args)
     if args.data == "synthetic":
         raise UsageError("--data synthetic is not image data; use mnist5k, digits, mnist:DIR or cifar10:DIR")
     try:
@@ -177,7 +171,6 @@ def cmd_train(args: argparse.Namespace) -> int:
             get_model(name, **model_args)
     except TypeError as exc:
         raise UsageError(str(exc)) from None
-
     train = load_dataset(args.data, normalize=args.normalize)
     if len(train.image_shape) != 3:
         raise UsageError(f"--data {args.data} is not image data (examples of shape {train.image_shape}); "
@@ -192,6 +185,20 @@ def cmd_train(args: argparse.Namespace) -> int:
         if args.size > len(train):
             raise UsageError(f"--size {args.size} exceeds the {len(train)} training examples of {args.data}")
         train = fixed_subset(train, args.size, args.seed)
+    return name, model_args, train, test
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    import dataclasses
+
+    from ..fileio import atomic_write_text, run_directory
+    from ..models import get_model
+    from ..training.checkpoints import TRAIN_STATE, train_with_checkpoints
+    from ..training.loop import TrainConfig
+
+    dev = device(args.device)
+    set_threads(args)
+    name, model_args, train, test = _train_data(args)
     model_kwargs = {"num_classes": train.num_classes, "in_channels": train.image_shape[0], **model_args}
     try:
         model = get_model(name, seed=args.seed, **model_kwargs)
