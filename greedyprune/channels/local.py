@@ -28,6 +28,10 @@ from .groups import ChannelGroup, UnsupportedLayerError
 __all__ = ["local_problem", "local_selection"]
 
 
+class _Captured(Exception):
+    """Raised from a forward hook to stop a forward once the inputs it was run for are captured."""
+
+
 def _columns(module: nn.Module) -> int:
     kernel = 1 if isinstance(module, nn.Linear) else module.weight[0, 0].numel()
     return kernel
@@ -52,7 +56,14 @@ def local_problem(model: nn.Module, group: ChannelGroup, inputs: torch.Tensor,
         member = unit_of.repeat_interleave(kernel)  # the unit of each of those columns
         readers.append((name, module, cols.to(module.weight.device), member))
     captured: dict[str, torch.Tensor] = {}
-    hooks = [named[name].register_forward_pre_hook(lambda m, a, name=name: captured.__setitem__(name, a[0]))
+    wanted = {name for name, _, _, _ in readers}
+
+    def capture(module, args, name):
+        captured[name] = args[0]
+        if wanted <= set(captured):
+            raise _Captured  # every reader's input is in hand: the rest of the forward is not needed
+
+    hooks = [named[name].register_forward_pre_hook(lambda m, a, name=name: capture(m, a, name))
              for name, _, _, _ in readers]
     was_training = model.training
     model.eval()
@@ -60,7 +71,11 @@ def local_problem(model: nn.Module, group: ChannelGroup, inputs: torch.Tensor,
     positions = 0
     try:
         for start in range(0, inputs.shape[0], batch_size):
-            model(inputs[start:start + batch_size])
+            captured.clear()
+            try:
+                model(inputs[start:start + batch_size])
+            except _Captured:
+                pass
             for name, module, cols, _ in readers:
                 x = captured[name]
                 if isinstance(module, nn.Linear):
