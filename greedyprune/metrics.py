@@ -93,13 +93,11 @@ def _eval_mode(model: nn.Module) -> Iterator[nn.Module]:
 def count_parameters(model: nn.Module) -> int:
     """Number of parameters (weights and biases; buffers excluded, shared tensors counted once).
 
-    Parameters
-    ----------
-    model : nn.Module
+    Args:
+        model: the model.
 
-    Returns
-    -------
-    int
+    Returns:
+        The count, an int.
     """
     return sum(p.numel() for p in _check_model(model).parameters())
 
@@ -148,35 +146,24 @@ def measure_latency(model: nn.Module, input_shape=DEFAULT_INPUT_SHAPE, *, repeat
                     threads: int | None = 1, device="cpu") -> dict:
     """Wall-clock time of one forward pass: median and spread over ``repeats`` timed passes.
 
-    Parameters
-    ----------
-    model : nn.Module
-        Must already live on ``device`` (it is not moved). Run in eval mode under
-        ``torch.inference_mode``; its training flags are restored afterwards.
-    input_shape : sequence of int or torch.Tensor
-        Shape of a random input with batch dimension, or an example input tensor.
-    repeats : int
-        Timed forward passes (>= 1).
-    warmup : int
-        Untimed passes first (>= 0), for allocator and kernel caches.
-    threads : int or None
-        ``torch.set_num_threads`` during the measurement (restored afterwards); ``None`` keeps the
-        current setting.
-    device : str or torch.device
-        Where the input is created; ``"cuda"`` also synchronises around each pass.
+    Args:
+        model: Must already live on ``device`` (it is not moved). Run in eval mode under
+            ``torch.inference_mode``; its training flags are restored afterwards.
+        input_shape: Shape of a random input with batch dimension, or an example input tensor.
+        repeats: Timed forward passes (>= 1).
+        warmup: Untimed passes first (>= 0), for allocator and kernel caches.
+        threads: ``torch.set_num_threads`` during the measurement (restored afterwards); ``None`` keeps the
+            current setting.
+        device: Where the input is created; ``"cuda"`` also synchronises around each pass.
 
-    Returns
-    -------
-    dict
+    Returns:
         ``median``, ``p10``, ``p90``, ``mean``, ``std``, ``min`` and ``max`` in seconds, and
-        ``repeats``, ``warmup``, ``threads`` (the count actually used), ``device`` (str) and
-        ``input_shape`` (tuple).
+            ``repeats``, ``warmup``, ``threads`` (the count actually used), ``device`` (str) and
+            ``input_shape`` (tuple).
 
-    Raises
-    ------
-    TypeError, ValueError
-        Bad ``input_shape``, ``repeats < 1``, ``warmup < 0``, ``threads < 1``, an unknown device, or
-        a model whose parameters are on another device than ``device``.
+    Raises:
+        TypeError, ValueError: Bad ``input_shape``, ``repeats < 1``, ``warmup < 0``, ``threads < 1``, an
+            unknown device, or a model whose parameters are on another device than ``device``.
     """
     _check_model(model)
     for name, value, low in (("repeats", repeats, 1), ("warmup", warmup, 0)):
@@ -238,15 +225,11 @@ def measure_latency(model: nn.Module, input_shape=DEFAULT_INPUT_SHAPE, *, repeat
 def model_report(model: nn.Module, input_shape=DEFAULT_INPUT_SHAPE) -> dict:
     """Parameters and multiply-adds of a model.
 
-    Parameters
-    ----------
-    model : nn.Module
-    input_shape : sequence of int or torch.Tensor
-        As in :func:`count_macs`.
+    Args:
+        model: the model.
+        input_shape: As in :func:`count_macs`.
 
-    Returns
-    -------
-    dict
+    Returns:
         ``{"params": int, "macs": int, "input_shape": tuple}``.
     """
     _check_model(model)
@@ -257,18 +240,14 @@ def model_report(model: nn.Module, input_shape=DEFAULT_INPUT_SHAPE) -> dict:
 def compare_models(original: nn.Module, pruned: nn.Module, input_shape=DEFAULT_INPUT_SHAPE) -> dict:
     """Reports of two models (e.g. before and after pruning) and their ratios.
 
-    Parameters
-    ----------
-    original, pruned : nn.Module
-    input_shape : sequence of int or torch.Tensor
-        As in :func:`count_macs`; the same input is used for both.
+    Args:
+        original, pruned: the two models.
+        input_shape: As in :func:`count_macs`; the same input is used for both.
 
-    Returns
-    -------
-    dict
+    Returns:
         ``original`` and ``pruned`` (:func:`model_report` dicts), ``params_ratio`` and
-        ``macs_ratio`` (pruned / original, ``nan`` if the original count is 0), and
-        ``params_reduction`` / ``macs_reduction`` (``1 - ratio``, the fraction removed).
+            ``macs_ratio`` (pruned / original, ``nan`` if the original count is 0), and
+            ``params_reduction`` / ``macs_reduction`` (``1 - ratio``, the fraction removed).
     """
     a, b = model_report(original, input_shape), model_report(pruned, input_shape)
     out = {"original": a, "pruned": b}

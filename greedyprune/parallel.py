@@ -89,24 +89,17 @@ def split_range(n: int, world: int, r: int) -> tuple[int, int]:
     The first ``n % world`` ranks get one row more than the others; the slices tile ``[0, n)`` in rank
     order. A rank gets an empty slice when ``world > n``.
 
-    Parameters
-    ----------
-    n : int
-        Number of rows (candidate neurons), >= 0.
-    world : int
-        Number of ranks, >= 1.
-    r : int
-        The rank, ``0 <= r < world``.
+    Args:
+        n: number of rows (candidate neurons), >= 0.
+        world: number of ranks, >= 1.
+        r: the rank, ``0 <= r < world``.
 
-    Returns
-    -------
-    tuple of int
+    Returns:
         ``(offset, length)``: the rank owns rows ``offset .. offset + length - 1``.
 
-    Examples
-    --------
-    >>> [split_range(10, 3, r) for r in range(3)]
-    [(0, 4), (4, 3), (7, 3)]
+    Examples:
+        >>> [split_range(10, 3, r) for r in range(3)]
+        [(0, 4), (4, 3), (7, 3)]
     """
     check_int("n", n, 0)
     check_int("world", world, 1)
@@ -125,32 +118,23 @@ def init_process_group(backend: str | None = None, timeout_s: float = DEFAULT_TI
     Under torchrun (``RANK`` / ``WORLD_SIZE`` / ``MASTER_ADDR`` / ``MASTER_PORT`` set) no argument is
     needed. Does nothing if the default group is already initialised.
 
-    Parameters
-    ----------
-    backend : str, optional
-        "gloo" (CPU tensors) or "nccl" (CUDA tensors); None picks nccl when CUDA and NCCL are available,
-        else gloo.
-    timeout_s : float
-        Bound, in seconds, on the rendezvous and on every collective: when a rank dies or hangs, the
-        others fail within about this time instead of waiting forever. gloo raises an error (at once
-        when a peer's connection closes); with NCCL, torch's watchdog enforces it by tearing the
-        process down (``TORCH_NCCL_ASYNC_ERROR_HANDLING``, on by default).
-    rank, world_size : int, optional
-        This process's rank and the number of processes; default from ``RANK`` / ``WORLD_SIZE``.
-    init_method : str, optional
-        A rendezvous URL (``"tcp://host:port"``, ``"file:///path"``); default ``"env://"``.
-    store : torch.distributed.Store, optional
-        A key-value store to rendezvous through instead of ``init_method`` (what :func:`launch` uses).
+    Args:
+        backend: "gloo" (CPU tensors) or "nccl" (CUDA tensors); None picks nccl when CUDA and NCCL are
+            available, else gloo.
+        timeout_s: bound, in seconds, on the rendezvous and on every collective: when a rank dies or hangs,
+            the others fail within about this time instead of waiting forever. gloo raises an error (at once
+            when a peer's connection closes); with NCCL, torch's watchdog enforces it by tearing the process
+            down (``TORCH_NCCL_ASYNC_ERROR_HANDLING``, on by default).
+        rank, world_size: this process's rank and the number of processes; default from ``RANK`` /
+            ``WORLD_SIZE``.
+        init_method: a rendezvous URL (``"tcp://host:port"``, ``"file:///path"``); default ``"env://"``.
+        store: a key-value store to rendezvous through instead of ``init_method`` (what :func:`launch` uses).
 
-    Returns
-    -------
-    str
+    Returns:
         The backend in use.
 
-    Raises
-    ------
-    RuntimeError
-        If ``torch.distributed`` is unavailable or the rank / world size cannot be determined.
+    Raises:
+        RuntimeError: ``torch.distributed`` is unavailable or the rank / world size cannot be determined.
     """
     if not dist.is_available():
         raise RuntimeError("torch.distributed is not available in this torch build")
@@ -225,35 +209,23 @@ def launch(fn, workers: int, *args, timeout_s: float = DEFAULT_TIMEOUT_S, backen
     part of the work is its own. Used by the command line's ``--workers P``; torchrun launches need
     only :func:`init_process_group`.
 
-    Parameters
-    ----------
-    fn : callable
-        A picklable (module-level) function; its return value must be picklable.
-    workers : int
-        Number of processes, >= 1.
-    *args
-        Passed to ``fn`` in every worker (CPU tensors travel through shared memory).
-    timeout_s : float
-        The process group's timeout (see :func:`init_process_group`).
-    backend : str
-        "gloo" or "nccl".
-    threads : int, optional
-        torch threads per worker; default ``max(1, cpu_count // workers)`` so that workers do not
-        oversubscribe the cores.
-    grace_s : float
-        After a worker fails, how much longer than ``timeout_s`` the others may take to finish (they
-        normally fail on their next collective) before they are terminated.
+    Args:
+        fn: a picklable (module-level) function; its return value must be picklable.
+        workers: number of processes, >= 1.
+        *args: passed to ``fn`` in every worker (CPU tensors travel through shared memory).
+        timeout_s: the process group's timeout (see :func:`init_process_group`).
+        backend: "gloo" or "nccl".
+        threads: torch threads per worker; default ``max(1, cpu_count // workers)`` so that workers do not
+            oversubscribe the cores.
+        grace_s: after a worker fails, how much longer than ``timeout_s`` the others may take to finish (they
+            normally fail on their next collective) before they are terminated.
 
-    Returns
-    -------
-    object
+    Returns:
         What ``fn`` returned on rank 0.
 
-    Raises
-    ------
-    WorkerError
-        If any worker raised (its traceback text is in the message and in ``.failures``), exited
-        without a result (killed, ``os._exit``, a crash) or had to be terminated.
+    Raises:
+        WorkerError: a worker raised (its traceback text is in the message and in ``.failures``), exited
+            without a result (killed, ``os._exit``, a crash) or had to be terminated.
     """
     import multiprocessing
 
