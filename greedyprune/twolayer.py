@@ -343,13 +343,13 @@ def prune_two_layer(model: nn.Module, X: torch.Tensor, y: torch.Tensor, k: int, 
                        report=report, selection=result, layers=[layer], method="gfs")
 
 
-DISTINCT_STEP_FACTOR = 20
+DISTINCT_STEP_FACTOR = 10
 """Default cap of ``prune_to="distinct"``: at most this many times k selection steps."""
 
 
 def _select(phi, y, k, loss, prune_to, max_steps, options):
     """Algorithm 1 for k steps, or (``prune_to="distinct"``) for the fewest steps that choose k distinct
-    neurons: the selection is run for K steps, K doubling up to the cap, and cut after the step that
+    neurons: the selection is run for K steps, K growing 4-fold up to the cap, and cut after the step that
     chose the k-th distinct neuron - the first T steps of a longer run are exactly a T-step run."""
     from .checks import check_int
     from .selection import SelectionResult
@@ -368,7 +368,7 @@ def _select(phi, y, k, loss, prune_to, max_steps, options):
         order = torch.sort(first).values
         if int(order[k - 1]) < steps or steps >= cap:
             break
-        steps = min(cap, 2 * steps)
+        steps = min(cap, 4 * steps)
     reached = int(order[k - 1]) < steps
     cut = int(order[k - 1]) + 1 if reached else steps
     indices = result.indices[:cut]
