@@ -78,7 +78,7 @@ TRAIN_ARGS = ["train", "--model", "resnet8", "--model-arg", "width=4", "--data",
 CNN_ARGS = ["study", "cnn", "--data", "digits", "--models", "resnet8", "--sizes", "150", "--iterations", "6",
             "--checkpoint-every", "3", "--candidates", "3", "--finetune-iterations", "3", "--baselines", "l1",
             "--epsilon", "0.05", "--test-size", "300", "--batch-size", "25", "--prune-batch-size", "50",
-            "--augment", "crop-flip", "--no-progress"]
+            "--augment", "crop-flip", "--trials", "1", "--no-progress"]
 PRETRAINING = dict(data="digits", widths=(12, 20), sizes=(200, 400), trials=2, iterations=20, eval_every=10, k=5,
                    reference="largest")
 
@@ -106,7 +106,8 @@ def shard_worker(out, cnn_out):
 
 CNN_SHARDED = dict(data="digits", models=["resnet8"], model_kwargs={"resnet8": {"width": 4}}, sizes=[100, 150],
                    trials=2, iterations=4, checkpoint_every=2, candidates=2, finetune_iterations=2, baselines=[],
-                   epsilon=0.05, epsilon_grid=None, test_size=300, batch_size=25, prune_batch_size=50)
+                   epsilon=0.05, epsilon_grid=None, flops_target=None, test_size=300, batch_size=25,
+                   prune_batch_size=50)
 
 
 def _checkpoint(path):

@@ -149,6 +149,27 @@ def test_bad_input_is_refused_clearly(tmp_path, capsys):
 def test_an_epsilon_grid_that_never_reaches_the_target_names_the_closest(tmp_path, capsys):
     argv = ["study", "cnn", "--data", "digits", "--models", "resnet8", "--sizes", "100", "--iterations", "4",
             "--checkpoint-every", "4", "--candidates", "2", "--epsilon-grid", "0,0.001", "--flops-reduction", "0.9",
-            "--val-size", "100", "--test-size", "200", "--finetune-iterations", "1", "--baselines", "",
+            "--val-size", "100", "--test-size", "200", "--finetune-iterations", "1", "--baselines", "", "--trials", "1",
             "--no-progress", "--out", str(tmp_path)]
     _fails(capsys, argv, "no epsilon in the grid 0,0.001 reaches a 90% multiply-add reduction", "the closest is epsilon=")
+
+
+def test_an_epsilon_grid_picks_a_value_that_reaches_the_target(tmp_path, capsys):
+    import json
+
+    argv = ["study", "cnn", "--data", "digits", "--models", "resnet8", "--sizes", "100", "--iterations", "4",
+            "--checkpoint-every", "4", "--candidates", "2", "--epsilon-grid", "0,100", "--flops-reduction", "0.3",
+            "--val-size", "100", "--test-size", "200", "--finetune-iterations", "1", "--baselines", "", "--trials", "1",
+            "--no-progress", "--out", str(tmp_path)]
+    assert main(argv) == 0
+    choice = json.loads((tmp_path / "epsilon.json").read_text())["resnet8"]
+    assert [t["epsilon"] for t in choice["tried"]] == [0, 100]
+    reaching = [t for t in choice["tried"] if t["reduction"] >= 0.3]
+    assert reaching, "epsilon=100 stops every group at its first channel"
+    best = max(reaching, key=lambda t: (t["val_accuracy"], -t["epsilon"]))
+    assert choice["epsilon"] == best["epsilon"]
+    from greedyprune.studies.store import ResultsStore
+
+    with ResultsStore(tmp_path / "results.sqlite") as store:
+        rows = store.rows()
+    assert {r["rule"] for r in rows} == {f"epsilon={best['epsilon']}"}

@@ -67,7 +67,7 @@ class CNNStudyConfig:
     normalize: str = "pixel"
     test_size: int = 1000  # held out from the training pool when the data has no test split
     sizes: list = field(default_factory=lambda: [1000, 4000])
-    trials: int = 1
+    trials: int = 3
     iterations: int = 500
     checkpoint_every: int = 125
     lr: float = 0.1
@@ -76,10 +76,13 @@ class CNNStudyConfig:
     batch_size: int = 128
     augment: str = "auto"  # auto: crop-flip on CIFAR-10, none on digits
     # pruning: exactly one stopping rule. Baselines always keep GFS's channels per group (the same cost).
-    flops_target: float | None = None
+    # The quick preset's 8-wide ResNet-8 is too narrow for the paper's loss rule (measured on its size-1,000
+    # run: epsilon 0.5 / 2 / 5 remove 1% / 5% / 14% of the multiply-adds, and epsilon 5 removed 52% at size
+    # 4,000 and left the net at chance after fine-tuning), so it prunes to the paper's 40% reduction directly.
+    flops_target: float | None = 0.6
     accuracy_tolerance: float | None = None
     epsilon: float | None = None
-    epsilon_grid: list[float] | None = field(default_factory=lambda: [0.01, 0.02, 0.05, 0.1, 0.2, 0.5])
+    epsilon_grid: list[float] | None = None
     flops_reduction: float = 0.4  # what the epsilon grid must reach
     val_size: int = 1000  # held-out examples the epsilon grid is judged on
     candidates: int | None = 8
@@ -194,15 +197,15 @@ OPTION_HELP = {
 }
 
 PRESETS: dict[str, CNNStudyConfig] = {
-    # a few minutes on 2 CPU cores
+    # the built-in MNIST-5k, a ResNet-8 of width 8, 3 trials; about 15 minutes on 2 CPU cores
     "quick": CNNStudyConfig(),
     # Appendix E: CIFAR-10 sub-datasets of 10K/30K/50K, ResNet-34 and MobileNetV2, SGD + cosine from 0.1, batch
     # 128, standard augmentation, prune every 20K iterations with the loss rule, epsilon picked on held-out data
     # for 40% fewer FLOPs (footnote 4), fine-tune 2,500 iterations from lr 0.01 (GPU advised)
     "paper": CNNStudyConfig(models=["resnet34", "mobilenetv2"], model_kwargs={}, data="cifar10:./cifar10",
                             normalize="standard", test_size=10000, sizes=[10000, 30000, 50000], trials=1,
-                            iterations=80000, checkpoint_every=20000, epsilon_grid=[0.005, 0.01, 0.02, 0.05, 0.1,
-                                                                                    0.2, 0.5, 1.0],
+                            iterations=80000, checkpoint_every=20000, flops_target=None,
+                            epsilon_grid=[0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0],
                             flops_reduction=0.4, val_size=5000, candidates=50, finetune_iterations=2500,
                             baselines=list(BASELINES), baselines_at="last"),
 }

@@ -73,6 +73,7 @@ class WidthSummary:
     parameterization: str | None = None
     distinct_mean: np.ndarray | None = None  # mean distinct neurons kept per cell
     unreached: int = 0  # rows of prune_to="distinct" that stopped at the step cap below k distinct
+    dense_thresholds: list[int | None] = field(default_factory=list)  # the same rule on the dense mean
 
 
 # ---------------------------------------------------------------- analysis
@@ -200,6 +201,7 @@ def _summarize_width(width: int, wrows: list[Mapping[str, Any]]) -> WidthSummary
         pci[cell], dci[cell] = confidence_halfwidth(vals), confidence_halfwidth(cells["d"][cell])
         nm[cell] = _mean_std(cells["n"][cell])[0]
     reference, thresholds = threshold_iterations(sizes, iterations, pm)
+    dense_thresholds = threshold_iterations(sizes, iterations, dm, reference)[1]
     trial_thresholds = []
     for i in range(len(sizes)):
         found = []
@@ -215,7 +217,7 @@ def _summarize_width(width: int, wrows: list[Mapping[str, Any]]) -> WidthSummary
                         dense_mean=dm, trials=trials, reference=reference, thresholds=thresholds, dense_std=ds,
                         k_values=ks, pruned_ci=pci, dense_ci=dci, trial_thresholds=trial_thresholds,
                         prune_to=_one(wrows, "prune_to"), parameterization=_one(wrows, "parameterization"),
-                        distinct_mean=nm, unreached=unreached)
+                        distinct_mean=nm, unreached=unreached, dense_thresholds=dense_thresholds)
 
 
 def _mean_std(vals: list[float]) -> tuple[float, float]:
@@ -245,7 +247,8 @@ def k_label(summaries: list[WidthSummary]) -> str:
 def _pm(mean: float, spread: float, fmt: str = ".4f") -> str:
     if not np.isfinite(mean):
         return "n/a"
-    return f"{mean:{fmt}}" + (f" ± {spread:{fmt}}" if np.isfinite(spread) else "")
+    plain = fmt.lstrip("+")
+    return f"{mean:{fmt}}" + (f" ± {spread:{plain}}" if np.isfinite(spread) else "")
 
 
 def summary_table(rows: Iterable[Mapping[str, Any]]) -> str:
@@ -268,8 +271,8 @@ def summary_table(rows: Iterable[Mapping[str, Any]]) -> str:
         if s.unreached:
             head += (f"\n  note: {s.unreached} row(s) stopped at the step cap with fewer than k distinct neurons "
                      f"(column 'distinct')")
-        header = ["size", "threshold", "per trial", "pruned acc @ 0", "best pruned acc (iter)", "final dense acc",
-                  "distinct @ 0 / last"]
+        header = ["size", "threshold", "per trial", "dense reaches it", "pruned acc @ 0", "best pruned acc (iter)",
+                  "final dense acc", "distinct @ 0 / last"]
         body = []
         j0 = s.iterations.index(0) if 0 in s.iterations else None
         for i, size in enumerate(s.sizes):
@@ -285,11 +288,14 @@ def summary_table(rows: Iterable[Mapping[str, Any]]) -> str:
             trial_txt = "/".join("never" if x is None else str(x) for x in s.trial_thresholds[i])
             nd = s.distinct_mean[i]
             distinct = (f"{nd[j0 if j0 is not None else 0]:.0f} / {nd[-1]:.0f}" if np.isfinite(nd).any() else "n/a")
-            body.append([str(size), "never" if t is None else str(t), trial_txt, at0, best, final, distinct])
+            dt = s.dense_thresholds[i]
+            body.append([str(size), "never" if t is None else str(t), trial_txt, "never" if dt is None else str(dt),
+                         at0, best, final, distinct])
         blocks.append(head + "\n" + format_table(header, body))
     text = "\n\n".join(blocks) + "\n"
     text += ("(± : 95% t-interval over trials; threshold: first checkpoint whose mean pruned accuracy reaches the "
-             "reference; per trial: the same rule on each trial's curve)\n")
+             "reference; per trial: the same rule on each trial's curve; dense reaches it: the same rule on the dense "
+             "net's mean accuracy)\n")
     return text
 
 
