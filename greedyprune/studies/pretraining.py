@@ -23,8 +23,6 @@ from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Callable
 
-import torch
-
 from ..checks import as_device, check_int
 from ..data import NORMALIZATIONS, balanced_subsample, load_dataset
 from ..fileio import atomic_write_text, run_directory
