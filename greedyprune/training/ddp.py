@@ -7,10 +7,11 @@ the gradients; each share's loss is weighted by its size so that the summed grad
 the mean loss over the whole batch, as in one process.
 
 BatchNorm would otherwise normalise each share by its own statistics. :func:`cross_rank_batchnorm`
-makes every BatchNorm layer use the statistics of the whole batch for the duration of training: on CUDA
-with NCCL that is torch's ``SyncBatchNorm`` kernels' job, on any backend (gloo on CPU included) it is done
-here with a differentiable all-reduce of the per-channel sums. Either way a P-process run takes the steps
-of a one-process run up to floating-point rounding.
+makes every BatchNorm layer use the statistics of the whole batch for the duration of training, on any
+backend (torch's ``SyncBatchNorm`` refuses CPU tensors, so gloo runs could not use it): the per-channel
+sums are all-reduced with a differentiable all-reduce, in float64. A P-process run then takes the steps of
+a one-process run up to floating-point rounding (tested with 2 gloo processes on CPU; the NCCL path is the
+same code on CUDA tensors and has not been run here).
 """
 from __future__ import annotations
 
