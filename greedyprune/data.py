@@ -568,6 +568,30 @@ def load_dataset(spec: str, *, normalize: str = "unit", split: str = "train", se
     raise ValueError(f"unknown dataset spec {spec!r}; expected one of {', '.join(_SPEC_FORMS)}")
 
 
+def standardize_with_training_stats(train: Dataset, *others: Dataset) -> tuple[Dataset, ...]:
+    """Per-feature zero mean and unit standard deviation computed on ``train`` alone and applied to
+    ``train`` and to every other set (held-out and test data are scaled like the training data, never by
+    their own statistics). Pass data loaded with ``normalize="none"``; constant features are only centred.
+
+    Returns:
+        ``(train, *others)`` standardised (new Datasets, float32; computed in float64).
+    """
+    X = train.X.to(torch.float64)
+    mean = X.mean(dim=0, keepdim=True)
+    std = X.std(dim=0, correction=0, keepdim=True)
+    scale = torch.where(std > 0, std, torch.ones_like(std))
+
+    def apply(d: Dataset) -> Dataset:
+        if d.in_features != train.in_features:
+            raise ValueError(f"cannot standardise {d.name!r} ({d.in_features} features) with the statistics of "
+                             f"{train.name!r} ({train.in_features} features)")
+        Z = ((d.X.to(torch.float64) - mean) / scale).to(torch.float32)
+        return Dataset(X=Z, labels=d.labels, name=d.name, num_classes=d.num_classes, image_shape=d.image_shape,
+                       targets=d.targets)
+
+    return tuple(apply(d) for d in (train, *others))
+
+
 def as_images(dataset: Dataset) -> torch.Tensor:
     """``dataset.X`` viewed as ``(n, *image_shape)`` images; see :meth:`Dataset.images`.
 

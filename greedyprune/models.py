@@ -10,6 +10,9 @@ Every model is built by :func:`get_model` from a name in :data:`MODEL_NAMES`:
   classifier ``model.fc``.
 * ``mobilenetv2`` -- MobileNetV2 (Sandler et al. 2018) with CIFAR strides, classifier
   ``model.classifier``.
+* ``mobilenetv3_small`` -- MobileNetV3-Small (:mod:`greedyprune.mobilenetv3`), stride 1 in the stem and
+  first block for 32x32 / 28x28 inputs (``small_inputs=False``: the ImageNet strides), classifier
+  ``model.classifier``.
 * ``vgg16`` -- VGG-16 with BatchNorm (configuration D), the pruning papers' CIFAR variant,
   final Linear ``model.classifier``. Option ``head="mlp"|"linear"``.
 
@@ -442,6 +445,12 @@ def _vgg16(num_classes: int, in_channels: int, head: str = "mlp") -> nn.Module:
     return VGG(VGG16_CFG, num_classes, in_channels, head)
 
 
+def _mobilenetv3_small(num_classes: int, in_channels: int, small_inputs: bool = True) -> nn.Module:
+    from .mobilenetv3 import MobileNetV3Small
+
+    return MobileNetV3Small(num_classes, in_channels, small_inputs)
+
+
 # name -> (builder, accepted keyword arguments beyond num_classes / in_channels / seed)
 _BUILDERS: dict[str, tuple[Callable[..., nn.Module], tuple[str, ...]]] = {
     "resnet8": (_cifar_resnet(8), ("shortcut", "width")),
@@ -451,6 +460,7 @@ _BUILDERS: dict[str, tuple[Callable[..., nn.Module], tuple[str, ...]]] = {
     "resnet18": (_resnet18, ("shortcut",)),
     "resnet34": (_resnet34, ("shortcut",)),
     "mobilenetv2": (_mobilenetv2, ()),
+    "mobilenetv3_small": (_mobilenetv3_small, ("small_inputs",)),
     "vgg16": (_vgg16, ("head",)),
 }
 MODEL_NAMES: tuple[str, ...] = tuple(_BUILDERS)
@@ -475,7 +485,8 @@ def get_model(name: str, num_classes: int = 10, in_channels: int = 3, *, seed: i
     **kw
         Model-specific options: ``shortcut="A"|"B"`` for the ResNets (default "B"), ``width`` for the CIFAR
         ResNets (channels of the first stage, default 16; stages have width, 2 width, 4 width), ``head="mlp"|
-        "linear"`` for VGG-16 (default "mlp"). Anything else raises ``TypeError``.
+        "linear"`` for VGG-16 (default "mlp"), ``small_inputs`` for MobileNetV3-Small (default True).
+        Anything else raises ``TypeError``.
 
     Returns
     -------

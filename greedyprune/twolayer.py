@@ -6,16 +6,24 @@ A standard ``Linear(d, N) -> activation -> Linear(N, C)`` network with hidden we
 
     sigma(x; theta_i) = N * V[:, i] * act(w_i . x + beta_i) + c
 
+The paper's own parameterisation (Section 1; ``TwoLayerNet(parameterization="mean-field")``) divides the
+output layer by N instead, ``f(x) = (1/N) sum_i b_i act(a_i . x + beta_i) + c`` with O(1) output weights
+``b_i``, so that ``sigma(x; theta_i) = b_i act(a_i . x + beta_i) + c``; its output layer is a
+:class:`ScaledLinear` with ``scale = 1/N``. In general ``sigma_i = N * s * V[:, i] * act(...) + c`` for an
+output layer that multiplies its weights by ``s`` (1 for ``nn.Linear``).
+
 Greedy forward selection picks a multiset S of k of these; the pruned network is their average,
-which physically keeps the distinct neurons of S with output weights ``N * V[:, i] * count_i / k``
-and the same output bias.
+which physically keeps the distinct neurons of S (output weights ``N * s * V[:, i] * count_i / (k * s')``
+for the new layer's scale ``s'``) and the same output bias.
 """
 from __future__ import annotations
 
 import copy
+import math
 import time
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from .result import PruneResult
@@ -29,6 +37,38 @@ ACTIVATIONS = {
     "softplus": nn.Softplus,
     "gelu": nn.GELU,
 }
+
+
+PARAMETERIZATIONS = ("standard", "mean-field")
+PRUNE_TO = ("steps", "distinct")
+
+
+class ScaledLinear(nn.Linear):
+    """``nn.Linear`` whose weight is multiplied by a fixed ``scale`` in the forward pass:
+    ``y = scale * (x @ W.T) + b``. The mean-field output layer is ``ScaledLinear(N, C, scale=1/N)``.
+
+    ``scale`` is a constant of the module (not a parameter, not in the state dict), so the gradient of
+    ``W`` is ``scale`` times that of a plain Linear; removing inputs keeps it (the function of the kept
+    inputs is unchanged).
+    """
+
+    def __init__(self, in_features: int, out_features: int, bias: bool = True, *, scale: float = 1.0,
+                 device=None, dtype=None):
+        super().__init__(in_features, out_features, bias=bias, device=device, dtype=dtype)
+        if isinstance(scale, bool) or not isinstance(scale, (int, float)) or not math.isfinite(scale) or scale <= 0:
+            raise ValueError(f"scale must be a positive finite number, got {scale!r}")
+        self.scale = float(scale)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.linear(x, self.weight * self.scale, self.bias)
+
+    def extra_repr(self) -> str:
+        return super().extra_repr() + f", scale={self.scale:g}"
+
+
+def output_scale(layer: nn.Linear) -> float:
+    """The factor an output layer multiplies its weights by (``ScaledLinear.scale``; 1 for ``nn.Linear``)."""
+    return float(getattr(layer, "scale", 1.0))
 
 
 class TwoLayerNet(nn.Sequential):
@@ -46,32 +86,50 @@ class TwoLayerNet(nn.Sequential):
         init: "default" (PyTorch's Linear init) or "gaussian" - the theory's initialisation: hidden
             weights ~ N(0, 1) (so ``w . x ~ N(0, 1)`` for unit-norm inputs), zero biases, and output
             weights ``v_i ~ N(0, 1) / N``, so that each neuron's ``N v_i`` is O(1) as in the mean-field form.
+            With ``parameterization="mean-field"`` the output weights are ``b_i ~ N(0, 1)`` (the same
+            function at initialisation; the output layer divides by N). Default: "default" for the
+            standard parameterisation, "gaussian" for the mean-field one.
         seed: if given, the initialisation is drawn from this seed (independent of the global RNG).
+        parameterization: "standard" (``Linear(N, C)``, the default) or "mean-field" - the paper's
+            ``f(x) = (1/N) sum_i b_i act(a_i . x)``: the output layer is ``ScaledLinear(N, C, scale=1/N)``.
+            Trained by :func:`greedyprune.training.loop.pretrain`, a mean-field net takes steps of ``lr * N``
+            on its neurons' parameters (:meth:`greedyprune_lr_scales`), the mean-field gradient flow in
+            which every neuron moves O(1) per step whatever N is; the output bias takes ``lr``.
     """
 
     def __init__(self, in_features: int, hidden: int, activation: str = "relu", out_features: int = 1,
-                 init: str = "default", seed: int | None = None):
+                 init: str | None = None, seed: int | None = None, parameterization: str = "standard"):
         for name, value in (("in_features", in_features), ("hidden", hidden), ("out_features", out_features)):
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ValueError(f"{name} must be a positive int, got {value!r}")
         if activation not in ACTIVATIONS:
             raise ValueError(f"unknown activation {activation!r}; expected one of {tuple(ACTIVATIONS)}")
+        if parameterization not in PARAMETERIZATIONS:
+            raise ValueError(f"unknown parameterization {parameterization!r}; expected one of {PARAMETERIZATIONS}")
+        mean_field = parameterization == "mean-field"
+        if init is None:
+            init = "gaussian" if mean_field else "default"
         if init not in ("default", "gaussian"):
             raise ValueError(f"unknown init {init!r}; expected 'default' or 'gaussian'")
+
+        def output_layer():
+            return ScaledLinear(hidden, out_features, scale=1.0 / hidden) if mean_field else nn.Linear(hidden,
+                                                                                                        out_features)
         if seed is None:
-            super().__init__(nn.Linear(in_features, hidden), ACTIVATIONS[activation](), nn.Linear(hidden, out_features))
+            super().__init__(nn.Linear(in_features, hidden), ACTIVATIONS[activation](), output_layer())
         else:
             with torch.random.fork_rng(devices=[]):
                 torch.manual_seed(seed)
-                super().__init__(nn.Linear(in_features, hidden), ACTIVATIONS[activation](),
-                                 nn.Linear(hidden, out_features))
+                super().__init__(nn.Linear(in_features, hidden), ACTIVATIONS[activation](), output_layer())
         self.activation_name = activation
+        self.parameterization = parameterization
         if init == "gaussian":
             gen = None if seed is None else torch.Generator().manual_seed(seed)  # None: the global RNG
             with torch.no_grad():
                 self[0].weight.copy_(torch.randn(self[0].weight.shape, generator=gen))
                 self[0].bias.zero_()
-                self[2].weight.copy_(torch.randn(self[2].weight.shape, generator=gen) / hidden)
+                out = torch.randn(self[2].weight.shape, generator=gen)
+                self[2].weight.copy_(out if mean_field else out / hidden)
                 self[2].bias.zero_()
 
     @property
@@ -90,8 +148,19 @@ class TwoLayerNet(nn.Sequential):
         out = super().forward(x)
         return out.squeeze(-1) if self.out_features == 1 else out
 
+    def greedyprune_lr_scales(self) -> list[tuple[list[nn.Parameter], float]]:
+        """Learning-rate multipliers per parameter group, read by :func:`greedyprune.training.loop.pretrain`:
+        ``[(params, 1.0)]`` for the standard parameterisation; for the mean-field one the neurons'
+        parameters (``a_i``, ``beta_i``, ``b_i``) take ``N`` times the learning rate and the output bias 1."""
+        if self.parameterization != "mean-field":
+            return [(list(self.parameters()), 1.0)]
+        neurons = [self[0].weight, self[0].bias, self[2].weight]
+        rest = [p for p in self.parameters() if all(p is not q for q in neurons)]
+        return [(neurons, float(self.hidden)), (rest, 1.0)]
+
     def extra_repr(self) -> str:
-        return f"in_features={self.in_features}, hidden={self.hidden}, out_features={self.out_features}"
+        extra = ", parameterization=mean-field" if self.parameterization == "mean-field" else ""
+        return f"in_features={self.in_features}, hidden={self.hidden}, out_features={self.out_features}{extra}"
 
 
 def _layers(model: nn.Module) -> tuple[nn.Linear, nn.Module, nn.Linear]:
@@ -155,7 +224,8 @@ def hidden_features(model: nn.Module, X: torch.Tensor) -> torch.Tensor:
 
 @torch.no_grad()
 def neuron_outputs(model: nn.Module, X: torch.Tensor) -> torch.Tensor:
-    """Each hidden neuron's output vector over the data: ``N * V[:, i] * act(w_i . x + beta_i) + c``.
+    """Each hidden neuron's output vector over the data: ``N * s * V[:, i] * act(w_i . x + beta_i) + c``
+    (``s`` the output layer's scale: 1, or 1/N for the mean-field form, where this is ``b_i act(...) + c``).
 
     Returns (N, m) when the network has one output, else (N, m, C). The mean over the N rows is the
     network's output on X.
@@ -163,7 +233,7 @@ def neuron_outputs(model: nn.Module, X: torch.Tensor) -> torch.Tensor:
     _, _, second = _layers(model)
     h = hidden_features(model, X)  # (m, N)
     n = h.shape[1]
-    v = second.weight * n  # (C, N)
+    v = second.weight * (n * output_scale(second))  # (C, N)
     c = second.bias if second.bias is not None else torch.zeros(second.out_features, device=h.device, dtype=h.dtype)
     ht = h.t().contiguous()  # (N, m); a contiguous result is what the selection engine reads fastest
     if second.out_features == 1:
@@ -172,7 +242,9 @@ def neuron_outputs(model: nn.Module, X: torch.Tensor) -> torch.Tensor:
 
 
 def build_pruned(model: nn.Module, counts: torch.Tensor) -> nn.Module:
-    """The physically smaller network that is the average of the multiset given by ``counts`` (N,)."""
+    """The physically smaller network that is the average of the multiset given by ``counts`` (N,).
+
+    A mean-field :class:`TwoLayerNet` stays mean-field: its pruned net of n' neurons divides by n'."""
     first, act, second = _layers(model)
     counts = counts.to(first.weight.device)
     n = first.out_features
@@ -182,11 +254,15 @@ def build_pruned(model: nn.Module, counts: torch.Tensor) -> nn.Module:
     if keep.numel() == 0:
         raise ValueError("counts selects no neuron")
     k = int(counts.sum())
-    scale = counts[keep].to(second.weight.dtype) * (n / k)
+    mean_field = getattr(model, "parameterization", "standard") == "mean-field"
+    new_scale = 1.0 / keep.numel() if mean_field else output_scale(second)
+    scale = counts[keep].to(second.weight.dtype) * (n * output_scale(second) / (k * new_scale))
     new_first = nn.Linear(first.in_features, keep.numel(), bias=first.bias is not None,
                           device=first.weight.device, dtype=first.weight.dtype)
-    new_second = nn.Linear(keep.numel(), second.out_features, bias=second.bias is not None,
-                           device=second.weight.device, dtype=second.weight.dtype)
+    layer = dict(bias=second.bias is not None, device=second.weight.device, dtype=second.weight.dtype)
+    new_second = (ScaledLinear(keep.numel(), second.out_features, scale=new_scale, **layer)
+                  if isinstance(second, ScaledLinear) or mean_field else nn.Linear(keep.numel(), second.out_features,
+                                                                                     **layer))
     with torch.no_grad():
         new_first.weight.copy_(first.weight[keep])
         if first.bias is not None:
@@ -204,7 +280,7 @@ def build_pruned(model: nn.Module, counts: torch.Tensor) -> nn.Module:
 
 
 def prune_two_layer(model: nn.Module, X: torch.Tensor, y: torch.Tensor, k: int, loss: str = "logistic",
-                    **selection_options) -> PruneResult:
+                    prune_to: str = "steps", max_steps: int | None = None, **selection_options) -> PruneResult:
     """Prune the hidden layer of a two-layer network to at most k neurons with greedy forward selection.
 
     Args:
@@ -212,8 +288,15 @@ def prune_two_layer(model: nn.Module, X: torch.Tensor, y: torch.Tensor, k: int, 
         X: (m, d) inputs the selection is fitted on.
         y: targets as :func:`greedy_forward_selection` expects for ``loss`` ((m,) {0,1} labels for
             "logistic", (m,) floats or (m, C) for "squared", (m,) class indices for "cross_entropy").
-        k: selection steps; the pruned net has ``len(result.selected) <= k`` hidden neurons.
+        k: with ``prune_to="steps"``, selection steps (the pruned net has ``len(result.selected) <= k``
+            hidden neurons); with ``prune_to="distinct"``, distinct neurons kept.
         loss: "logistic" (default; single-logit nets), "squared" or "cross_entropy" (C-output nets).
+        prune_to: what k counts. "steps" (default): k steps of Algorithm 1; with replacement a neuron can
+            be chosen again, so the net keeps at most k neurons (few, early in training). "distinct": run
+            the selection until k distinct neurons are chosen ("pruned to k hidden nodes"), or until
+            ``max_steps`` steps, whichever comes first; ``result.k`` is the steps taken. Needs k <= width.
+        max_steps: cap on the steps of ``prune_to="distinct"`` (default ``DISTINCT_STEP_FACTOR * k``);
+            ``result.extra["reached"]`` says whether k distinct neurons were reached.
         **selection_options: ``replacement``, ``candidates``, ``seed``, ``progress``, ... passed on.
 
     Returns:
@@ -224,6 +307,13 @@ def prune_two_layer(model: nn.Module, X: torch.Tensor, y: torch.Tensor, k: int, 
         ``pruned_model, selection = prune_two_layer(...)``.
     """
     first, _, second = _layers(model)
+    if prune_to not in PRUNE_TO:
+        raise ValueError(f"unknown prune_to {prune_to!r}; expected 'steps' (k selection steps) or 'distinct' (k "
+                         f"distinct neurons)")
+    if prune_to == "distinct" and isinstance(k, int) and not isinstance(k, bool) and k > first.out_features:
+        raise ValueError(f"prune_to='distinct' with k={k}: the net has only {first.out_features} hidden neurons, so "
+                         f"it cannot keep {k} distinct ones; lower k to at most {first.out_features} or use "
+                         f"prune_to='steps'")
     if not isinstance(X, torch.Tensor) or X.dim() != 2 or X.shape[1] != first.in_features:
         shape = tuple(X.shape) if isinstance(X, torch.Tensor) else type(X).__name__
         raise ValueError(f"X must be a tensor of shape (m, {first.in_features}), got {shape}")
@@ -238,7 +328,7 @@ def prune_two_layer(model: nn.Module, X: torch.Tensor, y: torch.Tensor, k: int, 
     if loss == "squared" and second.out_features == 1 and y.dim() == 2 and y.shape[1] == 1:
         y = y.squeeze(1)
     start = time.perf_counter()
-    result = greedy_forward_selection(phi, y, k, loss=loss, **selection_options)
+    result = _select(phi, y, k, loss, prune_to, max_steps, selection_options)
     dense_loss = loss_value(phi.mean(dim=0), y, loss)
     result.extra["dense_loss"] = dense_loss
     pruned = build_pruned(model, result.counts)
@@ -248,10 +338,48 @@ def prune_two_layer(model: nn.Module, X: torch.Tensor, y: torch.Tensor, k: int, 
               "loss_before": dense_loss, "loss_after": float(result.losses[-1]), "eval_examples": int(X.shape[0]),
               "seconds": time.perf_counter() - start}
     layer = {"name": "hidden", "units": first.out_features, "kept": len(distinct), "steps": result.k,
-             "rule": f"k={result.k}", "loss": float(result.losses[-1]), "accuracy": None,
+             "rule": f"k={k} {prune_to}", "loss": float(result.losses[-1]), "accuracy": None,
              "seconds": report["seconds"]}
     return PruneResult(model=pruned, kept={"hidden": distinct}, counts={"hidden": result.counts.tolist()},
                        report=report, selection=result, layers=[layer], method="gfs")
+
+
+DISTINCT_STEP_FACTOR = 10
+"""Default cap of ``prune_to="distinct"``: at most this many times k selection steps."""
+
+
+def _select(phi, y, k, loss, prune_to, max_steps, options):
+    """Algorithm 1 for k steps, or (``prune_to="distinct"``) for the fewest steps that choose k distinct
+    neurons: the selection is run for K steps, K growing 4-fold up to the cap, and cut after the step that
+    chose the k-th distinct neuron - the first T steps of a longer run are exactly a T-step run."""
+    from .checks import check_int
+    from .selection import SelectionResult
+
+    if prune_to == "steps" or not options.get("replacement", True):
+        result = greedy_forward_selection(phi, y, k, loss=loss, **options)
+        result.extra["reached"] = prune_to == "steps" or int(result.selected.numel()) >= k
+        return result
+    k = check_int("k", k, 1)
+    cap = check_int("max_steps", DISTINCT_STEP_FACTOR * k if max_steps is None else max_steps, k)
+    steps = k
+    while True:
+        result = greedy_forward_selection(phi, y, steps, loss=loss, **options)
+        first = torch.full((phi.shape[0],), steps, dtype=torch.int64)
+        first.scatter_reduce_(0, result.indices, torch.arange(steps), reduce="amin")
+        order = torch.sort(first).values
+        if int(order[k - 1]) < steps or steps >= cap:
+            break
+        steps = min(cap, 4 * steps)
+    reached = int(order[k - 1]) < steps
+    cut = int(order[k - 1]) + 1 if reached else steps
+    indices = result.indices[:cut]
+    counts = torch.bincount(indices, minlength=phi.shape[0])
+    weights = counts.to(device=phi.device, dtype=torch.float64) / cut
+    output = torch.tensordot(weights, phi.to(torch.float64), dims=1).to(result.output.dtype)
+    out = SelectionResult(indices=indices, counts=counts, losses=result.losses[:cut], output=output, loss=loss,
+                          replacement=True, candidates=result.candidates, seed=result.seed)
+    out.extra["reached"] = reached
+    return out
 
 
 TWO_LAYER_FORMAT = "greedyprune-twolayer-v1"
@@ -268,6 +396,8 @@ def save_two_layer(path, model: nn.Module) -> None:
     save_torch(path, {"format": TWO_LAYER_FORMAT, "in_features": first.in_features, "hidden": first.out_features,
                       "out_features": second.out_features, "activation": name,
                       "squeeze": isinstance(model, TwoLayerNet),
+                      "parameterization": getattr(model, "parameterization", "standard"),
+                      "output_scale": output_scale(second),
                       "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()}})
 
 
@@ -279,9 +409,13 @@ def load_two_layer(path) -> nn.Module:
     if not isinstance(payload, dict) or payload.get("format") != TWO_LAYER_FORMAT:
         raise ValueError(f"{path} is not a two-layer network saved by greedyprune ({TWO_LAYER_FORMAT!r} expected)")
     if payload["squeeze"]:
-        model = TwoLayerNet(payload["in_features"], payload["hidden"], payload["activation"], payload["out_features"])
+        model = TwoLayerNet(payload["in_features"], payload["hidden"], payload["activation"], payload["out_features"],
+                            parameterization=payload.get("parameterization", "standard"))
     else:
+        scale = float(payload.get("output_scale", 1.0))
+        out = (ScaledLinear(payload["hidden"], payload["out_features"], scale=scale) if scale != 1.0
+               else nn.Linear(payload["hidden"], payload["out_features"]))
         model = nn.Sequential(nn.Linear(payload["in_features"], payload["hidden"]), ACTIVATIONS[payload["activation"]](),
-                              nn.Linear(payload["hidden"], payload["out_features"]))
+                              out)
     model.load_state_dict(payload["state_dict"])
     return model

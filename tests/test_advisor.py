@@ -121,7 +121,7 @@ def test_steps_must_increase():
 
 def test_comparison_with_a_study(tmp_path):
     config = config_with(get_preset("quick"), data="digits", widths=(30,), sizes=(400, 800), trials=1,
-                         iterations=200, eval_every=50, k=8)
+                         iterations=200, eval_every=50, k=8, reference="largest", direct=False)
     run_pretraining_study(config, tmp_path / "study", progress=False, log=lambda s: None)
     rows = compare_with_study(tmp_path / "study", tmp_path / "cmp", progress=False, log=lambda s: None)
     assert [(r.width, r.size) for r in rows] == [(30, 400), (30, 800)]

@@ -59,7 +59,9 @@ def test_prune_bad_input(checkpoint, capsys):
 
 
 CNN_ARGS = ["study", "cnn", "--sizes", "200", "--iterations", "20", "--checkpoint-every", "10", "--candidates", "2",
-            "--finetune-iterations", "2", "--baselines", "l1,random", "--model", "resnet8", "--no-progress"]
+            "--finetune-iterations", "2", "--baselines", "l1,random", "--models", "resnet8", "--epsilon", "0.05",
+            "--trials", "1",
+            "--no-progress"]
 
 
 def _rows(path):

@@ -37,7 +37,9 @@ def make_row(width=8, size=100, trial=0, iteration=0, **over):
     row = dict(
         width=width, size=size, trial=trial, iteration=iteration,
         pruned_accuracy=0.75, pruned_loss=0.61, dense_accuracy=0.9, dense_loss=0.3,
-        distinct=3, k=4, prune_seconds=0.012, losses=[1.5, 0.9, 0.7, 0.61],
+        distinct=3, k=4, prune_seconds=0.012, losses=[1.5, 0.9, 0.7, 0.61], prune_to="steps", steps=4,
+        reached=1, parameterization="standard", direct_width=50, direct_accuracy=0.7, direct_loss=0.65,
+        direct_b_iterations=20, direct_b_accuracy=0.8, direct_b_loss=0.5,
     )
     row.update(over)
     return row
@@ -49,6 +51,8 @@ def test_columns_constants():
     assert set(names) == {
         "width", "size", "trial", "iteration", "pruned_accuracy", "pruned_loss",
         "dense_accuracy", "dense_loss", "distinct", "k", "prune_seconds", "losses", "created",
+        "prune_to", "steps", "reached", "parameterization", "direct_width", "direct_accuracy", "direct_loss",
+        "direct_b_iterations", "direct_b_accuracy", "direct_b_loss",
     }
     assert dict(RESULT_COLUMNS)["losses"] == "TEXT"
 
@@ -260,6 +264,17 @@ _CHILD = textwrap.dedent(
 )
 
 
+# the child's table: the columns of the pre-training study before the direct nets were added
+CHILD_SCHEMA = storage.Schema("pretraining", tuple((n, t) for n, t in SCHEMA.columns if n in (
+    "width", "size", "trial", "iteration", "pruned_accuracy", "pruned_loss", "dense_accuracy", "dense_loss",
+    "distinct", "k", "prune_seconds", "losses")), SCHEMA.key, ("losses",))
+
+
+def _child_row(iteration):
+    return dict(width=8, size=100, trial=0, iteration=iteration, pruned_accuracy=0.5, pruned_loss=0.5,
+                dense_accuracy=0.9, dense_loss=0.1, distinct=3, k=4, prune_seconds=0.0, losses=[0.1] * 50)
+
+
 def _run_and_kill(tmp_path, n_rows, kill_after):
     """Start a child that adds n_rows rows (reporting each), SIGKILL it after
     `kill_after` reports, and return the iterations it reported as added."""
@@ -292,7 +307,7 @@ def _run_and_kill(tmp_path, n_rows, kill_after):
 def test_row_survives_sigkill_while_idle(tmp_path):
     db, reported = _run_and_kill(tmp_path, n_rows=1, kill_after=1)
     assert reported == [0]
-    with ResultsStore(db) as store:
+    with storage.ResultsStore(db, CHILD_SCHEMA) as store:
         assert store.config() == {"k": 4}
         assert store.done_keys() == {(8, 100, 0, 0)}
         assert store.rows()[0]["losses"] == [0.1] * 50
@@ -303,13 +318,36 @@ def test_rows_survive_sigkill_mid_stream(tmp_path):
     # killed while still adding rows: every row it reported is there, the file
     # is intact, and adding more (resuming) works
     db, reported = _run_and_kill(tmp_path, n_rows=100_000, kill_after=30)
-    with ResultsStore(db) as store:
+    with storage.ResultsStore(db, CHILD_SCHEMA) as store:
         store.bind_config({"k": 4})
         done = store.done_keys()
         assert {(8, 100, 0, i) for i in reported} <= done
-        assert store.add(make_row(width=8, size=100, trial=0, iteration=10**6))
+        assert store.add(_child_row(10**6))
     con = sqlite3.connect(db)
     try:
         assert con.execute("PRAGMA integrity_check").fetchone() == ("ok",)
     finally:
         con.close()
+
+
+def test_merge_joins_shards_and_refuses_conflicts(tmp_path):
+    a, b, c = (tmp_path / f"{x}.sqlite" for x in "abc")
+    for path, iterations in ((a, (0, 1)), (b, (1, 2))):
+        with ResultsStore(path) as store:
+            store.bind_config({"k": 4})
+            store.bind_shard((0 if path == a else 1, 2))
+            for i in iterations:
+                store.add(make_row(iteration=i))
+    added, kept = storage.merge_results(tmp_path / "m.sqlite", [a, b])
+    assert (added, kept) == (3, 1)  # iteration 1 is in both, with the same values
+    with storage.ResultsStore(tmp_path / "m.sqlite") as merged:
+        assert sorted(k[3] for k in merged.done_keys()) == [0, 1, 2] and merged.config() == {"k": 4}
+    with ResultsStore(c) as store:
+        store.bind_config({"k": 4})
+        store.add(make_row(iteration=1, pruned_accuracy=0.5))
+    with pytest.raises(ValueError, match="differs .* in 'pruned_accuracy'"):
+        storage.merge_results(tmp_path / "n.sqlite", [a, c])
+    with ResultsStore(tmp_path / "other.sqlite") as store:
+        store.bind_config({"k": 5})
+    with pytest.raises(ConfigMismatchError, match="different configurations"):
+        storage.merge_results(tmp_path / "o.sqlite", [a, tmp_path / "other.sqlite"])

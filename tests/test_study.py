@@ -17,7 +17,8 @@ from greedyprune.studies.pretraining import config_with, get_preset, run_pretrai
 
 torch.set_num_threads(1)
 
-TINY = dict(data="digits", widths=(20, 30), sizes=(200, 500), trials=2, iterations=40, eval_every=20, k=6, lr=1.0)
+TINY = dict(data="digits", widths=(20, 30), sizes=(200, 500), trials=2, iterations=40, eval_every=20, k=6, lr=1.0,
+            reference="largest", prune_to="steps")
 VOLATILE = ("prune_seconds", "created")
 
 
@@ -94,7 +95,8 @@ def test_cli_errors_are_clear(tmp_path, capsys):
 def test_cli_runs_plots_and_exports(tmp_path, capsys):
     out = tmp_path / "cli"
     args = ["study", "pretraining", "--data", "digits", "--widths", "20", "--sizes", "200,400", "--trials", "1",
-            "--iterations", "20", "--eval-every", "10", "--k", "5", "--out", str(out), "--no-progress"]
+            "--iterations", "20", "--eval-every", "10", "--k", "5", "--out", str(out), "--no-progress",
+            "--reference", "largest"]
     assert main(args) == 0
     printed = capsys.readouterr().out
     assert "threshold" in printed and (out / "figure1.png").read_bytes()[:4] == b"\x89PNG"
@@ -114,9 +116,11 @@ def _count_rows(db: Path) -> int:
         return 0
 
 
-LONG = dict(data="digits", widths=(30,), sizes=(300, 600), trials=2, iterations=600, eval_every=20, k=8, lr=1.0)
+LONG = dict(data="digits", widths=(30,), sizes=(300, 600), trials=2, iterations=600, eval_every=20, k=8, lr=1.0,
+            reference="largest", prune_to="steps", direct=False)
 LONG_ARGS = ["--data", "digits", "--widths", "30", "--sizes", "300,600", "--trials", "2", "--iterations", "600",
-             "--eval-every", "20", "--k", "8", "--lr", "1.0", "--no-progress", "--no-plot", "--threads", "1"]
+             "--eval-every", "20", "--k", "8", "--lr", "1.0", "--no-progress", "--no-plot", "--threads", "1",
+             "--reference", "largest", "--prune-to", "steps", "--no-direct"]
 LONG_ROWS = 1 * 2 * 2 * 31
 
 

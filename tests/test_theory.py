@@ -26,7 +26,8 @@ from greedyprune.twolayer import TwoLayerNet
 
 torch.set_num_threads(1)
 
-TINY = dict(data="digits", widths=(20,), sizes=(200, 400), trials=1, iterations=40, eval_every=20, k=5)
+TINY = dict(data="digits", widths=(20,), sizes=(200, 400), trials=1, iterations=40, eval_every=20, k=5,
+            reference="largest", direct=False, parameterization="standard")
 QUIET = dict(progress=False, log=lambda s: None)
 
 

@@ -94,6 +94,36 @@ nonnegative_float = number(0)
 fraction = number(0, 1, high_open=True)
 
 
+def shard(text: str) -> tuple[int, int]:
+    """``i/P`` (this process runs every P-th cell from the i-th, 0 <= i < P), or ``auto``: the rank and world
+    size torchrun (or another launcher) put in RANK / WORLD_SIZE."""
+    if text == "auto":
+        rank, world = os.environ.get("RANK"), os.environ.get("WORLD_SIZE")
+        if rank is None or world is None:
+            raise argparse.ArgumentTypeError("--shard auto needs RANK and WORLD_SIZE in the environment (torchrun "
+                                             "sets them); otherwise give i/P, e.g. --shard 0/2")
+        text = f"{rank}/{world}"
+    i, sep, p = text.partition("/")
+    try:
+        value = (int(i), int(p))
+    except ValueError:
+        value = None
+    if not sep or value is None or value[1] < 1 or not 0 <= value[0] < value[1]:
+        raise argparse.ArgumentTypeError(f"expected i/P with 0 <= i < P (e.g. 0/2 and 1/2) or auto, got {text!r}")
+    return value
+
+
+def add_shard_option(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--shard", type=shard, metavar="i/P",
+                        help="run only every P-th cell of the study from the i-th (cells are independent and "
+                             "seeded, so the rows are exactly those of a whole run), into its own --out; join the "
+                             "shards with greedyprune merge. 'auto' takes i/P from torchrun's RANK/WORLD_SIZE")
+
+
+def shard_suffix(value) -> str:
+    return "" if value is None else f"-shard{value[0]}of{value[1]}"
+
+
 def key_value(text: str) -> tuple[str, object]:
     """``KEY=VALUE`` with VALUE read as an int, a float, true/false, or else kept as a string."""
     key, sep, raw = text.partition("=")
@@ -133,12 +163,13 @@ def _option_type(annotation):
 
 
 def add_config_options(parser: argparse.ArgumentParser, config_cls, help: dict[str, str], *,
-                       skip=(), types: dict | None = None) -> None:
+                       skip=(), types: dict | None = None, defaults=None) -> None:
     """One ``--field-name`` option per field of a study's config dataclass (declared once, there).
 
     Each option defaults to None (the preset's value is kept); the type comes from the field's annotation
     unless ``types`` names another; bools become ``--name / --no-name``. Ranges are checked by the
-    config's own ``validate()``.
+    config's own ``validate()``. The help shows the value in ``defaults`` (the quick preset; default: the
+    dataclass's own defaults).
     """
     hints = typing.get_type_hints(config_cls)
     for f in fields(config_cls):
@@ -146,8 +177,11 @@ def add_config_options(parser: argparse.ArgumentParser, config_cls, help: dict[s
             continue
         flag = "--" + f.name.replace("_", "-")
         kind = (types or {}).get(f.name) or _option_type(hints[f.name])
-        default = f.default if f.default is not MISSING else (f.default_factory() if f.default_factory is not MISSING
-                                                              else None)
+        if defaults is not None:
+            default = getattr(defaults, f.name)
+        else:
+            default = f.default if f.default is not MISSING else (f.default_factory() if f.default_factory
+                                                                  is not MISSING else None)
         text = help.get(f.name, "")
         text = f"{text} (quick preset: {default})" if text else f"quick preset: {default}"
         if kind == "bool":
@@ -185,6 +219,27 @@ def device(text: str) -> str:
         as_device(text)
     except ValueError as exc:
         raise UsageError(f"bad --device {text!r}: {exc}") from None
+    return text
+
+
+def launched_by_torchrun() -> bool:
+    """Whether this process is one of several started by torchrun (or a launcher that sets the same
+    variables): then the process group is initialised here (gloo on CPU, NCCL on CUDA) and True returned.
+    A process group that exists already (greedyprune.parallel.launch) counts too."""
+    from .. import parallel
+
+    if parallel.is_initialised():
+        return parallel.world_size() > 1
+    if "RANK" not in os.environ or "WORLD_SIZE" not in os.environ or int(os.environ["WORLD_SIZE"]) < 2:
+        return False
+    parallel.init_process_group(timeout_s=float(os.environ.get("GREEDYPRUNE_TIMEOUT", "1800")))
+    return True
+
+
+def parallel_device(text: str) -> str:
+    """``cuda`` becomes this process's GPU (``cuda:LOCAL_RANK``) in a multi-process run; anything else stays."""
+    if text == "cuda":
+        return f"cuda:{int(os.environ.get('LOCAL_RANK', '0'))}"
     return text
 
 

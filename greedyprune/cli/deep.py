@@ -19,6 +19,7 @@ TRUST_HELP = ("WARNING: unpickling runs whatever code the file's author put in i
 
 def register(sub) -> None:
     from ..data import NORMALIZATIONS
+    from ..training.augment import AUGMENTATIONS
     from ..training.loop import SCHEDULES
 
     pr = sub.add_parser(
@@ -62,7 +63,9 @@ def register(sub) -> None:
         help="train a CNN (SGD, momentum, cosine lr, weight decay), saving a model checkpoint every K iterations",
         description="Pre-trains a CNN of greedyprune.models on an image data set with softmax cross-entropy, the "
                     "recipe of the paper's Appendix E (SGD, momentum 0.9, cosine lr from 0.1, batch 128, weight "
-                    "decay 5e-4). Writes OUT/train_config.json, a model checkpoint OUT/checkpoints/iter_XXXXXXX.pt "
+                    "decay 5e-4, the standard augmentation on CIFAR-10). Under torchrun (torchrun --nproc-per-node P "
+                    "-m greedyprune train ...) it trains data-parallel: each process takes its share of every "
+                    "batch, BatchNorm uses the whole batch, rank 0 writes. Writes OUT/train_config.json, a model checkpoint OUT/checkpoints/iter_XXXXXXX.pt "
                     "at iteration 0, every --checkpoint-every iterations and at the end (with the accuracy on "
                     "fixed evaluation subsets), and the resume state OUT/train_state.pt. Running the same command "
                     "again resumes exactly where it stopped; checkpoints already written are kept.",
@@ -86,6 +89,9 @@ def register(sub) -> None:
     tr.add_argument("--weight-decay", type=nonnegative_float, default=5e-4, help="default 5e-4")
     tr.add_argument("--batch-size", type=positive_int, default=128, help="default 128")
     tr.add_argument("--schedule", choices=SCHEDULES, default="cosine", help="learning-rate schedule, default cosine")
+    tr.add_argument("--augment", choices=("auto",) + AUGMENTATIONS, default="auto",
+                    help="training augmentation: auto (default: 4-pixel padded random crop and horizontal flip on "
+                         "CIFAR-10, none on digits), crop-flip or none")
     tr.add_argument("--seed", type=nonnegative_int, default=0,
                     help="seed of the initialisation, the batch order and the subsets (default 0)")
     tr.add_argument("--eval-examples", type=positive_int, default=1000,
@@ -149,65 +155,36 @@ def _check_resumable(state_path: Path, model) -> None:
                          f"another --out, or the options that run was started with")
 
 
-def _train_data(args: argparse.Namespace):
-    """The checked model name and options, and the training / test sets ``greedyprune train`` uses."""
-    import torch
-
-    from ..data import BUILTIN_DATASETS, load_dataset
-    from ..models import MODEL_NAMES, get_model
-
-    name = args.model.lower()
-    if name not in MODEL_NAMES:
-        raise UsageError(f"unknown model {args.model!r}; expected one of {', '.join(MODEL_NAMES)}")
-    model_args = dict(args.model_arg)
-    reserved = sorted(set(model_args) & {"num_classes", "in_channels", "seed"})
-    if reserved:
-        raise UsageError(f"--model-arg {', '.join(reserved)} is set by the command (from the data and --seed); "
-                         f"leave it out")
-    if args.data == "synthetic":
-        raise UsageError("--data synthetic is not image data; use mnist5k, digits, mnist:DIR or cifar10:DIR")
-    try:
-        with torch.device("meta"):  # check the model options before loading any data
-            get_model(name, **model_args)
-    except TypeError as exc:
-        raise UsageError(str(exc)) from None
-    train = load_dataset(args.data, normalize=args.normalize)
-    if len(train.image_shape) != 3:
-        raise UsageError(f"--data {args.data} is not image data (examples of shape {train.image_shape}); "
-                         f"use mnist5k, digits, mnist:DIR or cifar10:DIR")
-    test = None
-    if args.data not in BUILTIN_DATASETS:
-        try:
-            test = load_dataset(args.data, normalize=args.normalize, split="test")
-        except FileNotFoundError as exc:
-            print(f"note: no test split ({exc}); test accuracy is not recorded", file=sys.stderr)
-    if args.size is not None:
-        if args.size > len(train):
-            raise UsageError(f"--size {args.size} exceeds the {len(train)} training examples of {args.data}")
-        train = fixed_subset(train, args.size, args.seed)
-    return name, model_args, train, test
-
-
 def cmd_train(args: argparse.Namespace) -> int:
+    import contextlib
     import dataclasses
 
+    from .. import parallel
     from ..fileio import atomic_write_text, run_directory
     from ..models import get_model
     from ..training.checkpoints import TRAIN_STATE, train_with_checkpoints
     from ..training.loop import TrainConfig
+    from .common import launched_by_torchrun, parallel_device
 
-    dev = device(args.device)
+    name, model_args = _model_choice(args)
+    distributed = launched_by_torchrun()
+    main = not distributed or parallel.is_main()
+    dev = device(parallel_device(args.device) if distributed else args.device)
     set_threads(args)
-    name, model_args, train, test = _train_data(args)
+    train, test = _train_and_test(args)
+    if args.size is not None:
+        if args.size > len(train):
+            raise UsageError(f"--size {args.size} exceeds the {len(train)} training examples of {args.data}")
+        train = fixed_subset(train, args.size, args.seed)
     model_kwargs = {"num_classes": train.num_classes, "in_channels": train.image_shape[0], **model_args}
     try:
         model = get_model(name, seed=args.seed, **model_kwargs)
     except TypeError as exc:
         raise UsageError(str(exc)) from None
-
+    augment = args.augment if args.augment != "auto" else ("crop-flip" if args.data.startswith("cifar10") else "none")
     config = TrainConfig(iterations=args.iterations, lr=args.lr, batch_size=args.batch_size, loss="cross_entropy",
                          momentum=args.momentum, weight_decay=args.weight_decay, seed=args.seed,
-                         schedule=args.schedule)
+                         schedule=args.schedule, augment=augment)
     config.validate()
     run = {"format": TRAIN_RUN_FORMAT, "model": name, "model_kwargs": model_kwargs, "data": args.data,
            "normalize": args.normalize, "size": args.size, "train_examples": len(train),
@@ -233,23 +210,72 @@ def cmd_train(args: argparse.Namespace) -> int:
         print(", ".join(parts) + f" -> {path}", flush=True)
 
     resumed = (out / TRAIN_STATE).is_file()
-    print(f"train {name} on {args.data} ({len(train)} examples, {config.iterations} iterations) -> {out}"
-          + (" (resuming)" if resumed else ""), flush=True)
+    if main:
+        print(f"train {name} on {args.data} ({len(train)} examples, {config.iterations} iterations) -> {out}"
+              + (" (resuming)" if resumed else "")
+              + (f" on {parallel.world_size()} processes, data-parallel" if distributed else ""), flush=True)
     model.to(dev)
-    with run_directory(out):
-        if not known:
+    with run_directory(out) if main else contextlib.nullcontext():
+        if not known and main:
             atomic_write_text(out / TRAIN_RUN_CONFIG, json.dumps(run, indent=2, sort_keys=True) + "\n")
         try:
             checkpoints = train_with_checkpoints(
                 model, train.images(), train.labels, config, out, name=name, model_kwargs=model_kwargs,
                 checkpoint_every=args.checkpoint_every, state_every=args.state_every,
                 eval_sets={k: (d.images(), d.labels) for k, d in eval_sets.items()}, extra=extra,
-                on_checkpoint=report, progress=args.progress,
+                on_checkpoint=report, progress=args.progress and main, distributed=distributed,
             )
         except KeyboardInterrupt:
             return interrupted(out)
-    print(f"done: {len(checkpoints)} model checkpoints in {out / 'checkpoints'}; final model {checkpoints[-1][1]}")
+    if main:
+        print(f"done: {len(checkpoints)} model checkpoints in {out / 'checkpoints'}; final model {checkpoints[-1][1]}")
     return 0
+
+
+def _model_choice(args) -> tuple[str, dict]:
+    """``--model`` and ``--model-arg``, checked before any data is loaded."""
+    import torch
+
+    from ..models import MODEL_NAMES, get_model
+
+    name = args.model.lower()
+    if name not in MODEL_NAMES:
+        raise UsageError(f"unknown model {args.model!r}; expected one of {', '.join(MODEL_NAMES)}")
+    model_args = dict(args.model_arg)
+    reserved = sorted(set(model_args) & {"num_classes", "in_channels", "seed"})
+    if reserved:
+        raise UsageError(f"--model-arg {', '.join(reserved)} is set by the command (from the data and --seed); "
+                         f"leave it out")
+    if args.data == "synthetic":
+        raise UsageError("--data synthetic is not image data; use mnist5k, digits, mnist:DIR or cifar10:DIR")
+    try:
+        with torch.device("meta"):
+            get_model(name, **model_args)
+    except TypeError as exc:
+        raise UsageError(str(exc)) from None
+    return name, model_args
+
+
+def _train_and_test(args):
+    """The training split and the test split (None for built-in data, or without one), both standardised
+    with the training split's statistics when ``--normalize standard``."""
+    from ..data import BUILTIN_DATASETS, load_dataset, standardize_with_training_stats
+
+    norm = "none" if args.normalize == "standard" else args.normalize
+    train = load_dataset(args.data, normalize=norm)
+    if len(train.image_shape) != 3:
+        raise UsageError(f"--data {args.data} is not image data (examples of shape {train.image_shape}); "
+                         f"use mnist5k, digits, mnist:DIR or cifar10:DIR")
+    test = None
+    if args.data not in BUILTIN_DATASETS:
+        try:
+            test = load_dataset(args.data, normalize=norm, split="test")
+        except FileNotFoundError as exc:
+            print(f"note: no test split ({exc}); test accuracy is not recorded", file=sys.stderr)
+    if args.normalize == "standard":
+        train, *rest = standardize_with_training_stats(train, *([test] if test is not None else []))
+        test = rest[0] if rest else None
+    return train, test
 
 
 def cmd_prune(args: argparse.Namespace) -> int:

@@ -12,6 +12,16 @@ def register(sub) -> None:
     plot.add_argument("dir", type=Path, help="the study's output directory")
     plot.set_defaults(handler=cmd_plot)
 
+    merge = sub.add_parser(
+        "merge", help="join the results databases of a study's shards (--shard i/P runs) into one directory",
+        description="Joins DIR/results.sqlite of every SHARD_DIR into OUT/results.sqlite (created, or added to). "
+                    "All must hold the same study and configuration; a row present in two shards must be the "
+                    "same in both. Then writes OUT/results.csv and the study's report and figures.")
+    merge.add_argument("out", type=Path, help="directory of the merged study")
+    merge.add_argument("shards", type=Path, nargs="+", metavar="SHARD_DIR", help="the shards' output directories")
+    merge.add_argument("--no-plot", action="store_true", help="do not draw the figures")
+    merge.set_defaults(handler=cmd_merge)
+
     export = sub.add_parser("export", help="write a study's results as CSV (any study)")
     export.add_argument("dir", type=Path, help="the study's output directory")
     export.add_argument("--csv", type=Path, help="output file (default DIR/results.csv)")
@@ -72,6 +82,30 @@ def cmd_plot(args: argparse.Namespace) -> int:
     with open_results(args.dir) as store:
         kind, rows = store.kind, store.rows()
     print(report(kind, rows, args.dir, draw=True))
+    return 0
+
+
+def cmd_merge(args: argparse.Namespace) -> int:
+    from ..fileio import run_directory
+    from ..studies import report
+    from ..studies.store import merge_results, open_results
+
+    sources = []
+    for shard in args.shards:
+        with open_results(shard) as store:  # a clear error for a directory without results
+            sources.append(store.path)
+    with run_directory(args.out):
+        added, kept = merge_results(args.out / "results.sqlite", sources)
+        for name in ("config.json",):
+            first = args.shards[0] / name
+            if first.is_file() and not (args.out / name).exists():
+                (args.out / name).write_text(first.read_text())
+        with open_results(args.out) as store:
+            store.export_csv(args.out / "results.csv")
+            kind, rows = store.kind, store.rows()
+    print(f"merged {len(sources)} database(s) into {args.out / 'results.sqlite'}: {added} rows added, "
+          f"{kept} already there")
+    print(report(kind, rows, args.out, draw=not args.no_plot))
     return 0
 
 

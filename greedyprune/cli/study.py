@@ -4,8 +4,9 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from .common import (add_config_options, add_run_options, batch_size, config_overrides, device, interrupted, name_list,
-                     positive_int, set_threads, slug)
+from .common import (add_config_options, add_run_options, add_shard_option, batch_size, config_overrides, device,
+                     interrupted, launched_by_torchrun, name_list, parallel_device, positive_int, set_threads,
+                     shard_suffix, slug)
 
 
 def register(sub) -> None:
@@ -26,8 +27,9 @@ def register(sub) -> None:
                     help="quick (default, a few minutes on a laptop CPU) or paper (the paper's protocol)")
     pt.add_argument("--out", type=Path, help="output directory (default runs/pretraining-PRESET-DATA)")
     add_config_options(pt, pretraining.PretrainingStudyConfig, pretraining.OPTION_HELP,
-                       types={"batch_size": batch_size})
+                       types={"batch_size": batch_size}, defaults=pretraining.PRESETS["quick"])
     add_run_options(pt)
+    add_shard_option(pt)
     pt.add_argument("--no-plot", action="store_true", help="do not draw the figures at the end")
     pt.set_defaults(handler=cmd_pretraining)
 
@@ -49,18 +51,25 @@ def register(sub) -> None:
     cn = studies.add_parser(
         "cnn",
         help="Appendix E / Table 1: GFS on CNN checkpoints of class-balanced sub-datasets, vs the dense net",
-        description="For each sub-dataset size and trial: pre-train a CNN with a checkpoint every --checkpoint-every "
-                    "iterations; prune every checkpoint with greedy forward selection, fine-tune briefly and record "
-                    "test accuracy next to the dense net's; baselines are pruned to the same channels per group. "
-                    "Rows go to OUT/results.sqlite as they finish; re-running resumes. Prints a table like the "
-                    "paper's Table 1 and the baseline comparison; draws OUT/cnn_study.png.",
+        description="For each model, sub-dataset size and trial: pre-train a CNN with a checkpoint every "
+                    "--checkpoint-every iterations; prune every checkpoint with greedy forward selection, fine-tune "
+                    "(cosine from --finetune-lr) and record test accuracy next to the dense net's; baselines are "
+                    "pruned to the same channels per group. Stopping rule: --epsilon, --epsilon-grid (epsilon "
+                    "picked on held-out data for --flops-reduction fewer multiply-adds, the default), "
+                    "--flops-target or --accuracy-tolerance. Rows go to OUT/results.sqlite as they finish; "
+                    "re-running resumes. Under torchrun the training is data-parallel and each step's candidates "
+                    "are split over the processes. Prints a table like the paper's Table 1 per model and the "
+                    "baseline comparison; draws OUT/cnn_study.png.",
     )
     cn.add_argument("--preset", default="quick", choices=sorted(cnn.PRESETS),
                     help="quick (default: built-in MNIST-5k, small ResNet, a few minutes on a CPU) or paper "
-                         "(CIFAR-10 protocol of Appendix E; pass --data cifar10:DIR, GPU advised)")
+                         "(CIFAR-10 protocol of Appendix E with ResNet-34 and MobileNetV2; pass --data cifar10:DIR, "
+                         "GPU advised)")
     cn.add_argument("--out", type=Path, help="output directory (default runs/cnn-PRESET)")
-    add_config_options(cn, cnn.CNNStudyConfig, cnn.OPTION_HELP, skip=("model_kwargs",), types={"baselines": name_list})
+    add_config_options(cn, cnn.CNNStudyConfig, cnn.OPTION_HELP, skip=("model_kwargs",), types={"baselines": name_list},
+                       defaults=cnn.PRESETS["quick"])
     add_run_options(cn)
+    add_shard_option(cn)
     cn.set_defaults(handler=cmd_cnn)
 
     rt = studies.add_parser(
@@ -94,14 +103,19 @@ def cmd_pretraining(args: argparse.Namespace) -> int:
         overrides["batch_size"] = None  # full-batch gradient descent
     config = config_with(get_preset(args.preset), **overrides)
     config.validate()
-    out = args.out or Path("runs") / f"pretraining-{args.preset}-{slug(config.data)}"
+    out = args.out or Path("runs") / f"pretraining-{args.preset}-{slug(config.data)}{shard_suffix(args.shard)}"
     print(f"study pretraining -> {out}")
     try:
-        run = run_pretraining_study(config, out, device=device(args.device), progress=not args.no_progress)
+        run = run_pretraining_study(config, out, device=device(args.device), progress=not args.no_progress,
+                                    shard=args.shard)
     except KeyboardInterrupt:
         return interrupted(out)
     print(f"{run.computed} rows computed, {run.skipped} already done; results in {out}/results.sqlite "
           f"and {out}/results.csv")
+    if args.shard is not None:
+        print(f"shard {args.shard[0]}/{args.shard[1]} done; when every shard is, join them with: greedyprune merge "
+              f"OUT SHARD_DIR ...")
+        return 0
     print(report("pretraining", run.rows, out, draw=not args.no_plot))
     return 0
 
@@ -121,26 +135,44 @@ def cmd_appendix_c(args: argparse.Namespace) -> int:
 
 
 def cmd_cnn(args: argparse.Namespace) -> int:
+    from .. import parallel
     from ..studies import report
-    from ..studies.cnn import CNNStudyConfig, config_with, get_preset, run_cnn_study
+    from ..studies.cnn import RULES, CNNStudyConfig, config_with, get_preset, run_cnn_study
 
     set_threads(args)
-    overrides = _model_override(config_overrides(args, CNNStudyConfig, skip=("model_kwargs",)))
-    if overrides.get("flops_target") is not None:
-        overrides.setdefault("accuracy_tolerance", None)
-    elif overrides.get("accuracy_tolerance") is not None:
-        overrides.setdefault("flops_target", None)
+    overrides = config_overrides(args, CNNStudyConfig, skip=("model_kwargs",))
+    if "models" in overrides:  # models named on the command line come without the preset's model options
+        overrides.setdefault("model_kwargs", {})
+    if any(rule in overrides for rule in RULES):  # a rule given replaces the preset's
+        for rule in RULES:
+            overrides.setdefault(rule, None)
     config = config_with(get_preset(args.preset), **overrides)
     config.validate()
-    out = args.out or Path("runs") / f"cnn-{args.preset}"
-    print(f"study cnn -> {out}")
+    out = args.out or Path("runs") / f"cnn-{args.preset}{shard_suffix(args.shard)}"
+    distributed = launched_by_torchrun()
+    dev = device(args.device)
+    if distributed:
+        dev = parallel_device(dev)
+    if not distributed or parallel.is_main():
+        print(f"study cnn -> {out}" + (f" ({parallel.world_size()} processes, data-parallel)" if distributed else ""))
     try:
-        rows = run_cnn_study(config, out, device=device(args.device), progress=not args.no_progress)
+        rows = run_cnn_study(config, out, device=dev, progress=not args.no_progress, shard=args.shard,
+                             distributed=distributed, log=print if not distributed or parallel.is_main() else _quiet)
     except KeyboardInterrupt:
         return interrupted(out)
+    if distributed and not parallel.is_main():
+        return 0
     print()
+    if args.shard is not None:
+        print(f"shard {args.shard[0]}/{args.shard[1]} done; when every shard is, join them with: greedyprune merge "
+              f"OUT SHARD_DIR ...")
+        return 0
     print(report("cnn", rows, out))
     return 0
+
+
+def _quiet(_text: str) -> None:
+    """The log of the ranks other than 0."""
 
 
 def cmd_rethinking(args: argparse.Namespace) -> int:

@@ -18,7 +18,7 @@ from pathlib import Path
 __all__ = ["REPORTS", "report"]
 
 #: study kind (as stored in its results database) -> module with ``report(rows, out_dir, draw)``
-REPORTS = {"pretraining": "pretraining_report", "cnn": "cnn", "rethinking": "rethinking"}
+REPORTS = {"pretraining": "pretraining_report", "cnn": "cnn_report", "rethinking": "rethinking"}
 
 
 def report(kind: str, rows: list[dict], out_dir: str | Path, draw: bool = True) -> str:

@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import Any, Iterable
 
 __all__ = ["FORMAT_NAME", "SCHEMA_VERSION", "ConfigMismatchError", "DamagedDatabaseError", "ResultsStore",
-           "Schema", "open_results"]
+           "Schema", "merge_results", "open_results"]
 
 #: Value of ``meta['format']`` that marks a greedyprune results database.
 FORMAT_NAME = "greedyprune-results"
@@ -282,6 +282,21 @@ class ResultsStore:
                 conn.execute("ROLLBACK")
             raise
 
+    def shard(self) -> str | None:
+        """``"i/P"`` for the database of one shard of a study, else None."""
+        return self._meta("shard")
+
+    def bind_shard(self, shard: tuple[int, int]) -> None:
+        """Record that this database holds shard ``(i, P)`` of its study; a resume with another shard is
+        refused (ConfigMismatchError)."""
+        text = f"{int(shard[0])}/{int(shard[1])}"
+        stored = self.shard()
+        if stored is None:
+            self._run("INSERT INTO meta (key, value) VALUES ('shard', ?)", (text,))
+        elif stored != text:
+            raise ConfigMismatchError(f"{self.path}: holds shard {stored} of its study, not shard {text}; "
+                                      f"{_MISMATCH_ADVICE}")
+
     # ---------------------------------------------------------------- results
     def done_keys(self) -> set[tuple]:
         """The keys already stored."""
@@ -378,6 +393,66 @@ def open_results(directory: str | os.PathLike, name: str = "results.sqlite") -> 
         raise FileNotFoundError(f"{directory} holds no study results ({name} not found); run a study with --out "
                                 f"{directory}")
     return ResultsStore(db)
+
+
+#: Columns that may differ between two computations of the same row (timings, insert times).
+VOLATILE_SUFFIXES = ("seconds", "created")
+
+
+def merge_results(target: str | os.PathLike, sources: Iterable[str | os.PathLike]) -> tuple[int, int]:
+    """Join the databases of a study's shards (or of any runs of one configuration) into ``target``.
+
+    Every source must be a results database of the same study kind, key and configuration (the target too,
+    if it exists); otherwise ValueError / :class:`ConfigMismatchError` names the file and the difference. A
+    key found in more than one database must hold the same values in each (timing columns aside), else
+    ValueError names the key and the column. Returns ``(rows added, rows already there)``.
+    """
+    stores = []
+    try:
+        for src in sources:
+            stores.append(ResultsStore(src))
+        if not stores:
+            raise ValueError("nothing to merge: name at least one results database")
+        first = stores[0]
+        config = first.config()
+        for other in stores[1:]:
+            if (other.kind, other.key_columns) != (first.kind, first.key_columns):
+                raise ConfigMismatchError(f"{other.path} holds {other.kind!r} rows keyed by {list(other.key_columns)}, "
+                                          f"{first.path} {first.kind!r} rows keyed by {list(first.key_columns)}")
+            diffs = _config_differences(config or {}, other.config() or {})
+            if diffs:
+                raise ConfigMismatchError(f"{other.path} and {first.path} hold results of different configurations:"
+                                          "\n" + "\n".join(f"  {d}" for d in diffs))
+        with ResultsStore(target, first.schema) as out:
+            if config is not None:
+                out.bind_config(config)
+            have = {tuple(r[c] for c in out.key_columns): r for r in out.rows()}
+            added = kept = 0
+            for store in stores:
+                for row in store.rows():
+                    key = tuple(row[c] for c in out.key_columns)
+                    if key in have:
+                        _check_same(have[key], row, key, store.path)
+                        kept += 1
+                        continue
+                    out.add(row)
+                    have[key] = row
+                    added += 1
+        return added, kept
+    finally:
+        for store in stores:
+            store.close()
+
+
+def _check_same(a: dict, b: dict, key: tuple, where: Path) -> None:
+    for name in a:
+        if name.endswith(VOLATILE_SUFFIXES):
+            continue
+        x, y = a[name], b.get(name)
+        same = x == y or (isinstance(x, float) and isinstance(y, float) and math.isnan(x) and math.isnan(y))
+        if not same:
+            raise ValueError(f"{where}: the row with key {key} differs from one merged before in {name!r} ({y!r} vs "
+                             f"{x!r}); these databases do not come from one configuration")
 
 
 # ----------------------------------------------------------------- helpers

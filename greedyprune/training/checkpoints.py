@@ -408,6 +408,7 @@ def train_with_checkpoints(
     eval_batch_size: int = 500,
     on_checkpoint: Callable[[int, Path, dict], None] | None = None,
     progress: bool = False,
+    distributed: bool = False,
 ) -> list[tuple[int, Path]]:
     """Train with :func:`greedyprune.train.pretrain`, saving a model checkpoint every ``checkpoint_every`` steps.
 
@@ -445,6 +446,10 @@ def train_with_checkpoints(
         ``on_checkpoint(iteration, path, extra)`` after each checkpoint written now (not for ones skipped).
     progress : bool
         Show a progress bar.
+    distributed : bool
+        Data-parallel training over the initialised process group (see
+        :func:`greedyprune.training.loop.pretrain`): every process calls this with the same arguments, rank 0
+        writes the files, and all return once they are on disk (``OUT`` must be on a file system they share).
 
     Returns
     -------
@@ -477,7 +482,7 @@ def train_with_checkpoints(
 
     _check_earlier_checkpoints(out_dir, config.iterations, checkpoint_every)
     pretrain(model, images, labels, config, checkpoint_path=out_dir / TRAIN_STATE, checkpoint_every=state_every,
-             callback=save, callback_every=checkpoint_every, progress=progress)
+             callback=save, callback_every=checkpoint_every, progress=progress, distributed=distributed)
     return list_checkpoints(out_dir)
 
 

@@ -9,6 +9,7 @@ two-layer networks (X of shape (m, d)) and the CNNs (images of shape (m, C, H, W
 """
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 import warnings
@@ -22,6 +23,7 @@ from torch import nn
 
 from ..checks import check_finite
 from ..fileio import load_torch, payload_digest, save_torch
+from .augment import AUGMENTATIONS, CropFlip, augment_generator
 
 TRAIN_LOSSES = ("logistic", "squared", "cross_entropy")
 SCHEDULES = ("constant", "cosine")
@@ -35,6 +37,10 @@ class TrainConfig:
     ``schedule`` is the learning-rate schedule: ``"constant"`` (``lr`` at every step, the default) or
     ``"cosine"`` (``lr * 0.5 * (1 + cos(pi * t / iterations))`` at step t, the CNN recipe of the paper's
     Appendix E); see :func:`learning_rate`.
+
+    ``augment`` is the training-batch augmentation: ``"none"`` (default) or ``"crop-flip"``, the standard
+    CIFAR recipe (4-pixel padded random crop and horizontal flip, :mod:`greedyprune.training.augment`),
+    drawn from ``(seed, step)`` so that runs stay deterministic and resumable.
     """
 
     iterations: int = 1000
@@ -45,6 +51,7 @@ class TrainConfig:
     weight_decay: float = 0.0
     seed: int = 0
     schedule: str = "constant"
+    augment: str = "none"
 
     def validate(self) -> None:
         if isinstance(self.iterations, bool) or not isinstance(self.iterations, int) or self.iterations < 0:
@@ -63,6 +70,8 @@ class TrainConfig:
             raise ValueError(f"weight_decay must be >= 0, got {self.weight_decay!r}")
         if self.schedule not in SCHEDULES:
             raise ValueError(f"unknown schedule {self.schedule!r}; expected one of {SCHEDULES}")
+        if self.augment not in AUGMENTATIONS:
+            raise ValueError(f"unknown augment {self.augment!r}; expected one of {AUGMENTATIONS}")
 
 
 def learning_rate(config: TrainConfig, iteration: int) -> float:
@@ -167,24 +176,37 @@ def data_digest(X: torch.Tensor, y: torch.Tensor) -> str:
 
 
 def train_step(model: nn.Module, optimizer: torch.optim.Optimizer, x: torch.Tensor, y: torch.Tensor, loss: str,
-               lr: float | None = None, where: str = "") -> float:
+               lr: float | None = None, where: str = "", loss_scale: float = 1.0) -> float:
     """One SGD step on a batch (the only training step in the package); returns the batch loss.
 
-    ``lr``, if given, is set on every parameter group first. A non-finite loss raises FloatingPointError
-    (``where`` says which run and iteration, for the message).
+    ``lr``, if given, is set on every parameter group first, times the group's ``"lr_scale"`` (1 unless
+    the model asked for others, see :func:`param_groups`). A non-finite loss raises FloatingPointError
+    (``where`` says which run and iteration, for the message). ``loss_scale`` multiplies the loss before
+    the backward pass (a data-parallel share's weight); the returned loss is unscaled.
     """
     if lr is not None:
         for group in optimizer.param_groups:
-            group["lr"] = lr
+            group["lr"] = lr * group.get("lr_scale", 1.0)
     optimizer.zero_grad(set_to_none=True)
     batch_loss = training_loss(model(x), y, loss)
     if not bool(torch.isfinite(batch_loss)):
         rate = optimizer.param_groups[0]["lr"]
         raise FloatingPointError(f"training diverged{where}: the {loss} loss is {float(batch_loss.detach())}; "
                                  f"lower the learning rate (lr={rate})")
-    batch_loss.backward()
+    (batch_loss * loss_scale if loss_scale != 1.0 else batch_loss).backward()
     optimizer.step()
     return float(batch_loss.detach())
+
+
+def param_groups(model: nn.Module, lr: float) -> list[dict]:
+    """The optimizer's parameter groups: one, or those of ``model.greedyprune_lr_scales()`` (a list of
+    ``(parameters, multiplier)``; the mean-field two-layer net asks for ``lr * N`` on its neurons), each
+    with its ``"lr_scale"``."""
+    scales = getattr(model, "greedyprune_lr_scales", None)
+    if not callable(scales):
+        return [{"params": list(model.parameters()), "lr": lr, "lr_scale": 1.0}]
+    return [{"params": list(params), "lr": lr * float(mult), "lr_scale": float(mult)}
+            for params, mult in scales() if len(list(params))]
 
 
 def _rng_state(device: torch.device) -> dict:
@@ -214,12 +236,14 @@ def pretrain(
     callback: Callable[[int, nn.Module], None] | None = None,
     callback_every: int | None = None,
     progress: bool = False,
+    distributed: bool = False,
 ) -> nn.Module:
     """Train ``model`` in place on (X, y) for ``config.iterations`` steps of SGD / GD; returns the model.
 
     Args:
         model: any module mapping X to outputs ((m,) logits for "logistic", etc.). Trained on its device;
-            X and y are moved there.
+            X and y are moved there. A model with a ``greedyprune_lr_scales()`` method gets one parameter
+            group per multiplier (:func:`param_groups`).
         config: a :class:`TrainConfig`.
         checkpoint_path: if given, a checkpoint (model, optimizer, iteration, config, global RNG state) is
             written there every ``checkpoint_every`` iterations and at the end; if the file exists when
@@ -232,6 +256,12 @@ def pretrain(
             the same iteration is written, and after a resume it is called again at the resumed
             iteration, so it must be idempotent (the studies skip work already recorded).
         progress: show a progress bar.
+        distributed: data-parallel over the initialised ``torch.distributed`` process group (torchrun, or
+            :func:`greedyprune.parallel.launch`): every process takes its share of each batch, gradients
+            are summed by ``DistributedDataParallel``, BatchNorm uses the whole batch's statistics
+            (:mod:`greedyprune.training.ddp`), so the steps are those of one process up to float rounding.
+            Every process must call it with the same arguments; only rank 0 writes the checkpoint and
+            runs the callback, and all processes wait for it at the end.
 
     The model is put in training mode (``model.train()``) before the first step and left in it.
     The learning rate of step t is :func:`learning_rate` ``(config, t)``, set on the optimizer every step.
@@ -240,6 +270,60 @@ def pretrain(
     for name, every in (("checkpoint_every", checkpoint_every), ("callback_every", callback_every)):
         if every is not None and (isinstance(every, bool) or not isinstance(every, int) or every < 1):
             raise ValueError(f"{name} must be a positive int or None, got {every!r}")
+    _check_data(X, y, config)
+    digest = data_digest(X, y)
+    device = next(model.parameters()).device
+    X, y = X.to(device), y.to(device)
+    optimizer = torch.optim.SGD(param_groups(model, config.lr), lr=config.lr, momentum=config.momentum,
+                                weight_decay=config.weight_decay)
+    start, rng = 0, None
+    if checkpoint_path is not None and Path(checkpoint_path).exists():
+        start, rng = _resume(checkpoint_path, model, optimizer, config, digest, device)
+    main = True
+    if distributed:
+        from .. import parallel
+
+        if not parallel.is_initialised():
+            raise ValueError("distributed=True needs an initialised torch.distributed process group; start the "
+                             "program with torchrun, or call greedyprune.parallel.init_process_group() first")
+        main = parallel.is_main()
+
+    def checkpoint(t: int) -> None:
+        if checkpoint_path is not None and main:
+            save_checkpoint(checkpoint_path, {"format": CHECKPOINT_FORMAT, "iteration": t, "config": asdict(config),
+                                              "model": model.state_dict(), "optimizer": optimizer.state_dict(),
+                                              "rng": _rng_state(device), "data": digest})
+
+    def at(t: int, every: int | None) -> bool:
+        return t == config.iterations or (every is not None and t % every == 0)
+
+    if callback is not None and main and (start == 0 or at(start, callback_every)):
+        callback(start, model)
+    if start > 0:
+        # after the repeated callback: the stored state was taken after the callback at that iteration
+        _set_rng_state(rng, device)
+    steps = range(start, config.iterations)
+    if progress and main:
+        from tqdm.auto import tqdm
+
+        steps = tqdm(steps, desc="pre-training", unit="it", initial=start, total=config.iterations, leave=False)
+    with _data_parallel(model, distributed) as (net, share):
+        model.train()
+        cache: dict = {}
+        for t in steps:
+            xb, yb, weight = _batch(X, y, config, t, cache, share)
+            train_step(net, optimizer, xb, yb, config.loss, learning_rate(config, t), f" at iteration {t}", weight)
+            done = t + 1
+            if callback is not None and main and at(done, callback_every):
+                callback(done, model)
+            if at(done, checkpoint_every):
+                checkpoint(done)
+        if checkpoint_path is not None and start == config.iterations == 0:
+            checkpoint(0)
+    return model
+
+
+def _check_data(X: torch.Tensor, y: torch.Tensor, config: TrainConfig) -> None:
     if not isinstance(X, torch.Tensor) or X.dim() < 2 or X.shape[0] == 0:
         raise ValueError(f"X must be a non-empty tensor of shape (m, ...), got {getattr(X, 'shape', type(X))}")
     if not isinstance(y, torch.Tensor) or y.shape[0] != X.shape[0]:
@@ -248,60 +332,69 @@ def pretrain(
     if config.loss in ("logistic", "cross_entropy") and y.numel() and bool((y == y.reshape(-1)[0]).all()):
         raise ValueError(f"every label is {y.reshape(-1)[0].item()!r}: a classifier needs at least two classes in "
                          f"its training data (check the labels or the sub-dataset size)")
-    digest = data_digest(X, y)
+    if config.augment != "none" and X.dim() != 4:
+        raise ValueError(f"augment={config.augment!r} needs images of shape (m, C, H, W), got {tuple(X.shape)}; "
+                         f"use augment='none' for flat inputs")
+
+
+def _resume(path, model, optimizer, config, digest, device) -> tuple[int, dict | None]:
+    """Load a checkpoint into the model and optimizer after checking that it belongs to this run."""
+    state = load_checkpoint(path, map_location=device)
+    stored = _stored_config(state["config"])
+    if stored != asdict(config):
+        diff = {k: (stored.get(k), v) for k, v in asdict(config).items() if stored.get(k) != v}
+        raise ValueError(f"checkpoint {path} was made with another configuration "
+                         f"(stored, requested): {diff}; use another checkpoint path or the same configuration")
+    if "data" not in state:
+        warnings.warn(f"checkpoint {path} predates data digests: resuming without checking that it was "
+                      f"made on the same training data", stacklevel=3)
+    elif state["data"] != digest:
+        raise ValueError(f"checkpoint {path} was made on other training data (its data digest "
+                         f"differs); resuming would mix two runs. Use another checkpoint path, or delete it to "
+                         f"start over")
+    model.load_state_dict(state["model"])
+    optimizer.load_state_dict(state["optimizer"])
+    for group in optimizer.param_groups:  # checkpoints written before lr scales existed
+        group.setdefault("lr_scale", 1.0)
+    return int(state["iteration"]), state.get("rng")
+
+
+def _batch(X, y, config: TrainConfig, t: int, cache: dict, share):
+    """This process's part of the batch of step t, augmented, and its weight in the batch's mean loss."""
+    idx = _batch_indices(X.shape[0], config.batch_size, config.seed, t, cache)
+    size = X.shape[0] if idx is None else idx.numel()
+    lo, length, world = share(size)
+    if length == 0:
+        raise ValueError(f"a batch of {size} examples leaves this process no share among {world}; use a batch size "
+                         f"of at least the number of processes")
+    if idx is None and length == size:
+        xb, yb = X, y
+    else:
+        rows = (torch.arange(lo, lo + length) if idx is None else idx[lo:lo + length]).to(X.device)
+        xb, yb = X[rows], y[rows]
+    if config.augment == "crop-flip":
+        xb = CropFlip(size, augment_generator(config.seed, t)).apply(xb, lo)
+    return xb, yb, length * world / size
+
+
+@contextlib.contextmanager
+def _data_parallel(model: nn.Module, distributed: bool):
+    """``(module to step, share function)``: the model itself and the whole batch, or - distributed - a
+    ``DistributedDataParallel`` wrapper with cross-process BatchNorm and this rank's contiguous share."""
+    if not distributed:
+        yield model, lambda size: (0, size, 1)
+        return
+    from torch.nn.parallel import DistributedDataParallel
+
+    from ..parallel import rank, split_range, world_size
+    from .ddp import cross_rank_batchnorm
+
+    world, r = world_size(), rank()
     device = next(model.parameters()).device
-    X, y = X.to(device), y.to(device)
-    optimizer = torch.optim.SGD(model.parameters(), lr=config.lr, momentum=config.momentum,
-                                weight_decay=config.weight_decay)
-    start = 0
-    if checkpoint_path is not None and Path(checkpoint_path).exists():
-        state = load_checkpoint(checkpoint_path, map_location=device)
-        stored = _stored_config(state["config"])
-        if stored != asdict(config):
-            diff = {k: (stored.get(k), v) for k, v in asdict(config).items() if stored.get(k) != v}
-            raise ValueError(f"checkpoint {checkpoint_path} was made with another configuration "
-                             f"(stored, requested): {diff}; use another checkpoint path or the same configuration")
-        if "data" not in state:
-            warnings.warn(f"checkpoint {checkpoint_path} predates data digests: resuming without checking that it was "
-                          f"made on the same training data", stacklevel=2)
-        elif state["data"] != digest:
-            raise ValueError(f"checkpoint {checkpoint_path} was made on other training data (its data digest "
-                             f"differs); resuming would mix two runs. Use another checkpoint path, or delete it to "
-                             f"start over")
-        model.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
-        start = int(state["iteration"])
+    with cross_rank_batchnorm(model):
+        net = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None,
+                                      broadcast_buffers=False)
+        yield net, lambda size: (*split_range(size, world, r), world)
+        import torch.distributed as dist
 
-    def checkpoint(t: int) -> None:
-        if checkpoint_path is not None:
-            save_checkpoint(checkpoint_path, {"format": CHECKPOINT_FORMAT, "iteration": t, "config": asdict(config),
-                                              "model": model.state_dict(), "optimizer": optimizer.state_dict(),
-                                              "rng": _rng_state(device), "data": digest})
-
-    def at(t: int, every: int | None) -> bool:
-        return t == config.iterations or (every is not None and t % every == 0)
-
-    if callback is not None and (start == 0 or at(start, callback_every)):
-        callback(start, model)
-    if start > 0:
-        # after the repeated callback: the stored state was taken after the callback at that iteration
-        _set_rng_state(state.get("rng"), device)
-    cache: dict = {}
-    steps = range(start, config.iterations)
-    if progress:
-        from tqdm.auto import tqdm
-
-        steps = tqdm(steps, desc="pre-training", unit="it", initial=start, total=config.iterations, leave=False)
-    model.train()
-    for t in steps:
-        idx = _batch_indices(X.shape[0], config.batch_size, config.seed, t, cache)
-        xb, yb = (X, y) if idx is None else (X[idx.to(device)], y[idx.to(device)])
-        train_step(model, optimizer, xb, yb, config.loss, learning_rate(config, t), f" at iteration {t}")
-        done = t + 1
-        if callback is not None and at(done, callback_every):
-            callback(done, model)
-        if at(done, checkpoint_every):
-            checkpoint(done)
-    if checkpoint_path is not None and start == config.iterations == 0:
-        checkpoint(0)
-    return model
+        dist.barrier()  # rank 0's last checkpoint is on disk before anyone goes on

@@ -201,11 +201,13 @@ def finetune(
     batch_size: int | None = 128,
     schedule: str = "constant",
     seed: int = 0,
+    augment: str = "none",
     checkpoint_path: str | os.PathLike | None = None,
     checkpoint_every: int | None = None,
     callback: Callable[[int, nn.Module], None] | None = None,
     callback_every: int | None = None,
     progress: bool = False,
+    distributed: bool = False,
 ) -> nn.Module:
     """Fine-tune ``model`` in place with SGD on softmax cross-entropy; returns it.
 
@@ -223,11 +225,13 @@ def finetune(
     iterations : int
         SGD steps (the paper fine-tunes 2,500 iterations).
     lr : float
-        Learning rate (0.01, as the paper's Appendix E).
-    momentum, weight_decay, batch_size, schedule, seed
-        As in :class:`greedyprune.training.loop.TrainConfig`; ``seed`` fixes the batch order.
-    checkpoint_path, checkpoint_every, callback, callback_every, progress
-        Passed to :func:`greedyprune.training.loop.pretrain` (resumable checkpoints, periodic callbacks).
+        (Initial) learning rate (0.01, as the paper's Appendix E).
+    momentum, weight_decay, batch_size, schedule, seed, augment
+        As in :class:`greedyprune.training.loop.TrainConfig`; ``seed`` fixes the batch order;
+        ``schedule="cosine"`` decays the rate from ``lr`` (the CNN study's fine-tuning).
+    checkpoint_path, checkpoint_every, callback, callback_every, progress, distributed
+        Passed to :func:`greedyprune.training.loop.pretrain` (resumable checkpoints, periodic callbacks,
+        data-parallel training).
 
     Returns
     -------
@@ -235,10 +239,10 @@ def finetune(
         ``model``, trained, in training mode.
     """
     config = TrainConfig(iterations=iterations, lr=lr, batch_size=batch_size, loss="cross_entropy",
-                         momentum=momentum, weight_decay=weight_decay, seed=seed, schedule=schedule)
+                         momentum=momentum, weight_decay=weight_decay, seed=seed, schedule=schedule, augment=augment)
     return pretrain(model, images, labels, config, checkpoint_path=checkpoint_path,
                     checkpoint_every=checkpoint_every, callback=callback, callback_every=callback_every,
-                    progress=progress)
+                    progress=progress, distributed=distributed)
 
 
 @dataclass
