@@ -130,17 +130,13 @@ class Dataset:
     def images(self) -> torch.Tensor:
         """The inputs as images: ``X`` viewed as ``(n, *image_shape)``, e.g. ``(n, 1, 28, 28)``.
 
-        Returns
-        -------
-        torch.Tensor
+        Returns:
             ``X`` reshaped to ``(n, C, H, W)``, the input of the CNNs of :mod:`greedyprune.models`;
-            a view sharing ``X``'s memory (no copy) whenever ``X`` is contiguous, as loaded data is.
+                a view sharing ``X``'s memory (no copy) whenever ``X`` is contiguous, as loaded data is.
 
-        Raises
-        ------
-        ValueError
-            If the data set has no image shape (``image_shape`` is ``(d,)``: synthetic or other
-            flat data), naming the data set.
+        Raises:
+            ValueError: If the data set has no image shape (``image_shape`` is ``(d,)``: synthetic or other
+                flat data), naming the data set.
         """
         if self.image_shape is None or len(self.image_shape) < 2:
             raise ValueError(
@@ -595,14 +591,10 @@ def standardize_with_training_stats(train: Dataset, *others: Dataset) -> tuple[D
 def as_images(dataset: Dataset) -> torch.Tensor:
     """``dataset.X`` viewed as ``(n, *image_shape)`` images; see :meth:`Dataset.images`.
 
-    Parameters
-    ----------
-    dataset : Dataset
-        An image data set (``image_shape`` like ``(C, H, W)``).
+    Args:
+        dataset: An image data set (``image_shape`` like ``(C, H, W)``).
 
-    Returns
-    -------
-    torch.Tensor
+    Returns:
         ``dataset.X`` as ``(n, C, H, W)`` images (a view, no copy, for contiguous ``X``).
     """
     if not isinstance(dataset, Dataset):

@@ -129,17 +129,13 @@ def init_weights(model: nn.Module) -> None:
 class PadShortcut(nn.Module):
     """Option-A shortcut: subsample by ``stride`` and zero-pad the channels from ``in_ch`` to ``out_ch``.
 
-    Parameters
-    ----------
-    in_ch, out_ch : int
-        Channels of the block's input and output stream (``out_ch >= in_ch``).
-    stride : int
-        Spatial subsampling (``x[:, :, ::stride, ::stride]``), matching the block's strided conv.
+    Args:
+        in_ch, out_ch: Channels of the block's input and output stream (``out_ch >= in_ch``).
+        stride: Spatial subsampling (``x[:, :, ::stride, ::stride]``), matching the block's strided conv.
 
-    Notes
-    -----
-    The new channels are split as in the reference CIFAR code: ``(out_ch - in_ch) // 2`` zeros
-    before the old channels and the rest after (``planes // 4`` on each side for a doubling).
+    Notes:
+        The new channels are split as in the reference CIFAR code: ``(out_ch - in_ch) // 2`` zeros
+        before the old channels and the rest after (``planes // 4`` on each side for a doubling).
     """
 
     def __init__(self, in_ch: int, out_ch: int, stride: int):
@@ -162,15 +158,11 @@ class PadShortcut(nn.Module):
 class BasicBlock(nn.Module):
     """Two 3x3 conv-BN layers plus a shortcut: ``relu(bn2(conv2(relu(bn1(conv1(x))))) + shortcut(x))``.
 
-    Parameters
-    ----------
-    in_ch, out_ch : int
-        Input and output channels.
-    stride : int
-        Stride of ``conv1`` (and of the shortcut).
-    shortcut : {"A", "B"}
-        Used only when the shape changes: "A" is :class:`PadShortcut`, "B" a 1x1 conv + BN
-        projection. Otherwise the shortcut is ``nn.Identity``.
+    Args:
+        in_ch, out_ch: Input and output channels.
+        stride: Stride of ``conv1`` (and of the shortcut).
+        shortcut: Used only when the shape changes: "A" is :class:`PadShortcut`, "B" a 1x1 conv + BN
+            projection. Otherwise the shortcut is ``nn.Identity``.
     """
 
     def __init__(self, in_ch: int, out_ch: int, stride: int = 1, shortcut: str = "B"):
@@ -203,16 +195,11 @@ class ResNet(nn.Module):
     channels; its first block has stride 1 for the first stage and 2 for the others. The stem conv
     (``model.conv1``, ``model.bn1``) has ``widths[0]`` channels; the classifier is ``model.fc``.
 
-    Parameters
-    ----------
-    blocks : sequence of int
-        Blocks per stage, e.g. ``(9, 9, 9)`` for ResNet-56, ``(3, 4, 6, 3)`` for ResNet-34.
-    widths : sequence of int
-        Channels per stage, same length as ``blocks``.
-    num_classes, in_channels : int
-        Output classes and input image channels.
-    shortcut : {"A", "B"}
-        Shortcut where the shape changes (see :class:`BasicBlock`); default "B" (projection).
+    Args:
+        blocks: Blocks per stage, e.g. ``(9, 9, 9)`` for ResNet-56, ``(3, 4, 6, 3)`` for ResNet-34.
+        widths: Channels per stage, same length as ``blocks``.
+        num_classes, in_channels: Output classes and input image channels.
+        shortcut: Shortcut where the shape changes (see :class:`BasicBlock`); default "B" (projection).
     """
 
     def __init__(self, blocks, widths, num_classes: int = 10, in_channels: int = 3, shortcut: str = "B"):
@@ -257,12 +244,10 @@ class ResNet(nn.Module):
     def greedyprune_skip_layers(self) -> list[nn.Module]:
         """Modules whose output channels must not be pruned.
 
-        Returns
-        -------
-        list of nn.Module
+        Returns:
             For ``shortcut="A"``: every module writing into a residual stream (``conv1``, ``bn1``
-            and each block's ``conv2`` and ``bn2``), since a zero-padded shortcut ties stream
-            channels to padding that has no producer. For projection ResNets: ``[]``.
+                and each block's ``conv2`` and ``bn2``), since a zero-padded shortcut ties stream
+                channels to padding that has no producer. For projection ResNets: ``[]``.
         """
         if self.shortcut_type != "A":
             return []
@@ -285,19 +270,14 @@ def _conv_bn_relu6(in_ch: int, out_ch: int, kernel: int, stride: int = 1, groups
 class InvertedResidual(nn.Module):
     """MobileNetV2 block: [1x1 expand -> ReLU6] -> 3x3 depthwise (stride) -> ReLU6 -> 1x1 linear project.
 
-    Parameters
-    ----------
-    in_ch, out_ch : int
-        Input and output channels.
-    stride : int
-        Stride of the depthwise conv.
-    expand_ratio : int
-        Hidden width is ``in_ch * expand_ratio``; with 1 there is no expansion conv.
+    Args:
+        in_ch, out_ch: Input and output channels.
+        stride: Stride of the depthwise conv.
+        expand_ratio: Hidden width is ``in_ch * expand_ratio``; with 1 there is no expansion conv.
 
-    Notes
-    -----
-    ``use_res`` (stride 1 and ``in_ch == out_ch``) is fixed at construction, so ``forward`` is
-    fx-traceable.
+    Notes:
+        ``use_res`` (stride 1 and ``in_ch == out_ch``) is fixed at construction, so ``forward`` is
+        fx-traceable.
     """
 
     def __init__(self, in_ch: int, out_ch: int, stride: int, expand_ratio: int):
@@ -327,17 +307,12 @@ class MobileNetV2(nn.Module):
     ``cfg`` -> 1x1 conv to ``last_channels``; then global average pool and ``classifier``
     (an ``nn.Linear``).
 
-    Parameters
-    ----------
-    num_classes, in_channels : int
-        Output classes and input image channels.
-    cfg : sequence of (t, c, n, s)
-        Expansion, output channels, repeats, first stride per stage; default
-        :data:`MOBILENETV2_CIFAR_CFG`.
-    stem_stride : int
-        Stride of the stem conv (1 for CIFAR, 2 for ImageNet).
-    last_channels : int
-        Width of the final 1x1 conv (1280).
+    Args:
+        num_classes, in_channels: Output classes and input image channels.
+        cfg: Expansion, output channels, repeats, first stride per stage; default
+            :data:`MOBILENETV2_CIFAR_CFG`.
+        stem_stride: Stride of the stem conv (1 for CIFAR, 2 for ImageNet).
+        last_channels: Width of the final 1x1 conv (1280).
     """
 
     def __init__(self, num_classes: int = 10, in_channels: int = 3, cfg=MOBILENETV2_CIFAR_CFG,
@@ -365,27 +340,22 @@ class MobileNetV2(nn.Module):
 class VGG(nn.Module):
     """VGG with BatchNorm for small images: conv3x3(pad 1)-BN-ReLU ``features``, global pool, head.
 
-    Parameters
-    ----------
-    cfg : sequence of int or "M"
-        Conv widths, "M" for a 2x2 max-pool. :data:`VGG16_CFG` is configuration D with its fifth
-        max-pool replaced by the global average pool after ``features``.
-    num_classes, in_channels : int
-        Output classes and input image channels.
-    head : {"mlp", "linear"}
-        ``"mlp"`` (default): ``pre_classifier`` = Linear(512, 512) -> BatchNorm1d -> ReLU, then
-        ``classifier`` = Linear(512, num_classes) -- the VGG-16 of Li et al. (2017) and of the
-        "Rethinking" code, whose 3.13e8 FLOPs (313,463,808 multiply-adds on 32x32) include the
-        512x512 layer. ``"linear"``: ``pre_classifier`` is ``nn.Identity`` and ``classifier`` the
-        only Linear (313,201,664 multiply-adds on 32x32).
+    Args:
+        cfg: Conv widths, "M" for a 2x2 max-pool. :data:`VGG16_CFG` is configuration D with its fifth
+            max-pool replaced by the global average pool after ``features``.
+        num_classes, in_channels: Output classes and input image channels.
+        head: ``"mlp"`` (default): ``pre_classifier`` = Linear(512, 512) -> BatchNorm1d -> ReLU, then
+            ``classifier`` = Linear(512, num_classes) -- the VGG-16 of Li et al. (2017) and of the
+            "Rethinking" code, whose 3.13e8 FLOPs (313,463,808 multiply-adds on 32x32) include the
+            512x512 layer. ``"linear"``: ``pre_classifier`` is ``nn.Identity`` and ``classifier`` the
+            only Linear (313,201,664 multiply-adds on 32x32).
 
-    Notes
-    -----
-    ``model.classifier`` is always the final ``nn.Linear``. The global average pool plays the
-    part of the fifth max-pool: on 32x32 it averages the last 2x2 map (as the reference code's
-    ``AvgPool2d(2)`` does), on 28x28 the four max-pools give 28 -> 14 -> 7 -> 3 -> 1 and it is the
-    identity, so the head sees 512 features on both. With ``head="mlp"`` a training-mode forward
-    needs a batch of at least 2 (BatchNorm1d); evaluation mode works on batch 1.
+    Notes:
+        ``model.classifier`` is always the final ``nn.Linear``. The global average pool plays the
+        part of the fifth max-pool: on 32x32 it averages the last 2x2 map (as the reference code's
+        ``AvgPool2d(2)`` does), on 28x28 the four max-pools give 28 -> 14 -> 7 -> 3 -> 1 and it is the
+        identity, so the head sees 512 features on both. With ``head="mlp"`` a training-mode forward
+        needs a batch of at least 2 (BatchNorm1d); evaluation mode works on batch 1.
     """
 
     def __init__(self, cfg=VGG16_CFG, num_classes: int = 10, in_channels: int = 3, head: str = "mlp"):
@@ -470,36 +440,25 @@ def get_model(name: str, num_classes: int = 10, in_channels: int = 3, *, seed: i
               **kw) -> nn.Module:
     """Build a model by name.
 
-    Parameters
-    ----------
-    name : str
-        One of :data:`MODEL_NAMES` (case-insensitive): ``resnet20``, ``resnet32``, ``resnet56``,
-        ``resnet34``, ``mobilenetv2``, ``vgg16``.
-    num_classes : int
-        Outputs of the classifier Linear.
-    in_channels : int
-        Input image channels (1 for MNIST-like 28x28, 3 for CIFAR 32x32).
-    seed : int, optional
-        If given, the weights are initialised from this seed inside ``torch.random.fork_rng``
-        (the global RNG state is left as it was); the same seed gives an identical ``state_dict``.
-    **kw
-        Model-specific options: ``shortcut="A"|"B"`` for the ResNets (default "B"), ``width`` for the CIFAR
-        ResNets (channels of the first stage, default 16; stages have width, 2 width, 4 width), ``head="mlp"|
-        "linear"`` for VGG-16 (default "mlp"), ``small_inputs`` for MobileNetV3-Small (default True).
-        Anything else raises ``TypeError``.
+    Args:
+        name: One of :data:`MODEL_NAMES` (case-insensitive): ``resnet20``, ``resnet32``, ``resnet56``,
+            ``resnet34``, ``mobilenetv2``, ``vgg16``.
+        num_classes: Outputs of the classifier Linear.
+        in_channels: Input image channels (1 for MNIST-like 28x28, 3 for CIFAR 32x32).
+        seed: If given, the weights are initialised from this seed inside ``torch.random.fork_rng``
+            (the global RNG state is left as it was); the same seed gives an identical ``state_dict``.
+        **kw: Model-specific options: ``shortcut="A"|"B"`` for the ResNets (default "B"), ``width`` for the CIFAR
+            ResNets (channels of the first stage, default 16; stages have width, 2 width, 4 width), ``head="mlp"|
+            "linear"`` for VGG-16 (default "mlp"), ``small_inputs`` for MobileNetV3-Small (default True).
+            Anything else raises ``TypeError``.
 
-    Returns
-    -------
-    nn.Module
+    Returns:
         The model in training mode. The classifier is ``model.fc`` (ResNets) or
-        ``model.classifier`` (MobileNetV2, VGG-16); see :func:`classifier_layer`.
+            ``model.classifier`` (MobileNetV2, VGG-16); see :func:`classifier_layer`.
 
-    Raises
-    ------
-    ValueError
-        Unknown name, or a bad value for ``num_classes``, ``in_channels``, ``seed`` or ``shortcut``.
-    TypeError
-        A keyword argument the model does not accept.
+    Raises:
+        ValueError: Unknown name, or a bad value for ``num_classes``, ``in_channels``, ``seed`` or ``shortcut``.
+        TypeError: A keyword argument the model does not accept.
     """
     if not isinstance(name, str) or name.lower() not in _BUILDERS:
         raise ValueError(f"unknown model {name!r}; expected one of {MODEL_NAMES}")
@@ -528,19 +487,14 @@ def get_model(name: str, num_classes: int = 10, in_channels: int = 3, *, seed: i
 def classifier_layer(model: nn.Module) -> nn.Linear:
     """The final ``nn.Linear`` of a model: ``model.fc`` or ``model.classifier``.
 
-    Parameters
-    ----------
-    model : nn.Module
-        A model from :func:`get_model` (or any model with such an attribute).
+    Args:
+        model: A model from :func:`get_model` (or any model with such an attribute).
 
-    Returns
-    -------
-    nn.Linear
+    Returns:
+        nn.Linear
 
-    Raises
-    ------
-    AttributeError
-        If neither attribute is an ``nn.Linear``.
+    Raises:
+        AttributeError: If neither attribute is an ``nn.Linear``.
     """
     for attr in ("fc", "classifier"):
         layer = getattr(model, attr, None)
@@ -560,13 +514,10 @@ def stem_conv(model: nn.Module) -> nn.Conv2d:
 def skip_layers(model: nn.Module) -> list[nn.Module]:
     """``model.greedyprune_skip_layers()`` if the model defines it, else ``[]``.
 
-    Parameters
-    ----------
-    model : nn.Module
+    Args:
+        model: nn.Module
 
-    Returns
-    -------
-    list of nn.Module
+    Returns:
         Layers whose output channels a pruner must leave alone (pass them as ignored layers).
     """
     fn = getattr(model, "greedyprune_skip_layers", None)

@@ -92,18 +92,13 @@ def _check_plain(value: Any, where: str) -> None:
 def state_dict_mismatches(expected: dict, found: dict) -> list[str]:
     """Differences between two state dicts, as readable lines.
 
-    Parameters
-    ----------
-    expected : dict
-        The state dict of the model the weights should go into.
-    found : dict
-        The state dict read from a file.
+    Args:
+        expected: The state dict of the model the weights should go into.
+        found: The state dict read from a file.
 
-    Returns
-    -------
-    list of str
+    Returns:
         One line per key whose shapes differ (``"key: file (16, 3, 3, 3), model (16, 1, 3, 3)"``), then one
-        per key missing from the file and one per key the model does not have; empty when they match.
+            per key missing from the file and one per key the model does not have; empty when they match.
     """
     lines = []
     for key, tensor in expected.items():
@@ -143,37 +138,26 @@ def save_model(
 ) -> Path:
     """Write ``model`` with its architecture record to ``path``, atomically.
 
-    Parameters
-    ----------
-    path : str or os.PathLike
-        Target file; parent directories are created. Written to ``path + ".tmp"``, flushed, then renamed,
-        so an interrupted save never leaves a half-written checkpoint under ``path``.
-    model : nn.Module
-        The model to store.
-    name : str
-        A name from :data:`greedyprune.models.MODEL_NAMES` (case-insensitive).
-    model_kwargs : dict, optional
-        Keyword arguments of ``get_model(name, **model_kwargs)`` that rebuild the architecture, e.g.
-        ``{"num_classes": 10, "in_channels": 1, "shortcut": "A"}``. Not ``seed``: the weights are stored.
-    extra : dict, optional
-        Metadata of plain values (None, bool, int, float, str, tensors, lists / dicts of them), e.g.
-        ``{"iteration": 500, "data": "mnist5k", "test_accuracy": 0.97}``.
-    full_module : bool
-        Also pickle the whole module, for models whose architecture ``get_model`` cannot rebuild (pruned
-        models). Such files can only be loaded where the model classes are importable, and loading them
-        unpickles code: load only trusted files. See the module docstring.
+    Args:
+        path: Target file; parent directories are created. Written to ``path + ".tmp"``, flushed, then renamed,
+            so an interrupted save never leaves a half-written checkpoint under ``path``.
+        model: The model to store.
+        name: A name from :data:`greedyprune.models.MODEL_NAMES` (case-insensitive).
+        model_kwargs: Keyword arguments of ``get_model(name, **model_kwargs)`` that rebuild the architecture, e.g.
+            ``{"num_classes": 10, "in_channels": 1, "shortcut": "A"}``. Not ``seed``: the weights are stored.
+        extra: Metadata of plain values (None, bool, int, float, str, tensors, lists / dicts of them), e.g.
+            ``{"iteration": 500, "data": "mnist5k", "test_accuracy": 0.97}``.
+        full_module: Also pickle the whole module, for models whose architecture ``get_model`` cannot rebuild (pruned
+            models). Such files can only be loaded where the model classes are importable, and loading them
+            unpickles code: load only trusted files. See the module docstring.
 
-    Returns
-    -------
-    pathlib.Path
+    Returns:
         The path written.
 
-    Raises
-    ------
-    ValueError
-        Unknown ``name``, bad ``model_kwargs``, ``extra`` holding other types, or (without
-        ``full_module``) a model whose parameter names or shapes differ from ``get_model(name,
-        **model_kwargs)``'s - the message lists the first differences and suggests ``full_module=True``.
+    Raises:
+        ValueError: Unknown ``name``, bad ``model_kwargs``, ``extra`` holding other types, or (without
+            ``full_module``) a model whose parameter names or shapes differ from ``get_model(name,
+            **model_kwargs)``'s - the message lists the first differences and suggests ``full_module=True``.
     """
     if not isinstance(model, nn.Module):
         raise ValueError(f"model must be a torch.nn.Module, got {type(model).__name__}")
@@ -267,40 +251,28 @@ def load_model(
 ) -> tuple[nn.Module, dict]:
     """Rebuild a model from a checkpoint written by :func:`save_model`.
 
-    Parameters
-    ----------
-    path : str or os.PathLike
-        A model checkpoint, or a plain ``state_dict`` file (``torch.save(model.state_dict(), path)``, also
-        ``{"state_dict": ...}`` dictionaries of other programs) when ``name`` is given.
-    name : str, optional
-        The model you expect (``--model`` on the command line). For a greedyprune checkpoint it must match
-        the stored name; for a plain state_dict it says which architecture to load the weights into.
-    model_kwargs : dict, optional
-        For a greedyprune checkpoint: if given, must equal the stored ones. For a plain state_dict: the
-        ``get_model`` keyword arguments (``num_classes``, ``in_channels``, ``shortcut``); default none.
-    map_location : str or torch.device
-        Device the model is placed on.
-    trust_pickle : bool
-        Needed for a checkpoint saved with ``full_module=True``: unpickling its module can run arbitrary
-        code, so only pass True for files you made yourself.
+    Args:
+        path: A model checkpoint, or a plain ``state_dict`` file (``torch.save(model.state_dict(), path)``, also
+            ``{"state_dict": ...}`` dictionaries of other programs) when ``name`` is given.
+        name: The model you expect (``--model`` on the command line). For a greedyprune checkpoint it must match
+            the stored name; for a plain state_dict it says which architecture to load the weights into.
+        model_kwargs: For a greedyprune checkpoint: if given, must equal the stored ones. For a plain state_dict: the
+            ``get_model`` keyword arguments (``num_classes``, ``in_channels``, ``shortcut``); default none.
+        map_location: Device the model is placed on.
+        trust_pickle: Needed for a checkpoint saved with ``full_module=True``: unpickling its module can run arbitrary
+            code, so only pass True for files you made yourself.
 
-    Returns
-    -------
-    model : nn.Module
-        The model, in training mode (as ``get_model`` returns it).
-    info : dict
-        ``path``, ``format`` (``"greedyprune-model-v1"`` or ``"state_dict"``), ``name``,
-        ``model_kwargs``, ``extra`` (``{}`` for plain state dicts), ``full_module`` and ``torch_version``.
+    Returns:
+        model (nn.Module): The model, in training mode (as ``get_model`` returns it).
+        info (dict): ``path``, ``format`` (``"greedyprune-model-v1"`` or ``"state_dict"``), ``name``,
+            ``model_kwargs``, ``extra`` (``{}`` for plain state dicts), ``full_module`` and ``torch_version``.
 
-    Raises
-    ------
-    FileNotFoundError
-        No file at ``path``.
-    ValueError
-        The file is not a torch file; it is not a model checkpoint (the message says what it is: a
-        training-state checkpoint, a plain state_dict without ``name``, pickled objects that cannot be
-        read safely, ...); ``name`` or ``model_kwargs`` differ from the stored ones (both are named); or
-        the weights do not fit the architecture (the first mismatching keys and shapes are listed).
+    Raises:
+        FileNotFoundError: No file at ``path``.
+        ValueError: The file is not a torch file; it is not a model checkpoint (the message says what it is: a
+            training-state checkpoint, a plain state_dict without ``name``, pickled objects that cannot be
+            read safely, ...); ``name`` or ``model_kwargs`` differ from the stored ones (both are named); or
+            the weights do not fit the architecture (the first mismatching keys and shapes are listed).
     """
     path = Path(path)
     try:
@@ -374,14 +346,10 @@ def checkpoint_path(out_dir: str | os.PathLike, iteration: int) -> Path:
 def list_checkpoints(out_dir: str | os.PathLike) -> list[tuple[int, Path]]:
     """The model checkpoints of a training directory, as ``(iteration, path)`` sorted by iteration.
 
-    Parameters
-    ----------
-    out_dir : str or os.PathLike
-        A directory written by :func:`train_with_checkpoints` (or ``greedyprune train --out``).
+    Args:
+        out_dir: A directory written by :func:`train_with_checkpoints` (or ``greedyprune train --out``).
 
-    Returns
-    -------
-    list of (int, pathlib.Path)
+    Returns:
         Empty if there are none yet. Temporary files of an interrupted save are not listed.
     """
     found = []
@@ -418,42 +386,27 @@ def train_with_checkpoints(
     exactly the steps of an uninterrupted run; model checkpoints already on disk are neither recomputed
     nor rewritten.
 
-    Parameters
-    ----------
-    model : nn.Module
-        The freshly built model (``get_model(name, **model_kwargs, seed=...)``); trained in place.
-    images, labels : torch.Tensor
-        Training inputs ``(m, C, H, W)`` and ``(m,)`` labels.
-    config : TrainConfig
-        The training configuration (its ``loss`` is also used for the evaluations).
-    out_dir : str or os.PathLike
-        Output directory (created).
-    name, model_kwargs
-        The architecture record for :func:`save_model`.
-    checkpoint_every : int
-        Model checkpoint period, >= 1.
-    state_every : int, optional
-        Period of ``train_state.pt`` writes (default ``min(checkpoint_every, 100)``): how many
-        iterations an interruption can cost.
-    eval_sets : dict, optional
-        ``{"train": (X, y), "test": (X, y)}``: fixed sets evaluated at every checkpoint; their loss and
-        accuracy go into the checkpoint's ``extra`` as ``train_loss``, ``train_accuracy``, ...
-    extra : dict, optional
-        Further metadata stored in every checkpoint (plain values).
-    eval_batch_size : int
-        Batch size of the evaluations.
-    on_checkpoint : callable, optional
-        ``on_checkpoint(iteration, path, extra)`` after each checkpoint written now (not for ones skipped).
-    progress : bool
-        Show a progress bar.
-    distributed : bool
-        Data-parallel training over the initialised process group (see
-        :func:`greedyprune.training.loop.pretrain`): every process calls this with the same arguments, rank 0
-        writes the files, and all return once they are on disk (``OUT`` must be on a file system they share).
+    Args:
+        model: The freshly built model (``get_model(name, **model_kwargs, seed=...)``); trained in place.
+        images, labels: Training inputs ``(m, C, H, W)`` and ``(m,)`` labels.
+        config: The training configuration (its ``loss`` is also used for the evaluations).
+        out_dir: Output directory (created).
+        name, model_kwargs: The architecture record for :func:`save_model`.
+        checkpoint_every: Model checkpoint period, >= 1.
+        state_every: Period of ``train_state.pt`` writes (default ``min(checkpoint_every, 100)``): how many
+            iterations an interruption can cost.
+        eval_sets: ``{"train": (X, y), "test": (X, y)}``: fixed sets evaluated at every checkpoint; their loss and
+            accuracy go into the checkpoint's ``extra`` as ``train_loss``, ``train_accuracy``, ...
+        extra: Further metadata stored in every checkpoint (plain values).
+        eval_batch_size: Batch size of the evaluations.
+        on_checkpoint: ``on_checkpoint(iteration, path, extra)`` after each checkpoint written now (not for ones
+            skipped).
+        progress: Show a progress bar.
+        distributed: Data-parallel training over the initialised process group (see
+            :func:`greedyprune.training.loop.pretrain`): every process calls this with the same arguments, rank 0
+            writes the files, and all return once they are on disk (``OUT`` must be on a file system they share).
 
-    Returns
-    -------
-    list of (int, pathlib.Path)
+    Returns:
         All model checkpoints in ``OUT/checkpoints``, sorted by iteration.
     """
     from .loop import evaluate, pretrain

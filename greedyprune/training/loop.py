@@ -77,19 +77,14 @@ class TrainConfig:
 def learning_rate(config: TrainConfig, iteration: int) -> float:
     """The learning rate of step ``iteration`` (0-based) under ``config``'s schedule.
 
-    Parameters
-    ----------
-    config : TrainConfig
-        Its ``lr``, ``schedule`` and ``iterations`` are used.
-    iteration : int
-        The step, ``0 <= iteration < config.iterations``.
+    Args:
+        config: Its ``lr``, ``schedule`` and ``iterations`` are used.
+        iteration: The step, ``0 <= iteration < config.iterations``.
 
-    Returns
-    -------
-    float
+    Returns:
         ``config.lr`` for ``"constant"``; ``config.lr * 0.5 * (1 + cos(pi * iteration / config.iterations))``
-        for ``"cosine"`` (``lr`` at step 0, decaying to nearly 0 at the last step). A pure function of the
-        step, so a resumed run uses the same rates as an uninterrupted one.
+            for ``"cosine"`` (``lr`` at step 0, decaying to nearly 0 at the last step). A pure function of the
+            step, so a resumed run uses the same rates as an uninterrupted one.
     """
     if config.schedule == "constant" or config.iterations == 0:
         return float(config.lr)

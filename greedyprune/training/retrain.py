@@ -68,29 +68,20 @@ def reinitialize(
     their running statistics. The work is done on a CPU copy, so the result does not depend on the device,
     and the global RNG state is left as it was.
 
-    Parameters
-    ----------
-    model : nn.Module
-        The (pruned) model; left unchanged.
-    seed : int
-        Seed of the new initialisation: the same seed gives the same weights.
-    init : {"kaiming", "default"} or callable
-        After ``reset_parameters``: ``"kaiming"`` (default) applies :func:`kaiming_init`, the
-        initialisation of :func:`greedyprune.models.get_model`; ``"default"`` keeps PyTorch's per-layer
-        defaults; a callable ``init(model)`` is applied under the same seeded RNG.
-    strict : bool
-        Raise if a submodule holds parameters of its own but has no ``reset_parameters`` (its weights
-        would keep their trained values). With ``strict=False`` such parameters are left as they are.
+    Args:
+        model: The (pruned) model; left unchanged.
+        seed: Seed of the new initialisation: the same seed gives the same weights.
+        init: After ``reset_parameters``: ``"kaiming"`` (default) applies :func:`kaiming_init`, the
+            initialisation of :func:`greedyprune.models.get_model`; ``"default"`` keeps PyTorch's per-layer
+            defaults; a callable ``init(model)`` is applied under the same seeded RNG.
+        strict: Raise if a submodule holds parameters of its own but has no ``reset_parameters`` (its weights
+            would keep their trained values). With ``strict=False`` such parameters are left as they are.
 
-    Returns
-    -------
-    nn.Module
+    Returns:
         The re-initialised deep copy, on the device of ``model`` and in its training mode.
 
-    Raises
-    ------
-    ValueError
-        Bad ``seed`` or ``init``, or (``strict``) modules that cannot be reset, named in the message.
+    Raises:
+        ValueError: Bad ``seed`` or ``init``, or (``strict``) modules that cannot be reset, named in the message.
     """
     if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
         raise ValueError(f"seed must be a non-negative int, got {seed!r}")
@@ -139,37 +130,27 @@ def scratch_iterations(
 ) -> int:
     """Training iterations for a pruned architecture trained from scratch (Rethinking, Liu et al.).
 
-    Parameters
-    ----------
-    dense_iterations : int
-        Iterations the dense (unpruned) model was trained for, >= 1.
-    dense_macs, pruned_macs : float
-        Multiply-accumulates of one forward pass of the dense and of the pruned model (> 0,
-        ``pruned_macs <= dense_macs``).
-    mode : {"E", "B"}
-        ``"E"`` (Scratch-E, same epochs): ``dense_iterations``. ``"B"`` (Scratch-B, same compute):
-        ``dense_iterations * dense_macs / pruned_macs``, rounded to the nearest integer (halves up).
-        ``"scratch-e"`` / ``"scratch-b"`` and lower case are accepted too.
-    max_factor : float, optional
-        Cap on the Scratch-B factor ``dense_macs / pruned_macs``. The paper caps it at 2 on ImageNet
-        ("if the pruned model saves more than 2x FLOPs, we just double the number of epochs").
+    Args:
+        dense_iterations: Iterations the dense (unpruned) model was trained for, >= 1.
+        dense_macs, pruned_macs: Multiply-accumulates of one forward pass of the dense and of the pruned model (> 0,
+            ``pruned_macs <= dense_macs``).
+        mode: ``"E"`` (Scratch-E, same epochs): ``dense_iterations``. ``"B"`` (Scratch-B, same compute):
+            ``dense_iterations * dense_macs / pruned_macs``, rounded to the nearest integer (halves up).
+            ``"scratch-e"`` / ``"scratch-b"`` and lower case are accepted too.
+        max_factor: Cap on the Scratch-B factor ``dense_macs / pruned_macs``. The paper caps it at 2 on ImageNet
+            ("if the pruned model saves more than 2x FLOPs, we just double the number of epochs").
 
-    Returns
-    -------
-    int
+    Returns:
         The number of iterations (>= 1).
 
-    Raises
-    ------
-    ValueError
-        Unknown mode, non-positive counts, or ``pruned_macs > dense_macs`` (probably swapped).
+    Raises:
+        ValueError: Unknown mode, non-positive counts, or ``pruned_macs > dense_macs`` (probably swapped).
 
-    Examples
-    --------
-    >>> scratch_iterations(1000, 4e8, 1e8, "B")
-    4000
-    >>> scratch_iterations(1000, 4e8, 1e8, "E")
-    1000
+    Examples:
+        >>> scratch_iterations(1000, 4e8, 1e8, "B")
+        4000
+        >>> scratch_iterations(1000, 4e8, 1e8, "E")
+        1000
     """
     key = mode.upper().removeprefix("SCRATCH-") if isinstance(mode, str) else mode
     if key not in ("E", "B"):
@@ -214,28 +195,20 @@ def finetune(
     A thin wrapper over :func:`greedyprune.training.loop.pretrain` with
     ``TrainConfig(loss="cross_entropy", momentum=0.9, weight_decay=5e-4, schedule="constant")``.
 
-    Parameters
-    ----------
-    model : nn.Module
-        Trained in place, on its device.
-    images : torch.Tensor
-        ``(m, C, H, W)`` inputs (any ``(m, ...)`` the model accepts).
-    labels : torch.Tensor
-        ``(m,)`` int64 class labels.
-    iterations : int
-        SGD steps (the paper fine-tunes 2,500 iterations).
-    lr : float
-        (Initial) learning rate (0.01, as the paper's Appendix E).
-    momentum, weight_decay, batch_size, schedule, seed, augment
-        As in :class:`greedyprune.training.loop.TrainConfig`; ``seed`` fixes the batch order;
-        ``schedule="cosine"`` decays the rate from ``lr`` (the CNN study's fine-tuning).
-    checkpoint_path, checkpoint_every, callback, callback_every, progress, distributed
-        Passed to :func:`greedyprune.training.loop.pretrain` (resumable checkpoints, periodic callbacks,
-        data-parallel training).
+    Args:
+        model: Trained in place, on its device.
+        images: ``(m, C, H, W)`` inputs (any ``(m, ...)`` the model accepts).
+        labels: ``(m,)`` int64 class labels.
+        iterations: SGD steps (the paper fine-tunes 2,500 iterations).
+        lr: (Initial) learning rate (0.01, as the paper's Appendix E).
+        momentum, weight_decay, batch_size, schedule, seed, augment: As in
+        :class:`greedyprune.training.loop.TrainConfig`; ``seed`` fixes the batch order;
+            ``schedule="cosine"`` decays the rate from ``lr`` (the CNN study's fine-tuning).
+        checkpoint_path, checkpoint_every, callback, callback_every, progress, distributed: Passed to
+        :func:`greedyprune.training.loop.pretrain` (resumable checkpoints, periodic callbacks,
+            data-parallel training).
 
-    Returns
-    -------
-    nn.Module
+    Returns:
         ``model``, trained, in training mode.
     """
     config = TrainConfig(iterations=iterations, lr=lr, batch_size=batch_size, loss="cross_entropy",
@@ -249,14 +222,10 @@ def finetune(
 class RetrainResult:
     """What :func:`retrain` did.
 
-    Attributes
-    ----------
-    model : nn.Module
-        The retrained model (a new object; the input model is unchanged).
-    mode : str
-        ``"finetune"``, ``"scratch-e"`` or ``"scratch-b"``.
-    config : TrainConfig
-        The training configuration used (its ``iterations`` is the Scratch-B budget for that mode).
+    Attributes:
+        model: The retrained model (a new object; the input model is unchanged).
+        mode: ``"finetune"``, ``"scratch-e"`` or ``"scratch-b"``.
+        config: The training configuration used (its ``iterations`` is the Scratch-B budget for that mode).
     """
 
     model: nn.Module
@@ -287,39 +256,28 @@ def retrain(
 ) -> RetrainResult:
     """Retrain a pruned model by one of the Rethinking paper's three protocols.
 
-    Parameters
-    ----------
-    model : nn.Module
-        The pruned model; not modified (a copy is trained).
-    mode : {"finetune", "scratch-e", "scratch-b"}
-        ``"finetune"``: keep the weights, train ``iterations`` steps at ``lr`` (default 0.01, constant).
-        ``"scratch-e"``: :func:`reinitialize` with ``seed``, then train ``iterations`` steps - pass the dense
-        model's training iterations - with the dense recipe (default lr 0.1, cosine schedule).
-        ``"scratch-b"``: as scratch-e for :func:`scratch_iterations` ``(iterations, dense_macs,
-        pruned_macs, "B", max_factor=max_factor)`` steps.
-    images, labels : torch.Tensor
-        Training data, ``(m, C, H, W)`` and ``(m,)`` int64.
-    iterations : int
-        Fine-tuning steps, or the dense model's training iterations for the scratch modes.
-    lr, schedule : optional
-        Default 0.01 / ``"constant"`` for fine-tuning, 0.1 / ``"cosine"`` from scratch.
-    momentum, weight_decay, batch_size, seed
-        As in :class:`greedyprune.training.loop.TrainConfig`; ``seed`` also seeds the re-initialisation.
-    dense_macs, pruned_macs, max_factor
-        Required (the MACs) for ``"scratch-b"``; see :func:`scratch_iterations`.
-    init, checkpoint_path, checkpoint_every, progress
-        See :func:`reinitialize` and :func:`greedyprune.training.loop.pretrain`. The checkpoint holds the
-        retraining run; resuming a scratch run re-creates the same initialisation from ``seed`` first.
+    Args:
+        model: The pruned model; not modified (a copy is trained).
+        mode: ``"finetune"``: keep the weights, train ``iterations`` steps at ``lr`` (default 0.01, constant).
+            ``"scratch-e"``: :func:`reinitialize` with ``seed``, then train ``iterations`` steps - pass the dense
+            model's training iterations - with the dense recipe (default lr 0.1, cosine schedule).
+            ``"scratch-b"``: as scratch-e for :func:`scratch_iterations` ``(iterations, dense_macs,
+            pruned_macs, "B", max_factor=max_factor)`` steps.
+        images, labels: Training data, ``(m, C, H, W)`` and ``(m,)`` int64.
+        iterations: Fine-tuning steps, or the dense model's training iterations for the scratch modes.
+        lr, schedule: Default 0.01 / ``"constant"`` for fine-tuning, 0.1 / ``"cosine"`` from scratch.
+        momentum, weight_decay, batch_size, seed: As in :class:`greedyprune.training.loop.TrainConfig`; ``seed``
+        also seeds the re-initialisation.
+        dense_macs, pruned_macs, max_factor: Required (the MACs) for ``"scratch-b"``; see :func:`scratch_iterations`.
+        init, checkpoint_path, checkpoint_every, progress: See :func:`reinitialize` and
+        :func:`greedyprune.training.loop.pretrain`. The checkpoint holds the
+            retraining run; resuming a scratch run re-creates the same initialisation from ``seed`` first.
 
-    Returns
-    -------
-    RetrainResult
-        The retrained model, the mode and the :class:`~greedyprune.training.loop.TrainConfig` used.
+    Returns:
+        RetrainResult: The retrained model, the mode and the :class:`~greedyprune.training.loop.TrainConfig` used.
 
-    Raises
-    ------
-    ValueError
-        Unknown mode, missing MACs for scratch-b, or a bad training setting.
+    Raises:
+        ValueError: Unknown mode, missing MACs for scratch-b, or a bad training setting.
     """
     if mode not in RETRAIN_MODES:
         raise ValueError(f"unknown retraining mode {mode!r}; expected one of {RETRAIN_MODES}")
