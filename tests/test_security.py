@@ -502,7 +502,8 @@ def test_a_truncated_checkpoint_is_a_clear_error(checkpoint, capsys):
 # ------------------------------------------------------------------------------------- results database
 
 STUDY = ["study", "pretraining", "--data", "digits", "--widths", "20", "--sizes", "200,400", "--trials", "1",
-         "--iterations", "20", "--eval-every", "10", "--k", "5", "--no-progress", "--no-plot", "--threads", "1"]
+         "--iterations", "20", "--eval-every", "10", "--k", "5", "--reference", "largest", "--no-progress", "--no-plot",
+         "--threads", "1"]
 
 
 @pytest.fixture(scope="module")
