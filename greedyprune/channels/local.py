@@ -23,9 +23,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..selection import greedy_forward_selection
-from .groups import ChannelGroup, UnsupportedLayerError
+from .groups import ChannelGroup, UnsupportedLayerError, refresh_group
 
-__all__ = ["local_problem", "local_selection"]
+__all__ = ["local_curves", "local_group", "local_problem", "local_selection"]
 
 
 class _Captured(Exception):
@@ -121,3 +121,38 @@ def local_selection(gram: torch.Tensor, cross: torch.Tensor, norm: float, positi
         if len(seen) >= distinct or k >= 64 * U:
             return counts  # every chosen unit is in (or the selection keeps re-weighting the same few)
         k *= 2
+
+
+def local_group(search, group: ChannelGroup, stop) -> tuple[torch.Tensor, dict]:
+    """One group of ``prune_model(objective="local")``: Algorithm 1 on its readers' reconstruction."""
+    targets = getattr(stop, "targets", None)
+    if targets is None:
+        raise ValueError(f"objective='local' needs a rule that fixes each group's width (keep_ratio, flops_target, "
+                         f"params_target or KeepCounts); {stop.name!r} compares network losses - use "
+                         f"objective='network' for it")
+    inputs = search.calibration if search.calibration is not None else search.batches.fixed(256)[0]
+    gram, cross, norm, positions = local_problem(search.model, group, inputs)
+    per_unit = group.channels // group.num_units
+    counts = local_selection(gram, cross, norm, positions, -(-targets[group.name] // per_unit), search.options.seed)
+    return group.channel_counts(counts), {"name": group.name, "channels": group.channels,
+                                          "steps": int(counts.sum()), "rule": stop.name, "loss": None,
+                                          "accuracy": None, "evaluator": "local"}
+
+
+def local_curves(search, groups: list[ChannelGroup]) -> dict[str, tuple[list[float], float]]:
+    """Each group's relative reconstruction error with k = 1..D channels (greedy selection on the Gram
+    form, without replacement, on the dense network), for adaptive budgets with ``objective="local"``."""
+    from .search import per_channel
+
+    inputs = search.calibration if search.calibration is not None else search.batches.fixed(256)[0]
+    curves = {}
+    for group in groups:
+        group = refresh_group(search.DG, search.model, group)
+        gram, cross, norm, positions = local_problem(search.model, group, inputs)
+        U, per_unit = group.num_units, group.channels // group.num_units
+        result = greedy_forward_selection(None, None, U, replacement=False, gram=gram, cross=cross, target_norm=norm,
+                                          examples=max(positions, 1))
+        scale = norm / max(positions, 1) or 1.0  # relative error: the loss of keeping nothing is 1
+        curve = [((k + 1) * per_unit, float(loss) / scale, 0.0) for k, loss in enumerate(result.losses)]
+        curves[group.name] = (per_channel(group, curve), 0.0)
+    return curves

@@ -17,10 +17,10 @@ import torch
 from torch import nn
 
 from .bn import exact_math
-from .groups import ChannelGroup, UnsupportedLayerError, find_groups, refresh_group
+from .groups import ChannelGroup, UnsupportedLayerError, execution_order, find_groups, refresh_group
 from .masks import apply_masks, fold_and_remove, group_scales
 
-__all__ = ["preflight"]
+__all__ = ["check_model_accepts", "check_train_mode", "preflight"]
 
 
 def _random_counts(channels: int, generator: torch.Generator) -> torch.Tensor:
@@ -75,3 +75,46 @@ def _preflight(model, groups, example, skip, extra_skip, unsupported, tolerance)
             raise UnsupportedLayerError(message)
         warnings.warn(message, stacklevel=3)
     return good
+
+
+def check_model_accepts(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> None:
+    """The model runs on the data's inputs and returns class logits that fit the labels (clear errors otherwise)."""
+    try:
+        with torch.no_grad():
+            out = model(x[:1])
+    except Exception as exc:  # noqa: BLE001
+        raise ValueError(f"the model does not accept the data's inputs of shape {tuple(x.shape[1:])} "
+                         f"({type(exc).__name__}: {exc}); pass inputs shaped as the model expects, e.g. images "
+                         f"(n, C, H, W) rather than flattened vectors") from exc
+    if not isinstance(out, torch.Tensor) or out.dim() != 2:
+        raise ValueError(f"the model must return class logits of shape (batch, classes), got "
+                         f"{getattr(out, 'shape', type(out).__name__)}")
+    if int(y.max()) >= out.shape[1] or int(y.min()) < 0:
+        raise ValueError(f"labels must be in [0, {out.shape[1]}) for a model with {out.shape[1]} outputs; "
+                         f"got labels in [{int(y.min())}, {int(y.max())}]")
+
+
+def check_train_mode(model: nn.Module, x: torch.Tensor) -> None:
+    """Refuse a model that runs layers in training it does not run in evaluation (auxiliary heads): the
+    groups are traced in eval mode, so those layers would be left inconsistent and the pruned model would
+    fail in train mode."""
+    from .bn import batch_statistics
+
+    evaluated = execution_order(model, x)
+    flags = [(m, m.training) for m in model.modules()]
+    model.train()
+    try:
+        with batch_statistics(model):
+            trained = execution_order(model, x)
+    finally:
+        for m, flag in flags:
+            m.training = flag
+    names = {m: n for n, m in model.named_modules()}
+    extra = [names.get(m, type(m).__name__) for m in trained if m not in evaluated
+             and next(m.parameters(recurse=False), None) is not None]
+    if extra:
+        raise UnsupportedLayerError(
+            f"layers {extra[:5]} run in training but not in evaluation (auxiliary heads?): the channel groups are "
+            f"found in eval mode, so these layers would not be pruned with the channels they read and the pruned "
+            f"model would fail in train mode. Remove them before pruning (e.g. model.aux_logits = False and "
+            f"model.AuxLogits = None), or make them run in eval mode too")

@@ -42,9 +42,9 @@ from .bn import exact_math, has_batch_norm, recalibrate_bn
 from .evaluators import (CPU_STACK_ELEMENTS, GPU_STACK_ELEMENTS, FastEvaluator, ReferenceEvaluator, checked,
                          step_rows, trace)
 from .groups import ChannelGroup, UnsupportedLayerError, find_groups, refresh_group
-from .groups import execution_order
 from .masks import apply_masks, fold_and_remove, group_scales
-from .preflight import preflight
+from .local import local_curves, local_group
+from .preflight import check_model_accepts, check_train_mode, preflight
 from .rules import PlanContext, Step, StoppingRule, rule_from_options
 
 __all__ = ["BN_MODES", "METHODS", "SearchOptions", "prune_model"]
@@ -263,9 +263,9 @@ def prune_model(
     needs_holdout = stop.needs_unpruned or getattr(stop, "needs_curves", False)
     batches, holdout_set = _split_data(data, options, device, needs_holdout)
     eval_x, eval_y = batches.fixed(options.eval_examples)
-    _check_model_accepts(model, eval_x, eval_y)
+    check_model_accepts(model, eval_x, eval_y)
     example = eval_x[:1]
-    _check_train_mode(model, eval_x[:2])
+    check_train_mode(model, eval_x[:2])
     DG, groups = find_groups(model, example, skip, extra_skip=extra_skip, unsupported=unsupported)
     if options.check:
         groups = preflight(model, groups, example, skip, extra_skip, unsupported)
@@ -384,24 +384,6 @@ def search_group(search: _Search, group: ChannelGroup, index: int, stop: Stoppin
         "accuracy": last.accuracy, "evaluator": "fast" if isinstance(evaluator, FastEvaluator) else "reference"}
 
 
-def local_group(search: _Search, group: ChannelGroup, stop: StoppingRule) -> tuple[torch.Tensor, dict]:
-    """One group by the local objective: Algorithm 1 on the readers' reconstruction (Gram form)."""
-    from .local import local_problem, local_selection
-
-    targets = getattr(stop, "targets", None)
-    if targets is None:
-        raise ValueError(f"objective='local' needs a rule that fixes each group's width (keep_ratio, flops_target, "
-                         f"params_target or KeepCounts); {stop.name!r} compares network losses - use "
-                         f"objective='network' for it")
-    inputs = search.calibration if search.calibration is not None else search.batches.fixed(256)[0]
-    gram, cross, norm, positions = local_problem(search.model, group, inputs)
-    per_unit = group.channels // group.num_units
-    counts = local_selection(gram, cross, norm, positions, -(-targets[group.name] // per_unit), search.options.seed)
-    return group.channel_counts(counts), {"name": group.name, "channels": group.channels,
-                                          "steps": int(counts.sum()), "rule": stop.name, "loss": None,
-                                          "accuracy": None, "evaluator": "local"}
-
-
 def _step_size(step: int, group: ChannelGroup, counts: torch.Tensor, stop, candidates: int) -> int:
     """Units to add this step: ``step``, but no more than the candidates scored nor than a fixed target of
     channels (a keep-count rule) still allows."""
@@ -424,7 +406,7 @@ def loss_curves(search: _Search, groups: list[ChannelGroup]) -> dict[str, tuple[
     (greedy selection on the Gram form, without replacement: no candidate forwards at all).
     """
     if search.options.objective == "local":
-        return _local_curves(search, groups)
+        return local_curves(search, groups)
     if search.holdout is None:
         raise ValueError("adaptive budgets measure each group's loss curve on a held-out subset: pass holdout > 0, "
                          "or uniform=True")
@@ -439,11 +421,11 @@ def loss_curves(search: _Search, groups: list[ChannelGroup]) -> dict[str, tuple[
             search_group(search, refresh_group(search.DG, search.model, group), gi, None, curve)
         finally:
             search.options = saved
-        curves[group.name] = (_per_channel(group, curve), curve[-1][2] if curve else float("nan"))
+        curves[group.name] = (per_channel(group, curve), curve[-1][2] if curve else float("nan"))
     return curves
 
 
-def _per_channel(group: ChannelGroup, curve: list) -> list[float]:
+def per_channel(group: ChannelGroup, curve: list) -> list[float]:
     """Per channel count k = 1..D: the loss with the fewest units that keep at least k channels."""
     losses, points = [], iter(curve)
     kept, loss, _ = next(points)
@@ -452,24 +434,6 @@ def _per_channel(group: ChannelGroup, curve: list) -> list[float]:
             kept, loss, _ = next(points)
         losses.append(loss)
     return losses
-
-
-def _local_curves(search: _Search, groups: list[ChannelGroup]) -> dict[str, tuple[list[float], float]]:
-    from ..selection import greedy_forward_selection
-    from .local import local_problem
-
-    inputs = search.calibration if search.calibration is not None else search.batches.fixed(256)[0]
-    curves = {}
-    for group in groups:
-        group = refresh_group(search.DG, search.model, group)
-        gram, cross, norm, positions = local_problem(search.model, group, inputs)
-        U, per_unit = group.num_units, group.channels // group.num_units
-        result = greedy_forward_selection(None, None, U, replacement=False, gram=gram, cross=cross, target_norm=norm,
-                                          examples=max(positions, 1))
-        scale = norm / max(positions, 1) or 1.0  # relative error: the loss of keeping nothing is 1
-        curve = [((k + 1) * per_unit, float(loss) / scale, 0.0) for k, loss in enumerate(result.losses)]
-        curves[group.name] = (_per_channel(group, curve), 0.0)
-    return curves
 
 
 def finetune(model: nn.Module, batches: Batches, steps: int, lr: float, weight_decay: float = 5e-4) -> None:
@@ -542,51 +506,9 @@ def _split_data(data, options: SearchOptions, device, needed: bool) -> tuple[Bat
     return batches, (x, y)
 
 
-def _check_train_mode(model: nn.Module, x: torch.Tensor) -> None:
-    """Refuse a model that runs layers in training it does not run in evaluation (auxiliary heads): the
-    groups are traced in eval mode, so those layers would be left inconsistent and the pruned model would
-    fail in train mode."""
-    from .bn import batch_statistics
-
-    evaluated = execution_order(model, x)
-    flags = [(m, m.training) for m in model.modules()]
-    model.train()
-    try:
-        with batch_statistics(model):
-            trained = execution_order(model, x)
-    finally:
-        for m, flag in flags:
-            m.training = flag
-    names = {m: n for n, m in model.named_modules()}
-    extra = [names.get(m, type(m).__name__) for m in trained if m not in evaluated
-             and next(m.parameters(recurse=False), None) is not None]
-    if extra:
-        raise UnsupportedLayerError(
-            f"layers {extra[:5]} run in training but not in evaluation (auxiliary heads?): the channel groups are "
-            f"found in eval mode, so these layers would not be pruned with the channels they read and the pruned "
-            f"model would fail in train mode. Remove them before pruning (e.g. model.aux_logits = False and "
-            f"model.AuxLogits = None), or make them run in eval mode too")
-
-
 def _model_device(model: nn.Module) -> torch.device:
     param = next(model.parameters(), None)
     return param.device if param is not None else torch.device("cpu")
-
-
-def _check_model_accepts(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> None:
-    try:
-        with torch.no_grad():
-            out = model(x[:1])
-    except Exception as exc:  # noqa: BLE001
-        raise ValueError(f"the model does not accept the data's inputs of shape {tuple(x.shape[1:])} "
-                         f"({type(exc).__name__}: {exc}); pass inputs shaped as the model expects, e.g. images "
-                         f"(n, C, H, W) rather than flattened vectors") from exc
-    if not isinstance(out, torch.Tensor) or out.dim() != 2:
-        raise ValueError(f"the model must return class logits of shape (batch, classes), got "
-                         f"{getattr(out, 'shape', type(out).__name__)}")
-    if int(y.max()) >= out.shape[1] or int(y.min()) < 0:
-        raise ValueError(f"labels must be in [0, {out.shape[1]}) for a model with {out.shape[1]} outputs; "
-                         f"got labels in [{int(y.min())}, {int(y.max())}]")
 
 
 def _measure(model: nn.Module, example: torch.Tensor, x: torch.Tensor, y: torch.Tensor) -> dict:

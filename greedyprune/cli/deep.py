@@ -18,9 +18,12 @@ TRUST_HELP = ("WARNING: unpickling runs whatever code the file's author put in i
 
 
 def register(sub) -> None:
+    _register_prune(sub)
+    _register_train(sub)
+
+
+def _register_prune(sub) -> None:
     from ..data import NORMALIZATIONS
-    from ..training.augment import AUGMENTATIONS
-    from ..training.loop import SCHEDULES
 
     pr = sub.add_parser(
         "prune",
@@ -57,6 +60,13 @@ def register(sub) -> None:
     pr.add_argument("--trust-pickle", action="store_true", help=TRUST_HELP)
     add_run_options(pr)
     pr.set_defaults(handler=cmd_prune)
+
+
+
+def _register_train(sub) -> None:
+    from ..data import NORMALIZATIONS
+    from ..training.augment import AUGMENTATIONS
+    from ..training.loop import SCHEDULES
 
     tr = sub.add_parser(
         "train",

@@ -13,7 +13,7 @@ from typing import Any, Iterable, Mapping, Sequence
 
 import numpy as np
 
-from .pretraining_report import (_as_records, direct_comparison, k_label, lemma1_gaps, summarize,
+from .pretraining_report import (as_records, direct_comparison, k_label, lemma1_gaps, summarize,
                                  WidthSummary, CONFIDENCE)
 
 __all__ = ["plot_accuracy_curves", "plot_direct", "plot_figure1", "plot_lemma1", "plot_study"]
@@ -287,7 +287,7 @@ def plot_direct(rows: Iterable[Mapping[str, Any]], path: str | Path) -> None:
 def plot_study(rows: Iterable[Mapping[str, Any]], out_dir: str | Path) -> list[Path]:
     """Write ``figure1.png``, ``accuracy_curves.png``, ``lemma1_gap.png`` (when the rows hold per-step
     losses) and ``direct_vs_pruned.png`` (when they hold directly trained nets) into ``out_dir``."""
-    records = _as_records(rows)
+    records = as_records(rows)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     paths = [out / "figure1.png", out / "accuracy_curves.png"]

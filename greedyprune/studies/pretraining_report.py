@@ -136,7 +136,7 @@ def _py(x: Any) -> Any:
     return x.item() if hasattr(x, "item") else x
 
 
-def _as_records(rows: Any) -> list[Mapping[str, Any]]:
+def as_records(rows: Any) -> list[Mapping[str, Any]]:
     if hasattr(rows, "to_dict") and hasattr(rows, "columns"):  # pandas DataFrame
         rows = rows.to_dict("records")
     records = list(rows)
@@ -171,7 +171,7 @@ def summarize(rows: Iterable[Mapping[str, Any]]) -> list[WidthSummary]:
     ``trials`` counts the rows of each cell.  Cells without rows are NaN (and 0
     trials).  ``pruned_ci`` / ``dense_ci`` are 95% t-interval half widths over trials.
     """
-    records = _as_records(rows)
+    records = as_records(rows)
     by_width: dict[int, list[Mapping[str, Any]]] = defaultdict(list)
     for r in records:
         by_width[int(r["width"])].append(r)
@@ -305,7 +305,7 @@ def direct_comparison(rows: Iterable[Mapping[str, Any]], iteration: int | None =
     (E) and for the same multiply-adds (B), paired by trial. Each entry holds the per-trial values, the
     mean paired difference ``pruned - direct`` with its 95% t-interval, and how many trials the pruned net
     has the lower loss."""
-    records = [r for r in _as_records(rows) if r.get("direct_width") is not None
+    records = [r for r in as_records(rows) if r.get("direct_width") is not None
                and not (isinstance(r.get("direct_width"), float) and math.isnan(r["direct_width"]))]
     out = []
     for width in sorted({int(r["width"]) for r in records}):
@@ -371,7 +371,7 @@ def lemma1_gaps(rows: Iterable[Mapping[str, Any]]) -> list[dict]:
     steps."""
     from ..fitting import fit_power_law
 
-    records = [r for r in _as_records(rows) if r.get("losses")]
+    records = [r for r in as_records(rows) if r.get("losses")]
     out = []
     for width in sorted({int(r["width"]) for r in records}):
         mine = [r for r in records if int(r["width"]) == width]
@@ -426,13 +426,13 @@ def plot_study(rows: Iterable[Mapping[str, Any]], out_dir: str | Path) -> list[P
     ``direct_vs_pruned.png`` into ``out_dir`` (created if absent) and return their paths."""
     from .pretraining_figures import plot_study as plot
 
-    return plot(_as_records(rows), out_dir)
+    return plot(as_records(rows), out_dir)
 
 
 def report(rows: Iterable[Mapping[str, Any]], out_dir: str | Path, draw: bool = True) -> str:
     """The study's summary table and the pruned-vs-direct table; with ``draw`` its figures are (re)written
     into ``out_dir`` too."""
-    records = _as_records(rows)
+    records = as_records(rows)
     text = summary_table(records)
     if any(r.get("direct_width") not in (None,) and not (isinstance(r.get("direct_width"), float)
                                                         and math.isnan(r["direct_width"])) for r in records):

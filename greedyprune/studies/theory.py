@@ -367,6 +367,33 @@ def _write_csv(rows: Sequence[ThresholdRow], constants: dict[int, float], path: 
     os.replace(tmp, path)
 
 
+def _style_axes(ax, axk, rows, sizes: list[int], any_never: bool) -> None:
+    """Size ticks on both panels; the threshold panel's limits, with a 'never' strip at its top edge."""
+    for a in (ax, axk):
+        a.set_xticks(sizes)
+        a.set_xticklabels([f"{s:,}" for s in sizes], fontsize=8,
+                          rotation=45 if len(sizes) > 6 else 0, ha="right" if len(sizes) > 6 else "center")
+        a.set_xlabel("dataset size m")
+        a.grid(True, alpha=0.3)
+        a.tick_params(axis="y", labelsize=8)
+        if len(sizes) > 1:
+            pad = 0.05 * (sizes[-1] - sizes[0])
+            a.set_xlim(sizes[0] - pad, sizes[-1] + pad)
+    values = [r.observed for r in rows if r.observed is not None] + [r.fitted for r in rows if r.fitted is not None]
+    top = max(values) if values and max(values) > 0 else 1.0
+    bottom = 0.0 if not values or min(values) >= 0 else min(values) * 1.1
+    if any_never:  # a strip at the top edge, above every value, holds the 'never' markers
+        ax.set_ylim(bottom, bottom + (top * 1.05 - bottom) / (1 - 2 * (1 - _NEVER_Y)))
+        ax.fill_between([0, 1], 2 * _NEVER_Y - 1, 1, transform=ax.transAxes, color="0.92", linewidth=0, zorder=0)
+        from matplotlib.ticker import MaxNLocator
+
+        ticks = [t for t in MaxNLocator(nbins=8).tick_values(bottom, top * 1.05) if bottom <= t <= top * 1.05]
+        ax.set_yticks(ticks)  # no numeric tick inside the strip; the strip is labelled like a tick instead
+        ax.text(-0.012, _NEVER_Y, "never", transform=ax.transAxes, ha="right", va="center", fontsize=8)
+    else:
+        ax.set_ylim(bottom, top * 1.1)
+
+
 def plot_thresholds(rows: Sequence[ThresholdRow], constants: dict[int, float], path: str | os.PathLike) -> None:
     """Two panels against dataset size m.
 
@@ -423,29 +450,7 @@ def plot_thresholds(rows: Sequence[ThresholdRow], constants: dict[int, float], p
             axk.plot(xs[~inside], kap[~inside], linestyle="none", marker=shapes[w], markersize=6, color="white",
                      markeredgecolor=c, markeredgewidth=1.5, zorder=3)
 
-    for a in (ax, axk):
-        a.set_xticks(sizes)
-        a.set_xticklabels([f"{s:,}" for s in sizes], fontsize=8,
-                          rotation=45 if len(sizes) > 6 else 0, ha="right" if len(sizes) > 6 else "center")
-        a.set_xlabel("dataset size m")
-        a.grid(True, alpha=0.3)
-        a.tick_params(axis="y", labelsize=8)
-        if len(sizes) > 1:
-            pad = 0.05 * (sizes[-1] - sizes[0])
-            a.set_xlim(sizes[0] - pad, sizes[-1] + pad)
-    values = [r.observed for r in rows if r.observed is not None] + [r.fitted for r in rows if r.fitted is not None]
-    top = max(values) if values and max(values) > 0 else 1.0
-    bottom = 0.0 if not values or min(values) >= 0 else min(values) * 1.1
-    if any_never:  # a strip at the top edge, above every value, holds the 'never' markers
-        ax.set_ylim(bottom, bottom + (top * 1.05 - bottom) / (1 - 2 * (1 - _NEVER_Y)))
-        ax.fill_between([0, 1], 2 * _NEVER_Y - 1, 1, transform=ax.transAxes, color="0.92", linewidth=0, zorder=0)
-        from matplotlib.ticker import MaxNLocator
-
-        ticks = [t for t in MaxNLocator(nbins=8).tick_values(bottom, top * 1.05) if bottom <= t <= top * 1.05]
-        ax.set_yticks(ticks)  # no numeric tick inside the strip; the strip is labelled like a tick instead
-        ax.text(-0.012, _NEVER_Y, "never", transform=ax.transAxes, ha="right", va="center", fontsize=8)
-    else:
-        ax.set_ylim(bottom, top * 1.1)
+    _style_axes(ax, axk, rows, sizes, any_never)
     ax.set_ylabel("pre-training iterations")
     ax.set_title("threshold: observed (markers) vs fitted c·κ·log m (lines)", fontsize=10)
     axk.set_yscale("log")
