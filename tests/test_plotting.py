@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 from pathlib import Path
 
+import matplotlib.colors
 import numpy as np
 import pytest
 
@@ -217,11 +218,7 @@ def test_summary_table():
     dense_half = t.ppf(0.975, 1) * np.std([0.945, 0.955], ddof=1) / np.sqrt(2)
     assert all(c[6] == f"0.9500 ± {dense_half:.4f}" for c in cells)  # final dense accuracy
 
-# ---- kept from the figure-content tests (issue 14)
-    assert [c[2] for c in cells] == ["0.3000"] * 4  # pruned accuracy at iteration 0
-    assert cells[0][3] == "0.9000 (25)"
-    assert cells[1][3] == "0.8500 (50)"
-    assert all(c[4] == "0.9500" for c in cells)  # final dense accuracy
+# ---- the figure-content tests (issue 14)
 
 
 # -------------------------------------------------------- what the figures draw
@@ -235,7 +232,9 @@ def drawn(monkeypatch):
         figures.append(fig)
         return Path(path)
 
-    monkeypatch.setattr(plotting, "_save", capture)
+    from greedyprune.studies import pretraining_figures
+
+    monkeypatch.setattr(pretraining_figures, "_save", capture)
     return figures
 
 
@@ -252,30 +251,108 @@ def _panels(fig, n):
     return fig.axes[:n]
 
 
+def _varied_rows(never_size=None, third_trial_size=None):
+    """staircase_rows made harder to fool: width 32's pruned accuracies sit 0.05 lower (same thresholds,
+    another reference), the dense accuracy differs per (width, size, iteration) cell, and optionally the
+    cells of one size of width 32 get a third trial (so the bands need t with 2 degrees of freedom)."""
+    sizes, iters = [100, 200, 400, 800], [0, 25, 50, 75, 100]
+    rows = []
+    for r in staircase_rows(never_size):
+        r = dict(r)
+        i, j = sizes.index(r["size"]), iters.index(r["iteration"])
+        delta = 0.005 if r["trial"] else -0.005
+        r["dense_accuracy"] = 0.5 + 0.1 * i + 0.02 * j + (0.03 if r["width"] == 32 else 0.0) + delta
+        if r["width"] == 32:
+            r["pruned_accuracy"] -= 0.05
+        rows.append(r)
+        if r["width"] == 32 and r["size"] == third_trial_size and r["trial"] == 1:
+            rows.append(dict(r, trial=2, pruned_accuracy=r["pruned_accuracy"] + 0.03,
+                             dense_accuracy=r["dense_accuracy"] - 0.02))
+    return rows
+
+
+def _cells(rows, key):
+    """{(width, size, iteration): [key of each of the cell's rows]}, straight from the rows."""
+    cells = {}
+    for r in rows:
+        cells.setdefault((r["width"], r["size"], r["iteration"]), []).append(r[key])
+    return cells
+
+
+def _red_line_thresholds(means, width, sizes, iters):
+    """The paper's red line (Section 5), computed here: the reference is the best mean pruned accuracy of
+    the largest size; a size's threshold is the first iteration (ascending) whose mean reaches it, up to
+    the documented float slack THRESHOLD_RTOL; None if none does."""
+    reference = max(means[(width, max(sizes), it)] for it in iters)
+    cutoff = reference - plotting.THRESHOLD_RTOL * max(1.0, abs(reference))
+    thresholds = [next((it for it in sorted(iters) if means[(width, s, it)] >= cutoff), None) for s in sizes]
+    return reference, thresholds
+
+
+def _t975(df):
+    """Student's t quantile at 0.975 (the two-sided 95% interval), in closed form: df=1 is the Cauchy
+    distribution, tan(pi (p - 1/2)); df=2 has F(t) = 1/2 + t / (2 sqrt(2 + t^2))."""
+    if df == 1:
+        return math.tan(math.pi * 0.475)
+    if df == 2:
+        a = 2 * 0.975 - 1
+        return a * math.sqrt(2 / (1 - a * a))
+    raise AssertionError(f"no closed form here for {df} degrees of freedom")
+
+
+def _ci95(values):
+    """Half width of the 95% t-interval of the mean: t * sd (n - 1 in the denominator) / sqrt(n)."""
+    n, mean = len(values), sum(values) / len(values)
+    sd = math.sqrt(sum((v - mean) ** 2 for v in values) / (n - 1))
+    return _t975(n - 1) * sd / math.sqrt(n)
+
+
+def _trials_suffix(counts):
+    lo, hi = min(counts), max(counts)
+    return f", {lo} trials" if lo == hi else f", {lo}-{hi} trials"
+
+
 def test_figure1_draws_the_cell_means_and_the_red_line_through_the_thresholds(tmp_path, drawn):
-    rows = staircase_rows(never_size=200)
+    rows = _varied_rows(never_size=200)
     plotting.plot_figure1(rows, tmp_path / "f1.png")
     (fig,) = drawn
-    means = _cell_means(rows)
+    pruned = {c: float(np.mean(v)) for c, v in _cells(rows, "pruned_accuracy").items()}
+    dense = {c: float(np.mean(v)) for c, v in _cells(rows, "dense_accuracy").items()}
+    counts = {c: len(v) for c, v in _cells(rows, "pruned_accuracy").items()}
     sizes, iters = [100, 200, 400, 800], [0, 25, 50, 75, 100]
-    for ax, width in zip(_panels(fig, 2), (8, 32)):
-        assert ax.get_title().startswith(f"width {width}")
-        image = ax.images[0].get_array()
-        expected = np.array([[means[(width, s, it)] for it in iters] for s in sizes])
-        np.testing.assert_allclose(np.ma.getdata(image), expected, rtol=0, atol=1e-12)  # rows = sizes, bottom up
-        assert [t.get_text() for t in ax.get_yticklabels()] == ["100", "200", "400", "800"]
-        assert [t.get_text() for t in ax.get_xticklabels()] == [str(i) for i in iters]
-        red = [line for line in ax.lines if line.get_color() == "red" and line.get_linestyle() == "-"]
+    # one colour scale for both maps of every width: the range of all the cell means
+    lo, hi = min(min(pruned.values()), min(dense.values())), max(max(pruned.values()), max(dense.values()))
+    panels = _panels(fig, 4)  # per width (rows of panels, ascending): the pruned map, then the dense map
+    for width, (pax, dax) in zip((8, 32), (panels[0:2], panels[2:4])):
+        suffix = _trials_suffix([n for (w, _, _), n in counts.items() if w == width])
+        assert pax.get_title() == f"pruned, width {width}{suffix}" == f"pruned, width {width}, 2 trials"
+        assert dax.get_title() == f"dense, width {width}{suffix}"
+        for ax, means in ((pax, pruned), (dax, dense)):
+            image = ax.images[0]
+            expected = np.array([[means[(width, s, it)] for it in iters] for s in sizes])  # rows = sizes, bottom up
+            np.testing.assert_allclose(np.ma.getdata(image.get_array()), expected, rtol=0, atol=1e-12)
+            assert image.origin == "lower"
+            assert image.norm.vmin == pytest.approx(lo, abs=1e-12) and image.norm.vmax == pytest.approx(hi, abs=1e-12)
+            assert [t.get_text() for t in ax.get_yticklabels()] == [str(s) for s in sizes]
+            assert [t.get_text() for t in ax.get_xticklabels()] == [str(i) for i in iters]
+            texts = {tuple(t.get_position()): t.get_text() for t in ax.texts}
+            assert texts == {(j, i): f"{means[(width, s, it)]:.2f}"
+                             for i, s in enumerate(sizes) for j, it in enumerate(iters)}
+        # the red line, on the pruned map only, through each size's threshold cell (x = column, y = size row)
+        reference, thresholds = _red_line_thresholds(pruned, width, sizes, iters)
+        assert thresholds == [25, None, 75, 100]  # the staircase: 200 never reaches it (guards this helper)
+        red = [line for line in pax.lines if line.get_color() == "red" and line.get_linestyle() == "-"]
         assert len(red) == 1
-        # size 100 first reaches 0.9 at iteration 25 (column 1); 200 never; 400 at 75; 800 at 100
-        np.testing.assert_array_equal(red[0].get_xdata(), [1, np.nan, 3, 4])
-        np.testing.assert_array_equal(red[0].get_ydata(), [0, 1, 2, 3])
-        never = [line for line in ax.lines if line.get_marker() == "<"]
-        assert len(never) == 1 and list(never[0].get_ydata()) == [1]
-        boxes = sorted((p.get_x() + 0.5, p.get_y() + 0.5) for p in ax.patches)
-        assert boxes == [(1.0, 0.0), (3.0, 2.0), (4.0, 3.0)]  # the threshold cells, outlined
-        texts = {(t.get_position()): t.get_text() for t in ax.texts}
-        assert texts[(1, 0)] == f"{means[(width, 100, 25)]:.2f}" and texts[(0, 3)] == f"{means[(width, 800, 0)]:.2f}"
+        xs = [iters.index(t) if t is not None else np.nan for t in thresholds]
+        np.testing.assert_array_equal(red[0].get_xdata(), xs)
+        np.testing.assert_array_equal(red[0].get_ydata(), range(len(sizes)))
+        boxes = sorted((p.get_x() + 0.5, p.get_y() + 0.5) for p in pax.patches)  # the threshold cells, outlined
+        assert boxes == sorted((float(x), float(i)) for i, x in enumerate(xs) if not np.isnan(x))
+        never = [line for line in pax.lines if line.get_marker() == "<"]
+        assert len(never) == 1
+        assert list(never[0].get_ydata()) == [i for i, t in enumerate(thresholds) if t is None]
+        assert list(never[0].get_xdata()) == [len(iters) - 0.5]  # at the right edge
+        assert not dax.lines and not dax.patches  # no red line on the dense map
 
 
 def test_figure1_leaves_missing_cells_blank(tmp_path, drawn):
@@ -289,26 +366,42 @@ def test_figure1_leaves_missing_cells_blank(tmp_path, drawn):
 
 
 def test_accuracy_curves_draw_pruned_and_dense_means_and_the_reference(tmp_path, drawn):
-    rows = staircase_rows()
+    rows = _varied_rows(third_trial_size=400)
     plotting.plot_accuracy_curves(rows, tmp_path / "c.png")
     (fig,) = drawn
-    pruned, dense = _cell_means(rows), _cell_means(rows, "dense_accuracy")
+    pruned_cells, dense_cells = _cells(rows, "pruned_accuracy"), _cells(rows, "dense_accuracy")
+    pruned = {c: sum(v) / len(v) for c, v in pruned_cells.items()}
+    dense = {c: sum(v) / len(v) for c, v in dense_cells.items()}
     sizes, iters = [100, 200, 400, 800], [0, 25, 50, 75, 100]
+    colours = []
     for ax, width in zip(_panels(fig, 2), (8, 32)):
+        counts = [len(v) for (w, _, _), v in pruned_cells.items() if w == width]
+        assert ax.get_title() == f"width {width}{_trials_suffix(counts)}"
         solid = [line for line in ax.lines if line.get_linestyle() == "-"]
         dashed = [line for line in ax.lines if line.get_linestyle() == "--"]
         dotted = [line for line in ax.lines if line.get_linestyle() == ":"]
-        assert len(solid) == len(dashed) == 4 and len(dotted) == 1
-        for s, line, dline in zip(sizes, solid, dashed):
+        assert len(solid) == len(dashed) == len(ax.collections) == len(sizes) and len(dotted) == 1
+        for s, line, dline, band in zip(sizes, solid, dashed, ax.collections):
             np.testing.assert_array_equal(line.get_xdata(), iters)
-            np.testing.assert_allclose(line.get_ydata(), [pruned[(width, s, it)] for it in iters], atol=1e-12)
-            np.testing.assert_allclose(dline.get_ydata(), [dense[(width, s, it)] for it in iters], atol=1e-12)
-            assert line.get_color() == dline.get_color()  # a size's pruned and dense curves share a colour
+            np.testing.assert_array_equal(dline.get_xdata(), iters)
+            np.testing.assert_allclose(line.get_ydata(), [pruned[(width, s, it)] for it in iters], rtol=0, atol=1e-12)
+            np.testing.assert_allclose(dline.get_ydata(), [dense[(width, s, it)] for it in iters], rtol=0, atol=1e-12)
+            # a size's pruned curve, its band and its dense curve share a colour
+            assert line.get_color() == dline.get_color()
+            np.testing.assert_allclose(band.get_facecolor()[0][:3], matplotlib.colors.to_rgb(line.get_color()))
+            colours.append(matplotlib.colors.to_hex(line.get_color()))
+            # the band: the 95% t-interval of the pruned mean over the cell's trials, at every iteration
+            vertices = band.get_paths()[0].vertices
+            assert set(vertices[:, 0]) == set(iters)
+            for it in iters:
+                ys = vertices[vertices[:, 0] == it, 1]
+                half = _ci95(pruned_cells[(width, s, it)])
+                assert ys.min() == pytest.approx(pruned[(width, s, it)] - half, abs=1e-9)
+                assert ys.max() == pytest.approx(pruned[(width, s, it)] + half, abs=1e-9)
         # the reference: the best mean pruned accuracy of the largest size
-        assert dotted[0].get_ydata()[0] == pytest.approx(max(pruned[(width, 800, it)] for it in iters))
-        # the +-std band: trials differ by +-0.01, so the population std is 0.01 everywhere
-        band = ax.collections[0].get_paths()[0].vertices[:, 1]
-        assert band.min() == pytest.approx(min(pruned[(width, 100, it)] for it in iters) - 0.01, abs=1e-9)
+        reference, _ = _red_line_thresholds(pruned, width, sizes, iters)
+        np.testing.assert_allclose(dotted[0].get_ydata(), [reference, reference], rtol=0, atol=1e-12)
+    assert len(set(colours[:4])) == 4 and colours[:4] == colours[4:]  # one colour per size, the same in each panel
 
 
 def lemma_rows():
