@@ -53,7 +53,7 @@ SENTENCES = [
 def _vocab():
     special = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
     chars = list("abcdefghijklmnopqrstuvwxyz.,")
-    return special + WORDS + chars + ["##" + c for c in chars]
+    return list(dict.fromkeys(special + WORDS + chars + ["##" + c for c in chars]))  # no duplicates
 
 
 def make_tokenizer(tmp_path, extra: int = 0):
