@@ -1,0 +1,208 @@
+"""``prune_transformer``: FFN neurons and attention heads of a BERT-family encoder, layer by layer.
+
+Each encoder layer is pruned in order against the inputs that the already-pruned layers below it
+produce (sequential pruning): its heads first (if ``heads_keep`` is given), then its FFN neurons on the
+outputs of the pruned attention, and the calibration batches are carried through the pruned layer to
+the next one. Within a layer a block is pruned from the statistics of its output projection's inputs
+(:mod:`~greedyprune.transformers.stats`) by one of the methods of :mod:`~greedyprune.transformers.criteria`;
+its target is the dense block's output *on those same inputs*.
+"""
+from __future__ import annotations
+
+import copy
+import time
+
+import torch
+
+from ..checks import check_choice, check_int, check_number
+from ..result import PruneResult
+from . import criteria
+from .stats import capture_layer_inputs, finish_ffn, input_stats, module_inputs, run_layer
+from .support import MIN_CALIBRATION_TOKENS, encoder_of, prepare_calibration, require_transformers
+from .surgery import head_size, shrink_ffn, shrink_heads
+
+__all__ = ["DEFAULT_REFIT", "DEFAULT_RIDGE", "REFITS", "prune_transformer"]
+
+REFITS = (None, "lstsq")
+
+DEFAULT_REFIT = "lstsq"
+"""Re-solve the kept output columns by default: see the README's measurements (the GFS count scale
+alone moves the embeddings far from the dense model's once fewer than ~3/4 of the neurons are kept)."""
+
+DEFAULT_RIDGE = 0.5
+"""Ridge of the refit (``lam = ridge * |K| * mean per-token variance``, see :func:`criteria.refit_lstsq`),
+chosen from held-out block errors on MiniLM at 859 to 15,688 calibration tokens (``bench/transformer.py
+--ridge-sweep``; README)."""
+
+
+def _count_params(model) -> int:
+    return sum(p.numel() for p in model.parameters())
+
+
+def _check_args(ffn_keep, heads_keep, method, refit, ridge, layers, n_layers):
+    ffn_keep = check_number("ffn_keep", ffn_keep, low=0, high=1, low_open=True, allow_none=True)
+    heads_keep = check_number("heads_keep", heads_keep, low=0, high=1, low_open=True, allow_none=True)
+    if ffn_keep is None and heads_keep is None:
+        raise ValueError("nothing to prune: give ffn_keep and/or heads_keep, fractions in (0, 1] of the FFN neurons "
+                         "and attention heads to keep in each layer")
+    check_choice("method", method, criteria.METHODS)
+    check_choice("refit", refit, REFITS)
+    ridge = check_number("ridge", ridge, low=0)
+    if layers is None:
+        layers = range(n_layers)
+    if isinstance(layers, (str, bytes)) or not hasattr(layers, "__iter__"):
+        raise TypeError(f"layers must be a list of layer indices or None, got {type(layers).__name__}")
+    layers = {check_int("layers[]", i, 0, maximum=n_layers - 1) for i in layers}
+    return ffn_keep, heads_keep, ridge, layers
+
+
+def prune_transformer(model, calibration, *, tokenizer=None, ffn_keep: float | None = None,
+                      heads_keep: float | None = None, method: str = "gfs", refit: str | None = DEFAULT_REFIT,
+                      ridge: float = DEFAULT_RIDGE, replacement: bool = True, max_steps: int | None = None,
+                      layers=None, batch_size: int = 32, max_length: int = 128,
+                      min_tokens: int = MIN_CALIBRATION_TOKENS, seed: int = 0, inplace: bool = False,
+                      progress: bool = False) -> PruneResult:
+    """Prune the FFN neurons and/or attention heads of every layer of a BERT-family encoder.
+
+    Args:
+        model: a ``transformers.BertModel`` or a model built on one (``BertFor...``); see
+            :data:`~greedyprune.transformers.support.SUPPORTED`.
+        calibration: a list of sentences (with ``tokenizer``) or a tokenised dict with ``input_ids``
+            (and ``attention_mask``).
+        tokenizer: the model's tokenizer (for sentences).
+        ffn_keep: fraction in (0, 1] of each layer's FFN neurons to keep (``round(f * N)``, at least 1);
+            None leaves the FFNs alone.
+        heads_keep: fraction in (0, 1] of each layer's attention heads to keep; None leaves them alone.
+        method: ``"gfs"`` (greedy forward selection on the block's local objective), or a baseline:
+            ``"magnitude"``, ``"wanda"`` (Wanda-sp), ``"flap"`` (FLAP's fluctuation metric with bias
+            compensation), ``"random"``. See :mod:`greedyprune.transformers.criteria`.
+        refit: ``"lstsq"`` (default) re-solves the kept output-projection columns and bias by ridge
+            regression on the calibration tokens (towards the kept units' pretrained columns); None
+            keeps the method's own weights (GFS: scaled by ``N * count / k``; FLAP: bias compensated).
+        ridge: the refit's ridge: ``lam = ridge * |K| * mean per-token variance of the kept channels``.
+        replacement: GFS with replacement (Algorithm 1); a keep fraction is then a number of *distinct*
+            units, and the selection runs until that many are chosen (see ``criteria.gfs_select``).
+        max_steps: GFS step limit per block (default 50 * N).
+        layers: indices of the encoder layers to prune (default all).
+        batch_size, max_length: calibration sentences per forward pass, tokens per sentence.
+        min_tokens: fewest calibration tokens accepted (padding not counted).
+        seed: seeds the ``"random"`` baseline.
+        inplace: prune ``model`` itself instead of a copy.
+        progress: a progress bar over the layers.
+
+    Returns:
+        A :class:`~greedyprune.result.PruneResult`: ``model`` (physically smaller; heads' and neurons'
+        kept indices in ``kept`` under ``"encoder.layer.L.attention"`` / ``"encoder.layer.L.intermediate"``),
+        ``counts`` (GFS), ``layers`` (per block: units, kept, steps, ``loss`` = the block's relative
+        reconstruction error ``||y_pruned - y||^2 / ||y - b||^2`` on the calibration tokens where measured
+        (GFS or a refit), ``loss_before_refit``, seconds, and the GFS ``selection``), ``report``
+        (parameters, seconds, settings).
+
+    Raises:
+        ImportError: the optional extra is not installed (the message names the install command).
+        UnsupportedModelError (a TypeError): not a supported encoder.
+        ValueError: keep fractions outside (0, 1], empty or too-short calibration, tokenizer/model mismatch.
+    """
+    require_transformers()
+    base = encoder_of(model)
+    n_layers = len(base.encoder.layer)
+    ffn_keep, heads_keep, ridge, layer_set = _check_args(ffn_keep, heads_keep, method, refit, ridge, layers,
+                                                         n_layers)
+    max_steps = check_int("max_steps", max_steps, 1, allow_none=True)
+    if not isinstance(replacement, bool):
+        raise TypeError(f"replacement must be True or False, got {type(replacement).__name__}")
+    start = time.perf_counter()
+    calib = prepare_calibration(calibration, base, tokenizer=tokenizer, batch_size=batch_size,
+                                max_length=max_length, min_tokens=min_tokens)
+    params_before = _count_params(model)
+    if not inplace:
+        model = copy.deepcopy(model)
+        base = encoder_of(model)
+    was_training = model.training
+    model.eval()
+    generator = torch.Generator().manual_seed(check_int("seed", seed, 0))
+    options = dict(method=method, refit=refit, ridge=ridge, replacement=replacement, max_steps=max_steps,
+                   generator=generator)
+    result = PruneResult(model=model, kept={}, method=method)
+    with torch.no_grad():
+        _prune_layers(result, base, calib.batches, ffn_keep, heads_keep, layer_set, progress, options)
+    model.train(was_training)
+    result.report.update(params_before=params_before, params_after=_count_params(model),
+                         seconds=time.perf_counter() - start, method=method, refit=refit, ridge=ridge,
+                         ffn_keep=ffn_keep, heads_keep=heads_keep, replacement=replacement,
+                         calibration_sentences=calib.sentences, calibration_tokens=calib.tokens)
+    return result
+
+
+def _prune_layers(result, base, batches, ffn_keep, heads_keep, layer_set, progress, options) -> None:
+    """Prune the encoder's layers in order, each on the outputs of the already-pruned layers below it."""
+    n_layers = len(base.encoder.layer)
+    steps = range(n_layers)
+    if progress:
+        from tqdm.auto import tqdm
+
+        steps = tqdm(steps, desc=f"pruning ({options['method']})", unit="layer")
+    inputs = capture_layer_inputs(base, batches)
+    masks = [item.mask for item in inputs]
+    for li in steps:
+        layer = base.encoder.layer[li]
+        last = li == n_layers - 1
+        if li in layer_set and heads_keep is not None:
+            context = module_inputs(layer, layer.attention.output.dense, inputs)
+            _prune_block(result, f"encoder.layer.{li}.attention", layer, "heads", context, masks, heads_keep,
+                         **options)
+            del context
+        if li in layer_set and ffn_keep is not None:
+            attended = module_inputs(layer, layer.intermediate, inputs)
+            _prune_block(result, f"encoder.layer.{li}.intermediate", layer, "ffn", attended, masks, ffn_keep,
+                         **options)
+            if not last:
+                inputs = finish_ffn(layer, attended, inputs)
+            del attended
+        elif not last:
+            inputs = run_layer(layer, inputs)
+
+
+def _prune_block(result, name, layer, kind, xs, masks, keep_fraction, *, method, refit, ridge, replacement,
+                 max_steps, generator) -> None:
+    """Select and remove the units of one block (``kind`` "ffn" or "heads"), recording what was done."""
+    t0 = time.perf_counter()
+    if kind == "ffn":
+        out, w_in, group, transform = layer.output.dense, layer.intermediate.dense.weight, 1, layer.intermediate
+    else:
+        out, w_in, group, transform = layer.attention.output.dense, layer.attention.self.value.weight, \
+            head_size(layer), None
+    weight = out.weight.detach()
+    bias = out.bias.detach() if out.bias is not None else torch.zeros(weight.shape[0], dtype=weight.dtype)
+    n = weight.shape[1] // group
+    needs_stats = method not in ("magnitude", "random") or refit is not None
+    full = criteria.NEEDS_FULL_STATS[method] or refit is not None
+    stats = input_stats(xs, masks, full=full, transform=transform) if needs_stats else None
+    plan = criteria.plan_block(method, weight, stats, group, criteria.keep_count(keep_fraction, n),
+                               weight_in=w_in.detach(), generator=generator, replacement=replacement,
+                               max_steps=max_steps)
+    channels = criteria.channels_of(plan.keep, group)
+    new_full = weight.to(torch.float64) * plan.scale.repeat_interleave(group).reshape(1, -1)
+    bias_delta = plan.bias_delta
+    error_before_refit = None
+    if refit == "lstsq":
+        error_before_refit = criteria.reconstruction_error(weight, stats, new_full, bias_delta)
+        kept_cols, new_bias = criteria.refit_lstsq(weight, bias, stats, channels, ridge)
+        new_full = torch.zeros_like(new_full)
+        new_full[:, channels] = kept_cols
+        bias_delta = new_bias - bias.to(torch.float64)
+    error = criteria.reconstruction_error(weight, stats, new_full, bias_delta) if full else None
+    new_bias = None if bias_delta is None or out.bias is None else bias.to(torch.float64) + bias_delta
+    to = dict(dtype=weight.dtype, device=weight.device)
+    cols = new_full[:, channels].to(**to)
+    new_bias = None if new_bias is None else new_bias.to(**to)
+    shrink = shrink_ffn if kind == "ffn" else shrink_heads
+    shrink(layer, plan.keep, cols, new_bias)
+    result.kept[name] = plan.keep.tolist()
+    if plan.counts is not None:
+        result.counts[name] = plan.counts.tolist()
+    sel = plan.selection
+    result.layers.append({"name": name, "kind": kind, "units": n, "kept": int(plan.keep.numel()),
+                          "steps": None if sel is None else sel.k, "loss": error,
+                          "loss_before_refit": error_before_refit,
+                          "seconds": time.perf_counter() - t0, "selection": sel})
