@@ -146,12 +146,10 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--fractions", type=lambda s: [float(x) for x in s.split(",")], default=[0.75, 0.5, 0.25],
                    help="FFN keep fractions (default 0.75,0.5,0.25)")
     p.add_argument("--heads", type=float, default=0.5, help="heads keep fraction of the heads rows (0: none)")
-    p.add_argument("--methods", default="gfs,gfs+lstsq,magnitude,wanda,flap,random",
-                   help="methods of every row group; NAME+lstsq adds the least-squares refit (default "
-                        "gfs,gfs+lstsq,magnitude,wanda,flap,random)")
-    p.add_argument("--extra", default="flap+lstsq@0.5",
-                   help="further FFN rows METHOD@FRACTION, comma-separated (default flap+lstsq@0.5: the best "
-                        "baseline with the same refit as GFS)")
+    methods = "gfs,gfs+lstsq,gfs-sum,gfs-sum+lstsq,gfs-ls+lstsq,magnitude,wanda,flap,flap+lstsq,random"
+    p.add_argument("--methods", default=methods,
+                   help=f"methods of every row group; NAME+lstsq adds the least-squares refit (default {methods})")
+    p.add_argument("--extra", default="", help="further FFN rows METHOD@FRACTION, comma-separated")
     p.add_argument("--lemma-steps", type=int, default=6144,
                    help="GFS steps for the Lemma-1 curve (default 4 N; 0: skip it)")
     p.add_argument("--ridge-sweep", action="store_true", help="only the refit's ridge sweep")

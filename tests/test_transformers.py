@@ -117,6 +117,52 @@ def test_gfs_select_stops_at_the_distinct_count_and_repeats_the_long_run():
     assert no_repl.k == 7 and int(no_repl.selected.numel()) == 7
 
 
+def _explicit_sum_and_ls(acts, w2, b2, group, n_keep):
+    """Brute-force greedy: each step tries every free unit and forms the whole error explicitly."""
+    n = w2.shape[1] // group
+    y = acts @ w2.T + b2
+    chans = lambda units: [c for u in units for c in range(u * group, (u + 1) * group)]  # noqa: E731
+    out = {}
+    for form in ("gfs-sum", "gfs-ls"):
+        chosen = []
+        for _ in range(n_keep):
+            best, best_err = None, None
+            for u in (u for u in range(n) if u not in chosen):
+                ch = chans(chosen + [u])
+                xk = acts[:, ch]
+                if form == "gfs-sum":  # kept weights unchanged, the bias takes the removed units' mean
+                    pred = xk @ w2[:, ch].T + b2 + (y - xk @ w2[:, ch].T - b2).mean(dim=0)
+                else:  # least-squares weights and bias
+                    design = torch.cat([xk, torch.ones(len(xk), 1, dtype=xk.dtype)], dim=1)
+                    pred = design @ torch.linalg.lstsq(design, y).solution
+                err = float(((pred - y) ** 2).sum())
+                if best_err is None or err < best_err - 1e-9:
+                    best, best_err = u, err
+            chosen.append(best)
+        out[form] = chosen
+    return out
+
+
+@pytest.mark.parametrize("group", [1, 3])
+def test_sum_and_least_squares_forms_equal_brute_force(group):
+    g = torch.Generator().manual_seed(10 + group)
+    m, d_in, d, n = 80, 5, 4, 7
+    x = torch.randn(m, d_in, generator=g, dtype=torch.float64)
+    acts = torch.nn.functional.gelu(x @ torch.randn(d_in, n * group, generator=g, dtype=torch.float64) + 0.3)
+    w2 = torch.randn(d, n * group, generator=g, dtype=torch.float64)
+    b2 = torch.randn(d, generator=g, dtype=torch.float64)
+    stats = _stats_from(acts)
+    brute = _explicit_sum_and_ls(acts, w2, b2, group, 5)
+    assert criteria.sum_select(w2, stats, group, 5).tolist() == brute["gfs-sum"]
+    assert criteria.ls_select(w2, stats, group, 5).tolist() == brute["gfs-ls"]
+    # plan_block keeps them ascending, with weight 1 and the removed units' mean in the bias
+    for method in ("gfs-sum", "gfs-ls"):
+        plan = criteria.plan_block(method, w2, stats, group, 5)
+        assert plan.keep.tolist() == sorted(brute[method])
+        removed = [c for u in range(n) if u not in brute[method] for c in range(u * group, (u + 1) * group)]
+        torch.testing.assert_close(plan.bias_delta, w2[:, removed] @ acts[:, removed].mean(dim=0))
+
+
 def _block(seed, m=60, big=6, n=10):
     g = torch.Generator().manual_seed(seed)
     x = torch.randn(m, n, generator=g, dtype=torch.float64) + torch.linspace(-1, 1, n, dtype=torch.float64)
@@ -237,7 +283,7 @@ def test_layers_are_pruned_sequentially_on_the_pruned_inputs(tmp_path):
     assert alone.layers[0]["loss"] != pytest.approx(both.layers[1]["loss"], rel=1e-6)
 
 
-@pytest.mark.parametrize("method", ["magnitude", "wanda", "flap", "random"])
+@pytest.mark.parametrize("method", ["gfs-sum", "gfs-ls", "magnitude", "wanda", "flap", "random"])
 def test_baselines_prune_to_the_same_counts(tmp_path, method):
     model = tiny_model(seed=2)
     calib = tokens(tmp_path)
@@ -392,7 +438,7 @@ def test_cli_prunes_a_local_model(tmp_path, capsys):
                  "--baselines"])
     assert code == 0
     printed = capsys.readouterr().out
-    for word in ("dense", "gfs+lstsq", "magnitude", "wanda", "flap", "random", "cosine"):
+    for word in ("dense", "gfs-ls+lstsq", "gfs-sum", "magnitude", "wanda", "flap", "random", "cosine"):
         assert word in printed
     loaded = load_pruned_transformer(out)
     assert loaded.encoder.layer[0].intermediate.dense.out_features == 12
@@ -409,7 +455,7 @@ def test_minilm_end_to_end():
 
     model, tok = load_minilm()
     calib, held = default_sentences(24, 8)
-    res = prune_transformer(model, calib, tokenizer=tok, ffn_keep=0.5, heads_keep=0.5, refit=None)
+    res = prune_transformer(model, calib, tokenizer=tok, ffn_keep=0.5, heads_keep=0.5, method="gfs", refit=None)
     layer = res.model.encoder.layer[0]
     assert layer.intermediate.dense.out_features == 768 and layer.attention.self.num_attention_heads == 6
     enc = tok(held, padding=True, return_tensors="pt")

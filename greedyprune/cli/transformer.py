@@ -21,7 +21,7 @@ per line, or prose). Needs the optional extra: pip install "greedyprune[transfor
 
 def register(sub) -> None:
     from ..transformers.criteria import METHODS
-    from ..transformers.prune import DEFAULT_RIDGE
+    from ..transformers.prune import DEFAULT_METHOD, DEFAULT_RIDGE
 
     p = sub.add_parser("prune-transformer", help="prune the FFN neurons / attention heads of a BERT-family encoder "
                                                  "(default: all-MiniLM-L6-v2); writes the smaller model",
@@ -32,7 +32,9 @@ def register(sub) -> None:
     p.add_argument("--ffn-keep", type=keep, help="fraction (0, 1] of each layer's FFN neurons to keep (default 0.5 "
                                                  "unless --heads-keep alone is given)")
     p.add_argument("--heads-keep", type=keep, help="fraction (0, 1] of each layer's attention heads to keep")
-    p.add_argument("--method", choices=METHODS, default="gfs", help="default gfs")
+    p.add_argument("--method", choices=METHODS, default=DEFAULT_METHOD,
+                   help=f"gfs (Algorithm 1, count scales), gfs-sum (kept weights, bias compensated), gfs-ls "
+                        f"(forward selection with least-squares weights), or a baseline (default {DEFAULT_METHOD})")
     p.add_argument("--refit", choices=["lstsq", "none"], default="lstsq",
                    help="re-solve the kept output weights by ridge least squares (default lstsq), or none")
     p.add_argument("--ridge", type=number(0), default=DEFAULT_RIDGE,

@@ -13,11 +13,12 @@ to install it when it is missing.
 from .criteria import METHODS
 from .evaluate import compare_embeddings, count_parameters, embed, latency, paired_latency
 from .io import load_pruned_transformer, save_pruned_transformer
-from .prune import DEFAULT_REFIT, DEFAULT_RIDGE, REFITS, prune_transformer
+from .prune import DEFAULT_METHOD, DEFAULT_REFIT, DEFAULT_RIDGE, REFITS, prune_transformer
 from .support import INSTALL_HINT, SUPPORTED, UnsupportedModelError, load_minilm, minilm_path
 from .text import default_sentences, read_sentences, split_sentences
 
 __all__ = [
+    "DEFAULT_METHOD",
     "DEFAULT_REFIT",
     "DEFAULT_RIDGE",
     "INSTALL_HINT",

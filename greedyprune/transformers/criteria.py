@@ -14,6 +14,17 @@ squared error of ``(1/k) sum_{S} phi_i`` from the N x N Gram matrix
 which for an FFN neuron is ``N^2 (a_i . a_j)(w2_i . w2_j)``. The (N x tokens x d) tensor is never formed.
 A unit chosen ``count_i`` times in k steps keeps its channels with weight ``N * count_i / k``.
 
+Two more greedy forward selections on the same block objective, for the block's own parameterisation:
+
+* ``gfs-sum``: the standard (sum) parameterisation. Kept units keep their weights, the bias takes the
+  removed units' mean contribution, and each step adds (without replacement) the unit that most lowers
+  ``||sum_S (P_i - mean P_i) - (y - mean y)||^2``, from the centred unit Gram: O(N) per step.
+* ``gfs-ls``: forward selection with least-squares weights (orthogonal matching pursuit on the block's
+  inputs): each step adds the unit whose channels most lower the error of the best least-squares fit of
+  y on the chosen channels, from the centred input Gram (a rank-``group`` update per step, never a
+  refit from scratch). It picks the units for ``refit="lstsq"``; without a refit it keeps the chosen
+  units' own weights and, like ``gfs-sum``, compensates the bias.
+
 Baselines (one score per unit, the top ``n_keep`` kept, ties to the lower index):
 
 * ``magnitude``: ``sum_c ||W_in[c, :]|| ||W[:, c]||`` (for an FFN neuron ``||w1_i|| ||w2_i||``; for a head,
@@ -37,12 +48,16 @@ from ..selection.engine import MAX_STEPS, greedy_forward_selection
 from ..selection.result import SelectionResult
 from .stats import InputStats
 
-__all__ = ["METHODS", "Plan", "gfs_select", "keep_count", "plan_block", "reconstruction_error", "refit_lstsq",
-           "unit_gram", "unit_scores"]
+__all__ = ["GREEDY", "METHODS", "Plan", "gfs_select", "keep_count", "ls_select", "plan_block", "reconstruction_error",
+           "refit_lstsq", "sum_select", "unit_gram", "unit_scores"]
 
-METHODS = ("gfs", "magnitude", "wanda", "flap", "random")
+METHODS = ("gfs", "gfs-sum", "gfs-ls", "magnitude", "wanda", "flap", "random")
 
-NEEDS_FULL_STATS = {"gfs": True, "magnitude": False, "wanda": False, "flap": False, "random": False}
+GREEDY = ("gfs", "gfs-sum", "gfs-ls")
+"""The greedy forward selections (the others are one-score baselines)."""
+
+NEEDS_FULL_STATS = {"gfs": True, "gfs-sum": True, "gfs-ls": True, "magnitude": False, "wanda": False, "flap": False,
+                    "random": False}
 """Whether a method reads the whole Gram of the inputs (else its diagonal and the means are enough)."""
 
 
@@ -51,10 +66,11 @@ def keep_count(fraction: float, n: int) -> int:
     return max(1, min(n, int(fraction * n + 0.5)))
 
 
-def _channel_products(weight: torch.Tensor, stats: InputStats, group: int) -> torch.Tensor:
-    """``G[i, j] = sum over the channel blocks of (X'X) * (W'W)`` = ``sum_t <P_i(t), P_j(t)>`` (N, N)."""
+def _channel_products(weight: torch.Tensor, stats: InputStats, group: int, centred: bool = False) -> torch.Tensor:
+    """``G[i, j] = sum over the channel blocks of (X'X) * (W'W)`` = ``sum_t <P_i(t), P_j(t)>`` (N, N);
+    ``centred``: of the contributions minus their means over the tokens (the covariance for X'X)."""
     w = weight.to(torch.float64)
-    per_channel = stats.gram * (w.T @ w)
+    per_channel = (stats.covariance if centred else stats.gram) * (w.T @ w)
     n = per_channel.shape[0] // group
     return per_channel.reshape(n, group, n, group).sum(dim=(1, 3))
 
@@ -123,6 +139,66 @@ def _cut(res: SelectionResult, steps: int, n_keep: int) -> SelectionResult:
                                                                              "steps_run": res.k})
 
 
+def sum_select(weight: torch.Tensor, stats: InputStats, group: int, n_keep: int) -> torch.Tensor:
+    """``gfs-sum``: greedy forward selection of ``n_keep`` units for the sum ``sum_S P_i`` (see the module
+    docstring), from the centred unit Gram. Returns the chosen units in the order chosen."""
+    g = _channel_products(weight, stats, group, centred=True)
+    cross = g.sum(dim=1)  # <P_j - mean, y - mean y>
+    diag = torch.diagonal(g)
+    current = torch.zeros_like(cross)  # <P_j, sum of the chosen>
+    free = torch.ones(g.shape[0], dtype=torch.bool)
+    order = []
+    for _ in range(n_keep):
+        # ||s + P_j - y||^2 - ||s - y||^2 = ||P_j||^2 + 2 <P_j, s> - 2 <P_j, y>
+        delta = torch.where(free, diag + 2.0 * (current - cross), torch.inf)
+        j = int(torch.argmin(delta))
+        order.append(j)
+        free[j] = False
+        current += g[:, j]
+    return torch.tensor(order, dtype=torch.long)
+
+
+def ls_select(weight: torch.Tensor, stats: InputStats, group: int, n_keep: int) -> torch.Tensor:
+    """``gfs-ls``: forward selection of ``n_keep`` units with least-squares weights (see the module docstring).
+
+    With ``A`` the centred input Gram with the chosen channels projected out and ``R = A W'`` (the inputs'
+    covariance with the residual of the current least-squares fit), adding unit u lowers the residual's
+    squared error by ``trace(R_u' A_uu^-1 R_u)``. ``A`` is never updated as a whole: the chosen channels'
+    projected columns are kept as a basis ``B`` (``A = cov - B B'``), so a step costs O(D * chosen + D * d).
+    Returns the chosen units in the order chosen."""
+    w = weight.to(torch.float64)
+    cov = stats.covariance
+    size = cov.shape[0]
+    n = size // group
+    r = cov @ w.T  # (D, d)
+    blocks = cov.reshape(n, group, n, group).diagonal(dim1=0, dim2=2).permute(2, 0, 1).clone()  # A_uu (n, g, g)
+    basis = torch.zeros(size, n_keep * group, dtype=torch.float64)
+    eye = torch.eye(group, dtype=torch.float64)
+    floor = 1e-10 * float(torch.diagonal(cov).max().clamp_min(1e-300))
+    free = torch.ones(n, dtype=torch.bool)
+    order = []
+    for step in range(n_keep):
+        rs = r.reshape(n, group, -1)
+        if group == 1:
+            pivots = blocks.reshape(n)
+            gain = (rs.reshape(n, -1) ** 2).sum(dim=1) / pivots.clamp_min(floor)
+            gain = torch.where(pivots > floor, gain, torch.zeros_like(gain))
+        else:
+            gain = (rs * torch.linalg.solve(blocks + floor * eye, rs)).sum(dim=(1, 2))
+        u = int(torch.argmax(torch.where(free, gain, -torch.inf)))
+        order.append(u)
+        free[u] = False
+        ch, used = slice(u * group, (u + 1) * group), step * group
+        cols = cov[:, ch] - basis[:, :used] @ basis[ch, :used].T  # A[:, ch]
+        chol = torch.linalg.cholesky(cols[ch] + floor * eye)
+        new = torch.linalg.solve_triangular(chol, cols.T, upper=False).T  # A[:, ch] A_uu^(-1/2)
+        basis[:, used:used + group] = new
+        r -= new @ torch.linalg.solve_triangular(chol, r[ch], upper=False)
+        unit_rows = new.reshape(n, group, group)
+        blocks -= unit_rows @ unit_rows.transpose(1, 2)
+    return torch.tensor(order, dtype=torch.long)
+
+
 def unit_scores(method: str, weight: torch.Tensor, stats: InputStats | None, group: int,
                 weight_in: torch.Tensor | None = None) -> torch.Tensor:
     """One score per unit for the baselines (higher is kept first); see the module docstring."""
@@ -164,7 +240,9 @@ def plan_block(method: str, weight: torch.Tensor, stats: InputStats | None, grou
         sel = gfs_select(gram, cross, target_norm, stats.tokens, n_keep, replacement=replacement, max_steps=max_steps)
         scale = n * sel.counts.to(torch.float64) / sel.k
         return Plan(keep=sel.selected, scale=scale, bias_delta=None, counts=sel.counts, selection=sel)
-    if method == "random":
+    if method in ("gfs-sum", "gfs-ls"):
+        keep = (sum_select if method == "gfs-sum" else ls_select)(weight, stats, group, n_keep).sort().values
+    elif method == "random":
         keep = torch.randperm(n, generator=generator)[:n_keep].sort().values
     else:
         scores = unit_scores(method, weight, stats, group, weight_in)
@@ -172,7 +250,7 @@ def plan_block(method: str, weight: torch.Tensor, stats: InputStats | None, grou
         keep = order[:n_keep].sort().values
     scale[keep] = 1.0
     bias_delta = None
-    if method == "flap":
+    if method in ("flap", "gfs-sum", "gfs-ls"):
         removed = (scale == 0).repeat_interleave(group)
         bias_delta = weight.to(torch.float64)[:, removed] @ stats.mean[removed]
     return Plan(keep=keep, scale=scale, bias_delta=bias_delta, counts=None, selection=None)
