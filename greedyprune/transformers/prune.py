@@ -35,7 +35,7 @@ alone moves the embeddings far from the dense model's once fewer than ~3/4 of th
 
 DEFAULT_RIDGE = 0.5
 """Ridge of the refit (``lam = ridge * |K| * mean per-token variance``, see :func:`criteria.refit_lstsq`),
-chosen from held-out block errors on MiniLM at 859 to 15,688 calibration tokens (``bench/transformer.py
+chosen from held-out block errors on MiniLM at 874 to 15,870 calibration tokens (``bench/transformer.py
 --ridge-sweep``; README)."""
 
 
