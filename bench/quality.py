@@ -53,8 +53,9 @@ from greedyprune.training.retrain import finetune
 BASELINES = ("l1", "bn", "taylor", "fpgm", "lamp", "random")
 # GFS variants: the default, a least-squares refit of the readers, and scoring with the dense network's stale
 # batch-norm statistics (the public implementation's way; recalibrated only at the end like every method)
-GFS_VARIANTS = {"gfs": {}, "gfs-refit": {"refit": "lstsq"}, "gfs-local": {"objective": "local"},
-                "gfs-running": {"bn": "running", "recalibrate": 0}}
+GFS_VARIANTS = {"gfs": {}, "gfs-network": {"objective": "network"},
+                "gfs-refit": {"objective": "network", "refit": "lstsq"}, "gfs-local-gfs": {"objective": "local-gfs"},
+                "gfs-running": {"objective": "network", "bn": "running", "recalibrate": 0}}
 
 
 def parse_args(argv=None):
@@ -181,7 +182,7 @@ def run(args) -> list[dict]:
                     if (name, seed, budget, variant, "own") in done and not needed:
                         continue
                     start = time.perf_counter()
-                    key = (name, seed, extra.get("bn", "batch"))
+                    key = (name, seed, extra.get("bn", "batch"), extra.get("objective", "auto"))
                     rule = FlopsTarget(budget, curves=curves.get(key))
                     result = prune_model(model, (train[0], train[1]), rule=rule, candidates=args.candidates,
                                          batch_size=args.batch_size, seed=seed, device=device, **extra)

@@ -130,15 +130,23 @@ def count_macs(model: nn.Module, input_shape=DEFAULT_INPUT_SHAPE) -> int:
 
 
 def layer_macs(model: nn.Module, input_shape=DEFAULT_INPUT_SHAPE) -> dict[str, int]:
-    """Multiply-adds of every leaf layer (qualified name -> MACs), counted as :func:`count_macs` counts."""
+    """Multiply-adds of every layer that does any (qualified name -> MACs), counted as :func:`count_macs`
+    counts: a module's own operations, i.e. its total minus its children's. A layer that holds a child
+    module - a ``Conv2d`` subclass with a padding module inside, say - is counted with the convolution it
+    computes itself, not lost as a non-leaf."""
     counter = _flop_counts(model, input_shape)
-    leaf = {n for n, m in model.named_modules() if n and not list(m.children())}
     prefix = type(model).__name__ + "."  # FlopCounterMode names layers "<ModelClass>.<qualified name>"
-    out = {}
+    totals = {}
     for key, ops in counter.get_flop_counts().items():
-        name = key[len(prefix):] if key.startswith(prefix) else key
-        if name in leaf:
-            out[name] = sum(ops.values()) // 2
+        if key.startswith(prefix):
+            totals[key[len(prefix):]] = sum(ops.values())
+    out = {}
+    for name, module in model.named_modules():
+        if not name or name not in totals:
+            continue
+        own = totals[name] - sum(totals.get(f"{name}.{child}", 0) for child, _ in module.named_children())
+        if own > 0:
+            out[name] = own // 2
     return out
 
 

@@ -87,7 +87,7 @@ def _data(shape, n=96, seed=0, classes=10):
 def test_fast_search_chooses_the_same_channels_as_the_reference():
     model = _randomize_bn(get_model("resnet8", in_channels=1, width=8, seed=0))
     X, y = _data((1, 28, 28))
-    opts = dict(keep_ratio=0.5, candidates=5, batch_size=16, seed=3)
+    opts = dict(objective="network", keep_ratio=0.5, candidates=5, batch_size=16, seed=3)
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # no silent fallback to the reference
         fast = prune_model(model, (X, y), method="fast", **opts)
@@ -114,7 +114,7 @@ def _brute_force_step(model, group, counts, cand, x, y):
 def test_first_selection_is_the_argmin_of_a_brute_force_loop():
     model = _randomize_bn(get_model("resnet8", in_channels=1, width=8, seed=1))
     X, y = _data((1, 28, 28), n=32)
-    result = prune_model(model, (X, y), keep_ratio=0.25, candidates=None, batch_size=32, seed=0)
+    result = prune_model(model, (X, y), objective="network", keep_ratio=0.25, candidates=None, batch_size=32, seed=0)
     _, groups = find_groups(copy.deepcopy(model), X[:1])
     first = groups[0]
     losses = _brute_force_step(model, first, torch.zeros(first.channels, dtype=torch.long),
@@ -127,12 +127,12 @@ def test_first_selection_is_the_argmin_of_a_brute_force_loop():
 def test_keep_ratio_and_flops_target_and_report():
     model = _randomize_bn(get_model("resnet8", in_channels=1, width=8, seed=0))
     X, y = _data((1, 28, 28))
-    r = prune_model(model, (X, y), keep_ratio=0.5, candidates=4, batch_size=16)
+    r = prune_model(model, (X, y), objective="network", keep_ratio=0.5, candidates=4, batch_size=16)
     for g in r.layers:
         assert g["kept"] == max(1, round(0.5 * g["channels"]))
     assert r.report["macs_after"] == count_macs(r.model, X[:1])
     assert r.report["params_after"] == sum(p.numel() for p in r.model.parameters())
-    f = prune_model(model, (X, y), flops_target=0.5, candidates=4, batch_size=16)
+    f = prune_model(model, (X, y), objective="network", flops_target=0.5, candidates=4, batch_size=16)
     ratio = f.report["macs_after"] / f.report["macs_before"]
     assert 0.8 * 0.5 < ratio <= 0.5  # meets the target, and not far under it (tests/test_rules.py: the largest fit)
     # the dense model is untouched
@@ -142,17 +142,17 @@ def test_keep_ratio_and_flops_target_and_report():
 def test_tolerance_rules_stop_early_and_same_seed_is_deterministic():
     model = _randomize_bn(get_model("resnet8", in_channels=1, width=8, seed=0))
     X, y = _data((1, 28, 28))
-    loose = prune_model(model, (X, y), epsilon=10.0, candidates=4, batch_size=16)
+    loose = prune_model(model, (X, y), epsilon=10.0, objective="network", candidates=4, batch_size=16)
     assert all(g["steps"] == 1 for g in loose.layers)  # a 10x loss gap is met by the first channel
-    a = prune_model(model, (X, y), accuracy_tolerance=0.5, candidates=4, batch_size=16, seed=5)
-    b = prune_model(model, (X, y), accuracy_tolerance=0.5, candidates=4, batch_size=16, seed=5)
+    a = prune_model(model, (X, y), accuracy_tolerance=0.5, objective="network", candidates=4, batch_size=16, seed=5)
+    b = prune_model(model, (X, y), accuracy_tolerance=0.5, objective="network", candidates=4, batch_size=16, seed=5)
     assert a.kept == b.kept and a.counts == b.counts
 
 
 def test_replacement_can_choose_a_channel_twice_and_folds_its_weight():
     model = _randomize_bn(get_model("resnet8", in_channels=1, width=8, seed=0))
     X, y = _data((1, 28, 28))
-    r = prune_model(model, (X, y), keep_ratio=0.5, replacement=True, max_steps=12, candidates=None, batch_size=16)
+    r = prune_model(model, (X, y), objective="network", keep_ratio=0.5, replacement=True, max_steps=12, candidates=None, batch_size=16)
     assert any(max(c) >= 2 for c in r.counts.values())
     for name, counts in r.counts.items():
         assert r.kept[name] == [i for i, c in enumerate(counts) if c > 0]
@@ -182,7 +182,7 @@ def test_data_loader_and_finetune(tmp_path):
     model = _randomize_bn(get_model("resnet8", in_channels=1, width=8, seed=0))
     X, y = _data((1, 28, 28))
     loader = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(X, y), batch_size=16)
-    r = prune_model(model, loader, keep_ratio=0.5, candidates=3, finetune_steps=2)
+    r = prune_model(model, loader, objective="network", keep_ratio=0.5, candidates=3, finetune_steps=2)
     assert r.report["eval_examples"] == 96
     path = tmp_path / "pruned.pt"
     save_pruned(path, r, name="resnet8", model_kwargs={"in_channels": 1, "width": 8})
@@ -244,7 +244,7 @@ def test_a_layer_torch_pruning_cannot_handle_is_named():
     with pytest.raises(UnsupportedLayerError, match="'scale'.*skip="):
         prune_model(_Custom(), (X, y), keep_ratio=0.5)
     # skipping the layers that write those channels leaves the group whole, and the rest prunes
-    r = prune_model(_Custom(), (X, y), keep_ratio=0.5, extra_skip=["conv"], candidates=2)
+    r = prune_model(_Custom(), (X, y), objective="network", keep_ratio=0.5, extra_skip=["conv"], candidates=2)
     assert list(r.kept) == ["head"]
 
 
@@ -254,7 +254,7 @@ def test_baselines_keep_the_same_channels_per_group(criterion):
 
     model = _randomize_bn(get_model("resnet8", in_channels=1, width=8, seed=0))
     X, y = _data((1, 28, 28))
-    gfs = prune_model(model, (X, y), keep_ratio=0.5, candidates=3, batch_size=16)
+    gfs = prune_model(model, (X, y), objective="network", keep_ratio=0.5, candidates=3, batch_size=16)
     keep = {name: len(idx) for name, idx in gfs.kept.items()}
     result = prune_like(model, keep, criterion, data=(X, y), batch_size=16)
     base = result.model
@@ -281,7 +281,7 @@ def test_l1_baseline_keeps_the_largest_filters():
 def _distributed_prune(rank_unused=None):
     model = _randomize_bn(get_model("resnet8", in_channels=1, width=8, seed=0))
     X, y = _data((1, 28, 28))
-    result = prune_model(model, (X, y), keep_ratio=0.5, candidates=5, batch_size=16, seed=3, distributed=True)
+    result = prune_model(model, (X, y), objective="network", keep_ratio=0.5, candidates=5, batch_size=16, seed=3, distributed=True)
     return result.kept, result.counts, [g["loss"] for g in result.layers], result.model.state_dict()
 
 
@@ -290,7 +290,7 @@ def test_distributed_prune_model_matches_one_process():
 
     model = _randomize_bn(get_model("resnet8", in_channels=1, width=8, seed=0))
     X, y = _data((1, 28, 28))
-    single = prune_model(model, (X, y), keep_ratio=0.5, candidates=5, batch_size=16, seed=3)
+    single = prune_model(model, (X, y), objective="network", keep_ratio=0.5, candidates=5, batch_size=16, seed=3)
     kept, counts, losses, state = launch(_distributed_prune, 2, timeout_s=60)
     assert kept == single.kept and counts == single.counts
     torch.testing.assert_close(torch.tensor(losses), torch.tensor([g["loss"] for g in single.layers]))
@@ -302,7 +302,7 @@ def test_distributed_needs_a_process_group():
     model = get_model("resnet8", in_channels=1, width=8, seed=0)
     X, y = _data((1, 28, 28), n=16)
     with pytest.raises(ValueError, match="process group"):
-        prune_model(model, (X, y), keep_ratio=0.5, distributed=True)
+        prune_model(model, (X, y), objective="network", keep_ratio=0.5, distributed=True)
 
 
 def test_a_fast_search_that_disagrees_with_full_forwards_falls_back_to_the_reference(monkeypatch):
@@ -310,7 +310,7 @@ def test_a_fast_search_that_disagrees_with_full_forwards_falls_back_to_the_refer
 
     model = _randomize_bn(get_model("resnet8", in_channels=1, width=4, seed=0))
     X, y = _data((1, 12, 12), n=48)
-    opts = dict(keep_ratio=0.5, candidates=3, batch_size=16, seed=1)
+    opts = dict(objective="network", keep_ratio=0.5, candidates=3, batch_size=16, seed=1)
     expected = prune_model(model, (X, y), method="reference", **opts)
     real = evaluators.FastEvaluator.evaluate
 

@@ -123,7 +123,7 @@ def test_fast_and_reference_search_choose_what_the_explicit_loop_chooses(arch, c
         recorder = Recorder(KeepRatio(0.5))
         with warnings.catch_warnings():
             warnings.simplefilter("error")  # no silent fallback from the fast search
-            result = prune_model(model, (X, y), rule=recorder, method=method, recalibrate=0, **opts)
+            result = prune_model(model, (X, y), objective="network", rule=recorder, method=method, recalibrate=0, **opts)
         assert all(r["evaluator"] == method for r in result.layers)
         compare(result, recorder, ref, model, X)
 
@@ -136,7 +136,7 @@ def test_tolerance_rules_stop_where_the_loop_computing_them_stops(rule, value):
     ref = reference_prune(model, X, y, rule=rule, value=value, **opts)
     inner = LossGap(value) if rule == "epsilon" else AccuracyTolerance(value)
     recorder = Recorder(inner)
-    result = prune_model(model, (X, y), rule=recorder, recalibrate=0, holdout=0, **opts)
+    result = prune_model(model, (X, y), objective="network", rule=recorder, recalibrate=0, holdout=0, **opts)
     compare(result, recorder, ref, model, X)
     steps = {name: len(s) for name, s in ref.steps.items()}
     assert [r["steps"] for r in result.layers] == list(steps.values())
@@ -157,7 +157,7 @@ def test_recalibration_between_groups_is_what_the_loop_does():
     X, y = data(7)
     opts = dict(candidates=3, batch_size=16, seed=7, bn="batch")
     ref = reference_prune(model, X, y, rule="keep_ratio", value=0.5, recalibrate=32, **opts)
-    result = prune_model(model, (X, y), keep_ratio=0.5, recalibrate=32, **opts)
+    result = prune_model(model, (X, y), objective="network", keep_ratio=0.5, recalibrate=32, **opts)
     assert result.counts == ref.counts
     with torch.no_grad():  # the last recalibration (after the last group) is the loop's too
         torch.testing.assert_close(result.model.eval()(X[:8]), ref.model(X[:8]), rtol=1e-4, atol=1e-4)

@@ -337,7 +337,7 @@ def die_in_collective(where, victim):
         if where == "scores":
             g = torch.Generator().manual_seed(0)
             X, y = torch.randn(32, 1, 12, 12, generator=g), torch.randint(0, 10, (32,), generator=g)
-            prune_model(get_model("resnet8", in_channels=1, width=4, seed=0), (X, y), keep_ratio=0.5, candidates=4,
+            prune_model(get_model("resnet8", in_channels=1, width=4, seed=0), (X, y), objective="network", keep_ratio=0.5, candidates=4,
                         batch_size=16, distributed=True)
         else:
             phi, y = problem(6, "logistic", 150, 20)

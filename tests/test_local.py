@@ -71,7 +71,7 @@ def test_local_selection_stops_at_the_distinct_count_and_prunes_to_it():
     for distinct in (1, 3, groups[0].channels):
         counts = local_selection(gram, cross, norm, n, distinct)
         assert int((counts > 0).sum()) == distinct
-    result = prune_model(model, (X, y), keep_ratio=0.5, objective="local", recalibrate=64)
+    result = prune_model(model, (X, y), keep_ratio=0.5, objective="local-gfs", recalibrate=64)
     assert all(len(k) == max(1, round(0.5 * d)) for k, d in
                zip(result.kept.values(), [g.channels for g in groups]))
     assert all(r["evaluator"] == "local" for r in result.layers)

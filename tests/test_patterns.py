@@ -32,7 +32,7 @@ def test_pattern_prunes_exactly_and_runs_in_both_modes(name):
     X, y = _data()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # groups left whole are announced with a warning
-        result = prune_model(dense, (X, y), keep_ratio=0.5, candidates=3, batch_size=16, recalibrate=0,
+        result = prune_model(dense, (X, y), objective="network", keep_ratio=0.5, candidates=3, batch_size=16, recalibrate=0,
                              unsupported="skip")
         _, groups = find_groups(dense, X[:1], unsupported="skip")
     assert result.kept, "nothing was pruned"
@@ -52,7 +52,7 @@ def test_pattern_prunes_exactly_and_runs_in_both_modes(name):
 def test_grouped_convolutions_are_pruned_in_units_of_one_position_per_conv_group():
     dense = _randomize_norms(patterns.GroupedBlock(c=16, groups=4))
     X, y = _data()
-    result = prune_model(dense, (X, y), keep_ratio=0.5, candidates=3, batch_size=16, recalibrate=0)
+    result = prune_model(dense, (X, y), objective="network", keep_ratio=0.5, candidates=3, batch_size=16, recalibrate=0)
     kept = result.kept["reduce"]
     offsets = {c % 4 for c in kept}
     assert kept == sorted(c for c in range(16) if c % 4 in offsets)  # the same positions in every conv group
@@ -63,11 +63,11 @@ def test_layers_that_mix_channels_are_refused_before_the_search_or_left_whole():
     X, y = _data()
     for model, layer in ((patterns.ConvNeXtBlock(), "LayerNorm"), (patterns.ViTMLP(), "LayerNorm")):
         with pytest.raises(UnsupportedLayerError, match=f"{layer}.*unsupported='skip'"):
-            prune_model(model, (X, y), keep_ratio=0.5, candidates=2, batch_size=16)
+            prune_model(model, (X, y), objective="network", keep_ratio=0.5, candidates=2, batch_size=16)
     with pytest.raises(UnsupportedLayerError, match="masking them.*channel shuffle"):
-        prune_model(patterns.ChannelShuffle(), (X, y), keep_ratio=0.5, candidates=2, batch_size=16)
+        prune_model(patterns.ChannelShuffle(), (X, y), objective="network", keep_ratio=0.5, candidates=2, batch_size=16)
     with pytest.warns(UserWarning, match="'conv'"):
-        result = prune_model(patterns.ChannelShuffle(), (X, y), keep_ratio=0.5, candidates=2, batch_size=16,
+        result = prune_model(patterns.ChannelShuffle(), (X, y), objective="network", keep_ratio=0.5, candidates=2, batch_size=16,
                              unsupported="skip")
     assert "conv" not in result.kept and "head" in result.kept
 
@@ -75,9 +75,9 @@ def test_layers_that_mix_channels_are_refused_before_the_search_or_left_whole():
 def test_attention_and_train_only_layers_are_refused_with_the_way_out():
     X, y = _data()
     with pytest.raises(UnsupportedLayerError, match="MultiheadAttention.*skip="):
-        prune_model(patterns.Attention(), (X, y), keep_ratio=0.5, candidates=2, batch_size=16)
+        prune_model(patterns.Attention(), (X, y), objective="network", keep_ratio=0.5, candidates=2, batch_size=16)
     with pytest.raises(UnsupportedLayerError, match=r"\['aux'\] run in training.*aux_logits"):
-        prune_model(patterns.AuxHead(), (X, y), keep_ratio=0.5, candidates=2, batch_size=16)
+        prune_model(patterns.AuxHead(), (X, y), objective="network", keep_ratio=0.5, candidates=2, batch_size=16)
 
 
 def test_tracer_failures_report_the_real_cause_and_discovery_has_a_time_limit(monkeypatch):

@@ -107,19 +107,19 @@ def test_prune_model_refuses_non_finite_inputs(bad):
     X[5, 0, 2, 3] = bad
     model = get_model("resnet8", seed=0, **TINY)
     with pytest.raises(ValueError, match="NaN or infinite"):
-        prune_model(model, (X, y), keep_ratio=0.5, candidates=2)
+        prune_model(model, (X, y), objective="network", keep_ratio=0.5, candidates=2)
     loader = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(X, y), batch_size=48)
     with pytest.raises(ValueError, match="NaN or infinite"):
-        prune_model(model, loader, keep_ratio=0.5, candidates=2)
+        prune_model(model, loader, objective="network", keep_ratio=0.5, candidates=2)
 
 
 def test_prune_model_refuses_labels_that_are_not_class_indices():
     X, y = _images()
     model = get_model("resnet8", seed=0, **TINY)
     with pytest.raises(TypeError, match="integer class indices"):
-        prune_model(model, (X, y.float()), keep_ratio=0.5, candidates=2)
+        prune_model(model, (X, y.float()), objective="network", keep_ratio=0.5, candidates=2)
     with pytest.raises(ValueError, match=">= 0"):
-        prune_model(model, (X, y - 1), keep_ratio=0.5, candidates=2)
+        prune_model(model, (X, y - 1), objective="network", keep_ratio=0.5, candidates=2)
 
 
 # ------------------------------------------------------------------------- items 9, 10: --out and concurrent runs

@@ -147,7 +147,33 @@ def allocate(model_cost: CostModel, gaps: dict[str, list[float]], target: float)
         cost -= saved
         if kept[name] > 1:
             heapq.heappush(heap, (price(name)[0], name))
-    return kept
+    return _refill(model_cost, gaps, kept, budget)
+
+
+def _refill(model_cost: CostModel, gaps: dict[str, list[float]], kept: dict[str, int], budget: float) -> dict[str, int]:
+    """The last removal may have overshot the budget by a wide group's channel: give channels back, the one
+    that lowers its group's loss gap most per unit of cost first, while they still fit."""
+    groups = {g.name: g for g in model_cost.groups}
+    cost = model_cost.cost(kept)
+    while True:
+        best = None
+        for name, k in kept.items():
+            if k >= groups[name].channels:
+                continue
+            trial = dict(kept)
+            trial[name] = k + 1
+            added = model_cost.cost(trial) - cost
+            if cost + added > budget:
+                continue
+            curve = gaps.get(name)
+            drop = max(curve[k - 1] - curve[k], 0.0) if curve is not None else 0.0
+            value = drop / added if added > 0 else float("inf")
+            if best is None or value > best[0]:
+                best = (value, name, added)
+        if best is None:
+            return kept
+        kept[best[1]] += 1
+        cost += best[2]
 
 
 def _name(kind: str) -> str:

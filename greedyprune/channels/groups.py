@@ -129,8 +129,12 @@ class GroupDiscoveryTimeout(UnsupportedLayerError):
 @contextlib.contextmanager
 def _time_limit(seconds: float | None, what: str):
     """Raise GroupDiscoveryTimeout if the block runs longer than ``seconds`` (main thread on Unix only;
-    elsewhere the block runs without a limit)."""
+    elsewhere the block runs without a limit). A timer the caller set (``signal.alarm``, ``setitimer``) is
+    left alone: if one is running, the block runs under the caller's timer and no limit of ours, and the
+    caller's handler and remaining time are untouched."""
     usable = seconds and hasattr(signal, "setitimer") and threading.current_thread() is threading.main_thread()
+    if usable and signal.getitimer(signal.ITIMER_REAL)[0] > 0:
+        usable = False  # the caller's own timer is running: never reset or replace it
     if not usable:
         yield
         return
@@ -146,7 +150,7 @@ def _time_limit(seconds: float | None, what: str):
         yield
     finally:
         signal.setitimer(signal.ITIMER_REAL, 0)
-        signal.signal(signal.SIGALRM, previous)
+        signal.signal(signal.SIGALRM, signal.SIG_DFL if previous is None else previous)
 
 
 def _where(exc: BaseException) -> str:

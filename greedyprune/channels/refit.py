@@ -9,26 +9,20 @@ folded weights::
     W* = argmin_W  ||W P_kept - W_full P_full||^2 / n  +  lam * ||W - W_folded||^2
 
 where P are the reader's input patches (``unfold`` for convolutions; the inputs themselves for linear
-layers) and ``lam = ridge * trace(P_kept P_kept^T) / rows``, so ``ridge`` is relative to the inputs' scale.
+layers), solved by the shared :func:`greedyprune.selection.block.ridge_refit` (``lam = ridge * mean(diag
+P_kept P_kept') * |kept| / positions``, the one convention of channels and transformers alike).
 """
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
+from ..selection.block import ridge_refit
 from .groups import ChannelGroup
 from .masks import reader_scale
+from .reconstruct import patches
 
 __all__ = ["refit_readers"]
-
-
-def _patches(module: nn.Module, x: torch.Tensor) -> torch.Tensor:
-    """(rows, n): the reader's input as the columns its weight multiplies."""
-    if isinstance(module, nn.Linear):
-        return x.reshape(-1, x.shape[-1]).T
-    cols = F.unfold(x, module.kernel_size, module.dilation, module.padding, module.stride)  # (B, C*k*k, L)
-    return cols.transpose(0, 1).reshape(cols.shape[1], -1)
 
 
 def _weight2d(module: nn.Module) -> torch.Tensor:
@@ -37,7 +31,7 @@ def _weight2d(module: nn.Module) -> torch.Tensor:
 
 @torch.no_grad()
 def refit_readers(model: nn.Module, group: ChannelGroup, counts: torch.Tensor, scale: torch.Tensor,
-                  inputs: torch.Tensor, ridge: float = 1e-3, batch_size: int = 64) -> dict[str, torch.Tensor]:
+                  inputs: torch.Tensor, ridge: float = 0.5, batch_size: int = 64) -> dict[str, torch.Tensor]:
     """New weights for the group's plain (ungrouped) conv and linear readers, in the readers' full input
     layout (the removed channels' columns are zero), to be used in place of folding ``scale``.
 
@@ -62,12 +56,12 @@ def refit_readers(model: nn.Module, group: ChannelGroup, counts: torch.Tensor, s
                 full = _weight2d(module)
                 kernel = full.shape[1] // _in_width(module)
                 for x in captured[name]:
-                    p = _patches(module, x).double()
+                    p = patches(module, x).double()
                     target = full.double() @ p  # the reader's output with the group whole
                     keep = _kept_columns(module, idx, root, counts, kernel)
                     pk = p[keep]
-                    g, c = stats.get(name, (0.0, 0.0))
-                    stats[name] = (g + pk @ pk.T, c + target @ pk.T)
+                    g, c, n = stats.get(name, (0.0, 0.0, 0))
+                    stats[name] = (g + pk @ pk.T, c + pk @ target.T, n + pk.shape[1])
     finally:
         for h in hooks:
             h.remove()
@@ -81,10 +75,9 @@ def refit_readers(model: nn.Module, group: ChannelGroup, counts: torch.Tensor, s
         keep = _kept_columns(module, idx, root, counts, kernel)
         s = reader_scale(module, idx, root, scale.reshape(1, -1))[0].repeat_interleave(kernel)
         folded = (_weight2d(module) * s.to(module.weight)).double()[:, keep]
-        gram, cross = stats[name]
-        lam = ridge * float(torch.trace(gram)) / max(gram.shape[0], 1) + 1e-12
-        solved = torch.linalg.solve(gram + lam * torch.eye(gram.shape[0], dtype=gram.dtype, device=gram.device),
-                                    (cross + lam * folded).T).T
+        gram, cross, positions = stats[name]
+        every = torch.arange(gram.shape[0])
+        solved = ridge_refit(gram, cross, every, folded, positions, ridge)
         weight = torch.zeros_like(_weight2d(module), dtype=torch.float64)
         weight[:, keep] = solved
         out[name] = weight.to(module.weight.dtype).reshape(module.weight.shape)

@@ -44,12 +44,14 @@ from .evaluators import (CPU_STACK_ELEMENTS, GPU_STACK_ELEMENTS, FastEvaluator, 
 from .groups import ChannelGroup, UnsupportedLayerError, find_groups, refresh_group
 from .masks import apply_masks, fold_and_remove, group_scales
 from .local import local_curves, local_group
+from .reconstruct import DenseTargets, reconstruct_group, reconstruction_curves, sub_readers
 from .preflight import check_model_accepts, check_train_mode, preflight
-from .rules import PlanContext, Step, StoppingRule, rule_from_options
+from .rules import KeepCounts, PlanContext, Step, StoppingRule, rule_from_options
 
-__all__ = ["BN_MODES", "METHODS", "SearchOptions", "prune_model"]
+__all__ = ["BN_MODES", "METHODS", "OBJECTIVES", "SearchOptions", "prune_model"]
 
 METHODS = ("auto", "fast", "reference")
+OBJECTIVES = ("auto", "network", "local", "local-gfs")
 BN_MODES = ("auto", "batch", "running")
 
 
@@ -75,8 +77,9 @@ class SearchOptions:
     step: int = 1
     curve_points: int = 32
     refit: str | None = None
-    refit_ridge: float = 1e-3
-    objective: str = "network"
+    refit_ridge: float = 0.5
+    objective: str = "auto"
+    calibration: int | None = None
 
     def validate(self) -> None:
         self.candidates = check_int("candidates", self.candidates, 1, allow_none=True)
@@ -99,7 +102,8 @@ class SearchOptions:
         if self.refit is not None:
             check_choice("refit", self.refit, ("lstsq",))
         self.refit_ridge = check_number("refit_ridge", self.refit_ridge, low=0)
-        check_choice("objective", self.objective, ("network", "local"))
+        check_choice("objective", self.objective, OBJECTIVES)
+        self.calibration = check_int("calibration", self.calibration, 1, allow_none=True)
         if not isinstance(self.check, bool):
             raise TypeError(f"check must be True or False, got {self.check!r}")
 
@@ -112,6 +116,8 @@ class _Search:
         self.model, self.DG, self.graph, self.batches = model, DG, graph, batches
         self.options, self.split, self.device = options, split, device
         self.calibration, self.holdout, self.check_x = calibration, holdout, check_x
+        self.local_inputs: torch.Tensor | None = None
+        self.dense: DenseTargets | None = None
 
     def evaluator(self, group: ChannelGroup):
         opts = self.options
@@ -163,8 +169,9 @@ def prune_model(
     step: int = 1,
     curve_points: int = 32,
     refit: str | None = None,
-    refit_ridge: float = 1e-3,
-    objective: str = "network",
+    refit_ridge: float = 0.5,
+    objective: str = "auto",
+    calibration: int | None = None,
     inplace: bool = False,
     progress: bool = False,
     distributed: bool = False,
@@ -219,14 +226,22 @@ def prune_model(
             (1 = the paper's one at a time; larger is faster and less exact).
         curve_points: points of each group's loss curve for adaptive budgets (the curve is measured with
             ``ceil(D / curve_points)`` channels added per step).
-        refit: None (fold the scales ``D * count / |S|`` into the readers, the paper's way) or "lstsq": re-solve
-            the readers' weights on the kept channels by ridge regression on the calibration subset
-            (:mod:`greedyprune.channels.refit`), with ``refit_ridge`` relative regularisation.
-        objective: "network" (each candidate scored by the whole network's loss, the paper's way) or "local"
-            (each group selected to reproduce the outputs of the layers that read it, on the calibration
-            subset, by the engine's Gram form: :mod:`greedyprune.channels.local`; no candidate forwards).
-            "local" needs a rule that fixes each group's width (keep_ratio, flops_target, params_target); an
-            adaptive budget then allocates widths by the readers' relative reconstruction error.
+        refit: for the network objective: None (fold the scales ``D * count / |S|`` into the readers, the
+            paper's way) or "lstsq": re-solve the readers' weights on the kept channels by ridge regression on
+            the calibration subset (:mod:`greedyprune.channels.refit`). The local objective always refits.
+        refit_ridge: the refit's ridge, ``lam = refit_ridge * mean(diag P_K P_K') * |K| / positions``
+            (:func:`greedyprune.selection.block.ridge_refit`, the convention transformers use too).
+        objective: "auto" (default): "local" when the rule fixes each group's width (keep_ratio, flops_target,
+            params_target, KeepCounts), else "network". "local" (block reconstruction,
+            :mod:`greedyprune.channels.reconstruct`): each group's readers reproduce their dense-network
+            outputs from the kept channels, on inputs from the network as already pruned, by greedy forward
+            selection with least-squares weights and a ridge refit (``refit_ridge``); no candidate forwards, one
+            calibration forward per group; adaptive budgets allocate widths by each group's reconstruction-error
+            curve. "network": each candidate scored by the whole network's loss (the paper's way; slower: a
+            stacked forward per step). "local-gfs": the paper's Algorithm 1 with replacement on the readers'
+            reconstruction, scales ``D * count / |S|`` folded, no refit.
+        calibration: examples whose statistics the local objective uses (default: as many as one dense
+            forward of about 25 G multiply-adds allows, between 32 and 512).
         inplace: prune ``model`` itself instead of a deep copy.
         progress: show a progress bar over groups.
         distributed: split each step's candidates across the ranks of the initialised
@@ -243,7 +258,7 @@ def prune_model(
                              keep_ratio=keep_ratio, flops_target=flops_target, params_target=params_target)
     options = SearchOptions(candidates, replacement, batch_size, max_steps, seed, finetune_steps, finetune_lr,
                             finetune_weight_decay, method, eval_examples, stack_elements, bn, recalibrate, holdout,
-                            check, step, curve_points, refit, refit_ridge, objective)
+                            check, step, curve_points, refit, refit_ridge, objective, calibration)
     options.validate()
     check_choice("unsupported", unsupported, ("error", "skip"))
     if not isinstance(model, nn.Module):
@@ -260,13 +275,17 @@ def prune_model(
     model.to(device).eval()
     if options.bn == "auto":
         options.bn = "batch" if has_batch_norm(model) else "running"
-    needs_holdout = stop.needs_unpruned or getattr(stop, "needs_curves", False)
+    options.objective = _resolve_objective(options.objective, stop)
+    local = options.objective in ("local", "local-gfs")
+    needs_holdout = stop.needs_unpruned or (getattr(stop, "needs_curves", False) and not local)
     batches, holdout_set = _split_data(data, options, device, needs_holdout)
     eval_x, eval_y = batches.fixed(options.eval_examples)
     check_model_accepts(model, eval_x, eval_y)
     example = eval_x[:1]
     check_train_mode(model, eval_x[:2])
     DG, groups = find_groups(model, example, skip, extra_skip=extra_skip, unsupported=unsupported)
+    if options.objective == "local":
+        groups = _reconstructable(model, groups, unsupported)
     if options.check:
         groups = preflight(model, groups, example, skip, extra_skip, unsupported)
     if not groups:
@@ -277,8 +296,11 @@ def prune_model(
     calibration = None
     if options.recalibrate and has_batch_norm(model):
         calibration = batches.fixed(options.recalibrate)[0]
-    search = _Search(model, DG, _trace_for(model, options.method), batches, options, split, device, calibration,
-                     holdout_set, eval_x[:8])
+    search = _Search(model, DG, None if local else _trace_for(model, options.method), batches, options, split,
+                     device, calibration, holdout_set, eval_x[:8])
+    if options.objective == "local":
+        search.local_inputs = batches.fixed(_calibration_size(options.calibration, before["macs"]))[0]
+        search.dense = _dense_targets(model, groups, search.local_inputs)
     stop.plan(PlanContext(model, groups, example, DG, curves=lambda: loss_curves(search, groups)))
 
     kept, counts_out, records = {}, {}, []
@@ -291,10 +313,16 @@ def prune_model(
         t0 = time.perf_counter()
         group = refresh_group(DG, model, group)
         if options.objective == "local":
-            counts, record = local_group(search, group, stop)
+            counts, record, weights = _reconstruct(search, group, stop)
+            kept[group.name] = fold_and_remove(DG, model, group, counts, reader_weights=weights)
+            if search.dense is not None:
+                search.dense.removed(group, kept[group.name], model)
         else:
-            counts, record = search_group(search, group, gi, stop)
-        kept[group.name] = _fold_checked(search, group, counts)
+            if options.objective == "local-gfs":
+                counts, record = local_group(search, group, stop)
+            else:
+                counts, record = search_group(search, group, gi, stop)
+            kept[group.name] = _fold_checked(search, group, counts)
         counts_out[group.name] = counts.tolist()
         search.recalibrate()
         finetune(model, batches, options.finetune_steps, options.finetune_lr, options.finetune_weight_decay)
@@ -406,6 +434,14 @@ def loss_curves(search: _Search, groups: list[ChannelGroup]) -> dict[str, tuple[
     (greedy selection on the Gram form, without replacement: no candidate forwards at all).
     """
     if search.options.objective == "local":
+        curves = reconstruction_curves(search.model, groups, search.local_inputs)
+        out = {}
+        for group in groups:
+            per_unit = group.channels // group.num_units
+            points = [((k + 1) * per_unit, err, 0.0) for k, err in enumerate(curves[group.name][0])]
+            out[group.name] = (per_channel(group, points), 0.0)
+        return out
+    if search.options.objective == "local-gfs":
         return local_curves(search, groups)
     if search.holdout is None:
         raise ValueError("adaptive budgets measure each group's loss curve on a held-out subset: pass holdout > 0, "
@@ -476,6 +512,72 @@ def _fold_checked(search: _Search, group: ChannelGroup, counts: torch.Tensor) ->
                 f"scored ({diff}); a layer in this group ({', '.join(group.writers + [r[0] for r in group.readers])}) "
                 f"is not pruned exactly by Torch-Pruning. Leave the group whole with skip=[...] naming its writers")
     return kept
+
+
+def _resolve_objective(objective: str, stop) -> str:
+    """``"auto"``: the block-reconstruction objective when the rule fixes each group's width (it needs no
+    candidate forwards), the network objective for the rules that compare network losses."""
+    if objective == "auto":
+        return "local" if isinstance(stop, KeepCounts) or hasattr(stop, "targets") else "network"
+    if objective in ("local", "local-gfs") and not (isinstance(stop, KeepCounts) or hasattr(stop, "targets")):
+        raise ValueError(f"objective={objective!r} needs a rule that fixes each group's width (keep_ratio, "
+                         f"flops_target, params_target or KeepCounts); {stop.name!r} compares network losses - use "
+                         f"objective='network' for it")
+    return objective
+
+
+def _reconstructable(model: nn.Module, groups: list[ChannelGroup], unsupported: str) -> list[ChannelGroup]:
+    """The groups whose readers the reconstruction handles; the others refused (or left whole with a warning
+    under ``unsupported="skip"``) before any calibration work."""
+    good = []
+    for group in groups:
+        try:
+            sub_readers(model, group)
+        except UnsupportedLayerError as exc:
+            if unsupported != "skip":
+                raise
+            warnings.warn(f"left whole: {exc}", stacklevel=3)
+            continue
+        good.append(group)
+    return good
+
+
+CALIBRATION_MACS = 25e9
+"""The local objective's default calibration set: about this many multiply-adds for one dense pass."""
+
+
+def _calibration_size(asked: int | None, macs_per_example: int) -> int:
+    """Examples whose statistics the local objective uses: ``asked``, or as many as one dense forward of
+    about :data:`CALIBRATION_MACS` multiply-adds allows, between 32 and 512."""
+    if asked is not None:
+        return asked
+    return int(min(512, max(32, CALIBRATION_MACS // max(macs_per_example, 1))))
+
+
+def _dense_targets(model: nn.Module, groups: list[ChannelGroup], inputs: torch.Tensor) -> DenseTargets | None:
+    names = {name for g in groups for name, _, _ in g.readers}
+    try:
+        return DenseTargets(model, names, inputs)
+    except MemoryError as exc:
+        warnings.warn(f"the dense network's reader outputs on {inputs.shape[0]} calibration examples would take "
+                      f"{exc.args[0] / 2 ** 30:.1f} GiB; each group reconstructs its readers' own full-width outputs "
+                      f"instead (pass a smaller calibration= to keep the dense targets)", stacklevel=3)
+        return None
+
+
+def _reconstruct(search: _Search, group: ChannelGroup, stop) -> tuple[torch.Tensor, dict, dict]:
+    """One group of the local objective: ``(channel counts, record, refitted reader weights)``."""
+    per_unit = group.channels // group.num_units
+    target = stop.targets[group.name]
+    units = max(1, min(group.num_units, -(-target // per_unit)))
+    if units * per_unit != target and target < group.channels:
+        warnings.warn(f"group {group.name!r}: its channels are selected in units of {per_unit} (a grouped "
+                      f"convolution), so {units * per_unit} channels are kept for the {target} asked", stacklevel=3)
+    counts, weights, error = reconstruct_group(search.model, group, units, search.local_inputs, search.dense,
+                                               search.options.refit_ridge)
+    record = {"name": group.name, "channels": group.channels, "steps": units, "rule": stop.name, "loss": error,
+              "accuracy": None, "evaluator": "reconstruction"}
+    return counts, record, weights
 
 
 def _split_data(data, options: SearchOptions, device, needed: bool) -> tuple[Batches, tuple | None]:

@@ -44,6 +44,7 @@ from dataclasses import dataclass
 
 import torch
 
+from ..selection.block import ReaderProblem, ridge_refit, select_units
 from ..selection.engine import MAX_STEPS, greedy_forward_selection
 from ..selection.result import SelectionResult
 from .stats import InputStats
@@ -159,44 +160,17 @@ def sum_select(weight: torch.Tensor, stats: InputStats, group: int, n_keep: int)
 
 
 def ls_select(weight: torch.Tensor, stats: InputStats, group: int, n_keep: int) -> torch.Tensor:
-    """``gfs-ls``: forward selection of ``n_keep`` units with least-squares weights (see the module docstring).
-
-    With ``A`` the centred input Gram with the chosen channels projected out and ``R = A W'`` (the inputs'
-    covariance with the residual of the current least-squares fit), adding unit u lowers the residual's
-    squared error by ``trace(R_u' A_uu^-1 R_u)``. ``A`` is never updated as a whole: the chosen channels'
-    projected columns are kept as a basis ``B`` (``A = cov - B B'``), so a step costs O(D * chosen + D * d).
-    Returns the chosen units in the order chosen."""
+    """``gfs-ls``: forward selection of ``n_keep`` units with least-squares weights (see the module docstring),
+    by the shared block-reconstruction engine (:func:`greedyprune.selection.block.select_units`) on the
+    centred input Gram, with the dense block's output ``W x`` as the target. Returns the chosen units in the
+    order chosen."""
     w = weight.to(torch.float64)
     cov = stats.covariance
-    size = cov.shape[0]
-    n = size // group
-    r = cov @ w.T  # (D, d)
-    blocks = cov.reshape(n, group, n, group).diagonal(dim1=0, dim2=2).permute(2, 0, 1).clone()  # A_uu (n, g, g)
-    basis = torch.zeros(size, n_keep * group, dtype=torch.float64)
-    eye = torch.eye(group, dtype=torch.float64)
-    floor = 1e-10 * float(torch.diagonal(cov).max().clamp_min(1e-300))
-    free = torch.ones(n, dtype=torch.bool)
-    order = []
-    for step in range(n_keep):
-        rs = r.reshape(n, group, -1)
-        if group == 1:
-            pivots = blocks.reshape(n)
-            gain = (rs.reshape(n, -1) ** 2).sum(dim=1) / pivots.clamp_min(floor)
-            gain = torch.where(pivots > floor, gain, torch.zeros_like(gain))
-        else:
-            gain = (rs * torch.linalg.solve(blocks + floor * eye, rs)).sum(dim=(1, 2))
-        u = int(torch.argmax(torch.where(free, gain, -torch.inf)))
-        order.append(u)
-        free[u] = False
-        ch, used = slice(u * group, (u + 1) * group), step * group
-        cols = cov[:, ch] - basis[:, :used] @ basis[ch, :used].T  # A[:, ch]
-        chol = torch.linalg.cholesky(cols[ch] + floor * eye)
-        new = torch.linalg.solve_triangular(chol, cols.T, upper=False).T  # A[:, ch] A_uu^(-1/2)
-        basis[:, used:used + group] = new
-        r -= new @ torch.linalg.solve_triangular(chol, r[ch], upper=False)
-        unit_rows = new.reshape(n, group, group)
-        blocks -= unit_rows @ unit_rows.transpose(1, 2)
-    return torch.tensor(order, dtype=torch.long)
+    n = cov.shape[0] // group
+    problem = ReaderProblem(gram=cov, cross=cov @ w.T, target_sq=torch.einsum("dc,ce,de->d", w, cov, w),
+                            unit_columns=torch.arange(n * group).reshape(n, group),
+                            fixed=torch.empty(0, dtype=torch.long), tokens=stats.tokens)
+    return select_units([problem], n_keep).order
 
 
 def unit_scores(method: str, weight: torch.Tensor, stats: InputStats | None, group: int,
@@ -282,17 +256,7 @@ def refit_lstsq(weight: torch.Tensor, bias: torch.Tensor, stats: InputStats, cha
     w = weight.to(torch.float64)
     prior = w[:, channels] if start is None else start.to(torch.float64)
     cov = stats.covariance
-    cov_kk = cov[channels][:, channels]
-    k = channels.numel()
-    lam = ridge * float(torch.diagonal(cov_kk).mean()) * k / stats.tokens
-    lhs = cov_kk + lam * torch.eye(k, dtype=torch.float64)
-    rhs = cov[channels] @ w.T + lam * prior.T  # (|K|, d)
-    chol, info = torch.linalg.cholesky_ex(lhs)
-    if int(info) == 0:
-        v_t = torch.cholesky_solve(rhs, chol)
-    else:  # singular without a ridge: the minimum-norm least-squares solution
-        v_t = torch.linalg.lstsq(lhs, rhs, driver="gelsd").solution
-    v = v_t.T
+    v = ridge_refit(cov, cov @ w.T, channels, prior, stats.tokens, ridge)
     mean = stats.mean
     c = bias.to(torch.float64) + w @ mean - v @ mean[channels]
     return v, c

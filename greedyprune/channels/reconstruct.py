@@ -1,0 +1,258 @@
+"""The block-reconstruction objective for channel groups (``prune_model(objective="local")``).
+
+Each group is pruned so that the layers reading it (its *readers*: plain, grouped and depthwise-fed
+convolutions, linear layers, channels-last linear layers included) reproduce, from the kept channels, what
+they output in the *dense* network - taking their inputs from the network as already pruned below them, so
+that each group also corrects the error the earlier groups left. The engine is the one transformers use
+(:mod:`greedyprune.selection.block`): greedy forward selection with least-squares weights over every reader
+at once, then a ridge refit of each reader's kept columns. No candidate network is ever evaluated: a group
+costs one calibration forward, cut at its last reader.
+
+* A reader's columns are its input channels times its kernel positions (``unfold`` patches); a grouped
+  convolution is one sub-reader per conv group (its outputs read only that group's inputs); inputs from
+  other channel groups (a concatenation) are *fixed* columns, kept and refitted with the chosen ones.
+* A depthwise convolution passes each kept channel through: its group's readers are the next layers that
+  mix channels, which is where Torch-Pruning's dependency graph puts them.
+* Each output of a reader is weighted by the inverse of its variance on the calibration set (the batch norm
+  that usually follows divides by its standard deviation), so every output counts alike.
+* Adaptive budgets read each group's relative reconstruction error against its width, measured on the dense
+  network by the same selection run to full width (:func:`reconstruction_curves`).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..selection.block import ReaderProblem, ridge_refit, select_units
+from .groups import ChannelGroup, UnsupportedLayerError
+
+__all__ = ["DenseTargets", "SubReader", "reconstruct_group", "reconstruction_curves", "sub_readers"]
+
+_CAPTURE_BATCH = 16
+_MAX_TARGET_BYTES = 6 * 2 ** 30
+
+
+class _Captured(Exception):
+    """Raised from a hook to end a forward once every input it was run for is captured."""
+
+
+@dataclass
+class SubReader:
+    """One reader (or one conv group of a grouped reader) of a channel group.
+
+    ``rows``/``channels``: its output rows and input channels in the module's weight; ``unit_columns``
+    (U, g) and ``fixed`` index the columns of its 2-d weight ``weight[rows].reshape(len(rows), -1)``."""
+
+    name: str
+    module: nn.Module
+    rows: slice
+    channels: slice
+    unit_columns: torch.Tensor
+    fixed: torch.Tensor
+
+    def weight2d(self) -> torch.Tensor:
+        w = self.module.weight[self.rows]
+        return w.reshape(w.shape[0], -1)
+
+
+def _padding_child(module: nn.Module):
+    """A padding module a convolution applies to its input before convolving (``Conv2dStaticSamePadding``)."""
+    pad = getattr(module, "static_padding", None)
+    return pad if isinstance(pad, nn.Module) else None
+
+
+def patches(module: nn.Module, x: torch.Tensor, channels: slice = slice(None)) -> torch.Tensor:
+    """(columns, positions): a reader's input as the columns its 2-d weight multiplies."""
+    if isinstance(module, nn.Linear):
+        return x.reshape(-1, x.shape[-1]).T
+    pad = _padding_child(module)
+    if pad is not None:
+        x = pad(x)
+    x = x[:, channels]
+    cols = F.unfold(x, module.kernel_size, module.dilation, module.padding, module.stride)  # (B, C*k*k, L)
+    return cols.transpose(0, 1).reshape(cols.shape[1], -1)
+
+
+def outputs2d(module: nn.Module, y: torch.Tensor) -> torch.Tensor:
+    """(outputs, positions) of a reader's output, bias removed, in the column order of :func:`patches`."""
+    if module.bias is not None:
+        shape = (1,) * (y.dim() - 1) + (-1,) if isinstance(module, nn.Linear) else (1, -1) + (1,) * (y.dim() - 2)
+        y = y - module.bias.reshape(shape)
+    if isinstance(module, nn.Linear):
+        return y.reshape(-1, y.shape[-1]).T
+    return y.transpose(0, 1).reshape(y.shape[1], -1)
+
+
+def sub_readers(model: nn.Module, group: ChannelGroup) -> list[SubReader]:
+    """The group's readers as sub-readers with each unit's columns; refuses, before any computation, a
+    reader the reconstruction cannot handle (naming it and the way out)."""
+    named = dict(model.named_modules())
+    unit_of_channel = torch.arange(group.channels) if group.units is None else group.units
+    U = group.num_units
+    out = []
+    for name, idx, root in group.readers:
+        module = named[name]
+        if not isinstance(module, (nn.Linear, nn.Conv2d)):
+            raise UnsupportedLayerError(
+                f"objective='local' reconstructs Conv2d and Linear readers; group {group.name!r} is read by "
+                f"{name!r} ({type(module).__name__}). Use objective='network', or leave the group whole with "
+                f"skip=[{group.writers[0]!r}]")
+        groups = getattr(module, "groups", 1)
+        in_width = module.in_features if isinstance(module, nn.Linear) else module.in_channels
+        kernel = module.weight[0, 0].numel() if isinstance(module, nn.Conv2d) else 1
+        unit = torch.full((in_width,), -1, dtype=torch.long)
+        unit[idx] = unit_of_channel[root]
+        per_in, per_out = in_width // groups, module.weight.shape[0] // groups
+        for g in range(groups):
+            local = unit[g * per_in:(g + 1) * per_in].repeat_interleave(kernel)  # unit of each column, -1 fixed
+            cols = [torch.nonzero(local == u).flatten() for u in range(U)]
+            sizes = {c.numel() for c in cols}
+            if len(sizes) != 1 or 0 in sizes:
+                raise UnsupportedLayerError(
+                    f"objective='local': reader {name!r} of group {group.name!r} reads the group's units unevenly "
+                    f"(columns per unit {sorted(sizes)[:4]}{' in conv group ' + str(g) if groups > 1 else ''}); "
+                    f"use objective='network', or leave the group whole with skip=[{group.writers[0]!r}]")
+            out.append(SubReader(name, module, slice(g * per_out, (g + 1) * per_out),
+                                 slice(g * per_in, (g + 1) * per_in), torch.stack(cols),
+                                 torch.nonzero(local < 0).flatten()))
+    return out
+
+
+class DenseTargets:
+    """The dense network's outputs of every reader on the calibration inputs (bias removed), kept in memory
+    once, and which of the dense output rows each layer still has as groups are removed."""
+
+    def __init__(self, model: nn.Module, names: set[str], inputs: torch.Tensor):
+        named = dict(model.named_modules())
+        self.outputs: dict[str, list[torch.Tensor]] = {n: [] for n in names}
+        self.rows: dict[str, torch.Tensor] = {}
+        hooks = [named[n].register_forward_hook(lambda m, a, y, n=n: self.outputs[n].append(outputs2d(m, y).float()))
+                 for n in names]
+        try:
+            with torch.no_grad():
+                for start in range(0, inputs.shape[0], _CAPTURE_BATCH):
+                    model(inputs[start:start + _CAPTURE_BATCH])
+                    if start == 0:
+                        size = sum(t[0].numel() * 4 for t in self.outputs.values()) * -(-inputs.shape[0] //
+                                                                                     _CAPTURE_BATCH)
+                        if size > _MAX_TARGET_BYTES:
+                            raise MemoryError(size)
+        finally:
+            for h in hooks:
+                h.remove()
+        for n in names:
+            self.rows[n] = torch.arange(named[n].weight.shape[0])
+
+    def target(self, name: str, batch: int, rows: slice) -> torch.Tensor | None:
+        """The dense output rows of reader ``name`` that its current ``rows`` hold, on calibration batch
+        ``batch``; None when the reader's rows no longer line up with the dense ones."""
+        dense_rows = self.rows.get(name)
+        if dense_rows is None:
+            return None
+        return self.outputs[name][batch][dense_rows[rows]]
+
+    def removed(self, group: ChannelGroup, kept: list[int], model: nn.Module) -> None:
+        """Record that ``group``'s writers keep only the channels ``kept`` (their output rows)."""
+        named = dict(model.named_modules())
+        keep = torch.as_tensor(kept, dtype=torch.long)
+        for name in group.writers:
+            if name in self.rows:
+                rows = self.rows[name]
+                self.rows[name] = rows[keep] if rows.numel() == group.channels else None
+                if self.rows[name] is not None and self.rows[name].numel() != named[name].weight.shape[0]:
+                    self.rows[name] = None
+                if self.rows[name] is None:
+                    del self.rows[name]
+
+
+def _accumulate(model: nn.Module, subs: list[SubReader], inputs: torch.Tensor,
+                dense: DenseTargets | None) -> list[dict]:
+    """Per sub-reader sums over the calibration positions: gram, cross (with the dense target when known,
+    else the reader's own full-width output), the target's square sums and sums, and the positions."""
+    named = dict(model.named_modules())
+    names = {s.name for s in subs}
+    captured: dict[str, torch.Tensor] = {}
+
+    def capture(name, x):
+        captured[name] = x
+        if names <= set(captured):
+            raise _Captured
+
+    hooks = [named[n].register_forward_pre_hook(lambda m, a, n=n: capture(n, a[0])) for n in names]
+    sums = [dict(gram=0.0, cross=0.0, sq=0.0, total=0.0, tokens=0) for _ in subs]
+    try:
+        with torch.no_grad():
+            for batch, start in enumerate(range(0, inputs.shape[0], _CAPTURE_BATCH)):
+                captured.clear()
+                try:
+                    model(inputs[start:start + _CAPTURE_BATCH])
+                except _Captured:
+                    pass
+                for sub, acc in zip(subs, sums):
+                    p = patches(sub.module, captured[sub.name], sub.channels).double()
+                    y = dense.target(sub.name, batch, sub.rows) if dense is not None else None
+                    y = sub.weight2d().double() @ p if y is None else y.double()
+                    acc["gram"] = acc["gram"] + p @ p.T
+                    acc["cross"] = acc["cross"] + p @ y.T
+                    acc["sq"] = acc["sq"] + (y * y).sum(dim=1)
+                    acc["total"] = acc["total"] + y.sum(dim=1)
+                    acc["tokens"] += p.shape[1]
+    finally:
+        for h in hooks:
+            h.remove()
+    return sums
+
+
+def _problem(sub: SubReader, acc: dict) -> ReaderProblem:
+    T = max(acc["tokens"], 1)
+    variance = (acc["sq"] / T - (acc["total"] / T) ** 2).clamp_min(0.0)
+    floor = 1e-3 * float(variance.mean()) + 1e-30
+    weight = 1.0 / (T * variance.clamp_min(floor))  # every output's target energy about 1
+    return ReaderProblem(gram=acc["gram"], cross=acc["cross"], target_sq=acc["sq"], unit_columns=sub.unit_columns,
+                         fixed=sub.fixed, tokens=acc["tokens"], out_weight=weight)
+
+
+def reconstruct_group(model: nn.Module, group: ChannelGroup, n_keep: int, inputs: torch.Tensor,
+                      dense: DenseTargets | None, ridge: float) -> tuple[torch.Tensor, dict, float]:
+    """Choose ``n_keep`` units of ``group`` and refit its readers.
+
+    Returns ``(per-channel counts (1 kept, 0 removed), {reader name: new weight in its full layout},
+    relative reconstruction error after the refit's selection)``."""
+    subs = sub_readers(model, group)
+    sums = _accumulate(model, subs, inputs, dense)
+    problems = [_problem(s, acc) for s, acc in zip(subs, sums)]
+    chosen = select_units(problems, n_keep)
+    kept_units = torch.zeros(group.num_units, dtype=torch.bool)
+    kept_units[chosen.order] = True
+    weights: dict[str, torch.Tensor] = {}
+    for sub, acc in zip(subs, sums):
+        w2d = sub.weight2d()
+        keep = torch.cat([sub.fixed, sub.unit_columns[kept_units].reshape(-1)]).sort().values
+        solved = ridge_refit(acc["gram"], acc["cross"], keep, w2d.detach().double()[:, keep], acc["tokens"], ridge)
+        full = weights.setdefault(sub.name, torch.zeros_like(sub.module.weight, dtype=torch.float64))
+        block = torch.zeros(w2d.shape, dtype=torch.float64)
+        block[:, keep] = solved.to(torch.float64)
+        full[sub.rows] = block.reshape(full[sub.rows].shape)
+    weights = {n: w.to(dict(model.named_modules())[n].weight) for n, w in weights.items()}
+    counts = group.channel_counts(kept_units.long())
+    return counts, weights, float(chosen.errors[-1])
+
+
+def reconstruction_curves(model: nn.Module, groups: list[ChannelGroup], inputs: torch.Tensor) -> dict:
+    """``{group: (relative reconstruction error with k = 1..U units kept, 0.0)}`` on the dense network: the
+    selection of :func:`reconstruct_group` run to each group's full width, each reader reproducing its own
+    dense output. One calibration pass for all groups."""
+    per_group = {g.name: sub_readers(model, g) for g in groups}
+    subs = [s for group_subs in per_group.values() for s in group_subs]
+    # one pass: the Gram of each distinct (reader, conv group) input, shared by the groups that read it
+    keys = {(s.name, s.channels.start, s.rows.start): s for s in subs}
+    sums = dict(zip(keys, _accumulate(model, list(keys.values()), inputs, None)))
+    curves = {}
+    for group in groups:
+        problems = [_problem(s, sums[(s.name, s.channels.start, s.rows.start)]) for s in per_group[group.name]]
+        chosen = select_units(problems, group.num_units)
+        curves[group.name] = ([float(e) for e in chosen.errors], 0.0)
+    return curves

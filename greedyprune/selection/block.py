@@ -1,0 +1,199 @@
+"""Block reconstruction: which input units of a linear map to keep so that a least-squares fit on the kept
+inputs reproduces a target output, and that fit (the ridge refit). One engine for channel groups of CNNs
+and for the neurons and heads of transformer blocks.
+
+The problem. A *reader* is a linear map ``y_t = V p_t`` from input columns ``p_t`` (C,) to outputs
+``y_t`` (d,) at positions t (a linear layer's tokens; a convolution's ``unfold`` patches, whose columns are
+input channels times kernel positions). The columns are owned by U *units* (a channel, a neuron, an
+attention head: ``g`` columns each) or are *fixed* (kept whatever is chosen: the reader's inputs from other
+channel groups). Several readers may read the same units (a residual stream is read by every block that
+adds to it). Everything the selection needs is in three sums over the calibration positions::
+
+    gram  = sum_t p_t p_t'   (C, C)        cross = sum_t p_t y_t'   (C, d)        target_sq = sum_t y_t^2   (d,)
+
+where ``y_t`` is the *target*: the dense network's output of the reader (so each block also corrects the
+error that the already-pruned blocks below it left), or the reader's own output at full width.
+
+Selection (``gfs-ls``: greedy forward selection with least-squares weights, i.e. orthogonal matching
+pursuit over blocks of columns). With K the chosen columns (fixed ones included), the residual of the best
+fit is ``E(K) = sum_o w_o (||y_o||^2 - c_o' A_KK^-1 c_o)``, summed over the readers, with ``A = gram`` and
+``c_o`` the cross column of output o weighted by ``w_o``. Each step adds the unit u that lowers E most::
+
+    gain(u) = sum_readers trace(R_u' Ahat_uu^-1 R_u),   Ahat = A - B B',   R = cross - B (L^-1 cross_K)
+
+where B holds the chosen columns' Cholesky-orthogonalised Gram columns: a step costs one rank-g update of
+B, R and the per-unit g x g blocks ``Ahat_uu`` (O(C * (chosen + d)) per reader), never a solve from
+scratch. :func:`select_units` returns the units in the order chosen and the relative residual after each
+step (the reconstruction-error curve that adaptive budgets read). Ties go to the lowest unit index.
+
+Refit. :func:`ridge_refit` re-solves the kept columns by ridge regression towards a prior (the kept
+columns' pretrained weights)::
+
+    V* = argmin_V ||V P_K - Y||^2 + lam ||V - V0||^2,   lam = ridge * mean(diag A_KK) * |K| / T
+
+(T positions): one convention for every caller. ``lam`` grows with the kept columns per position and fades
+as the calibration set grows; ``ridge = 0`` is plain least squares (minimum-norm where singular).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+__all__ = ["ReaderProblem", "Selected", "ridge_lambda", "ridge_refit", "select_units"]
+
+
+@dataclass
+class ReaderProblem:
+    """One reader's sums over the calibration positions (float64), and which columns each unit owns.
+
+    Attributes:
+        gram: ``sum_t p_t p_t'`` (C, C).
+        cross: ``sum_t p_t y_t'`` (C, d) with y the target.
+        target_sq: ``sum_t y_t^2`` per output (d,).
+        unit_columns: (U, g) column indices of each unit (the same g for every unit of this reader).
+        fixed: (F,) columns that are kept whatever is chosen (may be empty).
+        tokens: the number of positions T.
+        out_weight: (d,) weight of each output in the selection objective (None: 1 each).
+    """
+
+    gram: torch.Tensor
+    cross: torch.Tensor
+    target_sq: torch.Tensor
+    unit_columns: torch.Tensor
+    fixed: torch.Tensor
+    tokens: int
+    out_weight: torch.Tensor | None = None
+
+
+@dataclass
+class Selected:
+    """What :func:`select_units` chose: ``order`` (units in the order chosen) and ``errors[k-1]``, the
+    weighted residual after k units relative to the weighted target energy (1 = nothing explained)."""
+
+    order: torch.Tensor
+    errors: torch.Tensor
+    start_error: float
+
+
+class _Reader:
+    """The running state of one reader during a selection (see the module docstring)."""
+
+    def __init__(self, problem: ReaderProblem, capacity: int):
+        gram = problem.gram.to(torch.float64)
+        cross = problem.cross.to(torch.float64)
+        target = problem.target_sq.to(torch.float64)
+        if problem.out_weight is not None:
+            w = problem.out_weight.to(torch.float64)
+            cross, target = cross * w.sqrt(), target * w
+        self.gram, self.r = gram, cross.clone()
+        self.energy = float(target.sum())
+        self.cols = problem.unit_columns.long()
+        self.g = self.cols.shape[1]
+        self.blocks = gram[self.cols[:, :, None], self.cols[:, None, :]].clone()  # (U, g, g)
+        self.basis = torch.zeros(gram.shape[0], capacity, dtype=torch.float64)
+        self.used = 0
+        self.floor = 1e-10 * float(torch.diagonal(gram).max().clamp_min(1e-300)) if gram.numel() else 1e-300
+        self.explained = 0.0
+
+    def gains(self) -> torch.Tensor:
+        rs = self.r[self.cols]  # (U, g, d)
+        if self.g == 1:
+            pivots = self.blocks.reshape(-1)
+            gain = (rs.reshape(rs.shape[0], -1) ** 2).sum(dim=1) / pivots.clamp_min(self.floor)
+            return torch.where(pivots > self.floor, gain, torch.zeros_like(gain))
+        eye = torch.eye(self.g, dtype=torch.float64)
+        return (rs * torch.linalg.solve(self.blocks + self.floor * eye, rs)).sum(dim=(1, 2))
+
+    def add(self, columns: torch.Tensor) -> None:
+        m = columns.numel()
+        if m == 0:
+            return
+        used = self.used
+        a_cols = self.gram[:, columns] - self.basis[:, :used] @ self.basis[columns, :used].T  # Ahat[:, cols]
+        eye = torch.eye(m, dtype=torch.float64)
+        jitter = self.floor
+        while True:
+            chol, info = torch.linalg.cholesky_ex(a_cols[columns] + jitter * eye)
+            if int(info) == 0:
+                break
+            jitter *= 100.0  # columns already (numerically) spanned: a tiny ridge keeps the update finite
+        new = torch.linalg.solve_triangular(chol, a_cols.T, upper=False).T  # (C, m)
+        coeff = torch.linalg.solve_triangular(chol, self.r[columns], upper=False)  # (m, d)
+        self.explained += float((coeff * coeff).sum())
+        self.r -= new @ coeff
+        if used + m > self.basis.shape[1]:
+            grown = torch.zeros(self.basis.shape[0], used + m, dtype=torch.float64)
+            grown[:, :used] = self.basis[:, :used]
+            self.basis = grown
+        self.basis[:, used:used + m] = new
+        self.used = used + m
+        unit_rows = new[self.cols]  # (U, g, m)
+        self.blocks -= unit_rows @ unit_rows.transpose(1, 2)
+
+
+def select_units(problems: list[ReaderProblem], n_keep: int) -> Selected:
+    """Greedy forward selection with least-squares weights of ``n_keep`` units over every reader at once.
+
+    Args:
+        problems: the readers of the units (each with a row of ``unit_columns`` per unit, all with U rows).
+        n_keep: units to choose (1..U).
+
+    Returns:
+        :class:`Selected` with the order chosen and the relative residual after each step.
+    """
+    if not problems:
+        raise ValueError("select_units needs at least one reader problem")
+    n_units = problems[0].unit_columns.shape[0]
+    if any(p.unit_columns.shape[0] != n_units for p in problems):
+        raise ValueError(f"every reader must list the same {n_units} units")
+    if not 1 <= n_keep <= n_units:
+        raise ValueError(f"n_keep={n_keep} must be between 1 and the {n_units} units")
+    readers = [_Reader(p, p.fixed.numel() + n_keep * p.unit_columns.shape[1]) for p in problems]
+    for reader, p in zip(readers, problems):
+        reader.add(p.fixed.long())
+    total = sum(r.energy for r in readers) or 1.0
+    start = 1.0 - sum(r.explained for r in readers) / total
+    free = torch.ones(n_units, dtype=torch.bool)
+    order = torch.empty(n_keep, dtype=torch.long)
+    errors = torch.empty(n_keep, dtype=torch.float64)
+    for step in range(n_keep):
+        gain = readers[0].gains()
+        for reader in readers[1:]:
+            gain = gain + reader.gains()
+        u = int(torch.argmax(torch.where(free, gain, -torch.inf)))
+        order[step] = u
+        free[u] = False
+        for reader in readers:
+            reader.add(reader.cols[u])
+        errors[step] = 1.0 - sum(r.explained for r in readers) / total
+    return Selected(order=order, errors=errors.clamp_min(0.0), start_error=max(start, 0.0))
+
+
+def ridge_lambda(gram_kept: torch.Tensor, tokens: int, ridge: float) -> float:
+    """The penalty of :func:`ridge_refit`: ``ridge * mean(diag A_KK) * |K| / T``."""
+    k = gram_kept.shape[0]
+    if k == 0:
+        return 0.0
+    return ridge * float(torch.diagonal(gram_kept).mean()) * k / max(int(tokens), 1)
+
+
+def ridge_refit(gram: torch.Tensor, cross: torch.Tensor, columns: torch.Tensor, prior: torch.Tensor,
+                tokens: int, ridge: float) -> torch.Tensor:
+    """``V*`` (d, |K|): the kept columns re-solved by ridge regression towards ``prior`` (d, |K|).
+
+    Solves ``min ||V P_K - Y||^2 + lam ||V - prior||^2`` from ``gram`` (C, C) and ``cross`` (C, d), with
+    ``lam`` from :func:`ridge_lambda`; normal equations by Cholesky in float64 (the minimum-norm
+    least-squares solution where they are singular).
+    """
+    columns = columns.long()
+    a = gram.to(torch.float64)[columns][:, columns]
+    lam = ridge_lambda(a, tokens, ridge)
+    lhs = a + lam * torch.eye(a.shape[0], dtype=torch.float64)
+    rhs = cross.to(torch.float64)[columns] + lam * prior.to(torch.float64).T  # (|K|, d)
+    chol, info = torch.linalg.cholesky_ex(lhs)
+    if int(info) == 0:
+        solution = torch.cholesky_solve(rhs, chol)
+    else:
+        solution = torch.linalg.lstsq(lhs, rhs, driver="gelsd").solution
+    return solution.T

@@ -1,0 +1,234 @@
+"""The block-reconstruction engine (greedyprune.selection.block) and the local objective built on it
+(greedyprune.channels.reconstruct): selections against brute-force least squares on explicit matrices, the
+refit against its closed form, pruned == the refitted dense network for plain, grouped and depthwise-fed
+readers, exact channel counts, MACs of layers with children, and the caller's timers."""
+import copy
+import signal
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from greedyprune import prune_model
+from greedyprune.channels import find_groups, fold_and_remove
+from greedyprune.channels.reconstruct import DenseTargets, reconstruct_group, sub_readers
+from greedyprune.metrics import count_macs, layer_macs
+from greedyprune.selection.block import ReaderProblem, ridge_refit, select_units
+
+torch.set_num_threads(1)
+
+
+def _explicit_problem(P, Y, unit_columns, fixed, weight=None):
+    P, Y = P.double(), Y.double()
+    return ReaderProblem(gram=P @ P.T, cross=P @ Y.T, target_sq=(Y * Y).sum(1), unit_columns=unit_columns,
+                         fixed=fixed, tokens=P.shape[1], out_weight=weight)
+
+
+def _residual(P, Y, columns, weight):
+    """Weighted squared residual of the least-squares fit of Y on the rows ``columns`` of P (explicit)."""
+    P, Y = P.double(), Y.double()
+    if columns.numel() == 0:
+        fit = torch.zeros_like(Y)
+    else:
+        pk = P[columns]
+        coef = torch.linalg.lstsq(pk.T, Y.T).solution  # (|K|, d)
+        fit = (pk.T @ coef).T
+    return float((((Y - fit) ** 2).sum(1) * weight).sum())
+
+
+def test_select_units_equals_brute_force_least_squares():
+    g = torch.Generator().manual_seed(0)
+    U, group, T = 7, 2, 60
+    readers = []
+    for C_extra, d in ((3, 4), (0, 5)):  # one reader with fixed columns, one without
+        C = U * group + C_extra
+        P = torch.randn(C, T, generator=g)
+        Y = torch.randn(d, C, generator=g) @ P + 0.3 * torch.randn(d, T, generator=g)
+        perm = torch.randperm(C, generator=g)
+        unit_columns, fixed = perm[:U * group].reshape(U, group), perm[U * group:]
+        weight = torch.rand(d, generator=g, dtype=torch.float64) + 0.5
+        readers.append((P, Y, unit_columns, fixed, weight))
+    problems = [_explicit_problem(*r) for r in readers]
+    chosen = select_units(problems, 5)
+    # brute force: each step try every free unit, refit everything from scratch, keep the lowest residual
+    order = []
+    total = sum(float(((Y.double() ** 2).sum(1) * w).sum()) for _, Y, _, _, w in readers)
+    for step in range(5):
+        best = None
+        for u in range(U):
+            if u in order:
+                continue
+            err = sum(_residual(P, Y, torch.cat([fx, uc[order + [u]].reshape(-1)]), w)
+                      for P, Y, uc, fx, w in readers)
+            if best is None or err < best[0] - 1e-9:
+                best = (err, u)
+        order.append(best[1])
+        assert chosen.errors[step] == pytest.approx(best[0] / total, rel=1e-6, abs=1e-9)
+    assert chosen.order.tolist() == order
+
+
+def test_ridge_refit_is_its_closed_form():
+    g = torch.Generator().manual_seed(1)
+    P, Y = torch.randn(6, 40, generator=g, dtype=torch.float64), torch.randn(3, 40, generator=g, dtype=torch.float64)
+    keep, prior = torch.tensor([0, 2, 5]), torch.randn(3, 3, generator=g, dtype=torch.float64)
+    v = ridge_refit(P @ P.T, P @ Y.T, keep, prior, 40, ridge=0.7)
+    pk = P[keep]
+    lam = 0.7 * float(torch.diagonal(pk @ pk.T).mean()) * 3 / 40
+    closed = torch.linalg.solve(pk @ pk.T + lam * torch.eye(3, dtype=torch.float64), pk @ Y.T + lam * prior.T).T
+    assert torch.allclose(v, closed, atol=1e-10)
+    plain = ridge_refit(P @ P.T, P @ Y.T, keep, prior, 40, ridge=0.0)
+    assert torch.allclose(plain, torch.linalg.lstsq(pk.T, Y.T).solution.T, atol=1e-8)
+
+
+class _Plain(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.a = nn.Conv2d(3, 6, 3, padding=1, bias=False)
+        self.bn = nn.BatchNorm2d(6)
+        self.b = nn.Conv2d(6, 5, 3, padding=1)
+        self.fc = nn.Linear(5, 4)
+
+    def forward(self, x):
+        x = self.b(F.relu(self.bn(self.a(x))))
+        return self.fc(F.relu(x).mean((2, 3)))
+
+
+def test_conv_reader_selection_equals_brute_force_on_explicit_patches():
+    torch.manual_seed(0)
+    model = _Plain().eval()
+    x = torch.randn(6, 3, 8, 8)
+    DG, groups = find_groups(model, x[:1], skip=["fc"])
+    group = next(gr for gr in groups if gr.name == "a")
+    counts, _, _ = reconstruct_group(model, group, 3, x, None, ridge=0.0)
+    # explicit: patches of b's input, target b's own output (no dense targets), outputs weighted by 1/variance
+    h = F.relu(model.bn(model.a(x))).detach()
+    P = F.unfold(h, 3, padding=1).transpose(0, 1).reshape(54, -1).double()
+    W = model.b.weight.detach().reshape(5, -1).double()
+    Y = W @ P
+    var = (Y * Y).mean(1) - Y.mean(1) ** 2
+    weight = 1.0 / (P.shape[1] * var.clamp_min(1e-3 * float(var.mean())))
+    unit_cols = torch.arange(54).reshape(6, 9)
+    order = []
+    for _ in range(3):
+        errs = {u: _residual(P, Y, unit_cols[order + [u]].reshape(-1), weight) for u in range(6) if u not in order}
+        order.append(min(errs, key=lambda u: (errs[u], u)))
+    assert sorted(order) == torch.nonzero(counts).flatten().tolist()
+
+
+class _GroupedBlock(nn.Module):
+    """ResNeXt-style: 1x1 -> grouped 3x3 -> 1x1, and a depthwise-fed expansion (MobileNet-style)."""
+
+    def __init__(self):
+        super().__init__()
+        self.stem = nn.Conv2d(3, 8, 3, padding=1, bias=False)
+        self.c1 = nn.Conv2d(8, 12, 1, bias=False)
+        self.bn1 = nn.BatchNorm2d(12)
+        self.c2 = nn.Conv2d(12, 12, 3, padding=1, groups=3, bias=False)
+        self.bn2 = nn.BatchNorm2d(12)
+        self.c3 = nn.Conv2d(12, 8, 1, bias=False)
+        self.expand = nn.Conv2d(8, 16, 1, bias=False)
+        self.dw = nn.Conv2d(16, 16, 3, padding=1, groups=16, bias=False)
+        self.bn3 = nn.BatchNorm2d(16)
+        self.project = nn.Conv2d(16, 8, 1, bias=False)
+        self.fc = nn.Linear(8, 5)
+
+    def forward(self, x):
+        x = F.relu(self.stem(x))
+        x = x + self.c3(F.relu(self.bn2(self.c2(F.relu(self.bn1(self.c1(x)))))))
+        x = x + self.project(F.relu(self.bn3(self.dw(self.expand(x)))))
+        return self.fc(x.mean((2, 3)))
+
+
+@pytest.mark.parametrize("name", ["c1", "c2", "expand"])
+def test_pruned_equals_the_refitted_dense_network(name):
+    torch.manual_seed(0)
+    model = _GroupedBlock().eval()
+    for m in model.modules():
+        if isinstance(m, nn.BatchNorm2d):
+            m.running_mean.uniform_(-0.2, 0.2)
+            m.running_var.uniform_(0.5, 1.5)
+    x = torch.randn(8, 3, 8, 8)
+    DG, groups = find_groups(model, x[:1])
+    group = next(g for g in groups if g.name == name)
+    dense = DenseTargets(model, {r for r, _, _ in group.readers}, x)
+    counts, weights, _ = reconstruct_group(model, group, group.num_units // 2, x, dense, ridge=0.1)
+    masked = copy.deepcopy(model)
+    named = dict(masked.named_modules())
+    with torch.no_grad():
+        for reader, w in weights.items():
+            named[reader].weight.copy_(w)  # removed channels' columns are zero in the refitted weight
+        expected = masked(x)
+    fold_and_remove(DG, model, group, counts, reader_weights=weights)
+    with torch.no_grad():
+        pruned = model(x)
+    assert int((counts > 0).sum()) < group.channels
+    assert torch.allclose(pruned, expected, atol=1e-4)
+    model.train()
+    model(x)  # runs in train mode too
+
+
+def test_grouped_reader_is_read_per_conv_group():
+    model = _GroupedBlock().eval()
+    DG, groups = find_groups(model, torch.randn(1, 3, 8, 8))
+    subs = sub_readers(model, next(g for g in groups if g.name == "c1"))
+    assert [s.name for s in subs] == ["c2"] * 3
+    assert all(s.unit_columns.shape == (4, 9) and s.fixed.numel() == 0 for s in subs)
+
+
+def test_prune_model_local_keeps_the_asked_channels_exactly():
+    torch.manual_seed(0)
+    model = _GroupedBlock().eval()
+    X, y = torch.randn(48, 3, 8, 8), torch.randint(0, 5, (48,))
+    result = prune_model(model, (X, y), keep_ratio=0.5, eval_examples=16, recalibrate=32)
+    assert result.report["bn"] in ("batch", "running")
+    for record in result.layers:
+        assert record["evaluator"] == "reconstruction"
+        assert record["kept"] == max(1, round(0.5 * record["channels"])) or record["name"] == "c1"
+    # c1's group is tied in units by the grouped c2 (3 conv groups of 4): 6 of 12 asked, 6 kept (2 units x 3)
+    assert len(result.kept["c1"]) == 6
+
+
+class _Padded(nn.Conv2d):
+    """A convolution that holds its padding as a child module (as Conv2dStaticSamePadding does)."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.static_padding = nn.ZeroPad2d((0, 1, 0, 1))
+
+    def forward(self, x):
+        return F.conv2d(self.static_padding(x), self.weight, self.bias, self.stride, 0, self.dilation, self.groups)
+
+
+def test_macs_of_a_conv_holding_a_child_module_equal_a_hand_count():
+    model = nn.Sequential(_Padded(3, 8, 2, stride=2), nn.ReLU(), nn.Conv2d(8, 4, 1))
+    macs = layer_macs(model, (1, 3, 16, 16))
+    # padded to 17x17, kernel 2, stride 2 -> 8x8 outputs; 8 * 3 * 2 * 2 per output position
+    assert macs["0"] == 8 * 3 * 4 * 8 * 8
+    assert macs["2"] == 4 * 8 * 8 * 8
+    assert sum(macs.values()) == count_macs(model, (1, 3, 16, 16))
+
+
+def test_local_objective_reconstructs_through_a_padding_child():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(), _Padded(8, 6, 2, stride=2), nn.ReLU(),
+                          nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(6, 3)).eval()
+    X, y = torch.randn(32, 3, 12, 12), torch.randint(0, 3, (32,))
+    result = prune_model(model, (X, y), flops_target=0.6, uniform=True, skip=["6"], eval_examples=8)
+    assert result.report["macs_after"] <= 0.6 * result.report["macs_before"] * 1.02
+    assert len(result.kept["0"]) < 8
+
+
+def test_a_callers_alarm_survives_prune_model():
+    fired = []
+    previous = signal.signal(signal.SIGALRM, lambda *a: fired.append(1))
+    try:
+        signal.setitimer(signal.ITIMER_REAL, 1000.0)
+        model = _GroupedBlock().eval()
+        prune_model(model, (torch.randn(16, 3, 8, 8), torch.randint(0, 5, (16,))), keep_ratio=0.5, eval_examples=8)
+        remaining = signal.getitimer(signal.ITIMER_REAL)[0]
+        assert 900.0 < remaining <= 1000.0  # still running, not reset
+        assert signal.getsignal(signal.SIGALRM) is not signal.SIG_DFL
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)
