@@ -13,6 +13,9 @@ costs one calibration forward, cut at its last reader.
   other channel groups (a concatenation) are *fixed* columns, kept and refitted with the chosen ones.
 * A depthwise convolution passes each kept channel through: its group's readers are the next layers that
   mix channels, which is where Torch-Pruning's dependency graph puts them.
+* The statistics are sums over the calibration positions (products in float32, sums in float64); a reader
+  with far more positions than its columns need (an early, high-resolution layer) uses a seeded subset of
+  at most ``max(64 * columns, 8192)`` of them.
 * Each output of a reader is weighted by the inverse of its variance on the calibration set (the batch norm
   that usually follows divides by its standard deviation), so every output counts alike.
 * Adaptive budgets read each group's relative reconstruction error against its width, measured on the dense
@@ -32,6 +35,8 @@ from .groups import ChannelGroup, UnsupportedLayerError
 __all__ = ["DenseTargets", "SubReader", "reconstruct_group", "reconstruction_curves", "sub_readers"]
 
 _CAPTURE_BATCH = 16
+POSITIONS_PER_COLUMN = 64
+MIN_POSITIONS = 8192
 _MAX_TARGET_BYTES = 6 * 2 ** 30
 
 
@@ -183,6 +188,7 @@ def _accumulate(model: nn.Module, subs: list[SubReader], inputs: torch.Tensor,
 
     hooks = [named[n].register_forward_pre_hook(lambda m, a, n=n: capture(n, a[0])) for n in names]
     sums = [dict(gram=0.0, cross=0.0, sq=0.0, total=0.0, tokens=0) for _ in subs]
+    batches = -(-inputs.shape[0] // _CAPTURE_BATCH)
     try:
         with torch.no_grad():
             for batch, start in enumerate(range(0, inputs.shape[0], _CAPTURE_BATCH)):
@@ -192,11 +198,15 @@ def _accumulate(model: nn.Module, subs: list[SubReader], inputs: torch.Tensor,
                 except _Captured:
                     pass
                 for sub, acc in zip(subs, sums):
-                    p = patches(sub.module, captured[sub.name], sub.channels).double()
+                    p = patches(sub.module, captured[sub.name], sub.channels).float()
                     y = dense.target(sub.name, batch, sub.rows) if dense is not None else None
-                    y = sub.weight2d().double() @ p if y is None else y.double()
-                    acc["gram"] = acc["gram"] + p @ p.T
-                    acc["cross"] = acc["cross"] + p @ y.T
+                    y = sub.weight2d().float() @ p if y is None else y.float()
+                    keep = _positions(p.shape, batches, batch)
+                    if keep is not None:
+                        p, y = p[:, keep], y[:, keep]
+                    acc["gram"] = acc["gram"] + (p @ p.T).double()
+                    acc["cross"] = acc["cross"] + (p @ y.T).double()
+                    y = y.double()
                     acc["sq"] = acc["sq"] + (y * y).sum(dim=1)
                     acc["total"] = acc["total"] + y.sum(dim=1)
                     acc["tokens"] += p.shape[1]
@@ -204,6 +214,17 @@ def _accumulate(model: nn.Module, subs: list[SubReader], inputs: torch.Tensor,
         for h in hooks:
             h.remove()
     return sums
+
+
+def _positions(shape: tuple, batches: int, batch: int) -> torch.Tensor | None:
+    """A seeded subset of a batch's positions when the reader has many more than its statistics need: at
+    most ``max(POSITIONS_PER_COLUMN * columns, MIN_POSITIONS)`` over the whole calibration set."""
+    columns, n = shape
+    per_batch = -(-max(POSITIONS_PER_COLUMN * columns, MIN_POSITIONS) // batches)
+    if n <= per_batch:
+        return None
+    generator = torch.Generator().manual_seed(batch)
+    return torch.randperm(n, generator=generator)[:per_batch].sort().values
 
 
 def _problem(sub: SubReader, acc: dict) -> ReaderProblem:

@@ -52,6 +52,8 @@ __all__ = ["BN_MODES", "METHODS", "OBJECTIVES", "SearchOptions", "prune_model"]
 
 METHODS = ("auto", "fast", "reference")
 OBJECTIVES = ("auto", "network", "local", "local-gfs")
+AUTO_STEPS = 16
+"""``step="auto"``: a group searched to a fixed width takes about this many greedy steps."""
 BN_MODES = ("auto", "batch", "running")
 
 
@@ -74,12 +76,13 @@ class SearchOptions:
     recalibrate: int = 512
     holdout: int | None = None
     check: bool = True
-    step: int = 1
+    step: int | str = "auto"
     curve_points: int = 32
     refit: str | None = None
     refit_ridge: float = 0.5
     objective: str = "auto"
     calibration: int | None = None
+    budget_curves: str = "local"
 
     def validate(self) -> None:
         self.candidates = check_int("candidates", self.candidates, 1, allow_none=True)
@@ -97,7 +100,9 @@ class SearchOptions:
         self.stack_elements = check_int("stack_elements", self.stack_elements, 1, allow_none=True)
         self.recalibrate = check_int("recalibrate", self.recalibrate, 0)
         self.holdout = check_int("holdout", self.holdout, 0, allow_none=True)
-        self.step = check_int("step", self.step, 1)
+        if self.step != "auto":
+            self.step = check_int("step", self.step, 1)
+        check_choice("budget_curves", self.budget_curves, ("local", "network"))
         self.curve_points = check_int("curve_points", self.curve_points, 2)
         if self.refit is not None:
             check_choice("refit", self.refit, ("lstsq",))
@@ -166,12 +171,13 @@ def prune_model(
     stack_elements: int | None = None,
     check: bool = True,
     unsupported: str = "error",
-    step: int = 1,
+    step: int | str = "auto",
     curve_points: int = 32,
     refit: str | None = None,
     refit_ridge: float = 0.5,
     objective: str = "auto",
     calibration: int | None = None,
+    budget_curves: str = "local",
     inplace: bool = False,
     progress: bool = False,
     distributed: bool = False,
@@ -222,8 +228,14 @@ def prune_model(
             physically pruned network with the masked one. A difference raises :class:`UnsupportedLayerError`.
         unsupported: "error" (default) refuses a model with a group that cannot be masked and removed
             exactly; "skip" leaves such groups whole, with a warning naming each and why.
-        step: channels (units) added per greedy step: the best ``step`` candidates of the step's scoring
-            (1 = the paper's one at a time; larger is faster and less exact).
+        step: channels (units) added per greedy step of the network objective: the best ``step`` candidates
+            of the step's scoring (1 = the paper's one at a time; larger is faster and less exact). "auto"
+            (default): about 16 steps to a group's fixed width (one at a time for groups keeping up to 16
+            units, and for the rules that compare losses).
+        budget_curves: what adaptive budgets (flops_target, params_target) allocate widths by with the
+            network objective: "local" (default: each group's reconstruction-error curve, one calibration
+            pass for all groups) or "network" (each group grown on the dense network with the held-out loss
+            measured about ``curve_points`` times: a network search per group, slow on a CPU).
         curve_points: points of each group's loss curve for adaptive budgets (the curve is measured with
             ``ceil(D / curve_points)`` channels added per step).
         refit: for the network objective: None (fold the scales ``D * count / |S|`` into the readers, the
@@ -258,7 +270,7 @@ def prune_model(
                              keep_ratio=keep_ratio, flops_target=flops_target, params_target=params_target)
     options = SearchOptions(candidates, replacement, batch_size, max_steps, seed, finetune_steps, finetune_lr,
                             finetune_weight_decay, method, eval_examples, stack_elements, bn, recalibrate, holdout,
-                            check, step, curve_points, refit, refit_ridge, objective, calibration)
+                            check, step, curve_points, refit, refit_ridge, objective, calibration, budget_curves)
     options.validate()
     check_choice("unsupported", unsupported, ("error", "skip"))
     if not isinstance(model, nn.Module):
@@ -277,7 +289,8 @@ def prune_model(
         options.bn = "batch" if has_batch_norm(model) else "running"
     options.objective = _resolve_objective(options.objective, stop)
     local = options.objective in ("local", "local-gfs")
-    needs_holdout = stop.needs_unpruned or (getattr(stop, "needs_curves", False) and not local)
+    needs_holdout = stop.needs_unpruned or (getattr(stop, "needs_curves", False) and not local
+                                            and options.budget_curves == "network")
     batches, holdout_set = _split_data(data, options, device, needs_holdout)
     eval_x, eval_y = batches.fixed(options.eval_examples)
     check_model_accepts(model, eval_x, eval_y)
@@ -298,8 +311,9 @@ def prune_model(
         calibration = batches.fixed(options.recalibrate)[0]
     search = _Search(model, DG, None if local else _trace_for(model, options.method), batches, options, split,
                      device, calibration, holdout_set, eval_x[:8])
-    if options.objective == "local":
+    if local or (getattr(stop, "needs_curves", False) and options.budget_curves == "local"):
         search.local_inputs = batches.fixed(_calibration_size(options.calibration, before["macs"]))[0]
+    if options.objective == "local":
         search.dense = _dense_targets(model, groups, search.local_inputs)
     stop.plan(PlanContext(model, groups, example, DG, curves=lambda: loss_curves(search, groups)))
 
@@ -324,7 +338,8 @@ def prune_model(
                 counts, record = search_group(search, group, gi, stop)
             kept[group.name] = _fold_checked(search, group, counts)
         counts_out[group.name] = counts.tolist()
-        search.recalibrate()
+        if options.objective != "local":  # the reconstruction targets the dense statistics: recalibrated at the end
+            search.recalibrate()
         finetune(model, batches, options.finetune_steps, options.finetune_lr, options.finetune_weight_decay)
         record.update(kept=len(kept[group.name]), seconds=time.perf_counter() - t0)
         records.append(record)
@@ -415,8 +430,11 @@ def search_group(search: _Search, group: ChannelGroup, index: int, stop: Stoppin
 def _step_size(step: int, group: ChannelGroup, counts: torch.Tensor, stop, candidates: int) -> int:
     """Units to add this step: ``step``, but no more than the candidates scored nor than a fixed target of
     channels (a keep-count rule) still allows."""
-    take = min(step, candidates)
     target = getattr(stop, "targets", {}).get(group.name) if stop is not None else None
+    if step == "auto":  # about AUTO_STEPS steps to a fixed width; one channel at a time otherwise
+        per_unit = group.channels // group.num_units
+        step = 1 if target is None else max(1, -(-target // (per_unit * AUTO_STEPS)))
+    take = min(step, candidates)
     if target is not None and take > 1:
         per_unit = group.channels // group.num_units
         kept = int((group.channel_counts(counts) > 0).sum())
@@ -433,8 +451,15 @@ def loss_curves(search: _Search, groups: list[ChannelGroup]) -> dict[str, tuple[
     the next point is used). With ``objective="local"`` it is the readers' relative reconstruction error
     (greedy selection on the Gram form, without replacement: no candidate forwards at all).
     """
-    if search.options.objective == "local":
-        curves = reconstruction_curves(search.model, groups, search.local_inputs)
+    if search.options.objective == "local" or (search.options.objective == "network"
+                                                and search.options.budget_curves == "local"):
+        try:
+            curves = reconstruction_curves(search.model, groups, search.local_inputs)
+        except UnsupportedLayerError as exc:
+            if search.options.objective == "local" or search.holdout is None:
+                raise
+            warnings.warn(f"budget curves measured by the network objective: {exc}", stacklevel=3)
+            return _network_curves(search, groups)
         out = {}
         for group in groups:
             per_unit = group.channels // group.num_units
@@ -443,6 +468,10 @@ def loss_curves(search: _Search, groups: list[ChannelGroup]) -> dict[str, tuple[
         return out
     if search.options.objective == "local-gfs":
         return local_curves(search, groups)
+    return _network_curves(search, groups)
+
+
+def _network_curves(search: _Search, groups: list[ChannelGroup]) -> dict[str, tuple[list[float], float]]:
     if search.holdout is None:
         raise ValueError("adaptive budgets measure each group's loss curve on a held-out subset: pass holdout > 0, "
                          "or uniform=True")
