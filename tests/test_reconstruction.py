@@ -232,3 +232,21 @@ def test_a_callers_alarm_survives_prune_model():
     finally:
         signal.setitimer(signal.ITIMER_REAL, 0)
         signal.signal(signal.SIGALRM, previous)
+
+
+def test_coarse_curve_steps_end_where_the_exact_selection_ends():
+    g = torch.Generator().manual_seed(3)
+    P = torch.randn(12, 80, generator=g)
+    Y = torch.randn(4, 12, generator=g) @ P + 0.1 * torch.randn(4, 80, generator=g)
+    problem = _explicit_problem(P, Y, torch.arange(12).reshape(12, 1), torch.empty(0, dtype=torch.long))
+    exact, coarse = select_units([problem], 12), select_units([problem], 12, step=5)
+    assert sorted(coarse.order.tolist()) == list(range(12))
+    assert torch.all(coarse.errors[1:] <= coarse.errors[:-1] + 1e-12)  # non-increasing
+    assert coarse.errors[4] == coarse.errors[0]  # one value per block of 5
+    assert float(coarse.errors[-1]) == pytest.approx(float(exact.errors[-1]), abs=1e-9)
+    assert coarse.order[:5].tolist() == torch.sort(-_gains_of_first_step(problem), stable=True).indices[:5].tolist()
+
+
+def _gains_of_first_step(problem):
+    gram, cross = problem.gram, problem.cross
+    return (cross ** 2).sum(1) / torch.diagonal(gram)

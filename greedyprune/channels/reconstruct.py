@@ -37,6 +37,8 @@ __all__ = ["DenseTargets", "SubReader", "reconstruct_group", "reconstruction_cur
 _CAPTURE_BATCH = 16
 POSITIONS_PER_COLUMN = 64
 MIN_POSITIONS = 8192
+CURVE_POINTS = 64
+"""Points of each group's reconstruction-error curve for adaptive budgets (units added per step: U / 64)."""
 _MAX_TARGET_BYTES = 6 * 2 ** 30
 
 
@@ -265,7 +267,7 @@ def reconstruct_group(model: nn.Module, group: ChannelGroup, n_keep: int, inputs
 def reconstruction_curves(model: nn.Module, groups: list[ChannelGroup], inputs: torch.Tensor) -> dict:
     """``{group: (relative reconstruction error with k = 1..U units kept, 0.0)}`` on the dense network: the
     selection of :func:`reconstruct_group` run to each group's full width, each reader reproducing its own
-    dense output. One calibration pass for all groups."""
+    dense output, about :data:`CURVE_POINTS` units at a time. One calibration pass for all groups."""
     per_group = {g.name: sub_readers(model, g) for g in groups}
     subs = [s for group_subs in per_group.values() for s in group_subs]
     # one pass: the Gram of each distinct (reader, conv group) input, shared by the groups that read it
@@ -274,6 +276,6 @@ def reconstruction_curves(model: nn.Module, groups: list[ChannelGroup], inputs: 
     curves = {}
     for group in groups:
         problems = [_problem(s, sums[(s.name, s.channels.start, s.rows.start)]) for s in per_group[group.name]]
-        chosen = select_units(problems, group.num_units)
+        chosen = select_units(problems, group.num_units, step=max(1, -(-group.num_units // CURVE_POINTS)))
         curves[group.name] = ([float(e) for e in chosen.errors], 0.0)
     return curves

@@ -132,12 +132,15 @@ class _Reader:
         self.blocks -= unit_rows @ unit_rows.transpose(1, 2)
 
 
-def select_units(problems: list[ReaderProblem], n_keep: int) -> Selected:
+def select_units(problems: list[ReaderProblem], n_keep: int, step: int = 1) -> Selected:
     """Greedy forward selection with least-squares weights of ``n_keep`` units over every reader at once.
 
     Args:
         problems: the readers of the units (each with a row of ``unit_columns`` per unit, all with U rows).
         n_keep: units to choose (1..U).
+        step: units added per step (1: the exact greedy order). With ``step > 1`` the best ``step`` units by
+            gain are added together (one block update), and every unit of a step gets the error after it:
+            a cheaper, coarser curve, for budgets.
 
     Returns:
         :class:`Selected` with the order chosen and the relative residual after each step.
@@ -157,16 +160,20 @@ def select_units(problems: list[ReaderProblem], n_keep: int) -> Selected:
     free = torch.ones(n_units, dtype=torch.bool)
     order = torch.empty(n_keep, dtype=torch.long)
     errors = torch.empty(n_keep, dtype=torch.float64)
-    for step in range(n_keep):
+    done = 0
+    while done < n_keep:
         gain = readers[0].gains()
         for reader in readers[1:]:
             gain = gain + reader.gains()
-        u = int(torch.argmax(torch.where(free, gain, -torch.inf)))
-        order[step] = u
-        free[u] = False
+        gain = torch.where(free, gain, -torch.inf)
+        take = min(step, n_keep - done)
+        units = torch.argmax(gain).reshape(1) if take == 1 else torch.sort(-gain, stable=True).indices[:take]
+        order[done:done + take] = units
+        free[units] = False
         for reader in readers:
-            reader.add(reader.cols[u])
-        errors[step] = 1.0 - sum(r.explained for r in readers) / total
+            reader.add(reader.cols[units].reshape(-1))
+        errors[done:done + take] = 1.0 - sum(r.explained for r in readers) / total
+        done += take
     return Selected(order=order, errors=errors.clamp_min(0.0), start_error=max(start, 0.0))
 
 
