@@ -48,7 +48,8 @@ from ..selection.engine import MAX_STEPS, greedy_forward_selection
 from ..selection.result import SelectionResult
 from .stats import InputStats
 
-__all__ = ["GREEDY", "METHODS", "Plan", "gfs_select", "keep_count", "ls_select", "plan_block", "reconstruction_error",
+__all__ = ["BIAS_COMPENSATED", "GREEDY", "METHODS", "Plan", "gfs_select", "keep_count", "ls_select", "plan_block",
+           "plan_from_keep", "reconstruction_error",
            "refit_lstsq", "sum_select", "unit_gram", "unit_scores"]
 
 METHODS = ("gfs", "gfs-sum", "gfs-ls", "magnitude", "wanda", "flap", "random")
@@ -190,10 +191,16 @@ def ls_select(weight: torch.Tensor, stats: InputStats, group: int, n_keep: int) 
         free[u] = False
         ch, used = slice(u * group, (u + 1) * group), step * group
         cols = cov[:, ch] - basis[:, :used] @ basis[ch, :used].T  # A[:, ch]
-        chol = torch.linalg.cholesky(cols[ch] + floor * eye)
-        new = torch.linalg.solve_triangular(chol, cols.T, upper=False).T  # A[:, ch] A_uu^(-1/2)
+        chol, info = torch.linalg.cholesky_ex(cols[ch] + floor * eye)
+        if int(info) == 0:
+            new = torch.linalg.solve_triangular(chol, cols.T, upper=False).T  # A[:, ch] A_uu^(-1/2)
+            proj = torch.linalg.solve_triangular(chol, r[ch], upper=False)
+        else:  # fewer tokens than channels: the unit is (partly) spanned by the chosen ones - a pseudo-inverse
+            vals, vecs = torch.linalg.eigh((cols[ch] + cols[ch].T) / 2)
+            m = vecs * torch.where(vals > floor, vals.clamp_min(floor).rsqrt(), torch.zeros_like(vals))
+            new, proj = cols @ m, m.T @ r[ch]
         basis[:, used:used + group] = new
-        r -= new @ torch.linalg.solve_triangular(chol, r[ch], upper=False)
+        r -= new @ proj
         unit_rows = new.reshape(n, group, group)
         blocks -= unit_rows @ unit_rows.transpose(1, 2)
     return torch.tensor(order, dtype=torch.long)
@@ -234,7 +241,6 @@ def plan_block(method: str, weight: torch.Tensor, stats: InputStats | None, grou
                replacement: bool = True, max_steps: int | None = None) -> Plan:
     """Choose the units of one block by ``method`` (one of :data:`METHODS`)."""
     n = weight.shape[1] // group
-    scale = torch.zeros(n, dtype=torch.float64)
     if method == "gfs":
         gram, cross, target_norm = unit_gram(weight, stats, group)
         sel = gfs_select(gram, cross, target_norm, stats.tokens, n_keep, replacement=replacement, max_steps=max_steps)
@@ -248,9 +254,23 @@ def plan_block(method: str, weight: torch.Tensor, stats: InputStats | None, grou
         scores = unit_scores(method, weight, stats, group, weight_in)
         order = torch.sort(-scores, stable=True).indices
         keep = order[:n_keep].sort().values
+    return plan_from_keep(method, weight, stats, group, keep)
+
+
+BIAS_COMPENSATED = ("flap", "gfs-sum", "gfs-ls")
+"""Methods that keep the kept units' weights and move the removed units' mean contribution into the bias."""
+
+
+def plan_from_keep(method: str, weight: torch.Tensor, stats: InputStats | None, group: int,
+                   keep: torch.Tensor) -> Plan:
+    """The plan of a method that keeps the units ``keep`` with their own weights (scale 1): for the methods of
+    :data:`BIAS_COMPENSATED`, the bias takes the removed channels' mean contribution ``W[:, removed] mean(x)``."""
+    n = weight.shape[1] // group
+    keep = keep.sort().values
+    scale = torch.zeros(n, dtype=torch.float64)
     scale[keep] = 1.0
     bias_delta = None
-    if method in ("flap", "gfs-sum", "gfs-ls"):
+    if method in BIAS_COMPENSATED:
         removed = (scale == 0).repeat_interleave(group)
         bias_delta = weight.to(torch.float64)[:, removed] @ stats.mean[removed]
     return Plan(keep=keep, scale=scale, bias_delta=bias_delta, counts=None, selection=None)

@@ -22,6 +22,8 @@ import torch
 
 from ..fileio import atomic_write, atomic_write_text
 from ..result import PruneResult
+from .decoder import is_decoder
+from .decoder_io import DECODER_FORMAT, _plain, load_pruned_decoder, save_pruned_decoder
 from .support import encoder_of, require_transformers
 from .surgery import layer_shape, shrink_ffn, shrink_heads
 
@@ -31,20 +33,9 @@ FORMAT = "greedyprune-transformer-v1"
 WEIGHTS, CONFIG, META = "model.safetensors", "config.json", "greedyprune.json"
 
 
-def _plain(value):
-    if isinstance(value, dict):
-        return {str(k): _plain(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_plain(v) for v in value]
-    if isinstance(value, torch.Tensor):
-        return value.tolist()
-    if isinstance(value, (str, int, float, bool)) or value is None:
-        return value
-    return str(value)
-
-
 def save_pruned_transformer(path: str | os.PathLike, result, *, tokenizer=None) -> Path:
-    """Write a pruned encoder (or any supported encoder) to the directory ``path``.
+    """Write a pruned encoder (or any supported encoder) to the directory ``path``; a decoder goes to
+    :func:`~greedyprune.transformers.decoder_io.save_pruned_decoder`.
 
     Args:
         path: the directory (created if missing; files in it with the same names are replaced).
@@ -58,6 +49,8 @@ def save_pruned_transformer(path: str | os.PathLike, result, *, tokenizer=None) 
 
     require_transformers()
     model = result.model if isinstance(result, PruneResult) else result
+    if is_decoder(model):
+        return save_pruned_decoder(path, result, tokenizer=tokenizer)
     base = encoder_of(model)
     directory = Path(path)
     directory.mkdir(parents=True, exist_ok=True)
@@ -77,7 +70,8 @@ def save_pruned_transformer(path: str | os.PathLike, result, *, tokenizer=None) 
 
 
 def load_pruned_transformer(path: str | os.PathLike):
-    """Load what :func:`save_pruned_transformer` wrote; returns the model in eval mode.
+    """Load what :func:`save_pruned_transformer` wrote (an encoder, or a decoder through
+    :func:`~greedyprune.transformers.decoder_io.load_pruned_decoder`); returns the model in eval mode.
 
     The tokenizer, if it was saved, loads with ``transformers.AutoTokenizer.from_pretrained(path)``.
 
@@ -98,6 +92,8 @@ def load_pruned_transformer(path: str | os.PathLike):
         meta = json.loads((directory / META).read_text(encoding="utf-8"))
     except json.JSONDecodeError as exc:
         raise ValueError(f"{directory / META} is damaged: {exc}") from None
+    if isinstance(meta, dict) and meta.get("format") == DECODER_FORMAT:
+        return load_pruned_decoder(directory, meta)
     if not isinstance(meta, dict) or meta.get("format") != FORMAT:
         raise ValueError(f"{directory / META} is not a {FORMAT} file (format {meta.get('format')!r})")
     from transformers.models import bert
