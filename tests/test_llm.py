@@ -269,3 +269,35 @@ def test_smollm2_end_to_end(tmp_path):
     loaded = load_pruned_transformer(tmp_path / "s")
     kwargs = dict(max_new_tokens=6, do_sample=False)
     assert torch.equal(loaded.generate(held[:1, :16], **kwargs), result.model.generate(held[:1, :16], **kwargs))
+
+
+def _char_tokenizer_fast():
+    from tokenizers import Tokenizer, models
+
+    vocab = {chr(32 + i): i for i in range(95)}
+    vocab["\n"] = 95
+    tk = Tokenizer(models.BPE(vocab=vocab, merges=[], unk_token=" "))
+    return transformers.PreTrainedTokenizerFast(tokenizer_object=tk, eos_token="\n", pad_token="\n")
+
+
+def test_cli_prune_llm(tmp_path, capsys):
+    from greedyprune.cli import main
+
+    dense = tiny_llama()
+    dense.save_pretrained(tmp_path / "dense")
+    _char_tokenizer_fast().save_pretrained(tmp_path / "dense")
+    text = tmp_path / "text.txt"
+    text.write_text("".join(chr(32 + (i * 7) % 95) for i in range(3000)), encoding="utf-8")
+    out = tmp_path / "pruned"
+    assert main(["prune-llm", "--model", str(tmp_path / "dense"), "--text", str(text), "--window", "32",
+                 "--calibration", "8", "--held-out", "2", "--heads-keep", "0.6667", "--ffn-keep", "0.5", "--widths",
+                 "gfs", "--baselines", "--out", str(out), "--no-progress"]) == 0
+    table = capsys.readouterr().out
+    for label in ("dense", "gfs-ls+lstsq", "flap", "taylor", "perplexity", "tokens/s"):
+        assert label in table
+    loaded = load_pruned_transformer(out)
+    assert loaded.model.layers[0].self_attn.k_proj.out_features == 16
+    with pytest.raises(SystemExit):
+        main(["prune-llm", "--model", str(tmp_path / "dense"), "--text", str(text), "--heads-keep", "0.5",
+              "--window", "32", "--out", str(tmp_path / "x"), "--no-progress"])
+    assert "cannot be met" in capsys.readouterr().err

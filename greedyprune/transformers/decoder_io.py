@@ -31,7 +31,8 @@ from ..result import PruneResult
 from .decoder import add_bias, decoder_layer_shape, decoder_of, shrink_kv_groups, shrink_mlp, shrink_query_heads
 from .support import require_transformers
 
-__all__ = ["DECODER_FORMAT", "IntegrityError", "load_pruned_decoder", "save_pruned_decoder"]
+__all__ = ["DECODER_FORMAT", "IntegrityError", "load_pruned_decoder", "load_weights", "read_meta",
+           "save_pruned_decoder"]
 
 DECODER_FORMAT = "greedyprune-decoder-v1"
 WEIGHTS, CONFIG, META = "model.safetensors", "config.json", "greedyprune.json"
@@ -111,6 +112,22 @@ def _reshape(layer, shape, where, index) -> None:
         add_bias(layer.self_attn, "o_proj")
 
 
+def read_meta(directory: Path):
+    """The parsed ``greedyprune.json`` of a saved model directory, after checking its three files are there.
+
+    Raises:
+        FileNotFoundError: a file is missing. ValueError: the JSON is damaged.
+    """
+    for name in (WEIGHTS, CONFIG, META):
+        if not (directory / name).is_file():
+            raise FileNotFoundError(f"{directory / name} is missing; is {directory} a directory written by "
+                                    f"save_pruned_transformer / greedyprune prune-transformer / prune-llm?")
+    try:
+        return json.loads((directory / META).read_text(encoding="utf-8"))
+    except json.JSONDecodeError as exc:
+        raise ValueError(f"{directory / META} is damaged: {exc}") from None
+
+
 def load_pruned_decoder(path: str | os.PathLike, meta: dict | None = None):
     """Load what :func:`save_pruned_decoder` wrote; returns the model in eval mode (float32 as saved).
 
@@ -120,19 +137,9 @@ def load_pruned_decoder(path: str | os.PathLike, meta: dict | None = None):
         unknown class, or weights that do not match the recorded shapes.
     """
     transformers = require_transformers()
-    from safetensors import SafetensorError
-    from safetensors.torch import load
-
     directory = Path(path)
-    for name in (WEIGHTS, CONFIG, META):
-        if not (directory / name).is_file():
-            raise FileNotFoundError(f"{directory / name} is missing; is {directory} a directory written by "
-                                    f"save_pruned_transformer / greedyprune prune-llm?")
     if meta is None:
-        try:
-            meta = json.loads((directory / META).read_text(encoding="utf-8"))
-        except json.JSONDecodeError as exc:
-            raise ValueError(f"{directory / META} is damaged: {exc}") from None
+        meta = read_meta(directory)
     if not isinstance(meta, dict) or meta.get("format") != DECODER_FORMAT:
         raise ValueError(f"{directory / META} is not a {DECODER_FORMAT} file (format {meta.get('format')!r})")
     data = (directory / WEIGHTS).read_bytes()
@@ -150,13 +157,25 @@ def load_pruned_decoder(path: str | os.PathLike, meta: dict | None = None):
         raise ValueError(f"{directory / META} describes {len(shapes)} layers, the config {len(base.layers)}")
     for i, (layer, shape) in enumerate(zip(base.layers, shapes)):
         _reshape(layer, shape, directory / META, i)
+    return load_weights(model, data, directory / WEIGHTS)
+
+
+def load_weights(model, data: bytes, where: Path):
+    """Load safetensors ``data`` (the bytes of ``where``) into ``model`` strictly; returns it in eval mode.
+
+    Raises:
+        ValueError: not a safetensors file, or tensors that do not match the model's recorded shapes.
+    """
+    from safetensors import SafetensorError
+    from safetensors.torch import load
+
     try:
         state = load(data)
     except (SafetensorError, OSError) as exc:
-        raise ValueError(f"{directory / WEIGHTS} is not a readable safetensors file: {exc}") from None
+        raise ValueError(f"{where} is not a readable safetensors file: {exc}") from None
     try:
         model.load_state_dict(state, strict=True)
     except RuntimeError as exc:
-        raise ValueError(f"the weights in {directory / WEIGHTS} do not match the recorded layer shapes: "
+        raise ValueError(f"the weights in {where} do not match the recorded layer shapes: "
                          f"{str(exc).splitlines()[0]}") from None
     return model.eval()

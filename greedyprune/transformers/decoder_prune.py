@@ -5,7 +5,9 @@ as for encoders: the model runs once up to its first layer (a hook captures the 
 ``position_embeddings`` and the other arguments the installed ``transformers`` passes its layers), then
 each layer is called directly. In a layer, the heads go first (statistics of ``o_proj``'s inputs, the
 attention context), then the MLP neurons on the outputs of the pruned attention (statistics of
-``down_proj``'s inputs ``act(gate_proj n) * up_proj n``: for neuron i, the scalar activation ``a_i`` whose
+``down_proj``'s inputs ``act(gate_proj n) * up_proj n``, ``n = post_attention_layernorm(h)`` with h the
+residual after attention - captured there, so the layer's output ``h + mlp(n)`` needs no second attention
+pass; for neuron i, the scalar activation ``a_i`` whose
 ``down_proj`` column ``w_i`` gives its contribution ``P_i = w_i a_i``, exactly an encoder FFN neuron).
 Every method of :mod:`~greedyprune.transformers.criteria` applies unchanged; ``"taylor"`` (LLM-Pruner)
 is added for decoders (:mod:`~greedyprune.transformers.taylor`).
@@ -22,10 +24,10 @@ from ..result import PruneResult
 from . import criteria
 from .decoder import decoder_layer_shape, decoder_of, shrink_kv_groups, shrink_mlp, shrink_query_heads
 from .prune import Block, _prune_block
-from .stats import capture_layer_inputs, module_inputs, run_layer
+from .stats import LayerInput, capture_layer_inputs, module_inputs, run_layer
 from .support import _check_tokenizer, prepare_calibration
 from .taylor import taylor_scores
-from .widths import WIDTH_RULES, allocate_widths, flap_allocation, measure_dense_mlps
+from .widths import WIDTH_RULES, allocate_widths, flap_allocation, layer_steps, measure_dense_mlps
 
 __all__ = ["DECODER_METHODS", "HEAD_UNITS", "decoder_calibration", "decoder_widths", "prune_decoder"]
 
@@ -228,27 +230,28 @@ def prune_decoder(model, calibration, *, tokenizer=None, ffn_keep=None, heads_ke
     try:
         with torch.no_grad():
             inputs = capture_layer_inputs(base, calib.batches, first=base.layers[0], use_cache=False)
-            steps = range(n_layers)
-            if progress:
-                from tqdm.auto import tqdm
-
-                steps = tqdm(steps, desc=f"pruning ({method})", unit="layer")
             masks = [item.mask for item in inputs]
-            for li in steps:
+            for li in layer_steps(n_layers, progress, f"pruning ({method})"):
                 layer = base.layers[li]
                 if li in layer_set and head_plan is not None:
                     _prune_heads(result, li, layer, inputs, masks, head_plan, heads_unit, scores, options)
                 if li in layer_set and (ffn_keep is not None or isinstance(rule, list)):
                     n = layer.mlp.down_proj.in_features
                     n_keep = rule[li] if isinstance(rule, list) else criteria.keep_count(ffn_keep, n)
+                    widths_used[li] = n_keep
                     if n_keep < n:
-                        xs = module_inputs(layer, layer.mlp, inputs)
+                        # the residual h after attention: the MLP reads norm(h), the layer returns h + mlp(norm(h))
+                        mids = module_inputs(layer, layer.post_attention_layernorm, inputs)
+                        xs = [layer.post_attention_layernorm(h) for h in mids]
                         block = _mlp_block(layer)
                         plan = None if scores is None else _score_plan(method, block, scores[li]["mlp"], n_keep)
                         _prune_block(result, f"model.layers.{li}.mlp", "mlp", block, xs, masks, n_keep, plan=plan,
                                      **options)
-                        del xs
-                    widths_used[li] = n_keep
+                        if li < n_layers - 1:
+                            inputs = [LayerInput(h + layer.mlp(x), item.args, item.kwargs, item.mask)
+                                      for h, x, item in zip(mids, xs, inputs)]
+                        del xs, mids
+                        continue
                 if li < n_layers - 1:
                     inputs = run_layer(layer, inputs)
     finally:

@@ -23,7 +23,7 @@ import torch
 from ..fileio import atomic_write, atomic_write_text
 from ..result import PruneResult
 from .decoder import is_decoder
-from .decoder_io import DECODER_FORMAT, _plain, load_pruned_decoder, save_pruned_decoder
+from .decoder_io import DECODER_FORMAT, _plain, load_pruned_decoder, load_weights, read_meta, save_pruned_decoder
 from .support import encoder_of, require_transformers
 from .surgery import layer_shape, shrink_ffn, shrink_heads
 
@@ -80,18 +80,8 @@ def load_pruned_transformer(path: str | os.PathLike):
         class, or weights that do not match the stored shapes.
     """
     transformers = require_transformers()
-    from safetensors import SafetensorError
-    from safetensors.torch import load_file
-
     directory = Path(path)
-    for name in (WEIGHTS, CONFIG, META):
-        if not (directory / name).is_file():
-            raise FileNotFoundError(f"{directory / name} is missing; is {directory} a directory written by "
-                                    f"save_pruned_transformer / greedyprune prune-transformer?")
-    try:
-        meta = json.loads((directory / META).read_text(encoding="utf-8"))
-    except json.JSONDecodeError as exc:
-        raise ValueError(f"{directory / META} is damaged: {exc}") from None
+    meta = read_meta(directory)
     if isinstance(meta, dict) and meta.get("format") == DECODER_FORMAT:
         return load_pruned_decoder(directory, meta)
     if not isinstance(meta, dict) or meta.get("format") != FORMAT:
@@ -114,13 +104,4 @@ def load_pruned_transformer(path: str | os.PathLike):
             shrink_heads(layer, torch.arange(shape["heads"]))
         if shape["intermediate"] < layer_shape(layer)["intermediate"]:
             shrink_ffn(layer, torch.arange(shape["intermediate"]))
-    try:
-        state = load_file(str(directory / WEIGHTS))
-    except (SafetensorError, OSError) as exc:
-        raise ValueError(f"{directory / WEIGHTS} is not a readable safetensors file: {exc}") from None
-    try:
-        model.load_state_dict(state, strict=True)
-    except RuntimeError as exc:
-        raise ValueError(f"the weights in {directory / WEIGHTS} do not match the stored layer shapes: "
-                         f"{str(exc).splitlines()[0]}") from None
-    return model.eval()
+    return load_weights(model, (directory / WEIGHTS).read_bytes(), directory / WEIGHTS)

@@ -28,7 +28,8 @@ import torch
 from . import criteria
 from .stats import input_stats, module_inputs, run_layer
 
-__all__ = ["WIDTH_RULES", "allocate_widths", "curve_from_order", "flap_allocation", "measure_dense_mlps"]
+__all__ = ["WIDTH_RULES", "allocate_widths", "curve_from_order", "flap_allocation", "layer_steps",
+           "measure_dense_mlps"]
 
 WIDTH_RULES = ("uniform", "gfs", "flap")
 
@@ -93,17 +94,21 @@ def flap_allocation(scores: list[torch.Tensor], total: int, min_keep: int = 1) -
     return widths
 
 
+def layer_steps(n_layers: int, progress: bool, desc: str):
+    """``range(n_layers)``, under a progress bar when ``progress``."""
+    if not progress:
+        return range(n_layers)
+    from tqdm.auto import tqdm
+
+    return tqdm(range(n_layers), desc=desc, unit="layer")
+
+
 def measure_dense_mlps(base, inputs, layer_set, rule: str, progress: bool = False) -> dict[int, torch.Tensor]:
     """Per pruned layer: its error curve (``rule="gfs"``) or FLAP scores (``"flap"``), on the dense model."""
     out = {}
     n_layers = len(base.layers)
-    steps = range(n_layers)
-    if progress:
-        from tqdm.auto import tqdm
-
-        steps = tqdm(steps, desc=f"measuring widths ({rule})", unit="layer")
     masks = [item.mask for item in inputs]
-    for li in steps:
+    for li in layer_steps(n_layers, progress, f"measuring widths ({rule})"):
         layer = base.layers[li]
         if li in layer_set:
             mlp = layer.mlp

@@ -1,0 +1,162 @@
+"""Decoder pruning on SmolLM2-135M-Instruct: GFS against magnitude, Wanda-sp, FLAP, LLM-Pruner and random.
+
+Calibration on one Shakespeare play, held-out perplexity on another (fixed, non-overlapping windows of 256
+tokens from each play's start; the dense model is scored on the same windows). Per row: perplexity,
+parameters, pruning time (calibration forward passes, gradients and width measurement included) and tokens/s
+of greedy ``generate()`` (batch 1, 32 new tokens; it depends only on the pruned shapes, so it is measured once
+per shape). Results are appended to ``bench/results/llm.json`` as they come (a rerun skips rows already there
+with the same settings), and the table is printed at the end.
+
+    python bench/llm.py            # default: every method at 50% MLP + the 3 splits (about 20 min on 2 cores)
+    python bench/llm.py --full     # + MLP 75 / 25%, adaptive widths, heads, combined ~30% parameters
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from greedyprune.transformers import (count_parameters, decoder_widths, generation_speed, load_smollm2,  # noqa: E402
+                                      perplexity, prune_transformer, read_play, token_windows)
+
+SPLITS = [("hamlet", "macbeth"), ("othello", "tempest"), ("lear", "twelfth_night")]
+"""(calibration play, evaluation play) for each split; the first is the main table's."""
+
+GFS = [("gfs-ls", "lstsq"), ("gfs", None)]
+BASELINES = [("magnitude", None), ("wanda", None), ("flap", None), ("taylor", None), ("random", None)]
+STRONG = [("gfs-ls", "lstsq"), ("gfs", None), ("wanda", None), ("flap", None), ("taylor", None)]
+
+
+def configs(full: bool):
+    """(row name, prune_transformer options, widths rule, methods)."""
+    rows = [("MLP 50%", dict(ffn_keep=0.5), None, GFS + BASELINES)]
+    if full:
+        rows += [("MLP 75%", dict(ffn_keep=0.75), None, STRONG),
+                 ("MLP 25%", dict(ffn_keep=0.25), None, STRONG),
+                 ("MLP 50% adaptive (gfs widths)", dict(ffn_keep=0.5), "gfs", [("gfs-ls", "lstsq"), ("flap", None)]),
+                 ("MLP 50% adaptive (flap widths)", dict(ffn_keep=0.5), "flap", [("gfs-ls", "lstsq"), ("flap", None)]),
+                 ("heads 2/3 (KV groups)", dict(heads_keep=2 / 3, heads_unit="kv"), None,
+                  [("gfs-ls", "lstsq"), ("gfs", None), ("wanda", None), ("flap", None), ("taylor", None)]),
+                 ("heads 2/3 (query heads)", dict(heads_keep=2 / 3, heads_unit="query"), None,
+                  [("gfs-ls", "lstsq"), ("wanda", None), ("flap", None), ("taylor", None)]),
+                 ("combined ~30% params", dict(ffn_keep=0.6, heads_keep=2 / 3, heads_unit="kv"), None,
+                  [("gfs-ls", "lstsq"), ("wanda", None), ("flap", None), ("taylor", None)])]
+    return rows
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--full", action="store_true", help="all rows (default: 50%% MLP and the splits)")
+    parser.add_argument("--calibration", type=int, default=16, help="calibration windows (default 16)")
+    parser.add_argument("--held-out", type=int, default=8, help="held-out windows (default 8)")
+    parser.add_argument("--window", type=int, default=256)
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--out", type=Path, default=Path(__file__).parent / "results" / "llm.json")
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    model, tok = load_smollm2()
+    settings = dict(calibration=args.calibration, held_out=args.held_out, window=args.window)
+    store = json.loads(args.out.read_text()) if args.out.is_file() else {}
+    if store.get("settings") != settings:
+        store = {"settings": settings, "rows": {}, "speed": {}}
+    texts = {}
+
+    def data(split):
+        if split not in texts:
+            cal, ev = SPLITS[split]
+            texts[split] = (token_windows(tok, read_play(cal), window=args.window, count=args.calibration),
+                            token_windows(tok, read_play(ev), window=args.window, count=args.held_out))
+        return texts[split]
+
+    def save():
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(json.dumps(store, indent=1))
+
+    def speed(m, shape_key):
+        if shape_key not in store["speed"]:
+            store["speed"][shape_key] = generation_speed(m, data(0)[0][0, :16], new_tokens=32, repeats=2)
+        return store["speed"][shape_key]
+
+    def run(key, split, options, rule, method, refit):
+        if key in store["rows"]:
+            return store["rows"][key]
+        calib, held = data(split)
+        if method == "dense":
+            row = {"ppl": perplexity(model, held), "params": count_parameters(model), "seconds": 0.0,
+                   "tokens_s": speed(model, "dense")}
+        else:
+            start = time.perf_counter()
+            widths = None
+            if rule is not None:
+                widths = decoder_widths(model, calib, options["ffn_keep"], rule=rule, max_length=args.window)
+            result = prune_transformer(model, calib, method=method, refit=refit, widths=widths, **options)
+            seconds = time.perf_counter() - start
+            shape = json.dumps(result.report["mlp_widths"]) + str(options.get("heads_keep")) + \
+                str(options.get("heads_unit"))
+            row = {"ppl": perplexity(result.model, held), "params": count_parameters(result.model),
+                   "seconds": seconds, "tokens_s": speed(result.model, shape), "widths": result.report["mlp_widths"]}
+        with open("/proc/loadavg") as f:
+            row["load"] = f.read().split()[0]
+        store["rows"][key] = row
+        save()
+        print(f"{key}: perplexity {row['ppl']:.2f}, {row['params'] / 1e6:.2f}M, {row['seconds']:.0f} s, "
+              f"{row['tokens_s']:.1f} tok/s (load {row['load']})", flush=True)
+        return row
+
+    for split in range(len(SPLITS)):
+        run(f"dense|{split}", split, {}, None, "dense", None)
+    for name, options, rule, methods in configs(args.full):
+        for method, refit in methods:
+            run(f"{name}|{method}{'+' + refit if refit else ''}|0", 0, options, rule, method, refit)
+    for split in (1, 2):
+        for method, refit in STRONG:
+            run(f"MLP 50%|{method}{'+' + refit if refit else ''}|{split}", split, dict(ffn_keep=0.5), None, method,
+                refit)
+    report(store)
+    return 0
+
+
+def report(store) -> None:
+    rows = store["rows"]
+    s = store["settings"]
+    print(f"\nSmolLM2-135M-Instruct; calibration {s['calibration']} x {s['window']} tokens of {SPLITS[0][0]}, "
+          f"perplexity on {s['held_out']} x {s['window']} tokens of {SPLITS[0][1]}")
+    print(f"{'row':34s} {'method':14s} {'perplexity':>10s} {'params':>8s} {'prune s':>8s} {'tok/s':>6s} {'load':>5s}")
+    dense = rows["dense|0"]
+    print(f"{'dense':34s} {'':14s} {dense['ppl']:10.2f} {dense['params'] / 1e6:7.2f}M {'-':>8s} "
+          f"{dense['tokens_s']:6.1f} {dense['load']:>5s}")
+    for key, row in rows.items():
+        name, method, split = key.split("|") if key.count("|") == 2 else (None, None, None)
+        if name is None or split != "0":
+            continue
+        print(f"{name:34s} {method:14s} {row['ppl']:10.2f} {row['params'] / 1e6:7.2f}M {row['seconds']:8.0f} "
+              f"{row['tokens_s']:6.1f} {row['load']:>5s}")
+    print("\nMLP 50%, three calibration/evaluation splits " + ", ".join(f"{c}->{e}" for c, e in SPLITS) +
+          " (perplexity / dense perplexity; mean +- spread = half the range):")
+    means = {}
+    for method in [m + ("+" + r if r else "") for m, r in STRONG]:
+        ratios = [rows[f"MLP 50%|{method}|{sp}"]["ppl"] / rows[f"dense|{sp}"]["ppl"] for sp in range(3)
+                  if f"MLP 50%|{method}|{sp}" in rows]
+        if len(ratios) == 3:
+            means[method] = statistics.mean(ratios)
+            print(f"  {method:14s} {means[method]:.3f} +- {(max(ratios) - min(ratios)) / 2:.3f}   "
+                  + "  ".join(f"{rows[f'MLP 50%|{method}|{sp}']['ppl']:.2f}" for sp in range(3)))
+    print("  dense perplexities: " + "  ".join(f"{rows[f'dense|{sp}']['ppl']:.2f}" for sp in range(3)))
+    base = {k: v for k, v in rows.items() if k.startswith("MLP 50%|") and k.endswith("|0")}
+    gfs = base.get("MLP 50%|gfs-ls+lstsq|0")
+    others = {k.split("|")[1]: v["ppl"] for k, v in base.items() if not k.split("|")[1].startswith("gfs")}
+    if gfs and others:
+        best = min(others, key=others.get)
+        print(f"GFS vs best baseline at 50% MLP: perplexity {gfs['ppl']:.2f} vs {others[best]:.2f} ({best}) "
+              f"(dense {dense['ppl']:.2f})")
+
+
+if __name__ == "__main__":
+    sys.exit(main())
