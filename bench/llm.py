@@ -7,8 +7,9 @@ of greedy ``generate()`` (batch 1, 32 new tokens; it depends only on the pruned 
 per shape). Results are appended to ``bench/results/llm.json`` as they come (a rerun skips rows already there
 with the same settings), and the table is printed at the end.
 
-    python bench/llm.py            # default: every method at 50% MLP + the 3 splits (about 20 min on 2 cores)
-    python bench/llm.py --full     # + MLP 75 / 25%, adaptive widths, heads, combined ~30% parameters
+    python bench/llm.py            # every method at 50% MLP; GFS, FLAP and the best baseline on 3 splits
+    python bench/llm.py --full     # + heads (KV groups / query heads), adaptive widths, combined ~30%
+                                   #   parameters, MLP 75 / 25%: GFS against FLAP
 """
 from __future__ import annotations
 
@@ -31,24 +32,26 @@ SPLITS = [("hamlet", "macbeth"), ("othello", "tempest"), ("lear", "twelfth_night
 
 GFS = [("gfs-ls", "lstsq"), ("gfs", None)]
 BASELINES = [("magnitude", None), ("wanda", None), ("flap", None), ("taylor", None), ("random", None)]
-STRONG = [("gfs-ls", "lstsq"), ("gfs", None), ("wanda", None), ("flap", None), ("taylor", None)]
+PAIR = [("gfs-ls", "lstsq"), ("flap", None)]
 
 
 def configs(full: bool):
-    """(row name, prune_transformer options, widths rule, methods)."""
+    """(row name, prune_transformer options, widths rule, methods), in the order they are run: with --full the
+    further rows compare GFS with FLAP (the strongest baseline at 50% MLP), most informative first."""
     rows = [("MLP 50%", dict(ffn_keep=0.5), None, GFS + BASELINES)]
     if full:
-        rows += [("MLP 75%", dict(ffn_keep=0.75), None, STRONG),
-                 ("MLP 25%", dict(ffn_keep=0.25), None, STRONG),
-                 ("MLP 50% adaptive (gfs widths)", dict(ffn_keep=0.5), "gfs", [("gfs-ls", "lstsq"), ("flap", None)]),
-                 ("MLP 50% adaptive (flap widths)", dict(ffn_keep=0.5), "flap", [("gfs-ls", "lstsq"), ("flap", None)]),
-                 ("heads 2/3 (KV groups)", dict(heads_keep=2 / 3, heads_unit="kv"), None,
-                  [("gfs-ls", "lstsq"), ("gfs", None), ("wanda", None), ("flap", None), ("taylor", None)]),
-                 ("heads 2/3 (query heads)", dict(heads_keep=2 / 3, heads_unit="query"), None,
-                  [("gfs-ls", "lstsq"), ("wanda", None), ("flap", None), ("taylor", None)]),
-                 ("combined ~30% params", dict(ffn_keep=0.6, heads_keep=2 / 3, heads_unit="kv"), None,
-                  [("gfs-ls", "lstsq"), ("wanda", None), ("flap", None), ("taylor", None)])]
+        rows += [("heads 2/3 (KV groups)", dict(heads_keep=2 / 3, heads_unit="kv"), None, PAIR),
+                 ("heads 2/3 (query heads)", dict(heads_keep=2 / 3, heads_unit="query"), None, PAIR),
+                 ("MLP 50% adaptive (gfs widths)", dict(ffn_keep=0.5), "gfs", PAIR),
+                 ("combined ~30% params", dict(ffn_keep=0.6, heads_keep=2 / 3, heads_unit="kv"), None, PAIR),
+                 ("MLP 50% adaptive (flap widths)", dict(ffn_keep=0.5), "flap", PAIR),
+                 ("MLP 75%", dict(ffn_keep=0.75), None, PAIR),
+                 ("MLP 25%", dict(ffn_keep=0.25), None, PAIR)]
     return rows
+
+
+def _name(method, refit):
+    return method + ("+" + refit if refit else "")
 
 
 def main() -> int:
@@ -57,7 +60,9 @@ def main() -> int:
     parser.add_argument("--calibration", type=int, default=16, help="calibration windows (default 16)")
     parser.add_argument("--held-out", type=int, default=8, help="held-out windows (default 8)")
     parser.add_argument("--window", type=int, default=256)
-    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--threads", type=int, default=2, help="torch threads for pruning and perplexity (default 2; "
+                        "on a machine shared with other jobs 1 is several times faster)")
+    parser.add_argument("--speed-threads", type=int, default=2, help="torch threads for the generate() speed")
     parser.add_argument("--out", type=Path, default=Path(__file__).parent / "results" / "llm.json")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
@@ -81,7 +86,9 @@ def main() -> int:
 
     def speed(m, shape_key):
         if shape_key not in store["speed"]:
+            torch.set_num_threads(args.speed_threads)
             store["speed"][shape_key] = generation_speed(m, data(0)[0][0, :16], new_tokens=32, repeats=2)
+            torch.set_num_threads(args.threads)
         return store["speed"][shape_key]
 
     def run(key, split, options, rule, method, refit):
@@ -112,13 +119,16 @@ def main() -> int:
 
     for split in range(len(SPLITS)):
         run(f"dense|{split}", split, {}, None, "dense", None)
-    for name, options, rule, methods in configs(args.full):
-        for method, refit in methods:
-            run(f"{name}|{method}{'+' + refit if refit else ''}|0", 0, options, rule, method, refit)
+    plan = configs(args.full)
+    name, options, rule, methods = plan[0]
+    ppl = {_name(m, r): run(f"{name}|{_name(m, r)}|0", 0, options, rule, m, r)["ppl"] for m, r in methods}
+    best = min((m for m, r in BASELINES), key=ppl.get)  # the splits: GFS, FLAP and the best baseline of split 0
     for split in (1, 2):
-        for method, refit in STRONG:
-            run(f"MLP 50%|{method}{'+' + refit if refit else ''}|{split}", split, dict(ffn_keep=0.5), None, method,
-                refit)
+        for method, refit in dict.fromkeys(GFS[:1] + PAIR[1:] + [(best, None)]):
+            run(f"MLP 50%|{_name(method, refit)}|{split}", split, dict(ffn_keep=0.5), None, method, refit)
+    for name, options, rule, methods in plan[1:]:
+        for method, refit in methods:
+            run(f"{name}|{_name(method, refit)}|0", 0, options, rule, method, refit)
     report(store)
     return 0
 
@@ -141,7 +151,7 @@ def report(store) -> None:
     print("\nMLP 50%, three calibration/evaluation splits " + ", ".join(f"{c}->{e}" for c, e in SPLITS) +
           " (perplexity / dense perplexity; mean +- spread = half the range):")
     means = {}
-    for method in [m + ("+" + r if r else "") for m, r in STRONG]:
+    for method in [_name(m, r) for m, r in GFS + BASELINES]:
         ratios = [rows[f"MLP 50%|{method}|{sp}"]["ppl"] / rows[f"dense|{sp}"]["ppl"] for sp in range(3)
                   if f"MLP 50%|{method}|{sp}" in rows]
         if len(ratios) == 3:

@@ -243,6 +243,10 @@ def plan_block(method: str, weight: torch.Tensor, stats: InputStats | None, grou
     n = weight.shape[1] // group
     if method == "gfs":
         gram, cross, target_norm = unit_gram(weight, stats, group)
+        # the selection is invariant to a common positive scale; a decoder's massive activations (and the N^2
+        # of phi = N P) can push the Gram past what the engine accepts, so it is brought to order 1
+        unit = float(torch.diagonal(gram).max().clamp_min(1e-300))
+        gram, cross, target_norm = gram / unit, cross / unit, target_norm / unit
         sel = gfs_select(gram, cross, target_norm, stats.tokens, n_keep, replacement=replacement, max_steps=max_steps)
         scale = n * sel.counts.to(torch.float64) / sel.k
         return Plan(keep=sel.selected, scale=scale, bias_delta=None, counts=sel.counts, selection=sel)
