@@ -27,7 +27,7 @@ from .prune import Block, _prune_block
 from .stats import LayerInput, capture_layer_inputs, module_inputs, run_layer
 from .support import _check_tokenizer, prepare_calibration
 from .taylor import taylor_scores
-from .widths import WIDTH_RULES, allocate_widths, flap_allocation, layer_steps, measure_dense_mlps
+from .widths import SCALES, WIDTH_RULES, allocate_widths, flap_allocation, layer_steps, measure_dense_mlps
 
 __all__ = ["DECODER_METHODS", "HEAD_UNITS", "decoder_calibration", "decoder_widths", "prune_decoder"]
 
@@ -140,9 +140,11 @@ def _check_widths(widths, ffn_keep, n_layers, layer_set, width):
 
 
 def decoder_widths(model, calibration, ffn_keep: float, *, rule: str = "gfs", tokenizer=None, layers=None,
-                   max_length: int = 256, batch_size: int = 8, min_tokens: int = 128, progress: bool = False):
+                   max_length: int = 256, batch_size: int = 8, min_tokens: int = 128, progress: bool = False,
+                   scale: str = "block"):
     """Kept MLP neurons per layer for a global budget ``ffn_keep`` (a fraction of all pruned layers' neurons),
-    by ``rule`` ``"gfs"`` (marginal rule on measured error curves) or ``"flap"`` (FLAP's standardised scores);
+    by ``rule`` ``"gfs"`` (marginal rule on measured error curves, each divided by ``scale``: ``"block"`` its
+    dense output energy, or ``"residual"`` the residual stream's) or ``"flap"`` (FLAP's standardised scores);
     see :mod:`~greedyprune.transformers.widths`. Pass the list to ``prune_transformer(widths=...)`` to give
     every method the same widths.
 
@@ -152,6 +154,7 @@ def decoder_widths(model, calibration, ffn_keep: float, *, rule: str = "gfs", to
     base = decoder_of(model)
     ffn_keep = check_number("ffn_keep", ffn_keep, low=0, high=1, low_open=True)
     check_choice("rule", rule, ("gfs", "flap"))
+    check_choice("scale", scale, SCALES)
     n_layers = len(base.layers)
     layer_set = _layer_set(layers, n_layers)
     calib = decoder_calibration(calibration, base, tokenizer=tokenizer, window=max_length, batch_size=batch_size,
@@ -161,7 +164,7 @@ def decoder_widths(model, calibration, ffn_keep: float, *, rule: str = "gfs", to
     try:
         with torch.no_grad():
             inputs = capture_layer_inputs(base, calib.batches, first=base.layers[0], use_cache=False)
-            measured = measure_dense_mlps(base, inputs, layer_set, rule, progress)
+            measured = measure_dense_mlps(base, inputs, layer_set, rule, progress, scale)
     finally:
         model.train(was_training)
     dense = [decoder_layer_shape(layer)["intermediate"] for layer in base.layers]

@@ -11,8 +11,11 @@ Cholesky factorisation of their covariance ``C = L L'`` in that order: with ``Z 
 
     e_l(k) = trace(W C W') - sum_{j <= k} ||Z_j||^2      (centred: the bias absorbs the mean),
 
-divided by the energy ``sum_t ||h_l(t)||^2`` of the residual stream at the layer's output (the scale the
-next RMSNorm sees). Then, as for the CNN budgets, neurons are removed one at a time from the layer whose
+divided by a scale: ``scale="block"`` (default) the block's own dense error ``e_l(0)`` (its centred output
+energy), so every layer's curve runs from 1 down to 0; ``scale="residual"`` the energy ``sum_t ||h_l(t)||^2``
+of the residual stream at the layer's output. On SmolLM2 the residual scale starved the middle layers (30 to
+60 of 1,536 neurons kept in layers 11-17): its energy is dominated by a few tokens' massive activations,
+which grow with depth, so the later layers' errors looked cheap. Then, as for the CNN budgets, neurons are removed one at a time from the layer whose
 error rises least, ``e_l(k_l - 1) - e_l(k_l)``, until ``K`` are left (at least ``min_keep`` per layer).
 
 ``rule="flap"`` (An et al. 2024, "adaptive structure"): the fluctuation scores ``var(x_i) ||W[:, i]||^2`` of
@@ -28,7 +31,7 @@ import torch
 from . import criteria
 from .stats import input_stats, module_inputs, run_layer
 
-__all__ = ["WIDTH_RULES", "allocate_widths", "curve_from_order", "flap_allocation", "layer_steps",
+__all__ = ["SCALES", "WIDTH_RULES", "allocate_widths", "curve_from_order", "flap_allocation", "layer_steps",
            "measure_dense_mlps"]
 
 WIDTH_RULES = ("uniform", "gfs", "flap")
@@ -103,8 +106,13 @@ def layer_steps(n_layers: int, progress: bool, desc: str):
     return tqdm(range(n_layers), desc=desc, unit="layer")
 
 
-def measure_dense_mlps(base, inputs, layer_set, rule: str, progress: bool = False) -> dict[int, torch.Tensor]:
-    """Per pruned layer: its error curve (``rule="gfs"``) or FLAP scores (``"flap"``), on the dense model."""
+SCALES = ("block", "residual")
+
+
+def measure_dense_mlps(base, inputs, layer_set, rule: str, progress: bool = False,
+                       scale: str = "block") -> dict[int, torch.Tensor]:
+    """Per pruned layer: its error curve (``rule="gfs"``, divided by ``scale``, see the module docstring) or
+    FLAP scores (``"flap"``), on the dense model."""
     out = {}
     n_layers = len(base.layers)
     masks = [item.mask for item in inputs]
@@ -122,8 +130,12 @@ def measure_dense_mlps(base, inputs, layer_set, rule: str, progress: bool = Fals
         if li in layer_set:
             if rule == "gfs":
                 order = criteria.ls_select(weight, stats, 1, weight.shape[1])
-                energy = sum(float((item.hidden[item.mask].double() ** 2).sum()) for item in inputs)
-                out[li] = curve_from_order(weight, stats, order) / energy
+                curve = curve_from_order(weight, stats, order)
+                if scale == "residual":
+                    energy = sum(float((item.hidden[item.mask].double() ** 2).sum()) for item in inputs)
+                else:
+                    energy = float(curve[0].clamp_min(1e-300))
+                out[li] = curve / energy
             else:
                 out[li] = criteria.unit_scores("flap", weight, stats, 1)
     return out
