@@ -32,7 +32,7 @@ from .decoder import add_bias, decoder_layer_shape, decoder_of, shrink_kv_groups
 from .support import require_transformers
 
 __all__ = ["DECODER_FORMAT", "IntegrityError", "load_pruned_decoder", "load_weights", "read_meta",
-           "save_pruned_decoder"]
+           "save_pruned_decoder", "write_meta"]
 
 DECODER_FORMAT = "greedyprune-decoder-v1"
 WEIGHTS, CONFIG, META = "model.safetensors", "config.json", "greedyprune.json"
@@ -72,6 +72,12 @@ def save_pruned_decoder(path: str | os.PathLike, result, *, tokenizer=None) -> P
     meta = {"format": DECODER_FORMAT, "architecture": type(model).__name__,
             "module": type(model).__module__, "sha256": hashlib.sha256(data).hexdigest(),
             "layers": [decoder_layer_shape(layer) for layer in base.layers]}
+    return write_meta(directory, meta, result, tokenizer)
+
+
+def write_meta(directory: Path, meta: dict, result, tokenizer) -> Path:
+    """Write ``greedyprune.json`` (``meta`` plus, for a PruneResult, what was kept and the report) and the
+    tokenizer's files when one is given; returns the directory."""
     if isinstance(result, PruneResult):
         meta.update(method=result.method, kept=_plain(result.kept),
                     report={k: _plain(v) for k, v in result.report.items()})

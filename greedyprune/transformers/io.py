@@ -14,7 +14,6 @@ shape and loads the weights strictly. Only classes of ``transformers.models.bert
 """
 from __future__ import annotations
 
-import json
 import os
 from pathlib import Path
 
@@ -23,7 +22,8 @@ import torch
 from ..fileio import atomic_write, atomic_write_text
 from ..result import PruneResult
 from .decoder import is_decoder
-from .decoder_io import DECODER_FORMAT, _plain, load_pruned_decoder, load_weights, read_meta, save_pruned_decoder
+from .decoder_io import (DECODER_FORMAT, load_pruned_decoder, load_weights, read_meta, save_pruned_decoder,
+                         write_meta)
 from .support import encoder_of, require_transformers
 from .surgery import layer_shape, shrink_ffn, shrink_heads
 
@@ -60,13 +60,7 @@ def save_pruned_transformer(path: str | os.PathLike, result, *, tokenizer=None) 
     atomic_write_text(directory / CONFIG, model.config.to_json_string())
     meta = {"format": FORMAT, "architecture": type(model).__name__, "pooler": base.pooler is not None,
             "layers": [layer_shape(layer) for layer in base.encoder.layer]}
-    if isinstance(result, PruneResult):
-        meta.update(method=result.method, kept=_plain(result.kept),
-                    report={k: _plain(v) for k, v in result.report.items()})
-    atomic_write_text(directory / META, json.dumps(meta, indent=1))
-    if tokenizer is not None:
-        tokenizer.save_pretrained(str(directory))
-    return directory
+    return write_meta(directory, meta, result, tokenizer)
 
 
 def load_pruned_transformer(path: str | os.PathLike):
