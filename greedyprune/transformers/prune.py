@@ -124,8 +124,13 @@ def prune_transformer(model, calibration, *, tokenizer=None, ffn_keep: float | N
 
     Raises:
         ImportError: the optional extra is not installed (the message names the install command).
-        UnsupportedModelError (a TypeError): not a supported encoder.
-        ValueError: keep fractions outside (0, 1], empty or too-short calibration, tokenizer/model mismatch.
+        UnsupportedModelError (a TypeError): not a supported encoder or decoder (the message names the first
+            missing module and what is supported).
+        HalfPrecisionError (a ValueError): a decoder in float16 / bfloat16 - refused, not upcast: call
+            ``model.float()`` first.
+        ValueError: keep fractions outside (0, 1], empty or too-short calibration (shorter than one window
+            for a decoder), tokenizer/model mismatch, a ``heads_keep`` that whole key/value groups (or equal
+            query heads per group) cannot meet.
     """
     require_transformers()
     from .decoder import is_decoder
