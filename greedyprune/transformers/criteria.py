@@ -248,6 +248,7 @@ def plan_block(method: str, weight: torch.Tensor, stats: InputStats | None, grou
         unit = float(torch.diagonal(gram).max().clamp_min(1e-300))
         gram, cross, target_norm = gram / unit, cross / unit, target_norm / unit
         sel = gfs_select(gram, cross, target_norm, stats.tokens, n_keep, replacement=replacement, max_steps=max_steps)
+        sel.losses.mul_(unit)  # back in the block's own units
         scale = n * sel.counts.to(torch.float64) / sel.k
         return Plan(keep=sel.selected, scale=scale, bias_delta=None, counts=sel.counts, selection=sel)
     if method in ("gfs-sum", "gfs-ls"):
