@@ -4,6 +4,7 @@
     greedyprune train | prune                                          (deep.py)
     greedyprune plot | export | theory threshold | advise              (results.py)
     greedyprune prune-transformer                                      (transformer.py)
+    greedyprune prune-llm                                              (llm.py)
 
 A user's mistake (a bad option, a missing file, a damaged file, a locked output) is printed as
 ``greedyprune: error: ...`` with exit status 2. An internal failure keeps its traceback (exit 1): an
@@ -28,7 +29,7 @@ _PACKAGE = str(Path(__file__).resolve().parents[1])
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from . import deep, results, study, transformer
+    from . import deep, llm, results, study, transformer
 
     parser = argparse.ArgumentParser(prog="greedyprune", description="Structured pruning by greedy forward selection.")
     parser.add_argument("--version", action="version", version=f"greedyprune {__version__}")
@@ -38,6 +39,7 @@ def build_parser() -> argparse.ArgumentParser:
     deep.register(sub)
     results.register(sub)
     transformer.register(sub)
+    llm.register(sub)
     return parser
 
 

@@ -66,16 +66,24 @@ def _load(args):
             return (*load_minilm(), "minilm")
     except ImportError as exc:
         raise UsageError(str(exc)) from None
-    if not (args.model / "config.json").is_file():
-        raise UsageError(f"--model {args.model}: no config.json there; give the directory of a Hugging Face model "
+    return load_model_dir(args.model, transformers.AutoModel)
+
+
+def load_model_dir(path: Path, auto):
+    """``(model, tokenizer, name)`` from a Hugging Face directory (``auto``: an ``AutoModel...`` class), offline;
+    a UsageError naming the directory when it holds no loadable model."""
+    if not (path / "config.json").is_file():
+        raise UsageError(f"--model {path}: no config.json there; give the directory of a Hugging Face model "
                          f"saved with save_pretrained (and its tokenizer)")
+    from transformers import AutoTokenizer
+
     try:
-        model = transformers.AutoModel.from_pretrained(str(args.model), local_files_only=True)
-        tokenizer = transformers.AutoTokenizer.from_pretrained(str(args.model), local_files_only=True)
+        model = auto.from_pretrained(str(path), local_files_only=True)
+        tokenizer = AutoTokenizer.from_pretrained(str(path), local_files_only=True)
     except (OSError, ValueError) as exc:
-        raise UsageError(f"--model {args.model}: cannot load the model and its tokenizer: "
+        raise UsageError(f"--model {path}: cannot load the model and its tokenizer: "
                          f"{str(exc).splitlines()[0]}") from None
-    return model.eval(), tokenizer, args.model.resolve().name
+    return model.eval(), tokenizer, path.resolve().name
 
 
 def _sentences(args):

@@ -49,7 +49,8 @@ from ..selection.engine import MAX_STEPS, greedy_forward_selection
 from ..selection.result import SelectionResult
 from .stats import InputStats
 
-__all__ = ["GREEDY", "METHODS", "Plan", "gfs_select", "keep_count", "ls_select", "plan_block", "reconstruction_error",
+__all__ = ["BIAS_COMPENSATED", "GREEDY", "METHODS", "Plan", "gfs_select", "keep_count", "ls_select", "plan_block",
+           "plan_from_keep", "reconstruction_error",
            "refit_lstsq", "sum_select", "unit_gram", "unit_scores"]
 
 METHODS = ("gfs", "gfs-sum", "gfs-ls", "magnitude", "wanda", "flap", "random")
@@ -208,10 +209,14 @@ def plan_block(method: str, weight: torch.Tensor, stats: InputStats | None, grou
                replacement: bool = True, max_steps: int | None = None) -> Plan:
     """Choose the units of one block by ``method`` (one of :data:`METHODS`)."""
     n = weight.shape[1] // group
-    scale = torch.zeros(n, dtype=torch.float64)
     if method == "gfs":
         gram, cross, target_norm = unit_gram(weight, stats, group)
+        # the selection is invariant to a common positive scale; a decoder's massive activations (and the N^2
+        # of phi = N P) can push the Gram past what the engine accepts, so it is brought to order 1
+        unit = float(torch.diagonal(gram).max().clamp_min(1e-300))
+        gram, cross, target_norm = gram / unit, cross / unit, target_norm / unit
         sel = gfs_select(gram, cross, target_norm, stats.tokens, n_keep, replacement=replacement, max_steps=max_steps)
+        sel.losses.mul_(unit)  # back in the block's own units
         scale = n * sel.counts.to(torch.float64) / sel.k
         return Plan(keep=sel.selected, scale=scale, bias_delta=None, counts=sel.counts, selection=sel)
     if method in ("gfs-sum", "gfs-ls"):
@@ -222,9 +227,23 @@ def plan_block(method: str, weight: torch.Tensor, stats: InputStats | None, grou
         scores = unit_scores(method, weight, stats, group, weight_in)
         order = torch.sort(-scores, stable=True).indices
         keep = order[:n_keep].sort().values
+    return plan_from_keep(method, weight, stats, group, keep)
+
+
+BIAS_COMPENSATED = ("flap", "gfs-sum", "gfs-ls")
+"""Methods that keep the kept units' weights and move the removed units' mean contribution into the bias."""
+
+
+def plan_from_keep(method: str, weight: torch.Tensor, stats: InputStats | None, group: int,
+                   keep: torch.Tensor) -> Plan:
+    """The plan of a method that keeps the units ``keep`` with their own weights (scale 1): for the methods of
+    :data:`BIAS_COMPENSATED`, the bias takes the removed channels' mean contribution ``W[:, removed] mean(x)``."""
+    n = weight.shape[1] // group
+    keep = keep.sort().values
+    scale = torch.zeros(n, dtype=torch.float64)
     scale[keep] = 1.0
     bias_delta = None
-    if method in ("flap", "gfs-sum", "gfs-ls"):
+    if method in BIAS_COMPENSATED:
         removed = (scale == 0).repeat_interleave(group)
         bias_delta = weight.to(torch.float64)[:, removed] @ stats.mean[removed]
     return Plan(keep=keep, scale=scale, bias_delta=bias_delta, counts=None, selection=None)

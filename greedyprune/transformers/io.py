@@ -14,7 +14,6 @@ shape and loads the weights strictly. Only classes of ``transformers.models.bert
 """
 from __future__ import annotations
 
-import json
 import os
 from pathlib import Path
 
@@ -22,6 +21,9 @@ import torch
 
 from ..fileio import atomic_write, atomic_write_text
 from ..result import PruneResult
+from .decoder import is_decoder
+from .decoder_io import (DECODER_FORMAT, load_pruned_decoder, load_weights, read_meta, save_pruned_decoder,
+                         write_meta)
 from .support import encoder_of, require_transformers
 from .surgery import layer_shape, shrink_ffn, shrink_heads
 
@@ -31,20 +33,9 @@ FORMAT = "greedyprune-transformer-v1"
 WEIGHTS, CONFIG, META = "model.safetensors", "config.json", "greedyprune.json"
 
 
-def _plain(value):
-    if isinstance(value, dict):
-        return {str(k): _plain(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_plain(v) for v in value]
-    if isinstance(value, torch.Tensor):
-        return value.tolist()
-    if isinstance(value, (str, int, float, bool)) or value is None:
-        return value
-    return str(value)
-
-
 def save_pruned_transformer(path: str | os.PathLike, result, *, tokenizer=None) -> Path:
-    """Write a pruned encoder (or any supported encoder) to the directory ``path``.
+    """Write a pruned encoder (or any supported encoder) to the directory ``path``; a decoder goes to
+    :func:`~greedyprune.transformers.decoder_io.save_pruned_decoder`.
 
     Args:
         path: the directory (created if missing; files in it with the same names are replaced).
@@ -58,6 +49,8 @@ def save_pruned_transformer(path: str | os.PathLike, result, *, tokenizer=None) 
 
     require_transformers()
     model = result.model if isinstance(result, PruneResult) else result
+    if is_decoder(model):
+        return save_pruned_decoder(path, result, tokenizer=tokenizer)
     base = encoder_of(model)
     directory = Path(path)
     directory.mkdir(parents=True, exist_ok=True)
@@ -67,17 +60,12 @@ def save_pruned_transformer(path: str | os.PathLike, result, *, tokenizer=None) 
     atomic_write_text(directory / CONFIG, model.config.to_json_string())
     meta = {"format": FORMAT, "architecture": type(model).__name__, "pooler": base.pooler is not None,
             "layers": [layer_shape(layer) for layer in base.encoder.layer]}
-    if isinstance(result, PruneResult):
-        meta.update(method=result.method, kept=_plain(result.kept),
-                    report={k: _plain(v) for k, v in result.report.items()})
-    atomic_write_text(directory / META, json.dumps(meta, indent=1))
-    if tokenizer is not None:
-        tokenizer.save_pretrained(str(directory))
-    return directory
+    return write_meta(directory, meta, result, tokenizer)
 
 
 def load_pruned_transformer(path: str | os.PathLike):
-    """Load what :func:`save_pruned_transformer` wrote; returns the model in eval mode.
+    """Load what :func:`save_pruned_transformer` wrote (an encoder, or a decoder through
+    :func:`~greedyprune.transformers.decoder_io.load_pruned_decoder`); returns the model in eval mode.
 
     The tokenizer, if it was saved, loads with ``transformers.AutoTokenizer.from_pretrained(path)``.
 
@@ -86,18 +74,10 @@ def load_pruned_transformer(path: str | os.PathLike):
         class, or weights that do not match the stored shapes.
     """
     transformers = require_transformers()
-    from safetensors import SafetensorError
-    from safetensors.torch import load_file
-
     directory = Path(path)
-    for name in (WEIGHTS, CONFIG, META):
-        if not (directory / name).is_file():
-            raise FileNotFoundError(f"{directory / name} is missing; is {directory} a directory written by "
-                                    f"save_pruned_transformer / greedyprune prune-transformer?")
-    try:
-        meta = json.loads((directory / META).read_text(encoding="utf-8"))
-    except json.JSONDecodeError as exc:
-        raise ValueError(f"{directory / META} is damaged: {exc}") from None
+    meta = read_meta(directory)
+    if isinstance(meta, dict) and meta.get("format") == DECODER_FORMAT:
+        return load_pruned_decoder(directory, meta)
     if not isinstance(meta, dict) or meta.get("format") != FORMAT:
         raise ValueError(f"{directory / META} is not a {FORMAT} file (format {meta.get('format')!r})")
     from transformers.models import bert
@@ -118,13 +98,4 @@ def load_pruned_transformer(path: str | os.PathLike):
             shrink_heads(layer, torch.arange(shape["heads"]))
         if shape["intermediate"] < layer_shape(layer)["intermediate"]:
             shrink_ffn(layer, torch.arange(shape["intermediate"]))
-    try:
-        state = load_file(str(directory / WEIGHTS))
-    except (SafetensorError, OSError) as exc:
-        raise ValueError(f"{directory / WEIGHTS} is not a readable safetensors file: {exc}") from None
-    try:
-        model.load_state_dict(state, strict=True)
-    except RuntimeError as exc:
-        raise ValueError(f"the weights in {directory / WEIGHTS} do not match the stored layer shapes: "
-                         f"{str(exc).splitlines()[0]}") from None
-    return model.eval()
+    return load_weights(model, (directory / WEIGHTS).read_bytes(), directory / WEIGHTS)

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import copy
 import time
+from dataclasses import dataclass
 
 import torch
 
@@ -64,16 +65,23 @@ def prune_transformer(model, calibration, *, tokenizer=None, ffn_keep: float | N
                       heads_keep: float | None = None, method: str = DEFAULT_METHOD,
                       refit: str | None = DEFAULT_REFIT,
                       ridge: float = DEFAULT_RIDGE, replacement: bool = True, max_steps: int | None = None,
-                      layers=None, batch_size: int = 32, max_length: int = 128,
+                      layers=None, batch_size: int | None = None, max_length: int | None = None,
                       min_tokens: int = MIN_CALIBRATION_TOKENS, seed: int = 0, inplace: bool = False,
-                      progress: bool = False) -> PruneResult:
-    """Prune the FFN neurons and/or attention heads of every layer of a BERT-family encoder.
+                      progress: bool = False, heads_unit: str = "kv", widths=None) -> PruneResult:
+    """Prune the FFN (MLP) neurons and/or attention heads of every layer of an encoder or a decoder.
+
+    Encoders: BERT-family (``BertModel`` and models built on one). Decoders: Llama-family
+    (``LlamaForCausalLM`` / ``LlamaModel``, Mistral, Qwen2), pruned by
+    :func:`~greedyprune.transformers.decoder_prune.prune_decoder` with the same methods plus ``"taylor"``
+    (LLM-Pruner's first-order group importance), grouped-query heads and per-layer widths.
 
     Args:
-        model: a ``transformers.BertModel`` or a model built on one (``BertFor...``); see
-            :data:`~greedyprune.transformers.support.SUPPORTED`.
+        model: a ``transformers.BertModel`` or a model built on one (``BertFor...``; see
+            :data:`~greedyprune.transformers.support.SUPPORTED`), or a Llama-family decoder (see
+            :data:`~greedyprune.transformers.decoder.DECODER_SUPPORTED`).
         calibration: a list of sentences (with ``tokenizer``) or a tokenised dict with ``input_ids``
-            (and ``attention_mask``).
+            (and ``attention_mask``). Decoders: a text (str; cut into windows of ``max_length`` tokens), or a
+            (B, L) tensor / dict of token windows.
         tokenizer: the model's tokenizer (for sentences).
         ffn_keep: fraction in (0, 1] of each layer's FFN neurons to keep (``round(f * N)``, at least 1);
             None leaves the FFNs alone.
@@ -92,11 +100,19 @@ def prune_transformer(model, calibration, *, tokenizer=None, ffn_keep: float | N
             units, and the selection runs until that many are chosen (see ``criteria.gfs_select``).
         max_steps: GFS step limit per block (default 50 * N).
         layers: indices of the encoder layers to prune (default all).
-        batch_size, max_length: calibration sentences per forward pass, tokens per sentence.
+        batch_size, max_length: calibration sentences per forward pass, tokens per sentence (default 32 and
+            128; decoders: 8 windows of 256 tokens).
         min_tokens: fewest calibration tokens accepted (padding not counted).
         seed: seeds the ``"random"`` baseline.
         inplace: prune ``model`` itself instead of a copy.
         progress: a progress bar over the layers.
+        heads_unit: decoders with grouped-query attention: ``"kv"`` removes whole key/value groups (with their
+            query heads), ``"query"`` the same number of query heads in every group; ``heads_keep`` is then a
+            fraction of the query heads that must be met exactly (else a ValueError lists the ones that can).
+        widths: decoders: MLP widths per layer - ``"uniform"`` (default: ``ffn_keep`` of every layer),
+            ``"gfs"`` (a global budget of ``ffn_keep`` split by the marginal rule on measured error curves),
+            ``"flap"`` (FLAP's adaptive structure), or a list of kept widths, one per layer (e.g. from
+            :func:`~greedyprune.transformers.decoder_prune.decoder_widths`, to give methods the same widths).
 
     Returns:
         A :class:`~greedyprune.result.PruneResult`: ``model`` (physically smaller; heads' and neurons'
@@ -108,10 +124,31 @@ def prune_transformer(model, calibration, *, tokenizer=None, ffn_keep: float | N
 
     Raises:
         ImportError: the optional extra is not installed (the message names the install command).
-        UnsupportedModelError (a TypeError): not a supported encoder.
-        ValueError: keep fractions outside (0, 1], empty or too-short calibration, tokenizer/model mismatch.
+        UnsupportedModelError (a TypeError): not a supported encoder or decoder (the message names the first
+            missing module and what is supported).
+        HalfPrecisionError (a ValueError): a decoder in float16 / bfloat16 - refused, not upcast: call
+            ``model.float()`` first.
+        ValueError: keep fractions outside (0, 1], empty or too-short calibration (shorter than one window
+            for a decoder), tokenizer/model mismatch, a ``heads_keep`` that whole key/value groups (or equal
+            query heads per group) cannot meet.
     """
     require_transformers()
+    from .decoder import is_decoder
+
+    if is_decoder(model):
+        from .decoder_prune import prune_decoder
+
+        return prune_decoder(model, calibration, tokenizer=tokenizer, ffn_keep=ffn_keep, heads_keep=heads_keep,
+                             heads_unit=heads_unit, widths=widths, method=method, refit=refit, ridge=ridge,
+                             replacement=replacement, max_steps=max_steps, layers=layers,
+                             batch_size=8 if batch_size is None else batch_size,
+                             max_length=256 if max_length is None else max_length, min_tokens=min_tokens, seed=seed,
+                             inplace=inplace, progress=progress)
+    if heads_unit != "kv" or widths not in (None, "uniform"):
+        raise ValueError("heads_unit and widths apply to decoders only; an encoder keeps ffn_keep / heads_keep of "
+                         "every layer")
+    batch_size = 32 if batch_size is None else batch_size
+    max_length = 128 if max_length is None else max_length
     base = encoder_of(model)
     n_layers = len(base.encoder.layer)
     ffn_keep, heads_keep, ridge, layer_set = _check_args(ffn_keep, heads_keep, method, refit, ridge, layers,
@@ -157,13 +194,15 @@ def _prune_layers(result, base, batches, ffn_keep, heads_keep, layer_set, progre
         last = li == n_layers - 1
         if li in layer_set and heads_keep is not None:
             context = module_inputs(layer, layer.attention.output.dense, inputs)
-            _prune_block(result, f"encoder.layer.{li}.attention", layer, "heads", context, masks, heads_keep,
-                         **options)
+            block = _encoder_block(layer, "heads")
+            _prune_block(result, f"encoder.layer.{li}.attention", "heads", block, context, masks,
+                         criteria.keep_count(heads_keep, block.out.weight.shape[1] // block.group), **options)
             del context
         if li in layer_set and ffn_keep is not None:
             attended = module_inputs(layer, layer.intermediate, inputs)
-            _prune_block(result, f"encoder.layer.{li}.intermediate", layer, "ffn", attended, masks, ffn_keep,
-                         **options)
+            block = _encoder_block(layer, "ffn")
+            _prune_block(result, f"encoder.layer.{li}.intermediate", "ffn", block, attended, masks,
+                         criteria.keep_count(ffn_keep, block.out.weight.shape[1]), **options)
             if not last:
                 inputs = finish_ffn(layer, attended, inputs)
             del attended
@@ -171,24 +210,49 @@ def _prune_layers(result, base, batches, ffn_keep, heads_keep, layer_set, progre
             inputs = run_layer(layer, inputs)
 
 
-def _prune_block(result, name, layer, kind, xs, masks, keep_fraction, *, method, refit, ridge, replacement,
-                 max_steps, generator) -> None:
-    """Select and remove the units of one block (``kind`` "ffn" or "heads"), recording what was done."""
-    t0 = time.perf_counter()
+@dataclass
+class Block:
+    """One prunable block of a layer: its output projection ``out`` (whose inputs' statistics decide), the
+    rows ``weight_in`` that feed each of its input channels (for the magnitude baseline), channels per unit,
+    the ``transform`` from the captured module inputs to ``out``'s inputs (None: they are ``out``'s inputs),
+    the in-place ``shrink(keep, kept_columns, new_bias)``, and whether ``out`` may gain a bias it lacks
+    (a decoder's, see :mod:`~greedyprune.transformers.decoder`)."""
+
+    out: torch.nn.Linear
+    weight_in: torch.Tensor | None
+    group: int
+    transform: object
+    shrink: object
+    add_bias: bool = False
+
+
+def _encoder_block(layer, kind) -> Block:
     if kind == "ffn":
-        out, w_in, group, transform = layer.output.dense, layer.intermediate.dense.weight, 1, layer.intermediate
-    else:
-        out, w_in, group, transform = layer.attention.output.dense, layer.attention.self.value.weight, \
-            head_size(layer), None
+        return Block(layer.output.dense, layer.intermediate.dense.weight.detach(), 1, layer.intermediate,
+                     lambda *a: shrink_ffn(layer, *a))
+    return Block(layer.attention.output.dense, layer.attention.self.value.weight.detach(), head_size(layer), None,
+                 lambda *a: shrink_heads(layer, *a))
+
+
+def _prune_block(result, name, kind, block: Block, xs, masks, n_keep: int, *, method, refit, ridge, replacement,
+                 max_steps, generator, plan=None) -> None:
+    """Select and remove the units of one block (``kind`` "ffn", "heads", ...), recording what was done.
+
+    ``plan(stats)``, when given, chooses the units instead of :func:`criteria.plan_block` (a decoder's
+    gradient baseline, or query heads kept equally in every key/value group)."""
+    t0 = time.perf_counter()
+    out, group = block.out, block.group
     weight = out.weight.detach()
     bias = out.bias.detach() if out.bias is not None else torch.zeros(weight.shape[0], dtype=weight.dtype)
     n = weight.shape[1] // group
-    needs_stats = method not in ("magnitude", "random") or refit is not None
-    full = criteria.NEEDS_FULL_STATS[method] or refit is not None
-    stats = input_stats(xs, masks, full=full, transform=transform) if needs_stats else None
-    plan = criteria.plan_block(method, weight, stats, group, criteria.keep_count(keep_fraction, n),
-                               weight_in=w_in.detach(), generator=generator, replacement=replacement,
-                               max_steps=max_steps)
+    full = criteria.NEEDS_FULL_STATS.get(method, False) or refit is not None
+    needs_stats = full or method in ("wanda", "flap")
+    stats = input_stats(xs, masks, full=full, transform=block.transform) if needs_stats else None
+    if plan is None:
+        plan = criteria.plan_block(method, weight, stats, group, n_keep, weight_in=block.weight_in,
+                                   generator=generator, replacement=replacement, max_steps=max_steps)
+    else:
+        plan = plan(stats)
     channels = criteria.channels_of(plan.keep, group)
     new_full = weight.to(torch.float64) * plan.scale.repeat_interleave(group).reshape(1, -1)
     bias_delta = plan.bias_delta
@@ -200,12 +264,12 @@ def _prune_block(result, name, layer, kind, xs, masks, keep_fraction, *, method,
         new_full[:, channels] = kept_cols
         bias_delta = new_bias - bias.to(torch.float64)
     error = criteria.reconstruction_error(weight, stats, new_full, bias_delta) if full else None
-    new_bias = None if bias_delta is None or out.bias is None else bias.to(torch.float64) + bias_delta
+    keeps_bias = out.bias is not None or block.add_bias
+    new_bias = None if bias_delta is None or not keeps_bias else bias.to(torch.float64) + bias_delta
     to = dict(dtype=weight.dtype, device=weight.device)
     cols = new_full[:, channels].to(**to)
     new_bias = None if new_bias is None else new_bias.to(**to)
-    shrink = shrink_ffn if kind == "ffn" else shrink_heads
-    shrink(layer, plan.keep, cols, new_bias)
+    block.shrink(plan.keep, cols, new_bias)
     result.kept[name] = plan.keep.tolist()
     if plan.counts is not None:
         result.counts[name] = plan.counts.tolist()

@@ -59,9 +59,18 @@ class InputStats:
         return self.gram - torch.outer(self.total, self.total) / self.tokens
 
 
-def capture_layer_inputs(base: nn.Module, batches: list[dict]) -> list[LayerInput]:
-    """Each batch at the input of the first encoder layer (one partial forward pass per batch)."""
-    first = base.encoder.layer[0]
+def capture_layer_inputs(base: nn.Module, batches: list[dict], *, first: nn.Module | None = None,
+                         **call_kwargs) -> list[LayerInput]:
+    """Each batch at the input of the first layer (one partial forward pass per batch).
+
+    Args:
+        base: the model whose forward builds the layers' arguments (a BertModel, a LlamaModel, ...).
+        batches: dicts of (B, L) tensors with ``attention_mask``.
+        first: its first layer (default ``base.encoder.layer[0]``, a BERT encoder's).
+        call_kwargs: extra arguments for ``base`` (a decoder gets ``use_cache=False``, so that no key/value
+            cache is built and handed to the layers).
+    """
+    first = base.encoder.layer[0] if first is None else first
     captured: list = []
 
     def hook(_module, args, kwargs):
@@ -74,11 +83,11 @@ def capture_layer_inputs(base: nn.Module, batches: list[dict]) -> list[LayerInpu
         for batch in batches:
             captured.clear()
             try:
-                base(**batch)
+                base(**batch, **call_kwargs)
             except _Stop:
                 pass
             if not captured:
-                raise RuntimeError("the encoder's first layer was never called; is this a BertModel?")
+                raise RuntimeError("the model's first layer was never called; is this a supported model?")
             args, kwargs = captured[0]
             if args:
                 hidden, rest = args[0], tuple(args[1:])

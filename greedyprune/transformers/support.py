@@ -74,7 +74,8 @@ def encoder_of(model) -> nn.Module:
     bert = transformers.BertModel
     base = model if isinstance(model, bert) else getattr(model, "base_model", None)
     if not isinstance(base, bert):
-        raise UnsupportedModelError(f"prune_transformer supports {SUPPORTED}; got {type(model).__module__}."
+        raise UnsupportedModelError(f"prune_transformer supports {SUPPORTED}, and Llama-family decoders "
+                                    f"(LlamaForCausalLM / LlamaModel, Mistral, Qwen2); got {type(model).__module__}."
                                     f"{type(model).__name__}")
     config = base.config
     if getattr(config, "is_decoder", False) or getattr(config, "add_cross_attention", False):

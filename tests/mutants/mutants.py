@@ -207,8 +207,8 @@ MUTANTS = [
          tests=["tests/test_transformers.py"],
          why="gfs-sum's step drops the factor 2 of the cross term: another unit order, same shapes"),
     dict(name="transformer-ls-residual-not-projected", file="greedyprune/transformers/criteria.py",
-         original="        r -= new @ torch.linalg.solve_triangular(chol, r[ch], upper=False)\n",
-         replacement="        r -= 0.5 * new @ torch.linalg.solve_triangular(chol, r[ch], upper=False)\n",
+         original="        r -= new @ proj\n",
+         replacement="        r -= 0.5 * new @ proj\n",
          tests=["tests/test_transformers.py"],
          why="gfs-ls removes only half of the chosen channels' fit from the residual"),
 ]
