@@ -273,3 +273,17 @@ def test_cross_validated_ridge_prefers_the_prior_on_noise_and_the_fit_on_signal(
     # a noiseless map the prior (zero) knows nothing of: fit it
     exact = folds(lambda P: true @ P)
     assert cross_validated_ridge(exact, keep, torch.zeros(3, 20, dtype=torch.float64)) == min(RIDGE_GRID)
+
+
+def test_budget_curves_do_not_trust_a_fit_with_fewer_positions_than_columns():
+    from greedyprune.channels.reconstruct import reconstruction_curves
+
+    torch.manual_seed(0)
+    wide = nn.Sequential(nn.Conv2d(3, 64, 3, padding=1), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(),
+                         nn.Linear(64, 10)).eval()
+    x = torch.randn(12, 3, 8, 8)  # 12 positions for the classifier's 64 columns
+    _, groups = find_groups(wide, x[:1], skip=["4"])
+    curve = reconstruction_curves(wide, groups, x)["0"][0]
+    assert len(curve) == 64 and curve[-1] == pytest.approx(0.0, abs=1e-9)
+    # an in-sample fit explains everything with 12 columns; the honest curve still charges for cutting to 12
+    assert curve[11] > 0.3

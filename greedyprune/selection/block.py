@@ -78,6 +78,7 @@ class Selected:
     order: torch.Tensor
     errors: torch.Tensor
     start_error: float
+    residuals: torch.Tensor | None = None  # (steps, readers): each reader's weighted residual after each step
 
 
 class _Reader:
@@ -164,6 +165,7 @@ def select_units(problems: list[ReaderProblem], n_keep: int, step: int = 1) -> S
     free = torch.ones(n_units, dtype=torch.bool)
     order = torch.empty(n_keep, dtype=torch.long)
     errors = torch.empty(n_keep, dtype=torch.float64)
+    residuals = torch.empty(n_keep, len(readers), dtype=torch.float64)
     done = 0
     while done < n_keep:
         gain = readers[0].gains()
@@ -177,8 +179,10 @@ def select_units(problems: list[ReaderProblem], n_keep: int, step: int = 1) -> S
         for reader in readers:
             reader.add(reader.cols[units].reshape(-1))
         errors[done:done + take] = 1.0 - sum(r.explained for r in readers) / total
+        residuals[done:done + take] = torch.tensor([max(r.energy - r.explained, 0.0) for r in readers],
+                                                   dtype=torch.float64)
         done += take
-    return Selected(order=order, errors=errors.clamp_min(0.0), start_error=max(start, 0.0))
+    return Selected(order=order, errors=errors.clamp_min(0.0), start_error=max(start, 0.0), residuals=residuals)
 
 
 def ridge_lambda(gram_kept: torch.Tensor, tokens: int, ridge: float) -> float:
