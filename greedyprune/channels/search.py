@@ -53,6 +53,7 @@ __all__ = ["BN_MODES", "METHODS", "OBJECTIVES", "SearchOptions", "prune_model"]
 METHODS = ("auto", "fast", "reference")
 OBJECTIVES = ("auto", "network", "local", "local-gfs")
 AUTO_STEPS = 16
+RECALIBRATE_EACH_GROUP = False
 """``step="auto"``: a group searched to a fixed width takes about this many greedy steps."""
 BN_MODES = ("auto", "batch", "running")
 
@@ -342,7 +343,7 @@ def prune_model(
                 counts, record = search_group(search, group, gi, stop)
             kept[group.name] = _fold_checked(search, group, counts)
         counts_out[group.name] = counts.tolist()
-        if options.objective != "local":  # the reconstruction targets the dense statistics: recalibrated at the end
+        if options.objective != "local" or RECALIBRATE_EACH_GROUP:  # else recalibrated at the end
             search.recalibrate()
         finetune(model, batches, options.finetune_steps, options.finetune_lr, options.finetune_weight_decay)
         record.update(kept=len(kept[group.name]), seconds=time.perf_counter() - t0)

@@ -248,5 +248,8 @@ def cross_validated_ridge(folds: list[tuple[torch.Tensor, torch.Tensor, torch.Te
             # held-out ||V P - Y||^2 per output = v' A v - 2 v' c + ||y||^2, weighted
             per_out = (v_t * (a_out @ v_t)).sum(0) - 2 * (v_t * c_k).sum(0) + sq_out.to(torch.float64)
             errors[i] += float((per_out * w).sum())
+    errors = torch.nan_to_num(errors, nan=float("inf"))
     best = float(errors.min())
-    return max(r for r, e in zip(grid, errors.tolist()) if e <= best * (1 + 1e-9) + 1e-300)
+    if best == float("inf"):
+        return max(grid)
+    return max(r for r, e in zip(grid, errors.tolist()) if e <= best + 1e-9 * abs(best))
