@@ -10,12 +10,13 @@ and 1,000 held-out test images. Each network is trained once (SGD, momentum 0.9,
 weight decay 5e-4, batch 128; the checkpoint is cached in ``--out``) and then, for every seed and every
 multiply-add budget, pruned by
 
-* ``gfs`` - :func:`greedyprune.prune_model` with ``flops_target`` (adaptive widths from each group's loss
-  curve; the curves are measured once per seed and shared by the budgets); ``gfs-refit`` the same with a
-  least-squares refit of the readers; ``gfs-local`` each group selected by the local (reconstruction)
-  objective at the same widths' budget; ``gfs-running`` scoring with the dense network's stored batch-norm
-  statistics and no recalibration during the search (the public implementation's way). The variants run
-  at the main budget only;
+* ``gfs`` - :func:`greedyprune.prune_model` with ``flops_target`` and the default objective (block
+  reconstruction, adaptive widths from each group's reconstruction-error curve); ``gfs-network`` the
+  network objective (each candidate scored by the whole network's loss; widths from the same curves);
+  ``gfs-refit`` the network objective with a least-squares refit of the readers; ``gfs-local-gfs`` the
+  paper's Algorithm 1 on the readers' reconstruction (count scales, no refit); ``gfs-running`` the network
+  objective scoring with the dense network's stored batch-norm statistics and no recalibration during the
+  search (the public implementation's way). The variants run at the main budget only;
 * each baseline criterion (L1, BN scale, Taylor, FPGM, LAMP, random: Torch-Pruning importances) with the
   same keep fraction in every group at the same budget (``uniform``, the usual way to run them) and, at
   the main budget (0.5), also at GFS's widths (``same``: the criterion alone differs);
