@@ -209,6 +209,51 @@ def test_load_pruned_refuses_raw_pickles_and_old_whole_module_files(payload, mar
     assert not marker.exists()
 
 
+# ------------------------------------------------------------------------------------- claimed widths (issue 21)
+
+GROWTH_PROBE = """
+import resource, sys
+from greedyprune.channels import load_pruned
+from greedyprune.training.checkpoints import load_model
+before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+try:
+    (load_model if sys.argv[1] == "model" else load_pruned)(sys.argv[2])
+except ValueError as exc:
+    print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before, str(exc)[:300])
+"""
+
+
+def _claiming(src, dst, width, pruned=False):
+    """A copy of a small file (valid checksum) whose architecture record claims ``width``."""
+    payload = torch.load(src, weights_only=True)
+    payload.pop("checksum")
+    payload["model_kwargs"] = {**TINY, "width": width}
+    return save_torch(dst, payload)
+
+
+@pytest.mark.parametrize("kind", ["model", "pruned"])
+def test_a_claimed_width_allocates_nothing_before_the_shapes_are_compared(kind, checkpoint, pruned, tmp_path, capsys):
+    import subprocess
+    import sys
+
+    src = checkpoint if kind == "model" else save_pruned(tmp_path / "p.pt", pruned[1], name="resnet8",
+                                                         model_kwargs=TINY)
+    wide = _claiming(src, tmp_path / "wide.pt", 600)  # 136 M parameters: 545 MB if it were built
+    out = subprocess.run([sys.executable, "-c", GROWTH_PROBE, kind, str(wide)], capture_output=True, text=True,
+                         timeout=120, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert out.returncode == 0 and out.stdout, out.stderr
+    grown_kib, message = out.stdout.split(" ", 1)
+    assert int(grown_kib) < 100 * 1024, message  # the model was never materialised
+    assert "wide.pt" in message and "do not fit" in message.replace("does not fit", "do not fit")
+    huge = _claiming(src, tmp_path / "huge.pt", 100_000)  # once a raw allocator error
+    loader = load_model if kind == "model" else load_pruned
+    with pytest.raises(ValueError, match="huge.pt"):
+        loader(huge)
+    if kind == "model":
+        _fails(capsys, ["prune", str(huge), *PRUNE], "huge.pt", "does not fit")
+
+
+
 # ------------------------------------------------------------------------------------- training state
 
 
