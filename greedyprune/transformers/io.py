@@ -9,18 +9,22 @@ A pruned-encoder directory (format ``"greedyprune-transformer-v1"``) holds:
   what was kept and measured;
 * the tokenizer's files, when one is passed to :func:`save_pruned_transformer`.
 
-:func:`load_pruned_transformer` builds the class from the config, shrinks each layer to its stored
-shape and loads the weights strictly. Only classes of ``transformers.models.bert`` are built.
+``greedyprune.json`` also holds a BLAKE2b digest of every other file written (weights, config, tokenizer)
+and a checksum of itself. :func:`load_pruned_transformer` checks them all first - a file damaged on disk or
+edited (a zeroed block of weights, another ``hidden_act`` in the config) is an :class:`IntegrityError`
+naming it - then builds the class from the config, shrinks each layer to its stored shape and loads the
+weights strictly. Only classes of ``transformers.models.bert`` are built.
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 from pathlib import Path
 
 import torch
 
-from ..fileio import atomic_write, atomic_write_text
+from ..fileio import IntegrityError, atomic_write, atomic_write_text
 from ..result import PruneResult
 from .support import encoder_of, require_transformers
 from .surgery import layer_shape, shrink_ffn, shrink_heads
@@ -29,6 +33,25 @@ __all__ = ["FORMAT", "load_pruned_transformer", "save_pruned_transformer"]
 
 FORMAT = "greedyprune-transformer-v1"
 WEIGHTS, CONFIG, META = "model.safetensors", "config.json", "greedyprune.json"
+CHECKSUM = "checksum"
+
+
+def _file_digest(path: Path) -> str:
+    h = hashlib.blake2b(digest_size=20)
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def _meta_digest(meta: dict) -> str:
+    body = {k: v for k, v in meta.items() if k != CHECKSUM}
+    return hashlib.blake2b(json.dumps(body, sort_keys=True).encode(), digest_size=20).hexdigest()
+
+
+def _write_meta(directory: Path, meta: dict) -> None:
+    """``greedyprune.json`` with its own checksum (written last: it vouches for the other files)."""
+    atomic_write_text(directory / META, json.dumps({**meta, CHECKSUM: _meta_digest(meta)}, indent=1))
 
 
 def _plain(value):
@@ -65,15 +88,41 @@ def save_pruned_transformer(path: str | os.PathLike, result, *, tokenizer=None) 
     with atomic_write(directory / WEIGHTS) as f:
         f.write(save(tensors, metadata={"format": FORMAT}))
     atomic_write_text(directory / CONFIG, model.config.to_json_string())
+    written = [WEIGHTS, CONFIG]
+    if tokenizer is not None:
+        for name in tokenizer.save_pretrained(str(directory)):
+            if Path(name).is_file() and Path(name).parent.resolve() == directory.resolve():
+                written.append(Path(name).name)
     meta = {"format": FORMAT, "architecture": type(model).__name__, "pooler": base.pooler is not None,
-            "layers": [layer_shape(layer) for layer in base.encoder.layer]}
+            "layers": [layer_shape(layer) for layer in base.encoder.layer],
+            "files": {name: _file_digest(directory / name) for name in dict.fromkeys(written)}}
     if isinstance(result, PruneResult):
         meta.update(method=result.method, kept=_plain(result.kept),
                     report={k: _plain(v) for k, v in result.report.items()})
-    atomic_write_text(directory / META, json.dumps(meta, indent=1))
-    if tokenizer is not None:
-        tokenizer.save_pretrained(str(directory))
+    _write_meta(directory, meta)
     return directory
+
+
+def _check_digests(directory: Path, meta: dict) -> None:
+    """Every file ``greedyprune.json`` lists has the digest stored there, and the list covers the model."""
+    fix = "prune the model again, or restore a copy of the directory"
+    if not isinstance(meta.get(CHECKSUM), str) or not isinstance(meta.get("files"), dict):
+        raise IntegrityError(f"{directory / META} carries no digests of the model's files, so it was written by an "
+                             f"older greedyprune or edited; {fix}")
+    if meta[CHECKSUM] != _meta_digest(meta):
+        raise IntegrityError(f"{directory / META} is damaged or was edited since greedyprune wrote it (its checksum "
+                             f"does not match its contents); {fix}")
+    files = meta["files"]
+    missing = [name for name in (WEIGHTS, CONFIG) if name not in files]
+    if missing:
+        raise IntegrityError(f"{directory / META} lists no digest for {', '.join(missing)}; {fix}")
+    for name, digest in files.items():
+        path = directory / str(name)
+        if Path(str(name)).name != name or not path.is_file():
+            raise FileNotFoundError(f"{path} is missing; {fix}")
+        if _file_digest(path) != digest:
+            raise IntegrityError(f"{path} is damaged or was edited since greedyprune wrote it (its digest differs "
+                                 f"from the one in {META}), so it would load as another model; {fix}")
 
 
 def load_pruned_transformer(path: str | os.PathLike):
@@ -82,8 +131,9 @@ def load_pruned_transformer(path: str | os.PathLike):
     The tokenizer, if it was saved, loads with ``transformers.AutoTokenizer.from_pretrained(path)``.
 
     Raises:
-        FileNotFoundError: a file is missing. ValueError: not a pruned-encoder directory, an unknown
-        class, or weights that do not match the stored shapes.
+        FileNotFoundError: a file is missing. IntegrityError: a file differs from the digest stored when it
+        was written (damaged or edited), or the directory carries no digests. ValueError: not a
+        pruned-encoder directory, an unknown class, or weights that do not match the stored shapes.
     """
     transformers = require_transformers()
     from safetensors import SafetensorError
@@ -99,7 +149,9 @@ def load_pruned_transformer(path: str | os.PathLike):
     except json.JSONDecodeError as exc:
         raise ValueError(f"{directory / META} is damaged: {exc}") from None
     if not isinstance(meta, dict) or meta.get("format") != FORMAT:
-        raise ValueError(f"{directory / META} is not a {FORMAT} file (format {meta.get('format')!r})")
+        raise ValueError(f"{directory / META} is not a {FORMAT} file (format "
+                         f"{meta.get('format') if isinstance(meta, dict) else type(meta).__name__!r})")
+    _check_digests(directory, meta)
     from transformers.models import bert
 
     cls = getattr(bert, str(meta.get("architecture")), None)
