@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import math
 import os
 import types
 import typing
@@ -30,6 +31,8 @@ def float_list(text: str) -> tuple[float, ...]:
         raise argparse.ArgumentTypeError(f"expected comma-separated numbers like 0.01,0.05; got {text!r}") from None
     if not values:
         raise argparse.ArgumentTypeError(f"expected at least one number, got {text!r}")
+    if not all(math.isfinite(v) for v in values):
+        raise argparse.ArgumentTypeError(f"expected finite numbers (no inf or nan), got {text!r}")
     return values
 
 
@@ -68,8 +71,21 @@ positive_int = int_at_least(1)
 nonnegative_int = int_at_least(0)
 
 
+def workers(text: str) -> int:
+    """An argparse type: a number of local worker processes, from 1 to the CPUs this process may use."""
+    from ..studies.cells import available_cpus
+
+    value = positive_int(text)
+    cpus = available_cpus()
+    if value > cpus:
+        raise argparse.ArgumentTypeError(f"{value} worker processes is more than the {cpus} CPU(s) this machine "
+                                          f"gives the process; use at most {cpus}")
+    return value
+
+
 def number(low: float | None = None, high: float | None = None, *, low_open: bool = False, high_open: bool = False):
-    """An argparse type: a finite number in an interval, with a message that names the interval."""
+    """An argparse type: a finite number in an interval, with a message that names the interval (inf and nan
+    are refused even where the interval is unbounded)."""
 
     def parse(text: str) -> float:
         try:
@@ -78,12 +94,13 @@ def number(low: float | None = None, high: float | None = None, *, low_open: boo
             raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
         bad_low = low is not None and (value <= low if low_open else value < low)
         bad_high = high is not None and (value >= high if high_open else value > high)
-        if value != value or bad_low or bad_high:
+        if not math.isfinite(value) or bad_low or bad_high:
             lo = "-inf" if low is None else f"{low:g}"
             hi = "inf" if high is None else f"{high:g}"
             interval = ("(" if low_open or low is None else "[") + f"{lo}, {hi}" + (")" if high_open or high is None
                                                                                      else "]")
-            raise argparse.ArgumentTypeError(f"expected a number in {interval}, got {text!r}")
+            finite = "" if math.isfinite(value) else "finite "
+            raise argparse.ArgumentTypeError(f"expected a {finite}number in {interval}, got {text!r}")
         return value
 
     return parse
@@ -141,6 +158,8 @@ def key_value(text: str) -> tuple[str, object]:
                 break
             except ValueError:
                 pass
+    if isinstance(value, float) and not math.isfinite(value):
+        raise argparse.ArgumentTypeError(f"expected a finite value in {text!r} (no inf or nan)")
     return key, value
 
 
@@ -158,7 +177,7 @@ def _option_type(annotation):
     if annotation is int:
         return nonnegative_int
     if annotation is float:
-        return float
+        return number()
     return str
 
 
