@@ -16,6 +16,7 @@
 from __future__ import annotations
 
 import contextlib
+import errno
 import hashlib
 import io
 import os
@@ -46,6 +47,7 @@ __all__ = [
 
 CHECKSUM_KEY = "checksum"
 TMP_SUFFIX = ".tmp"
+_UNWRITABLE = {errno.EACCES, errno.EPERM, errno.EROFS, errno.ENOSPC, errno.EDQUOT}
 
 
 class IntegrityError(ValueError):
@@ -78,17 +80,21 @@ def atomic_write(path: str | os.PathLike, mode: str = "wb") -> Iterator[Any]:
     """Open ``path + ".tmp"`` for writing; on success fsync it, rename it over ``path`` and fsync the
     directory. On an exception the temporary file is removed and ``path`` is left as it was."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + TMP_SUFFIX)
     try:
+        path.parent.mkdir(parents=True, exist_ok=True)
         with open(tmp, mode) as f:
             yield f
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as exc:
         with contextlib.suppress(OSError):
             tmp.unlink()
+        if isinstance(exc, OSError) and exc.errno in _UNWRITABLE:  # said once, with what to do
+            raise OSError(exc.errno, f"cannot write {path} ({exc.strerror}); make {path.parent} writable (or free "
+                                     f"disk space) and run the same command again - what was finished is kept") \
+                from None
         raise
     _fsync_dir(path.parent)
 

@@ -32,7 +32,7 @@ from typing import Iterable
 import torch
 from torch import nn
 
-from ..checks import as_device, check_choice, check_int, check_number
+from ..checks import as_device, check_choice, check_int, check_number, non_finite_weights
 from ..metrics import count_macs
 from ..result import PruneResult
 from ..selection import draw_candidates
@@ -258,6 +258,11 @@ def prune_model(
         model = copy.deepcopy(model)
     device = _model_device(model) if device is None else as_device(device)
     model.to(device).eval()
+    bad = non_finite_weights(model)
+    if bad:
+        raise ValueError(f"the model's weights hold NaN or infinite values ({bad}), so no subnetwork of it computes "
+                         f"anything; it probably comes from a training run that diverged: prune a checkpoint from "
+                         f"before that (or train again with a lower learning rate)")
     if options.bn == "auto":
         options.bn = "batch" if has_batch_norm(model) else "running"
     needs_holdout = stop.needs_unpruned or getattr(stop, "needs_curves", False)
