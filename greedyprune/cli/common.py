@@ -18,9 +18,12 @@ def int_list(text: str) -> tuple[int, ...]:
     try:
         values = tuple(int(v) for v in text.split(",") if v.strip())
     except ValueError:
-        raise argparse.ArgumentTypeError(f"expected comma-separated integers like 250,1000; got {text!r}") from None
+        raise argparse.ArgumentTypeError(f"expected comma-separated integers like 250,1000; got {text!r:.60}") \
+            from None
     if not values:
         raise argparse.ArgumentTypeError(f"expected at least one integer, got {text!r}")
+    if any(abs(v) > INT_MAX for v in values):
+        raise argparse.ArgumentTypeError(f"expected integers of at most {INT_MAX:,}, got {text:.60}")
     return values
 
 
@@ -47,21 +50,28 @@ def batch_size(text: str):
         value = int(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"expected a positive integer or 'full' (full-batch GD), got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"batch size must be >= 1, got {value}")
+    if not 1 <= value <= INT_MAX:
+        raise argparse.ArgumentTypeError(f"batch size must be in [1, {INT_MAX:,}], got {text:.40}")
     return value
 
 
-def int_at_least(minimum: int):
-    """An argparse type: an integer >= minimum, with a message that says so."""
+INT_MAX = 2 ** 63 - 1  # what a tensor index or a seed can hold
+SEED_MAX = 2 ** 23 - 1  # seeds are combined as seed * 1_000_003 + ..., twice, within 64 bits
+
+
+def int_at_least(minimum: int, maximum: int = INT_MAX):
+    """An argparse type: an integer in [minimum, maximum], with a message that says so."""
 
     def parse(text: str) -> int:
         try:
             value = int(text)
         except ValueError:
-            raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
+            raise argparse.ArgumentTypeError(f"expected an integer, got {text!r:.60}") from None
         if value < minimum:
             raise argparse.ArgumentTypeError(f"expected an integer >= {minimum}, got {value}")
+        if value > maximum:
+            raise argparse.ArgumentTypeError(f"expected an integer <= {maximum:,}, got {text:.40}"
+                                             f"{'...' if len(text) > 40 else ''}")
         return value
 
     return parse
@@ -69,6 +79,7 @@ def int_at_least(minimum: int):
 
 positive_int = int_at_least(1)
 nonnegative_int = int_at_least(0)
+seed = int_at_least(0, SEED_MAX)
 
 
 def workers(text: str) -> int:
@@ -195,7 +206,7 @@ def add_config_options(parser: argparse.ArgumentParser, config_cls, help: dict[s
         if f.name in skip:
             continue
         flag = "--" + f.name.replace("_", "-")
-        kind = (types or {}).get(f.name) or _option_type(hints[f.name])
+        kind = (types or {}).get(f.name) or (seed if f.name == "seed" else _option_type(hints[f.name]))
         if defaults is not None:
             default = getattr(defaults, f.name)
         else:

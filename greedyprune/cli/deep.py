@@ -8,7 +8,7 @@ import sys
 from pathlib import Path
 
 from .common import (UsageError, add_run_options, device, fraction, interrupted, key_value, nonnegative_float,
-                     nonnegative_int, number, positive_float, positive_int, set_threads, slug, workers)
+                     nonnegative_int, number, positive_float, positive_int, seed, set_threads, slug, workers)
 
 TRAIN_RUN_FORMAT = "greedyprune-train-run-v1"
 TRAIN_RUN_CONFIG = "train_config.json"
@@ -50,7 +50,7 @@ def _register_prune(sub) -> None:
     pr.add_argument("--batch-size", type=positive_int, default=128)
     pr.add_argument("--finetune-steps", type=nonnegative_int, default=0, help="SGD steps after each group")
     pr.add_argument("--method", choices=["auto", "fast", "reference"], default="auto")
-    pr.add_argument("--seed", type=nonnegative_int, default=0)
+    pr.add_argument("--seed", type=seed, default=0)
     pr.add_argument("--workers", type=workers, default=1,
                     help="split each step's candidates over this many local processes (torch.distributed, gloo "
                          "on CPU / nccl on CUDA); under torchrun the launched ranks are used instead")
@@ -106,7 +106,7 @@ def _register_train(sub) -> None:
     tr.add_argument("--augment", choices=("auto",) + AUGMENTATIONS, default="auto",
                     help="training augmentation: auto (default: 4-pixel padded random crop and horizontal flip on "
                          "CIFAR-10, none on digits), crop-flip or none")
-    tr.add_argument("--seed", type=nonnegative_int, default=0,
+    tr.add_argument("--seed", type=seed, default=0,
                     help="seed of the initialisation, the batch order and the subsets (default 0)")
     tr.add_argument("--eval-examples", type=positive_int, default=1000,
                     help="size of the fixed class-balanced train (and test) subsets evaluated at each checkpoint")

@@ -6,7 +6,7 @@ from pathlib import Path
 
 from .common import (add_config_options, add_run_options, add_shard_option, batch_size, config_overrides, device,
                      interrupted, launched_by_torchrun, name_list, parallel_device, positive_int, set_threads,
-                     shard_suffix, slug, workers)
+                     seed, shard_suffix, slug, workers)
 
 
 def register(sub) -> None:
@@ -47,7 +47,7 @@ def register(sub) -> None:
     ac.add_argument("--out", type=Path, help="output directory (default runs/appendix-c-PRESET)")
     ac.add_argument("--repeats", type=positive_int, help="random matrices per setting")
     ac.add_argument("--activation", choices=["tanh", "sigmoid", "erf"], help="bounded smooth activation")
-    ac.add_argument("--seed", type=int)
+    ac.add_argument("--seed", type=seed)
     add_run_options(ac, device=False)
     ac.set_defaults(handler=cmd_appendix_c)
 
