@@ -564,3 +564,44 @@ def test_merge_refuses_shards_that_disagree_on_a_row_and_writes_nothing(tmp_path
            f"the row width=20, size={row[columns.index('size')]}, trial=1, iteration=20 differs", "'pruned_accuracy'",
            "nothing was merged")
     assert not (tmp_path / "m").exists()
+
+
+# ------------------------------------------------------------------------- issue 21 item 8: the main job
+
+
+def test_distinct_pruning_is_one_selection_run_cut_at_the_kth_distinct_neuron(monkeypatch):
+    from greedyprune import twolayer
+    from greedyprune.twolayer import TwoLayerNet, neuron_outputs
+
+    X, y = torch.randn(300, 20, generator=torch.Generator().manual_seed(0)), (torch.arange(300) % 2).float()
+    net = TwoLayerNet(20, 200, seed=0, parameterization="mean-field")
+    calls = []
+    real = twolayer.greedy_forward_selection
+    monkeypatch.setattr(twolayer, "greedy_forward_selection", lambda *a, **kw: calls.append(a[2]) or real(*a, **kw))
+    result = prune_two_layer(net, X, y, 30, prune_to="distinct").selection
+    assert calls == [300]  # one run, capped at 10 k steps (it was 30, 120, 300 steps, each from scratch)
+    long = real(neuron_outputs(net, X), y, 300, loss="logistic")  # the definition: a long run's first steps
+    first = {}
+    for step, i in enumerate(long.indices.tolist()):
+        first.setdefault(i, step)
+    cut = sorted(first.values())[29] + 1
+    assert result.indices.tolist() == long.indices[:cut].tolist() and torch.equal(result.losses, long.losses[:cut])
+
+
+def test_the_study_rows_do_not_depend_on_the_thread_count_or_the_workers(tmp_path, capsys):
+    from greedyprune.studies.pretraining import config_with, get_preset, run_pretraining_study
+
+    config = config_with(get_preset("quick"), data="digits", widths=(40,), sizes=(300, 600), trials=2,
+                         iterations=60, eval_every=20, k=8, reference="largest")
+    threads = torch.get_num_threads()
+    try:
+        torch.set_num_threads(2)
+        run_pretraining_study(config, tmp_path / "one", progress=False, log=lambda s: None, workers=1)
+        assert torch.get_num_threads() == 2  # the cells ran on one thread; the caller's setting is restored
+    finally:
+        torch.set_num_threads(threads)
+    argv = ["study", "pretraining", "--data", "digits", "--widths", "40", "--sizes", "300,600", "--trials", "2",
+            "--iterations", "60", "--eval-every", "20", "--k", "8", "--reference", "largest", "--no-progress",
+            "--no-plot", "--threads", "2", "--workers", "2", "--out", str(tmp_path / "two")]
+    assert main(argv) == 0
+    assert _rows(tmp_path / "one") == _rows(tmp_path / "two")
