@@ -8,13 +8,17 @@ numpy integers or 0-d integer tensors (anything with ``__index__``); ``bool`` is
 """
 from __future__ import annotations
 
+import dis
 import math
 import numbers
 import operator
+import os
+from pathlib import Path
 
 import torch
 
-__all__ = ["as_device", "check_choice", "check_int", "check_number", "check_finite"]
+__all__ = ["as_device", "check_choice", "check_int", "check_number", "check_finite", "check_fits_in_memory", "check_model_size",
+           "memory_bytes", "non_finite_weights", "raised_by_package"]
 
 
 def check_int(name: str, value, minimum: int | None = None, *, maximum: int | None = None,
@@ -85,6 +89,38 @@ def check_finite(name: str, tensor: torch.Tensor) -> None:
                              f"{int(torch.nonzero(bad.reshape(-1))[0])}); clean or drop those examples first")
 
 
+def non_finite_weights(model: torch.nn.Module) -> str:
+    """The parameters and buffers of ``model`` that hold NaN or infinite values, in words ("" if none do)."""
+    bad = [(name, int((~torch.isfinite(t)).sum())) for name, t in model.state_dict().items()
+           if (t.is_floating_point() or t.is_complex()) and not bool(torch.isfinite(t).all())]
+    shown = ", ".join(f"{name} ({n} value{'s' if n > 1 else ''})" for name, n in bad[:3])
+    return shown + (f" and {len(bad) - 3} more tensors" if len(bad) > 3 else "")
+
+
+def memory_bytes() -> int | None:
+    """This machine's physical memory in bytes (None where the platform does not say)."""
+    try:
+        return int(os.sysconf("SC_PAGE_SIZE")) * int(os.sysconf("SC_PHYS_PAGES"))
+    except (AttributeError, OSError, ValueError):
+        return None
+
+
+def check_fits_in_memory(nbytes: int, what: str, fix: str) -> None:
+    """ValueError if ``nbytes`` (what ``what`` would allocate) exceeds this machine's memory; checked before
+    allocating, so a huge size is a clear message rather than an allocator's failure or the OOM killer."""
+    total = memory_bytes()
+    if total is not None and nbytes > total:
+        raise ValueError(f"{what} needs about {nbytes / 2 ** 30:,.1f} GiB, more than the {total / 2 ** 30:,.1f} GiB "
+                         f"of memory this machine has; {fix}")
+
+
+def check_model_size(model: torch.nn.Module, what: str, fix: str) -> None:
+    """ValueError if training ``model`` (weights, gradients and momentum in float32) would not fit in this
+    machine's memory; ``model`` may be on the meta device, so this runs before anything is allocated."""
+    params = sum(p.numel() for p in model.parameters())
+    check_fits_in_memory(12 * params, f"{what} has {params:,} parameters and training it", fix)
+
+
 def as_device(device) -> torch.device:
     """A ``torch.device`` that exists here: ``"cpu"``, ``"cuda"`` or ``"cuda:N"`` (ValueError otherwise)."""
     try:
@@ -99,3 +135,21 @@ def as_device(device) -> torch.device:
         raise ValueError(f"device {str(device)!r} does not exist: this machine has {torch.cuda.device_count()} "
                          f"CUDA device(s)")
     return dev
+
+
+_PACKAGE = str(Path(__file__).resolve().parent)
+
+
+def raised_by_package(exc: BaseException) -> bool:
+    """Whether ``exc`` is a deliberate message of greedyprune's own code: raised by a ``raise`` statement in a
+    package frame, not by a call from there into torch, numpy or Python's C code (``int("x")``, a numpy
+    reshape), whose errors have no frame of their own and would otherwise pass for the package's."""
+    tb = exc.__traceback__
+    if tb is None:
+        return False
+    while tb.tb_next is not None:
+        tb = tb.tb_next
+    code = tb.tb_frame.f_code
+    if not str(Path(code.co_filename).resolve()).startswith(_PACKAGE):
+        return False
+    return any(ins.offset == tb.tb_lasti and ins.opname == "RAISE_VARARGS" for ins in dis.get_instructions(code))

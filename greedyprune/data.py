@@ -34,6 +34,7 @@ Normalisation is computed in float64 and the result is stored as float32.
 
 from __future__ import annotations
 
+import math
 import operator
 from dataclasses import dataclass
 from typing import Sequence
@@ -231,6 +232,9 @@ def normalize_inputs(X: torch.Tensor, method: str, max_value: float | None = Non
     return torch.where(std > 0, centred / torch.where(std > 0, std, torch.ones_like(std)), centred)
 
 
+_BLOCK_ELEMENTS = 1 << 20  # elements of the float64 block a large data set is normalised in (8 MB)
+
+
 def finish_dataset(
     X: np.ndarray | torch.Tensor,
     labels: np.ndarray | torch.Tensor,
@@ -242,9 +246,28 @@ def finish_dataset(
     max_value: float | None,
     targets: torch.Tensor | None = None,
 ) -> Dataset:
-    """Normalise raw inputs in float64, store as float32, and wrap in a Dataset."""
-    X64 = torch.as_tensor(np.asarray(X, dtype=np.float64) if isinstance(X, np.ndarray) else X, dtype=torch.float64)
-    X32 = normalize_inputs(X64, normalize, max_value).to(torch.float32)
+    """Normalise raw inputs in float64, store as float32, and wrap in a Dataset.
+
+    Row-wise normalisations of a large array are computed a block of rows at a time (the same numbers), so
+    loading takes about the float32 result beside the raw array, not an extra float64 copy of everything."""
+    check_normalize(normalize)
+    rows = max(1, _BLOCK_ELEMENTS // max(1, math.prod(X.shape[1:])))
+    if normalize == "standard" or X.ndim != 2 or X.shape[0] <= rows:
+        X64 = torch.as_tensor(np.asarray(X, dtype=np.float64) if isinstance(X, np.ndarray) else X,
+                              dtype=torch.float64)
+        X32 = normalize_inputs(X64, normalize, max_value).to(torch.float32)
+    else:
+        X32 = torch.empty(tuple(X.shape), dtype=torch.float32)
+        for a in range(0, X.shape[0], rows):
+            block = torch.as_tensor(np.asarray(X[a:a + rows], dtype=np.float64) if isinstance(X, np.ndarray)
+                                    else X[a:a + rows], dtype=torch.float64)
+            try:
+                X32[a:a + rows] = normalize_inputs(block, normalize, max_value)
+            except ValueError:  # its message names rows and ranges of the whole array: raised from that
+                whole = torch.as_tensor(np.asarray(X, dtype=np.float64) if isinstance(X, np.ndarray) else X,
+                                        dtype=torch.float64)
+                normalize_inputs(whole, normalize, max_value)
+                raise
     y = torch.as_tensor(np.asarray(labels, dtype=np.int64) if isinstance(labels, np.ndarray) else labels, dtype=torch.int64)
     return Dataset(X=X32, labels=y, name=name, num_classes=num_classes, image_shape=image_shape, targets=targets)
 

@@ -218,8 +218,13 @@ def load_cifar10(directory: str | os.PathLike, split: str = "train", normalize: 
             f"CIFAR-10 {split} split incomplete in {str(folder)!r}: missing {', '.join(missing)}; {fix}"
         )
     parts = [_read_cifar_batch(folder / name) for name in wanted]
-    data = np.concatenate([p[0] for p in parts])
     labels = np.concatenate([p[1] for p in parts])
+    data = np.empty((len(labels), 3072), dtype=np.uint8)
+    start = 0
+    for i, (block, _) in enumerate(parts):  # each batch released once copied: one copy of the data at a time
+        data[start:start + len(block)] = block
+        start += len(block)
+        parts[i] = None
     return finish_dataset(
         data,
         labels,

@@ -8,14 +8,15 @@
   ``weights_only=True``: a file can never run code while it is read, unless the caller passes
   ``trust_pickle=True`` (for a full-module pickle it made itself).
 * :func:`load_pickle_restricted` - read a plain pickle (a data set's file format) with an unpickler that
-  admits only the globals the format needs (:data:`NUMPY_ARRAY_GLOBALS` for numpy arrays) and refuses any
-  other, naming it and the file, before it can run.
+  admits only the globals the format needs and numpy arrays only through numpy's own reconstruction, sized
+  by the file (:mod:`greedyprune.safepickle`); anything else is refused, naming it and the file.
 * :class:`RunLock` - one process per run directory: a second run on the same directory fails at once
   with the other process's id, instead of both writing the same files.
 """
 from __future__ import annotations
 
 import contextlib
+import errno
 import hashlib
 import io
 import os
@@ -24,11 +25,9 @@ import re
 from pathlib import Path
 from typing import Any, Iterator
 
-import numpy as np
 import torch
 
 __all__ = [
-    "NUMPY_ARRAY_GLOBALS",
     "CHECKSUM_KEY",
     "IntegrityError",
     "RunLock",
@@ -48,6 +47,7 @@ __all__ = [
 
 CHECKSUM_KEY = "checksum"
 TMP_SUFFIX = ".tmp"
+_UNWRITABLE = {errno.EACCES, errno.EPERM, errno.EROFS, errno.ENOSPC, errno.EDQUOT}
 
 
 class IntegrityError(ValueError):
@@ -80,17 +80,21 @@ def atomic_write(path: str | os.PathLike, mode: str = "wb") -> Iterator[Any]:
     """Open ``path + ".tmp"`` for writing; on success fsync it, rename it over ``path`` and fsync the
     directory. On an exception the temporary file is removed and ``path`` is left as it was."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + TMP_SUFFIX)
     try:
+        path.parent.mkdir(parents=True, exist_ok=True)
         with open(tmp, mode) as f:
             yield f
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as exc:
         with contextlib.suppress(OSError):
             tmp.unlink()
+        if isinstance(exc, OSError) and exc.errno in _UNWRITABLE:  # said once, with what to do
+            raise OSError(exc.errno, f"cannot write {path} ({exc.strerror}); make {path.parent} writable (or free "
+                                     f"disk space) and run the same command again - what was finished is kept") \
+                from None
         raise
     _fsync_dir(path.parent)
 
@@ -234,101 +238,12 @@ def torch_bytes(obj: Any) -> bytes:
 # ------------------------------------------------------------------------------------------ plain pickles
 
 
-class _Refused(Exception):
-    """A checked stand-in of an admitted global refused its arguments."""
-
-
-def _refuse(what: str):
-    raise _Refused(what)
-
-
-def _ndarray_reconstruct(cls, shape, typecode):
-    if cls is not np.ndarray:
-        _refuse(f"_reconstruct of {getattr(cls, '__qualname__', cls)!r} (only numpy.ndarray is admitted)")
-    return _RECONSTRUCT(cls, shape, typecode)
-
-
-def _numeric_dtype(*args):
-    dt = np.dtype(*args)
-    if dt.hasobject:
-        _refuse(f"an array of dtype {dt} (Python objects; only arrays of numbers are admitted)")
-    return dt
-
-
-def _frombuffer(buffer, dtype, shape, order):
-    if np.dtype(dtype).hasobject:
-        _refuse(f"an array of dtype {dtype} (Python objects; only arrays of numbers are admitted)")
-    return _FROMBUFFER(buffer, dtype, shape, order)
-
-
-def _latin1(text, encoding):
-    if not isinstance(text, str) or encoding != "latin1":
-        _refuse(f"_codecs.encode({type(text).__name__}, {encoding!r}) (only the latin1 bytes of protocol 2)")
-    return text.encode("latin1")
-
-
-_RECONSTRUCT = np.zeros(1).__reduce__()[0]  # numpy.core.multiarray._reconstruct (numpy._core... in numpy 2)
-_FROMBUFFER = np.zeros(1).__reduce_ex__(5)[0]  # numpy._core.numeric._frombuffer (pickle protocol 5)
-
-#: The globals a pickle of numpy arrays of numbers (and of bytes, under protocol 2) needs, each bound to a
-#: checked stand-in: ``ndarray`` only as itself, no object dtypes, ``_codecs.encode`` only for latin1.
-NUMPY_ARRAY_GLOBALS = {
-    **{(core + ".multiarray", "_reconstruct"): _ndarray_reconstruct for core in ("numpy.core", "numpy._core")},
-    **{(core + ".numeric", "_frombuffer"): _frombuffer for core in ("numpy.core", "numpy._core")},
-    ("numpy", "ndarray"): np.ndarray,
-    ("numpy", "dtype"): _numeric_dtype,
-    ("_codecs", "encode"): _latin1,
-}
-
-
-class _RestrictedUnpickler(pickle.Unpickler):
-    def __init__(self, file, allowed: dict, path: Path, what: str):
-        super().__init__(file, encoding="bytes")
-        self.allowed, self.path, self.what = allowed, path, what
-
-    def find_class(self, module: str, name: str):
-        found = self.allowed.get((module, name))
-        if found is None:
-            raise UnsafeFileError(
-                f"{self.path} holds a pickled {module}.{name}, which a {self.what} never contains; the file was not "
-                f"loaded, because unpickling it could run arbitrary code. Use the original files of the data set")
-        return found
-
-    def persistent_load(self, pid):
-        raise UnsafeFileError(f"{self.path} holds a persistent reference ({pid!r:.60}), which a {self.what} never "
-                              f"contains; the file was not loaded")
-
-
 def load_pickle_restricted(path: str | os.PathLike, *, what: str, allowed: dict | None = None) -> Any:
-    """Unpickle a data file admitting only the globals in ``allowed`` (default :data:`NUMPY_ARRAY_GLOBALS`).
+    """Unpickle a data file without running code or exhausting memory: see
+    :func:`greedyprune.safepickle.load_pickle_restricted`."""
+    from .safepickle import load_pickle_restricted as load
 
-    Plain values (dicts, lists, tuples, str, bytes, numbers) need no global; anything else - a class, a
-    function such as ``os.system`` or ``exec`` - is refused before it is called.
-
-    Args:
-        path: the pickle file.
-        what: the file's format, for messages ("CIFAR-10 batch").
-        allowed: ``{(module, name): object}``: what each admitted global resolves to.
-
-    Returns:
-        The unpickled object (``bytes`` for Python 2 ``str``, as ``encoding="bytes"`` reads them).
-
-    Raises:
-        UnsafeFileError: the pickle names a global outside ``allowed`` (the message names it and the file).
-        ValueError: the file is damaged or not a pickle.
-    """
-    path = Path(path)
-    allowed = NUMPY_ARRAY_GLOBALS if allowed is None else allowed
-    try:
-        with open(path, "rb") as f:
-            return _RestrictedUnpickler(f, allowed, path, what).load()
-    except UnsafeFileError:
-        raise
-    except _Refused as exc:
-        raise UnsafeFileError(f"{path} holds {exc}, which a {what} never contains; the file was not loaded") from None
-    except Exception as exc:  # noqa: BLE001 - truncation and garbage fail in many ways
-        raise ValueError(f"{path} is not a readable pickle ({type(exc).__name__}: {_first_line(exc)}); the {what} "
-                         f"is damaged") from exc
+    return load(path, what=what, allowed=allowed)
 
 
 # ------------------------------------------------------------------------------------------ output paths

@@ -470,6 +470,8 @@ def get_model(name: str, num_classes: int = 10, in_channels: int = 3, *, seed: i
         raise TypeError(f"get_model({key!r}) got unexpected keyword argument(s) {unknown}; accepted: {allowed}")
     _check_positive_int("num_classes", num_classes)
     _check_positive_int("in_channels", in_channels)
+    if torch.empty(0).device.type != "meta":
+        _check_size(key, builder, num_classes, in_channels, kw)
     if seed is None:
         model = builder(num_classes, in_channels, **kw)
         init_weights(model)
@@ -481,6 +483,25 @@ def get_model(name: str, num_classes: int = 10, in_channels: int = 3, *, seed: i
         model = builder(num_classes, in_channels, **kw)
         init_weights(model)
     return model
+
+
+def _check_size(key: str, builder, num_classes: int, in_channels: int, kw: dict) -> None:
+    """Options that can make a model huge (a width, many classes or channels) are checked on the meta device
+    first: parameters that would not fit in memory are a clear ValueError, not an allocator's failure."""
+    big = [v for v in (num_classes, in_channels, kw.get("width")) if isinstance(v, int) and v > 1024]
+    if not big:
+        return
+    options = ", ".join(f"{k}={v}" for k, v in {"num_classes": num_classes, "in_channels": in_channels, **kw}.items())
+    fix = "use a smaller width (--model-arg width=...) or fewer classes / channels"
+    try:
+        with torch.device("meta"):
+            model = builder(num_classes, in_channels, **kw)
+    except RuntimeError as exc:  # a tensor size that overflows 64 bits
+        raise ValueError(f"get_model({key!r}, {options}) describes tensors too large to exist "
+                         f"({str(exc).splitlines()[0]}); {fix}") from None
+    from .checks import check_model_size
+
+    check_model_size(model, f"get_model({key!r}, {options})", fix)
 
 
 # ------------------------------------------------------------------------------------------ helpers

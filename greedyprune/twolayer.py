@@ -71,6 +71,17 @@ def output_scale(layer: nn.Linear) -> float:
     return float(getattr(layer, "scale", 1.0))
 
 
+def check_two_layer_size(in_features: int, hidden: int, out_features: int = 1, examples: int = 0) -> None:
+    """ValueError if a two-layer net of this size - its weights, gradients and momentum, and, to prune it on
+    ``examples`` examples, its neurons' outputs twice - would not fit in this machine's memory."""
+    from .checks import check_fits_in_memory
+
+    nbytes = 4 * hidden * (3 * (in_features + out_features + 1) + 2 * examples * out_features)
+    check_fits_in_memory(nbytes, f"a two-layer net of width {hidden:,} on {in_features:,} inputs"
+                         + (f", pruned on {examples:,} examples," if examples else ""),
+                         "use a smaller width (--widths / --width)")
+
+
 class TwoLayerNet(nn.Sequential):
     """``Linear(in_features, hidden) -> activation -> Linear(hidden, out_features)``.
 
@@ -107,6 +118,7 @@ class TwoLayerNet(nn.Sequential):
         if parameterization not in PARAMETERIZATIONS:
             raise ValueError(f"unknown parameterization {parameterization!r}; expected one of {PARAMETERIZATIONS}")
         mean_field = parameterization == "mean-field"
+        check_two_layer_size(in_features, hidden, out_features)  # before anything is allocated
         if init is None:
             init = "gaussian" if mean_field else "default"
         if init not in ("default", "gaussian"):
@@ -350,8 +362,8 @@ DISTINCT_STEP_FACTOR = 10
 
 def _select(phi, y, k, loss, prune_to, max_steps, options):
     """Algorithm 1 for k steps, or (``prune_to="distinct"``) for the fewest steps that choose k distinct
-    neurons: the selection is run for K steps, K growing 4-fold up to the cap, and cut after the step that
-    chose the k-th distinct neuron - the first T steps of a longer run are exactly a T-step run."""
+    neurons: one run that stops after the step that chose the k-th distinct neuron, or at the cap - the first
+    T steps of a longer run are exactly a T-step run."""
     from .checks import check_int
     from .selection import SelectionResult
 
@@ -361,23 +373,13 @@ def _select(phi, y, k, loss, prune_to, max_steps, options):
         return result
     k = check_int("k", k, 1)
     cap = check_int("max_steps", DISTINCT_STEP_FACTOR * k if max_steps is None else max_steps, k)
-    steps = k
-    while True:
-        result = greedy_forward_selection(phi, y, steps, loss=loss, **options)
-        first = torch.full((phi.shape[0],), steps, dtype=torch.int64)
-        first.scatter_reduce_(0, result.indices, torch.arange(steps), reduce="amin")
-        order = torch.sort(first).values
-        if int(order[k - 1]) < steps or steps >= cap:
-            break
-        steps = min(cap, 4 * steps)
-    reached = int(order[k - 1]) < steps
-    cut = int(order[k - 1]) + 1 if reached else steps
-    indices = result.indices[:cut]
-    counts = torch.bincount(indices, minlength=phi.shape[0])
-    weights = counts.to(device=phi.device, dtype=torch.float64) / cut
+    result = greedy_forward_selection(phi, y, cap, loss=loss, distinct=k, **options)
+    cut = result.k
+    reached = int(result.selected.numel()) >= k
+    weights = result.counts.to(device=phi.device, dtype=torch.float64) / cut
     output = torch.tensordot(weights, phi.to(torch.float64), dims=1).to(result.output.dtype)
-    out = SelectionResult(indices=indices, counts=counts, losses=result.losses[:cut], output=output, loss=loss,
-                          replacement=True, candidates=result.candidates, seed=result.seed)
+    out = SelectionResult(indices=result.indices, counts=result.counts, losses=result.losses, output=output,
+                          loss=loss, replacement=True, candidates=result.candidates, seed=result.seed)
     out.extra["reached"] = reached
     return out
 

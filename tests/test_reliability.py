@@ -366,3 +366,242 @@ def test_debug_variable_shows_the_traceback_of_user_errors(tmp_path, monkeypatch
     monkeypatch.setenv("GREEDYPRUNE_DEBUG", "1")
     with pytest.raises(FileNotFoundError, match="holds no study results"):
         main(["export", str(tmp_path)])
+
+
+# ------------------------------------------------------------------------- issue 21 item 2: prune --out
+
+
+def _prune_out(checkpoint, out, *extra):
+    return ["prune", str(checkpoint), *PRUNE, "--out", str(out), *extra]
+
+
+def test_prune_never_writes_over_its_input_or_a_file_it_did_not_write(checkpoint, tmp_path, capsys):
+    original = checkpoint.read_bytes()
+    _fails(capsys, _prune_out(checkpoint, checkpoint), "is the checkpoint being pruned", "Choose another --out")
+    _fails(capsys, _prune_out(checkpoint, checkpoint, "--force"), "is the checkpoint being pruned")
+    assert checkpoint.read_bytes() == original
+    run = tmp_path / "run"
+    assert main(TRAIN + ["--out", str(run)]) == 0
+    for other in (run / "train_state.pt", run / "checkpoints" / "iter_0000002.pt", run / "train_config.json"):
+        before = other.read_bytes()
+        _fails(capsys, _prune_out(checkpoint, other), str(other), "is not a pruned model", "--force")
+        assert other.read_bytes() == before
+    out = tmp_path / "pruned.pt"
+    assert main(_prune_out(checkpoint, out)) == 0
+    assert main(_prune_out(checkpoint, out)) == 0  # its own output: a rerun replaces it
+    notes = tmp_path / "notes.txt"
+    notes.write_text("mine")
+    assert main(_prune_out(checkpoint, notes, "--force")) == 0  # replaced only when asked
+    capsys.readouterr()
+
+
+# ------------------------------------------------------------------------- issue 21 item 3: non-finite numbers
+
+
+@pytest.mark.parametrize("option, value", [("--lr", "inf"), ("--lr", "nan"), ("--lr", "-inf"),
+                                           ("--weight-decay", "inf"), ("--model-arg", "width=inf")])
+def test_number_options_refuse_inf_and_nan(option, value, tmp_path, capsys):
+    argv = TRAIN + [f"{option}={value}", "--out", str(tmp_path / "run")]
+    with pytest.raises(SystemExit) as exc:
+        main(argv)
+    err = capsys.readouterr().err
+    assert exc.value.code == 2 and "finite" in err and "Traceback" not in err and len(err.strip().splitlines()) == 1
+    assert not (tmp_path / "run").exists()
+    if option != "--model-arg":
+        with pytest.raises(ValueError, match="finite"):
+            TrainConfig(lr=float(value) if option == "--lr" else 0.1,
+                        weight_decay=float(value) if option == "--weight-decay" else 0.0).validate()
+
+
+def test_training_stops_at_the_first_non_finite_loss_keeping_the_good_checkpoints(tmp_path, capsys):
+    run = tmp_path / "run"
+    argv = TRAIN[:TRAIN.index("--iterations")] + ["--iterations", "1", "--checkpoint-every", "1", "--batch-size",
+                                                 "16", "--eval-examples", "16", "--threads", "1", "--no-progress",
+                                                 "--lr", "1e38", "--out", str(run)]
+    _fails(capsys, argv, "training diverged by iteration 1", "nan", "lower the learning rate")
+    assert sorted(p.name for p in (run / "checkpoints").iterdir()) == ["iter_0000000.pt"]
+    # a checkpoint whose weights are not finite: prune says so instead of blaming a layer
+    from greedyprune.training.checkpoints import load_model, save_model
+
+    model, info = load_model(run / "checkpoints" / "iter_0000000.pt")
+    with torch.no_grad():
+        next(model.parameters()).view(-1)[:3] = float("nan")
+    bad = save_model(tmp_path / "nan.pt", model, name=info["name"], model_kwargs=info["model_kwargs"])
+    _fails(capsys, ["prune", str(bad), *PRUNE], "NaN or infinite", "diverged", "conv1.weight (3 values)")
+    X, y = _images()  # inputs up to 1e3: the first step's loss is finite, its update overflows float32
+    with pytest.raises(FloatingPointError, match="at iteration 1: the weights became NaN or infinite in 1.weight"):
+        pretrain(nn.Sequential(nn.Flatten(), nn.Linear(64, 10)), X * 1e3, y,
+                 TrainConfig(iterations=2, lr=1e38, batch_size=8, loss="cross_entropy"), callback=lambda t, m: None,
+                 callback_every=1)
+
+
+# ------------------------------------------------------------------------- issue 21 item 6: one-line errors
+
+
+class Regrouped(nn.Module):
+    """Three convolutions, the last one's channels regrouped with a hard-coded ``x.reshape(B, 8, -1)``."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv1, self.bn1 = nn.Conv2d(1, 16, 3, padding=1), nn.BatchNorm2d(16)
+        self.conv2, self.bn2 = nn.Conv2d(16, 16, 3, padding=1), nn.BatchNorm2d(16)
+        self.conv3 = nn.Conv2d(16, 16, 3, padding=1)
+        self.fc = nn.Linear(2, 10)
+
+    def forward(self, x):
+        x = torch.relu(self.bn2(self.conv2(torch.relu(self.bn1(self.conv1(x))))))
+        x = self.conv3(x).mean((2, 3))
+        return self.fc(x.reshape(x.shape[0], 8, -1).mean(1))
+
+
+def test_a_hard_coded_reshape_over_a_pruned_group_names_the_layer_and_the_skip():
+    from greedyprune.channels.groups import UnsupportedLayerError
+
+    X, y = _images(64)
+    options = dict(keep_ratio=0.5, candidates=2, batch_size=16, eval_examples=16)
+    with pytest.raises(UnsupportedLayerError, match=r"group 'conv3'.*no longer runs.*'conv3'.*test_reliability\.py:"
+                                                    r"\d+.*skip=\['conv3'\]"):
+        prune_model(Regrouped(), (X, y), **options)
+    assert list(prune_model(Regrouped(), (X, y), extra_skip=["conv3"], **options).kept) == ["conv2"]
+    with pytest.warns(UserWarning, match="group 'conv3'"):
+        assert list(prune_model(Regrouped(), (X, y), unsupported="skip", **options).kept) == ["conv2"]
+
+
+def test_sizes_workers_and_directories_that_cannot_work_are_refused_at_once(checkpoint, tmp_path, capsys, no_search):
+    import os as _os
+
+    cpus = len(_os.sched_getaffinity(0)) if hasattr(_os, "sched_getaffinity") else _os.cpu_count()
+    _fails(capsys, _prune_out(checkpoint, tmp_path / "p.pt", "--workers", "100000"), "100000 worker processes",
+           f"at most {cpus}")
+    _fails(capsys, _prune_out(checkpoint, tmp_path / "p.pt", "--size", "100000"), "--size 100000 exceeds the 1797")
+    for width in ("1000000000", "100000"):
+        _fails(capsys, TRAIN[:4] + [f"width={width}"] + TRAIN[5:] + ["--out", str(tmp_path / "w")], "width")
+    _fails(capsys, ["study", "pretraining", "--widths", "1000000000", "--data", "digits", "--sizes", "100",
+                    "--no-progress", "--out", str(tmp_path / "s")], "width 1,000,000,000", "GiB", "smaller width")
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "thesis.tex").write_text("chapter 1")
+    _fails(capsys, TRAIN + ["--out", str(mine)], "not a training run", "thesis.tex")
+    assert sorted(p.name for p in mine.iterdir()) == ["thesis.tex"]
+    assert not (tmp_path / "w").exists() and not (tmp_path / "s").exists() and not (tmp_path / "p.pt").exists()
+
+
+# ------------------------------------------------------------------------- issue 21 item 7: read-only --out, merge
+
+STUDY = ["study", "pretraining", "--data", "digits", "--widths", "20", "--sizes", "200,400", "--trials", "2",
+         "--iterations", "40", "--eval-every", "10", "--k", "5", "--reference", "largest", "--prune-to", "steps",
+         "--no-progress", "--no-plot", "--threads", "1"]
+
+
+def _rows(out):
+    from greedyprune.studies.store import ResultsStore
+
+    with ResultsStore(out / "results.sqlite") as store:
+        return [{k: v for k, v in r.items() if k not in ("prune_seconds", "created")} for r in store.rows()]
+
+
+class _NoReplace:
+    """``os`` for greedyprune.fileio, whose ``replace`` fails as on a read-only directory after ``ok`` calls."""
+
+    def __init__(self, ok):
+        self.ok = ok
+
+    def __getattr__(self, name):
+        return getattr(os, name)
+
+    def replace(self, src, dst):
+        self.ok -= 1
+        if self.ok < 0:
+            raise PermissionError(13, "Permission denied", str(dst))
+        return os.replace(src, dst)
+
+
+@pytest.mark.parametrize("what, workers", [("database", "1"), ("checkpoint", "1"), ("checkpoint", "2")])
+def test_an_out_made_read_only_midway_keeps_the_rows_and_resumes(what, workers, tmp_path, monkeypatch, capsys):
+    from greedyprune import fileio
+    from greedyprune.studies.store import ResultsStore
+
+    argv = STUDY + ["--workers", workers]
+    reference = tmp_path / "ref"
+    assert main(argv + ["--out", str(reference)]) == 0
+    out = tmp_path / "run"
+    if what == "database":
+        add = ResultsStore.add
+
+        def add_then_read_only(store, row):
+            if len(store) == 3:
+                store._conn.execute("PRAGMA query_only=ON")  # SQLite's own read-only refusal from here on
+            return add(store, row)
+
+        monkeypatch.setattr(ResultsStore, "add", add_then_read_only)
+        needles = ("cannot write the results database", "readonly", "run the same command again")
+    else:
+        monkeypatch.setattr(fileio, "os", _NoReplace(4))
+        needles = ("cannot write", "Permission denied", "run the same command again")
+    _fails(capsys, argv + ["--out", str(out)], *needles)
+    kept = _rows(out)
+    assert 0 < len(kept) < 20
+    monkeypatch.undo()
+    assert main(argv + ["--out", str(out)]) == 0
+    assert "resuming" in capsys.readouterr().out
+    assert _rows(out) == _rows(reference)
+
+
+def test_merge_refuses_shards_that_disagree_on_a_row_and_writes_nothing(tmp_path, capsys):
+    import sqlite3
+
+    shards = [tmp_path / "0", tmp_path / "1"]
+    for i, shard in enumerate(shards):
+        assert main(STUDY + ["--shard", f"{i}/2", "--out", str(shard)]) == 0
+    with sqlite3.connect(shards[1] / "results.sqlite") as conn:  # one row of shard 1 also in shard 0, altered
+        row = conn.execute("SELECT * FROM results WHERE trial = 1 AND iteration = 20").fetchone()
+        columns = [d[0] for d in conn.execute("SELECT * FROM results").description]
+    with sqlite3.connect(shards[0] / "results.sqlite") as conn:
+        values = dict(zip(columns, row), pruned_accuracy=0.123)
+        conn.execute(f"INSERT INTO results ({', '.join(map(repr, values))}) VALUES ({', '.join('?' * len(values))})",
+                     list(values.values()))
+    _fails(capsys, ["merge", str(tmp_path / "m"), *map(str, shards), "--no-plot"],
+           f"the row width=20, size={row[columns.index('size')]}, trial=1, iteration=20 differs", "'pruned_accuracy'",
+           "nothing was merged")
+    assert not (tmp_path / "m").exists()
+
+
+# ------------------------------------------------------------------------- issue 21 item 8: the main job
+
+
+def test_distinct_pruning_is_one_selection_run_cut_at_the_kth_distinct_neuron(monkeypatch):
+    from greedyprune import twolayer
+    from greedyprune.twolayer import TwoLayerNet, neuron_outputs
+
+    X, y = torch.randn(300, 20, generator=torch.Generator().manual_seed(0)), (torch.arange(300) % 2).float()
+    net = TwoLayerNet(20, 200, seed=0, parameterization="mean-field")
+    calls = []
+    real = twolayer.greedy_forward_selection
+    monkeypatch.setattr(twolayer, "greedy_forward_selection", lambda *a, **kw: calls.append(a[2]) or real(*a, **kw))
+    result = prune_two_layer(net, X, y, 30, prune_to="distinct").selection
+    assert calls == [300]  # one run, capped at 10 k steps (it was 30, 120, 300 steps, each from scratch)
+    long = real(neuron_outputs(net, X), y, 300, loss="logistic")  # the definition: a long run's first steps
+    first = {}
+    for step, i in enumerate(long.indices.tolist()):
+        first.setdefault(i, step)
+    cut = sorted(first.values())[29] + 1
+    assert result.indices.tolist() == long.indices[:cut].tolist() and torch.equal(result.losses, long.losses[:cut])
+
+
+def test_the_study_rows_do_not_depend_on_the_thread_count_or_the_workers(tmp_path, capsys):
+    from greedyprune.studies.pretraining import config_with, get_preset, run_pretraining_study
+
+    config = config_with(get_preset("quick"), data="digits", widths=(40,), sizes=(300, 600), trials=2,
+                         iterations=60, eval_every=20, k=8, reference="largest")
+    threads = torch.get_num_threads()
+    try:
+        torch.set_num_threads(2)
+        run_pretraining_study(config, tmp_path / "one", progress=False, log=lambda s: None, workers=1)
+        assert torch.get_num_threads() == 2  # the cells ran on one thread; the caller's setting is restored
+    finally:
+        torch.set_num_threads(threads)
+    argv = ["study", "pretraining", "--data", "digits", "--widths", "40", "--sizes", "300,600", "--trials", "2",
+            "--iterations", "60", "--eval-every", "20", "--k", "8", "--reference", "largest", "--no-progress",
+            "--no-plot", "--threads", "2", "--workers", "2", "--out", str(tmp_path / "two")]
+    assert main(argv) == 0
+    assert _rows(tmp_path / "one") == _rows(tmp_path / "two")

@@ -1,4 +1,5 @@
-"""No file the library reads runs code, and no damaged file loads silently (issue 9, items 1, 4, 5 and 8).
+"""No file the library reads runs code, and no damaged file loads silently (issue 9, items 1, 4, 5 and 8); no file
+exhausts memory (issue 21, items 1 and 5).
 
 Crafted payloads: a pickle whose ``__reduce__`` writes a marker file when it is unpickled, placed in a model
 checkpoint, a pruned-model file, a training state and a CIFAR-10 batch. Every loader and every command must
@@ -6,6 +7,7 @@ refuse it, and the marker must not exist afterwards. Damaged files: garbage in a
 floats changed in a training state, an empty checkpoint, a damaged page in a study's results database.
 """
 import io
+import os
 import pathlib
 import pickle
 import re
@@ -207,6 +209,51 @@ def test_load_pruned_refuses_raw_pickles_and_old_whole_module_files(payload, mar
     assert not marker.exists()
 
 
+# ------------------------------------------------------------------------------------- claimed widths (issue 21)
+
+GROWTH_PROBE = """
+import resource, sys
+from greedyprune.channels import load_pruned
+from greedyprune.training.checkpoints import load_model
+before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+try:
+    (load_model if sys.argv[1] == "model" else load_pruned)(sys.argv[2])
+except ValueError as exc:
+    print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before, str(exc)[:300])
+"""
+
+
+def _claiming(src, dst, width, pruned=False):
+    """A copy of a small file (valid checksum) whose architecture record claims ``width``."""
+    payload = torch.load(src, weights_only=True)
+    payload.pop("checksum")
+    payload["model_kwargs"] = {**TINY, "width": width}
+    return save_torch(dst, payload)
+
+
+@pytest.mark.parametrize("kind", ["model", "pruned"])
+def test_a_claimed_width_allocates_nothing_before_the_shapes_are_compared(kind, checkpoint, pruned, tmp_path, capsys):
+    import subprocess
+    import sys
+
+    src = checkpoint if kind == "model" else save_pruned(tmp_path / "p.pt", pruned[1], name="resnet8",
+                                                         model_kwargs=TINY)
+    wide = _claiming(src, tmp_path / "wide.pt", 600)  # 136 M parameters: 545 MB if it were built
+    out = subprocess.run([sys.executable, "-c", GROWTH_PROBE, kind, str(wide)], capture_output=True, text=True,
+                         timeout=120, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert out.returncode == 0 and out.stdout, out.stderr
+    grown_kib, message = out.stdout.split(" ", 1)
+    assert int(grown_kib) < 100 * 1024, message  # the model was never materialised
+    assert "wide.pt" in message and "do not fit" in message.replace("does not fit", "do not fit")
+    huge = _claiming(src, tmp_path / "huge.pt", 100_000)  # once a raw allocator error
+    loader = load_model if kind == "model" else load_pruned
+    with pytest.raises(ValueError, match="huge.pt"):
+        loader(huge)
+    if kind == "model":
+        _fails(capsys, ["prune", str(huge), *PRUNE], "huge.pt", "does not fit")
+
+
+
 # ------------------------------------------------------------------------------------- training state
 
 
@@ -387,6 +434,130 @@ def test_the_cifar_reader_admits_numpy_arrays_of_numbers_only(tmp_path):
             pickle.dump(plain, f, protocol=protocol)
         back = load_pickle_restricted(path, what="test file")
         assert back[b"a"] == plain[b"a"] and np.array_equal(back[b"arr"], plain[b"arr"])
+
+
+# ------------------------------------------------------------------------------------- CIFAR-10: memory (issue 21)
+
+
+class ZeroStrides:
+    """``numpy.ndarray(shape, uint8, buffer, 0, strides)`` called directly: 10^9 rows of 3072 bytes over a one-byte
+    buffer with zero strides - a 170-byte file that claims 3 TB and passes every shape and dtype check."""
+
+    def __init__(self, rows=10 ** 9):
+        self.rows = rows
+
+    def __reduce__(self):
+        return np.ndarray, ((self.rows, 3072), np.dtype(np.uint8), b"\x00", 0, (0, 0))
+
+
+class FlaggedDtype:
+    """A dtype of numbers, then a BUILD that resets its flags (``0x3f``: it would claim to hold Python objects)."""
+
+    def __init__(self, code):
+        self.code = code
+
+    def __reduce__(self):
+        return np.dtype, (self.code, False, True), (3, "|", None, None, None, -1, -1, 0x3F)
+
+
+class SharedBytes:
+    """An array rebuilt the way numpy pickles one, over a bytes object shared (through the memo) with others."""
+
+    def __init__(self, raw, rows):
+        self.raw, self.rows = raw, rows
+
+    def __reduce__(self):
+        rebuild = np.zeros(1).__reduce__()[0]
+        return rebuild, (np.ndarray, (0,), b"b"), (1, (self.rows, 3072), np.dtype(np.uint8), False, self.raw)
+
+
+def _hostile_cifar(tmp_path, make):
+    return _cifar_dir(tmp_path / "c", lambda name, genuine: make(genuine))
+
+
+def test_a_direct_ndarray_call_with_zero_strides_is_refused(tmp_path, capsys):
+    payload = pickle.dumps({b"data": ZeroStrides(), b"labels": [0]}, protocol=2)
+    assert len(payload) < 256  # a few hundred bytes that claim 3 TB
+    folder = _hostile_cifar(tmp_path, lambda g: {**g, b"data": ZeroStrides(20_000), b"labels": [0] * 20_000})
+    with pytest.raises(UnsafeFileError, match=r"direct call of numpy\.ndarray\(\.\.\.\).*zero strides|direct call of "
+                                              r"numpy\.ndarray"):
+        load_dataset(f"cifar10:{folder}")
+    _fails(capsys, TRAIN[:6] + [f"cifar10:{folder}"] + TRAIN[7:] + ["--out", str(tmp_path / "o")],
+           "data_batch_1", "numpy.ndarray(...)")
+    assert not (tmp_path / "o").exists()
+
+
+@pytest.mark.parametrize("code", ["u8", "V8", "f4"])
+def test_a_build_that_resets_a_dtypes_flags_is_refused(code, tmp_path):
+    path = tmp_path / "batch"
+    array_state = (1, (1,), FlaggedDtype(code), False, b"A" * 8)
+
+    class WithFlaggedDtype:
+        def __reduce__(self):
+            return np.zeros(1).__reduce__()[0], (np.ndarray, (0,), b"b"), array_state
+
+    path.write_bytes(pickle.dumps({b"data": WithFlaggedDtype()}, protocol=2))
+    message = "dtype |V8" if code == "V8" else "a dtype state"
+    with pytest.raises(UnsafeFileError, match=re.escape(message)):
+        load_pickle_restricted(path, what="CIFAR-10 batch")
+    for shared in ("u8", "f4", "u1"):  # numpy's own descriptors are untouched
+        assert np.dtype(shared).flags == 0 and not np.dtype(shared).hasobject
+
+
+def test_arrays_that_claim_more_bytes_than_the_file_holds_are_refused(tmp_path):
+    raw = bytes(range(256)) * 12 * 10  # 10 rows of 3072 bytes, stored once
+    folder = _hostile_cifar(tmp_path, lambda g: {**g, b"data": SharedBytes(raw, 10), b"labels": [0] * 10,
+                                                  b"copies": [SharedBytes(raw, 10) for _ in range(50)]})
+    with pytest.raises(UnsafeFileError, match="claim more bytes than the file holds"):
+        load_dataset(f"cifar10:{folder}", split="test")
+    # one array over its bytes is what numpy itself writes: admitted
+    ok = _hostile_cifar(tmp_path / "ok", lambda g: {**g, b"data": SharedBytes(raw, 10), b"labels": list(range(10))})
+    assert load_dataset(f"cifar10:{ok}", normalize="none", split="test").X.shape == (10, 3072)
+
+
+@pytest.mark.parametrize("state, message", [((1, (2, 3072), np.dtype(np.uint8), False, b"\x00"), "over 1 bytes"),
+                                            ((1, (-1,), np.dtype(np.uint8), False, b"\x00"), "shape"),
+                                            ((1, (1,), np.dtype(np.uint8), False, [1]), "data of type list")])
+def test_an_array_state_must_match_its_bytes(state, message, tmp_path):
+    class Array:
+        def __reduce__(self):
+            return np.zeros(1).__reduce__()[0], (np.ndarray, (0,), b"b"), state
+
+    path = tmp_path / "batch"
+    path.write_bytes(pickle.dumps({b"data": Array()}, protocol=2))
+    with pytest.raises(UnsafeFileError, match=re.escape(message)):
+        load_pickle_restricted(path, what="CIFAR-10 batch")
+
+
+MEMORY_PROBE = """
+import resource, sys
+import greedyprune.data as data
+from greedyprune.data import load_dataset
+before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+ds = load_dataset("cifar10:" + sys.argv[1], normalize="unit")
+print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before, tuple(ds.X.shape))
+"""
+
+
+def test_a_loaded_cifar_set_takes_a_small_multiple_of_its_files_size(tmp_path):
+    import subprocess
+    import sys
+
+    rng = np.random.default_rng(0)
+
+    def big(name, genuine):
+        return {**genuine, b"data": rng.integers(1, 256, (1500, 3072), dtype=np.uint8),
+                b"labels": [int(v) for v in rng.integers(0, 10, 1500)]}
+
+    folder = _cifar_dir(tmp_path / "c", big)
+    files = sum((folder / f"data_batch_{i}").stat().st_size for i in range(1, 6))
+    out = subprocess.run([sys.executable, "-c", MEMORY_PROBE, str(folder)], capture_output=True, text=True,
+                         timeout=120, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert out.returncode == 0, out.stderr
+    grown_kib, shape = out.stdout.split(" ", 1)
+    assert shape.strip() == "(7500, 3072)"
+    # the float32 data set is 4x the files; the raw bytes and arrays beside it a little more, never a float64 copy
+    assert int(grown_kib) * 1024 <= 6 * files, (int(grown_kib) * 1024 / files, files)
 
 
 # ------------------------------------------------------------------------------------- damaged files

@@ -320,9 +320,13 @@ def test_save_and_load_round_trip(tmp_path):
     with torch.no_grad():
         torch.testing.assert_close(loaded(**calib).last_hidden_state, res.model(**calib).last_hidden_state)
     assert transformers.AutoTokenizer.from_pretrained(str(out))("a value")["input_ids"] == tok("a value")["input_ids"]
+    from greedyprune.transformers.integrity import write_checked_meta
+
     meta = json.loads((out / "greedyprune.json").read_text())
     meta["architecture"] = "GPT2Model"
-    (out / "greedyprune.json").write_text(json.dumps(meta))
+    files = list(meta.pop("files"))
+    meta.pop("checksum")
+    write_checked_meta(out, "greedyprune.json", meta, files)  # with a checksum that matches: the class is refused
     with pytest.raises(ValueError, match="unknown model class"):
         load_pruned_transformer(out)
     (out / "greedyprune.json").write_text("{")
@@ -330,6 +334,37 @@ def test_save_and_load_round_trip(tmp_path):
         load_pruned_transformer(out)
     with pytest.raises(FileNotFoundError, match="missing"):
         load_pruned_transformer(tmp_path)
+
+
+EDITS = {  # issue 21 item 4: each of these loaded silently as another model
+    "weights": ("model.safetensors", lambda raw: raw[:len(raw) // 2] + bytes(4000) + raw[len(raw) // 2 + 4000:]),
+    "hidden_act": ("config.json", lambda raw: raw.replace(b'"hidden_act": "gelu"', b'"hidden_act": "relu"')),
+    "layer_norm_eps": ("config.json", lambda raw: raw.replace(b'"layer_norm_eps": 1e-12', b'"layer_norm_eps": 0.1')),
+    "layers": ("greedyprune.json", lambda raw: raw.replace(b'"pooler": true', b'"pooler": false')),
+    "tokenizer": ("tokenizer.json", lambda raw: raw.replace(b"value", b"valve")),
+}
+
+
+@pytest.mark.parametrize("edit", sorted(EDITS))
+def test_a_damaged_or_edited_pruned_directory_is_refused_naming_the_file(edit, tmp_path):
+    from greedyprune.fileio import IntegrityError
+
+    tok = make_tokenizer(tmp_path)
+    res = prune_transformer(tiny_model(seed=4), SENTENCES, tokenizer=tok, ffn_keep=0.5, min_tokens=50)
+    out = save_pruned_transformer(tmp_path / "pruned", res, tokenizer=tok)
+    name, change = EDITS[edit]
+    raw = (out / name).read_bytes()
+    assert change(raw) != raw
+    (out / name).write_bytes(change(raw))
+    with pytest.raises(IntegrityError, match=f"{name} is damaged or was edited"):
+        load_pruned_transformer(out)
+    (out / name).write_bytes(raw)
+    load_pruned_transformer(out)  # the original bytes load again
+    meta = json.loads((out / "greedyprune.json").read_text())
+    del meta["files"], meta["checksum"]  # a directory without digests (an older greedyprune, or stripped)
+    (out / "greedyprune.json").write_text(json.dumps(meta))
+    with pytest.raises(IntegrityError, match="carries no digests"):
+        load_pruned_transformer(out)
 
 
 # ------------------------------------------------------------------------------------------------ bad input

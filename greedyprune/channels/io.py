@@ -86,8 +86,9 @@ def load_pruned(path: str | os.PathLike, *, model: nn.Module | None = None, trus
     """Load a network saved by :func:`save_pruned`; returns ``(model, info)``.
 
     The model is rebuilt without unpickling anything: the dense architecture (``model``, a dense instance
-    of your class, or ``get_model(name, **model_kwargs)`` from the file) gets the pruning history replayed
-    and the weights loaded.
+    of your class, or ``get_model(name, **model_kwargs)`` from the file, built on the meta device) gets the
+    pruning history replayed and, once its shapes match the stored weights, the weights loaded - a file
+    that claims a huge dense width allocates nothing.
 
     Args:
         model: a dense model of the architecture that was pruned (not changed; a copy is pruned). Needed
@@ -109,9 +110,12 @@ def load_pruned(path: str | os.PathLike, *, model: nn.Module | None = None, trus
     info = {k: v for k, v in payload.items() if k not in ("module", "state_dict")}
     info["full_module"] = payload.get("module") is not None
     if model is None and payload.get("name"):
-        from ..models import get_model
+        from ..training.checkpoints import build_model
 
-        model = get_model(payload["name"], **payload["model_kwargs"])
+        # the dense architecture on the meta device: nothing is allocated before the weights are known to fit
+        dense = build_model(str(payload["name"]), dict(payload.get("model_kwargs") or {}), meta=True)
+        rebuilt = _replay(dense, payload, path)
+        return rebuilt.to(map_location), info
     if model is not None:
         rebuilt = _replay(copy.deepcopy(model), payload, path)
         return rebuilt.to(map_location), info
@@ -131,9 +135,9 @@ def load_pruned(path: str | os.PathLike, *, model: nn.Module | None = None, trus
 def _replay(model: nn.Module, payload: dict, path: Path) -> nn.Module:
     import torch_pruning as tp
 
-    from ..training.checkpoints import state_dict_mismatches
+    from ..training.checkpoints import materialise, state_dict_mismatches
 
-    example = torch.zeros(1, *payload["input_shape"])
+    example = torch.zeros(1, *payload["input_shape"], device=next(model.parameters()).device)
     flags = [(m, m.training) for m in model.modules()]
     DG = tp.DependencyGraph().build_dependency(model, example_inputs=example)
     for m, flag in flags:
@@ -143,6 +147,9 @@ def _replay(model: nn.Module, payload: dict, path: Path) -> nn.Module:
     except Exception as exc:  # noqa: BLE001 - the history belongs to another architecture
         raise ValueError(f"{path}: the pruning history does not fit this dense model ({type(exc).__name__}: "
                          f"{exc}); pass the model that was pruned") from exc
+    what = f"{path}: the weights do not fit the rebuilt model; pass the dense model that was pruned"
+    if next(model.parameters()).device.type == "meta":
+        return materialise(model, payload["state_dict"], what).eval()
     lines = state_dict_mismatches(model.state_dict(), payload["state_dict"])
     if lines:
         raise ValueError(f"{path}: the weights do not fit the rebuilt model ({'; '.join(lines[:5])}); pass the dense "

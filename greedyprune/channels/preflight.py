@@ -11,7 +11,9 @@ search time is spent, with the difference it found.
 from __future__ import annotations
 
 import copy
+import traceback
 import warnings
+from pathlib import Path
 
 import torch
 from torch import nn
@@ -48,6 +50,7 @@ def _preflight(model, groups, example, skip, extra_skip, unsupported, tolerance)
     by_name = {g.name: g for g in copies}
     generator = torch.Generator().manual_seed(0)
     good = []
+    removed = None  # the last group whose channels were removed from the probe
     for group in groups:
         twin = by_name.get(group.name)
         if twin is None:
@@ -55,11 +58,23 @@ def _preflight(model, groups, example, skip, extra_skip, unsupported, tolerance)
             continue
         twin = refresh_group(DG, probe, twin)
         counts = twin.channel_counts(_random_counts(twin.num_units, generator))
-        with torch.no_grad(), apply_masks(probe, {twin: group_scales(counts).to(x.device)}):
-            masked = probe(x)
-        fold_and_remove(DG, probe, twin, counts)
-        with torch.no_grad():
-            pruned = probe(x)
+        stage = "masked"
+        try:
+            with torch.no_grad(), apply_masks(probe, {twin: group_scales(counts).to(x.device)}):
+                masked = probe(x)
+            stage = "removed"
+            fold_and_remove(DG, probe, twin, counts)
+            with torch.no_grad():
+                pruned = probe(x)
+        except (RuntimeError, ValueError, IndexError) as exc:  # the network broken by this or the last removal
+            culprit = group if stage == "removed" or removed is None else removed
+            message = _fails_after_removal(probe, x, culprit, exc)
+            if unsupported == "error":
+                raise UnsupportedLayerError(message) from exc
+            warnings.warn(message, stacklevel=3)
+            return _preflight(model, [g for g in groups if g.name != culprit.name], example, skip, extra_skip,
+                              unsupported, tolerance)
+        removed = group
         scale = float(masked.abs().max()) + 1e-6
         diff = float((pruned - masked).abs().max()) if pruned.shape == masked.shape else float("inf")
         if diff <= tolerance * max(scale, 1.0):
@@ -75,6 +90,41 @@ def _preflight(model, groups, example, skip, extra_skip, unsupported, tolerance)
             raise UnsupportedLayerError(message)
         warnings.warn(message, stacklevel=3)
     return good
+
+
+def _fails_after_removal(probe: nn.Module, x: torch.Tensor, group: ChannelGroup, exc: BaseException) -> str:
+    """The message for a network that no longer runs once ``group``'s channels are removed: which layer fails
+    and where (the line of the model's code that raised), and the ``skip=`` that leaves the group whole."""
+    names = {m: n for n, m in probe.named_modules()}
+    running: list[nn.Module] = []
+    failed: list[str] = []
+
+    def enter(module, args):
+        running.append(module)
+
+    def leave(module, args, output):
+        running.pop()
+
+    hooks = [m.register_forward_pre_hook(enter) for m in probe.modules()]
+    hooks += [m.register_forward_hook(leave) for m in probe.modules()]
+    try:
+        with torch.no_grad():
+            probe(x)
+    except Exception:  # noqa: BLE001 - the same failure, now with the module that was running
+        failed = [names.get(m, type(m).__name__) or type(probe).__name__ for m in running[-2:]]
+    finally:
+        for h in hooks:
+            h.remove()
+    frames = [f for f in traceback.extract_tb(exc.__traceback__) if "site-packages" not in f.filename
+              and "/greedyprune/" not in f.filename.replace("\\", "/")]
+    where = f" at {Path(frames[-1].filename).name}:{frames[-1].lineno} ({frames[-1].line})" if frames else ""
+    layer = f" in {' > '.join(repr(n) for n in failed)}" if failed else ""
+    writers = ", ".join(repr(w) for w in group.writers)
+    return (f"group {group.name!r} (channels written by {', '.join(group.writers)}): once its channels are removed the "
+            f"network no longer runs: {type(exc).__name__}{layer}{where}: {str(exc).splitlines()[0]}. A layer that "
+            f"reads these channels hard-codes their number (a reshape or view with a fixed size, such as "
+            f"x.reshape(B, 8, -1)). Leave the group whole with skip=[{writers}] (or extra_skip=[...]), or pass "
+            f"unsupported='skip' to leave every such group whole")
 
 
 def check_model_accepts(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> None:

@@ -32,7 +32,7 @@ from typing import Iterable
 import torch
 from torch import nn
 
-from ..checks import as_device, check_choice, check_int, check_number
+from ..checks import as_device, check_choice, check_int, check_number, non_finite_weights
 from ..metrics import count_macs
 from ..result import PruneResult
 from ..selection import draw_candidates
@@ -290,6 +290,11 @@ def prune_model(
         model = copy.deepcopy(model)
     device = _model_device(model) if device is None else as_device(device)
     model.to(device).eval()
+    bad = non_finite_weights(model)
+    if bad:
+        raise ValueError(f"the model's weights hold NaN or infinite values ({bad}), so no subnetwork of it computes "
+                         f"anything; it probably comes from a training run that diverged: prune a checkpoint from "
+                         f"before that (or train again with a lower learning rate)")
     if options.bn == "auto":
         options.bn = "batch" if has_batch_norm(model) else "running"
     options.objective = _resolve_objective(options.objective, stop)
@@ -302,10 +307,10 @@ def prune_model(
     example = eval_x[:1]
     check_train_mode(model, eval_x[:2])
     DG, groups = find_groups(model, example, skip, extra_skip=extra_skip, unsupported=unsupported)
-    if options.objective == "local":
-        groups = _reconstructable(model, groups, unsupported)
     if options.check:
         groups = preflight(model, groups, example, skip, extra_skip, unsupported)
+    if options.objective == "local":
+        groups = _reconstructable(model, groups, unsupported)
     if not groups:
         raise ValueError("no prunable channel group: every group holds a skipped layer; pass skip=[] or fewer layers")
     before = _measure(model, example, eval_x, eval_y)

@@ -15,23 +15,29 @@ inside torch, numpy or Python itself, even when C code called from the package r
 from __future__ import annotations
 
 import argparse
-import dis
 import os
 import sys
-from pathlib import Path
 
 from .. import __version__
+from ..checks import raised_by_package
 from .common import UsageError
 
 __all__ = ["UsageError", "build_parser", "main"]
 
-_PACKAGE = str(Path(__file__).resolve().parents[1])
+
+class _Parser(argparse.ArgumentParser):
+    """Option errors on one line, as every other error (``greedyprune: error: train: argument --lr: ...``),
+    pointing to --help instead of printing the whole usage; the sub-commands' parsers are of this class too."""
+
+    def error(self, message: str):
+        command = self.prog.removeprefix("greedyprune").strip()
+        self.exit(2, f"greedyprune: error: {command + ': ' if command else ''}{message} (see {self.prog} --help)\n")
 
 
 def build_parser() -> argparse.ArgumentParser:
     from . import deep, llm, results, study, transformer
 
-    parser = argparse.ArgumentParser(prog="greedyprune", description="Structured pruning by greedy forward selection.")
+    parser = _Parser(prog="greedyprune", description="Structured pruning by greedy forward selection.")
     parser.add_argument("--version", action="version", version=f"greedyprune {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     sub.required = True
@@ -43,21 +49,6 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _raised_by_package(exc: BaseException) -> bool:
-    """Whether ``exc`` is a deliberate message of greedyprune's own code: raised by a ``raise`` statement in a
-    package frame, not by a call from there into torch, numpy or Python's C code (``int("x")``, a numpy
-    reshape), whose errors have no frame of their own and would otherwise pass for the package's."""
-    tb = exc.__traceback__
-    if tb is None:
-        return False
-    while tb.tb_next is not None:
-        tb = tb.tb_next
-    code = tb.tb_frame.f_code
-    if not str(Path(code.co_filename).resolve()).startswith(_PACKAGE):
-        return False
-    return any(ins.offset == tb.tb_lasti and ins.opname == "RAISE_VARARGS" for ins in dis.get_instructions(code))
-
-
 def _user_error(exc: BaseException) -> bool:
     from ..parallel import DistributedSelectionError, WorkerError
 
@@ -67,7 +58,7 @@ def _user_error(exc: BaseException) -> bool:
 
     if isinstance(exc, RunLockedError):
         return True
-    return isinstance(exc, (ValueError, TypeError)) and _raised_by_package(exc)
+    return isinstance(exc, (ValueError, TypeError)) and raised_by_package(exc)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import math
 import os
 import types
 import typing
@@ -17,9 +18,12 @@ def int_list(text: str) -> tuple[int, ...]:
     try:
         values = tuple(int(v) for v in text.split(",") if v.strip())
     except ValueError:
-        raise argparse.ArgumentTypeError(f"expected comma-separated integers like 250,1000; got {text!r}") from None
+        raise argparse.ArgumentTypeError(f"expected comma-separated integers like 250,1000; got {text!r:.60}") \
+            from None
     if not values:
         raise argparse.ArgumentTypeError(f"expected at least one integer, got {text!r}")
+    if any(abs(v) > INT_MAX for v in values):
+        raise argparse.ArgumentTypeError(f"expected integers of at most {INT_MAX:,}, got {text:.60}")
     return values
 
 
@@ -30,6 +34,8 @@ def float_list(text: str) -> tuple[float, ...]:
         raise argparse.ArgumentTypeError(f"expected comma-separated numbers like 0.01,0.05; got {text!r}") from None
     if not values:
         raise argparse.ArgumentTypeError(f"expected at least one number, got {text!r}")
+    if not all(math.isfinite(v) for v in values):
+        raise argparse.ArgumentTypeError(f"expected finite numbers (no inf or nan), got {text!r}")
     return values
 
 
@@ -44,21 +50,28 @@ def batch_size(text: str):
         value = int(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"expected a positive integer or 'full' (full-batch GD), got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"batch size must be >= 1, got {value}")
+    if not 1 <= value <= INT_MAX:
+        raise argparse.ArgumentTypeError(f"batch size must be in [1, {INT_MAX:,}], got {text:.40}")
     return value
 
 
-def int_at_least(minimum: int):
-    """An argparse type: an integer >= minimum, with a message that says so."""
+INT_MAX = 2 ** 63 - 1  # what a tensor index or a seed can hold
+SEED_MAX = 2 ** 23 - 1  # seeds are combined as seed * 1_000_003 + ..., twice, within 64 bits
+
+
+def int_at_least(minimum: int, maximum: int = INT_MAX):
+    """An argparse type: an integer in [minimum, maximum], with a message that says so."""
 
     def parse(text: str) -> int:
         try:
             value = int(text)
         except ValueError:
-            raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
+            raise argparse.ArgumentTypeError(f"expected an integer, got {text!r:.60}") from None
         if value < minimum:
             raise argparse.ArgumentTypeError(f"expected an integer >= {minimum}, got {value}")
+        if value > maximum:
+            raise argparse.ArgumentTypeError(f"expected an integer <= {maximum:,}, got {text:.40}"
+                                             f"{'...' if len(text) > 40 else ''}")
         return value
 
     return parse
@@ -66,10 +79,24 @@ def int_at_least(minimum: int):
 
 positive_int = int_at_least(1)
 nonnegative_int = int_at_least(0)
+seed = int_at_least(0, SEED_MAX)
+
+
+def workers(text: str) -> int:
+    """An argparse type: a number of local worker processes, from 1 to the CPUs this process may use."""
+    from ..studies.cells import available_cpus
+
+    value = positive_int(text)
+    cpus = available_cpus()
+    if value > cpus:
+        raise argparse.ArgumentTypeError(f"{value} worker processes is more than the {cpus} CPU(s) this machine "
+                                          f"gives the process; use at most {cpus}")
+    return value
 
 
 def number(low: float | None = None, high: float | None = None, *, low_open: bool = False, high_open: bool = False):
-    """An argparse type: a finite number in an interval, with a message that names the interval."""
+    """An argparse type: a finite number in an interval, with a message that names the interval (inf and nan
+    are refused even where the interval is unbounded)."""
 
     def parse(text: str) -> float:
         try:
@@ -78,12 +105,13 @@ def number(low: float | None = None, high: float | None = None, *, low_open: boo
             raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
         bad_low = low is not None and (value <= low if low_open else value < low)
         bad_high = high is not None and (value >= high if high_open else value > high)
-        if value != value or bad_low or bad_high:
+        if not math.isfinite(value) or bad_low or bad_high:
             lo = "-inf" if low is None else f"{low:g}"
             hi = "inf" if high is None else f"{high:g}"
             interval = ("(" if low_open or low is None else "[") + f"{lo}, {hi}" + (")" if high_open or high is None
                                                                                      else "]")
-            raise argparse.ArgumentTypeError(f"expected a number in {interval}, got {text!r}")
+            finite = "" if math.isfinite(value) else "finite "
+            raise argparse.ArgumentTypeError(f"expected a {finite}number in {interval}, got {text!r}")
         return value
 
     return parse
@@ -141,6 +169,8 @@ def key_value(text: str) -> tuple[str, object]:
                 break
             except ValueError:
                 pass
+    if isinstance(value, float) and not math.isfinite(value):
+        raise argparse.ArgumentTypeError(f"expected a finite value in {text!r} (no inf or nan)")
     return key, value
 
 
@@ -158,7 +188,7 @@ def _option_type(annotation):
     if annotation is int:
         return nonnegative_int
     if annotation is float:
-        return float
+        return number()
     return str
 
 
@@ -176,7 +206,7 @@ def add_config_options(parser: argparse.ArgumentParser, config_cls, help: dict[s
         if f.name in skip:
             continue
         flag = "--" + f.name.replace("_", "-")
-        kind = (types or {}).get(f.name) or _option_type(hints[f.name])
+        kind = (types or {}).get(f.name) or (seed if f.name == "seed" else _option_type(hints[f.name]))
         if defaults is not None:
             default = getattr(defaults, f.name)
         else:

@@ -8,7 +8,7 @@ import sys
 from pathlib import Path
 
 from .common import (UsageError, add_run_options, device, fraction, interrupted, key_value, nonnegative_float,
-                     nonnegative_int, number, positive_float, positive_int, set_threads, slug)
+                     nonnegative_int, number, positive_float, positive_int, seed, set_threads, slug, workers)
 
 TRAIN_RUN_FORMAT = "greedyprune-train-run-v1"
 TRAIN_RUN_CONFIG = "train_config.json"
@@ -50,13 +50,17 @@ def _register_prune(sub) -> None:
     pr.add_argument("--batch-size", type=positive_int, default=128)
     pr.add_argument("--finetune-steps", type=nonnegative_int, default=0, help="SGD steps after each group")
     pr.add_argument("--method", choices=["auto", "fast", "reference"], default="auto")
-    pr.add_argument("--seed", type=nonnegative_int, default=0)
-    pr.add_argument("--workers", type=positive_int, default=1,
+    pr.add_argument("--seed", type=seed, default=0)
+    pr.add_argument("--workers", type=workers, default=1,
                     help="split each step's candidates over this many local processes (torch.distributed, gloo "
                          "on CPU / nccl on CUDA); under torchrun the launched ranks are used instead")
     pr.add_argument("--timeout", type=positive_float, default=300.0,
                     help="seconds a rank waits for the others before failing (distributed runs; default 300)")
-    pr.add_argument("--out", type=Path, help="pruned model file (default: CHECKPOINT with suffix .pruned.pt)")
+    pr.add_argument("--out", type=Path, help="pruned model file (default: CHECKPOINT with suffix .pruned.pt); never "
+                                             "the checkpoint itself, and an existing file only if it is a pruned "
+                                             "model (or with --force)")
+    pr.add_argument("--force", action="store_true", help="allow --out to replace an existing file that is not a "
+                                                         "pruned model")
     pr.add_argument("--trust-pickle", action="store_true", help=TRUST_HELP)
     add_run_options(pr)
     pr.set_defaults(handler=cmd_prune)
@@ -102,7 +106,7 @@ def _register_train(sub) -> None:
     tr.add_argument("--augment", choices=("auto",) + AUGMENTATIONS, default="auto",
                     help="training augmentation: auto (default: 4-pixel padded random crop and horizontal flip on "
                          "CIFAR-10, none on digits), crop-flip or none")
-    tr.add_argument("--seed", type=nonnegative_int, default=0,
+    tr.add_argument("--seed", type=seed, default=0,
                     help="seed of the initialisation, the batch order and the subsets (default 0)")
     tr.add_argument("--eval-examples", type=positive_int, default=1000,
                     help="size of the fixed class-balanced train (and test) subsets evaluated at each checkpoint")
@@ -177,6 +181,9 @@ def cmd_train(args: argparse.Namespace) -> int:
     from .common import launched_by_torchrun, parallel_device
 
     name, model_args = _model_choice(args)
+    size_part = f"-n{args.size}" if args.size else ""
+    out = args.out or Path("runs") / f"train-{name}-{slug(args.data)}{size_part}-s{args.seed}"
+    _check_train_out(out)  # before the data is loaded
     distributed = launched_by_torchrun()
     main = not distributed or parallel.is_main()
     dev = device(parallel_device(args.device) if distributed else args.device)
@@ -201,8 +208,6 @@ def cmd_train(args: argparse.Namespace) -> int:
            "eval_examples": args.eval_examples, "checkpoint_every": args.checkpoint_every,
            "train": dataclasses.asdict(config)}
     run = json.loads(json.dumps(run))  # as it reads back from the file
-    size_part = f"-n{args.size}" if args.size else ""
-    out = args.out or Path("runs") / f"train-{name}-{slug(args.data)}{size_part}-s{args.seed}"
     # everything that can refuse the run is checked before anything is written into the directory
     known = _check_run_config(out / TRAIN_RUN_CONFIG, run)
     _check_resumable(out / TRAIN_STATE, model)
@@ -246,6 +251,7 @@ def _model_choice(args) -> tuple[str, dict]:
     """``--model`` and ``--model-arg``, checked before any data is loaded."""
     import torch
 
+    from ..checks import check_model_size
     from ..models import MODEL_NAMES, get_model
 
     name = args.model.lower()
@@ -260,9 +266,14 @@ def _model_choice(args) -> tuple[str, dict]:
         raise UsageError("--data synthetic is not image data; use mnist5k, digits, mnist:DIR or cifar10:DIR")
     try:
         with torch.device("meta"):
-            get_model(name, **model_args)
+            meta = get_model(name, **model_args)
+        check_model_size(meta, f"--model {name} with {', '.join(f'{k}={v}' for k, v in model_args.items()) or 'its defaults'}",
+                         "use a smaller --model-arg width=...")
     except TypeError as exc:
         raise UsageError(str(exc)) from None
+    except RuntimeError as exc:  # a tensor size that overflows 64 bits
+        raise UsageError(f"--model-arg {model_args} describes tensors too large to exist ({str(exc).splitlines()[0]}); "
+                         f"use a smaller --model-arg width=...") from None
     return name, model_args
 
 
@@ -300,6 +311,7 @@ def cmd_prune(args: argparse.Namespace) -> int:
     dev = device(args.device)
     out = args.out or args.checkpoint.with_suffix(".pruned.pt")
     check_writable_file(out, "--out")  # before the search, not after it
+    _check_prune_out(out, args.checkpoint, args.force)
     name = args.model.lower() if args.model else None
     model, info = load_model(args.checkpoint, name=name, model_kwargs=dict(args.model_arg) or None,
                              map_location=dev, trust_pickle=args.trust_pickle)
@@ -307,6 +319,9 @@ def cmd_prune(args: argparse.Namespace) -> int:
     if ds.image_shape is None or len(ds.image_shape) != 3:
         raise UsageError(f"--data {args.data} is not image data; use mnist5k, digits, mnist:DIR or cifar10:DIR")
     if args.size is not None:
+        if args.size > len(ds):
+            raise UsageError(f"--size {args.size} exceeds the {len(ds)} examples of {args.data}; use at most "
+                             f"{len(ds)}, or leave --size out to search on all of them")
         ds = fixed_subset(ds, args.size, args.seed)
     images, labels = ds.images(), ds.labels
     rule = {k: v for k, v in dict(epsilon=args.epsilon, accuracy_tolerance=args.accuracy_tolerance,
@@ -339,6 +354,48 @@ def cmd_prune(args: argparse.Namespace) -> int:
           f"multiply-adds {result.ratio('macs'):.3f}x; batch 1, 1 thread, CPU median)")
     print(f"wrote {out}")
     return 0
+
+
+def _is_pruned_file(path: Path) -> bool:
+    """Whether ``path`` looks like a file ``greedyprune prune`` wrote (a torch zip whose pickle names the pruned
+    format); read without loading its tensors."""
+    import zipfile
+
+    from ..channels.io import PRUNED_FORMAT
+
+    try:
+        with zipfile.ZipFile(path) as z:
+            pickles = [i for i in z.infolist() if i.filename.endswith("/data.pkl") and i.file_size < 2 ** 24]
+            return len(pickles) == 1 and PRUNED_FORMAT.encode() in z.read(pickles[0])
+    except (OSError, zipfile.BadZipFile, ValueError):
+        return False
+
+
+def _check_prune_out(out: Path, checkpoint: Path, force: bool) -> None:
+    """``--out`` must not be the checkpoint being pruned, nor an existing file ``prune`` did not write."""
+    if not out.exists():
+        return
+    if checkpoint.exists() and os.path.samefile(out, checkpoint):
+        raise UsageError(f"--out {out} is the checkpoint being pruned; writing the pruned model there would "
+                         f"replace the dense one. Choose another --out (default: {checkpoint.with_suffix('.pruned.pt')})")
+    if not force and not _is_pruned_file(out):
+        raise UsageError(f"--out {out} exists and is not a pruned model written by greedyprune prune (a checkpoint, a "
+                         f"training state or another file); choose another --out, or pass --force to replace it")
+
+
+def _check_train_out(out: Path) -> None:
+    """``train --out`` must be new, empty, or a training run's directory (then it is resumed)."""
+    from ..training.checkpoints import CHECKPOINT_DIR, TRAIN_STATE
+
+    if not out.is_dir():
+        return
+    marks = [name for name in (TRAIN_RUN_CONFIG, TRAIN_STATE, CHECKPOINT_DIR) if (out / name).exists()]
+    others = [p.name for p in out.iterdir() if p.name != ".lock"]
+    if others and not marks:
+        shown = ", ".join(sorted(others)[:3]) + (", ..." if len(others) > 3 else "")
+        raise UsageError(f"--out {out} is a non-empty directory ({shown}) that is not a training run of greedyprune "
+                         f"train (no {TRAIN_RUN_CONFIG}, {TRAIN_STATE} or {CHECKPOINT_DIR}/); choose a new or empty "
+                         f"directory")
 
 
 def _prune_worker(model, images, labels, options):

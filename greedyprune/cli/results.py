@@ -4,7 +4,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from .common import add_run_options, batch_size, device, positive_float, positive_int, set_threads, slug
+from .common import add_run_options, batch_size, device, positive_float, positive_int, seed, set_threads, slug
 
 
 def register(sub) -> None:
@@ -69,7 +69,7 @@ def register(sub) -> None:
     adv.add_argument("--tolerance", type=positive_float, default=0.005)
     adv.add_argument("--distance-tolerance", type=positive_float, default=0.05)
     adv.add_argument("--keep-training", action="store_true", help="train to the end even after the advisor fires")
-    adv.add_argument("--seed", type=int, default=0)
+    adv.add_argument("--seed", type=seed, default=0)
     adv.add_argument("--out", type=Path, help="output directory (default runs/advise-DATA, or the study directory)")
     add_run_options(adv)
     adv.set_defaults(handler=cmd_advise)
@@ -88,7 +88,8 @@ def cmd_plot(args: argparse.Namespace) -> int:
 def cmd_merge(args: argparse.Namespace) -> int:
     from ..fileio import run_directory
     from ..studies import report
-    from ..studies.store import merge_results, open_results
+    from ..studies.merging import merge_results
+    from ..studies.store import open_results
 
     sources = []
     for shard in args.shards:

@@ -6,7 +6,7 @@ from pathlib import Path
 
 from .common import (add_config_options, add_run_options, add_shard_option, batch_size, config_overrides, device,
                      interrupted, launched_by_torchrun, name_list, parallel_device, positive_int, set_threads,
-                     shard_suffix, slug)
+                     seed, shard_suffix, slug, workers)
 
 
 def register(sub) -> None:
@@ -29,6 +29,9 @@ def register(sub) -> None:
     add_config_options(pt, pretraining.PretrainingStudyConfig, pretraining.OPTION_HELP,
                        types={"batch_size": batch_size}, defaults=pretraining.PRESETS["quick"])
     add_run_options(pt)
+    pt.add_argument("--workers", type=workers,
+                    help="processes computing (width, size, trial) cells side by side, each on one torch thread, "
+                         "so the numbers do not depend on --threads or on this count (default: one per CPU)")
     add_shard_option(pt)
     pt.add_argument("--no-plot", action="store_true", help="do not draw the figures at the end")
     pt.set_defaults(handler=cmd_pretraining)
@@ -44,7 +47,7 @@ def register(sub) -> None:
     ac.add_argument("--out", type=Path, help="output directory (default runs/appendix-c-PRESET)")
     ac.add_argument("--repeats", type=positive_int, help="random matrices per setting")
     ac.add_argument("--activation", choices=["tanh", "sigmoid", "erf"], help="bounded smooth activation")
-    ac.add_argument("--seed", type=int)
+    ac.add_argument("--seed", type=seed)
     add_run_options(ac, device=False)
     ac.set_defaults(handler=cmd_appendix_c)
 
@@ -107,7 +110,7 @@ def cmd_pretraining(args: argparse.Namespace) -> int:
     print(f"study pretraining -> {out}")
     try:
         run = run_pretraining_study(config, out, device=device(args.device), progress=not args.no_progress,
-                                    shard=args.shard)
+                                    shard=args.shard, workers=args.workers)
     except KeyboardInterrupt:
         return interrupted(out)
     print(f"{run.computed} rows computed, {run.skipped} already done; results in {out}/results.sqlite "

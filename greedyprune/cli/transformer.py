@@ -5,7 +5,7 @@ import argparse
 import time
 from pathlib import Path
 
-from .common import UsageError, add_run_options, nonnegative_int, number, positive_int, set_threads
+from .common import UsageError, add_run_options, nonnegative_int, number, positive_int, seed, set_threads
 
 DESCRIPTION = """\
 Prunes the FFN neurons and/or attention heads of every layer of a Hugging Face BERT-family encoder
@@ -51,7 +51,7 @@ def register(sub) -> None:
                    help="default corpus: number of held-out sentences (default 256)")
     p.add_argument("--max-length", type=positive_int, default=128, help="tokens per sentence (default 128)")
     p.add_argument("--batch-size", type=positive_int, default=32, help="sentences per forward pass (default 32)")
-    p.add_argument("--seed", type=nonnegative_int, default=0, help="sentence split and the random baseline")
+    p.add_argument("--seed", type=seed, default=0, help="sentence split and the random baseline")
     p.add_argument("--out", type=Path, help="output directory (default pruned-MODEL-METHOD)")
     add_run_options(p, device=False)
     p.set_defaults(handler=cmd_prune_transformer)

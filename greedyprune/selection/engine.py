@@ -43,11 +43,13 @@ def prepare_outputs(outputs: torch.Tensor, target: torch.Tensor, loss: str) -> t
 
 
 def run_selection(scorer, n: int, k: int, *, replacement: bool, candidates: int | None, seed: int,
-                  duplicates: dict[int, list[int]], progress: str | None = None):
+                  duplicates: dict[int, list[int]], progress: str | None = None, distinct: int | None = None):
     """Algorithm 1's loop over any :class:`~greedyprune.selection.scorers.Scorer` of n candidates.
 
     Returns ``(indices, counts, losses)``. ``duplicates`` maps a row to the rows exactly equal to it: a
-    lower-index copy that is eligible ties and wins, as in a brute-force loop.
+    lower-index copy that is eligible ties and wins, as in a brute-force loop. With ``distinct``, the loop
+    stops after the step that chose the ``distinct``-th distinct row (k is then a cap), and the returned
+    tensors hold the steps taken: the first T steps of a longer run are exactly a T-step run.
     """
     device = scorer.device
     generator = torch.Generator().manual_seed(seed)
@@ -57,6 +59,7 @@ def run_selection(scorer, n: int, k: int, *, replacement: bool, candidates: int 
     losses = torch.empty(k, dtype=torch.float64)
     counts = torch.zeros(n, dtype=torch.int64)
     steps = range(k)
+    chosen = 0
     if progress:
         from tqdm.auto import tqdm
 
@@ -78,10 +81,13 @@ def run_selection(scorer, n: int, k: int, *, replacement: bool, candidates: int 
             best = min(j for j in duplicates[best]
                        if (replacement or available[j]) and (eligible is None or j in eligible))
         indices[step] = best
+        chosen += int(counts[best] == 0)
         counts[best] += 1
         available[best] = False
         scorer.add(scorer.row(best), best)
         losses[step] = scorer.loss(step + 1)
+        if distinct is not None and chosen >= distinct:
+            return indices[:step + 1].clone(), counts, losses[:step + 1].clone()
     return indices, counts, losses
 
 
@@ -100,6 +106,7 @@ def greedy_forward_selection(
     examples: int = 1,
     chunk_elements: int | None = None,
     progress: bool = False,
+    distinct: int | None = None,
 ) -> SelectionResult:
     """Select k neurons greedily (Algorithm 1) from their output vectors.
 
@@ -125,6 +132,8 @@ def greedy_forward_selection(
             ``||u - y||^2 / m`` itself (default 0 and 1: the loss up to a constant and a scale).
         chunk_elements: advanced - elements per row chunk for the logistic / cross-entropy passes.
         progress: show a progress bar over the k steps.
+        distinct: stop after the step that chose this many distinct neurons (k is then the most steps taken;
+            ``result.k`` is the steps taken). The selections are those of the first steps of a k-step run.
 
     Returns:
         A :class:`SelectionResult` with ``indices``, ``counts``, ``losses`` and ``output`` (None with
@@ -159,11 +168,16 @@ def greedy_forward_selection(
             check_int("chunk_elements", chunk_elements, 1)
         scorer = make_scorer(loss, phi, target, chunk_elements, candidates=candidates)
         keys, n = phi, phi.shape[0]
+    if distinct is not None:
+        from ..checks import check_int
+
+        check_int("distinct", distinct, 1)
     indices, counts, losses = run_selection(
         scorer, n, k, replacement=replacement, candidates=candidates, seed=seed,
-        duplicates=duplicate_groups(keys), progress=f"greedy selection ({loss})" if progress else None)
+        duplicates=duplicate_groups(keys), progress=f"greedy selection ({loss})" if progress else None,
+        distinct=distinct)
     if gram is None:
-        output = scorer.s / k
+        output = scorer.s / int(indices.numel())
     return SelectionResult(indices=indices, counts=counts, losses=losses, output=output, loss=loss,
                            replacement=replacement, candidates=candidates, seed=seed)
 

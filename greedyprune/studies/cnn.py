@@ -122,6 +122,9 @@ class CNNStudyConfig:
             raise ValueError(f"unknown augment {self.augment!r}; expected auto, {' or '.join(AUGMENTATIONS)}")
         if self.finetune_schedule not in SCHEDULES:
             raise ValueError(f"unknown finetune_schedule {self.finetune_schedule!r}; expected one of {SCHEDULES}")
+        from .common import check_sgd
+
+        check_sgd(self)
 
     def _validate_rule(self) -> None:
         given = [r for r in RULES if getattr(self, r) is not None]
@@ -135,9 +138,9 @@ class CNNStudyConfig:
             if not self.epsilon_grid or any(not isinstance(e, (int, float)) or not 0 <= e < math.inf
                                             for e in self.epsilon_grid):
                 raise ValueError(f"epsilon_grid must list numbers >= 0, e.g. 0.01,0.05,0.1; got {self.epsilon_grid!r}")
-            if not 0 < self.flops_reduction < 1:
-                raise ValueError(f"flops_reduction must be in (0, 1), e.g. 0.4 for 40% fewer multiply-adds; got "
-                                 f"{self.flops_reduction!r}")
+        if not 0 < self.flops_reduction < 1:
+            raise ValueError(f"flops_reduction must be in (0, 1), e.g. 0.4 for 40% fewer multiply-adds; got "
+                             f"{self.flops_reduction!r}")
         if self.flops_target is not None and not 0 < self.flops_target < 1:
             raise ValueError(f"flops_target must be in (0, 1), got {self.flops_target!r}")
         if self.accuracy_tolerance is not None and not 0 <= self.accuracy_tolerance < 1:

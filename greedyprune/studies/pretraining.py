@@ -27,7 +27,7 @@ from ..checks import as_device, check_int
 from ..data import NORMALIZATIONS, balanced_subsample, load_dataset
 from ..fileio import atomic_write_text, run_directory
 from ..training.loop import TrainConfig, evaluate, pretrain
-from ..twolayer import ACTIVATIONS, PARAMETERIZATIONS, PRUNE_TO, TwoLayerNet, prune_two_layer
+from ..twolayer import ACTIVATIONS, PARAMETERIZATIONS, PRUNE_TO, TwoLayerNet, check_two_layer_size, prune_two_layer
 from .common import override, pick_preset
 from .store import ResultsStore, Schema
 
@@ -261,15 +261,26 @@ class StudyRun:
 
 def run_pretraining_study(config: PretrainingStudyConfig, out_dir: str | Path, *, device: str = "cpu",
                           progress: bool = True, log: Callable[[str], None] = print,
-                          shard: tuple[int, int] | None = None) -> StudyRun:
+                          shard: tuple[int, int] | None = None, workers: int | None = 1) -> StudyRun:
     """Run (or resume) the study into ``out_dir``; returns what was done. Figures are drawn by the caller
     (:func:`greedyprune.studies.pretraining_report.plot_study`). ``shard=(i, P)`` runs only that shard's
-    cells (:func:`cells`); its rows are exactly those of the same cells in a whole run."""
+    cells (:func:`cells`); its rows are exactly those of the same cells in a whole run.
+
+    Every (width, size, trial) cell is computed on one torch thread, so the rows do not depend on the
+    machine's thread count; ``workers`` processes compute cells side by side (None: one per CPU, see
+    :func:`greedyprune.studies.cells.default_workers`), with the same rows as one.
+    """
+    from .cells import default_workers, run_cells
+
     config.validate()
     dev = as_device(device)
+    if workers is not None:
+        check_int("workers", workers, 1)
     out = Path(out_dir)
     ds = load_dataset(config.data, normalize=config.normalize, seed=config.seed)
     sizes = resolve_sizes(config, len(ds), log)
+    for width in config.widths:  # before anything is written
+        check_two_layer_size(ds.in_features, width, 1, max(sizes))
     points = config.checkpoints()
     mine = cells(config, sizes, shard)
 
@@ -284,16 +295,28 @@ def run_pretraining_study(config: PretrainingStudyConfig, out_dir: str | Path, *
         run.skipped = sum(1 for key in done if key[:3] in set(mine))
         if run.skipped:
             log(f"resuming: {run.skipped} of {total} rows already in {out / DB_NAME}")
+        todo = [cell for cell in mine if not all((*cell, t) in done for t in points)]
+        n_workers = default_workers(len(todo), dev.type) if workers is None else workers
         bar = None
         if progress:
             from tqdm.auto import tqdm
 
             bar = tqdm(total=total, initial=run.skipped, desc="pre-training study", unit="row")
+
+        def one_cell(cell, emit) -> int:
+            return _run_one(config, ds, *cell, dev, out, emit, done)
+
+        def store_row(row: dict) -> None:
+            store.add(row)
+            done.add(tuple(row[c] for c in SCHEMA.key))
+            run.computed += 1
+            if bar is not None:
+                bar.update(1)
+                bar.set_postfix(width=row["width"], size=row["size"], trial=row["trial"],
+                                pruned_acc=f"{row['pruned_accuracy']:.3f}")
+
         try:
-            for width, size, trial in mine:
-                if all((width, size, trial, t) in done for t in points):
-                    continue
-                _run_one(config, ds, width, size, trial, dev, out, store, done, run, bar)
+            run_cells(one_cell, todo, n_workers, on_row=store_row)
         finally:
             if bar is not None:
                 bar.close()
@@ -355,17 +378,19 @@ def load_study_config(ident: dict) -> PretrainingStudyConfig:
     return PretrainingStudyConfig(**values)
 
 
-def _run_one(config, ds, width, size, trial, dev, out, store, done, run, bar) -> None:
-    """Pre-train one (width, size, trial) net, pruning at each checkpoint not yet recorded."""
+def _run_one(config, ds, width, size, trial, dev, out, emit, done) -> int:
+    """Pre-train one (width, size, trial) net, pruning at each checkpoint not yet recorded; ``emit(row)`` stores
+    each row (it returns once the row is on disk). Returns the rows computed."""
     X, y, model, train_config = setup_run(config, ds, width, size, trial, dev)
     ckpt = out / "checkpoints" / f"w{width}_n{size}_t{trial}.pt"
     n_direct, matched = direct_schedule(config, width)
     direct = train_direct(config, ds, width, size, trial, dev) if config.direct else {}
     nan = (float("nan"), float("nan"))
+    computed = 0
 
     def prune_and_record(iteration: int, net) -> None:
-        key = (width, size, trial, iteration)
-        if key in done:
+        nonlocal computed
+        if (width, size, trial, iteration) in done:
             return
         t0 = time.perf_counter()
         pruned, result = prune_two_layer(net, X, y, config.k, loss=config.loss, prune_to=config.prune_to,
@@ -375,7 +400,7 @@ def _run_one(config, ds, width, size, trial, dev, out, store, done, run, bar) ->
         pruned_loss, pruned_acc = evaluate(pruned, X, y, config.loss)
         dense_loss, dense_acc = evaluate(net, X, y, config.loss)
         same, matched_b = direct.get(iteration, nan), direct.get(matched[iteration], nan)
-        store.add({
+        emit({
             "width": width, "size": size, "trial": trial, "iteration": iteration,
             "pruned_accuracy": pruned_acc, "pruned_loss": pruned_loss,
             "dense_accuracy": dense_acc, "dense_loss": dense_loss,
@@ -387,12 +412,9 @@ def _run_one(config, ds, width, size, trial, dev, out, store, done, run, bar) ->
             "direct_b_iterations": matched[iteration] if config.direct else None,
             "direct_b_loss": matched_b[0], "direct_b_accuracy": matched_b[1],
         })
-        done.add(key)
-        run.computed += 1
-        if bar is not None:
-            bar.update(1)
-            bar.set_postfix(width=width, size=size, trial=trial, pruned_acc=f"{pruned_acc:.3f}")
+        computed += 1
 
     pretrain(model, X, y, train_config, checkpoint_path=ckpt, checkpoint_every=config.eval_every,
              callback=prune_and_record, callback_every=config.eval_every)
     ckpt.unlink(missing_ok=True)  # every row of this run is recorded; the checkpoint is no longer needed
+    return computed

@@ -59,6 +59,14 @@ class RethinkingConfig:
                 raise ValueError(f"{name} must be a positive int, got {value!r}")
         if not self.seeds:
             raise ValueError("seeds must list at least one seed")
+        from ..models import MODEL_NAMES
+        from .common import check_sgd
+
+        if not isinstance(self.model, str) or self.model.lower() not in MODEL_NAMES:
+            raise ValueError(f"unknown model {self.model!r}; expected one of {', '.join(MODEL_NAMES)}")
+        if not (isinstance(self.flops_target, (int, float)) and 0 < self.flops_target < 1):
+            raise ValueError(f"flops_target must be in (0, 1), got {self.flops_target!r}")
+        check_sgd(self)
 
     # the study's data split follows the CNN study's
     @property

@@ -28,8 +28,8 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Iterable
 
-__all__ = ["FORMAT_NAME", "SCHEMA_VERSION", "ConfigMismatchError", "DamagedDatabaseError", "ResultsStore",
-           "Schema", "merge_results", "open_results"]
+__all__ = ["FORMAT_NAME", "SCHEMA_VERSION", "ConfigMismatchError", "DamagedDatabaseError", "ResultsNotWritableError",
+           "ResultsStore", "Schema", "merge_results", "open_results"]
 
 #: Value of ``meta['format']`` that marks a greedyprune results database.
 FORMAT_NAME = "greedyprune-results"
@@ -69,6 +69,14 @@ class ConfigMismatchError(ValueError):
 
 class DamagedDatabaseError(ValueError):
     """The results database file is damaged (SQLite reports a malformed or unreadable file)."""
+
+
+class ResultsNotWritableError(OSError):
+    """The results database cannot be written (a read-only file or directory, a full disk); nothing is lost."""
+
+
+#: Words of SQLite's messages for a database it cannot write, as opposed to a damaged one.
+_UNWRITABLE = ("readonly database", "read-only", "unable to open database", "disk is full", "disk I/O error")
 
 
 def _canonical(value: Any) -> str:
@@ -133,10 +141,15 @@ class ResultsStore:
             raise self._damaged(sqlite3.DatabaseError("PRAGMA quick_check failed"), problems)
 
     def _damaged(self, exc: sqlite3.DatabaseError, problems: list[str] | None = None) -> Exception:
-        """The error for an SQLite failure: a damaged file gets the integrity check and what to do."""
+        """The error for an SQLite failure: a damaged file gets the integrity check and what to do; a file that
+        cannot be written (read-only, disk full) says so, and that the finished rows are kept."""
         text = str(exc)
         if "not a database" in text or "file is encrypted" in text:
             return ValueError(f"{self.path}: not a greedyprune results database ({text})")
+        if any(words in text for words in _UNWRITABLE):
+            return ResultsNotWritableError(
+                f"{self.path}: cannot write the results database ({text}); make {self.path.parent} writable (or free "
+                f"disk space) and run the same command again - every finished row is kept and the run resumes")
         try:
             if problems is None:
                 check = sqlite3.connect(str(self.path), timeout=5)
@@ -395,66 +408,6 @@ def open_results(directory: str | os.PathLike, name: str = "results.sqlite") -> 
     return ResultsStore(db)
 
 
-#: Columns that may differ between two computations of the same row (timings, insert times).
-VOLATILE_SUFFIXES = ("seconds", "created")
-
-
-def merge_results(target: str | os.PathLike, sources: Iterable[str | os.PathLike]) -> tuple[int, int]:
-    """Join the databases of a study's shards (or of any runs of one configuration) into ``target``.
-
-    Every source must be a results database of the same study kind, key and configuration (the target too,
-    if it exists); otherwise ValueError / :class:`ConfigMismatchError` names the file and the difference. A
-    key found in more than one database must hold the same values in each (timing columns aside), else
-    ValueError names the key and the column. Returns ``(rows added, rows already there)``.
-    """
-    stores = []
-    try:
-        for src in sources:
-            stores.append(ResultsStore(src))
-        if not stores:
-            raise ValueError("nothing to merge: name at least one results database")
-        first = stores[0]
-        config = first.config()
-        for other in stores[1:]:
-            if (other.kind, other.key_columns) != (first.kind, first.key_columns):
-                raise ConfigMismatchError(f"{other.path} holds {other.kind!r} rows keyed by {list(other.key_columns)}, "
-                                          f"{first.path} {first.kind!r} rows keyed by {list(first.key_columns)}")
-            diffs = _config_differences(config or {}, other.config() or {})
-            if diffs:
-                raise ConfigMismatchError(f"{other.path} and {first.path} hold results of different configurations:"
-                                          "\n" + "\n".join(f"  {d}" for d in diffs))
-        with ResultsStore(target, first.schema) as out:
-            if config is not None:
-                out.bind_config(config)
-            have = {tuple(r[c] for c in out.key_columns): r for r in out.rows()}
-            added = kept = 0
-            for store in stores:
-                for row in store.rows():
-                    key = tuple(row[c] for c in out.key_columns)
-                    if key in have:
-                        _check_same(have[key], row, key, store.path)
-                        kept += 1
-                        continue
-                    out.add(row)
-                    have[key] = row
-                    added += 1
-        return added, kept
-    finally:
-        for store in stores:
-            store.close()
-
-
-def _check_same(a: dict, b: dict, key: tuple, where: Path) -> None:
-    for name in a:
-        if name.endswith(VOLATILE_SUFFIXES):
-            continue
-        x, y = a[name], b.get(name)
-        same = x == y or (isinstance(x, float) and isinstance(y, float) and math.isnan(x) and math.isnan(y))
-        if not same:
-            raise ValueError(f"{where}: the row with key {key} differs from one merged before in {name!r} ({y!r} vs "
-                             f"{x!r}); these databases do not come from one configuration")
-
-
 # ----------------------------------------------------------------- helpers
 _ABSENT = "<absent>"
 
@@ -553,3 +506,10 @@ def _iter(value: Any) -> Iterable:
     if isinstance(value, dict):
         raise TypeError("a dict is not a list")
     return iter(value)
+
+
+def merge_results(target: str | os.PathLike, sources: Iterable[str | os.PathLike]) -> tuple[int, int]:
+    """Join shard databases into ``target``: :func:`greedyprune.studies.merging.merge_results`."""
+    from .merging import merge_results as merge
+
+    return merge(target, sources)

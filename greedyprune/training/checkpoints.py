@@ -42,6 +42,7 @@ every one of them.
 from __future__ import annotations
 
 import io
+import math
 import os
 from collections.abc import Callable
 from pathlib import Path
@@ -60,7 +61,9 @@ __all__ = [
     "MODEL_CHECKPOINT_FORMAT",
     "checkpoint_path",
     "list_checkpoints",
+    "build_model",
     "load_model",
+    "materialise",
     "save_model",
     "state_dict_mismatches",
     "train_with_checkpoints",
@@ -115,7 +118,8 @@ def _mismatch_message(lines: list[str]) -> str:
     return f"{len(lines)} mismatching entr{'y' if len(lines) == 1 else 'ies'}: {shown}{more}"
 
 
-def _build(name: str, model_kwargs: dict, meta: bool = False) -> nn.Module:
+def build_model(name: str, model_kwargs: dict, meta: bool = False) -> nn.Module:
+    """``get_model(name, **model_kwargs)``, on the meta device with ``meta`` (no memory); ValueError otherwise."""
     from ..models import get_model
 
     try:
@@ -123,8 +127,26 @@ def _build(name: str, model_kwargs: dict, meta: bool = False) -> nn.Module:
             with torch.device("meta"):
                 return get_model(name, **model_kwargs)
         return get_model(name, **model_kwargs)
-    except TypeError as exc:
-        raise ValueError(f"cannot build model {name!r} with {model_kwargs}: {exc}") from exc
+    except (TypeError, RuntimeError) as exc:  # RuntimeError: a tensor size that overflows 64 bits
+        raise ValueError(f"cannot build model {name!r} with {model_kwargs}: {str(exc).splitlines()[0]}") from exc
+
+
+def materialise(model: nn.Module, state: dict, what: str) -> nn.Module:
+    """``model``, built on the meta device, with the weights ``state`` on the CPU: the shapes are compared first
+    (a mismatch is a ValueError starting with ``what``), so nothing is allocated for an architecture the
+    weights do not fit - a file cannot make the loader build a model larger than the file itself."""
+    if not _is_state_dict(state):
+        raise ValueError(f"{what}: its weights are {_describe(state)}, not a dict of named tensors")
+    lines = state_dict_mismatches(model.state_dict(), state)
+    if lines:
+        raise ValueError(f"{what} ({_mismatch_message(lines)})")
+    persistent = set(model.state_dict())
+    if any(name not in persistent for name, _ in model.named_buffers()):
+        raise ValueError(f"{what}: the model has buffers that are not stored (persistent=False), so it cannot be "
+                         f"rebuilt from the file's weights alone")
+    model = model.to_empty(device="cpu")
+    model.load_state_dict(state)
+    return model
 
 
 def save_model(
@@ -179,7 +201,7 @@ def save_model(
     if full_module:
         module_bytes = torch_bytes(model)
     else:
-        reference = _build(name, model_kwargs, meta=True).state_dict()
+        reference = build_model(name, model_kwargs, meta=True).state_dict()
         lines = state_dict_mismatches(reference, state)
         if lines:
             raise ValueError(
@@ -234,13 +256,6 @@ def _plain_weights(payload: Any) -> dict | None:
     return None
 
 
-def _load_weights(model: nn.Module, state: dict, what: str) -> None:
-    lines = state_dict_mismatches(model.state_dict(), state)
-    if lines:
-        raise ValueError(f"{what} ({_mismatch_message(lines)})")
-    model.load_state_dict(state)
-
-
 def load_model(
     path: str | os.PathLike,
     *,
@@ -261,6 +276,9 @@ def load_model(
         map_location: Device the model is placed on.
         trust_pickle: Needed for a checkpoint saved with ``full_module=True``: unpickling its module can run arbitrary
             code, so only pass True for files you made yourself.
+
+    The architecture is built on the meta device and compared with the stored weights before anything is
+    allocated, so a file that claims a huge width is refused without building it.
 
     Returns:
         model (nn.Module): The model, in training mode (as ``get_model`` returns it).
@@ -307,10 +325,9 @@ def load_model(
             if not isinstance(model, nn.Module):
                 raise ValueError(f"checkpoint {path} embeds a {type(model).__name__}, not a torch.nn.Module")
         else:
-            model = _build(stored, stored_kwargs)
-            _load_weights(model, payload["state_dict"], f"checkpoint {path} does not fit get_model({stored!r}, "
-                                                        f"**{stored_kwargs}); the file is damaged or was written "
-                                                        f"by other model code")
+            model = materialise(build_model(stored, stored_kwargs, meta=True), payload["state_dict"],
+                                f"checkpoint {path} does not fit get_model({stored!r}, **{stored_kwargs}); the file "
+                                f"is damaged or was written by other model code")
         info = {"path": str(path), "format": MODEL_CHECKPOINT_FORMAT, "name": stored, "model_kwargs": stored_kwargs,
                 "extra": dict(payload.get("extra") or {}), "full_module": full,
                 "torch_version": payload.get("torch_version")}
@@ -321,10 +338,9 @@ def load_model(
                     "to load them into get_model(NAME)") if weights is not None else ""
             raise ValueError(f"{path} is not a greedyprune model checkpoint: it is {_describe(payload)}{hint}")
         kwargs = dict(model_kwargs or {})
-        model = _build(wanted, kwargs)
-        _load_weights(model, weights, f"the state_dict in {path} does not fit get_model({wanted!r}, **{kwargs}): "
-                                      f"it was saved from another architecture or with other options "
-                                      f"(num_classes, in_channels, shortcut)")
+        model = materialise(build_model(wanted, kwargs, meta=True), weights,
+                            f"the state_dict in {path} does not fit get_model({wanted!r}, **{kwargs}): it was saved "
+                            f"from another architecture or with other options (num_classes, in_channels, shortcut)")
         info = {"path": str(path), "format": "state_dict", "name": wanted, "model_kwargs": kwargs, "extra": {},
                 "full_module": False, "torch_version": None}
     model.to(map_location)
@@ -428,6 +444,10 @@ def train_with_checkpoints(
         info = {"iteration": t, **base}
         for key, (X, y) in sets.items():
             loss, acc = evaluate(m, X, y, config.loss, batch_size=eval_batch_size)
+            if not math.isfinite(loss):
+                raise FloatingPointError(f"training diverged by iteration {t}: the {config.loss} loss on the fixed "
+                                         f"{key} set is {loss}, so no checkpoint is written for it; lower the "
+                                         f"learning rate (lr={config.lr}). The checkpoints written before are kept")
             info[f"{key}_loss"], info[f"{key}_accuracy"] = loss, acc
         save_model(path, m, name=name, model_kwargs=model_kwargs, extra=info)
         if on_checkpoint is not None:

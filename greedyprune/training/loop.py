@@ -21,7 +21,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..checks import check_finite
+from ..checks import check_finite, non_finite_weights
 from ..fileio import load_torch, payload_digest, save_torch
 from .augment import AUGMENTATIONS, CropFlip, augment_generator
 
@@ -56,8 +56,8 @@ class TrainConfig:
     def validate(self) -> None:
         if isinstance(self.iterations, bool) or not isinstance(self.iterations, int) or self.iterations < 0:
             raise ValueError(f"iterations must be an int >= 0, got {self.iterations!r}")
-        if not (isinstance(self.lr, (int, float)) and self.lr > 0):
-            raise ValueError(f"lr must be a positive number, got {self.lr!r}")
+        if isinstance(self.lr, bool) or not (isinstance(self.lr, (int, float)) and 0 < self.lr < math.inf):
+            raise ValueError(f"lr must be a positive finite number, got {self.lr!r}")
         if self.batch_size is not None and (
             isinstance(self.batch_size, bool) or not isinstance(self.batch_size, int) or self.batch_size < 1
         ):
@@ -66,8 +66,8 @@ class TrainConfig:
             raise ValueError(f"unknown loss {self.loss!r}; expected one of {TRAIN_LOSSES}")
         if not 0 <= self.momentum < 1:
             raise ValueError(f"momentum must be in [0, 1), got {self.momentum!r}")
-        if self.weight_decay < 0:
-            raise ValueError(f"weight_decay must be >= 0, got {self.weight_decay!r}")
+        if not 0 <= self.weight_decay < math.inf:
+            raise ValueError(f"weight_decay must be a finite number >= 0, got {self.weight_decay!r}")
         if self.schedule not in SCHEDULES:
             raise ValueError(f"unknown schedule {self.schedule!r}; expected one of {SCHEDULES}")
         if self.augment not in AUGMENTATIONS:
@@ -292,6 +292,15 @@ def pretrain(
     def at(t: int, every: int | None) -> bool:
         return t == config.iterations or (every is not None and t % every == 0)
 
+    def finite(t: int) -> None:  # before anything is recorded or written from the weights of iteration t
+        bad = non_finite_weights(model)
+        if bad:
+            kept = (f"; the last good state is kept in {checkpoint_path}" if checkpoint_path is not None
+                    and Path(checkpoint_path).exists() else "")
+            raise FloatingPointError(f"training diverged at iteration {t}: the weights became NaN or infinite in "
+                                     f"{bad} (the loss was finite, the step was not); lower the learning rate "
+                                     f"(lr={config.lr}){kept}")
+
     if callback is not None and main and (start == 0 or at(start, callback_every)):
         callback(start, model)
     if start > 0:
@@ -309,6 +318,8 @@ def pretrain(
             xb, yb, weight = _batch(X, y, config, t, cache, share)
             train_step(net, optimizer, xb, yb, config.loss, learning_rate(config, t), f" at iteration {t}", weight)
             done = t + 1
+            if (callback is not None and main and at(done, callback_every)) or at(done, checkpoint_every):
+                finite(done)
             if callback is not None and main and at(done, callback_every):
                 callback(done, model)
             if at(done, checkpoint_every):

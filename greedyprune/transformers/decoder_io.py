@@ -26,9 +26,10 @@ from pathlib import Path
 
 import torch
 
-from ..fileio import atomic_write, atomic_write_text
+from ..fileio import IntegrityError, atomic_write, atomic_write_text
 from ..result import PruneResult
 from .decoder import add_bias, decoder_layer_shape, decoder_of, shrink_kv_groups, shrink_mlp, shrink_query_heads
+from .integrity import check_digests, write_checked_meta
 from .support import require_transformers
 
 __all__ = ["DECODER_FORMAT", "IntegrityError", "load_pruned_decoder", "load_weights", "read_meta",
@@ -39,8 +40,6 @@ WEIGHTS, CONFIG, META = "model.safetensors", "config.json", "greedyprune.json"
 _MODULES = ("llama", "mistral", "qwen2")
 
 
-class IntegrityError(ValueError):
-    """The weights file does not match the digest recorded when it was saved."""
 
 
 def _plain(value):
@@ -81,9 +80,12 @@ def write_meta(directory: Path, meta: dict, result, tokenizer) -> Path:
     if isinstance(result, PruneResult):
         meta.update(method=result.method, kept=_plain(result.kept),
                     report={k: _plain(v) for k, v in result.report.items()})
-    atomic_write_text(directory / META, json.dumps(meta, indent=1))
+    written = [WEIGHTS, CONFIG]
     if tokenizer is not None:
-        tokenizer.save_pretrained(str(directory))
+        for name in tokenizer.save_pretrained(str(directory)):
+            if Path(name).is_file() and Path(name).parent.resolve() == directory.resolve():
+                written.append(Path(name).name)
+    write_checked_meta(directory, META, meta, written)
     return directory
 
 
@@ -148,6 +150,7 @@ def load_pruned_decoder(path: str | os.PathLike, meta: dict | None = None):
         meta = read_meta(directory)
     if not isinstance(meta, dict) or meta.get("format") != DECODER_FORMAT:
         raise ValueError(f"{directory / META} is not a {DECODER_FORMAT} file (format {meta.get('format')!r})")
+    check_digests(directory, META, meta, (WEIGHTS, CONFIG))
     data = (directory / WEIGHTS).read_bytes()
     digest = hashlib.sha256(data).hexdigest()
     if digest != meta.get("sha256"):

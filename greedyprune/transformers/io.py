@@ -5,8 +5,9 @@ A pruned-encoder directory (format ``"greedyprune-transformer-v1"``) holds:
 * ``model.safetensors`` - the pruned ``state_dict`` (tensors only; loading runs no code);
 * ``config.json`` - the Hugging Face config of the dense model (its ``intermediate_size`` and
   ``num_attention_heads`` are the dense ones);
-* ``greedyprune.json`` - the format, the model class, each layer's kept FFN width and head count, and
-  what was kept and measured;
+* ``greedyprune.json`` - the format, the model class, each layer's kept FFN width and head count, what
+  was kept and measured, a digest of every other file and a checksum of itself
+  (:mod:`greedyprune.transformers.integrity`: a damaged or edited file is refused, naming it);
 * the tokenizer's files, when one is passed to :func:`save_pruned_transformer`.
 
 :func:`load_pruned_transformer` builds the class from the config, shrinks each layer to its stored
@@ -22,6 +23,7 @@ import torch
 from ..fileio import atomic_write, atomic_write_text
 from ..result import PruneResult
 from .decoder import is_decoder
+from .integrity import check_digests
 from .decoder_io import (DECODER_FORMAT, load_pruned_decoder, load_weights, read_meta, save_pruned_decoder,
                          write_meta)
 from .support import encoder_of, require_transformers
@@ -80,6 +82,7 @@ def load_pruned_transformer(path: str | os.PathLike):
         return load_pruned_decoder(directory, meta)
     if not isinstance(meta, dict) or meta.get("format") != FORMAT:
         raise ValueError(f"{directory / META} is not a {FORMAT} file (format {meta.get('format')!r})")
+    check_digests(directory, META, meta, (WEIGHTS, CONFIG))
     from transformers.models import bert
 
     cls = getattr(bert, str(meta.get("architecture")), None)
