@@ -77,6 +77,6 @@ def distill(student: nn.Module, teacher: nn.Module, inputs: torch.Tensor | Calla
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
-        losses.append(float(loss))
+        losses.append(float(loss.detach()))
     student.eval()
     return losses
