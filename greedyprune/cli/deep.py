@@ -49,7 +49,15 @@ def _register_prune(sub) -> None:
     pr.add_argument("--replacement", action="store_true", help="allow a channel to be chosen more than once")
     pr.add_argument("--batch-size", type=positive_int, default=128)
     pr.add_argument("--finetune-steps", type=nonnegative_int, default=0, help="SGD steps after each group")
-    pr.add_argument("--method", choices=["auto", "fast", "reference"], default="auto")
+    pr.add_argument("--method", choices=["auto", "fast", "reference"], default="auto",
+                    help="network objective: stacked downstream forwards (fast) or full forwards (reference)")
+    pr.add_argument("--objective", choices=["auto", "local", "network", "local-gfs"], default="auto",
+                    help="auto (default): block reconstruction for --keep-ratio / --flops-target, the network "
+                         "objective for --epsilon / --accuracy-tolerance")
+    pr.add_argument("--calibration", type=positive_int,
+                    help="examples the block reconstruction's statistics use (default: about 25 G multiply-adds "
+                         "of one dense pass, 32-512)")
+    pr.add_argument("--uniform", action="store_true", help="with --flops-target: one keep fraction in every group")
     pr.add_argument("--seed", type=seed, default=0)
     pr.add_argument("--workers", type=workers, default=1,
                     help="split each step's candidates over this many local processes (torch.distributed, gloo "
@@ -329,7 +337,11 @@ def cmd_prune(args: argparse.Namespace) -> int:
             if v is not None}
     options = dict(candidates=None if args.all_candidates else args.candidates, replacement=args.replacement,
                    batch_size=args.batch_size, seed=args.seed, device=dev, finetune_steps=args.finetune_steps,
-                   method=args.method, **rule)
+                   method=args.method, objective=args.objective, calibration=args.calibration, **rule)
+    if args.uniform:
+        if args.flops_target is None:
+            raise UsageError("--uniform applies to --flops-target; add --flops-target F or drop --uniform")
+        options["uniform"] = True
     with RunLock.for_file(out):
         if "RANK" in os.environ and "WORLD_SIZE" in os.environ:  # launched by torchrun
             parallel.init_process_group(timeout_s=args.timeout)

@@ -5,7 +5,7 @@ import argparse
 import time
 from pathlib import Path
 
-from .common import UsageError, add_run_options, nonnegative_int, number, positive_int, set_threads
+from .common import UsageError, add_run_options, nonnegative_int, number, positive_int, seed, set_threads
 
 __all__ = ["register"]
 
@@ -50,7 +50,7 @@ def register(sub) -> None:
     p.add_argument("--window", type=positive_int, default=256, help="tokens per window (default 256)")
     p.add_argument("--calibration", type=positive_int, default=32, help="calibration windows (default 32)")
     p.add_argument("--held-out", type=nonnegative_int, default=16, help="held-out windows (default 16)")
-    p.add_argument("--seed", type=nonnegative_int, default=0, help="the random baseline")
+    p.add_argument("--seed", type=seed, default=0, help="the random baseline")
     p.add_argument("--out", type=Path, help="output directory (default pruned-MODEL-METHOD)")
     add_run_options(p, device=False)
     p.set_defaults(handler=cmd_prune_llm)
