@@ -5,6 +5,8 @@
 * ``evaluators.py`` - scoring a step's candidates (full masked forwards, or the fast downstream-only way);
 * ``rules.py`` - when a group stops (a new rule is one small class);
 * ``budget.py`` - multiply-add budgets over groups;
+* ``reconstruct.py`` - the block-reconstruction objective (the default for width rules), ``objectives.py`` -
+  how the driver runs it; ``local.py`` - the paper's local objective (``local-gfs``);
 * ``search.py`` - :func:`prune_model`, the driver;
 * ``io.py`` - :func:`save_pruned` / :func:`load_pruned` without unpickling.
 """

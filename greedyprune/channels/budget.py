@@ -22,7 +22,7 @@ from torch import nn
 from ..metrics import count_macs, count_parameters, layer_macs
 from .groups import ChannelGroup, is_depthwise
 
-__all__ = ["CostModel", "allocate", "monotone_gaps", "uniform_keep_counts"]
+__all__ = ["CostModel", "allocate", "monotone_gaps", "per_channel", "uniform_keep_counts"]
 
 
 class CostModel:
@@ -182,3 +182,14 @@ def _name(kind: str) -> str:
 
 def _what(kind: str) -> str:
     return "multiply-adds" if kind == "macs" else "parameters"
+
+
+def per_channel(group: ChannelGroup, curve: list) -> list[float]:
+    """Per channel count k = 1..D: the loss with the fewest units that keep at least k channels."""
+    losses, points = [], iter(curve)
+    kept, loss, _ = next(points)
+    for k in range(1, group.channels + 1):
+        while kept < k:
+            kept, loss, _ = next(points)
+        losses.append(loss)
+    return losses

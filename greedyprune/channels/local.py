@@ -23,6 +23,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..selection import greedy_forward_selection
+from .budget import per_channel
 from .groups import ChannelGroup, UnsupportedLayerError, refresh_group
 
 __all__ = ["local_curves", "local_group", "local_problem", "local_selection"]
@@ -142,8 +143,6 @@ def local_group(search, group: ChannelGroup, stop) -> tuple[torch.Tensor, dict]:
 def local_curves(search, groups: list[ChannelGroup]) -> dict[str, tuple[list[float], float]]:
     """Each group's relative reconstruction error with k = 1..D channels (greedy selection on the Gram
     form, without replacement, on the dense network), for adaptive budgets with ``objective="local"``."""
-    from .search import per_channel
-
     inputs = search.calibration if search.calibration is not None else search.batches.fixed(256)[0]
     curves = {}
     for group in groups:

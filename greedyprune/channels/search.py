@@ -43,10 +43,12 @@ from .evaluators import (CPU_STACK_ELEMENTS, GPU_STACK_ELEMENTS, FastEvaluator, 
                          step_rows, trace)
 from .groups import ChannelGroup, UnsupportedLayerError, find_groups, refresh_group
 from .masks import apply_masks, fold_and_remove, group_scales
+from .budget import per_channel
 from .local import local_curves, local_group
-from .reconstruct import DenseTargets, reconstruct_group, reconstruction_curves, sub_readers
+from .objectives import calibration_size, dense_targets, reconstruct_step, reconstructable, resolve_objective
+from .reconstruct import DenseTargets, reconstruction_curves
 from .preflight import check_model_accepts, check_train_mode, preflight
-from .rules import KeepCounts, PlanContext, Step, StoppingRule, rule_from_options
+from .rules import PlanContext, Step, StoppingRule, rule_from_options
 
 __all__ = ["BN_MODES", "METHODS", "OBJECTIVES", "SearchOptions", "prune_model"]
 
@@ -297,7 +299,7 @@ def prune_model(
                          f"before that (or train again with a lower learning rate)")
     if options.bn == "auto":
         options.bn = "batch" if has_batch_norm(model) else "running"
-    options.objective = _resolve_objective(options.objective, stop)
+    options.objective = resolve_objective(options.objective, stop)
     local = options.objective in ("local", "local-gfs")
     needs_holdout = stop.needs_unpruned or (getattr(stop, "needs_curves", False) and not local
                                             and options.budget_curves == "network")
@@ -310,7 +312,7 @@ def prune_model(
     if options.check:
         groups = preflight(model, groups, example, skip, extra_skip, unsupported)
     if options.objective == "local":
-        groups = _reconstructable(model, groups, unsupported)
+        groups = reconstructable(model, groups, unsupported)
     if not groups:
         raise ValueError("no prunable channel group: every group holds a skipped layer; pass skip=[] or fewer layers")
     before = _measure(model, example, eval_x, eval_y)
@@ -322,9 +324,9 @@ def prune_model(
     search = _Search(model, DG, None if local else _trace_for(model, options.method), batches, options, split,
                      device, calibration, holdout_set, eval_x[:8])
     if local or (getattr(stop, "needs_curves", False) and options.budget_curves == "local"):
-        search.local_inputs = batches.fixed(_calibration_size(options.calibration, before["macs"]))[0]
+        search.local_inputs = batches.fixed(calibration_size(options.calibration, before["macs"]))[0]
     if options.objective == "local":
-        search.dense = _dense_targets(model, groups, search.local_inputs)
+        search.dense = dense_targets(model, groups, search.local_inputs)
     stop.plan(PlanContext(model, groups, example, DG, curves=lambda: loss_curves(search, groups)))
 
     kept, counts_out, records = {}, {}, []
@@ -337,7 +339,7 @@ def prune_model(
         t0 = time.perf_counter()
         group = refresh_group(DG, model, group)
         if options.objective == "local":
-            counts, record, weights = _reconstruct(search, group, stop)
+            counts, record, weights = reconstruct_step(search, group, stop)
             kept[group.name] = fold_and_remove(DG, model, group, counts, reader_weights=weights)
             if search.dense is not None:
                 search.dense.removed(group, kept[group.name], model)
@@ -500,17 +502,6 @@ def _network_curves(search: _Search, groups: list[ChannelGroup]) -> dict[str, tu
     return curves
 
 
-def per_channel(group: ChannelGroup, curve: list) -> list[float]:
-    """Per channel count k = 1..D: the loss with the fewest units that keep at least k channels."""
-    losses, points = [], iter(curve)
-    kept, loss, _ = next(points)
-    for k in range(1, group.channels + 1):
-        while kept < k:
-            kept, loss, _ = next(points)
-        losses.append(loss)
-    return losses
-
-
 def finetune(model: nn.Module, batches: Batches, steps: int, lr: float, weight_decay: float = 5e-4) -> None:
     """``steps`` SGD steps (momentum 0.9) on the next batches; the model ends in eval mode."""
     if steps <= 0:
@@ -551,72 +542,6 @@ def _fold_checked(search: _Search, group: ChannelGroup, counts: torch.Tensor) ->
                 f"scored ({diff}); a layer in this group ({', '.join(group.writers + [r[0] for r in group.readers])}) "
                 f"is not pruned exactly by Torch-Pruning. Leave the group whole with skip=[...] naming its writers")
     return kept
-
-
-def _resolve_objective(objective: str, stop) -> str:
-    """``"auto"``: the block-reconstruction objective when the rule fixes each group's width (it needs no
-    candidate forwards), the network objective for the rules that compare network losses."""
-    if objective == "auto":
-        return "local" if isinstance(stop, KeepCounts) or hasattr(stop, "targets") else "network"
-    if objective in ("local", "local-gfs") and not (isinstance(stop, KeepCounts) or hasattr(stop, "targets")):
-        raise ValueError(f"objective={objective!r} needs a rule that fixes each group's width (keep_ratio, "
-                         f"flops_target, params_target or KeepCounts); {stop.name!r} compares network losses - use "
-                         f"objective='network' for it")
-    return objective
-
-
-def _reconstructable(model: nn.Module, groups: list[ChannelGroup], unsupported: str) -> list[ChannelGroup]:
-    """The groups whose readers the reconstruction handles; the others refused (or left whole with a warning
-    under ``unsupported="skip"``) before any calibration work."""
-    good = []
-    for group in groups:
-        try:
-            sub_readers(model, group)
-        except UnsupportedLayerError as exc:
-            if unsupported != "skip":
-                raise
-            warnings.warn(f"left whole: {exc}", stacklevel=3)
-            continue
-        good.append(group)
-    return good
-
-
-CALIBRATION_MACS = 25e9
-"""The local objective's default calibration set: about this many multiply-adds for one dense pass."""
-
-
-def _calibration_size(asked: int | None, macs_per_example: int) -> int:
-    """Examples whose statistics the local objective uses: ``asked``, or as many as one dense forward of
-    about :data:`CALIBRATION_MACS` multiply-adds allows, between 32 and 512."""
-    if asked is not None:
-        return asked
-    return int(min(512, max(32, CALIBRATION_MACS // max(macs_per_example, 1))))
-
-
-def _dense_targets(model: nn.Module, groups: list[ChannelGroup], inputs: torch.Tensor) -> DenseTargets | None:
-    names = {name for g in groups for name, _, _ in g.readers}
-    try:
-        return DenseTargets(model, names, inputs)
-    except MemoryError as exc:
-        warnings.warn(f"the dense network's reader outputs on {inputs.shape[0]} calibration examples would take "
-                      f"{exc.args[0] / 2 ** 30:.1f} GiB; each group reconstructs its readers' own full-width outputs "
-                      f"instead (pass a smaller calibration= to keep the dense targets)", stacklevel=3)
-        return None
-
-
-def _reconstruct(search: _Search, group: ChannelGroup, stop) -> tuple[torch.Tensor, dict, dict]:
-    """One group of the local objective: ``(channel counts, record, refitted reader weights)``."""
-    per_unit = group.channels // group.num_units
-    target = stop.targets[group.name]
-    units = max(1, min(group.num_units, -(-target // per_unit)))
-    if units * per_unit != target and target < group.channels:
-        warnings.warn(f"group {group.name!r}: its channels are selected in units of {per_unit} (a grouped "
-                      f"convolution), so {units * per_unit} channels are kept for the {target} asked", stacklevel=3)
-    counts, weights, error, ridges = reconstruct_group(search.model, group, units, search.local_inputs,
-                                                       search.dense, search.options.refit_ridge)
-    record = {"name": group.name, "channels": group.channels, "steps": units, "rule": stop.name, "loss": error,
-              "accuracy": None, "evaluator": "reconstruction", "ridge": ridges}
-    return counts, record, weights
 
 
 def _split_data(data, options: SearchOptions, device, needed: bool) -> tuple[Batches, tuple | None]:

@@ -1,0 +1,82 @@
+"""How :func:`~greedyprune.channels.search.prune_model` runs the block-reconstruction objective: which objective
+``"auto"`` means, which groups the reconstruction can take (refused before any calibration work), how many
+calibration examples it uses, and one group's step (:mod:`greedyprune.channels.reconstruct` does the maths)."""
+from __future__ import annotations
+
+import warnings
+
+import torch
+from torch import nn
+
+from .groups import ChannelGroup, UnsupportedLayerError
+from .reconstruct import DenseTargets, reconstruct_group, sub_readers
+from .rules import KeepCounts
+
+__all__ = ["CALIBRATION_MACS", "calibration_size", "dense_targets", "reconstruct_step", "reconstructable",
+           "resolve_objective"]
+
+
+def resolve_objective(objective: str, stop) -> str:
+    """``"auto"``: the block-reconstruction objective when the rule fixes each group's width (it needs no
+    candidate forwards), the network objective for the rules that compare network losses."""
+    if objective == "auto":
+        return "local" if isinstance(stop, KeepCounts) or hasattr(stop, "targets") else "network"
+    if objective in ("local", "local-gfs") and not (isinstance(stop, KeepCounts) or hasattr(stop, "targets")):
+        raise ValueError(f"objective={objective!r} needs a rule that fixes each group's width (keep_ratio, "
+                         f"flops_target, params_target or KeepCounts); {stop.name!r} compares network losses - use "
+                         f"objective='network' for it")
+    return objective
+
+
+def reconstructable(model: nn.Module, groups: list[ChannelGroup], unsupported: str) -> list[ChannelGroup]:
+    """The groups whose readers the reconstruction handles; the others refused (or left whole with a warning
+    under ``unsupported="skip"``) before any calibration work."""
+    good = []
+    for group in groups:
+        try:
+            sub_readers(model, group)
+        except UnsupportedLayerError as exc:
+            if unsupported != "skip":
+                raise
+            warnings.warn(f"left whole: {exc}", stacklevel=3)
+            continue
+        good.append(group)
+    return good
+
+
+CALIBRATION_MACS = 25e9
+"""The local objective's default calibration set: about this many multiply-adds for one dense pass."""
+
+
+def calibration_size(asked: int | None, macs_per_example: int) -> int:
+    """Examples whose statistics the local objective uses: ``asked``, or as many as one dense forward of
+    about :data:`CALIBRATION_MACS` multiply-adds allows, between 32 and 512."""
+    if asked is not None:
+        return asked
+    return int(min(512, max(32, CALIBRATION_MACS // max(macs_per_example, 1))))
+
+
+def dense_targets(model: nn.Module, groups: list[ChannelGroup], inputs: torch.Tensor) -> DenseTargets | None:
+    names = {name for g in groups for name, _, _ in g.readers}
+    try:
+        return DenseTargets(model, names, inputs)
+    except MemoryError as exc:
+        warnings.warn(f"the dense network's reader outputs on {inputs.shape[0]} calibration examples would take "
+                      f"{exc.args[0] / 2 ** 30:.1f} GiB; each group reconstructs its readers' own full-width outputs "
+                      f"instead (pass a smaller calibration= to keep the dense targets)", stacklevel=3)
+        return None
+
+
+def reconstruct_step(search, group: ChannelGroup, stop) -> tuple[torch.Tensor, dict, dict]:
+    """One group of the local objective: ``(channel counts, record, refitted reader weights)``."""
+    per_unit = group.channels // group.num_units
+    target = stop.targets[group.name]
+    units = max(1, min(group.num_units, -(-target // per_unit)))
+    if units * per_unit != target and target < group.channels:
+        warnings.warn(f"group {group.name!r}: its channels are selected in units of {per_unit} (a grouped "
+                      f"convolution), so {units * per_unit} channels are kept for the {target} asked", stacklevel=3)
+    counts, weights, error, ridges = reconstruct_group(search.model, group, units, search.local_inputs,
+                                                       search.dense, search.options.refit_ridge)
+    record = {"name": group.name, "channels": group.channels, "steps": units, "rule": stop.name, "loss": error,
+              "accuracy": None, "evaluator": "reconstruction", "ridge": ridges}
+    return counts, record, weights
