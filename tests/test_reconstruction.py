@@ -287,3 +287,16 @@ def test_budget_curves_do_not_trust_a_fit_with_fewer_positions_than_columns():
     assert len(curve) == 64 and curve[-1] == pytest.approx(0.0, abs=1e-9)
     # an in-sample fit explains everything with 12 columns; the honest curve still charges for cutting to 12
     assert curve[11] > 0.3
+
+
+def test_units_spanned_by_the_chosen_ones_do_not_break_the_selection():
+    # two-column units where unit 3 repeats unit 0's columns exactly: once 0 is chosen, 3's block is singular
+    g = torch.Generator().manual_seed(7)
+    P = torch.randn(8, 50, generator=g, dtype=torch.float64)
+    P = torch.cat([P, P[0:2]])  # columns 8, 9 copy columns 0, 1
+    Y = torch.randn(3, 10, generator=g, dtype=torch.float64) @ P
+    cols = torch.tensor([[0, 1], [2, 3], [4, 5], [8, 9], [6, 7]])
+    chosen = select_units([_explicit_problem(P, Y, cols, torch.empty(0, dtype=torch.long))], 5)
+    assert sorted(chosen.order.tolist()) == [0, 1, 2, 3, 4]
+    assert float(chosen.errors[3]) == pytest.approx(0.0, abs=1e-8)  # units 0/3 are one: 4 distinct span it all
+    assert torch.isfinite(chosen.errors).all()

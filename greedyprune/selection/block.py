@@ -108,7 +108,16 @@ class _Reader:
             gain = (rs.reshape(rs.shape[0], -1) ** 2).sum(dim=1) / pivots.clamp_min(self.floor)
             return torch.where(pivots > self.floor, gain, torch.zeros_like(gain))
         eye = torch.eye(self.g, dtype=torch.float64)
-        return (rs * torch.linalg.solve(self.blocks + self.floor * eye, rs)).sum(dim=(1, 2))
+        blocks = (self.blocks + self.blocks.transpose(1, 2)) / 2
+        solved, info = torch.linalg.solve_ex(blocks + self.floor * eye, rs)
+        gain = (rs * solved).sum(dim=(1, 2))
+        bad = info != 0
+        if bool(bad.any()):  # a unit (numerically) spanned by the chosen columns: its gain from a pseudo-inverse
+            vals, vecs = torch.linalg.eigh(blocks[bad])
+            inv = torch.where(vals > self.floor, 1.0 / vals.clamp_min(self.floor), torch.zeros_like(vals))
+            proj = vecs.transpose(1, 2) @ rs[bad]
+            gain[bad] = (proj * proj * inv.unsqueeze(-1)).sum(dim=(1, 2))
+        return gain.clamp_min(0.0)
 
     def add(self, columns: torch.Tensor) -> None:
         m = columns.numel()
