@@ -27,23 +27,9 @@ from typing import Any, Iterator
 
 import torch
 
-__all__ = [
-    "CHECKSUM_KEY",
-    "IntegrityError",
-    "RunLock",
-    "RunLockedError",
-    "UnsafeFileError",
-    "atomic_write",
-    "atomic_write_text",
-    "check_writable_dir",
-    "check_writable_file",
-    "load_pickle_restricted",
-    "load_torch",
-    "payload_digest",
-    "remove_stale_tmp",
-    "run_directory",
-    "save_torch",
-]
+__all__ = ["atomic_write", "atomic_write_text", "check_writable_dir", "check_writable_file", "CHECKSUM_KEY",
+           "first_line", "IntegrityError", "load_pickle_restricted", "load_torch", "payload_digest",
+           "remove_stale_tmp", "run_directory", "RunLock", "RunLockedError", "save_torch", "UnsafeFileError"]
 
 CHECKSUM_KEY = "checksum"
 TMP_SUFFIX = ".tmp"
@@ -207,10 +193,10 @@ def load_torch(path: str | os.PathLike, *, what: str = "file", trust_pickle: boo
                 f"{path} holds pickled Python objects ({found.group(1)}), which are not loaded because unpickling "
                 f"can run arbitrary code.{fix}") from exc
         raise ValueError(f"{path} is not a readable {what}: it is damaged or not a torch file "
-                         f"({_first_line(exc)}); delete it to recompute") from exc
+                         f"({first_line(exc)}); delete it to recompute") from exc
     except Exception as exc:  # noqa: BLE001 - zip errors, truncation, bad magic: re-raised with the path
         raise ValueError(f"{path} is not a readable {what}: it is damaged or not a torch file "
-                         f"({type(exc).__name__}: {_first_line(exc)}); delete it to recompute") from exc
+                         f"({type(exc).__name__}: {first_line(exc)}); delete it to recompute") from exc
     if isinstance(payload, dict) and CHECKSUM_KEY in payload:
         stored = payload.pop(CHECKSUM_KEY)
         if stored != payload_digest(payload):
@@ -223,7 +209,7 @@ def load_torch(path: str | os.PathLike, *, what: str = "file", trust_pickle: boo
     return payload
 
 
-def _first_line(exc: BaseException) -> str:
+def first_line(exc: BaseException) -> str:
     text = str(exc).strip().splitlines()
     return text[0][:200] if text else type(exc).__name__
 

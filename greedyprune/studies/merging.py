@@ -11,7 +11,7 @@ import os
 from pathlib import Path
 from typing import Iterable
 
-from .store import ConfigMismatchError, ResultsStore, _config_differences
+from .store import ConfigMismatchError, ResultsStore, config_differences
 
 __all__ = ["VOLATILE_SUFFIXES", "merge_results"]
 
@@ -40,7 +40,7 @@ def merge_results(target: str | os.PathLike, sources: Iterable[str | os.PathLike
             if (other.kind, other.key_columns) != (first.kind, first.key_columns):
                 raise ConfigMismatchError(f"{other.path} holds {other.kind!r} rows keyed by {list(other.key_columns)}, "
                                           f"{first.path} {first.kind!r} rows keyed by {list(first.key_columns)}")
-            diffs = _config_differences(config or {}, other.config() or {})
+            diffs = config_differences(config or {}, other.config() or {})
             if diffs:
                 raise ConfigMismatchError(f"{other.path} and {first.path} hold results of different configurations:"
                                           "\n" + "\n".join(f"  {d}" for d in diffs))

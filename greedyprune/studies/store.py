@@ -28,8 +28,8 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Iterable
 
-__all__ = ["FORMAT_NAME", "SCHEMA_VERSION", "ConfigMismatchError", "DamagedDatabaseError", "ResultsNotWritableError",
-           "ResultsStore", "Schema", "merge_results", "open_results"]
+__all__ = ["config_differences", "ConfigMismatchError", "DamagedDatabaseError", "FORMAT_NAME", "merge_results",
+           "open_results", "ResultsNotWritableError", "ResultsStore", "Schema", "SCHEMA_VERSION"]
 
 #: Value of ``meta['format']`` that marks a greedyprune results database.
 FORMAT_NAME = "greedyprune-results"
@@ -283,7 +283,7 @@ class ResultsStore:
         try:
             stored_text = self._meta("config")
             if stored_text is not None:
-                diffs = _config_differences(json.loads(stored_text), requested)
+                diffs = config_differences(json.loads(stored_text), requested)
                 if diffs:
                     lines = "\n".join(f"  {d}" for d in diffs)
                     raise ConfigMismatchError(f"{self.path}: {_MISMATCH_ADVICE}. Differing options:\n{lines}")
@@ -418,7 +418,7 @@ def _problems(check_rows: list) -> list[str]:
     return [line for line in lines if line and line != "ok" and not line.startswith("*** in database")]
 
 
-def _config_differences(stored: dict, requested: dict) -> list[str]:
+def config_differences(stored: dict, requested: dict) -> list[str]:
     diffs = []
     for key in sorted(set(stored) | set(requested), key=str):
         s = _canonical(stored[key]) if key in stored else _ABSENT

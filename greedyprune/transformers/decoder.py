@@ -26,7 +26,7 @@ import torch
 from torch import nn
 
 from .support import UnsupportedModelError, require_transformers
-from .surgery import _linear
+from .surgery import new_linear
 
 __all__ = ["DECODER_SUPPORTED", "HalfPrecisionError", "add_bias", "decoder_layer_shape", "decoder_of", "is_decoder",
            "kv_channels", "shrink_kv_groups", "shrink_mlp", "shrink_query_heads"]
@@ -110,7 +110,7 @@ def _out(like: nn.Linear, weight: torch.Tensor | None, bias: torch.Tensor | None
     is added when the old Linear had none)."""
     w = like.weight[:, cols] if weight is None else weight
     b = like.bias if bias is None else bias
-    return _linear(w, b, like)
+    return new_linear(w, b, like)
 
 
 def shrink_mlp(layer: nn.Module, keep: torch.Tensor, out_weight: torch.Tensor | None = None,
@@ -122,7 +122,7 @@ def shrink_mlp(layer: nn.Module, keep: torch.Tensor, out_weight: torch.Tensor | 
     with torch.no_grad():
         for name in ("gate_proj", "up_proj"):
             lin = getattr(mlp, name)
-            setattr(mlp, name, _linear(lin.weight[keep], None if lin.bias is None else lin.bias[keep], lin))
+            setattr(mlp, name, new_linear(lin.weight[keep], None if lin.bias is None else lin.bias[keep], lin))
         mlp.down_proj = _out(mlp.down_proj, out_weight, out_bias, keep)
     if hasattr(mlp, "intermediate_size"):
         mlp.intermediate_size = int(keep.numel())
@@ -135,7 +135,7 @@ def kv_channels(heads: torch.Tensor, head_dim: int) -> torch.Tensor:
 
 def _slice_rows(attn: nn.Module, name: str, channels: torch.Tensor) -> None:
     lin = getattr(attn, name)
-    setattr(attn, name, _linear(lin.weight[channels], None if lin.bias is None else lin.bias[channels], lin))
+    setattr(attn, name, new_linear(lin.weight[channels], None if lin.bias is None else lin.bias[channels], lin))
 
 
 def shrink_kv_groups(layer: nn.Module, keep: torch.Tensor, out_weight: torch.Tensor | None = None,
@@ -178,5 +178,5 @@ def add_bias(linear_owner: nn.Module, name: str) -> None:
     """Give ``linear_owner.<name>`` (an nn.Linear without bias) a zero bias, in place (used on load)."""
     lin = getattr(linear_owner, name)
     if lin.bias is None:
-        setattr(linear_owner, name, _linear(lin.weight.detach(), torch.zeros(lin.out_features, dtype=lin.weight.dtype),
+        setattr(linear_owner, name, new_linear(lin.weight.detach(), torch.zeros(lin.out_features, dtype=lin.weight.dtype),
                                             lin))

