@@ -300,3 +300,48 @@ def test_units_spanned_by_the_chosen_ones_do_not_break_the_selection():
     assert sorted(chosen.order.tolist()) == [0, 1, 2, 3, 4]
     assert float(chosen.errors[3]) == pytest.approx(0.0, abs=1e-8)  # units 0/3 are one: 4 distinct span it all
     assert torch.isfinite(chosen.errors).all()
+
+
+def test_sensitivity_curve_points_equal_the_kl_of_each_group_pruned_alone():
+    """Each point of a sensitivity curve = KL(dense || the dense network with that group alone physically
+    pruned to that width by reconstruct_group, own-output targets, the same ridge), computed independently."""
+    from greedyprune.channels.sensitivity import sensitivity_curves
+
+    torch.manual_seed(0)
+    model = _GroupedBlock().eval()
+    x = torch.randn(12, 3, 8, 8)
+    DG, groups = find_groups(model, x[:1])
+    groups = [g for g in groups if g.name in ("c1", "expand")]
+    curves = sensitivity_curves(model, groups, x, x[:6], ridge=0.1, fractions=(0.25, 0.5, 0.75))
+    with torch.no_grad():
+        dense = F.log_softmax(model(x[:6]).double(), 1)
+    for group in groups:
+        points = curves[group.name]
+        assert points[-1] == (group.num_units, 0.0) and len(points) > 2
+        for units, kl in points[:-1]:
+            copy_ = copy.deepcopy(model)
+            DGc, gs = find_groups(copy_, x[:1])
+            g = next(h for h in gs if h.name == group.name)
+            counts, weights, _, _ = reconstruct_group(copy_, g, units, x, None, ridge=0.1)
+            fold_and_remove(DGc, copy_, g, counts, reader_weights=weights)
+            with torch.no_grad():
+                cut = F.log_softmax(copy_(x[:6]).double(), 1)
+            expected = float((dense.exp() * (dense - cut)).sum(1).mean())
+            assert kl == pytest.approx(expected, rel=1e-3, abs=1e-7)
+            assert expected > 0
+
+
+def test_sensitivity_interpolation_is_linear_between_points_and_steeper_below_them():
+    from types import SimpleNamespace
+
+    from greedyprune.channels.sensitivity import per_channel_sensitivity
+
+    group = SimpleNamespace(channels=10, num_units=10)
+    curve = per_channel_sensitivity(group, [(2, 0.8), (6, 0.4), (10, 0.0)])
+    assert len(curve) == 10
+    assert curve[1] == pytest.approx(0.8) and curve[5] == pytest.approx(0.4) and curve[9] == 0.0
+    assert curve[3] == pytest.approx(0.6)  # k = 4: halfway between 0.8 and 0.4
+    assert curve[0] == pytest.approx(0.8 + 4 * 0.1 + 1e-6)  # below the narrowest point: 4x the first slope
+    # a noisy curve (wider looks worse) is made non-increasing
+    noisy = per_channel_sensitivity(group, [(2, 0.5), (6, 0.7), (10, 0.0)])
+    assert all(a >= b for a, b in zip(noisy, noisy[1:]))

@@ -266,6 +266,15 @@ def reconstruct_group(model: nn.Module, group: ChannelGroup, n_keep: int, inputs
     chosen = select_units(problems, n_keep)
     kept_units = torch.zeros(group.num_units, dtype=torch.bool)
     kept_units[chosen.order] = True
+    weights, ridges = _refit(model, subs, sums, problems, kept_units, ridge, cv)
+    counts = group.channel_counts(kept_units.long())
+    return counts, weights, float(chosen.errors[-1]), ridges
+
+
+def _refit(model: nn.Module, subs: list[SubReader], sums: list[dict], problems: list[ReaderProblem],
+           kept_units: torch.Tensor, ridge: float | None, cv: bool) -> tuple[dict, dict]:
+    """Each reader's kept columns re-solved by the ridge refit (``ridge``, or cross-validated when ``cv``):
+    ``({reader: new weight in its full layout, removed columns zero}, {reader: ridge used})``."""
     weights: dict[str, torch.Tensor] = {}
     ridges: dict[str, float] = {}
     for sub, acc, problem in zip(subs, sums, problems):
@@ -282,9 +291,8 @@ def reconstruct_group(model: nn.Module, group: ChannelGroup, n_keep: int, inputs
         block = torch.zeros(w2d.shape, dtype=torch.float64)
         block[:, keep] = solved.to(torch.float64)
         full[sub.rows] = block.reshape(full[sub.rows].shape)
-    weights = {n: w.to(dict(model.named_modules())[n].weight) for n, w in weights.items()}
-    counts = group.channel_counts(kept_units.long())
-    return counts, weights, float(chosen.errors[-1]), ridges
+    named = dict(model.named_modules())
+    return {n: w.to(named[n].weight) for n, w in weights.items()}, ridges
 
 
 def reconstruction_curves(model: nn.Module, groups: list[ChannelGroup], inputs: torch.Tensor) -> dict:

@@ -55,8 +55,8 @@ def _register_prune(sub) -> None:
                     help="auto (default): block reconstruction for --keep-ratio / --flops-target, the network "
                          "objective for --epsilon / --accuracy-tolerance")
     pr.add_argument("--calibration", type=positive_int,
-                    help="examples the block reconstruction's statistics use (default: about 25 G multiply-adds "
-                         "of one dense pass, 32-512)")
+                    help="examples the block reconstruction's statistics use (default: about 150 G multiply-adds "
+                         "of one dense pass, 32-4096)")
     pr.add_argument("--uniform", action="store_true", help="with --flops-target: one keep fraction in every group")
     pr.add_argument("--seed", type=seed, default=0)
     pr.add_argument("--workers", type=workers, default=1,

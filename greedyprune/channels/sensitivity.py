@@ -1,0 +1,109 @@
+"""Budget curves measured on the network's outputs: how far the network's predictions move when one group
+alone is cut to a width by the block-reconstruction objective (``prune_model(budget_curves="sensitivity")``).
+
+A group's reconstruction error says how well its readers reproduce their dense outputs, not how much that
+error matters downstream: a layer before the classifier and a layer in the stem with the same relative error
+move the predictions by very different amounts. Here each group, alone on the dense network, is cut to a few
+widths (fractions :data:`SENSITIVITY_FRACTIONS` of its units), the units chosen by the same greedy
+selection as :func:`~greedyprune.channels.reconstruct.reconstruct_group` (one selection path per group, one
+calibration pass for all groups) and its readers refitted; the curve is the mean
+``KL(dense || cut)`` of the network's softmax outputs on a probe set. The budget then spends its
+multiply-adds where they buy the least KL, as it does with any loss curve (sensitivity analysis, as in
+"Pruning Filters for Efficient ConvNets", with the refit in the loop). Cost: one probe forward per group and
+fraction.
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..selection.block import select_units
+from .groups import ChannelGroup
+from .reconstruct import _CAPTURE_BATCH, _accumulate, _problem, _refit, sub_readers
+
+__all__ = ["SENSITIVITY_FRACTIONS", "SENSITIVITY_MACS", "per_channel_sensitivity", "probe_size", "sensitivity_curves"]
+
+SENSITIVITY_FRACTIONS = (0.1, 0.25, 0.4, 0.55, 0.7, 0.85)
+"""The widths (fractions of a group's units) at which each group's sensitivity is measured."""
+SENSITIVITY_MACS = 1.5e12
+"""Multiply-adds the probe forwards of all groups may take together (sets the probe's size)."""
+
+
+def probe_size(macs_per_example: float, groups: int, available: int) -> int:
+    """Probe examples: as many as :data:`SENSITIVITY_MACS` allows over every group's and width's forward,
+    between 16 and 256, and no more than ``available``."""
+    forwards = max(1, groups * len(SENSITIVITY_FRACTIONS))
+    n = int(SENSITIVITY_MACS // max(macs_per_example * forwards, 1.0))
+    return max(1, min(available, 256, max(16, n)))
+
+
+@torch.no_grad()
+def _log_probs(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    out = [model(x[i:i + 64]) for i in range(0, x.shape[0], 64)]
+    return F.log_softmax(torch.cat(out).double().flatten(1), dim=1)
+
+
+def sensitivity_curves(model: nn.Module, groups: list[ChannelGroup], inputs: torch.Tensor,
+                       probe: torch.Tensor, ridge: float | None = None,
+                       fractions: tuple = SENSITIVITY_FRACTIONS) -> dict[str, list[tuple[int, float]]]:
+    """``{group: [(units kept, mean KL(dense || cut) on probe), ...]}``, one point per fraction and
+    ``(U, 0.0)``; each group cut alone on the dense ``model`` (restored before returning).
+
+    ``inputs``: the calibration examples of the selection and the refit (cross-validated ridge when
+    ``ridge`` is None, as :func:`~greedyprune.channels.reconstruct.reconstruct_group`); ``probe``: the
+    examples the outputs are compared on."""
+    dense = _log_probs(model, probe)
+    per_group = {g.name: sub_readers(model, g) for g in groups}
+    subs = [s for group_subs in per_group.values() for s in group_subs]
+    keys = {(s.name, s.channels.start, s.rows.start): s for s in subs}
+    cv = ridge is None and inputs.shape[0] > _CAPTURE_BATCH
+    sums = dict(zip(keys, _accumulate(model, list(keys.values()), inputs, None, folds=cv)))
+    named = dict(model.named_modules())
+    curves = {}
+    for group in groups:
+        subs = per_group[group.name]
+        accs = [sums[(s.name, s.channels.start, s.rows.start)] for s in subs]
+        problems = [_problem(s, acc) for s, acc in zip(subs, accs)]
+        widths = sorted({max(1, min(group.num_units - 1, round(f * group.num_units))) for f in fractions})
+        widths = [w for w in widths if w < group.num_units]
+        chosen = select_units(problems, widths[-1]) if widths else None
+        points = []
+        for units in widths:
+            kept = torch.zeros(group.num_units, dtype=torch.bool)
+            kept[chosen.order[:units]] = True
+            weights, _ = _refit(model, subs, accs, problems, kept, ridge, cv)
+            saved = {n: named[n].weight.data.clone() for n in weights}
+            try:
+                for n, w in weights.items():
+                    named[n].weight.data.copy_(w)
+                cut = _log_probs(model, probe)
+            finally:
+                for n, w in saved.items():
+                    named[n].weight.data.copy_(w)
+            points.append((units, float((dense.exp() * (dense - cut)).sum(dim=1).mean())))
+        curves[group.name] = points + [(group.num_units, 0.0)]
+    return curves
+
+
+def per_channel_sensitivity(group: ChannelGroup, points: list[tuple[int, float]]) -> list[float]:
+    """The loss for k = 1..D channels, linearly interpolated between the measured widths (a step curve
+    would look free to cut between two points). Below the narrowest measured width the loss rises four times
+    as steeply as over the first measured segment: widths that narrow were not measured, so they cost."""
+    per_unit = group.channels // group.num_units
+    xs = [units * per_unit for units, _ in points]
+    ys = [max(loss, 0.0) for _, loss in points]
+    ys = [max(ys[i:]) for i in range(len(ys))]  # non-increasing in the width
+    if len(xs) > 1:
+        slope = 4 * max((ys[0] - ys[1]) / max(xs[1] - xs[0], 1), 0.0)
+    else:
+        slope = 0.0
+    out = []
+    for k in range(1, group.channels + 1):
+        if k <= xs[0]:
+            out.append(ys[0] + slope * (xs[0] - k) + 1e-6 * (xs[0] - k))
+            continue
+        i = next(j for j in range(1, len(xs)) if xs[j] >= k)
+        t = (k - xs[i - 1]) / (xs[i] - xs[i - 1])
+        out.append(ys[i - 1] + t * (ys[i] - ys[i - 1]))
+    return out
