@@ -75,31 +75,31 @@ class Dataset:
 
     def __post_init__(self) -> None:
         if not isinstance(self.X, torch.Tensor) or self.X.dim() != 2 or self.X.dtype != torch.float32:
-            raise ValueError(f"Dataset.X must be a 2-D float32 tensor (n, d), got {describe_value(self.X)}")
+            raise InvalidOptionError(f"Dataset.X must be a 2-D float32 tensor (n, d), got {describe_value(self.X)}")
         n, d = self.X.shape
         if not isinstance(self.labels, torch.Tensor) or self.labels.dim() != 1 or self.labels.dtype != torch.int64:
-            raise ValueError(f"Dataset.labels must be a 1-D int64 tensor (n,), got {describe_value(self.labels)}")
+            raise InvalidOptionError(f"Dataset.labels must be a 1-D int64 tensor (n,), got {describe_value(self.labels)}")
         if self.labels.shape[0] != n:
-            raise ValueError(f"Dataset.labels has {self.labels.shape[0]} entries but X has {n} rows; they must match")
+            raise InvalidOptionError(f"Dataset.labels has {self.labels.shape[0]} entries but X has {n} rows; they must match")
         if isinstance(self.num_classes, bool) or not isinstance(self.num_classes, int) or self.num_classes < 1:
-            raise ValueError(f"Dataset.num_classes must be a positive int, got {self.num_classes!r}")
+            raise InvalidOptionError(f"Dataset.num_classes must be a positive int, got {self.num_classes!r}")
         if n > 0:
             lo, hi = int(self.labels.min()), int(self.labels.max())
             if lo < 0 or hi >= self.num_classes:
-                raise ValueError(
+                raise InvalidOptionError(
                     f"Dataset.labels must lie in 0..{self.num_classes - 1} (num_classes={self.num_classes}), "
                     f"got values in {lo}..{hi}"
                 )
         self.image_shape = tuple(self.image_shape)
         if int(np.prod(self.image_shape, dtype=np.int64)) != d:
-            raise ValueError(
+            raise InvalidOptionError(
                 f"Dataset.image_shape {self.image_shape} has {int(np.prod(self.image_shape))} elements "
                 f"but X has {d} features; they must match"
             )
         if self.targets is not None:
             t = self.targets
             if not isinstance(t, torch.Tensor) or t.dim() != 1 or t.dtype != torch.float32 or t.shape[0] != n:
-                raise ValueError(f"Dataset.targets must be None or a float32 tensor of shape ({n},), got {describe_value(t)}")
+                raise InvalidOptionError(f"Dataset.targets must be None or a float32 tensor of shape ({n},), got {describe_value(t)}")
 
     def __len__(self) -> int:
         return self.X.shape[0]
@@ -129,7 +129,7 @@ class Dataset:
                 flat data), naming the data set.
         """
         if self.image_shape is None or len(self.image_shape) < 2:
-            raise ValueError(
+            raise InvalidOptionError(
                 f"dataset {self.name!r} is not image data (image_shape={self.image_shape}, {self.in_features} flat "
                 f"features), so it cannot be fed to a CNN; use an image data set such as mnist5k, digits, "
                 f"mnist:DIR or cifar10:DIR"
@@ -141,13 +141,13 @@ class Dataset:
         idx = torch.as_tensor(indices)
         if idx.dtype == torch.bool:
             if idx.shape != (len(self),):
-                raise ValueError(f"boolean mask for subset must have shape ({len(self)},), got {tuple(idx.shape)}")
+                raise InvalidOptionError(f"boolean mask for subset must have shape ({len(self)},), got {tuple(idx.shape)}")
         elif idx.dtype not in (torch.int64, torch.int32, torch.int16, torch.int8, torch.uint8) or idx.dim() != 1:
-            raise ValueError(f"subset indices must be a 1-D sequence of integers or a boolean mask, got {describe_value(idx)}")
+            raise InvalidOptionError(f"subset indices must be a 1-D sequence of integers or a boolean mask, got {describe_value(idx)}")
         else:
             idx = idx.to(torch.int64)
             if idx.numel() > 0 and (int(idx.min()) < -len(self) or int(idx.max()) >= len(self)):
-                raise ValueError(
+                raise InvalidOptionError(
                     f"subset indices must lie in 0..{len(self) - 1} for dataset {self.name!r} of size {len(self)}, "
                     f"got values in {int(idx.min())}..{int(idx.max())}"
                 )
@@ -170,12 +170,12 @@ def describe_value(obj: object) -> str:
 
 def check_normalize(method: str) -> None:
     if method not in NORMALIZATIONS:
-        raise ValueError(f"unknown normalize={method!r}; expected one of {', '.join(NORMALIZATIONS)}")
+        raise InvalidOptionError(f"unknown normalize={method!r}; expected one of {', '.join(NORMALIZATIONS)}")
 
 
 def check_split(split: str) -> None:
     if split not in SPLITS:
-        raise ValueError(f"unknown split={split!r}; expected 'train' or 'test'")
+        raise InvalidOptionError(f"unknown split={split!r}; expected 'train' or 'test'")
 
 
 def normalize_inputs(X: torch.Tensor, method: str, max_value: float | None = None) -> torch.Tensor:
@@ -194,33 +194,33 @@ def normalize_inputs(X: torch.Tensor, method: str, max_value: float | None = Non
     """
     check_normalize(method)
     if not isinstance(X, torch.Tensor) or X.dim() != 2 or not X.is_floating_point():
-        raise ValueError(f"normalize_inputs expects a 2-D floating-point tensor (n, d), got {describe_value(X)}")
+        raise InvalidOptionError(f"normalize_inputs expects a 2-D floating-point tensor (n, d), got {describe_value(X)}")
     if not bool(torch.isfinite(X).all()):
         bad = int(torch.nonzero(~torch.isfinite(X).all(dim=1))[0, 0])
-        raise ValueError(f"X contains NaN or infinite values (first in row {bad}); clean the data before normalising")
+        raise InvalidOptionError(f"X contains NaN or infinite values (first in row {bad}); clean the data before normalising")
     if method == "none":
         return X.clone()
     if method == "unit":
         norms = torch.linalg.vector_norm(X, dim=1, keepdim=True)
         zero_rows = torch.nonzero(norms[:, 0] == 0).flatten()
         if zero_rows.numel() > 0:
-            raise ValueError(
+            raise InvalidOptionError(
                 f"cannot scale row {int(zero_rows[0])} to unit norm: it is all zeros "
                 f"({zero_rows.numel()} all-zero row(s) in total); drop such rows or use another normalisation"
             )
         return X / norms
     if method == "pixel":
         if max_value is None:
-            raise ValueError(
+            raise InvalidOptionError(
                 "normalize='pixel' needs max_value, the largest possible pixel value "
                 "(255 for MNIST/CIFAR-10, 16 for digits)"
             )
         if isinstance(max_value, bool) or not isinstance(max_value, (int, float)) or not max_value > 0:
-            raise ValueError(f"max_value must be a positive number, got {max_value!r}")
+            raise InvalidOptionError(f"max_value must be a positive number, got {max_value!r}")
         if X.numel() > 0:
             lo, hi = float(X.min()), float(X.max())
             if lo < 0 or hi > max_value:
-                raise ValueError(
+                raise InvalidOptionError(
                     f"normalize='pixel' expects values in [0, {max_value}], got values in [{lo}, {hi}]; "
                     f"pass the correct max_value or use another normalisation"
                 )
@@ -310,13 +310,13 @@ def make_synthetic(
     """
     check_normalize(normalize)
     if normalize == "pixel":
-        raise ValueError(
+        raise InvalidOptionError(
             "normalize='pixel' does not apply to synthetic data (it has no pixel range); "
             "use 'unit' (default), 'standard' or 'none'"
         )
     for arg, value, least in (("n", n, 2), ("d", d, 1), ("teacher_width", teacher_width, 1)):
         if isinstance(value, bool) or not isinstance(value, int) or value < least:
-            raise ValueError(f"make_synthetic: {arg} must be an int >= {least}, got {value!r}")
+            raise InvalidOptionError(f"make_synthetic: {arg} must be an int >= {least}, got {value!r}")
     seed = operator.index(seed)
 
     g = torch.Generator().manual_seed(seed)
@@ -348,10 +348,10 @@ def load_dataset(spec: str, *, normalize: str = "unit", split: str = "train", se
     check_normalize(normalize)
     check_split(split)
     if not isinstance(spec, str):
-        raise ValueError(f"dataset spec must be a string, one of {', '.join(_SPEC_FORMS)}; got {spec!r}")
+        raise InvalidOptionError(f"dataset spec must be a string, one of {', '.join(_SPEC_FORMS)}; got {spec!r}")
     if spec in BUILTIN_DATASETS:
         if split != "train":
-            raise ValueError(
+            raise InvalidOptionError(
                 f"dataset {spec!r} has only a 'train' split, got split={split!r}; hold out part of it with "
                 f"balanced_subsample, or use 'mnist:DIR' / 'cifar10:DIR' for a real test split"
             )
@@ -363,11 +363,11 @@ def load_dataset(spec: str, *, normalize: str = "unit", split: str = "train", se
     kind, sep, directory = spec.partition(":")
     if sep and kind in ("mnist", "cifar10"):
         if not directory:
-            raise ValueError(f"dataset spec {spec!r} names no directory; expected '{kind}:DIR'")
+            raise InvalidOptionError(f"dataset spec {spec!r} names no directory; expected '{kind}:DIR'")
         if kind == "mnist":
             return load_mnist_idx(directory, split=split, normalize=normalize)
         return load_cifar10(directory, split=split, normalize=normalize)
-    raise ValueError(f"unknown dataset spec {spec!r}; expected one of {', '.join(_SPEC_FORMS)}")
+    raise InvalidOptionError(f"unknown dataset spec {spec!r}; expected one of {', '.join(_SPEC_FORMS)}")
 
 
 def standardize_with_training_stats(train: Dataset, *others: Dataset) -> tuple[Dataset, ...]:
@@ -385,7 +385,7 @@ def standardize_with_training_stats(train: Dataset, *others: Dataset) -> tuple[D
 
     def apply(d: Dataset) -> Dataset:
         if d.in_features != train.in_features:
-            raise ValueError(f"cannot standardise {d.name!r} ({d.in_features} features) with the statistics of "
+            raise InvalidOptionError(f"cannot standardise {d.name!r} ({d.in_features} features) with the statistics of "
                              f"{train.name!r} ({train.in_features} features)")
         Z = ((d.X.to(torch.float64) - mean) / scale).to(torch.float32)
         return Dataset(X=Z, labels=d.labels, name=d.name, num_classes=d.num_classes, image_shape=d.image_shape,
@@ -404,7 +404,7 @@ def as_images(dataset: Dataset) -> torch.Tensor:
         ``dataset.X`` as ``(n, C, H, W)`` images (a view, no copy, for contiguous ``X``).
     """
     if not isinstance(dataset, Dataset):
-        raise ValueError(f"as_images expects a greedyprune.data.Dataset, got {describe_value(dataset)}")
+        raise InvalidOptionError(f"as_images expects a greedyprune.data.Dataset, got {describe_value(dataset)}")
     return dataset.images()
 
 
@@ -421,16 +421,16 @@ def balanced_subsample(labels: torch.Tensor, size: int, seed: int) -> torch.Tens
     share (the message gives the largest balanced size possible).
     """
     if not isinstance(labels, torch.Tensor) or labels.dim() != 1 or labels.dtype.is_floating_point or labels.dtype == torch.bool:
-        raise ValueError(f"labels must be a 1-D integer tensor, got {describe_value(labels)}")
+        raise InvalidOptionError(f"labels must be a 1-D integer tensor, got {describe_value(labels)}")
     if isinstance(size, bool) or not isinstance(size, (int, np.integer)):
-        raise ValueError(f"size must be an int, got {size!r}")
+        raise InvalidOptionError(f"size must be an int, got {size!r}")
     size = int(size)
     seed = operator.index(seed)
     n = labels.shape[0]
     if size <= 0:
-        raise ValueError(f"size must be positive, got {size}")
+        raise InvalidOptionError(f"size must be positive, got {size}")
     if size > n:
-        raise ValueError(f"size {size} exceeds the number of examples ({n}); use a size of at most {n}")
+        raise InvalidOptionError(f"size {size} exceeds the number of examples ({n}); use a size of at most {n}")
     if size == n:
         return torch.arange(n, dtype=torch.int64)
 
@@ -445,7 +445,7 @@ def balanced_subsample(labels: torch.Tensor, size: int, seed: int) -> torch.Tens
             while extra < num_classes and int(counts[extra]) > smallest:
                 extra += 1
             largest = num_classes * smallest + extra
-            raise ValueError(
+            raise InvalidOptionError(
                 f"class {int(classes[rank])} has only {int(counts[rank])} examples but {needed[rank]} are needed "
                 f"for a balanced sample of size {size} over {num_classes} classes; "
                 f"the largest balanced size possible is {largest}"
@@ -461,3 +461,4 @@ def balanced_subsample(labels: torch.Tensor, size: int, seed: int) -> torch.Tens
 
 
 from .datafiles import load_cifar10, load_mnist_idx  # noqa: E402 - the readers build on the Dataset above
+from .errors import InvalidOptionError

@@ -17,6 +17,7 @@ import numpy as np
 
 from .data import Dataset, check_normalize, check_split, describe_value, finish_dataset
 from .fileio import UnsafeFileError, load_pickle_restricted
+from .errors import InvalidOptionError
 
 __all__ = ["load_cifar10", "load_mnist_idx"]
 
@@ -57,7 +58,7 @@ def _read_file_bytes(path: Path) -> bytes:
             with gzip.open(path, "rb") as f:
                 return f.read()
         except (OSError, EOFError, zlib.error) as exc:
-            raise ValueError(
+            raise InvalidOptionError(
                 f"could not decompress {str(path)!r} as gzip ({exc}); the file is corrupt or truncated, "
                 f"download it again"
             ) from exc
@@ -70,7 +71,7 @@ def _read_idx(path: Path, magic_expected: int, ndim: int) -> tuple[tuple[int, ..
     kind = "images" if magic_expected == _IDX_IMAGES_MAGIC else "labels"
     header_len = 4 + 4 * ndim
     if len(data) < 4:
-        raise ValueError(
+        raise InvalidOptionError(
             f"IDX {kind} file {str(path)!r} is truncated: {len(data)} bytes, too short to hold the magic number; "
             f"download it again"
         )
@@ -82,12 +83,12 @@ def _read_idx(path: Path, magic_expected: int, ndim: int) -> tuple[tuple[int, ..
         elif magic in (_IDX_IMAGES_MAGIC, _IDX_LABELS_MAGIC):
             other = "images" if magic == _IDX_IMAGES_MAGIC else "labels"
             hint = f" That is the magic number of an IDX {other} file: are the files swapped?"
-        raise ValueError(
+        raise InvalidOptionError(
             f"IDX {kind} file {str(path)!r} has wrong magic number {magic}; expected {magic_expected} "
             f"(unsigned-byte {ndim}-D IDX).{hint}"
         )
     if len(data) < header_len:
-        raise ValueError(
+        raise InvalidOptionError(
             f"IDX {kind} file {str(path)!r} is truncated: {len(data)} bytes, shorter than the {header_len}-byte "
             f"header; download it again"
         )
@@ -95,12 +96,12 @@ def _read_idx(path: Path, magic_expected: int, ndim: int) -> tuple[tuple[int, ..
     expected = math.prod(dims)  # a Python int: dimensions whose product overflows 64 bits are caught below
     payload = len(data) - header_len
     if payload < expected:
-        raise ValueError(
+        raise InvalidOptionError(
             f"IDX {kind} file {str(path)!r} is truncated: its header says dimensions {dims} "
             f"({expected} bytes of data) but only {payload} bytes follow; download it again"
         )
     if payload > expected:
-        raise ValueError(
+        raise InvalidOptionError(
             f"IDX {kind} file {str(path)!r} has {payload - expected} unexpected trailing bytes after the "
             f"{expected} bytes its header {dims} describes; the file is corrupt, download it again"
         )
@@ -126,14 +127,14 @@ def load_mnist_idx(directory: str | os.PathLike, split: str = "train", normalize
     (n_images, rows, cols), pixels = _read_idx(images_path, _IDX_IMAGES_MAGIC, 3)
     (n_labels,), labels = _read_idx(labels_path, _IDX_LABELS_MAGIC, 1)
     if rows == 0 or cols == 0:
-        raise ValueError(f"IDX images file {str(images_path)!r} declares empty images of {rows}x{cols} pixels")
+        raise InvalidOptionError(f"IDX images file {str(images_path)!r} declares empty images of {rows}x{cols} pixels")
     if n_images != n_labels:
-        raise ValueError(
+        raise InvalidOptionError(
             f"count mismatch: images file {str(images_path)!r} has {n_images} images but labels file "
             f"{str(labels_path)!r} has {n_labels} labels; use files from the same split and release"
         )
     if n_labels > 0 and int(labels.max()) > 9:
-        raise ValueError(
+        raise InvalidOptionError(
             f"IDX labels file {str(labels_path)!r} contains label {int(labels.max())}; expected digits 0..9"
         )
     return finish_dataset(
@@ -157,9 +158,9 @@ def _read_cifar_batch(path: Path) -> tuple[np.ndarray, np.ndarray]:
     except UnsafeFileError:
         raise
     except ValueError as exc:
-        raise ValueError(f"{exc}; extract cifar-10-python.tar.gz again") from exc.__cause__
+        raise InvalidOptionError(f"{exc}; extract cifar-10-python.tar.gz again") from exc.__cause__
     if not isinstance(batch, dict):
-        raise ValueError(f"CIFAR-10 batch {str(path)!r} holds a {type(batch).__name__}, expected a dict")
+        raise InvalidOptionError(f"CIFAR-10 batch {str(path)!r} holds a {type(batch).__name__}, expected a dict")
     fields = {}
     for key in ("data", "labels"):
         if key.encode() in batch:
@@ -167,24 +168,24 @@ def _read_cifar_batch(path: Path) -> tuple[np.ndarray, np.ndarray]:
         elif key in batch:
             fields[key] = batch[key]
         else:
-            raise ValueError(
+            raise InvalidOptionError(
                 f"CIFAR-10 batch {str(path)!r} has no {key.encode()!r} entry (keys: {sorted(map(repr, batch))}); "
                 f"expected the CIFAR-10 python version"
             )
     data = fields["data"]
     if not isinstance(data, np.ndarray) or data.dtype != np.uint8 or data.ndim != 2 or data.shape[1] != 3072:
-        raise ValueError(
+        raise InvalidOptionError(
             f"CIFAR-10 batch {str(path)!r}: b'data' must be a uint8 array of shape (n, 3072), got {describe_value(data)}"
         )
     labels = np.asarray(fields["labels"])
     if labels.ndim != 1 or labels.shape[0] != data.shape[0] or (labels.size > 0 and labels.dtype.kind not in "iu"):
-        raise ValueError(
+        raise InvalidOptionError(
             f"CIFAR-10 batch {str(path)!r}: b'labels' must be {data.shape[0]} integers (one per row of b'data'), "
             f"got {describe_value(labels)}"
         )
     labels = labels.astype(np.int64)
     if labels.size > 0 and (labels.min() < 0 or labels.max() > 9):
-        raise ValueError(
+        raise InvalidOptionError(
             f"CIFAR-10 batch {str(path)!r}: labels must be in 0..9, got values in {labels.min()}..{labels.max()}"
         )
     return data, labels

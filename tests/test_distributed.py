@@ -214,13 +214,13 @@ def test_duplicates_straddling_ranks_go_to_the_lowest_global_index(world):
 
 
 EXPECTED_ERRORS = {
-    "k differs": ("ValueError", "k must be the same on every rank, got rank 0: 4, rank 1: 5"),
-    "loss differs": ("ValueError", "loss must be the same on every rank, got rank 0: 'squared', rank 1: 'logistic'"),
-    "overlap": ("ValueError", "must be contiguous and non-overlapping, covering 0 .. N-1; they overlap at row 5"),
-    "gap": ("ValueError", "they leave a gap at row 5"),
-    "k > N without replacement": ("ValueError", "k=13 exceeds the number of neurons N=12"),
-    "target differs": ("ValueError", "target must be the same on every rank"),
-    "rows differ in m": ("ValueError", "the outputs' row shape (m,) or (m, C) must be the same on every rank"),
+    "k differs": ("InvalidOptionError", "k must be the same on every rank, got rank 0: 4, rank 1: 5"),
+    "loss differs": ("InvalidOptionError", "loss must be the same on every rank, got rank 0: 'squared', rank 1: 'logistic'"),
+    "overlap": ("InvalidOptionError", "must be contiguous and non-overlapping, covering 0 .. N-1; they overlap at row 5"),
+    "gap": ("InvalidOptionError", "they leave a gap at row 5"),
+    "k > N without replacement": ("InvalidOptionError", "k=13 exceeds the number of neurons N=12"),
+    "target differs": ("InvalidOptionError", "target must be the same on every rank"),
+    "rows differ in m": ("InvalidOptionError", "the outputs' row shape (m,) or (m, C) must be the same on every rank"),
 }
 
 
@@ -232,10 +232,10 @@ def test_input_errors_are_raised_on_every_rank(world):
             assert errors[name] is not None and errors[name][0] == kind and text in errors[name][1], (r, name, errors[name])
         # an invalid input on one rank: that rank gets the engine's own error, the others name the rank
         kind, text = errors["NaN on the last rank"]
-        assert kind == "ValueError" and "NaN or inf" in text
+        assert kind == "InvalidOptionError" and "NaN or inf" in text
         assert (f"rank {last}'s input is invalid" in text) == (r != last), (r, text)
         kind, text = errors["negative offset"]
-        assert kind == "ValueError" and "offset must be >= 0" in text
+        assert kind == "InvalidOptionError" and "offset must be >= 0" in text
         assert (f"rank {last}'s input is invalid" in text) == (r != last), (r, text)
 
 

@@ -9,8 +9,10 @@ import typing
 from dataclasses import MISSING, fields
 from pathlib import Path
 
+from ..errors import GreedyPruneError
 
-class UsageError(Exception):
+
+class UsageError(GreedyPruneError):
     """A bad option: printed as ``greedyprune: error: ...`` with exit status 2."""
 
 

@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Iterable
 
 from .store import ConfigMismatchError, ResultsStore, config_differences
+from ..errors import InvalidOptionError
 
 __all__ = ["VOLATILE_SUFFIXES", "merge_results"]
 
@@ -33,7 +34,7 @@ def merge_results(target: str | os.PathLike, sources: Iterable[str | os.PathLike
         for src in sources:
             stores.append(ResultsStore(src))
         if not stores:
-            raise ValueError("nothing to merge: name at least one results database")
+            raise InvalidOptionError("nothing to merge: name at least one results database")
         first = stores[0]
         config = first.config()
         for other in stores[1:]:
@@ -81,5 +82,5 @@ def _check_same(a: tuple[dict, Path], b: tuple[dict, Path], key: dict) -> None:
         same = x == y or (isinstance(x, float) and isinstance(y, float) and math.isnan(x) and math.isnan(y))
         if not same:
             row = ", ".join(f"{k}={v}" for k, v in key.items())
-            raise ValueError(f"the row {row} differs between {first_path} and {second_path} in {name!r} ({x!r} vs "
+            raise InvalidOptionError(f"the row {row} differs between {first_path} and {second_path} in {name!r} ({x!r} vs "
                              f"{y!r}), so these databases do not come from one configuration; nothing was merged")

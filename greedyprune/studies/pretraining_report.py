@@ -23,6 +23,7 @@ from typing import Any, Iterable, Mapping, Sequence
 import numpy as np
 
 from .._text import format_table
+from ..errors import InvalidOptionError
 
 __all__ = [
     "WidthSummary",
@@ -93,12 +94,12 @@ def threshold_iterations(
     sizes = list(sizes)
     iterations = list(iterations)
     if pm.shape != (len(sizes), len(iterations)):
-        raise ValueError(
+        raise InvalidOptionError(
             f"pruned_mean has shape {pm.shape}, expected "
             f"(len(sizes), len(iterations)) = ({len(sizes)}, {len(iterations)})"
         )
     if not sizes:
-        raise ValueError("no dataset sizes")
+        raise InvalidOptionError("no dataset sizes")
     if reference is None:
         ref_row = pm[int(np.argmax(np.asarray(sizes)))]
         if len(iterations) == 0 or np.all(np.isnan(ref_row)):
@@ -141,11 +142,11 @@ def as_records(rows: Any) -> list[Mapping[str, Any]]:
         rows = rows.to_dict("records")
     records = list(rows)
     if not records:
-        raise ValueError("no results to summarize (empty list of rows)")
+        raise InvalidOptionError("no results to summarize (empty list of rows)")
     for i, r in enumerate(records):
         missing = [c for c in _REQUIRED if c not in r]
         if missing:
-            raise ValueError(f"result row {i} lacks the columns {missing}")
+            raise InvalidOptionError(f"result row {i} lacks the columns {missing}")
     return records
 
 

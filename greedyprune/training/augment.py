@@ -13,6 +13,8 @@ import hashlib
 import torch
 import torch.nn.functional as F
 
+from ..errors import InvalidOptionError
+
 __all__ = ["AUGMENTATIONS", "CropFlip", "augment_generator", "crop_flip"]
 
 AUGMENTATIONS = ("none", "crop-flip")
@@ -41,7 +43,7 @@ class CropFlip:
     def apply(self, x: torch.Tensor, lo: int = 0) -> torch.Tensor:
         """Rows ``lo .. lo + len(x)`` of the batch, cropped and flipped: a new tensor, ``x`` is unchanged."""
         if x.dim() != 4:
-            raise ValueError(f"crop-and-flip augmentation needs images (B, C, H, W), got shape {tuple(x.shape)}; "
+            raise InvalidOptionError(f"crop-and-flip augmentation needs images (B, C, H, W), got shape {tuple(x.shape)}; "
                              f"use augment='none' for flat inputs")
         b, c, h, w = x.shape
         dev = x.device

@@ -27,6 +27,7 @@ from torch import nn
 
 from .support import UnsupportedModelError, require_transformers
 from .surgery import new_linear
+from ..errors import GreedyPruneError, InvalidOptionError
 
 __all__ = ["DECODER_SUPPORTED", "HalfPrecisionError", "add_bias", "decoder_layer_shape", "decoder_of", "is_decoder",
            "kv_channels", "shrink_kv_groups", "shrink_mlp", "shrink_query_heads"]
@@ -39,7 +40,7 @@ _ATTN = ("q_proj", "k_proj", "v_proj", "o_proj")
 _MLP = ("gate_proj", "up_proj", "down_proj")
 
 
-class HalfPrecisionError(ValueError):
+class HalfPrecisionError(GreedyPruneError, ValueError):
     """The model is in half precision; pruning measures float64 statistics on a float32 model."""
 
 
@@ -165,7 +166,7 @@ def shrink_query_heads(layer: nn.Module, keep: torch.Tensor, out_weight: torch.T
     kv = attn.k_proj.out_features // hd
     per_group = torch.bincount(keep.cpu() // r, minlength=kv)
     if int(per_group.min()) != int(per_group.max()) or int(per_group.min()) == 0:
-        raise ValueError(f"query heads {keep.tolist()} keep {per_group.tolist()} heads in the {kv} key/value groups; "
+        raise InvalidOptionError(f"query heads {keep.tolist()} keep {per_group.tolist()} heads in the {kv} key/value groups; "
                          f"every group must keep the same number (at least 1)")
     ch = kv_channels(keep.to(attn.q_proj.weight.device), hd)
     with torch.no_grad():

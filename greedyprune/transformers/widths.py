@@ -30,6 +30,7 @@ import torch
 
 from . import criteria
 from .stats import input_stats, module_inputs, run_layer
+from ..errors import InvalidOptionError
 
 __all__ = ["SCALES", "WIDTH_RULES", "allocate_widths", "curve_from_order", "flap_allocation", "layer_steps",
            "measure_dense_mlps"]
@@ -67,7 +68,7 @@ def allocate_widths(curves: list[torch.Tensor], total: int, min_keep: int = 1) -
     """
     widths = [len(c) - 1 for c in curves]
     if not len(curves) * min_keep <= total <= sum(widths):
-        raise ValueError(f"cannot keep {total} MLP neurons in {len(curves)} layers of {widths[0]}: between "
+        raise InvalidOptionError(f"cannot keep {total} MLP neurons in {len(curves)} layers of {widths[0]}: between "
                          f"{len(curves) * min_keep} and {sum(widths)}")
     best = [torch.cummin(c, 0).values for c in curves]  # made non-increasing in k
     heap = [(float(best[i][w - 1] - best[i][w]), i) for i, w in enumerate(widths) if w > min_keep]
