@@ -44,7 +44,8 @@ def _error_classes():
 
 
 def test_every_error_class_is_a_greedyprune_error_and_keeps_its_base():
-    assert sorted(_error_classes()) == sorted([cls.__name__ for cls in BASES] + ["GreedyPruneError"])
+    # (store.py repeats the two base classes as stand-ins, for when it is loaded outside the package)
+    assert set(_error_classes()) == {cls.__name__ for cls in BASES} | {"GreedyPruneError"}
     for cls, base in BASES.items():
         assert issubclass(cls, GreedyPruneError) and issubclass(cls, base), cls
         if cls is WorkerError:  # built from the failures of the workers, raised in the parent only
