@@ -14,11 +14,11 @@
 Each subclass keeps the built-in base it had before this module existed, so ``except ValueError`` (or
 ``TypeError``, ``RuntimeError``, ``OSError``) still catches what it caught. The specific classes live beside
 the code that raises them (``greedyprune.fileio``, ``greedyprune.studies.store``, ...); this module holds only
-the root and the errors every part of the package shares, and imports nothing from the package.
+the root, the errors several modules raise, and imports nothing from the package.
 """
 from __future__ import annotations
 
-__all__ = ["GreedyPruneError", "InvalidOptionError"]
+__all__ = ["GreedyPruneError", "InvalidOptionError", "UnsafeFileError"]
 
 
 class GreedyPruneError(Exception):
@@ -28,3 +28,8 @@ class GreedyPruneError(Exception):
 class InvalidOptionError(GreedyPruneError, ValueError):
     """A value of the right type that greedyprune cannot use: an option out of range, an unknown name, data or a
     file that does not fit. A ``ValueError``, so callers that catch ``ValueError`` are unaffected."""
+
+
+class UnsafeFileError(GreedyPruneError, ValueError):
+    """A file holds pickled Python objects, which are not loaded unless the caller trusts the file (raised by
+    :mod:`greedyprune.fileio` and :mod:`greedyprune.safepickle`; importable from either, as before)."""

@@ -27,7 +27,8 @@ from typing import Any, Iterator
 
 import torch
 
-from .errors import GreedyPruneError, InvalidOptionError
+from ._text import first_line
+from .errors import GreedyPruneError, InvalidOptionError, UnsafeFileError
 
 __all__ = ["atomic_write", "atomic_write_text", "check_writable_dir", "check_writable_file", "CHECKSUM_KEY",
            "first_line", "IntegrityError", "load_pickle_restricted", "load_torch", "payload_digest",
@@ -40,10 +41,6 @@ _UNWRITABLE = {errno.EACCES, errno.EPERM, errno.EROFS, errno.ENOSPC, errno.EDQUO
 
 class IntegrityError(GreedyPruneError, ValueError):
     """A file's contents do not match the checksum stored in it (damaged on disk or edited)."""
-
-
-class UnsafeFileError(GreedyPruneError, ValueError):
-    """A file holds pickled Python objects, which are not loaded unless the caller trusts the file."""
 
 
 class RunLockedError(GreedyPruneError, RuntimeError):
@@ -209,11 +206,6 @@ def load_torch(path: str | os.PathLike, *, what: str = "file", trust_pickle: boo
         raise IntegrityError(f"{path} carries no checksum, so it was not written by this version of greedyprune "
                              f"or was altered; delete it to recompute")
     return payload
-
-
-def first_line(exc: BaseException) -> str:
-    text = str(exc).strip().splitlines()
-    return text[0][:200] if text else type(exc).__name__
 
 
 def torch_bytes(obj: Any) -> bytes:

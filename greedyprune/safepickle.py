@@ -28,8 +28,8 @@ from typing import Any
 
 import numpy as np
 
-from .fileio import UnsafeFileError, first_line
-from .errors import InvalidOptionError
+from ._text import first_line
+from .errors import InvalidOptionError, UnsafeFileError
 
 __all__ = ["NUMPY_ARRAY_GLOBALS", "load_pickle_restricted"]
 
