@@ -23,7 +23,7 @@ from ..checks import check_choice, check_int, check_number
 from ..result import PruneResult
 from . import criteria
 from .decoder import decoder_layer_shape, decoder_of, shrink_kv_groups, shrink_mlp, shrink_query_heads
-from .prune import Block, prune_block
+from .blocks import REFITS, Block, prune_block
 from .stats import LayerInput, capture_layer_inputs, module_inputs, run_layer
 from .support import check_tokenizer, prepare_calibration
 from .taylor import taylor_scores
@@ -192,8 +192,6 @@ def prune_decoder(model, calibration, *, tokenizer=None, ffn_keep=None, heads_ke
                   layers=None, batch_size=8, max_length=256, min_tokens=128, seed=0, inplace=False,
                   progress=False) -> PruneResult:
     """``prune_transformer`` for a Llama-family decoder (see its docstring for the arguments)."""
-    from .prune import REFITS
-
     base = decoder_of(model)
     n_layers = len(base.layers)
     ffn_keep = check_number("ffn_keep", ffn_keep, low=0, high=1, low_open=True, allow_none=True)
