@@ -88,7 +88,7 @@ def cmd_plot(args: argparse.Namespace) -> int:
 def cmd_merge(args: argparse.Namespace) -> int:
     from ..fileio import run_directory
     from ..studies import report
-    from ..studies.merging import merge_results
+    from ..studies.store import merge_results
     from ..studies.store import open_results
 
     sources = []
