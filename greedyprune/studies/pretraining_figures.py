@@ -13,8 +13,8 @@ from typing import Any, Iterable, Mapping, Sequence
 
 import numpy as np
 
-from .pretraining_report import (as_records, direct_comparison, k_label, lemma1_gaps, summarize,
-                                 WidthSummary, CONFIDENCE)
+from .pretraining_summary import (CONFIDENCE, WidthSummary, as_records, direct_comparison, k_label, lemma1_gaps,
+                                  summarize)
 from ..errors import InvalidOptionError
 
 __all__ = ["plot_accuracy_curves", "plot_direct", "plot_figure1", "plot_lemma1", "plot_study"]
@@ -247,7 +247,7 @@ def plot_direct(rows: Iterable[Mapping[str, Any]], path: str | Path) -> None:
     (bottom) against dataset size for the pruned net, a net of the pruned width trained directly for the
     same iterations and for the same multiply-adds (Scratch-B), and the dense net; mean over trials with
     95% confidence intervals."""
-    from .pretraining_report import confidence_halfwidth
+    from .pretraining_summary import confidence_halfwidth
 
     entries = direct_comparison(rows)
     if not entries:

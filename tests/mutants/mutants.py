@@ -194,7 +194,7 @@ MUTANTS = [
          replacement="    xs = [col[t] + 1 if t is not None else np.nan for t in s.thresholds]\n",
          tests=["tests/test_plotting.py"],
          why="Figure 1's red line is drawn one column right of the thresholds (the PNG still looks fine)"),
-    dict(name="lemma1-first-trial-only", file="greedyprune/studies/pretraining_report.py",
+    dict(name="lemma1-first-trial-only", file="greedyprune/studies/pretraining_summary.py",
          original=("            gaps = np.mean([np.asarray(r[\"losses\"][:steps], dtype=float) - float(r[\"dense_loss\"]) "
                    "for r in cell],\n"),
          replacement=("            gaps = np.mean([np.asarray(cell[0][\"losses\"][:steps], dtype=float) "
