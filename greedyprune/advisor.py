@@ -40,6 +40,8 @@ from .training.loop import evaluate
 from .twolayer import is_two_layer, prune_two_layer, save_two_layer
 from .errors import InvalidOptionError
 
+__all__ = ["AdvisorCheck", "jaccard_distance", "PretrainingAdvisor", "deep_pruner"]
+
 
 @dataclass
 class AdvisorCheck:

@@ -8,6 +8,8 @@ import numpy as np
 
 from .errors import InvalidOptionError
 
+__all__ = ["fit_power_law"]
+
 
 def fit_power_law(x: Sequence[float], y: Sequence[float]) -> tuple[float, float, float]:
     """Least-squares fit of ``log y = a log x + b``: returns ``(a, stderr(a), exp(b))``.

@@ -30,6 +30,10 @@ from .result import PruneResult
 from .selection import greedy_forward_selection, loss_value
 from .errors import InvalidOptionError
 
+__all__ = ["ACTIVATIONS", "PARAMETERIZATIONS", "PRUNE_TO", "ScaledLinear", "output_scale", "check_two_layer_size",
+           "TwoLayerNet", "is_two_layer", "hidden_features", "neuron_outputs", "build_pruned", "prune_two_layer",
+           "DISTINCT_STEP_FACTOR", "TWO_LAYER_FORMAT", "save_two_layer", "load_two_layer"]
+
 ACTIVATIONS = {
     "relu": nn.ReLU,
     "tanh": nn.Tanh,

@@ -11,6 +11,12 @@ from pathlib import Path
 
 from ..errors import GreedyPruneError
 
+__all__ = ["UsageError", "int_list", "float_list", "name_list", "batch_size", "INT_MAX", "SEED_MAX", "int_at_least",
+           "positive_int", "nonnegative_int", "seed", "workers", "number", "positive_float", "nonnegative_float",
+           "fraction", "shard", "add_shard_option", "shard_suffix", "key_value", "add_config_options",
+           "config_overrides", "add_run_options", "set_threads", "device", "launched_by_torchrun", "parallel_device",
+           "slug", "interrupted"]
+
 
 class UsageError(GreedyPruneError):
     """A bad option: printed as ``greedyprune: error: ...`` with exit status 2."""

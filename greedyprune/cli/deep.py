@@ -10,6 +10,8 @@ from pathlib import Path
 from .common import (UsageError, add_run_options, device, fraction, interrupted, key_value, nonnegative_float,
                      nonnegative_int, number, positive_float, positive_int, seed, set_threads, slug, workers)
 
+__all__ = ["TRAIN_RUN_FORMAT", "TRAIN_RUN_CONFIG", "TRUST_HELP", "register", "fixed_subset", "cmd_train", "cmd_prune"]
+
 TRAIN_RUN_FORMAT = "greedyprune-train-run-v1"
 TRAIN_RUN_CONFIG = "train_config.json"
 

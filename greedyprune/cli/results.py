@@ -6,6 +6,8 @@ from pathlib import Path
 
 from .common import add_run_options, batch_size, device, positive_float, positive_int, seed, set_threads, slug
 
+__all__ = ["register", "cmd_plot", "cmd_merge", "cmd_export", "cmd_theory_threshold", "cmd_advise"]
+
 
 def register(sub) -> None:
     plot = sub.add_parser("plot", help="redraw a study's figures and summary from its database (any study)")

@@ -29,6 +29,9 @@ from .pretraining_report import summarize
 from .store import ResultsStore
 from ..errors import InvalidOptionError
 
+__all__ = ["check_subset", "AdvisedRun", "train_with_advisor", "advise", "ComparisonRow", "compare_with_study",
+           "comparison_text", "plot_comparison", "plot_advisor_history"]
+
 
 class _Fired(Exception):
     """Raised inside the training callback to end training once the advisor fires."""

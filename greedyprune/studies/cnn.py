@@ -40,6 +40,9 @@ from .common import override, pick_preset
 from .store import ResultsStore, Schema
 from ..errors import InvalidOptionError
 
+__all__ = ["DB_NAME", "EPSILON_FILE", "BASELINES", "RULES", "SCHEMA", "CNNStudyConfig", "OPTION_HELP", "PRESETS",
+           "get_preset", "config_with", "load_data", "accuracy", "cells", "run_cnn_study", "choose_epsilon", "report"]
+
 DB_NAME = "results.sqlite"
 EPSILON_FILE = "epsilon.json"
 BASELINES = CRITERIA

@@ -7,6 +7,8 @@ from typing import TypeVar
 
 from ..errors import InvalidOptionError
 
+__all__ = ["pick_preset", "override", "check_sgd"]
+
 C = TypeVar("C")
 
 

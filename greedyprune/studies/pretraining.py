@@ -32,6 +32,10 @@ from .common import override, pick_preset
 from .store import ResultsStore, Schema
 from ..errors import InvalidOptionError
 
+__all__ = ["STUDY_LOSSES", "REFERENCES", "DB_NAME", "PAPER_FIGURE1", "SCHEMA", "PretrainingStudyConfig", "OPTION_HELP",
+           "PRESETS", "get_preset", "config_with", "resolve_sizes", "cells", "check_shard", "StudyRun",
+           "run_pretraining_study", "setup_run", "direct_schedule", "train_direct", "load_study_config"]
+
 STUDY_LOSSES = ("logistic", "squared")
 REFERENCES = ("full", "largest")
 DB_NAME = "results.sqlite"

@@ -21,6 +21,9 @@ from .cnn import DB_NAME, accuracy, load_data
 from .store import ResultsStore, Schema
 from ..errors import InvalidOptionError
 
+__all__ = ["SCHEMA", "RethinkingConfig", "OPTION_HELP", "PRESETS", "MODES", "run_rethinking", "rethinking_table",
+           "report"]
+
 #: One row per (retraining mode, seed).
 SCHEMA = Schema(
     kind="rethinking",

@@ -26,6 +26,10 @@ from ..fileio import load_torch, payload_digest, save_torch
 from .augment import AUGMENTATIONS, CropFlip, augment_generator
 from ..errors import InvalidOptionError
 
+__all__ = ["TRAIN_LOSSES", "SCHEDULES", "CHECKPOINT_FORMAT", "TrainConfig", "learning_rate", "training_loss",
+           "accuracy", "evaluate", "save_checkpoint", "load_checkpoint", "data_digest", "train_step", "param_groups",
+           "pretrain"]
+
 TRAIN_LOSSES = ("logistic", "squared", "cross_entropy")
 SCHEDULES = ("constant", "cosine")
 CHECKPOINT_FORMAT = "greedyprune-train-v1"
