@@ -35,10 +35,10 @@ import torch
 from torch import nn
 
 from .checks import check_int
+from .errors import InvalidOptionError
 from .result import PruneResult
 from .training.loop import evaluate
 from .twolayer import is_two_layer, prune_two_layer, save_two_layer
-from .errors import InvalidOptionError
 
 __all__ = ["AdvisorCheck", "jaccard_distance", "PretrainingAdvisor", "deep_pruner"]
 
@@ -136,8 +136,9 @@ class PretrainingAdvisor:
             result = prune_two_layer(model, X, y, self.k, loss=self.loss, **self.selection_options)
         elif any(isinstance(m, nn.Conv2d) for m in model.modules()):
             if self.loss != "cross_entropy":
-                raise InvalidOptionError(f"a CNN is pruned and evaluated with loss='cross_entropy' (class logits); this "
-                                 f"advisor has loss={self.loss!r}: pass PretrainingAdvisor(k, loss='cross_entropy')")
+                raise InvalidOptionError(
+                    f"a CNN is pruned and evaluated with loss='cross_entropy' (class logits); this "
+                    f"advisor has loss={self.loss!r}: pass PretrainingAdvisor(k, loss='cross_entropy')")
             result = deep_pruner(**self.selection_options)(model, X, y)
         else:
             raise TypeError(
@@ -156,7 +157,8 @@ class PretrainingAdvisor:
             return True
         check_int("step", step, 0)
         if self.history and step <= self.history[-1].step:
-            raise InvalidOptionError(f"steps must increase from check to check: got {step} after {self.history[-1].step}")
+            raise InvalidOptionError(
+                f"steps must increase from check to check: got {step} after {self.history[-1].step}")
         start = time.perf_counter()
         was_training = model.training
         with torch.no_grad():

@@ -28,9 +28,9 @@ from torch import nn
 from .channels.batches import Batches
 from .channels.groups import find_groups, refresh_group
 from .checks import check_int
+from .errors import InvalidOptionError
 from .metrics import count_macs
 from .result import PruneResult
-from .errors import InvalidOptionError
 
 __all__ = ["CRITERIA", "IMPORTANCES", "prune_like"]
 
@@ -90,7 +90,8 @@ def prune_like(model: nn.Module, keep: Mapping[str, int], criterion: str, *, dat
     by_name = {g.name: g for g in groups}
     unknown = sorted(set(keep) - set(by_name))
     if unknown:
-        raise InvalidOptionError(f"keep names groups the model does not have: {unknown}; its groups are {sorted(by_name)}")
+        raise InvalidOptionError(
+            f"keep names groups the model does not have: {unknown}; its groups are {sorted(by_name)}")
     for name, n in keep.items():
         check_int(f"keep[{name!r}]", n, 1, maximum=by_name[name].channels)
     before = {"params": sum(p.numel() for p in model.parameters()), "macs": count_macs(model, example)}

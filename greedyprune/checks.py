@@ -20,8 +20,8 @@ import torch
 
 from .errors import InvalidOptionError
 
-__all__ = ["as_device", "check_choice", "check_int", "check_number", "check_finite", "check_fits_in_memory", "check_model_size",
-           "memory_bytes", "non_finite_weights", "raised_by_package"]
+__all__ = ["as_device", "check_choice", "check_int", "check_number", "check_finite", "check_fits_in_memory",
+           "check_model_size", "memory_bytes", "non_finite_weights", "raised_by_package"]
 
 
 def check_int(name: str, value, minimum: int | None = None, *, maximum: int | None = None,
@@ -89,7 +89,7 @@ def check_finite(name: str, tensor: torch.Tensor) -> None:
         bad = ~torch.isfinite(tensor)
         if bool(bad.any()):
             raise InvalidOptionError(f"{name} contains {int(bad.sum())} NaN or infinite value(s) (first at flat index "
-                             f"{int(torch.nonzero(bad.reshape(-1))[0])}); clean or drop those examples first")
+                                     f"{int(torch.nonzero(bad.reshape(-1))[0])}); clean or drop those examples first")
 
 
 def non_finite_weights(model: torch.nn.Module) -> str:
@@ -113,8 +113,9 @@ def check_fits_in_memory(nbytes: int, what: str, fix: str) -> None:
     allocating, so a huge size is a clear message rather than an allocator's failure or the OOM killer."""
     total = memory_bytes()
     if total is not None and nbytes > total:
-        raise InvalidOptionError(f"{what} needs about {nbytes / 2 ** 30:,.1f} GiB, more than the {total / 2 ** 30:,.1f} GiB "
-                         f"of memory this machine has; {fix}")
+        raise InvalidOptionError(
+            f"{what} needs about {nbytes / 2 ** 30:,.1f} GiB, more than the {total / 2 ** 30:,.1f} GiB "
+            f"of memory this machine has; {fix}")
 
 
 def check_model_size(model: torch.nn.Module, what: str, fix: str) -> None:
@@ -136,7 +137,7 @@ def as_device(device) -> torch.device:
         raise InvalidOptionError(f"device {str(device)!r} was asked for but CUDA is not available here; use 'cpu'")
     if dev.type == "cuda" and dev.index is not None and dev.index >= torch.cuda.device_count():
         raise InvalidOptionError(f"device {str(device)!r} does not exist: this machine has {torch.cuda.device_count()} "
-                         f"CUDA device(s)")
+                                 f"CUDA device(s)")
     return dev
 
 

@@ -179,8 +179,9 @@ def load_torch(path: str | os.PathLike, *, what: str = "file", trust_pickle: boo
         raise FileNotFoundError(f"no {what} at {path}")
     size = path.stat().st_size
     if size == 0:
-        raise InvalidOptionError(f"{path} is empty (0 bytes), so it is not a {what}; an interrupted write or a full disk "
-                         f"may have left it - delete it and recompute")
+        raise InvalidOptionError(
+            f"{path} is empty (0 bytes), so it is not a {what}; an interrupted write or a full disk "
+            f"may have left it - delete it and recompute")
     try:
         payload = torch.load(path, map_location=map_location, weights_only=not trust_pickle)
     except pickle.UnpicklingError as exc:
@@ -192,10 +193,10 @@ def load_torch(path: str | os.PathLike, *, what: str = "file", trust_pickle: boo
                 f"{path} holds pickled Python objects ({found.group(1)}), which are not loaded because unpickling "
                 f"can run arbitrary code.{fix}") from exc
         raise InvalidOptionError(f"{path} is not a readable {what}: it is damaged or not a torch file "
-                         f"({first_line(exc)}); delete it to recompute") from exc
+                                 f"({first_line(exc)}); delete it to recompute") from exc
     except Exception as exc:  # noqa: BLE001 - zip errors, truncation, bad magic: re-raised with the path
         raise InvalidOptionError(f"{path} is not a readable {what}: it is damaged or not a torch file "
-                         f"({type(exc).__name__}: {first_line(exc)}); delete it to recompute") from exc
+                                 f"({type(exc).__name__}: {first_line(exc)}); delete it to recompute") from exc
     if isinstance(payload, dict) and CHECKSUM_KEY in payload:
         stored = payload.pop(CHECKSUM_KEY)
         if stored != payload_digest(payload):
@@ -240,7 +241,8 @@ def check_writable_dir(directory: str | os.PathLike, what: str = "output directo
         probe.write_bytes(b"")
         probe.unlink()
     except OSError as exc:
-        raise InvalidOptionError(f"cannot write to {what} {directory} ({exc.strerror or exc}); choose a writable path") \
+        raise InvalidOptionError(
+            f"cannot write to {what} {directory} ({exc.strerror or exc}); choose a writable path") \
             from None
     return directory
 

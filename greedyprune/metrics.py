@@ -56,7 +56,7 @@ def _check_shape(input_shape) -> tuple[int, ...]:
     shape = tuple(input_shape)
     if not shape or any(isinstance(d, bool) or not isinstance(d, numbers.Integral) or d < 1 for d in shape):
         raise InvalidOptionError(f"input_shape must be a non-empty sequence of positive ints such as (1, 3, 32, 32), "
-                         f"got {input_shape!r}")
+                                 f"got {input_shape!r}")
     return tuple(int(d) for d in shape)
 
 
@@ -187,7 +187,8 @@ def measure_latency(model: nn.Module, input_shape=DEFAULT_INPUT_SHAPE, *, repeat
         raise InvalidOptionError(f"device must be a torch device such as 'cpu' or 'cuda', got {device!r}") from exc
     model_device, _ = _model_device_dtype(model)
     if next(iter(model.parameters()), None) is not None and model_device.type != dev.type:
-        raise InvalidOptionError(f"model is on {model_device} but device={str(dev)!r}; move it first with model.to({str(dev)!r})")
+        raise InvalidOptionError(
+            f"model is on {model_device} but device={str(dev)!r}; move it first with model.to({str(dev)!r})")
     cuda = dev.type == "cuda"
     if cuda and not torch.cuda.is_available():
         raise InvalidOptionError("device is 'cuda' but torch.cuda.is_available() is False")

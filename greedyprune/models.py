@@ -208,7 +208,8 @@ class ResNet(nn.Module):
         super().__init__()
         blocks, widths = tuple(blocks), tuple(widths)
         if not blocks or len(blocks) != len(widths):
-            raise InvalidOptionError(f"blocks and widths must be non-empty and of equal length, got {blocks} and {widths}")
+            raise InvalidOptionError(
+                f"blocks and widths must be non-empty and of equal length, got {blocks} and {widths}")
         for b in blocks:
             _check_positive_int("blocks per stage", b)
         for w in widths:
@@ -500,7 +501,7 @@ def _check_size(key: str, builder, num_classes: int, in_channels: int, kw: dict)
             model = builder(num_classes, in_channels, **kw)
     except RuntimeError as exc:  # a tensor size that overflows 64 bits
         raise InvalidOptionError(f"get_model({key!r}, {options}) describes tensors too large to exist "
-                         f"({str(exc).splitlines()[0]}); {fix}") from None
+                                 f"({str(exc).splitlines()[0]}); {fix}") from None
     from .checks import check_model_size
 
     check_model_size(model, f"get_model({key!r}, {options})", fix)

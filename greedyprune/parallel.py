@@ -310,7 +310,7 @@ class CandidateSplit:
     def __init__(self, process_group=None):
         if not is_initialised():
             raise InvalidOptionError("distributed=True needs an initialised torch.distributed process group; start the "
-                             "program with torchrun, or call greedyprune.parallel.init_process_group() first")
+                                     "program with torchrun, or call greedyprune.parallel.init_process_group() first")
         self.process_group = process_group
         self.rank, self.world = dist.get_rank(process_group), dist.get_world_size(process_group)
 

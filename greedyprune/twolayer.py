@@ -26,9 +26,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .errors import InvalidOptionError
 from .result import PruneResult
 from .selection import greedy_forward_selection, loss_value
-from .errors import InvalidOptionError
 
 __all__ = ["ACTIVATIONS", "PARAMETERIZATIONS", "PRUNE_TO", "ScaledLinear", "output_scale", "check_two_layer_size",
            "TwoLayerNet", "is_two_layer", "hidden_features", "neuron_outputs", "build_pruned", "prune_two_layer",
@@ -121,7 +121,8 @@ class TwoLayerNet(nn.Sequential):
         if activation not in ACTIVATIONS:
             raise InvalidOptionError(f"unknown activation {activation!r}; expected one of {tuple(ACTIVATIONS)}")
         if parameterization not in PARAMETERIZATIONS:
-            raise InvalidOptionError(f"unknown parameterization {parameterization!r}; expected one of {PARAMETERIZATIONS}")
+            raise InvalidOptionError(
+                f"unknown parameterization {parameterization!r}; expected one of {PARAMETERIZATIONS}")
         mean_field = parameterization == "mean-field"
         check_two_layer_size(in_features, hidden, out_features)  # before anything is allocated
         if init is None:
@@ -192,7 +193,7 @@ def _layers(model: nn.Module) -> tuple[nn.Linear, nn.Module, nn.Linear]:
         raise TypeError(f"modules 0 and 2 must be nn.Linear, got {type(first).__name__} and {type(second).__name__}")
     if first.out_features != second.in_features:
         raise InvalidOptionError(f"hidden sizes do not match: Linear 0 has {first.out_features} outputs, "
-                         f"Linear 2 has {second.in_features} inputs")
+                                 f"Linear 2 has {second.in_features} inputs")
     if list(act.parameters()) or list(act.buffers()):
         raise TypeError(f"the activation {type(act).__name__} has parameters or buffers (per-neuron state); only "
                         "parameter-free activations can be pruned neuron by neuron")
@@ -325,20 +326,24 @@ def prune_two_layer(model: nn.Module, X: torch.Tensor, y: torch.Tensor, k: int, 
     """
     first, _, second = _layers(model)
     if prune_to not in PRUNE_TO:
-        raise InvalidOptionError(f"unknown prune_to {prune_to!r}; expected 'steps' (k selection steps) or 'distinct' (k "
-                         f"distinct neurons)")
+        raise InvalidOptionError(
+            f"unknown prune_to {prune_to!r}; expected 'steps' (k selection steps) or 'distinct' (k "
+            f"distinct neurons)")
     if prune_to == "distinct" and isinstance(k, int) and not isinstance(k, bool) and k > first.out_features:
-        raise InvalidOptionError(f"prune_to='distinct' with k={k}: the net has only {first.out_features} hidden neurons, so "
-                         f"it cannot keep {k} distinct ones; lower k to at most {first.out_features} or use "
-                         f"prune_to='steps'")
+        raise InvalidOptionError(
+            f"prune_to='distinct' with k={k}: the net has only {first.out_features} hidden neurons, so "
+            f"it cannot keep {k} distinct ones; lower k to at most {first.out_features} or use "
+            f"prune_to='steps'")
     if not isinstance(X, torch.Tensor) or X.dim() != 2 or X.shape[1] != first.in_features:
         shape = tuple(X.shape) if isinstance(X, torch.Tensor) else type(X).__name__
         raise InvalidOptionError(f"X must be a tensor of shape (m, {first.in_features}), got {shape}")
     if loss == "logistic" and second.out_features != 1:
-        raise InvalidOptionError(f"loss='logistic' needs a network with one output, this one has {second.out_features}; "
-                         "use loss='cross_entropy'")
+        raise InvalidOptionError(
+            f"loss='logistic' needs a network with one output, this one has {second.out_features}; "
+            "use loss='cross_entropy'")
     if loss == "cross_entropy" and second.out_features < 2:
-        raise InvalidOptionError("loss='cross_entropy' needs a network with C >= 2 outputs; use loss='logistic' for one logit")
+        raise InvalidOptionError(
+            "loss='cross_entropy' needs a network with C >= 2 outputs; use loss='logistic' for one logit")
     X = X.to(device=first.weight.device, dtype=first.weight.dtype)
     y = y.to(first.weight.device)
     phi = neuron_outputs(model, X)
@@ -399,7 +404,8 @@ def save_two_layer(path, model: nn.Module) -> None:
     first, act, second = _layers(model)
     name = next((k for k, cls in ACTIVATIONS.items() if type(act) is cls), None)
     if name is None:
-        raise InvalidOptionError(f"cannot save a two-layer net with activation {type(act).__name__}; known: {tuple(ACTIVATIONS)}")
+        raise InvalidOptionError(
+            f"cannot save a two-layer net with activation {type(act).__name__}; known: {tuple(ACTIVATIONS)}")
     save_torch(path, {"format": TWO_LAYER_FORMAT, "in_features": first.in_features, "hidden": first.out_features,
                       "out_features": second.out_features, "activation": name,
                       "squeeze": isinstance(model, TwoLayerNet),
@@ -414,7 +420,8 @@ def load_two_layer(path) -> nn.Module:
 
     payload = load_torch(path, what="two-layer network", require_checksum=True, offer_trust=False)
     if not isinstance(payload, dict) or payload.get("format") != TWO_LAYER_FORMAT:
-        raise InvalidOptionError(f"{path} is not a two-layer network saved by greedyprune ({TWO_LAYER_FORMAT!r} expected)")
+        raise InvalidOptionError(
+            f"{path} is not a two-layer network saved by greedyprune ({TWO_LAYER_FORMAT!r} expected)")
     if payload["squeeze"]:
         model = TwoLayerNet(payload["in_features"], payload["hidden"], payload["activation"], payload["out_features"],
                             parameterization=payload.get("parameterization", "standard"))
@@ -422,7 +429,7 @@ def load_two_layer(path) -> nn.Module:
         scale = float(payload.get("output_scale", 1.0))
         out = (ScaledLinear(payload["hidden"], payload["out_features"], scale=scale) if scale != 1.0
                else nn.Linear(payload["hidden"], payload["out_features"]))
-        model = nn.Sequential(nn.Linear(payload["in_features"], payload["hidden"]), ACTIVATIONS[payload["activation"]](),
-                              out)
+        model = nn.Sequential(nn.Linear(payload["in_features"], payload["hidden"]),
+                              ACTIVATIONS[payload["activation"]](), out)
     model.load_state_dict(payload["state_dict"])
     return model

@@ -2,11 +2,11 @@
 import pytest
 import torch
 
-from greedyprune.training.checkpoints import save_model
-from greedyprune.cli import main
 from greedyprune.channels import load_pruned
+from greedyprune.cli import main
 from greedyprune.models import get_model
 from greedyprune.studies.store import ResultsStore
+from greedyprune.training.checkpoints import save_model
 
 TINY = {"in_channels": 1, "num_classes": 10, "width": 4}
 

@@ -17,7 +17,6 @@ pytest.importorskip("safetensors")
 from greedyprune.transformers import (HalfPrecisionError, IntegrityError, UnsupportedModelError,  # noqa: E402
                                       decoder_widths, load_pruned_transformer, prune_transformer,
                                       save_pruned_transformer)
-from greedyprune.transformers import criteria  # noqa: E402
 from greedyprune.transformers.widths import allocate_widths, curve_from_order, flap_allocation  # noqa: E402
 from greedyprune.transformers.stats import InputStats  # noqa: E402
 

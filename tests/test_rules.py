@@ -12,7 +12,8 @@ import torch
 
 from greedyprune.baselines import prune_like
 from greedyprune.channels import AccuracyTolerance, KeepRatio, LossGap, Step, find_groups, prune_model
-from greedyprune.channels.budget import CostModel as MacModel, uniform_keep_counts
+from greedyprune.channels.budget import CostModel as MacModel
+from greedyprune.channels.budget import uniform_keep_counts
 from greedyprune.channels.rules import FlopsTarget, PlanContext
 from greedyprune.metrics import count_macs
 from greedyprune.models import MobileNetV2, get_model

@@ -12,8 +12,8 @@ import pytest
 import torch
 
 from greedyprune.cli import main
-from greedyprune.studies.store import ConfigMismatchError
 from greedyprune.studies.pretraining import config_with, get_preset, run_pretraining_study
+from greedyprune.studies.store import ConfigMismatchError
 
 torch.set_num_threads(1)
 

@@ -115,7 +115,7 @@ def _resolve_layers(model: nn.Module, layers: Iterable, what: str) -> list[nn.Mo
         if isinstance(layer, str):
             if layer not in named:
                 raise InvalidOptionError(f"{what}: the model has no layer named {layer!r}; names look like "
-                                 f"{[n for n in list(named)[1:4]]}")
+                                         f"{[n for n in list(named)[1:4]]}")
             out.append(named[layer])
         elif isinstance(layer, nn.Module):
             out.append(layer)

@@ -24,9 +24,9 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from ..errors import InvalidOptionError
 from ..fileio import UnsafeFileError, load_torch, save_torch, torch_bytes
 from ..result import PruneResult
-from ..errors import InvalidOptionError
 
 __all__ = ["PRUNED_FORMAT", "load_pruned", "save_pruned"]
 
@@ -106,8 +106,9 @@ def load_pruned(path: str | os.PathLike, *, model: nn.Module | None = None, trus
     path = Path(path)
     payload = load_torch(path, what="pruned model", require_checksum=True, offer_trust=False)
     if not isinstance(payload, dict) or payload.get("format") != PRUNED_FORMAT:
-        raise InvalidOptionError(f"{path} is not a pruned model saved by this version of greedyprune (no {PRUNED_FORMAT!r} "
-                         f"marker)")
+        raise InvalidOptionError(
+            f"{path} is not a pruned model saved by this version of greedyprune (no {PRUNED_FORMAT!r} "
+            f"marker)")
     info = {k: v for k, v in payload.items() if k not in ("module", "state_dict")}
     info["full_module"] = payload.get("module") is not None
     if model is None and payload.get("name"):
@@ -121,8 +122,9 @@ def load_pruned(path: str | os.PathLike, *, model: nn.Module | None = None, trus
         rebuilt = _replay(copy.deepcopy(model), payload, path)
         return rebuilt.to(map_location), info
     if payload.get("module") is None:
-        raise InvalidOptionError(f"{path} was saved without a model name: pass model= a dense instance of the architecture "
-                         f"that was pruned, and the pruning history is replayed on it")
+        raise InvalidOptionError(
+            f"{path} was saved without a model name: pass model= a dense instance of the architecture "
+            f"that was pruned, and the pruning history is replayed on it")
     if not trust_pickle:
         raise UnsafeFileError(f"{path} can only be loaded by unpickling its stored module, which can run arbitrary "
                               f"code. Pass model= a dense instance of the pruned architecture (safe), or "
@@ -147,13 +149,14 @@ def _replay(model: nn.Module, payload: dict, path: Path) -> nn.Module:
         DG.load_pruning_history(payload["history"])
     except Exception as exc:  # noqa: BLE001 - the history belongs to another architecture
         raise InvalidOptionError(f"{path}: the pruning history does not fit this dense model ({type(exc).__name__}: "
-                         f"{exc}); pass the model that was pruned") from exc
+                                 f"{exc}); pass the model that was pruned") from exc
     what = f"{path}: the weights do not fit the rebuilt model; pass the dense model that was pruned"
     if next(model.parameters()).device.type == "meta":
         return materialise(model, payload["state_dict"], what).eval()
     lines = state_dict_mismatches(model.state_dict(), payload["state_dict"])
     if lines:
-        raise InvalidOptionError(f"{path}: the weights do not fit the rebuilt model ({'; '.join(lines[:5])}); pass the dense "
-                         f"model that was pruned")
+        raise InvalidOptionError(
+            f"{path}: the weights do not fit the rebuilt model ({'; '.join(lines[:5])}); pass the dense "
+            f"model that was pruned")
     model.load_state_dict(payload["state_dict"])
     return model.eval()

@@ -18,10 +18,10 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from ..errors import InvalidOptionError
 from .bn import exact_math
 from .groups import ChannelGroup, UnsupportedLayerError, execution_order, find_groups, refresh_group
 from .masks import apply_masks, fold_and_remove, group_scales
-from ..errors import InvalidOptionError
 
 __all__ = ["check_model_accepts", "check_train_mode", "preflight"]
 
@@ -135,14 +135,14 @@ def check_model_accepts(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> N
             out = model(x[:1])
     except Exception as exc:  # noqa: BLE001
         raise InvalidOptionError(f"the model does not accept the data's inputs of shape {tuple(x.shape[1:])} "
-                         f"({type(exc).__name__}: {exc}); pass inputs shaped as the model expects, e.g. images "
-                         f"(n, C, H, W) rather than flattened vectors") from exc
+                                 f"({type(exc).__name__}: {exc}); pass inputs shaped as the model expects, e.g. images "
+                                 f"(n, C, H, W) rather than flattened vectors") from exc
     if not isinstance(out, torch.Tensor) or out.dim() != 2:
         raise InvalidOptionError(f"the model must return class logits of shape (batch, classes), got "
-                         f"{getattr(out, 'shape', type(out).__name__)}")
+                                 f"{getattr(out, 'shape', type(out).__name__)}")
     if int(y.max()) >= out.shape[1] or int(y.min()) < 0:
         raise InvalidOptionError(f"labels must be in [0, {out.shape[1]}) for a model with {out.shape[1]} outputs; "
-                         f"got labels in [{int(y.min())}, {int(y.max())}]")
+                                 f"got labels in [{int(y.min())}, {int(y.max())}]")
 
 
 def check_train_mode(model: nn.Module, x: torch.Tensor) -> None:

@@ -110,7 +110,7 @@ class KeepCounts:
         unknown = sorted(set(self.targets) - set(by_name))
         if unknown:
             raise InvalidOptionError(f"keep counts name groups the model does not have: {unknown}; its groups are "
-                             f"{sorted(by_name)}")
+                                     f"{sorted(by_name)}")
         for name, g in by_name.items():
             self.targets.setdefault(name, g.channels)
 
@@ -147,9 +147,10 @@ class Budget(KeepCounts):
     def __init__(self, target: float, kind: str = "macs", uniform: bool = False, curves: dict | None = None):
         keyword = "flops_target" if kind == "macs" else "params_target"
         if isinstance(target, (int, float)) and not isinstance(target, bool) and target >= 1:
-            raise InvalidOptionError(f"{keyword} must be a fraction in (0, 1) of the dense network's "
-                             f"{'multiply-adds' if kind == 'macs' else 'parameters'}; got {target!r}, which is not "
-                             f"below the dense network (1.0)")
+            raise InvalidOptionError(
+                f"{keyword} must be a fraction in (0, 1) of the dense network's "
+                f"{'multiply-adds' if kind == 'macs' else 'parameters'}; got {target!r}, which is not "
+                f"below the dense network (1.0)")
         self.value = check_number(keyword, target, low=0, high=1, low_open=True, high_open=True)
         if not isinstance(uniform, bool):
             raise TypeError(f"uniform must be True or False, got {uniform!r}")
@@ -172,8 +173,9 @@ class Budget(KeepCounts):
         curves = self.curves
         unknown = sorted(set(curves) ^ {g.name for g in context.groups})
         if unknown:
-            raise InvalidOptionError(f"the loss curves given do not match the model's groups ({unknown[:5]}); pass curves "
-                             f"measured on this model with the same skip")
+            raise InvalidOptionError(
+                f"the loss curves given do not match the model's groups ({unknown[:5]}); pass curves "
+                f"measured on this model with the same skip")
         gaps = {name: monotone_gaps(losses, unpruned) for name, (losses, unpruned) in curves.items()}
         self.targets = allocate(cost, gaps, self.value)
         self.allocated_cost = cost.cost(self.targets) / cost.total
@@ -200,7 +202,8 @@ def rule_from_options(rule: StoppingRule | None = None, *, uniform: bool = False
     given = {k: v for k, v in options.items() if v is not None}
     if rule is not None:
         if given:
-            raise InvalidOptionError(f"give rule= or one of {sorted(_KEYWORDS)}, not both (got rule and {sorted(given)})")
+            raise InvalidOptionError(
+                f"give rule= or one of {sorted(_KEYWORDS)}, not both (got rule and {sorted(given)})")
         for attr in ("name", "needs_unpruned", "stop", "plan"):
             if not hasattr(rule, attr):
                 raise TypeError(f"rule must be a stopping rule with name, needs_unpruned, plan() and stop(); "

@@ -57,7 +57,8 @@ def batch_size(text: str):
     try:
         value = int(text)
     except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive integer or 'full' (full-batch GD), got {text!r}") from None
+        raise argparse.ArgumentTypeError(
+            f"expected a positive integer or 'full' (full-batch GD), got {text!r}") from None
     if not 1 <= value <= INT_MAX:
         raise argparse.ArgumentTypeError(f"batch size must be in [1, {INT_MAX:,}], got {text:.40}")
     return value

@@ -44,9 +44,11 @@ class Dataset:
             raise InvalidOptionError(f"Dataset.X must be a 2-D float32 tensor (n, d), got {describe_value(self.X)}")
         n, d = self.X.shape
         if not isinstance(self.labels, torch.Tensor) or self.labels.dim() != 1 or self.labels.dtype != torch.int64:
-            raise InvalidOptionError(f"Dataset.labels must be a 1-D int64 tensor (n,), got {describe_value(self.labels)}")
+            raise InvalidOptionError(
+                f"Dataset.labels must be a 1-D int64 tensor (n,), got {describe_value(self.labels)}")
         if self.labels.shape[0] != n:
-            raise InvalidOptionError(f"Dataset.labels has {self.labels.shape[0]} entries but X has {n} rows; they must match")
+            raise InvalidOptionError(
+                f"Dataset.labels has {self.labels.shape[0]} entries but X has {n} rows; they must match")
         if isinstance(self.num_classes, bool) or not isinstance(self.num_classes, int) or self.num_classes < 1:
             raise InvalidOptionError(f"Dataset.num_classes must be a positive int, got {self.num_classes!r}")
         if n > 0:
@@ -65,7 +67,8 @@ class Dataset:
         if self.targets is not None:
             t = self.targets
             if not isinstance(t, torch.Tensor) or t.dim() != 1 or t.dtype != torch.float32 or t.shape[0] != n:
-                raise InvalidOptionError(f"Dataset.targets must be None or a float32 tensor of shape ({n},), got {describe_value(t)}")
+                raise InvalidOptionError(
+                    f"Dataset.targets must be None or a float32 tensor of shape ({n},), got {describe_value(t)}")
 
     def __len__(self) -> int:
         return self.X.shape[0]
@@ -107,9 +110,11 @@ class Dataset:
         idx = torch.as_tensor(indices)
         if idx.dtype == torch.bool:
             if idx.shape != (len(self),):
-                raise InvalidOptionError(f"boolean mask for subset must have shape ({len(self)},), got {tuple(idx.shape)}")
+                raise InvalidOptionError(
+                    f"boolean mask for subset must have shape ({len(self)},), got {tuple(idx.shape)}")
         elif idx.dtype not in (torch.int64, torch.int32, torch.int16, torch.int8, torch.uint8) or idx.dim() != 1:
-            raise InvalidOptionError(f"subset indices must be a 1-D sequence of integers or a boolean mask, got {describe_value(idx)}")
+            raise InvalidOptionError(
+                f"subset indices must be a 1-D sequence of integers or a boolean mask, got {describe_value(idx)}")
         else:
             idx = idx.to(torch.int64)
             if idx.numel() > 0 and (int(idx.min()) < -len(self) or int(idx.max()) >= len(self)):
@@ -160,10 +165,12 @@ def normalize_inputs(X: torch.Tensor, method: str, max_value: float | None = Non
     """
     check_normalize(method)
     if not isinstance(X, torch.Tensor) or X.dim() != 2 or not X.is_floating_point():
-        raise InvalidOptionError(f"normalize_inputs expects a 2-D floating-point tensor (n, d), got {describe_value(X)}")
+        raise InvalidOptionError(
+            f"normalize_inputs expects a 2-D floating-point tensor (n, d), got {describe_value(X)}")
     if not bool(torch.isfinite(X).all()):
         bad = int(torch.nonzero(~torch.isfinite(X).all(dim=1))[0, 0])
-        raise InvalidOptionError(f"X contains NaN or infinite values (first in row {bad}); clean the data before normalising")
+        raise InvalidOptionError(
+            f"X contains NaN or infinite values (first in row {bad}); clean the data before normalising")
     if method == "none":
         return X.clone()
     if method == "unit":
@@ -234,5 +241,6 @@ def finish_dataset(
                                         dtype=torch.float64)
                 normalize_inputs(whole, normalize, max_value)
                 raise
-    y = torch.as_tensor(np.asarray(labels, dtype=np.int64) if isinstance(labels, np.ndarray) else labels, dtype=torch.int64)
+    y = torch.as_tensor(np.asarray(labels, dtype=np.int64) if isinstance(labels, np.ndarray) else labels,
+                        dtype=torch.int64)
     return Dataset(X=X32, labels=y, name=name, num_classes=num_classes, image_shape=image_shape, targets=targets)

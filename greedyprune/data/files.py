@@ -175,7 +175,8 @@ def _read_cifar_batch(path: Path) -> tuple[np.ndarray, np.ndarray]:
     data = fields["data"]
     if not isinstance(data, np.ndarray) or data.dtype != np.uint8 or data.ndim != 2 or data.shape[1] != 3072:
         raise InvalidOptionError(
-            f"CIFAR-10 batch {str(path)!r}: b'data' must be a uint8 array of shape (n, 3072), got {describe_value(data)}"
+            f"CIFAR-10 batch {str(path)!r}: b'data' must be a uint8 array of shape (n, 3072), "
+            f"got {describe_value(data)}"
         )
     labels = np.asarray(fields["labels"])
     if labels.ndim != 1 or labels.shape[0] != data.shape[0] or (labels.size > 0 and labels.dtype.kind not in "iu"):

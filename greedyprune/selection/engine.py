@@ -19,10 +19,10 @@ from __future__ import annotations
 
 import torch
 
+from ..errors import InvalidOptionError
 from .losses import validate_gram, validate_inputs
 from .result import SelectionResult
 from .scorers import GramScorer, default_chunk_elements, draw_candidates, duplicate_groups, make_scorer
-from ..errors import InvalidOptionError
 
 __all__ = ["MAX_STEPS", "greedy_forward_selection", "prepare_outputs", "run_selection"]
 
@@ -185,5 +185,6 @@ def greedy_forward_selection(
 
 def _check_steps(k: int) -> None:
     if k > MAX_STEPS:
-        raise InvalidOptionError(f"k={k:,} selection steps is more than the {MAX_STEPS:,} supported (each step costs at "
-                         f"least O(N)); with replacement, more steps than a few times N rarely change the result")
+        raise InvalidOptionError(
+            f"k={k:,} selection steps is more than the {MAX_STEPS:,} supported (each step costs at "
+            f"least O(N)); with replacement, more steps than a few times N rarely change the result")

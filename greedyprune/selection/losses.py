@@ -59,7 +59,7 @@ def _check_magnitude(outputs: torch.Tensor, what: str) -> None:
     finite = math.isfinite(low) and math.isfinite(high)
     if finite and max(-low, high) > MAX_MAGNITUDE:
         raise InvalidOptionError(f"{what} reach magnitude {max(-low, high):.3g}; values beyond "
-                         f"{MAX_MAGNITUDE:.0e} are not supported - rescale them")
+                                 f"{MAX_MAGNITUDE:.0e} are not supported - rescale them")
     if not finite:
         n = outputs.shape[0]
         bad_rows = torch.nonzero(~torch.isfinite(outputs.reshape(n, -1)).all(dim=1)).flatten()
@@ -79,7 +79,8 @@ def validate_inputs(outputs, target, k, loss, replacement, candidates, seed, *, 
     if not isinstance(target, torch.Tensor):
         raise TypeError(f"target must be a torch.Tensor, got {type(target).__name__}")
     if not outputs.is_floating_point():
-        raise TypeError(f"outputs must be a floating-point tensor, got dtype {outputs.dtype}; convert with outputs.float()")
+        raise TypeError(
+            f"outputs must be a floating-point tensor, got dtype {outputs.dtype}; convert with outputs.float()")
     if outputs.dim() not in (2, 3):
         raise InvalidOptionError(
             f"outputs must have shape (N, m) or (N, m, C) - row i is neuron i's output over the m examples - "
@@ -97,19 +98,22 @@ def validate_inputs(outputs, target, k, loss, replacement, candidates, seed, *, 
     if loss == "cross_entropy":
         if outputs.dim() != 3:
             raise InvalidOptionError(
-                f"loss='cross_entropy' needs outputs of shape (N, m, C) holding logits, got shape {tuple(outputs.shape)}"
+                f"loss='cross_entropy' needs outputs of shape (N, m, C) holding logits, "
+                f"got shape {tuple(outputs.shape)}"
             )
         if target.shape != (m,):
-            raise InvalidOptionError(f"target must have shape (m,) = ({m},) of class indices, got {tuple(target.shape)}")
+            raise InvalidOptionError(
+                f"target must have shape (m,) = ({m},) of class indices, got {tuple(target.shape)}")
         if target.dtype not in _INT_DTYPES:
             raise TypeError(f"cross_entropy target must hold integer class indices, got dtype {target.dtype}")
         c = outputs.shape[2]
         if target.numel() and (int(target.min()) < 0 or int(target.max()) >= c):
             raise InvalidOptionError(f"cross_entropy target must lie in [0, {c - 1}] (C={c} classes), got values in "
-                             f"[{int(target.min())}, {int(target.max())}]")
+                                     f"[{int(target.min())}, {int(target.max())}]")
     elif loss == "logistic":
         if outputs.dim() != 2:
-            raise InvalidOptionError(f"loss='logistic' needs outputs of shape (N, m) holding logits, got shape {tuple(outputs.shape)}")
+            raise InvalidOptionError(
+                f"loss='logistic' needs outputs of shape (N, m) holding logits, got shape {tuple(outputs.shape)}")
         if target.shape != (m,):
             raise InvalidOptionError(f"target must have shape (m,) = ({m},), got {tuple(target.shape)}")
         if target.is_complex():
@@ -121,9 +125,11 @@ def validate_inputs(outputs, target, k, loss, replacement, candidates, seed, *, 
     else:  # squared
         expected = tuple(outputs.shape[1:])
         if tuple(target.shape) != expected:
-            raise InvalidOptionError(f"target must have shape {expected} (the outputs' shape without N), got {tuple(target.shape)}")
+            raise InvalidOptionError(
+                f"target must have shape {expected} (the outputs' shape without N), got {tuple(target.shape)}")
         if not target.is_floating_point():
-            raise TypeError(f"loss='squared' needs a floating-point target, got dtype {target.dtype}; use target.float()")
+            raise TypeError(
+                f"loss='squared' needs a floating-point target, got dtype {target.dtype}; use target.float()")
         if not bool(torch.isfinite(target).all()):
             raise InvalidOptionError("target contains NaN or inf")
     _check_magnitude(outputs, "outputs")
@@ -138,8 +144,9 @@ def validate_gram(gram, cross, k, replacement, candidates, seed, target_norm, ex
         if not value.is_floating_point():
             raise TypeError(f"{name} must be a floating-point tensor, got dtype {value.dtype}")
     if gram.dim() != 2 or gram.shape[0] != gram.shape[1] or gram.shape[0] == 0:
-        raise InvalidOptionError(f"gram must be a non-empty square (N, N) matrix of inner products <phi_i, phi_j>, got shape "
-                         f"{tuple(gram.shape)}")
+        raise InvalidOptionError(
+            f"gram must be a non-empty square (N, N) matrix of inner products <phi_i, phi_j>, got shape "
+            f"{tuple(gram.shape)}")
     n = gram.shape[0]
     if cross.shape != (n,):
         raise InvalidOptionError(f"cross must have shape (N,) = ({n},) holding <phi_i, y>, got {tuple(cross.shape)}")
@@ -153,7 +160,7 @@ def validate_gram(gram, cross, k, replacement, candidates, seed, target_norm, ex
         scale = float(gram.abs().max()) or 1.0
         if asym > 1e-6 * scale:
             raise InvalidOptionError(f"gram must be symmetric (<phi_i, phi_j> = <phi_j, phi_i>); it differs from its "
-                             f"transpose by up to {asym:.3g}")
+                                     f"transpose by up to {asym:.3g}")
     if target_norm is not None:
         from ..checks import check_number
 

@@ -46,12 +46,12 @@ import torch
 import torch.distributed as dist
 
 from ..checks import check_int
+from ..errors import InvalidOptionError
 from ..parallel import DistributedSelectionError, is_initialised
 from .engine import prepare_outputs
 from .losses import validate_inputs
 from .result import SelectionResult
 from .scorers import FIRST_BATCH, LogisticScorer, Placement, default_chunk_elements, draw_candidates, make_scorer
-from ..errors import InvalidOptionError
 
 __all__ = ["greedy_forward_selection", "row_digests"]
 
@@ -174,8 +174,9 @@ def _agree(infos: list[dict], names: tuple[str, ...]) -> None:
         if any(v != values[0] for v in values[1:]):
             if name == "target_digest":
                 differ = [r for r, v in enumerate(values) if v != values[0]]
-                raise InvalidOptionError(f"target must be the same on every rank; it differs between rank 0 and rank(s) "
-                                 f"{differ}")
+                raise InvalidOptionError(
+                    f"target must be the same on every rank; it differs between rank 0 and rank(s) "
+                    f"{differ}")
             listing = ", ".join(f"rank {r}: {v!r}" for r, v in enumerate(values))
             raise InvalidOptionError(f"{_SETTING_NAMES.get(name, name)} must be the same on every rank, got {listing}")
 

@@ -35,9 +35,9 @@ from typing import Callable, Sequence
 import numpy as np
 import torch
 
-from .common import override, pick_preset
-from ..fitting import fit_power_law  # noqa: F401 - part of this module's API
 from ..errors import InvalidOptionError
+from ..fitting import fit_power_law  # noqa: F401 - part of this module's API
+from .common import override, pick_preset
 
 __all__ = [
     "ACTIVATIONS",
@@ -112,8 +112,9 @@ class AppendixCConfig:
             raise InvalidOptionError(f"widths needs at least two values to fit an exponent, got {tuple(self.widths)!r}")
         small = [w for w in self.widths if w < max(self.ms)]
         if small:
-            raise InvalidOptionError(f"widths {small} are smaller than the largest m = {max(self.ms)}; every width must be "
-                             f">= every m (the over-parameterised regime, H of full row rank)")
+            raise InvalidOptionError(
+                f"widths {small} are smaller than the largest m = {max(self.ms)}; every width must be "
+                f">= every m (the over-parameterised regime, H of full row rank)")
         if self.activation not in ACTIVATIONS:
             raise InvalidOptionError(f"unknown activation {self.activation!r}; expected one of {tuple(ACTIVATIONS)}")
         if isinstance(self.repeats, bool) or not isinstance(self.repeats, int) or self.repeats < 1:
@@ -122,8 +123,9 @@ class AppendixCConfig:
         _check_int_tuple("cols", self.cols, 1)
         narrow = [c for c in self.cols if c < max(self.rows)]
         if narrow:
-            raise InvalidOptionError(f"cols {narrow} are smaller than the largest rows = {max(self.rows)}; every cols value "
-                             f"must be >= every rows value (rows <= cols)")
+            raise InvalidOptionError(
+                f"cols {narrow} are smaller than the largest rows = {max(self.rows)}; every cols value "
+                f"must be >= every rows value (rows <= cols)")
         if isinstance(self.seed, bool) or not isinstance(self.seed, int) or self.seed < 0:
             raise InvalidOptionError(f"seed must be an int >= 0, got {self.seed!r}")
 
@@ -219,7 +221,8 @@ def fit_sqrt_prefactor(widths: Sequence[float], values: Sequence[float]) -> floa
     w = np.asarray(widths, dtype=float)
     v = np.asarray(values, dtype=float)
     if w.shape != v.shape or w.ndim != 1 or w.size == 0:
-        raise InvalidOptionError(f"widths and values must be 1-d of the same non-zero length, got {w.shape} and {v.shape}")
+        raise InvalidOptionError(
+            f"widths and values must be 1-d of the same non-zero length, got {w.shape} and {v.shape}")
     if np.any(w < 0):
         raise InvalidOptionError("widths must be non-negative")
     denom = float(w.sum())

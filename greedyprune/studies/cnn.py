@@ -34,11 +34,11 @@ import torch
 from ..baselines import CRITERIA
 from ..checks import as_device
 from ..data import balanced_subsample, load_dataset, standardize_with_training_stats
+from ..errors import InvalidOptionError
 from ..fileio import atomic_write_text, run_directory
 from ..training.loop import TrainConfig, evaluate
 from .common import override, pick_preset
 from .store import ResultsStore, Schema
-from ..errors import InvalidOptionError
 
 __all__ = ["DB_NAME", "EPSILON_FILE", "BASELINES", "RULES", "SCHEMA", "CNNStudyConfig", "OPTION_HELP", "PRESETS",
            "get_preset", "config_with", "load_data", "accuracy", "cells", "run_cnn_study", "choose_epsilon", "report"]
@@ -125,7 +125,8 @@ class CNNStudyConfig:
         if self.augment not in ("auto",) + AUGMENTATIONS:
             raise InvalidOptionError(f"unknown augment {self.augment!r}; expected auto, {' or '.join(AUGMENTATIONS)}")
         if self.finetune_schedule not in SCHEDULES:
-            raise InvalidOptionError(f"unknown finetune_schedule {self.finetune_schedule!r}; expected one of {SCHEDULES}")
+            raise InvalidOptionError(
+                f"unknown finetune_schedule {self.finetune_schedule!r}; expected one of {SCHEDULES}")
         from .common import check_sgd
 
         check_sgd(self)
@@ -134,17 +135,19 @@ class CNNStudyConfig:
         given = [r for r in RULES if getattr(self, r) is not None]
         if len(given) != 1:
             raise InvalidOptionError(f"give exactly one stopping rule of --epsilon, --epsilon-grid, --flops-target and "
-                             f"--accuracy-tolerance; got {', '.join(given) or 'none'}")
+                                     f"--accuracy-tolerance; got {', '.join(given) or 'none'}")
         if self.epsilon is not None and not (isinstance(self.epsilon, (int, float)) and 0 <= self.epsilon < math.inf):
-            raise InvalidOptionError(f"epsilon must be a number >= 0 (the relative loss gap at which a group stops), got "
-                             f"{self.epsilon!r}")
+            raise InvalidOptionError(
+                f"epsilon must be a number >= 0 (the relative loss gap at which a group stops), got "
+                f"{self.epsilon!r}")
         if self.epsilon_grid is not None:
             if not self.epsilon_grid or any(not isinstance(e, (int, float)) or not 0 <= e < math.inf
                                             for e in self.epsilon_grid):
-                raise InvalidOptionError(f"epsilon_grid must list numbers >= 0, e.g. 0.01,0.05,0.1; got {self.epsilon_grid!r}")
+                raise InvalidOptionError(
+                    f"epsilon_grid must list numbers >= 0, e.g. 0.01,0.05,0.1; got {self.epsilon_grid!r}")
         if not 0 < self.flops_reduction < 1:
             raise InvalidOptionError(f"flops_reduction must be in (0, 1), e.g. 0.4 for 40% fewer multiply-adds; got "
-                             f"{self.flops_reduction!r}")
+                                     f"{self.flops_reduction!r}")
         if self.flops_target is not None and not 0 < self.flops_target < 1:
             raise InvalidOptionError(f"flops_target must be in (0, 1), got {self.flops_target!r}")
         if self.accuracy_tolerance is not None and not 0 <= self.accuracy_tolerance < 1:
@@ -233,13 +236,15 @@ def load_data(config):
     norm = "none" if config.normalize == "standard" else config.normalize
     train = load_dataset(config.data, normalize=norm, seed=config.seed)
     if train.image_shape is None or len(train.image_shape) != 3:
-        raise InvalidOptionError(f"data {config.data!r} is not image data; use mnist5k, digits, mnist:DIR or cifar10:DIR")
+        raise InvalidOptionError(
+            f"data {config.data!r} is not image data; use mnist5k, digits, mnist:DIR or cifar10:DIR")
     try:
         test = load_dataset(config.data, normalize=norm, split="test", seed=config.seed)
         test = test.subset(balanced_subsample(test.labels, min(config.test_size, len(test)), config.seed))
     except (ValueError, FileNotFoundError):
         if config.test_size >= len(train):
-            raise InvalidOptionError(f"test_size={config.test_size} leaves no training data out of {len(train)} examples")
+            raise InvalidOptionError(
+                f"test_size={config.test_size} leaves no training data out of {len(train)} examples")
         held = balanced_subsample(train.labels, config.test_size, config.seed + 7919)
         mask = torch.ones(len(train), dtype=torch.bool)
         mask[held] = False
@@ -248,7 +253,8 @@ def load_data(config):
         train, test = standardize_with_training_stats(train, test)
     too_big = [s for s in config.sizes if s > len(train)]
     if too_big:
-        raise InvalidOptionError(f"sizes {too_big} exceed the {len(train)} training examples available in {config.data}")
+        raise InvalidOptionError(
+            f"sizes {too_big} exceed the {len(train)} training examples available in {config.data}")
     return train, test
 
 
@@ -458,7 +464,7 @@ def choose_epsilon(run: _Run, name: str) -> dict:
     pool = torch.nonzero(rest).flatten()
     if len(pool) < config.val_size:
         raise InvalidOptionError(f"val_size={config.val_size}: only {len(pool)} examples of the pool are outside the "
-                         f"size-{size} run's training data; lower --val-size")
+                                 f"size-{size} run's training data; lower --val-size")
     val = run.train.subset(pool[balanced_subsample(run.train.labels[pool], config.val_size, config.seed + 104729)])
     val_x, val_y = val.images().to(run.device), val.labels.to(run.device)
     tried = []
@@ -472,10 +478,11 @@ def choose_epsilon(run: _Run, name: str) -> dict:
     ok = [r for r in tried if r["reduction"] >= config.flops_reduction - 1e-9]
     if not ok:
         closest = max(tried, key=lambda r: r["reduction"])
-        raise InvalidOptionError(f"no epsilon in the grid {','.join(f'{e:g}' for e in sorted(config.epsilon_grid))} reaches "
-                         f"a {config.flops_reduction:.0%} multiply-add reduction on {name}: the closest is "
-                         f"epsilon={closest['epsilon']:g} with {closest['reduction']:.1%} fewer; add larger values to "
-                         f"--epsilon-grid or lower --flops-reduction")
+        raise InvalidOptionError(
+            f"no epsilon in the grid {','.join(f'{e:g}' for e in sorted(config.epsilon_grid))} reaches "
+            f"a {config.flops_reduction:.0%} multiply-add reduction on {name}: the closest is "
+            f"epsilon={closest['epsilon']:g} with {closest['reduction']:.1%} fewer; add larger values to "
+            f"--epsilon-grid or lower --flops-reduction")
     best = max(ok, key=lambda r: (r["val_accuracy"], -r["epsilon"]))
     choice = {"epsilon": best["epsilon"], "size": size, "val_size": config.val_size, "tried": tried}
     run.log(f"{name}: epsilon={best['epsilon']:g} ({best['reduction']:.1%} fewer multiply-adds, held-out accuracy "

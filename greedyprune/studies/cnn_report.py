@@ -63,7 +63,8 @@ def baseline_table(rows: list[dict]) -> str:
                 continue
             body.append([model, str(size), str(t), method, _cell(r["pruned_accuracy"] for r in sel),
                          _cell(r["finetuned_accuracy"] for r in sel),
-                         f"{_mean(r['macs'] / r['dense_macs'] for r in sel):.3f}", _cell(r["dense_accuracy"] for r in sel)])
+                         f"{_mean(r['macs'] / r['dense_macs'] for r in sel):.3f}",
+                         _cell(r["dense_accuracy"] for r in sel)])
     return format_table(["model", "size", "iteration", "method", "pruned acc", "fine-tuned acc", "MACs kept",
                          "dense acc"], body)
 

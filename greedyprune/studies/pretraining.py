@@ -25,12 +25,12 @@ from typing import Callable
 
 from ..checks import as_device, check_int
 from ..data import NORMALIZATIONS, balanced_subsample, load_dataset
+from ..errors import InvalidOptionError
 from ..fileio import atomic_write_text, run_directory
 from ..training.loop import TrainConfig, evaluate, pretrain
 from ..twolayer import ACTIVATIONS, PARAMETERIZATIONS, PRUNE_TO, TwoLayerNet, check_two_layer_size, prune_two_layer
 from .common import override, pick_preset
 from .store import ResultsStore, Schema
-from ..errors import InvalidOptionError
 
 __all__ = ["STUDY_LOSSES", "REFERENCES", "DB_NAME", "PAPER_FIGURE1", "SCHEMA", "PretrainingStudyConfig", "OPTION_HELP",
            "PRESETS", "get_preset", "config_with", "resolve_sizes", "cells", "check_shard", "StudyRun",
@@ -121,20 +121,23 @@ class PretrainingStudyConfig:
         if self.activation not in ACTIVATIONS:
             raise InvalidOptionError(f"unknown activation {self.activation!r}; expected one of {tuple(ACTIVATIONS)}")
         if not self.replacement and self.k > min(self.widths):
-            raise InvalidOptionError(f"k={self.k} > width {min(self.widths)}: without replacement k must not exceed any width")
+            raise InvalidOptionError(
+                f"k={self.k} > width {min(self.widths)}: without replacement k must not exceed any width")
         if self.parameterization not in PARAMETERIZATIONS:
             raise InvalidOptionError(f"unknown parameterization {self.parameterization!r}; expected one of "
-                             f"{PARAMETERIZATIONS}")
+                                     f"{PARAMETERIZATIONS}")
         if self.prune_to not in PRUNE_TO:
             raise InvalidOptionError(f"unknown prune_to {self.prune_to!r}; expected 'distinct' (k distinct neurons) or "
-                             f"'steps' (k selection steps)")
+                                     f"'steps' (k selection steps)")
         if self.prune_to == "distinct" and self.k > min(self.widths):
-            raise InvalidOptionError(f"--prune-to distinct with k={self.k}: the width {min(self.widths)} has fewer neurons "
-                             f"than that; lower --k to at most {min(self.widths)}, drop the narrow width, or use "
-                             f"--prune-to steps")
+            raise InvalidOptionError(
+                f"--prune-to distinct with k={self.k}: the width {min(self.widths)} has fewer neurons "
+                f"than that; lower --k to at most {min(self.widths)}, drop the narrow width, or use "
+                f"--prune-to steps")
         if self.reference not in REFERENCES:
-            raise InvalidOptionError(f"unknown reference {self.reference!r}; expected 'full' (a run on the whole data set) "
-                             f"or 'largest' (the largest size given)")
+            raise InvalidOptionError(
+                f"unknown reference {self.reference!r}; expected 'full' (a run on the whole data set) "
+                f"or 'largest' (the largest size given)")
         TrainConfig(iterations=self.iterations, lr=self.lr, batch_size=self.batch_size, loss=self.loss).validate()
 
     def checkpoints(self) -> list[int]:
@@ -217,7 +220,8 @@ def resolve_sizes(config: PretrainingStudyConfig, n_available: int,
         sizes = scaled
     too_big = [s for s in sizes if s > n_available]
     if too_big:
-        raise InvalidOptionError(f"dataset sizes {too_big} exceed the {n_available} examples of data set {config.data!r}")
+        raise InvalidOptionError(
+            f"dataset sizes {too_big} exceed the {n_available} examples of data set {config.data!r}")
     if config.reference == "full" and sizes[-1] != n_available:
         if log is not None:
             log(f"reference: the red line compares every size with the best pruned accuracy on the full data set; "

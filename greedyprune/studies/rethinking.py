@@ -14,12 +14,12 @@ from typing import Callable
 
 from ..checks import as_device
 from ..data import balanced_subsample
+from ..errors import InvalidOptionError
 from ..fileio import atomic_write_text, run_directory
 from ..metrics import count_macs
 from ..training.loop import TrainConfig
 from .cnn import DB_NAME, accuracy, load_data
 from .store import ResultsStore, Schema
-from ..errors import InvalidOptionError
 
 __all__ = ["SCHEMA", "RethinkingConfig", "OPTION_HELP", "PRESETS", "MODES", "run_rethinking", "rethinking_table",
            "report"]

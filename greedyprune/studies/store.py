@@ -234,11 +234,11 @@ class ResultsStore:
     def _check_tables(self, conn: sqlite3.Connection, tables: set[str], schema: Schema | None) -> Schema:
         if not {"meta", "results"} <= tables:
             raise InvalidOptionError(f"{self.path}: not a greedyprune results database (it holds the tables "
-                             f"{sorted(tables)}, not 'meta' and 'results')")
+                                     f"{sorted(tables)}, not 'meta' and 'results')")
         meta = dict(conn.execute("SELECT key, value FROM meta").fetchall())
         if meta.get("format") != FORMAT_NAME:
             raise InvalidOptionError(f"{self.path}: not a greedyprune results database (no format marker "
-                             f"{FORMAT_NAME!r} in its meta table)")
+                                     f"{FORMAT_NAME!r} in its meta table)")
         kind = meta.get("kind")
         if schema is not None and kind is not None and kind != schema.kind:
             raise ConfigMismatchError(f"{self.path}: holds results of a {kind!r} study, not of a {schema.kind!r} "
@@ -246,14 +246,15 @@ class ResultsStore:
         have = [(r[1], r[2]) for r in conn.execute("PRAGMA table_info(results)")]
         if schema is None:
             if kind is None or "key" not in meta:
-                raise InvalidOptionError(f"{self.path}: written by an older greedyprune that did not record the study kind; "
-                                 f"rerun the study into a new directory")
+                raise InvalidOptionError(
+                    f"{self.path}: written by an older greedyprune that did not record the study kind; "
+                    f"rerun the study into a new directory")
             return Schema(kind, tuple(c for c in have if c[0] != "created"), tuple(json.loads(meta["key"])),
                           tuple(json.loads(meta.get("json_columns", "[]"))))
         missing = [n for n, _ in schema.all_columns() if n not in {c for c, _ in have}]
         if missing:
             raise InvalidOptionError(f"{self.path}: results table lacks the columns {missing}; it was written by an "
-                             f"incompatible version of greedyprune")
+                                     f"incompatible version of greedyprune")
         return schema
 
     def _require_open(self) -> sqlite3.Connection:
@@ -591,5 +592,6 @@ def _check_same(a: tuple[dict, Path], b: tuple[dict, Path], key: dict) -> None:
         same = x == y or (isinstance(x, float) and isinstance(y, float) and math.isnan(x) and math.isnan(y))
         if not same:
             row = ", ".join(f"{k}={v}" for k, v in key.items())
-            raise InvalidOptionError(f"the row {row} differs between {first_path} and {second_path} in {name!r} ({x!r} vs "
-                             f"{y!r}), so these databases do not come from one configuration; nothing was merged")
+            raise InvalidOptionError(
+                f"the row {row} differs between {first_path} and {second_path} in {name!r} ({x!r} vs "
+                f"{y!r}), so these databases do not come from one configuration; nothing was merged")

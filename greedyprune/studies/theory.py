@@ -113,7 +113,7 @@ def definition1(model: torch.nn.Module, X: torch.Tensor) -> Definition1:
 
     if not isinstance(X, torch.Tensor) or X.dim() != 2:
         raise InvalidOptionError(f"X must be a 2-D tensor (m, d), got {type(X).__name__}"
-                         + (f" of shape {tuple(X.shape)}" if isinstance(X, torch.Tensor) else ""))
+                                 + (f" of shape {tuple(X.shape)}" if isinstance(X, torch.Tensor) else ""))
     if X.shape[0] < 1:
         raise InvalidOptionError("X has no examples (m = 0)")
     model64 = copy.deepcopy(model).to(device="cpu", dtype=torch.float64)
@@ -149,12 +149,13 @@ def fit_constant(predicted: Sequence[float], observed: Sequence[float | None]) -
     """
     predicted, observed = list(predicted), list(observed)
     if len(predicted) != len(observed):
-        raise InvalidOptionError(f"predicted has {len(predicted)} values but observed has {len(observed)}; they must pair up")
+        raise InvalidOptionError(
+            f"predicted has {len(predicted)} values but observed has {len(observed)}; they must pair up")
     pairs = [(float(p), float(o)) for p, o in zip(predicted, observed)
              if o is not None and math.isfinite(float(p)) and not math.isnan(float(o))]
     if not pairs:
         raise InvalidOptionError("no size has an observed threshold (all None) with a finite prediction; "
-                         "cannot fit the constant")
+                                 "cannot fit the constant")
     den = sum(p * p for p, _ in pairs)
     if den == 0:
         raise InvalidOptionError("every predicted value is 0; cannot fit the constant")
@@ -206,15 +207,15 @@ def _read_study(study_dir: Path) -> tuple[dict, list[dict]]:
         rows = store.rows()
     if kind is not None and kind != "pretraining":
         raise InvalidOptionError(f"{db}: holds results of a {kind!r} study, not of a 'pretraining' study; "
-                         "give the output directory of `greedyprune study pretraining`")
+                                 "give the output directory of `greedyprune study pretraining`")
     if config is None:
         raise InvalidOptionError(f"{db}: the database has no pre-training study config bound to it"
-                         + ("" if rows else f" and no rows; {run_first}")
-                         + ("; it was not written by `greedyprune study pretraining`" if rows else ""))
+                                 + ("" if rows else f" and no rows; {run_first}")
+                                 + ("; it was not written by `greedyprune study pretraining`" if rows else ""))
     missing = [k for k in _CONFIG_KEYS if k not in config]
     if missing:
         raise InvalidOptionError(f"{db}: the bound config lacks {missing}; it is not a pre-training study config "
-                         "(or was written by an incompatible version of greedyprune)")
+                                 "(or was written by an incompatible version of greedyprune)")
     if not rows:
         raise InvalidOptionError(f"{db}: the database has no result rows yet; {run_first}")
     widths = {int(w) for w in config["widths"]}
@@ -231,8 +232,8 @@ def _read_study(study_dir: Path) -> tuple[dict, list[dict]]:
         if bad_trials:
             what.append(f"trials {bad_trials} outside the config's {trials} trials")
         raise InvalidOptionError(f"{db}: mismatched database: its rows have " + " and ".join(what)
-                         + "; re-run the study into a fresh directory with "
-                         "`greedyprune study pretraining --out NEW_DIR`")
+                                 + "; re-run the study into a fresh directory with "
+                                 "`greedyprune study pretraining --out NEW_DIR`")
     return config, rows
 
 
@@ -270,8 +271,8 @@ def threshold_table(study_dir: str | os.PathLike, *, max_trials: int | None = No
         ds = load_dataset(config["data"], normalize=config["normalize"], seed=int(config["seed"]))
     except (ValueError, OSError) as exc:
         raise InvalidOptionError(f"{db}: cannot load the study's data set {config['data']!r} "
-                         f"(normalize={config['normalize']!r}): {exc}; make the data available at the same "
-                         "place as when the study ran") from exc
+                                 f"(normalize={config['normalize']!r}): {exc}; make the data available at the same "
+                                 "place as when the study ran") from exc
 
     trials_of: dict[tuple[int, int], set[int]] = {}
     for r in rows:
@@ -298,8 +299,9 @@ def threshold_table(study_dir: str | os.PathLike, *, max_trials: int | None = No
                 try:  # the study's own sub-dataset and initial network for this run
                     X, _, model, _ = setup_run(study_config, ds, width, size, trial)
                 except ValueError as exc:
-                    raise InvalidOptionError(f"{db}: mismatched database: size {size} cannot be drawn from the data set "
-                                     f"{config['data']!r} as loaded now ({exc})") from exc
+                    raise InvalidOptionError(
+                        f"{db}: mismatched database: size {size} cannot be drawn from the data set "
+                        f"{config['data']!r} as loaded now ({exc})") from exc
                 defs.append(definition1(model, X))
                 if bar is not None:
                     bar.update(1)

@@ -51,10 +51,10 @@ from typing import Any
 import torch
 from torch import nn
 
+from ..errors import InvalidOptionError
 from ..fileio import UnsafeFileError, load_torch, save_torch, torch_bytes
 from .loop import CHECKPOINT_FORMAT as TRAIN_CHECKPOINT_FORMAT
 from .loop import TrainConfig
-from ..errors import InvalidOptionError
 
 MODEL_CHECKPOINT_FORMAT = "greedyprune-model-v1"
 
@@ -129,7 +129,8 @@ def build_model(name: str, model_kwargs: dict, meta: bool = False) -> nn.Module:
                 return get_model(name, **model_kwargs)
         return get_model(name, **model_kwargs)
     except (TypeError, RuntimeError) as exc:  # RuntimeError: a tensor size that overflows 64 bits
-        raise InvalidOptionError(f"cannot build model {name!r} with {model_kwargs}: {str(exc).splitlines()[0]}") from exc
+        raise InvalidOptionError(
+            f"cannot build model {name!r} with {model_kwargs}: {str(exc).splitlines()[0]}") from exc
 
 
 def materialise(model: nn.Module, state: dict, what: str) -> nn.Module:
@@ -143,8 +144,9 @@ def materialise(model: nn.Module, state: dict, what: str) -> nn.Module:
         raise InvalidOptionError(f"{what} ({_mismatch_message(lines)})")
     persistent = set(model.state_dict())
     if any(name not in persistent for name, _ in model.named_buffers()):
-        raise InvalidOptionError(f"{what}: the model has buffers that are not stored (persistent=False), so it cannot be "
-                         f"rebuilt from the file's weights alone")
+        raise InvalidOptionError(
+            f"{what}: the model has buffers that are not stored (persistent=False), so it cannot be "
+            f"rebuilt from the file's weights alone")
     model = model.to_empty(device="cpu")
     model.load_state_dict(state)
     return model
@@ -312,7 +314,8 @@ def load_model(
             )
         if model_kwargs is not None and dict(model_kwargs) != stored_kwargs:
             raise InvalidOptionError(
-                f"checkpoint {path} holds a {stored} built with {stored_kwargs} but you asked for {dict(model_kwargs)}; "
+                f"checkpoint {path} holds a {stored} built with {stored_kwargs} but you asked for "
+                f"{dict(model_kwargs)}; "
                 f"leave model_kwargs out to use the stored ones, or use another checkpoint"
             )
         full = payload.get("module") is not None
@@ -472,7 +475,8 @@ def _check_earlier_checkpoints(out_dir: Path, iterations: int, every: int) -> No
     expected = set(range(0, start + 1, every)) | ({start} if start == iterations else set())
     missing = sorted(t for t in expected if not checkpoint_path(out_dir, t).is_file())
     if missing:
-        raise InvalidOptionError(f"{out_dir} lacks the model checkpoints of iteration(s) {missing}, but its resume state "
-                         f"{state.name} is at iteration {start}, so resuming would not write them again. Delete "
-                         f"{state} to train again from the start: training is deterministic, so the checkpoints "
-                         f"still there are kept and the missing ones are written with the same weights")
+        raise InvalidOptionError(
+            f"{out_dir} lacks the model checkpoints of iteration(s) {missing}, but its resume state "
+            f"{state.name} is at iteration {start}, so resuming would not write them again. Delete "
+            f"{state} to train again from the start: training is deterministic, so the checkpoints "
+            f"still there are kept and the missing ones are written with the same weights")

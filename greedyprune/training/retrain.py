@@ -30,9 +30,9 @@ import torch
 from torch import nn
 
 from ..checks import check_int
+from ..errors import InvalidOptionError
 from ..models import init_weights
 from .loop import SCHEDULES, TrainConfig, pretrain
-from ..errors import InvalidOptionError
 
 __all__ = [
     "INITS",
@@ -159,7 +159,8 @@ def scratch_iterations(
     dense_iterations = check_int("dense_iterations", dense_iterations, 1)
     dense, pruned = _check_macs("dense_macs", dense_macs), _check_macs("pruned_macs", pruned_macs)
     if pruned > dense:
-        raise InvalidOptionError(f"pruned_macs ({pruned_macs}) exceeds dense_macs ({dense_macs}); are the arguments swapped?")
+        raise InvalidOptionError(
+            f"pruned_macs ({pruned_macs}) exceeds dense_macs ({dense_macs}); are the arguments swapped?")
     if max_factor is not None and (isinstance(max_factor, bool) or not isinstance(max_factor, (int, float))
                                    or not max_factor >= 1):
         raise InvalidOptionError(f"max_factor must be a number >= 1 or None, got {max_factor!r}")
@@ -292,8 +293,9 @@ def retrain(
     else:
         if mode == "scratch-b":
             if dense_macs is None or pruned_macs is None:
-                raise InvalidOptionError("mode 'scratch-b' needs dense_macs and pruned_macs (multiply-accumulates of one "
-                                 "forward pass of the dense and of the pruned model)")
+                raise InvalidOptionError(
+                    "mode 'scratch-b' needs dense_macs and pruned_macs (multiply-accumulates of one "
+                    "forward pass of the dense and of the pruned model)")
             steps = scratch_iterations(iterations, dense_macs, pruned_macs, "B", max_factor=max_factor)
         else:
             steps = check_int("iterations", iterations, 1)

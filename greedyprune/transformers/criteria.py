@@ -44,11 +44,11 @@ from dataclasses import dataclass
 
 import torch
 
+from ..errors import InvalidOptionError
 from ..selection.block import ReaderProblem, ridge_refit, select_units
 from ..selection.engine import MAX_STEPS, greedy_forward_selection
 from ..selection.result import SelectionResult
 from .stats import InputStats
-from ..errors import InvalidOptionError
 
 __all__ = ["BIAS_COMPENSATED", "GREEDY", "METHODS", "Plan", "gfs_select", "keep_count", "ls_select", "plan_block",
            "plan_from_keep", "reconstruction_error",

@@ -25,9 +25,9 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from ..errors import GreedyPruneError, InvalidOptionError
 from .support import UnsupportedModelError, require_transformers
 from .surgery import new_linear
-from ..errors import GreedyPruneError, InvalidOptionError
 
 __all__ = ["DECODER_SUPPORTED", "HalfPrecisionError", "add_bias", "decoder_layer_shape", "decoder_of", "is_decoder",
            "kv_channels", "shrink_kv_groups", "shrink_mlp", "shrink_query_heads"]
@@ -166,8 +166,9 @@ def shrink_query_heads(layer: nn.Module, keep: torch.Tensor, out_weight: torch.T
     kv = attn.k_proj.out_features // hd
     per_group = torch.bincount(keep.cpu() // r, minlength=kv)
     if int(per_group.min()) != int(per_group.max()) or int(per_group.min()) == 0:
-        raise InvalidOptionError(f"query heads {keep.tolist()} keep {per_group.tolist()} heads in the {kv} key/value groups; "
-                         f"every group must keep the same number (at least 1)")
+        raise InvalidOptionError(
+            f"query heads {keep.tolist()} keep {per_group.tolist()} heads in the {kv} key/value groups; "
+            f"every group must keep the same number (at least 1)")
     ch = kv_channels(keep.to(attn.q_proj.weight.device), hd)
     with torch.no_grad():
         _slice_rows(attn, "q_proj", ch)
@@ -179,5 +180,5 @@ def add_bias(linear_owner: nn.Module, name: str) -> None:
     """Give ``linear_owner.<name>`` (an nn.Linear without bias) a zero bias, in place (used on load)."""
     lin = getattr(linear_owner, name)
     if lin.bias is None:
-        setattr(linear_owner, name, new_linear(lin.weight.detach(), torch.zeros(lin.out_features, dtype=lin.weight.dtype),
-                                            lin))
+        zeros = torch.zeros(lin.out_features, dtype=lin.weight.dtype)
+        setattr(linear_owner, name, new_linear(lin.weight.detach(), zeros, lin))

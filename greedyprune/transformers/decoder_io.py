@@ -26,12 +26,12 @@ from pathlib import Path
 
 import torch
 
+from ..errors import InvalidOptionError
 from ..fileio import IntegrityError, atomic_write, atomic_write_text
 from ..result import PruneResult
 from .decoder import add_bias, decoder_layer_shape, decoder_of, shrink_kv_groups, shrink_mlp, shrink_query_heads
 from .integrity import check_digests, write_checked_meta
 from .support import require_transformers
-from ..errors import InvalidOptionError
 
 __all__ = ["DECODER_FORMAT", "IntegrityError", "load_pruned_decoder", "load_weights", "read_meta",
            "save_pruned_decoder", "write_meta"]
@@ -94,7 +94,8 @@ def _class(meta, transformers, where):
     module = str(meta.get("module", ""))
     family = module.split(".")[-2] if module.count(".") >= 2 else ""
     if module != f"transformers.models.{family}.modeling_{family}" or family not in _MODULES:
-        raise InvalidOptionError(f"unknown model module {module!r} in {where}; only {', '.join(_MODULES)} decoders are built")
+        raise InvalidOptionError(
+            f"unknown model module {module!r} in {where}; only {', '.join(_MODULES)} decoders are built")
     cls = getattr(getattr(transformers.models, family), str(meta.get("architecture")), None)
     if not (isinstance(cls, type) and issubclass(cls, transformers.PreTrainedModel)):
         raise InvalidOptionError(f"unknown model class {meta.get('architecture')!r} in {where}")
@@ -187,5 +188,5 @@ def load_weights(model, data: bytes, where: Path):
         model.load_state_dict(state, strict=True)
     except RuntimeError as exc:
         raise InvalidOptionError(f"the weights in {where} do not match the recorded layer shapes: "
-                         f"{str(exc).splitlines()[0]}") from None
+                                 f"{str(exc).splitlines()[0]}") from None
     return model.eval()

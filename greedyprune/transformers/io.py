@@ -89,14 +89,15 @@ def load_pruned_transformer(path: str | os.PathLike):
     cls = getattr(bert, str(meta.get("architecture")), None)
     if not (isinstance(cls, type) and issubclass(cls, transformers.PreTrainedModel)):
         raise InvalidOptionError(f"unknown model class {meta.get('architecture')!r} in {directory / META}; only "
-                         f"transformers.models.bert classes are loaded")
+                                 f"transformers.models.bert classes are loaded")
     config = transformers.BertConfig.from_json_file(str(directory / CONFIG))
     model = cls(config, add_pooling_layer=bool(meta.get("pooler", True))) if cls is transformers.BertModel \
         else cls(config)
     base = encoder_of(model)
     shapes = meta.get("layers", [])
     if len(shapes) != len(base.encoder.layer):
-        raise InvalidOptionError(f"{directory / META} describes {len(shapes)} layers, the config {len(base.encoder.layer)}")
+        raise InvalidOptionError(
+            f"{directory / META} describes {len(shapes)} layers, the config {len(base.encoder.layer)}")
     for layer, shape in zip(base.encoder.layer, shapes):
         if shape["heads"] < layer_shape(layer)["heads"]:
             shrink_heads(layer, torch.arange(shape["heads"]))

@@ -15,13 +15,13 @@ import time
 import torch
 
 from ..checks import check_choice, check_int, check_number
+from ..errors import InvalidOptionError
 from ..result import PruneResult
 from . import criteria
 from .blocks import REFITS, Block, prune_block
 from .stats import capture_layer_inputs, finish_ffn, module_inputs, run_layer
 from .support import MIN_CALIBRATION_TOKENS, encoder_of, prepare_calibration, require_transformers
 from .surgery import head_size, shrink_ffn, shrink_heads
-from ..errors import InvalidOptionError
 
 __all__ = ["DEFAULT_METHOD", "DEFAULT_REFIT", "DEFAULT_RIDGE", "prune_block", "prune_transformer", "REFITS"]
 
@@ -47,8 +47,9 @@ def _check_args(ffn_keep, heads_keep, method, refit, ridge, layers, n_layers):
     ffn_keep = check_number("ffn_keep", ffn_keep, low=0, high=1, low_open=True, allow_none=True)
     heads_keep = check_number("heads_keep", heads_keep, low=0, high=1, low_open=True, allow_none=True)
     if ffn_keep is None and heads_keep is None:
-        raise InvalidOptionError("nothing to prune: give ffn_keep and/or heads_keep, fractions in (0, 1] of the FFN neurons "
-                         "and attention heads to keep in each layer")
+        raise InvalidOptionError(
+            "nothing to prune: give ffn_keep and/or heads_keep, fractions in (0, 1] of the FFN neurons "
+            "and attention heads to keep in each layer")
     check_choice("method", method, criteria.METHODS)
     check_choice("refit", refit, REFITS)
     ridge = check_number("ridge", ridge, low=0)
@@ -144,8 +145,9 @@ def prune_transformer(model, calibration, *, tokenizer=None, ffn_keep: float | N
                              max_length=256 if max_length is None else max_length, min_tokens=min_tokens, seed=seed,
                              inplace=inplace, progress=progress)
     if heads_unit != "kv" or widths not in (None, "uniform"):
-        raise InvalidOptionError("heads_unit and widths apply to decoders only; an encoder keeps ffn_keep / heads_keep of "
-                         "every layer")
+        raise InvalidOptionError(
+            "heads_unit and widths apply to decoders only; an encoder keeps ffn_keep / heads_keep of "
+            "every layer")
     batch_size = 32 if batch_size is None else batch_size
     max_length = 128 if max_length is None else max_length
     base = encoder_of(model)
