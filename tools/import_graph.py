@@ -11,6 +11,9 @@ Every ``import`` statement anywhere in a module counts: at module level, inside 
 * ``from . import b`` and ``from .a import b`` where ``b`` is a submodule: an edge to the submodule;
 * ``importlib.import_module("greedyprune.a")`` with a literal string.
 
+A module name computed at run time (``greedyprune.studies.report``'s ``import_module(f"{__name__}.{...}")``)
+is not followed.
+
 An edge goes to the module named; importing ``a.b`` also runs ``a/__init__.py``, but that implied edge is not
 drawn (every package's ``__init__`` imports its own submodules, so drawing it would make every package a
 cycle). A cycle is a strongly connected component of two or more modules (a module importing itself is not counted);
