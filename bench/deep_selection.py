@@ -138,7 +138,8 @@ def mobilenet_row(args) -> None:
     loss = evaluate(result.model, hold[0].to(args.device), hold[1].to(args.device), "cross_entropy")[0]
     dense = evaluate(model, hold[0].to(args.device), hold[1].to(args.device), "cross_entropy")[0]
     print(f"\nmobilenetv2 (3x32x32), flops_target=0.6, 8 candidates, 256 images, adaptive widths, "
-          f"objective={args.mobilenet_objective}, step={args.mobilenet_step}: {seconds:.1f} s, MACs {result.ratio('macs'):.3f}x, params "
+          f"objective={args.mobilenet_objective}, step={args.mobilenet_step}: {seconds:.1f} s, "
+          f"MACs {result.ratio('macs'):.3f}x, params "
           f"{result.ratio('params'):.3f}x, {len(result.kept)} groups; held-out loss {loss:.4f} (dense {dense:.4f})")
 
 
@@ -148,7 +149,8 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--candidates", type=int, default=50)
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--resnet18-steps", type=int, default=2)
-    p.add_argument("--mobilenet-step", type=int, default=1, help="channels added per greedy step in the mobilenetv2 row")
+    p.add_argument("--mobilenet-step", type=int, default=1,
+                   help="channels added per greedy step in the mobilenetv2 row")
     p.add_argument("--mobilenet-objective", choices=["local", "network"], default="local",
                    help="objective of the mobilenetv2 row (default local: the whole-network search does not "
                         "finish in 10 minutes on 2 CPU cores, even with --mobilenet-step 8)")

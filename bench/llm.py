@@ -4,8 +4,9 @@ Calibration on one Shakespeare play, held-out perplexity on another (fixed, non-
 tokens from each play's start; the dense model is scored on the same windows). Per row: perplexity,
 parameters, pruning time (calibration forward passes, gradients and width measurement included); ``--speed``
 measures tokens/s of greedy ``generate()`` (batch 1, 32 new tokens, 2 threads) once per pruned shape (it does
-not depend on the method), alternating with the dense model. Results are appended to ``bench/results/llm.json`` as they come (a rerun skips rows already there
-with the same settings), and the table is printed at the end.
+not depend on the method), alternating with the dense model. Results are appended to
+``bench/results/llm.json`` as they come (a rerun skips rows already there with the same settings), and the
+table is printed at the end.
 
     python bench/llm.py            # every method at 50% MLP; GFS, FLAP and the best baseline on 3 splits
     python bench/llm.py --full     # + heads (KV groups / query heads), adaptive widths, combined ~30%
@@ -176,7 +177,7 @@ def report(store) -> None:
         print(f"{name:46s} {method:14s} {row['ppl']:10.2f} {row['params'] / 1e6:7.2f}M {row['seconds']:8.0f} "
               f"{row['load']:>5s}")
     if store.get("speed_pairs"):
-        print(f"\ngenerate() tokens/s (batch 1, 32 new tokens, 2 threads), alternating with the dense model:")
+        print("\ngenerate() tokens/s (batch 1, 32 new tokens, 2 threads), alternating with the dense model:")
         for name, sp in store["speed_pairs"].items():
             print(f"  {name:28s} {sp['params'] / 1e6:7.2f}M {sp['pruned']:6.1f} vs dense {sp['dense']:6.1f}  "
                   f"x{sp['speedup']:.2f}  (load {sp['load']})")

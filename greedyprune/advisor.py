@@ -35,9 +35,12 @@ import torch
 from torch import nn
 
 from .checks import check_int
+from .errors import InvalidOptionError
 from .result import PruneResult
 from .training.loop import evaluate
 from .twolayer import is_two_layer, prune_two_layer, save_two_layer
+
+__all__ = ["AdvisorCheck", "jaccard_distance", "PretrainingAdvisor", "deep_pruner"]
 
 
 @dataclass
@@ -97,13 +100,13 @@ class PretrainingAdvisor:
         check_int("k", k, 1)
         check_int("patience", patience, 1)
         if loss not in ("logistic", "squared", "cross_entropy"):
-            raise ValueError(f"unknown loss {loss!r}; expected 'logistic', 'squared' or 'cross_entropy'")
+            raise InvalidOptionError(f"unknown loss {loss!r}; expected 'logistic', 'squared' or 'cross_entropy'")
         if not (isinstance(tolerance, (int, float)) and tolerance >= 0):
-            raise ValueError(f"tolerance must be a number >= 0, got {tolerance!r}")
+            raise InvalidOptionError(f"tolerance must be a number >= 0, got {tolerance!r}")
         if not (isinstance(distance_tolerance, (int, float)) and distance_tolerance >= 0):
-            raise ValueError(f"distance_tolerance must be a number >= 0, got {distance_tolerance!r}")
+            raise InvalidOptionError(f"distance_tolerance must be a number >= 0, got {distance_tolerance!r}")
         if max_distance is not None and not (isinstance(max_distance, (int, float)) and 0 <= max_distance <= 1):
-            raise ValueError(f"max_distance must be None or in [0, 1], got {max_distance!r}")
+            raise InvalidOptionError(f"max_distance must be None or in [0, 1], got {max_distance!r}")
         if pruner is not None and not callable(pruner):
             raise TypeError(f"pruner must be callable as pruner(model, X, y), got {type(pruner).__name__}")
         self.k, self.loss, self.patience = k, loss, patience
@@ -133,8 +136,9 @@ class PretrainingAdvisor:
             result = prune_two_layer(model, X, y, self.k, loss=self.loss, **self.selection_options)
         elif any(isinstance(m, nn.Conv2d) for m in model.modules()):
             if self.loss != "cross_entropy":
-                raise ValueError(f"a CNN is pruned and evaluated with loss='cross_entropy' (class logits); this "
-                                 f"advisor has loss={self.loss!r}: pass PretrainingAdvisor(k, loss='cross_entropy')")
+                raise InvalidOptionError(
+                    f"a CNN is pruned and evaluated with loss='cross_entropy' (class logits); this "
+                    f"advisor has loss={self.loss!r}: pass PretrainingAdvisor(k, loss='cross_entropy')")
             result = deep_pruner(**self.selection_options)(model, X, y)
         else:
             raise TypeError(
@@ -153,7 +157,8 @@ class PretrainingAdvisor:
             return True
         check_int("step", step, 0)
         if self.history and step <= self.history[-1].step:
-            raise ValueError(f"steps must increase from check to check: got {step} after {self.history[-1].step}")
+            raise InvalidOptionError(
+                f"steps must increase from check to check: got {step} after {self.history[-1].step}")
         start = time.perf_counter()
         was_training = model.training
         with torch.no_grad():

@@ -28,6 +28,7 @@ from torch import nn
 from .channels.batches import Batches
 from .channels.groups import find_groups, refresh_group
 from .checks import check_int
+from .errors import InvalidOptionError
 from .metrics import count_macs
 from .result import PruneResult
 
@@ -73,11 +74,11 @@ def prune_like(model: nn.Module, keep: Mapping[str, int], criterion: str, *, dat
         and params / multiply-adds before and after.
     """
     if criterion not in IMPORTANCES:
-        raise ValueError(f"unknown criterion {criterion!r}; expected one of {CRITERIA}")
+        raise InvalidOptionError(f"unknown criterion {criterion!r}; expected one of {CRITERIA}")
     if criterion in NEEDS_GRADIENTS and data is None:
-        raise ValueError(f"criterion {criterion!r} needs data=(X, y) or a DataLoader to compute gradients")
+        raise InvalidOptionError(f"criterion {criterion!r} needs data=(X, y) or a DataLoader to compute gradients")
     if example_inputs is None and data is None:
-        raise ValueError("pass example_inputs (a batch the model accepts) or data")
+        raise InvalidOptionError("pass example_inputs (a batch the model accepts) or data")
     start = time.perf_counter()
     model = copy.deepcopy(model)
     device = next(model.parameters()).device
@@ -89,7 +90,8 @@ def prune_like(model: nn.Module, keep: Mapping[str, int], criterion: str, *, dat
     by_name = {g.name: g for g in groups}
     unknown = sorted(set(keep) - set(by_name))
     if unknown:
-        raise ValueError(f"keep names groups the model does not have: {unknown}; its groups are {sorted(by_name)}")
+        raise InvalidOptionError(
+            f"keep names groups the model does not have: {unknown}; its groups are {sorted(by_name)}")
     for name, n in keep.items():
         check_int(f"keep[{name!r}]", n, 1, maximum=by_name[name].channels)
     before = {"params": sum(p.numel() for p in model.parameters()), "macs": count_macs(model, example)}

@@ -1,7 +1,8 @@
 """Argument checks shared by the whole package, one exception type per kind of mistake.
 
 * a value of the wrong *type* (a float where an int is needed, a string for a tensor) raises ``TypeError``;
-* a value of the right type but outside its range (``k=0``, ``keep_ratio=1.5``, NaN) raises ``ValueError``.
+* a value of the right type but outside its range (``k=0``, ``keep_ratio=1.5``, NaN) raises
+  ``greedyprune.errors.InvalidOptionError``, a ``ValueError``.
 
 Every message names the argument, what was expected and what was given. Integers may be Python ints,
 numpy integers or 0-d integer tensors (anything with ``__index__``); ``bool`` is never an int here.
@@ -17,8 +18,10 @@ from pathlib import Path
 
 import torch
 
-__all__ = ["as_device", "check_choice", "check_int", "check_number", "check_finite", "check_fits_in_memory", "check_model_size",
-           "memory_bytes", "non_finite_weights", "raised_by_package"]
+from .errors import InvalidOptionError
+
+__all__ = ["as_device", "check_choice", "check_int", "check_number", "check_finite", "check_fits_in_memory",
+           "check_model_size", "memory_bytes", "non_finite_weights", "raised_by_package"]
 
 
 def check_int(name: str, value, minimum: int | None = None, *, maximum: int | None = None,
@@ -40,9 +43,9 @@ def check_int(name: str, value, minimum: int | None = None, *, maximum: int | No
         raise TypeError(f"{name} must be an int{' or None' if allow_none else ''}, got {type(value).__name__} "
                         f"({value!r:.60})") from None
     if minimum is not None and out < minimum:
-        raise ValueError(f"{name} must be >= {minimum}, got {out}")
+        raise InvalidOptionError(f"{name} must be >= {minimum}, got {out}")
     if maximum is not None and out > maximum:
-        raise ValueError(f"{name} must be <= {maximum}, got {out}")
+        raise InvalidOptionError(f"{name} must be <= {maximum}, got {out}")
     return out
 
 
@@ -61,7 +64,7 @@ def check_number(name: str, value, *, low: float | None = None, high: float | No
         raise TypeError(f"{name} must be a number, got {type(value).__name__} ({value!r:.60})")
     out = float(value)
     if not math.isfinite(out):
-        raise ValueError(f"{name} must be a finite number, got {out!r}")
+        raise InvalidOptionError(f"{name} must be a finite number, got {out!r}")
     below = low is not None and (out <= low if low_open else out < low)
     above = high is not None and (out >= high if high_open else out > high)
     if below or above:
@@ -69,14 +72,14 @@ def check_number(name: str, value, *, low: float | None = None, high: float | No
         hi = "inf" if high is None else f"{high:g}"
         interval = ("(" if low_open or low is None else "[") + f"{lo}, {hi}" + (")" if high_open or high is None
                                                                                  else "]")
-        raise ValueError(f"{name} must be in {interval}, got {out!r}")
+        raise InvalidOptionError(f"{name} must be in {interval}, got {out!r}")
     return out
 
 
 def check_choice(name: str, value, choices) -> str:
     """``value`` if it is one of ``choices`` (ValueError listing them otherwise)."""
     if value not in tuple(choices):
-        raise ValueError(f"unknown {name} {value!r}; expected one of {tuple(choices)}")
+        raise InvalidOptionError(f"unknown {name} {value!r}; expected one of {tuple(choices)}")
     return value
 
 
@@ -85,8 +88,8 @@ def check_finite(name: str, tensor: torch.Tensor) -> None:
     if tensor.is_floating_point() or tensor.is_complex():
         bad = ~torch.isfinite(tensor)
         if bool(bad.any()):
-            raise ValueError(f"{name} contains {int(bad.sum())} NaN or infinite value(s) (first at flat index "
-                             f"{int(torch.nonzero(bad.reshape(-1))[0])}); clean or drop those examples first")
+            raise InvalidOptionError(f"{name} contains {int(bad.sum())} NaN or infinite value(s) (first at flat index "
+                                     f"{int(torch.nonzero(bad.reshape(-1))[0])}); clean or drop those examples first")
 
 
 def non_finite_weights(model: torch.nn.Module) -> str:
@@ -110,8 +113,9 @@ def check_fits_in_memory(nbytes: int, what: str, fix: str) -> None:
     allocating, so a huge size is a clear message rather than an allocator's failure or the OOM killer."""
     total = memory_bytes()
     if total is not None and nbytes > total:
-        raise ValueError(f"{what} needs about {nbytes / 2 ** 30:,.1f} GiB, more than the {total / 2 ** 30:,.1f} GiB "
-                         f"of memory this machine has; {fix}")
+        raise InvalidOptionError(
+            f"{what} needs about {nbytes / 2 ** 30:,.1f} GiB, more than the {total / 2 ** 30:,.1f} GiB "
+            f"of memory this machine has; {fix}")
 
 
 def check_model_size(model: torch.nn.Module, what: str, fix: str) -> None:
@@ -126,14 +130,14 @@ def as_device(device) -> torch.device:
     try:
         dev = torch.device(device)
     except (RuntimeError, TypeError) as exc:
-        raise ValueError(f"unknown device {device!r}; use 'cpu', 'cuda' or 'cuda:N'") from exc
+        raise InvalidOptionError(f"unknown device {device!r}; use 'cpu', 'cuda' or 'cuda:N'") from exc
     if dev.type not in ("cpu", "cuda"):
-        raise ValueError(f"unsupported device {device!r}; use 'cpu', 'cuda' or 'cuda:N'")
+        raise InvalidOptionError(f"unsupported device {device!r}; use 'cpu', 'cuda' or 'cuda:N'")
     if dev.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"device {str(device)!r} was asked for but CUDA is not available here; use 'cpu'")
+        raise InvalidOptionError(f"device {str(device)!r} was asked for but CUDA is not available here; use 'cpu'")
     if dev.type == "cuda" and dev.index is not None and dev.index >= torch.cuda.device_count():
-        raise ValueError(f"device {str(device)!r} does not exist: this machine has {torch.cuda.device_count()} "
-                         f"CUDA device(s)")
+        raise InvalidOptionError(f"device {str(device)!r} does not exist: this machine has {torch.cuda.device_count()} "
+                                 f"CUDA device(s)")
     return dev
 
 

@@ -27,6 +27,9 @@ from typing import Any, Iterator
 
 import torch
 
+from ._text import first_line
+from .errors import GreedyPruneError, InvalidOptionError, UnsafeFileError
+
 __all__ = ["atomic_write", "atomic_write_text", "check_writable_dir", "check_writable_file", "CHECKSUM_KEY",
            "first_line", "IntegrityError", "load_pickle_restricted", "load_torch", "payload_digest",
            "remove_stale_tmp", "run_directory", "RunLock", "RunLockedError", "save_torch", "UnsafeFileError"]
@@ -36,15 +39,11 @@ TMP_SUFFIX = ".tmp"
 _UNWRITABLE = {errno.EACCES, errno.EPERM, errno.EROFS, errno.ENOSPC, errno.EDQUOT}
 
 
-class IntegrityError(ValueError):
+class IntegrityError(GreedyPruneError, ValueError):
     """A file's contents do not match the checksum stored in it (damaged on disk or edited)."""
 
 
-class UnsafeFileError(ValueError):
-    """A file holds pickled Python objects, which are not loaded unless the caller trusts the file."""
-
-
-class RunLockedError(RuntimeError):
+class RunLockedError(GreedyPruneError, RuntimeError):
     """Another process holds the run directory's lock."""
 
 
@@ -180,8 +179,9 @@ def load_torch(path: str | os.PathLike, *, what: str = "file", trust_pickle: boo
         raise FileNotFoundError(f"no {what} at {path}")
     size = path.stat().st_size
     if size == 0:
-        raise ValueError(f"{path} is empty (0 bytes), so it is not a {what}; an interrupted write or a full disk "
-                         f"may have left it - delete it and recompute")
+        raise InvalidOptionError(
+            f"{path} is empty (0 bytes), so it is not a {what}; an interrupted write or a full disk "
+            f"may have left it - delete it and recompute")
     try:
         payload = torch.load(path, map_location=map_location, weights_only=not trust_pickle)
     except pickle.UnpicklingError as exc:
@@ -192,11 +192,11 @@ def load_torch(path: str | os.PathLike, *, what: str = "file", trust_pickle: boo
             raise UnsafeFileError(
                 f"{path} holds pickled Python objects ({found.group(1)}), which are not loaded because unpickling "
                 f"can run arbitrary code.{fix}") from exc
-        raise ValueError(f"{path} is not a readable {what}: it is damaged or not a torch file "
-                         f"({first_line(exc)}); delete it to recompute") from exc
+        raise InvalidOptionError(f"{path} is not a readable {what}: it is damaged or not a torch file "
+                                 f"({first_line(exc)}); delete it to recompute") from exc
     except Exception as exc:  # noqa: BLE001 - zip errors, truncation, bad magic: re-raised with the path
-        raise ValueError(f"{path} is not a readable {what}: it is damaged or not a torch file "
-                         f"({type(exc).__name__}: {first_line(exc)}); delete it to recompute") from exc
+        raise InvalidOptionError(f"{path} is not a readable {what}: it is damaged or not a torch file "
+                                 f"({type(exc).__name__}: {first_line(exc)}); delete it to recompute") from exc
     if isinstance(payload, dict) and CHECKSUM_KEY in payload:
         stored = payload.pop(CHECKSUM_KEY)
         if stored != payload_digest(payload):
@@ -207,11 +207,6 @@ def load_torch(path: str | os.PathLike, *, what: str = "file", trust_pickle: boo
         raise IntegrityError(f"{path} carries no checksum, so it was not written by this version of greedyprune "
                              f"or was altered; delete it to recompute")
     return payload
-
-
-def first_line(exc: BaseException) -> str:
-    text = str(exc).strip().splitlines()
-    return text[0][:200] if text else type(exc).__name__
 
 
 def torch_bytes(obj: Any) -> bytes:
@@ -239,14 +234,15 @@ def check_writable_dir(directory: str | os.PathLike, what: str = "output directo
     """Create ``directory`` if needed and check that a file can be written in it (before long work)."""
     directory = Path(directory)
     if directory.exists() and not directory.is_dir():
-        raise ValueError(f"{what} {directory} exists and is not a directory; choose another path")
+        raise InvalidOptionError(f"{what} {directory} exists and is not a directory; choose another path")
     try:
         directory.mkdir(parents=True, exist_ok=True)
         probe = directory / f".greedyprune-write-test-{os.getpid()}"
         probe.write_bytes(b"")
         probe.unlink()
     except OSError as exc:
-        raise ValueError(f"cannot write to {what} {directory} ({exc.strerror or exc}); choose a writable path") \
+        raise InvalidOptionError(
+            f"cannot write to {what} {directory} ({exc.strerror or exc}); choose a writable path") \
             from None
     return directory
 
@@ -255,10 +251,10 @@ def check_writable_file(path: str | os.PathLike, what: str = "output file") -> P
     """Check, before long work, that ``path`` can be written: not a directory, its folder writable."""
     path = Path(path)
     if path.is_dir():
-        raise ValueError(f"{what} {path} is a directory; give a file name")
+        raise InvalidOptionError(f"{what} {path} is a directory; give a file name")
     check_writable_dir(path.parent, f"the folder of {what} {path}")
     if path.exists() and not os.access(path, os.W_OK):
-        raise ValueError(f"{what} {path} exists and is not writable; choose another path")
+        raise InvalidOptionError(f"{what} {path} exists and is not writable; choose another path")
     return path
 
 

@@ -6,6 +6,10 @@ from typing import Sequence
 
 import numpy as np
 
+from .errors import InvalidOptionError
+
+__all__ = ["fit_power_law"]
+
 
 def fit_power_law(x: Sequence[float], y: Sequence[float]) -> tuple[float, float, float]:
     """Least-squares fit of ``log y = a log x + b``: returns ``(a, stderr(a), exp(b))``.
@@ -16,16 +20,16 @@ def fit_power_law(x: Sequence[float], y: Sequence[float]) -> tuple[float, float,
     lx = np.log(np.asarray(x, dtype=float))
     ly_in = np.asarray(y, dtype=float)
     if lx.shape != ly_in.shape or lx.ndim != 1:
-        raise ValueError(f"x and y must be 1-d of the same length, got shapes {lx.shape} and {ly_in.shape}")
+        raise InvalidOptionError(f"x and y must be 1-d of the same length, got shapes {lx.shape} and {ly_in.shape}")
     if lx.size < 2:
-        raise ValueError(f"need at least two points to fit a power law, got {lx.size}")
+        raise InvalidOptionError(f"need at least two points to fit a power law, got {lx.size}")
     if not (np.all(np.isfinite(lx)) and np.all(ly_in > 0) and np.all(np.isfinite(ly_in))):
-        raise ValueError("fit_power_law needs positive finite x and y")
+        raise InvalidOptionError("fit_power_law needs positive finite x and y")
     ly = np.log(ly_in)
     xc = lx - lx.mean()
     sxx = float(xc @ xc)
     if sxx == 0:
-        raise ValueError("fit_power_law needs at least two distinct x values")
+        raise InvalidOptionError("fit_power_law needs at least two distinct x values")
     a = float(xc @ (ly - ly.mean())) / sxx
     b = float(ly.mean() - a * lx.mean())
     n = lx.size

@@ -33,6 +33,8 @@ import torch
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
+from .errors import InvalidOptionError
+
 __all__ = ["compare_models", "count_macs", "count_parameters", "layer_macs", "measure_latency", "model_report"]
 
 DEFAULT_INPUT_SHAPE = (1, 3, 32, 32)
@@ -53,8 +55,8 @@ def _check_shape(input_shape) -> tuple[int, ...]:
         )
     shape = tuple(input_shape)
     if not shape or any(isinstance(d, bool) or not isinstance(d, numbers.Integral) or d < 1 for d in shape):
-        raise ValueError(f"input_shape must be a non-empty sequence of positive ints such as (1, 3, 32, 32), "
-                         f"got {input_shape!r}")
+        raise InvalidOptionError(f"input_shape must be a non-empty sequence of positive ints such as (1, 3, 32, 32), "
+                                 f"got {input_shape!r}")
     return tuple(int(d) for d in shape)
 
 
@@ -73,7 +75,7 @@ def _example_input(model: nn.Module, input_shape, device=None) -> torch.Tensor:
     if isinstance(input_shape, torch.Tensor):
         x = input_shape
         if x.dim() == 0:
-            raise ValueError(f"example input must have at least one dimension, got a 0-d tensor {x!r}")
+            raise InvalidOptionError(f"example input must have at least one dimension, got a 0-d tensor {x!r}")
         return x.to(device=device, dtype=dtype) if x.is_floating_point() else x.to(device=device)
     return torch.randn(_check_shape(input_shape), device=device, dtype=dtype)
 
@@ -176,19 +178,20 @@ def measure_latency(model: nn.Module, input_shape=DEFAULT_INPUT_SHAPE, *, repeat
     _check_model(model)
     for name, value, low in (("repeats", repeats, 1), ("warmup", warmup, 0)):
         if isinstance(value, bool) or not isinstance(value, int) or value < low:
-            raise ValueError(f"{name} must be an int >= {low}, got {value!r}")
+            raise InvalidOptionError(f"{name} must be an int >= {low}, got {value!r}")
     if threads is not None and (isinstance(threads, bool) or not isinstance(threads, int) or threads < 1):
-        raise ValueError(f"threads must be a positive int or None, got {threads!r}")
+        raise InvalidOptionError(f"threads must be a positive int or None, got {threads!r}")
     try:
         dev = torch.device(device)
     except (RuntimeError, TypeError) as exc:
-        raise ValueError(f"device must be a torch device such as 'cpu' or 'cuda', got {device!r}") from exc
+        raise InvalidOptionError(f"device must be a torch device such as 'cpu' or 'cuda', got {device!r}") from exc
     model_device, _ = _model_device_dtype(model)
     if next(iter(model.parameters()), None) is not None and model_device.type != dev.type:
-        raise ValueError(f"model is on {model_device} but device={str(dev)!r}; move it first with model.to({str(dev)!r})")
+        raise InvalidOptionError(
+            f"model is on {model_device} but device={str(dev)!r}; move it first with model.to({str(dev)!r})")
     cuda = dev.type == "cuda"
     if cuda and not torch.cuda.is_available():
-        raise ValueError("device is 'cuda' but torch.cuda.is_available() is False")
+        raise InvalidOptionError("device is 'cuda' but torch.cuda.is_available() is False")
     x = _example_input(model, input_shape, device=dev if model_device.type != dev.type else model_device)
 
     def sync():

@@ -19,6 +19,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from .errors import InvalidOptionError
+
 __all__ = ["MOBILENETV3_SMALL_CFG", "MobileNetV3Small", "SqueezeExcitation", "make_divisible"]
 
 #: (kernel, expanded channels, out channels, squeeze-and-excitation, activation, stride) per block, Table 2
@@ -107,7 +109,7 @@ class MobileNetV3Small(nn.Module):
         super().__init__()
         for name, value in (("num_classes", num_classes), ("in_channels", in_channels)):
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ValueError(f"{name} must be a positive int, got {value!r}")
+                raise InvalidOptionError(f"{name} must be a positive int, got {value!r}")
         layers: list[nn.Module] = [_conv_bn(in_channels, 16, 3, 1 if small_inputs else 2, act="hardswish")]
         in_ch = 16
         for i, (kernel, expanded, out_ch, se, act, stride) in enumerate(MOBILENETV3_SMALL_CFG):

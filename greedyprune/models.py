@@ -70,6 +70,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .errors import InvalidOptionError
+
 __all__ = [
     "MODEL_NAMES",
     "VGG",
@@ -102,13 +104,13 @@ MOBILENETV2_CIFAR_CFG = (
 
 def _check_positive_int(name: str, value) -> int:
     if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ValueError(f"{name} must be a positive int, got {value!r}")
+        raise InvalidOptionError(f"{name} must be a positive int, got {value!r}")
     return value
 
 
 def _check_shortcut(shortcut) -> str:
     if shortcut not in SHORTCUTS:
-        raise ValueError(f"shortcut must be 'A' (zero-pad) or 'B' (projection), got {shortcut!r}")
+        raise InvalidOptionError(f"shortcut must be 'A' (zero-pad) or 'B' (projection), got {shortcut!r}")
     return shortcut
 
 
@@ -141,7 +143,7 @@ class PadShortcut(nn.Module):
     def __init__(self, in_ch: int, out_ch: int, stride: int):
         super().__init__()
         if out_ch < in_ch:
-            raise ValueError(f"PadShortcut cannot reduce channels ({in_ch} -> {out_ch})")
+            raise InvalidOptionError(f"PadShortcut cannot reduce channels ({in_ch} -> {out_ch})")
         self.in_ch, self.out_ch, self.stride = in_ch, out_ch, stride
         self.pad_front = (out_ch - in_ch) // 2
         self.pad_back = out_ch - in_ch - self.pad_front
@@ -206,7 +208,8 @@ class ResNet(nn.Module):
         super().__init__()
         blocks, widths = tuple(blocks), tuple(widths)
         if not blocks or len(blocks) != len(widths):
-            raise ValueError(f"blocks and widths must be non-empty and of equal length, got {blocks} and {widths}")
+            raise InvalidOptionError(
+                f"blocks and widths must be non-empty and of equal length, got {blocks} and {widths}")
         for b in blocks:
             _check_positive_int("blocks per stage", b)
         for w in widths:
@@ -363,7 +366,7 @@ class VGG(nn.Module):
         _check_positive_int("num_classes", num_classes)
         _check_positive_int("in_channels", in_channels)
         if head not in ("mlp", "linear"):
-            raise ValueError(f"head must be 'mlp' or 'linear', got {head!r}")
+            raise InvalidOptionError(f"head must be 'mlp' or 'linear', got {head!r}")
         self.head = head
         layers: list[nn.Module] = []
         ch = in_channels
@@ -461,7 +464,7 @@ def get_model(name: str, num_classes: int = 10, in_channels: int = 3, *, seed: i
         TypeError: A keyword argument the model does not accept.
     """
     if not isinstance(name, str) or name.lower() not in _BUILDERS:
-        raise ValueError(f"unknown model {name!r}; expected one of {MODEL_NAMES}")
+        raise InvalidOptionError(f"unknown model {name!r}; expected one of {MODEL_NAMES}")
     key = name.lower()
     builder, accepted = _BUILDERS[key]
     unknown = sorted(set(kw) - set(accepted))
@@ -477,7 +480,7 @@ def get_model(name: str, num_classes: int = 10, in_channels: int = 3, *, seed: i
         init_weights(model)
         return model
     if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
-        raise ValueError(f"seed must be a non-negative int or None, got {seed!r}")
+        raise InvalidOptionError(f"seed must be a non-negative int or None, got {seed!r}")
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         model = builder(num_classes, in_channels, **kw)
@@ -497,8 +500,8 @@ def _check_size(key: str, builder, num_classes: int, in_channels: int, kw: dict)
         with torch.device("meta"):
             model = builder(num_classes, in_channels, **kw)
     except RuntimeError as exc:  # a tensor size that overflows 64 bits
-        raise ValueError(f"get_model({key!r}, {options}) describes tensors too large to exist "
-                         f"({str(exc).splitlines()[0]}); {fix}") from None
+        raise InvalidOptionError(f"get_model({key!r}, {options}) describes tensors too large to exist "
+                                 f"({str(exc).splitlines()[0]}); {fix}") from None
     from .checks import check_model_size
 
     check_model_size(model, f"get_model({key!r}, {options})", fix)
@@ -529,7 +532,7 @@ def stem_conv(model: nn.Module) -> nn.Conv2d:
     for m in model.modules():
         if isinstance(m, nn.Conv2d):
             return m
-    raise ValueError(f"{type(model).__name__} has no nn.Conv2d")
+    raise InvalidOptionError(f"{type(model).__name__} has no nn.Conv2d")
 
 
 def skip_layers(model: nn.Module) -> list[nn.Module]:

@@ -23,6 +23,7 @@ import torch
 import torch.distributed as dist
 
 from .checks import check_int
+from .errors import GreedyPruneError, InvalidOptionError
 
 __all__ = [
     "DEFAULT_TIMEOUT_S",
@@ -42,11 +43,11 @@ DEFAULT_TIMEOUT_S = 300.0
 """Default bound, in seconds, on any one collective (and on the rendezvous)."""
 
 
-class DistributedSelectionError(RuntimeError):
+class DistributedSelectionError(GreedyPruneError, RuntimeError):
     """A collective failed during distributed work: another rank died, hung or disagreed."""
 
 
-class WorkerError(RuntimeError):
+class WorkerError(GreedyPruneError, RuntimeError):
     """One or more worker processes started by :func:`launch` failed.
 
     Attributes:
@@ -105,7 +106,7 @@ def split_range(n: int, world: int, r: int) -> tuple[int, int]:
     check_int("world", world, 1)
     check_int("r", r, 0)
     if r >= world:
-        raise ValueError(f"rank r={r} must be < world={world}")
+        raise InvalidOptionError(f"rank r={r} must be < world={world}")
     base, extra = divmod(n, world)
     return r * base + min(r, extra), base + (1 if r < extra else 0)
 
@@ -141,7 +142,7 @@ def init_process_group(backend: str | None = None, timeout_s: float = DEFAULT_TI
     if dist.is_initialized():
         return dist.get_backend()
     if not (isinstance(timeout_s, (int, float)) and timeout_s > 0):
-        raise ValueError(f"timeout_s must be a positive number of seconds, got {timeout_s!r}")
+        raise InvalidOptionError(f"timeout_s must be a positive number of seconds, got {timeout_s!r}")
     if backend is None:
         backend = "nccl" if torch.cuda.is_available() and dist.is_nccl_available() else "gloo"
     if rank is None:
@@ -308,8 +309,8 @@ class CandidateSplit:
 
     def __init__(self, process_group=None):
         if not is_initialised():
-            raise ValueError("distributed=True needs an initialised torch.distributed process group; start the "
-                             "program with torchrun, or call greedyprune.parallel.init_process_group() first")
+            raise InvalidOptionError("distributed=True needs an initialised torch.distributed process group; start the "
+                                     "program with torchrun, or call greedyprune.parallel.init_process_group() first")
         self.process_group = process_group
         self.rank, self.world = dist.get_rank(process_group), dist.get_world_size(process_group)
 

@@ -28,7 +28,8 @@ from typing import Any
 
 import numpy as np
 
-from .fileio import UnsafeFileError, first_line
+from ._text import first_line
+from .errors import InvalidOptionError, UnsafeFileError
 
 __all__ = ["NUMPY_ARRAY_GLOBALS", "load_pickle_restricted"]
 
@@ -274,5 +275,6 @@ def load_pickle_restricted(path: str | os.PathLike, *, what: str, allowed: dict 
     except _Refused as exc:
         raise UnsafeFileError(f"{path} holds {exc}, which a {what} never contains; the file was not loaded") from None
     except Exception as exc:  # noqa: BLE001 - truncation and garbage fail in many ways
-        raise ValueError(f"{path} is not a readable pickle ({type(exc).__name__}: {first_line(exc)}); the {what} "
-                         f"is damaged") from exc
+        raise InvalidOptionError(
+            f"{path} is not a readable pickle ({type(exc).__name__}: {first_line(exc)}); the {what} "
+            f"is damaged") from exc

@@ -26,8 +26,13 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .errors import InvalidOptionError
 from .result import PruneResult
 from .selection import greedy_forward_selection, loss_value
+
+__all__ = ["ACTIVATIONS", "PARAMETERIZATIONS", "PRUNE_TO", "ScaledLinear", "output_scale", "check_two_layer_size",
+           "TwoLayerNet", "is_two_layer", "hidden_features", "neuron_outputs", "build_pruned", "prune_two_layer",
+           "DISTINCT_STEP_FACTOR", "TWO_LAYER_FORMAT", "save_two_layer", "load_two_layer"]
 
 ACTIVATIONS = {
     "relu": nn.ReLU,
@@ -56,7 +61,7 @@ class ScaledLinear(nn.Linear):
                  device=None, dtype=None):
         super().__init__(in_features, out_features, bias=bias, device=device, dtype=dtype)
         if isinstance(scale, bool) or not isinstance(scale, (int, float)) or not math.isfinite(scale) or scale <= 0:
-            raise ValueError(f"scale must be a positive finite number, got {scale!r}")
+            raise InvalidOptionError(f"scale must be a positive finite number, got {scale!r}")
         self.scale = float(scale)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -112,17 +117,18 @@ class TwoLayerNet(nn.Sequential):
                  init: str | None = None, seed: int | None = None, parameterization: str = "standard"):
         for name, value in (("in_features", in_features), ("hidden", hidden), ("out_features", out_features)):
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ValueError(f"{name} must be a positive int, got {value!r}")
+                raise InvalidOptionError(f"{name} must be a positive int, got {value!r}")
         if activation not in ACTIVATIONS:
-            raise ValueError(f"unknown activation {activation!r}; expected one of {tuple(ACTIVATIONS)}")
+            raise InvalidOptionError(f"unknown activation {activation!r}; expected one of {tuple(ACTIVATIONS)}")
         if parameterization not in PARAMETERIZATIONS:
-            raise ValueError(f"unknown parameterization {parameterization!r}; expected one of {PARAMETERIZATIONS}")
+            raise InvalidOptionError(
+                f"unknown parameterization {parameterization!r}; expected one of {PARAMETERIZATIONS}")
         mean_field = parameterization == "mean-field"
         check_two_layer_size(in_features, hidden, out_features)  # before anything is allocated
         if init is None:
             init = "gaussian" if mean_field else "default"
         if init not in ("default", "gaussian"):
-            raise ValueError(f"unknown init {init!r}; expected 'default' or 'gaussian'")
+            raise InvalidOptionError(f"unknown init {init!r}; expected 'default' or 'gaussian'")
 
         def output_layer():
             return ScaledLinear(hidden, out_features, scale=1.0 / hidden) if mean_field else nn.Linear(hidden,
@@ -186,8 +192,8 @@ def _layers(model: nn.Module) -> tuple[nn.Linear, nn.Module, nn.Linear]:
     if not isinstance(first, nn.Linear) or not isinstance(second, nn.Linear):
         raise TypeError(f"modules 0 and 2 must be nn.Linear, got {type(first).__name__} and {type(second).__name__}")
     if first.out_features != second.in_features:
-        raise ValueError(f"hidden sizes do not match: Linear 0 has {first.out_features} outputs, "
-                         f"Linear 2 has {second.in_features} inputs")
+        raise InvalidOptionError(f"hidden sizes do not match: Linear 0 has {first.out_features} outputs, "
+                                 f"Linear 2 has {second.in_features} inputs")
     if list(act.parameters()) or list(act.buffers()):
         raise TypeError(f"the activation {type(act).__name__} has parameters or buffers (per-neuron state); only "
                         "parameter-free activations can be pruned neuron by neuron")
@@ -261,10 +267,10 @@ def build_pruned(model: nn.Module, counts: torch.Tensor) -> nn.Module:
     counts = counts.to(first.weight.device)
     n = first.out_features
     if counts.shape != (n,):
-        raise ValueError(f"counts must have shape ({n},), got {tuple(counts.shape)}")
+        raise InvalidOptionError(f"counts must have shape ({n},), got {tuple(counts.shape)}")
     keep = torch.nonzero(counts, as_tuple=False).flatten()
     if keep.numel() == 0:
-        raise ValueError("counts selects no neuron")
+        raise InvalidOptionError("counts selects no neuron")
     k = int(counts.sum())
     mean_field = getattr(model, "parameterization", "standard") == "mean-field"
     new_scale = 1.0 / keep.numel() if mean_field else output_scale(second)
@@ -320,20 +326,24 @@ def prune_two_layer(model: nn.Module, X: torch.Tensor, y: torch.Tensor, k: int, 
     """
     first, _, second = _layers(model)
     if prune_to not in PRUNE_TO:
-        raise ValueError(f"unknown prune_to {prune_to!r}; expected 'steps' (k selection steps) or 'distinct' (k "
-                         f"distinct neurons)")
+        raise InvalidOptionError(
+            f"unknown prune_to {prune_to!r}; expected 'steps' (k selection steps) or 'distinct' (k "
+            f"distinct neurons)")
     if prune_to == "distinct" and isinstance(k, int) and not isinstance(k, bool) and k > first.out_features:
-        raise ValueError(f"prune_to='distinct' with k={k}: the net has only {first.out_features} hidden neurons, so "
-                         f"it cannot keep {k} distinct ones; lower k to at most {first.out_features} or use "
-                         f"prune_to='steps'")
+        raise InvalidOptionError(
+            f"prune_to='distinct' with k={k}: the net has only {first.out_features} hidden neurons, so "
+            f"it cannot keep {k} distinct ones; lower k to at most {first.out_features} or use "
+            f"prune_to='steps'")
     if not isinstance(X, torch.Tensor) or X.dim() != 2 or X.shape[1] != first.in_features:
         shape = tuple(X.shape) if isinstance(X, torch.Tensor) else type(X).__name__
-        raise ValueError(f"X must be a tensor of shape (m, {first.in_features}), got {shape}")
+        raise InvalidOptionError(f"X must be a tensor of shape (m, {first.in_features}), got {shape}")
     if loss == "logistic" and second.out_features != 1:
-        raise ValueError(f"loss='logistic' needs a network with one output, this one has {second.out_features}; "
-                         "use loss='cross_entropy'")
+        raise InvalidOptionError(
+            f"loss='logistic' needs a network with one output, this one has {second.out_features}; "
+            "use loss='cross_entropy'")
     if loss == "cross_entropy" and second.out_features < 2:
-        raise ValueError("loss='cross_entropy' needs a network with C >= 2 outputs; use loss='logistic' for one logit")
+        raise InvalidOptionError(
+            "loss='cross_entropy' needs a network with C >= 2 outputs; use loss='logistic' for one logit")
     X = X.to(device=first.weight.device, dtype=first.weight.dtype)
     y = y.to(first.weight.device)
     phi = neuron_outputs(model, X)
@@ -394,7 +404,8 @@ def save_two_layer(path, model: nn.Module) -> None:
     first, act, second = _layers(model)
     name = next((k for k, cls in ACTIVATIONS.items() if type(act) is cls), None)
     if name is None:
-        raise ValueError(f"cannot save a two-layer net with activation {type(act).__name__}; known: {tuple(ACTIVATIONS)}")
+        raise InvalidOptionError(
+            f"cannot save a two-layer net with activation {type(act).__name__}; known: {tuple(ACTIVATIONS)}")
     save_torch(path, {"format": TWO_LAYER_FORMAT, "in_features": first.in_features, "hidden": first.out_features,
                       "out_features": second.out_features, "activation": name,
                       "squeeze": isinstance(model, TwoLayerNet),
@@ -409,7 +420,8 @@ def load_two_layer(path) -> nn.Module:
 
     payload = load_torch(path, what="two-layer network", require_checksum=True, offer_trust=False)
     if not isinstance(payload, dict) or payload.get("format") != TWO_LAYER_FORMAT:
-        raise ValueError(f"{path} is not a two-layer network saved by greedyprune ({TWO_LAYER_FORMAT!r} expected)")
+        raise InvalidOptionError(
+            f"{path} is not a two-layer network saved by greedyprune ({TWO_LAYER_FORMAT!r} expected)")
     if payload["squeeze"]:
         model = TwoLayerNet(payload["in_features"], payload["hidden"], payload["activation"], payload["out_features"],
                             parameterization=payload.get("parameterization", "standard"))
@@ -417,7 +429,7 @@ def load_two_layer(path) -> nn.Module:
         scale = float(payload.get("output_scale", 1.0))
         out = (ScaledLinear(payload["hidden"], payload["out_features"], scale=scale) if scale != 1.0
                else nn.Linear(payload["hidden"], payload["out_features"]))
-        model = nn.Sequential(nn.Linear(payload["in_features"], payload["hidden"]), ACTIVATIONS[payload["activation"]](),
-                              out)
+        model = nn.Sequential(nn.Linear(payload["in_features"], payload["hidden"]),
+                              ACTIVATIONS[payload["activation"]](), out)
     model.load_state_dict(payload["state_dict"])
     return model

@@ -35,14 +35,13 @@ chosen candidate is the lowest loss, the lowest index among exact ties.
 """
 from __future__ import annotations
 
+import contextlib
 import copy
 from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F
 from torch import nn
-
-import contextlib
 
 from greedyprune.channels import Batches, apply_masks, find_groups, fold_and_remove
 from greedyprune.channels.bn import batch_statistics, recalibrate_bn

@@ -7,12 +7,12 @@ from torch import nn
 
 from greedyprune import PretrainingAdvisor, TrainConfig, TwoLayerNet, pretrain
 from greedyprune.advisor import AdvisorCheck, jaccard_distance
-from greedyprune.result import PruneResult
-from greedyprune.twolayer import load_two_layer
 from greedyprune.cli import main
 from greedyprune.data import load_dataset
+from greedyprune.result import PruneResult
 from greedyprune.studies.advisor import compare_with_study
 from greedyprune.studies.pretraining import config_with, get_preset, run_pretraining_study
+from greedyprune.twolayer import load_two_layer
 
 
 def test_jaccard_distance_closed_forms():

@@ -2,11 +2,11 @@
 import pytest
 import torch
 
-from greedyprune.training.checkpoints import save_model
-from greedyprune.cli import main
 from greedyprune.channels import load_pruned
+from greedyprune.cli import main
 from greedyprune.models import get_model
 from greedyprune.studies.store import ResultsStore
+from greedyprune.training.checkpoints import save_model
 
 TINY = {"in_channels": 1, "num_classes": 10, "width": 4}
 
@@ -41,6 +41,7 @@ def test_prune_writes_a_smaller_model_that_loads(checkpoint, tmp_path, capsys):
             p.numel() for p in get_model("resnet8", **TINY).parameters())
 
 
+@pytest.mark.slow
 def test_prune_with_two_workers_keeps_the_same_channels(checkpoint, tmp_path, capsys):
     common = [str(checkpoint), "--size", "200", "--keep-ratio", "0.5", "--candidates", "3", "--batch-size", "32",
               "--no-progress", "--method", "fast"]
@@ -69,6 +70,7 @@ def _rows(path):
         return store.rows()
 
 
+@pytest.mark.slow
 def test_study_cnn_resumes_after_an_interruption(tmp_path, monkeypatch, capsys):
     import greedyprune.channels as deep
 
@@ -128,6 +130,7 @@ RETHINKING_ARGS = ["study", "rethinking", "--size", "200", "--iterations", "10",
                    "--prune-batch-size", "16", "--candidates", "2", "--test-size", "200", "--batch-size", "32"]
 
 
+@pytest.mark.slow
 def test_study_rethinking_table_and_resume(tmp_path, monkeypatch, capsys):
     import greedyprune.channels as deep
     from greedyprune.training import retrain as retrain_module

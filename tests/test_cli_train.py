@@ -10,9 +10,9 @@ import pytest
 import torch
 
 from greedyprune import data
+from greedyprune.cli import main
 from greedyprune.training import checkpoints
 from greedyprune.training.checkpoints import list_checkpoints, load_model
-from greedyprune.cli import main
 
 torch.set_num_threads(1)
 ROOT = Path(__file__).resolve().parents[1]

@@ -6,6 +6,7 @@ import pytest
 import torch
 from torch import nn
 
+from greedyprune.data import Dataset, as_images
 from greedyprune.training.checkpoints import (
     MODEL_CHECKPOINT_FORMAT,
     list_checkpoints,
@@ -14,8 +15,6 @@ from greedyprune.training.checkpoints import (
     state_dict_mismatches,
     train_with_checkpoints,
 )
-from greedyprune.data import Dataset, as_images
-from greedyprune.training.retrain import finetune, reinitialize, retrain, scratch_iterations
 from greedyprune.training.loop import (
     CHECKPOINT_FORMAT,
     TrainConfig,
@@ -25,6 +24,7 @@ from greedyprune.training.loop import (
     pretrain,
     save_checkpoint,
 )
+from greedyprune.training.retrain import finetune, reinitialize, retrain, scratch_iterations
 
 torch.set_num_threads(1)
 

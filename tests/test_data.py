@@ -307,7 +307,8 @@ def test_balanced_subsample_errors():
     with pytest.raises(ValueError, match="exceeds"):
         balanced_subsample(labels, 24, seed=0)
     # size 12 needs 4 of class 2, which has 3; largest balanced size is 3*3 + 2 = 11
-    with pytest.raises(ValueError, match=r"class 2 has only 3 examples but 4 are needed.*largest balanced size possible is 11"):
+    with pytest.raises(ValueError,
+                       match=r"class 2 has only 3 examples but 4 are needed.*largest balanced size possible is 11"):
         balanced_subsample(labels, 12, seed=0)
     assert Counter(labels[balanced_subsample(labels, 11, seed=0)].tolist()) == {0: 4, 1: 4, 2: 3}
     with pytest.raises(ValueError, match="integer tensor"):

@@ -123,6 +123,7 @@ def _rows(directory):
         return [{k: v for k, v in r.items() if k not in ("created", "prune_seconds")} for r in store.rows()]
 
 
+@pytest.mark.slow
 def test_train_command_data_parallel_matches_one_process(tmp_path):
     assert parallel.launch(cli_worker, 2, TRAIN_ARGS + ["--out", str(tmp_path / "two")], threads=1,
                            timeout_s=120) == 0
@@ -139,6 +140,7 @@ def test_train_command_data_parallel_matches_one_process(tmp_path):
                 assert torch.equal(two[key], value), key
 
 
+@pytest.mark.slow
 def test_study_cnn_data_parallel_rows_match_one_process(tmp_path):
     assert parallel.launch(cli_worker, 2, CNN_ARGS + ["--out", str(tmp_path / "two")], threads=1,
                            timeout_s=300) == 0
@@ -155,6 +157,7 @@ def test_study_cnn_data_parallel_rows_match_one_process(tmp_path):
                 assert b[key] == value, key
 
 
+@pytest.mark.slow
 def test_sharded_studies_merge_to_the_rows_of_one_process(tmp_path):
     from greedyprune.cli import main
     from greedyprune.studies.cnn import config_with as cnn_config

@@ -152,7 +152,8 @@ def test_tolerance_rules_stop_early_and_same_seed_is_deterministic():
 def test_replacement_can_choose_a_channel_twice_and_folds_its_weight():
     model = _randomize_bn(get_model("resnet8", in_channels=1, width=8, seed=0))
     X, y = _data((1, 28, 28))
-    r = prune_model(model, (X, y), objective="network", keep_ratio=0.5, replacement=True, max_steps=12, candidates=None, batch_size=16)
+    r = prune_model(model, (X, y), objective="network", keep_ratio=0.5, replacement=True, max_steps=12,
+                    candidates=None, batch_size=16)
     assert any(max(c) >= 2 for c in r.counts.values())
     for name, counts in r.counts.items():
         assert r.kept[name] == [i for i, c in enumerate(counts) if c > 0]
@@ -281,7 +282,8 @@ def test_l1_baseline_keeps_the_largest_filters():
 def _distributed_prune(rank_unused=None):
     model = _randomize_bn(get_model("resnet8", in_channels=1, width=8, seed=0))
     X, y = _data((1, 28, 28))
-    result = prune_model(model, (X, y), objective="network", keep_ratio=0.5, candidates=5, batch_size=16, seed=3, distributed=True)
+    result = prune_model(model, (X, y), objective="network", keep_ratio=0.5, candidates=5, batch_size=16, seed=3,
+                         distributed=True)
     return result.kept, result.counts, [g["loss"] for g in result.layers], result.model.state_dict()
 
 

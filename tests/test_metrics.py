@@ -99,7 +99,8 @@ def test_measure_latency():
     assert res["p10"] <= res["median"] <= res["p90"] and res["min"] <= res["max"]
     assert res["repeats"] == 7 and res["threads"] == 2 and res["device"] == "cpu"
     assert res["input_shape"] == (1, 3, 16, 16)
-    assert measure_latency(net, torch.randn(2, 3, 8, 8), repeats=1, warmup=0, threads=None)["input_shape"] == (2, 3, 8, 8)
+    measured = measure_latency(net, torch.randn(2, 3, 8, 8), repeats=1, warmup=0, threads=None)
+    assert measured["input_shape"] == (2, 3, 8, 8)
 
 
 def test_measure_latency_restores_threads_on_error():

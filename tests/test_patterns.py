@@ -3,10 +3,10 @@ network masked with the result's counts, within 1e-4, and runs in train and eval
 before the search with an error that names the layer and the way out."""
 import warnings
 
+import patterns
 import pytest
 import torch
 
-import patterns
 from greedyprune import prune_model
 from greedyprune.channels import UnsupportedLayerError, apply_masks, find_groups, group_scales
 
@@ -32,8 +32,8 @@ def test_pattern_prunes_exactly_and_runs_in_both_modes(name):
     X, y = _data()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # groups left whole are announced with a warning
-        result = prune_model(dense, (X, y), objective="network", keep_ratio=0.5, candidates=3, batch_size=16, recalibrate=0,
-                             unsupported="skip")
+        result = prune_model(dense, (X, y), objective="network", keep_ratio=0.5, candidates=3, batch_size=16,
+                             recalibrate=0, unsupported="skip")
         _, groups = find_groups(dense, X[:1], unsupported="skip")
     assert result.kept, "nothing was pruned"
     assert sum(p.numel() for p in result.model.parameters()) < sum(p.numel() for p in dense.parameters())
@@ -67,8 +67,8 @@ def test_layers_that_mix_channels_are_refused_before_the_search_or_left_whole():
     with pytest.raises(UnsupportedLayerError, match="masking them.*channel shuffle"):
         prune_model(patterns.ChannelShuffle(), (X, y), objective="network", keep_ratio=0.5, candidates=2, batch_size=16)
     with pytest.warns(UserWarning, match="'conv'"):
-        result = prune_model(patterns.ChannelShuffle(), (X, y), objective="network", keep_ratio=0.5, candidates=2, batch_size=16,
-                             unsupported="skip")
+        result = prune_model(patterns.ChannelShuffle(), (X, y), objective="network", keep_ratio=0.5, candidates=2,
+                             batch_size=16, unsupported="skip")
     assert "conv" not in result.kept and "head" in result.kept
 
 

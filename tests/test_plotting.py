@@ -13,6 +13,7 @@ PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
 
 from greedyprune.studies import pretraining_report as plotting  # noqa: E402
+
 threshold_iterations = plotting.threshold_iterations
 summarize = plotting.summarize
 

@@ -151,7 +151,8 @@ def test_an_epsilon_grid_that_never_reaches_the_target_names_the_closest(tmp_pat
             "--checkpoint-every", "4", "--candidates", "2", "--epsilon-grid", "0,0.001", "--flops-reduction", "0.9",
             "--val-size", "100", "--test-size", "200", "--finetune-iterations", "1", "--baselines", "", "--trials", "1",
             "--no-progress", "--out", str(tmp_path)]
-    _fails(capsys, argv, "no epsilon in the grid 0,0.001 reaches a 90% multiply-add reduction", "the closest is epsilon=")
+    _fails(capsys, argv, "no epsilon in the grid 0,0.001 reaches a 90% multiply-add reduction",
+           "the closest is epsilon=")
 
 
 def test_an_epsilon_grid_picks_a_value_that_reaches_the_target(tmp_path, capsys):

@@ -12,7 +12,8 @@ import torch
 
 from greedyprune.baselines import prune_like
 from greedyprune.channels import AccuracyTolerance, KeepRatio, LossGap, Step, find_groups, prune_model
-from greedyprune.channels.budget import CostModel as MacModel, uniform_keep_counts
+from greedyprune.channels.budget import CostModel as MacModel
+from greedyprune.channels.budget import uniform_keep_counts
 from greedyprune.channels.rules import FlopsTarget, PlanContext
 from greedyprune.metrics import count_macs
 from greedyprune.models import MobileNetV2, get_model
@@ -64,7 +65,7 @@ def _resnet(width=4, **kw):
     return get_model("resnet8", in_channels=1, width=width, seed=0, **kw).eval()
 
 
-@pytest.mark.parametrize("ratio", [0.3, 0.5, 0.7, 0.05])
+@pytest.mark.parametrize("ratio", [pytest.param(0.3, marks=pytest.mark.slow), 0.5, 0.7, 0.05])
 def test_keep_ratio_keeps_the_nearest_count_and_stops_there(ratio):
     model, x = _resnet(), torch.randn(1, 1, 12, 12)
     DG, groups = find_groups(model, x)
@@ -136,6 +137,7 @@ def test_flops_target_keeps_the_largest_uniform_fraction_that_fits(arch, target)
         assert _real_macs(model, bigger, x) > target * dense
 
 
+@pytest.mark.slow
 def test_prune_model_meets_a_uniform_flops_target_without_overshooting():
     model = _resnet(width=8)
     X = torch.randn(64, 1, 12, 12, generator=torch.Generator().manual_seed(0))

@@ -79,7 +79,8 @@ def pruned():
     g = torch.Generator().manual_seed(0)
     X, y = torch.rand(48, 1, 8, 8, generator=g), torch.arange(48) % 10
     dense = get_model("resnet8", seed=0, **TINY)
-    result = prune_model(dense, (X, y), objective="network", keep_ratio=0.5, candidates=2, batch_size=16, eval_examples=16)
+    result = prune_model(dense, (X, y), objective="network", keep_ratio=0.5, candidates=2, batch_size=16,
+                         eval_examples=16)
     return dense, result, X
 
 

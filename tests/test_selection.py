@@ -203,7 +203,8 @@ def test_bad_input_type_errors(make, match):
 
 @pytest.mark.parametrize("loss", ["logistic", "cross_entropy"])
 def test_lower_bounds_hold_for_fresh_and_stale_anchors(loss):
-    from greedyprune.selection.scorers import CrossEntropyScorer as _CrossEntropyScorer, LogisticScorer as _LogisticScorer
+    from greedyprune.selection.scorers import CrossEntropyScorer as _CrossEntropyScorer
+    from greedyprune.selection.scorers import LogisticScorer as _LogisticScorer
 
     cls = _LogisticScorer if loss == "logistic" else _CrossEntropyScorer
     for seed in range(5):
@@ -251,7 +252,8 @@ def test_float32_duplicated_neurons_go_to_the_lowest_index(loss):
             y = torch.randn(m, generator=g) if loss == "squared" else (torch.rand(m, generator=g) > 0.5).float()
         phi = torch.cat([base] * 7)
         for replacement, cands in ((True, None), (False, None), (True, 11)):
-            result = greedy_forward_selection(phi, y, 8, loss=loss, replacement=replacement, candidates=cands, seed=trial)
+            result = greedy_forward_selection(phi, y, 8, loss=loss, replacement=replacement, candidates=cands,
+                                              seed=trial)
             expected, _ = brute_force_selection(phi, y, 8, loss=loss, replacement=replacement, candidates=cands,
                                                 seed=trial)
             assert result.indices.tolist() == expected, (trial, replacement, cands)

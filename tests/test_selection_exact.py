@@ -13,10 +13,10 @@ import math
 import numpy as np
 import pytest
 import torch
+from reference import brute_force_selection, candidate_losses, check_selection, reference_loss
 
 from greedyprune import greedy_forward_selection, loss_value
 from greedyprune.selection import SelectionResult, scorers
-from reference import brute_force_selection, candidate_losses, check_selection, reference_loss
 
 torch.set_num_threads(1)
 F64 = torch.float64
@@ -200,7 +200,8 @@ def test_bounded_search_is_exact_for_any_first_batch(loss):
             exact = scorer.scores(None, k)
             if not replacement:
                 exact = exact.masked_fill(~available, math.inf)
-            assert i == int(torch.argmin(exact)) and score == pytest.approx(float(exact[i]), rel=1e-13), (first_batch, k)
+            assert i == int(torch.argmin(exact)) and score == pytest.approx(float(exact[i]), rel=1e-13), \
+                (first_batch, k)
             available[i] = False
             scorer.add(scorer.phi[i], i)
 

@@ -16,8 +16,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-
-
 from greedyprune.studies import store as storage  # noqa: E402
 from greedyprune.studies.pretraining import SCHEMA  # noqa: E402
 

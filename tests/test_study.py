@@ -12,8 +12,8 @@ import pytest
 import torch
 
 from greedyprune.cli import main
-from greedyprune.studies.store import ConfigMismatchError
 from greedyprune.studies.pretraining import config_with, get_preset, run_pretraining_study
+from greedyprune.studies.store import ConfigMismatchError
 
 torch.set_num_threads(1)
 
@@ -124,6 +124,7 @@ LONG_ARGS = ["--data", "digits", "--widths", "30", "--sizes", "300,600", "--tria
 LONG_ROWS = 1 * 2 * 2 * 31
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGKILL])
 def test_interrupted_study_resumes_with_one_row_per_key(tmp_path, sig):
     out = tmp_path / "run"

@@ -9,8 +9,8 @@ import pytest
 import torch
 
 from greedyprune.data import balanced_subsample, load_dataset
-from greedyprune.studies.store import ResultsStore, Schema
 from greedyprune.studies.pretraining import DB_NAME, SCHEMA, config_with, get_preset, run_pretraining_study
+from greedyprune.studies.store import ResultsStore, Schema
 from greedyprune.studies.theory import (
     Definition1,
     ThresholdRow,

@@ -6,6 +6,7 @@ from typing import Iterable, Iterator
 import torch
 
 from ..checks import check_finite
+from ..errors import InvalidOptionError
 
 __all__ = ["Batches"]
 
@@ -25,10 +26,11 @@ class Batches:
             if not isinstance(y, torch.Tensor):
                 raise TypeError(f"data=(X, y): y must be a tensor of class labels, got {type(y).__name__}")
             if X.dim() < 2 or X.shape[0] == 0:
-                raise ValueError(f"data=(X, y): X must be a non-empty batch of inputs (n, ...), got shape {tuple(X.shape)}")
+                raise InvalidOptionError(
+                    f"data=(X, y): X must be a non-empty batch of inputs (n, ...), got shape {tuple(X.shape)}")
             if y.dim() != 1 or y.shape[0] != X.shape[0]:
-                raise ValueError(f"data=(X, y): y must have shape ({X.shape[0]},) (one class label per input), "
-                                 f"got {tuple(y.shape)}")
+                raise InvalidOptionError(f"data=(X, y): y must have shape ({X.shape[0]},) (one class label per input), "
+                                         f"got {tuple(y.shape)}")
             _check_batch(X, y)
             self.X, self.y, self.loader = X, y, None
             self.generator = torch.Generator().manual_seed(int(seed))
@@ -50,8 +52,9 @@ class Batches:
             except StopIteration:
                 self.iterator = None
         else:
-            raise ValueError("the data loader is empty: it yielded no batches; pass a loader over a non-empty data "
-                             "set (check the dataset length, batch_size and drop_last)")
+            raise InvalidOptionError(
+                "the data loader is empty: it yielded no batches; pass a loader over a non-empty data "
+                "set (check the dataset length, batch_size and drop_last)")
         if not (isinstance(batch, (tuple, list)) and len(batch) >= 2):
             raise TypeError("each batch of the data loader must be (inputs, labels), got "
                             f"{type(batch).__name__}")
@@ -104,4 +107,4 @@ def _check_batch(x: torch.Tensor, y: torch.Tensor) -> None:
         raise TypeError(f"labels must be integer class indices, got dtype {y.dtype}")
     check_finite("the inputs", x)
     if y.numel() and int(y.min()) < 0:
-        raise ValueError(f"labels must be class indices >= 0, got {int(y.min())}")
+        raise InvalidOptionError(f"labels must be class indices >= 0, got {int(y.min())}")

@@ -121,8 +121,8 @@ class FastEvaluator:
                        if i not in self.dependent}
         self.fused, self.passthrough = self._fuse_batch_norms() if bn == "running" else ({}, set())
         self.batch_norms = {n for n in self.dependent if n.op == "call_module" and bn == "batch"
-                            and isinstance(self.named[n.target], BATCH_NORMS) and self.named[n.target].track_running_stats
-                            and len(n.args) == 1 and not n.kwargs}
+                            and isinstance(self.named[n.target], BATCH_NORMS)
+                            and self.named[n.target].track_running_stats and len(n.args) == 1 and not n.kwargs}
         self.per_sample = None
 
     def _fuse_batch_norms(self) -> tuple[dict, set]:

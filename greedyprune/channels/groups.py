@@ -21,6 +21,8 @@ from typing import Any, Iterable
 import torch
 from torch import nn
 
+from ..errors import GreedyPruneError, InvalidOptionError
+
 __all__ = ["ChannelGroup", "GroupDiscoveryTimeout", "UnsupportedLayerError", "execution_order", "find_groups",
            "refresh_group"]
 
@@ -28,7 +30,7 @@ _SUPPORTED_PARAM_TYPES = (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Linear, nn.BatchNo
                           nn.BatchNorm3d, nn.LayerNorm, nn.GroupNorm, nn.PReLU, nn.Embedding)
 
 
-class UnsupportedLayerError(ValueError):
+class UnsupportedLayerError(GreedyPruneError, ValueError):
     """A layer in a channel group that greedy forward selection cannot mask or Torch-Pruning cannot prune."""
 
 
@@ -112,8 +114,8 @@ def _resolve_layers(model: nn.Module, layers: Iterable, what: str) -> list[nn.Mo
     for layer in layers:
         if isinstance(layer, str):
             if layer not in named:
-                raise ValueError(f"{what}: the model has no layer named {layer!r}; names look like "
-                                 f"{[n for n in list(named)[1:4]]}")
+                raise InvalidOptionError(f"{what}: the model has no layer named {layer!r}; names look like "
+                                         f"{[n for n in list(named)[1:4]]}")
             out.append(named[layer])
         elif isinstance(layer, nn.Module):
             out.append(layer)

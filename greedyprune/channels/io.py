@@ -24,6 +24,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from ..errors import InvalidOptionError
 from ..fileio import UnsafeFileError, load_torch, save_torch, torch_bytes
 from ..result import PruneResult
 
@@ -65,7 +66,7 @@ def save_pruned(path: str | os.PathLike, result: PruneResult, *, name: str | Non
         raise TypeError(f"result must be a PruneResult (what prune_model returns), got {type(result).__name__}")
     shape = input_shape if input_shape is not None else result.report.get("input_shape")
     if shape is None:
-        raise ValueError("input_shape is unknown: pass input_shape=(C, H, W), the shape of one example")
+        raise InvalidOptionError("input_shape is unknown: pass input_shape=(C, H, W), the shape of one example")
     payload = {
         "format": PRUNED_FORMAT,
         "state_dict": {k: v.detach().cpu() for k, v in result.model.state_dict().items()},
@@ -105,8 +106,9 @@ def load_pruned(path: str | os.PathLike, *, model: nn.Module | None = None, trus
     path = Path(path)
     payload = load_torch(path, what="pruned model", require_checksum=True, offer_trust=False)
     if not isinstance(payload, dict) or payload.get("format") != PRUNED_FORMAT:
-        raise ValueError(f"{path} is not a pruned model saved by this version of greedyprune (no {PRUNED_FORMAT!r} "
-                         f"marker)")
+        raise InvalidOptionError(
+            f"{path} is not a pruned model saved by this version of greedyprune (no {PRUNED_FORMAT!r} "
+            f"marker)")
     info = {k: v for k, v in payload.items() if k not in ("module", "state_dict")}
     info["full_module"] = payload.get("module") is not None
     if model is None and payload.get("name"):
@@ -120,15 +122,16 @@ def load_pruned(path: str | os.PathLike, *, model: nn.Module | None = None, trus
         rebuilt = _replay(copy.deepcopy(model), payload, path)
         return rebuilt.to(map_location), info
     if payload.get("module") is None:
-        raise ValueError(f"{path} was saved without a model name: pass model= a dense instance of the architecture "
-                         f"that was pruned, and the pruning history is replayed on it")
+        raise InvalidOptionError(
+            f"{path} was saved without a model name: pass model= a dense instance of the architecture "
+            f"that was pruned, and the pruning history is replayed on it")
     if not trust_pickle:
         raise UnsafeFileError(f"{path} can only be loaded by unpickling its stored module, which can run arbitrary "
                               f"code. Pass model= a dense instance of the pruned architecture (safe), or "
                               f"trust_pickle=True if you made this file yourself")
     module = torch.load(io.BytesIO(payload["module"]), map_location=map_location, weights_only=False)
     if not isinstance(module, nn.Module):
-        raise ValueError(f"{path} stores a {type(module).__name__}, not an nn.Module")
+        raise InvalidOptionError(f"{path} stores a {type(module).__name__}, not an nn.Module")
     return module, info
 
 
@@ -145,14 +148,15 @@ def _replay(model: nn.Module, payload: dict, path: Path) -> nn.Module:
     try:
         DG.load_pruning_history(payload["history"])
     except Exception as exc:  # noqa: BLE001 - the history belongs to another architecture
-        raise ValueError(f"{path}: the pruning history does not fit this dense model ({type(exc).__name__}: "
-                         f"{exc}); pass the model that was pruned") from exc
+        raise InvalidOptionError(f"{path}: the pruning history does not fit this dense model ({type(exc).__name__}: "
+                                 f"{exc}); pass the model that was pruned") from exc
     what = f"{path}: the weights do not fit the rebuilt model; pass the dense model that was pruned"
     if next(model.parameters()).device.type == "meta":
         return materialise(model, payload["state_dict"], what).eval()
     lines = state_dict_mismatches(model.state_dict(), payload["state_dict"])
     if lines:
-        raise ValueError(f"{path}: the weights do not fit the rebuilt model ({'; '.join(lines[:5])}); pass the dense "
-                         f"model that was pruned")
+        raise InvalidOptionError(
+            f"{path}: the weights do not fit the rebuilt model ({'; '.join(lines[:5])}); pass the dense "
+            f"model that was pruned")
     model.load_state_dict(payload["state_dict"])
     return model.eval()

@@ -22,6 +22,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..errors import InvalidOptionError
 from ..selection import greedy_forward_selection
 from .budget import per_channel
 from .groups import ChannelGroup, UnsupportedLayerError, refresh_group
@@ -128,9 +129,10 @@ def local_group(search, group: ChannelGroup, stop) -> tuple[torch.Tensor, dict]:
     """One group of ``prune_model(objective="local")``: Algorithm 1 on its readers' reconstruction."""
     targets = getattr(stop, "targets", None)
     if targets is None:
-        raise ValueError(f"objective='local' needs a rule that fixes each group's width (keep_ratio, flops_target, "
-                         f"params_target or KeepCounts); {stop.name!r} compares network losses - use "
-                         f"objective='network' for it")
+        raise InvalidOptionError(
+            f"objective='local' needs a rule that fixes each group's width (keep_ratio, flops_target, "
+            f"params_target or KeepCounts); {stop.name!r} compares network losses - use "
+            f"objective='network' for it")
     inputs = search.calibration if search.calibration is not None else search.batches.fixed(256)[0]
     gram, cross, norm, positions = local_problem(search.model, group, inputs)
     per_unit = group.channels // group.num_units

@@ -16,6 +16,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from ..errors import InvalidOptionError
 from .groups import ChannelGroup, refresh_group
 
 __all__ = ["apply_masks", "channel_view", "fold_and_remove", "group_scales", "reader_scale", "reads_last_dim",
@@ -102,9 +103,10 @@ def fold_and_remove(DG, model: nn.Module, group: ChannelGroup, counts: torch.Ten
     group = refresh_group(DG, model, group)
     counts = torch.as_tensor(counts)
     if counts.numel() != group.channels:
-        raise ValueError(f"counts has {counts.numel()} entries but group {group.name!r} has {group.channels} channels")
+        raise InvalidOptionError(
+            f"counts has {counts.numel()} entries but group {group.name!r} has {group.channels} channels")
     if int(counts.sum()) <= 0:
-        raise ValueError(f"group {group.name!r}: no channel was selected; at least one must be kept")
+        raise InvalidOptionError(f"group {group.name!r}: no channel was selected; at least one must be kept")
     scale = (group_scales(counts) if scale is None else scale.to(torch.float32)).reshape(1, -1)
     named = dict(model.named_modules())
     with torch.no_grad():
@@ -118,8 +120,9 @@ def fold_and_remove(DG, model: nn.Module, group: ChannelGroup, counts: torch.Ten
             if groups > 1:  # a grouped conv's weight holds in_channels / groups inputs, the same in every group
                 per_group = s.reshape(groups, -1)
                 if not torch.equal(per_group, per_group[:1].expand_as(per_group)):
-                    raise ValueError(f"group {group.name!r}: the scales of grouped convolution {name!r} differ between "
-                                     f"its conv groups; select its channels in units (ChannelGroup.units)")
+                    raise InvalidOptionError(
+                        f"group {group.name!r}: the scales of grouped convolution {name!r} differ between "
+                        f"its conv groups; select its channels in units (ChannelGroup.units)")
                 s = per_group[0]
             shape = (1, -1) + (1,) * (module.weight.dim() - 2)
             module.weight.mul_(s.to(module.weight.device).reshape(shape))

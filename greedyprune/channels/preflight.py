@@ -18,6 +18,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from ..errors import InvalidOptionError
 from .bn import exact_math
 from .groups import ChannelGroup, UnsupportedLayerError, execution_order, find_groups, refresh_group
 from .masks import apply_masks, fold_and_remove, group_scales
@@ -133,15 +134,15 @@ def check_model_accepts(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> N
         with torch.no_grad():
             out = model(x[:1])
     except Exception as exc:  # noqa: BLE001
-        raise ValueError(f"the model does not accept the data's inputs of shape {tuple(x.shape[1:])} "
-                         f"({type(exc).__name__}: {exc}); pass inputs shaped as the model expects, e.g. images "
-                         f"(n, C, H, W) rather than flattened vectors") from exc
+        raise InvalidOptionError(f"the model does not accept the data's inputs of shape {tuple(x.shape[1:])} "
+                                 f"({type(exc).__name__}: {exc}); pass inputs shaped as the model expects, e.g. images "
+                                 f"(n, C, H, W) rather than flattened vectors") from exc
     if not isinstance(out, torch.Tensor) or out.dim() != 2:
-        raise ValueError(f"the model must return class logits of shape (batch, classes), got "
-                         f"{getattr(out, 'shape', type(out).__name__)}")
+        raise InvalidOptionError(f"the model must return class logits of shape (batch, classes), got "
+                                 f"{getattr(out, 'shape', type(out).__name__)}")
     if int(y.max()) >= out.shape[1] or int(y.min()) < 0:
-        raise ValueError(f"labels must be in [0, {out.shape[1]}) for a model with {out.shape[1]} outputs; "
-                         f"got labels in [{int(y.min())}, {int(y.max())}]")
+        raise InvalidOptionError(f"labels must be in [0, {out.shape[1]}) for a model with {out.shape[1]} outputs; "
+                                 f"got labels in [{int(y.min())}, {int(y.max())}]")
 
 
 def check_train_mode(model: nn.Module, x: torch.Tensor) -> None:

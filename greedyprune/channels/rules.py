@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from typing import Protocol
 
 from ..checks import check_number
+from ..errors import InvalidOptionError
 
 __all__ = ["AccuracyTolerance", "Budget", "FlopsTarget", "KeepCounts", "KeepRatio", "LossGap", "ParamsTarget",
            "PlanContext", "Step", "StoppingRule", "rule_from_options"]
@@ -108,8 +109,8 @@ class KeepCounts:
         by_name = {g.name: g for g in context.groups}
         unknown = sorted(set(self.targets) - set(by_name))
         if unknown:
-            raise ValueError(f"keep counts name groups the model does not have: {unknown}; its groups are "
-                             f"{sorted(by_name)}")
+            raise InvalidOptionError(f"keep counts name groups the model does not have: {unknown}; its groups are "
+                                     f"{sorted(by_name)}")
         for name, g in by_name.items():
             self.targets.setdefault(name, g.channels)
 
@@ -146,9 +147,10 @@ class Budget(KeepCounts):
     def __init__(self, target: float, kind: str = "macs", uniform: bool = False, curves: dict | None = None):
         keyword = "flops_target" if kind == "macs" else "params_target"
         if isinstance(target, (int, float)) and not isinstance(target, bool) and target >= 1:
-            raise ValueError(f"{keyword} must be a fraction in (0, 1) of the dense network's "
-                             f"{'multiply-adds' if kind == 'macs' else 'parameters'}; got {target!r}, which is not "
-                             f"below the dense network (1.0)")
+            raise InvalidOptionError(
+                f"{keyword} must be a fraction in (0, 1) of the dense network's "
+                f"{'multiply-adds' if kind == 'macs' else 'parameters'}; got {target!r}, which is not "
+                f"below the dense network (1.0)")
         self.value = check_number(keyword, target, low=0, high=1, low_open=True, high_open=True)
         if not isinstance(uniform, bool):
             raise TypeError(f"uniform must be True or False, got {uniform!r}")
@@ -171,8 +173,9 @@ class Budget(KeepCounts):
         curves = self.curves
         unknown = sorted(set(curves) ^ {g.name for g in context.groups})
         if unknown:
-            raise ValueError(f"the loss curves given do not match the model's groups ({unknown[:5]}); pass curves "
-                             f"measured on this model with the same skip")
+            raise InvalidOptionError(
+                f"the loss curves given do not match the model's groups ({unknown[:5]}); pass curves "
+                f"measured on this model with the same skip")
         gaps = {name: monotone_gaps(losses, unpruned) for name, (losses, unpruned) in curves.items()}
         self.targets = allocate(cost, gaps, self.value)
         self.allocated_cost = cost.cost(self.targets) / cost.total
@@ -199,19 +202,20 @@ def rule_from_options(rule: StoppingRule | None = None, *, uniform: bool = False
     given = {k: v for k, v in options.items() if v is not None}
     if rule is not None:
         if given:
-            raise ValueError(f"give rule= or one of {sorted(_KEYWORDS)}, not both (got rule and {sorted(given)})")
+            raise InvalidOptionError(
+                f"give rule= or one of {sorted(_KEYWORDS)}, not both (got rule and {sorted(given)})")
         for attr in ("name", "needs_unpruned", "stop", "plan"):
             if not hasattr(rule, attr):
                 raise TypeError(f"rule must be a stopping rule with name, needs_unpruned, plan() and stop(); "
                                 f"{type(rule).__name__} has no {attr!r}")
         return rule
     if len(given) > 1:
-        raise ValueError(f"give one stopping rule, got {sorted(given)}; choose one of {', '.join(_KEYWORDS)}")
+        raise InvalidOptionError(f"give one stopping rule, got {sorted(given)}; choose one of {', '.join(_KEYWORDS)}")
     if not given:
         return AccuracyTolerance(0.02)
     (key, value), = given.items()
     if key in ("flops_target", "params_target"):
         return _KEYWORDS[key](value, uniform=uniform)
     if uniform:
-        raise ValueError(f"uniform=True applies to flops_target / params_target, not to {key}")
+        raise InvalidOptionError(f"uniform=True applies to flops_target / params_target, not to {key}")
     return _KEYWORDS[key](value)

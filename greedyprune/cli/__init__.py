@@ -7,9 +7,11 @@
     greedyprune prune-llm                                              (llm.py)
 
 A user's mistake (a bad option, a missing file, a damaged file, a locked output) is printed as
-``greedyprune: error: ...`` with exit status 2. An internal failure keeps its traceback (exit 1): an
-error message the package raised (a ``raise`` statement in greedyprune's code) is told apart from one raised
-inside torch, numpy or Python itself, even when C code called from the package raised it.
+``greedyprune: error: ...`` with exit status 2: any :class:`greedyprune.errors.GreedyPruneError` (an
+``InvalidOptionError``, a ``UsageError``, ...), an ``OSError`` or a ``FloatingPointError``. An internal failure
+keeps its traceback (exit 1). A plain ``ValueError`` / ``TypeError`` still raised by a ``raise`` statement in
+greedyprune's code (not yet converted to the hierarchy) also counts as a user's mistake; one raised inside torch,
+numpy or Python itself does not, even when C code called from the package raised it.
 ``GREEDYPRUNE_DEBUG=1`` shows the traceback of every error.
 """
 from __future__ import annotations
@@ -20,6 +22,7 @@ import sys
 
 from .. import __version__
 from ..checks import raised_by_package
+from ..errors import GreedyPruneError
 from .common import UsageError
 
 __all__ = ["UsageError", "build_parser", "main"]
@@ -50,14 +53,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _user_error(exc: BaseException) -> bool:
-    from ..parallel import DistributedSelectionError, WorkerError
-
-    if isinstance(exc, (UsageError, OSError, FloatingPointError, WorkerError, DistributedSelectionError)):
+    if isinstance(exc, (GreedyPruneError, OSError, FloatingPointError)):
         return True
-    from ..fileio import RunLockedError
-
-    if isinstance(exc, RunLockedError):
-        return True
+    # the package's remaining plain ValueError / TypeError messages (see the module docstring)
     return isinstance(exc, (ValueError, TypeError)) and raised_by_package(exc)
 
 

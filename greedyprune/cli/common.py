@@ -9,8 +9,16 @@ import typing
 from dataclasses import MISSING, fields
 from pathlib import Path
 
+from ..errors import GreedyPruneError
 
-class UsageError(Exception):
+__all__ = ["UsageError", "int_list", "float_list", "name_list", "batch_size", "INT_MAX", "SEED_MAX", "int_at_least",
+           "positive_int", "nonnegative_int", "seed", "workers", "number", "positive_float", "nonnegative_float",
+           "fraction", "shard", "add_shard_option", "shard_suffix", "key_value", "add_config_options",
+           "config_overrides", "add_run_options", "set_threads", "device", "launched_by_torchrun", "parallel_device",
+           "slug", "interrupted"]
+
+
+class UsageError(GreedyPruneError):
     """A bad option: printed as ``greedyprune: error: ...`` with exit status 2."""
 
 
@@ -49,7 +57,8 @@ def batch_size(text: str):
     try:
         value = int(text)
     except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive integer or 'full' (full-batch GD), got {text!r}") from None
+        raise argparse.ArgumentTypeError(
+            f"expected a positive integer or 'full' (full-batch GD), got {text!r}") from None
     if not 1 <= value <= INT_MAX:
         raise argparse.ArgumentTypeError(f"batch size must be in [1, {INT_MAX:,}], got {text:.40}")
     return value

@@ -10,6 +10,8 @@ from pathlib import Path
 from .common import (UsageError, add_run_options, device, fraction, interrupted, key_value, nonnegative_float,
                      nonnegative_int, number, positive_float, positive_int, seed, set_threads, slug, workers)
 
+__all__ = ["TRAIN_RUN_FORMAT", "TRAIN_RUN_CONFIG", "TRUST_HELP", "register", "fixed_subset", "cmd_train", "cmd_prune"]
+
 TRAIN_RUN_FORMAT = "greedyprune-train-run-v1"
 TRAIN_RUN_CONFIG = "train_config.json"
 
@@ -87,7 +89,8 @@ def _register_train(sub) -> None:
                     "recipe of the paper's Appendix E (SGD, momentum 0.9, cosine lr from 0.1, batch 128, weight "
                     "decay 5e-4, the standard augmentation on CIFAR-10). Under torchrun (torchrun --nproc-per-node P "
                     "-m greedyprune train ...) it trains data-parallel: each process takes its share of every "
-                    "batch, BatchNorm uses the whole batch, rank 0 writes. Writes OUT/train_config.json, a model checkpoint OUT/checkpoints/iter_XXXXXXX.pt "
+                    "batch, BatchNorm uses the whole batch, rank 0 writes. Writes OUT/train_config.json, a model "
+                    "checkpoint OUT/checkpoints/iter_XXXXXXX.pt "
                     "at iteration 0, every --checkpoint-every iterations and at the end (with the accuracy on "
                     "fixed evaluation subsets), and the resume state OUT/train_state.pt. Running the same command "
                     "again resumes exactly where it stopped; checkpoints already written are kept.",
@@ -275,8 +278,8 @@ def _model_choice(args) -> tuple[str, dict]:
     try:
         with torch.device("meta"):
             meta = get_model(name, **model_args)
-        check_model_size(meta, f"--model {name} with {', '.join(f'{k}={v}' for k, v in model_args.items()) or 'its defaults'}",
-                         "use a smaller --model-arg width=...")
+        given = ", ".join(f"{k}={v}" for k, v in model_args.items()) or "its defaults"
+        check_model_size(meta, f"--model {name} with {given}", "use a smaller --model-arg width=...")
     except TypeError as exc:
         raise UsageError(str(exc)) from None
     except RuntimeError as exc:  # a tensor size that overflows 64 bits
@@ -389,7 +392,8 @@ def _check_prune_out(out: Path, checkpoint: Path, force: bool) -> None:
         return
     if checkpoint.exists() and os.path.samefile(out, checkpoint):
         raise UsageError(f"--out {out} is the checkpoint being pruned; writing the pruned model there would "
-                         f"replace the dense one. Choose another --out (default: {checkpoint.with_suffix('.pruned.pt')})")
+                         f"replace the dense one. Choose another --out "
+                         f"(default: {checkpoint.with_suffix('.pruned.pt')})")
     if not force and not _is_pruned_file(out):
         raise UsageError(f"--out {out} exists and is not a pruned model written by greedyprune prune (a checkpoint, a "
                          f"training state or another file); choose another --out, or pass --force to replace it")

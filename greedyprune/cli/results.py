@@ -6,6 +6,8 @@ from pathlib import Path
 
 from .common import add_run_options, batch_size, device, positive_float, positive_int, seed, set_threads, slug
 
+__all__ = ["register", "cmd_plot", "cmd_merge", "cmd_export", "cmd_theory_threshold", "cmd_advise"]
+
 
 def register(sub) -> None:
     plot = sub.add_parser("plot", help="redraw a study's figures and summary from its database (any study)")
@@ -88,7 +90,7 @@ def cmd_plot(args: argparse.Namespace) -> int:
 def cmd_merge(args: argparse.Namespace) -> int:
     from ..fileio import run_directory
     from ..studies import report
-    from ..studies.merging import merge_results
+    from ..studies.store import merge_results
     from ..studies.store import open_results
 
     sources = []

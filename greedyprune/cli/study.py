@@ -8,6 +8,8 @@ from .common import (add_config_options, add_run_options, add_shard_option, batc
                      interrupted, launched_by_torchrun, name_list, parallel_device, positive_int, set_threads,
                      seed, shard_suffix, slug, workers)
 
+__all__ = ["register", "cmd_pretraining", "cmd_appendix_c", "cmd_cnn", "cmd_rethinking"]
+
 
 def register(sub) -> None:
     from ..studies import cnn, pretraining, rethinking

@@ -7,6 +7,8 @@ from pathlib import Path
 
 from .common import UsageError, add_run_options, nonnegative_int, number, positive_int, seed, set_threads
 
+__all__ = ["DESCRIPTION", "register", "load_model_dir", "cmd_prune_transformer"]
+
 DESCRIPTION = """\
 Prunes the FFN neurons and/or attention heads of every layer of a Hugging Face BERT-family encoder
 (default: the bundled all-MiniLM-L6-v2) with greedy forward selection on each block's own output, layer

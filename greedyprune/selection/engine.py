@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import torch
 
+from ..errors import InvalidOptionError
 from .losses import validate_gram, validate_inputs
 from .result import SelectionResult
 from .scorers import GramScorer, default_chunk_elements, draw_candidates, duplicate_groups, make_scorer
@@ -145,11 +146,11 @@ def greedy_forward_selection(
     """
     if gram is not None or cross is not None:
         if outputs is not None or target is not None:
-            raise ValueError("give either outputs and target, or gram and cross (the Gram form), not both")
+            raise InvalidOptionError("give either outputs and target, or gram and cross (the Gram form), not both")
         if gram is None or cross is None:
-            raise ValueError("the Gram form needs both gram (N, N) and cross (N,)")
+            raise InvalidOptionError("the Gram form needs both gram (N, N) and cross (N,)")
         if loss != "squared":
-            raise ValueError(f"the Gram form computes the squared loss; got loss={loss!r}")
+            raise InvalidOptionError(f"the Gram form computes the squared loss; got loss={loss!r}")
         k = validate_gram(gram, cross, k, replacement, candidates, seed, target_norm, examples)
         _check_steps(k)
         gram = gram.detach().to(torch.float64 if gram.dtype != torch.float64 else gram.dtype).contiguous()
@@ -184,5 +185,6 @@ def greedy_forward_selection(
 
 def _check_steps(k: int) -> None:
     if k > MAX_STEPS:
-        raise ValueError(f"k={k:,} selection steps is more than the {MAX_STEPS:,} supported (each step costs at "
-                         f"least O(N)); with replacement, more steps than a few times N rarely change the result")
+        raise InvalidOptionError(
+            f"k={k:,} selection steps is more than the {MAX_STEPS:,} supported (each step costs at "
+            f"least O(N)); with replacement, more steps than a few times N rarely change the result")

@@ -6,6 +6,7 @@ import math
 import torch
 
 from ..checks import check_int
+from ..errors import InvalidOptionError
 
 __all__ = ["LOSSES", "MAX_MAGNITUDE", "loss_value", "validate_inputs", "validate_gram"]
 
@@ -36,17 +37,17 @@ def loss_value(u: torch.Tensor, target: torch.Tensor, loss: str) -> float:
         others = (u - u.gather(1, labels)).scatter(1, labels, -math.inf)
         rest = torch.logsumexp(others, dim=1)
         return float((rest.clamp_min(0) + torch.log1p(torch.exp(-rest.abs()))).mean())
-    raise ValueError(f"unknown loss {loss!r}; expected one of {LOSSES}")
+    raise InvalidOptionError(f"unknown loss {loss!r}; expected one of {LOSSES}")
 
 
 def _check_options(k, loss, replacement, candidates, seed, n: int | None) -> int:
     if loss not in LOSSES:
-        raise ValueError(f"unknown loss {loss!r}; expected one of {LOSSES}")
+        raise InvalidOptionError(f"unknown loss {loss!r}; expected one of {LOSSES}")
     k = check_int("k", k, 1)
     if not isinstance(replacement, bool):
         raise TypeError(f"replacement must be True or False, got {replacement!r}")
     if n is not None and not replacement and k > n:
-        raise ValueError(f"k={k} exceeds the number of neurons N={n}; without replacement k must be <= N")
+        raise InvalidOptionError(f"k={k} exceeds the number of neurons N={n}; without replacement k must be <= N")
     check_int("candidates", candidates, 1, allow_none=True)
     check_int("seed", seed, 0)
     return k
@@ -57,12 +58,12 @@ def _check_magnitude(outputs: torch.Tensor, what: str) -> None:
     low, high = float(low), float(high)
     finite = math.isfinite(low) and math.isfinite(high)
     if finite and max(-low, high) > MAX_MAGNITUDE:
-        raise ValueError(f"{what} reach magnitude {max(-low, high):.3g}; values beyond "
-                         f"{MAX_MAGNITUDE:.0e} are not supported - rescale them")
+        raise InvalidOptionError(f"{what} reach magnitude {max(-low, high):.3g}; values beyond "
+                                 f"{MAX_MAGNITUDE:.0e} are not supported - rescale them")
     if not finite:
         n = outputs.shape[0]
         bad_rows = torch.nonzero(~torch.isfinite(outputs.reshape(n, -1)).all(dim=1)).flatten()
-        raise ValueError(
+        raise InvalidOptionError(
             f"{what} contain NaN or inf (in {bad_rows.numel()} of {n} rows, first: row {int(bad_rows[0])}); "
             f"check the network's weights and inputs"
         )
@@ -78,53 +79,59 @@ def validate_inputs(outputs, target, k, loss, replacement, candidates, seed, *, 
     if not isinstance(target, torch.Tensor):
         raise TypeError(f"target must be a torch.Tensor, got {type(target).__name__}")
     if not outputs.is_floating_point():
-        raise TypeError(f"outputs must be a floating-point tensor, got dtype {outputs.dtype}; convert with outputs.float()")
+        raise TypeError(
+            f"outputs must be a floating-point tensor, got dtype {outputs.dtype}; convert with outputs.float()")
     if outputs.dim() not in (2, 3):
-        raise ValueError(
+        raise InvalidOptionError(
             f"outputs must have shape (N, m) or (N, m, C) - row i is neuron i's output over the m examples - "
             f"got shape {tuple(outputs.shape)}"
         )
     n, m = outputs.shape[0], outputs.shape[1]
     if n == 0 or m == 0 or (outputs.dim() == 3 and outputs.shape[2] == 0):
-        raise ValueError(f"outputs must be non-empty, got shape {tuple(outputs.shape)}")
+        raise InvalidOptionError(f"outputs must be non-empty, got shape {tuple(outputs.shape)}")
     if target.device != outputs.device:
-        raise ValueError(
+        raise InvalidOptionError(
             f"target is on {target.device} but outputs are on {outputs.device}; move it with target.to(outputs.device)"
         )
     k = _check_options(k, loss, replacement, candidates, seed, n if check_rows else None)
 
     if loss == "cross_entropy":
         if outputs.dim() != 3:
-            raise ValueError(
-                f"loss='cross_entropy' needs outputs of shape (N, m, C) holding logits, got shape {tuple(outputs.shape)}"
+            raise InvalidOptionError(
+                f"loss='cross_entropy' needs outputs of shape (N, m, C) holding logits, "
+                f"got shape {tuple(outputs.shape)}"
             )
         if target.shape != (m,):
-            raise ValueError(f"target must have shape (m,) = ({m},) of class indices, got {tuple(target.shape)}")
+            raise InvalidOptionError(
+                f"target must have shape (m,) = ({m},) of class indices, got {tuple(target.shape)}")
         if target.dtype not in _INT_DTYPES:
             raise TypeError(f"cross_entropy target must hold integer class indices, got dtype {target.dtype}")
         c = outputs.shape[2]
         if target.numel() and (int(target.min()) < 0 or int(target.max()) >= c):
-            raise ValueError(f"cross_entropy target must lie in [0, {c - 1}] (C={c} classes), got values in "
-                             f"[{int(target.min())}, {int(target.max())}]")
+            raise InvalidOptionError(f"cross_entropy target must lie in [0, {c - 1}] (C={c} classes), got values in "
+                                     f"[{int(target.min())}, {int(target.max())}]")
     elif loss == "logistic":
         if outputs.dim() != 2:
-            raise ValueError(f"loss='logistic' needs outputs of shape (N, m) holding logits, got shape {tuple(outputs.shape)}")
+            raise InvalidOptionError(
+                f"loss='logistic' needs outputs of shape (N, m) holding logits, got shape {tuple(outputs.shape)}")
         if target.shape != (m,):
-            raise ValueError(f"target must have shape (m,) = ({m},), got {tuple(target.shape)}")
+            raise InvalidOptionError(f"target must have shape (m,) = ({m},), got {tuple(target.shape)}")
         if target.is_complex():
             raise TypeError(f"target must be real, got dtype {target.dtype}")
         bad = (target != 0) & (target != 1)
         if bool(bad.any()):
             j = int(torch.nonzero(bad)[0])
-            raise ValueError(f"loss='logistic' needs labels in {{0, 1}}; target[{j}] = {target[j].item()!r}")
+            raise InvalidOptionError(f"loss='logistic' needs labels in {{0, 1}}; target[{j}] = {target[j].item()!r}")
     else:  # squared
         expected = tuple(outputs.shape[1:])
         if tuple(target.shape) != expected:
-            raise ValueError(f"target must have shape {expected} (the outputs' shape without N), got {tuple(target.shape)}")
+            raise InvalidOptionError(
+                f"target must have shape {expected} (the outputs' shape without N), got {tuple(target.shape)}")
         if not target.is_floating_point():
-            raise TypeError(f"loss='squared' needs a floating-point target, got dtype {target.dtype}; use target.float()")
+            raise TypeError(
+                f"loss='squared' needs a floating-point target, got dtype {target.dtype}; use target.float()")
         if not bool(torch.isfinite(target).all()):
-            raise ValueError("target contains NaN or inf")
+            raise InvalidOptionError("target contains NaN or inf")
     _check_magnitude(outputs, "outputs")
     return k
 
@@ -137,13 +144,14 @@ def validate_gram(gram, cross, k, replacement, candidates, seed, target_norm, ex
         if not value.is_floating_point():
             raise TypeError(f"{name} must be a floating-point tensor, got dtype {value.dtype}")
     if gram.dim() != 2 or gram.shape[0] != gram.shape[1] or gram.shape[0] == 0:
-        raise ValueError(f"gram must be a non-empty square (N, N) matrix of inner products <phi_i, phi_j>, got shape "
-                         f"{tuple(gram.shape)}")
+        raise InvalidOptionError(
+            f"gram must be a non-empty square (N, N) matrix of inner products <phi_i, phi_j>, got shape "
+            f"{tuple(gram.shape)}")
     n = gram.shape[0]
     if cross.shape != (n,):
-        raise ValueError(f"cross must have shape (N,) = ({n},) holding <phi_i, y>, got {tuple(cross.shape)}")
+        raise InvalidOptionError(f"cross must have shape (N,) = ({n},) holding <phi_i, y>, got {tuple(cross.shape)}")
     if cross.device != gram.device:
-        raise ValueError(f"cross is on {cross.device} but gram is on {gram.device}; put them on one device")
+        raise InvalidOptionError(f"cross is on {cross.device} but gram is on {gram.device}; put them on one device")
     k = _check_options(k, "squared", replacement, candidates, seed, n)
     _check_magnitude(gram, "gram")
     _check_magnitude(cross.reshape(n, 1), "cross")
@@ -151,8 +159,8 @@ def validate_gram(gram, cross, k, replacement, candidates, seed, target_norm, ex
         asym = float((gram - gram.T).abs().max())
         scale = float(gram.abs().max()) or 1.0
         if asym > 1e-6 * scale:
-            raise ValueError(f"gram must be symmetric (<phi_i, phi_j> = <phi_j, phi_i>); it differs from its "
-                             f"transpose by up to {asym:.3g}")
+            raise InvalidOptionError(f"gram must be symmetric (<phi_i, phi_j> = <phi_j, phi_i>); it differs from its "
+                                     f"transpose by up to {asym:.3g}")
     if target_norm is not None:
         from ..checks import check_number
 

@@ -46,6 +46,7 @@ import torch
 import torch.distributed as dist
 
 from ..checks import check_int
+from ..errors import InvalidOptionError
 from ..parallel import DistributedSelectionError, is_initialised
 from .engine import prepare_outputs
 from .losses import validate_inputs
@@ -157,7 +158,8 @@ def _exchange_inputs(comm: _Comm, local_outputs, target, k, offset, loss, replac
         if own_error is not None:
             raise own_error
         r, (kind, text) = failed[0]
-        error_type = {"TypeError": TypeError, "ValueError": ValueError}.get(kind, RuntimeError)
+        error_type = {"TypeError": TypeError, "ValueError": ValueError,
+                      "InvalidOptionError": InvalidOptionError}.get(kind, RuntimeError)
         raise error_type(f"rank {r}'s input is invalid: {text}")
     infos = [i for i, _ in gathered]
     _agree(infos, ("k", "loss", "replacement", "candidates", "seed", "chunk_elements", "dtype", "device_type",
@@ -172,10 +174,11 @@ def _agree(infos: list[dict], names: tuple[str, ...]) -> None:
         if any(v != values[0] for v in values[1:]):
             if name == "target_digest":
                 differ = [r for r, v in enumerate(values) if v != values[0]]
-                raise ValueError(f"target must be the same on every rank; it differs between rank 0 and rank(s) "
-                                 f"{differ}")
+                raise InvalidOptionError(
+                    f"target must be the same on every rank; it differs between rank 0 and rank(s) "
+                    f"{differ}")
             listing = ", ".join(f"rank {r}: {v!r}" for r, v in enumerate(values))
-            raise ValueError(f"{_SETTING_NAMES.get(name, name)} must be the same on every rank, got {listing}")
+            raise InvalidOptionError(f"{_SETTING_NAMES.get(name, name)} must be the same on every rank, got {listing}")
 
 
 def _check_tiling(infos: list[dict]) -> int:
@@ -186,13 +189,13 @@ def _check_tiling(infos: list[dict]) -> int:
     for o, n, r in spans:
         if o != position:
             what = "overlap" if o < position else "leave a gap"
-            raise ValueError(
+            raise InvalidOptionError(
                 f"the ranks' slices of candidate rows must be contiguous and non-overlapping, covering 0 .. N-1; "
                 f"they {what} at row {min(o, position)} ({listing}); use split_range(N, world_size(), rank())"
             )
         position += n
     if position == 0:
-        raise ValueError(f"no rank holds any candidate rows ({listing})")
+        raise InvalidOptionError(f"no rank holds any candidate rows ({listing})")
     return position
 
 
@@ -365,7 +368,7 @@ def greedy_forward_selection(
                    chunk_elements=chunk_elements)
     n_total = shard.total
     if not replacement and k > n_total:
-        raise ValueError(f"k={k} exceeds the number of neurons N={n_total}; without replacement k must be <= N")
+        raise InvalidOptionError(f"k={k} exceeds the number of neurons N={n_total}; without replacement k must be <= N")
 
     generator = torch.Generator().manual_seed(seed)
     all_rows = torch.arange(n_total)

@@ -15,6 +15,8 @@ from __future__ import annotations
 import importlib
 from pathlib import Path
 
+from ..errors import InvalidOptionError
+
 __all__ = ["REPORTS", "report"]
 
 #: study kind (as stored in its results database) -> module with ``report(rows, out_dir, draw)``
@@ -24,7 +26,7 @@ REPORTS = {"pretraining": "pretraining_report", "cnn": "cnn_report", "rethinking
 def report(kind: str, rows: list[dict], out_dir: str | Path, draw: bool = True) -> str:
     """The text report (and, with ``draw``, the figures) of a study's rows, for any study kind."""
     if kind not in REPORTS:
-        raise ValueError(f"no report for study kind {kind!r}; known kinds: {sorted(REPORTS)}")
+        raise InvalidOptionError(f"no report for study kind {kind!r}; known kinds: {sorted(REPORTS)}")
     if not rows:
-        raise ValueError(f"{out_dir} holds no result rows yet")
+        raise InvalidOptionError(f"{out_dir} holds no result rows yet")
     return importlib.import_module(f"{__name__}.{REPORTS[kind]}").report(rows, out_dir, draw)

@@ -22,11 +22,15 @@ import torch
 from ..advisor import PretrainingAdvisor
 from ..checks import as_device, check_int
 from ..data import balanced_subsample, load_dataset
+from ..errors import InvalidOptionError
 from ..training.loop import TrainConfig, pretrain
 from ..twolayer import TwoLayerNet
 from .pretraining import DB_NAME, SCHEMA, load_study_config, setup_run
 from .pretraining_report import summarize
 from .store import ResultsStore
+
+__all__ = ["check_subset", "AdvisedRun", "train_with_advisor", "advise", "ComparisonRow", "compare_with_study",
+           "comparison_text", "plot_comparison", "plot_advisor_history"]
 
 
 class _Fired(Exception):
@@ -143,7 +147,8 @@ def compare_with_study(study_dir: str | Path, out_dir: str | Path | None = None,
     with ResultsStore(study / DB_NAME, SCHEMA) as store:
         ident, rows = store.config(), store.rows()
     if ident is None or not rows:
-        raise ValueError(f"{study / DB_NAME} has no results yet; finish greedyprune study pretraining --out {study}")
+        raise InvalidOptionError(
+            f"{study / DB_NAME} has no results yet; finish greedyprune study pretraining --out {study}")
     config = load_study_config(ident)
     horizon = 2 * config.iterations if iterations is None else iterations
     check_int("iterations", horizon, 1)

@@ -35,8 +35,9 @@ from typing import Callable, Sequence
 import numpy as np
 import torch
 
-from .common import override, pick_preset
+from ..errors import InvalidOptionError
 from ..fitting import fit_power_law  # noqa: F401 - part of this module's API
+from .common import override, pick_preset
 
 __all__ = [
     "ACTIVATIONS",
@@ -78,16 +79,16 @@ _TAG_INPUTS, _TAG_WEIGHTS, _TAG_GAUSSIAN = 1, 2, 3
 # ----------------------------------------------------------------------------- config
 def _check_int_tuple(name: str, values, minimum: int) -> None:
     if not isinstance(values, (tuple, list)):
-        raise ValueError(f"{name} must be a tuple of ints, got {type(values).__name__} ({values!r})")
+        raise InvalidOptionError(f"{name} must be a tuple of ints, got {type(values).__name__} ({values!r})")
     if len(values) == 0:
-        raise ValueError(f"{name} must hold at least one value, got an empty tuple")
+        raise InvalidOptionError(f"{name} must hold at least one value, got an empty tuple")
     for v in values:
         if isinstance(v, bool) or not isinstance(v, (int, np.integer)):
-            raise ValueError(f"{name} must hold ints, got {v!r} ({type(v).__name__})")
+            raise InvalidOptionError(f"{name} must hold ints, got {v!r} ({type(v).__name__})")
         if v < minimum:
-            raise ValueError(f"each of {name} must be >= {minimum}, got {v}")
+            raise InvalidOptionError(f"each of {name} must be >= {minimum}, got {v}")
     if len(set(values)) != len(values):
-        raise ValueError(f"{name} has repeated values: {tuple(values)!r}")
+        raise InvalidOptionError(f"{name} has repeated values: {tuple(values)!r}")
 
 
 @dataclass(frozen=True)
@@ -108,23 +109,25 @@ class AppendixCConfig:
         _check_int_tuple("ds", self.ds, 1)
         _check_int_tuple("widths", self.widths, 1)
         if len(self.widths) < 2:
-            raise ValueError(f"widths needs at least two values to fit an exponent, got {tuple(self.widths)!r}")
+            raise InvalidOptionError(f"widths needs at least two values to fit an exponent, got {tuple(self.widths)!r}")
         small = [w for w in self.widths if w < max(self.ms)]
         if small:
-            raise ValueError(f"widths {small} are smaller than the largest m = {max(self.ms)}; every width must be "
-                             f">= every m (the over-parameterised regime, H of full row rank)")
+            raise InvalidOptionError(
+                f"widths {small} are smaller than the largest m = {max(self.ms)}; every width must be "
+                f">= every m (the over-parameterised regime, H of full row rank)")
         if self.activation not in ACTIVATIONS:
-            raise ValueError(f"unknown activation {self.activation!r}; expected one of {tuple(ACTIVATIONS)}")
+            raise InvalidOptionError(f"unknown activation {self.activation!r}; expected one of {tuple(ACTIVATIONS)}")
         if isinstance(self.repeats, bool) or not isinstance(self.repeats, int) or self.repeats < 1:
-            raise ValueError(f"repeats must be an int >= 1, got {self.repeats!r}")
+            raise InvalidOptionError(f"repeats must be an int >= 1, got {self.repeats!r}")
         _check_int_tuple("rows", self.rows, 1)
         _check_int_tuple("cols", self.cols, 1)
         narrow = [c for c in self.cols if c < max(self.rows)]
         if narrow:
-            raise ValueError(f"cols {narrow} are smaller than the largest rows = {max(self.rows)}; every cols value "
-                             f"must be >= every rows value (rows <= cols)")
+            raise InvalidOptionError(
+                f"cols {narrow} are smaller than the largest rows = {max(self.rows)}; every cols value "
+                f"must be >= every rows value (rows <= cols)")
         if isinstance(self.seed, bool) or not isinstance(self.seed, int) or self.seed < 0:
-            raise ValueError(f"seed must be an int >= 0, got {self.seed!r}")
+            raise InvalidOptionError(f"seed must be an int >= 0, got {self.seed!r}")
 
 
 PRESETS: dict[str, AppendixCConfig] = {
@@ -176,12 +179,12 @@ def hidden_feature_matrix(m: int, d: int, width: int, activation: str = "tanh",
     ``X``.
     """
     if activation not in ACTIVATIONS:
-        raise ValueError(f"unknown activation {activation!r}; expected one of {tuple(ACTIVATIONS)}")
+        raise InvalidOptionError(f"unknown activation {activation!r}; expected one of {tuple(ACTIVATIONS)}")
     if inputs is None:
         X = sample_unit_inputs(m, d, generator)
     else:
         if tuple(inputs.shape) != (m, d):
-            raise ValueError(f"inputs must have shape (m, d) = ({m}, {d}), got {tuple(inputs.shape)}")
+            raise InvalidOptionError(f"inputs must have shape (m, d) = ({m}, {d}), got {tuple(inputs.shape)}")
         X = inputs.to(torch.float64)
     W = torch.randn(width, d, generator=generator, dtype=torch.float64)
     return ACTIVATIONS[activation](X @ W.T)
@@ -190,7 +193,7 @@ def hidden_feature_matrix(m: int, d: int, width: int, activation: str = "tanh",
 def _singular_values(A) -> torch.Tensor:
     A = torch.as_tensor(A, dtype=torch.float64)
     if A.dim() != 2 or A.numel() == 0:
-        raise ValueError(f"expected a non-empty 2-d matrix, got shape {tuple(A.shape)}")
+        raise InvalidOptionError(f"expected a non-empty 2-d matrix, got shape {tuple(A.shape)}")
     return torch.linalg.svdvals(A)  # descending
 
 
@@ -218,12 +221,13 @@ def fit_sqrt_prefactor(widths: Sequence[float], values: Sequence[float]) -> floa
     w = np.asarray(widths, dtype=float)
     v = np.asarray(values, dtype=float)
     if w.shape != v.shape or w.ndim != 1 or w.size == 0:
-        raise ValueError(f"widths and values must be 1-d of the same non-zero length, got {w.shape} and {v.shape}")
+        raise InvalidOptionError(
+            f"widths and values must be 1-d of the same non-zero length, got {w.shape} and {v.shape}")
     if np.any(w < 0):
-        raise ValueError("widths must be non-negative")
+        raise InvalidOptionError("widths must be non-negative")
     denom = float(w.sum())
     if denom == 0:
-        raise ValueError("widths must not all be zero")
+        raise InvalidOptionError("widths must not all be zero")
     return float((v * np.sqrt(w)).sum() / denom)
 
 

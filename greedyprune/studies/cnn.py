@@ -34,10 +34,14 @@ import torch
 from ..baselines import CRITERIA
 from ..checks import as_device
 from ..data import balanced_subsample, load_dataset, standardize_with_training_stats
+from ..errors import InvalidOptionError
 from ..fileio import atomic_write_text, run_directory
 from ..training.loop import TrainConfig, evaluate
 from .common import override, pick_preset
 from .store import ResultsStore, Schema
+
+__all__ = ["DB_NAME", "EPSILON_FILE", "BASELINES", "RULES", "SCHEMA", "CNNStudyConfig", "OPTION_HELP", "PRESETS",
+           "get_preset", "config_with", "load_data", "accuracy", "cells", "run_cnn_study", "choose_epsilon", "report"]
 
 DB_NAME = "results.sqlite"
 EPSILON_FILE = "epsilon.json"
@@ -103,25 +107,26 @@ class CNNStudyConfig:
                      "val_size"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ValueError(f"{name} must be a positive int, got {value!r}")
+                raise InvalidOptionError(f"{name} must be a positive int, got {value!r}")
         if isinstance(self.finetune_iterations, bool) or not isinstance(self.finetune_iterations, int) \
                 or self.finetune_iterations < 0:
-            raise ValueError(f"finetune_iterations must be an int >= 0, got {self.finetune_iterations!r}")
+            raise InvalidOptionError(f"finetune_iterations must be an int >= 0, got {self.finetune_iterations!r}")
         if not self.sizes or any(isinstance(s, bool) or not isinstance(s, int) or s < 10 for s in self.sizes):
-            raise ValueError(f"sizes must be a non-empty list of ints >= 10, got {self.sizes!r}")
+            raise InvalidOptionError(f"sizes must be a non-empty list of ints >= 10, got {self.sizes!r}")
         bad = [m for m in self.models if m.lower() not in MODEL_NAMES] if self.models else ["(none)"]
         if bad:
-            raise ValueError(f"unknown models {bad}; expected some of {', '.join(MODEL_NAMES)}")
+            raise InvalidOptionError(f"unknown models {bad}; expected some of {', '.join(MODEL_NAMES)}")
         self._validate_rule()
         unknown = sorted(set(self.baselines) - set(BASELINES))
         if unknown:
-            raise ValueError(f"unknown baselines {unknown}; expected some of {BASELINES}")
+            raise InvalidOptionError(f"unknown baselines {unknown}; expected some of {BASELINES}")
         if self.baselines_at not in ("last", "all"):
-            raise ValueError(f"baselines_at must be 'last' or 'all', got {self.baselines_at!r}")
+            raise InvalidOptionError(f"baselines_at must be 'last' or 'all', got {self.baselines_at!r}")
         if self.augment not in ("auto",) + AUGMENTATIONS:
-            raise ValueError(f"unknown augment {self.augment!r}; expected auto, {' or '.join(AUGMENTATIONS)}")
+            raise InvalidOptionError(f"unknown augment {self.augment!r}; expected auto, {' or '.join(AUGMENTATIONS)}")
         if self.finetune_schedule not in SCHEDULES:
-            raise ValueError(f"unknown finetune_schedule {self.finetune_schedule!r}; expected one of {SCHEDULES}")
+            raise InvalidOptionError(
+                f"unknown finetune_schedule {self.finetune_schedule!r}; expected one of {SCHEDULES}")
         from .common import check_sgd
 
         check_sgd(self)
@@ -129,22 +134,24 @@ class CNNStudyConfig:
     def _validate_rule(self) -> None:
         given = [r for r in RULES if getattr(self, r) is not None]
         if len(given) != 1:
-            raise ValueError(f"give exactly one stopping rule of --epsilon, --epsilon-grid, --flops-target and "
-                             f"--accuracy-tolerance; got {', '.join(given) or 'none'}")
+            raise InvalidOptionError(f"give exactly one stopping rule of --epsilon, --epsilon-grid, --flops-target and "
+                                     f"--accuracy-tolerance; got {', '.join(given) or 'none'}")
         if self.epsilon is not None and not (isinstance(self.epsilon, (int, float)) and 0 <= self.epsilon < math.inf):
-            raise ValueError(f"epsilon must be a number >= 0 (the relative loss gap at which a group stops), got "
-                             f"{self.epsilon!r}")
+            raise InvalidOptionError(
+                f"epsilon must be a number >= 0 (the relative loss gap at which a group stops), got "
+                f"{self.epsilon!r}")
         if self.epsilon_grid is not None:
             if not self.epsilon_grid or any(not isinstance(e, (int, float)) or not 0 <= e < math.inf
                                             for e in self.epsilon_grid):
-                raise ValueError(f"epsilon_grid must list numbers >= 0, e.g. 0.01,0.05,0.1; got {self.epsilon_grid!r}")
+                raise InvalidOptionError(
+                    f"epsilon_grid must list numbers >= 0, e.g. 0.01,0.05,0.1; got {self.epsilon_grid!r}")
         if not 0 < self.flops_reduction < 1:
-            raise ValueError(f"flops_reduction must be in (0, 1), e.g. 0.4 for 40% fewer multiply-adds; got "
-                             f"{self.flops_reduction!r}")
+            raise InvalidOptionError(f"flops_reduction must be in (0, 1), e.g. 0.4 for 40% fewer multiply-adds; got "
+                                     f"{self.flops_reduction!r}")
         if self.flops_target is not None and not 0 < self.flops_target < 1:
-            raise ValueError(f"flops_target must be in (0, 1), got {self.flops_target!r}")
+            raise InvalidOptionError(f"flops_target must be in (0, 1), got {self.flops_target!r}")
         if self.accuracy_tolerance is not None and not 0 <= self.accuracy_tolerance < 1:
-            raise ValueError(f"accuracy_tolerance must be in [0, 1), got {self.accuracy_tolerance!r}")
+            raise InvalidOptionError(f"accuracy_tolerance must be in [0, 1), got {self.accuracy_tolerance!r}")
 
     def checkpoints(self) -> list[int]:
         points = list(range(0, self.iterations, self.checkpoint_every))
@@ -229,13 +236,15 @@ def load_data(config):
     norm = "none" if config.normalize == "standard" else config.normalize
     train = load_dataset(config.data, normalize=norm, seed=config.seed)
     if train.image_shape is None or len(train.image_shape) != 3:
-        raise ValueError(f"data {config.data!r} is not image data; use mnist5k, digits, mnist:DIR or cifar10:DIR")
+        raise InvalidOptionError(
+            f"data {config.data!r} is not image data; use mnist5k, digits, mnist:DIR or cifar10:DIR")
     try:
         test = load_dataset(config.data, normalize=norm, split="test", seed=config.seed)
         test = test.subset(balanced_subsample(test.labels, min(config.test_size, len(test)), config.seed))
     except (ValueError, FileNotFoundError):
         if config.test_size >= len(train):
-            raise ValueError(f"test_size={config.test_size} leaves no training data out of {len(train)} examples")
+            raise InvalidOptionError(
+                f"test_size={config.test_size} leaves no training data out of {len(train)} examples")
         held = balanced_subsample(train.labels, config.test_size, config.seed + 7919)
         mask = torch.ones(len(train), dtype=torch.bool)
         mask[held] = False
@@ -244,7 +253,8 @@ def load_data(config):
         train, test = standardize_with_training_stats(train, test)
     too_big = [s for s in config.sizes if s > len(train)]
     if too_big:
-        raise ValueError(f"sizes {too_big} exceed the {len(train)} training examples available in {config.data}")
+        raise InvalidOptionError(
+            f"sizes {too_big} exceed the {len(train)} training examples available in {config.data}")
     return train, test
 
 
@@ -453,8 +463,8 @@ def choose_epsilon(run: _Run, name: str) -> dict:
     rest[idx] = False
     pool = torch.nonzero(rest).flatten()
     if len(pool) < config.val_size:
-        raise ValueError(f"val_size={config.val_size}: only {len(pool)} examples of the pool are outside the "
-                         f"size-{size} run's training data; lower --val-size")
+        raise InvalidOptionError(f"val_size={config.val_size}: only {len(pool)} examples of the pool are outside the "
+                                 f"size-{size} run's training data; lower --val-size")
     val = run.train.subset(pool[balanced_subsample(run.train.labels[pool], config.val_size, config.seed + 104729)])
     val_x, val_y = val.images().to(run.device), val.labels.to(run.device)
     tried = []
@@ -468,10 +478,11 @@ def choose_epsilon(run: _Run, name: str) -> dict:
     ok = [r for r in tried if r["reduction"] >= config.flops_reduction - 1e-9]
     if not ok:
         closest = max(tried, key=lambda r: r["reduction"])
-        raise ValueError(f"no epsilon in the grid {','.join(f'{e:g}' for e in sorted(config.epsilon_grid))} reaches "
-                         f"a {config.flops_reduction:.0%} multiply-add reduction on {name}: the closest is "
-                         f"epsilon={closest['epsilon']:g} with {closest['reduction']:.1%} fewer; add larger values to "
-                         f"--epsilon-grid or lower --flops-reduction")
+        raise InvalidOptionError(
+            f"no epsilon in the grid {','.join(f'{e:g}' for e in sorted(config.epsilon_grid))} reaches "
+            f"a {config.flops_reduction:.0%} multiply-add reduction on {name}: the closest is "
+            f"epsilon={closest['epsilon']:g} with {closest['reduction']:.1%} fewer; add larger values to "
+            f"--epsilon-grid or lower --flops-reduction")
     best = max(ok, key=lambda r: (r["val_accuracy"], -r["epsilon"]))
     choice = {"epsilon": best["epsilon"], "size": size, "val_size": config.val_size, "tried": tried}
     run.log(f"{name}: epsilon={best['epsilon']:g} ({best['reduction']:.1%} fewer multiply-adds, held-out accuracy "

@@ -51,7 +51,7 @@ def table1(rows: list[dict], method: str = "gfs", model: str | None = None) -> s
 def baseline_table(rows: list[dict]) -> str:
     """Every method at the checkpoints where baselines ran: test accuracy before / after fine-tuning,
     and the multiply-adds kept."""
-    from .cnn import BASELINES
+    from ..baselines import CRITERIA as BASELINES  # the study's baselines (studies.cnn.BASELINES), in its order
 
     have = {(r.get("model") or "?", r["size"], r["iteration"]) for r in rows if r["method"] != "gfs"}
     body = []
@@ -63,7 +63,8 @@ def baseline_table(rows: list[dict]) -> str:
                 continue
             body.append([model, str(size), str(t), method, _cell(r["pruned_accuracy"] for r in sel),
                          _cell(r["finetuned_accuracy"] for r in sel),
-                         f"{_mean(r['macs'] / r['dense_macs'] for r in sel):.3f}", _cell(r["dense_accuracy"] for r in sel)])
+                         f"{_mean(r['macs'] / r['dense_macs'] for r in sel):.3f}",
+                         _cell(r["dense_accuracy"] for r in sel)])
     return format_table(["model", "size", "iteration", "method", "pruned acc", "fine-tuned acc", "MACs kept",
                          "dense acc"], body)
 

@@ -5,13 +5,17 @@ import math
 from dataclasses import fields, replace
 from typing import TypeVar
 
+from ..errors import InvalidOptionError
+
+__all__ = ["pick_preset", "override", "check_sgd"]
+
 C = TypeVar("C")
 
 
 def pick_preset(presets: dict[str, C], name: str) -> C:
     """``presets[name]``, with an error that lists the known presets."""
     if name not in presets:
-        raise ValueError(f"unknown preset {name!r}; expected one of {tuple(presets)}")
+        raise InvalidOptionError(f"unknown preset {name!r}; expected one of {tuple(presets)}")
     return presets[name]
 
 
@@ -20,7 +24,7 @@ def override(base: C, what: str, **overrides) -> C:
     names = {f.name for f in fields(base)}
     unknown = set(overrides) - names
     if unknown:
-        raise ValueError(f"unknown {what} settings {sorted(unknown)}; known: {sorted(names)}")
+        raise InvalidOptionError(f"unknown {what} settings {sorted(unknown)}; known: {sorted(names)}")
     return replace(base, **overrides)
 
 
@@ -32,7 +36,7 @@ def check_sgd(config) -> None:
     TrainConfig(lr=config.lr, momentum=config.momentum, weight_decay=config.weight_decay).validate()
     lr = getattr(config, "finetune_lr", 1.0)
     if isinstance(lr, bool) or not isinstance(lr, (int, float)) or not 0 < lr < math.inf:
-        raise ValueError(f"finetune_lr must be a positive finite number, got {lr!r}")
+        raise InvalidOptionError(f"finetune_lr must be a positive finite number, got {lr!r}")
     for seed in [getattr(config, "seed", 0), *getattr(config, "seeds", [])]:
         if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed < 2 ** 23:
-            raise ValueError(f"seeds must be ints in [0, {2 ** 23 - 1}], got {seed!r}")
+            raise InvalidOptionError(f"seeds must be ints in [0, {2 ** 23 - 1}], got {seed!r}")

@@ -25,11 +25,16 @@ from typing import Callable
 
 from ..checks import as_device, check_int
 from ..data import NORMALIZATIONS, balanced_subsample, load_dataset
+from ..errors import InvalidOptionError
 from ..fileio import atomic_write_text, run_directory
 from ..training.loop import TrainConfig, evaluate, pretrain
 from ..twolayer import ACTIVATIONS, PARAMETERIZATIONS, PRUNE_TO, TwoLayerNet, check_two_layer_size, prune_two_layer
 from .common import override, pick_preset
 from .store import ResultsStore, Schema
+
+__all__ = ["STUDY_LOSSES", "REFERENCES", "DB_NAME", "PAPER_FIGURE1", "SCHEMA", "PretrainingStudyConfig", "OPTION_HELP",
+           "PRESETS", "get_preset", "config_with", "resolve_sizes", "cells", "check_shard", "StudyRun",
+           "run_pretraining_study", "setup_run", "direct_schedule", "train_direct", "load_study_config"]
 
 STUDY_LOSSES = ("logistic", "squared")
 REFERENCES = ("full", "largest")
@@ -93,14 +98,14 @@ class PretrainingStudyConfig:
 
     def validate(self) -> None:
         if self.normalize not in NORMALIZATIONS:
-            raise ValueError(f"unknown normalize {self.normalize!r}; expected one of {NORMALIZATIONS}")
+            raise InvalidOptionError(f"unknown normalize {self.normalize!r}; expected one of {NORMALIZATIONS}")
         if not self.widths:
-            raise ValueError("widths must name at least one hidden width")
+            raise InvalidOptionError("widths must name at least one hidden width")
         for w in self.widths:
             check_int("each width", w, 1)
         if self.sizes is not None:
             if not self.sizes:
-                raise ValueError("sizes must name at least one dataset size (or leave it unset)")
+                raise InvalidOptionError("sizes must name at least one dataset size (or leave it unset)")
             for s in self.sizes:
                 check_int("each dataset size", s, 2)
         check_int("size_steps", self.size_steps, 1)
@@ -112,24 +117,27 @@ class PretrainingStudyConfig:
         if self.candidates is not None:
             check_int("candidates", self.candidates, 1)
         if self.loss not in STUDY_LOSSES:
-            raise ValueError(f"unknown study loss {self.loss!r}; expected one of {STUDY_LOSSES}")
+            raise InvalidOptionError(f"unknown study loss {self.loss!r}; expected one of {STUDY_LOSSES}")
         if self.activation not in ACTIVATIONS:
-            raise ValueError(f"unknown activation {self.activation!r}; expected one of {tuple(ACTIVATIONS)}")
+            raise InvalidOptionError(f"unknown activation {self.activation!r}; expected one of {tuple(ACTIVATIONS)}")
         if not self.replacement and self.k > min(self.widths):
-            raise ValueError(f"k={self.k} > width {min(self.widths)}: without replacement k must not exceed any width")
+            raise InvalidOptionError(
+                f"k={self.k} > width {min(self.widths)}: without replacement k must not exceed any width")
         if self.parameterization not in PARAMETERIZATIONS:
-            raise ValueError(f"unknown parameterization {self.parameterization!r}; expected one of "
-                             f"{PARAMETERIZATIONS}")
+            raise InvalidOptionError(f"unknown parameterization {self.parameterization!r}; expected one of "
+                                     f"{PARAMETERIZATIONS}")
         if self.prune_to not in PRUNE_TO:
-            raise ValueError(f"unknown prune_to {self.prune_to!r}; expected 'distinct' (k distinct neurons) or "
-                             f"'steps' (k selection steps)")
+            raise InvalidOptionError(f"unknown prune_to {self.prune_to!r}; expected 'distinct' (k distinct neurons) or "
+                                     f"'steps' (k selection steps)")
         if self.prune_to == "distinct" and self.k > min(self.widths):
-            raise ValueError(f"--prune-to distinct with k={self.k}: the width {min(self.widths)} has fewer neurons "
-                             f"than that; lower --k to at most {min(self.widths)}, drop the narrow width, or use "
-                             f"--prune-to steps")
+            raise InvalidOptionError(
+                f"--prune-to distinct with k={self.k}: the width {min(self.widths)} has fewer neurons "
+                f"than that; lower --k to at most {min(self.widths)}, drop the narrow width, or use "
+                f"--prune-to steps")
         if self.reference not in REFERENCES:
-            raise ValueError(f"unknown reference {self.reference!r}; expected 'full' (a run on the whole data set) "
-                             f"or 'largest' (the largest size given)")
+            raise InvalidOptionError(
+                f"unknown reference {self.reference!r}; expected 'full' (a run on the whole data set) "
+                f"or 'largest' (the largest size given)")
         TrainConfig(iterations=self.iterations, lr=self.lr, batch_size=self.batch_size, loss=self.loss).validate()
 
     def checkpoints(self) -> list[int]:
@@ -212,7 +220,8 @@ def resolve_sizes(config: PretrainingStudyConfig, n_available: int,
         sizes = scaled
     too_big = [s for s in sizes if s > n_available]
     if too_big:
-        raise ValueError(f"dataset sizes {too_big} exceed the {n_available} examples of data set {config.data!r}")
+        raise InvalidOptionError(
+            f"dataset sizes {too_big} exceed the {n_available} examples of data set {config.data!r}")
     if config.reference == "full" and sizes[-1] != n_available:
         if log is not None:
             log(f"reference: the red line compares every size with the best pruned accuracy on the full data set; "
@@ -234,10 +243,10 @@ def check_shard(shard) -> tuple[int, int]:
     """``(i, P)`` with ``0 <= i < P``, or ValueError naming the fix."""
     if (not isinstance(shard, tuple) or len(shard) != 2
             or any(isinstance(v, bool) or not isinstance(v, int) for v in shard)):
-        raise ValueError(f"shard must be a pair (i, P) of ints, got {shard!r}")
+        raise InvalidOptionError(f"shard must be a pair (i, P) of ints, got {shard!r}")
     i, p = shard
     if p < 1 or not 0 <= i < p:
-        raise ValueError(f"shard {i}/{p}: expected i/P with P >= 1 and 0 <= i < P, e.g. 0/2 and 1/2")
+        raise InvalidOptionError(f"shard {i}/{p}: expected i/P with P >= 1 and 0 <= i < P, e.g. 0/2 and 1/2")
     return i, p
 
 

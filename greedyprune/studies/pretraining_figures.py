@@ -13,8 +13,9 @@ from typing import Any, Iterable, Mapping, Sequence
 
 import numpy as np
 
-from .pretraining_report import (as_records, direct_comparison, k_label, lemma1_gaps, summarize,
-                                 WidthSummary, CONFIDENCE)
+from .pretraining_summary import (CONFIDENCE, WidthSummary, as_records, direct_comparison, k_label, lemma1_gaps,
+                                  summarize)
+from ..errors import InvalidOptionError
 
 __all__ = ["plot_accuracy_curves", "plot_direct", "plot_figure1", "plot_lemma1", "plot_study"]
 
@@ -209,7 +210,7 @@ def plot_lemma1(rows: Iterable[Mapping[str, Any]], path: str | Path) -> None:
 
     curves = lemma1_gaps(rows)
     if not curves:
-        raise ValueError("no per-step selection losses in these rows (they are stored by study pretraining)")
+        raise InvalidOptionError("no per-step selection losses in these rows (they are stored by study pretraining)")
     widths = sorted({c["width"] for c in curves})
     fig, axes = _new_figure(len(widths), 5.0, 3.9)
     cmap = matplotlib.colormaps["viridis"]
@@ -246,11 +247,11 @@ def plot_direct(rows: Iterable[Mapping[str, Any]], path: str | Path) -> None:
     (bottom) against dataset size for the pruned net, a net of the pruned width trained directly for the
     same iterations and for the same multiply-adds (Scratch-B), and the dense net; mean over trials with
     95% confidence intervals."""
-    from .pretraining_report import confidence_halfwidth
+    from .pretraining_summary import confidence_halfwidth
 
     entries = direct_comparison(rows)
     if not entries:
-        raise ValueError("no directly trained nets in these rows (run the study with --direct)")
+        raise InvalidOptionError("no directly trained nets in these rows (run the study with --direct)")
     widths = sorted({e["width"] for e in entries})
     fig, axes = _new_figure(len(widths), 4.6, 3.3, n_rows=2)
     series = (("pruned", "pruned (GFS, no fine-tuning)", "C3", "o"), ("direct_e", "direct, same iterations", "C0", "s"),

@@ -14,11 +14,15 @@ from typing import Callable
 
 from ..checks import as_device
 from ..data import balanced_subsample
+from ..errors import InvalidOptionError
 from ..fileio import atomic_write_text, run_directory
 from ..metrics import count_macs
 from ..training.loop import TrainConfig
 from .cnn import DB_NAME, accuracy, load_data
 from .store import ResultsStore, Schema
+
+__all__ = ["SCHEMA", "RethinkingConfig", "OPTION_HELP", "PRESETS", "MODES", "run_rethinking", "rethinking_table",
+           "report"]
 
 #: One row per (retraining mode, seed).
 SCHEMA = Schema(
@@ -56,16 +60,16 @@ class RethinkingConfig:
         for name in ("test_size", "size", "iterations", "batch_size", "prune_batch_size", "finetune_iterations"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ValueError(f"{name} must be a positive int, got {value!r}")
+                raise InvalidOptionError(f"{name} must be a positive int, got {value!r}")
         if not self.seeds:
-            raise ValueError("seeds must list at least one seed")
+            raise InvalidOptionError("seeds must list at least one seed")
         from ..models import MODEL_NAMES
         from .common import check_sgd
 
         if not isinstance(self.model, str) or self.model.lower() not in MODEL_NAMES:
-            raise ValueError(f"unknown model {self.model!r}; expected one of {', '.join(MODEL_NAMES)}")
+            raise InvalidOptionError(f"unknown model {self.model!r}; expected one of {', '.join(MODEL_NAMES)}")
         if not (isinstance(self.flops_target, (int, float)) and 0 < self.flops_target < 1):
-            raise ValueError(f"flops_target must be in (0, 1), got {self.flops_target!r}")
+            raise InvalidOptionError(f"flops_target must be in (0, 1), got {self.flops_target!r}")
         check_sgd(self)
 
     # the study's data split follows the CNN study's

@@ -13,7 +13,12 @@ Every :meth:`ResultsStore.add` is its own committed transaction, written with
 ``add`` already returned for.  A study resumes by skipping
 :meth:`ResultsStore.done_keys`.
 
-Only the standard library is used here.
+:func:`merge_results` joins the databases of a study's shards (``greedyprune merge``), all or nothing: every
+source is read and checked first - the same study kind, key and configuration, and a row found in two
+databases the same in both (timings aside) - and only then are the new rows written to the target, so a
+refused merge leaves the target as it was (a new target is not created).
+
+Only the standard library is used here (and ``greedyprune.errors``, itself standard library only).
 """
 
 from __future__ import annotations
@@ -28,8 +33,18 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Iterable
 
+try:
+    from ..errors import GreedyPruneError, InvalidOptionError
+except ImportError:  # this file loaded on its own, outside the package (the storage tests' SIGKILL child does)
+    class GreedyPruneError(Exception):
+        """Stand-in for greedyprune.errors.GreedyPruneError."""
+
+    class InvalidOptionError(GreedyPruneError, ValueError):
+        """Stand-in for greedyprune.errors.InvalidOptionError."""
+
 __all__ = ["config_differences", "ConfigMismatchError", "DamagedDatabaseError", "FORMAT_NAME", "merge_results",
-           "open_results", "ResultsNotWritableError", "ResultsStore", "Schema", "SCHEMA_VERSION"]
+           "open_results", "ResultsNotWritableError", "ResultsStore", "Schema", "SCHEMA_VERSION",
+           "VOLATILE_SUFFIXES"]
 
 #: Value of ``meta['format']`` that marks a greedyprune results database.
 FORMAT_NAME = "greedyprune-results"
@@ -63,15 +78,15 @@ def _q(name: str) -> str:
     return '"' + name.replace('"', '""') + '"'
 
 
-class ConfigMismatchError(ValueError):
+class ConfigMismatchError(GreedyPruneError, ValueError):
     """The database holds results of another configuration or study kind."""
 
 
-class DamagedDatabaseError(ValueError):
+class DamagedDatabaseError(GreedyPruneError, ValueError):
     """The results database file is damaged (SQLite reports a malformed or unreadable file)."""
 
 
-class ResultsNotWritableError(OSError):
+class ResultsNotWritableError(GreedyPruneError, OSError):
     """The results database cannot be written (a read-only file or directory, a full disk); nothing is lost."""
 
 
@@ -101,7 +116,7 @@ class ResultsStore:
         self.path = Path(path)
         self._conn: sqlite3.Connection | None = None
         if self.path.is_dir():
-            raise ValueError(f"{self.path}: is a directory, not a results database file")
+            raise InvalidOptionError(f"{self.path}: is a directory, not a results database file")
         if schema is None and not self.path.is_file():
             raise FileNotFoundError(f"no results database at {self.path}")
         try:
@@ -110,7 +125,7 @@ class ResultsStore:
             # BEGIN is its own transaction, committed when it returns.
             conn = sqlite3.connect(str(self.path), timeout=30, isolation_level=None)
         except (sqlite3.Error, OSError) as exc:
-            raise ValueError(f"{self.path}: cannot open results database: {exc}") from exc
+            raise InvalidOptionError(f"{self.path}: cannot open results database: {exc}") from exc
         self._conn = conn
         try:
             conn.execute("PRAGMA synchronous=FULL")
@@ -145,7 +160,7 @@ class ResultsStore:
         cannot be written (read-only, disk full) says so, and that the finished rows are kept."""
         text = str(exc)
         if "not a database" in text or "file is encrypted" in text:
-            return ValueError(f"{self.path}: not a greedyprune results database ({text})")
+            return InvalidOptionError(f"{self.path}: not a greedyprune results database ({text})")
         if any(words in text for words in _UNWRITABLE):
             return ResultsNotWritableError(
                 f"{self.path}: cannot write the results database ({text}); make {self.path.parent} writable (or free "
@@ -195,7 +210,7 @@ class ResultsStore:
                 "SELECT name FROM sqlite_master WHERE type='table' AND name NOT LIKE 'sqlite_%'")}
             if not tables:
                 if schema is None:
-                    raise ValueError(f"{self.path}: an empty database holds no study results")
+                    raise InvalidOptionError(f"{self.path}: an empty database holds no study results")
                 self._create_tables(conn, schema)
             else:
                 schema = self._check_tables(conn, tables, schema)
@@ -218,12 +233,12 @@ class ResultsStore:
 
     def _check_tables(self, conn: sqlite3.Connection, tables: set[str], schema: Schema | None) -> Schema:
         if not {"meta", "results"} <= tables:
-            raise ValueError(f"{self.path}: not a greedyprune results database (it holds the tables "
-                             f"{sorted(tables)}, not 'meta' and 'results')")
+            raise InvalidOptionError(f"{self.path}: not a greedyprune results database (it holds the tables "
+                                     f"{sorted(tables)}, not 'meta' and 'results')")
         meta = dict(conn.execute("SELECT key, value FROM meta").fetchall())
         if meta.get("format") != FORMAT_NAME:
-            raise ValueError(f"{self.path}: not a greedyprune results database (no format marker "
-                             f"{FORMAT_NAME!r} in its meta table)")
+            raise InvalidOptionError(f"{self.path}: not a greedyprune results database (no format marker "
+                                     f"{FORMAT_NAME!r} in its meta table)")
         kind = meta.get("kind")
         if schema is not None and kind is not None and kind != schema.kind:
             raise ConfigMismatchError(f"{self.path}: holds results of a {kind!r} study, not of a {schema.kind!r} "
@@ -231,19 +246,20 @@ class ResultsStore:
         have = [(r[1], r[2]) for r in conn.execute("PRAGMA table_info(results)")]
         if schema is None:
             if kind is None or "key" not in meta:
-                raise ValueError(f"{self.path}: written by an older greedyprune that did not record the study kind; "
-                                 f"rerun the study into a new directory")
+                raise InvalidOptionError(
+                    f"{self.path}: written by an older greedyprune that did not record the study kind; "
+                    f"rerun the study into a new directory")
             return Schema(kind, tuple(c for c in have if c[0] != "created"), tuple(json.loads(meta["key"])),
                           tuple(json.loads(meta.get("json_columns", "[]"))))
         missing = [n for n, _ in schema.all_columns() if n not in {c for c, _ in have}]
         if missing:
-            raise ValueError(f"{self.path}: results table lacks the columns {missing}; it was written by an "
-                             f"incompatible version of greedyprune")
+            raise InvalidOptionError(f"{self.path}: results table lacks the columns {missing}; it was written by an "
+                                     f"incompatible version of greedyprune")
         return schema
 
     def _require_open(self) -> sqlite3.Connection:
         if self._conn is None:
-            raise ValueError(f"{self.path}: results store is closed")
+            raise InvalidOptionError(f"{self.path}: results store is closed")
         return self._conn
 
     def _close_quietly(self) -> None:
@@ -366,7 +382,7 @@ class ResultsStore:
 
         path = Path(path)
         if path.is_dir():
-            raise ValueError(f"{path} is a directory; give a CSV file name such as {path / 'results.csv'}")
+            raise InvalidOptionError(f"{path} is a directory; give a CSV file name such as {path / 'results.csv'}")
         records = self._records()
         with atomic_write(path, "w") as fh:
             writer = csv.writer(fh, lineterminator="\n")
@@ -440,7 +456,7 @@ def _encode_row(row: dict, columns, key_columns, json_columns=()) -> dict[str, A
     if unknown:
         problems.append(f"unknown columns {unknown}")
     if problems:
-        raise ValueError("result row has " + " and ".join(problems))
+        raise InvalidOptionError("result row has " + " and ".join(problems))
     out: dict[str, Any] = {}
     for name, typ in columns:
         value = row.get(name)
@@ -455,7 +471,7 @@ def _encode_row(row: dict, columns, key_columns, json_columns=()) -> dict[str, A
             out[name] = None if value is None else (value if isinstance(value, str) else json.dumps(value))
         elif value is None:
             if name in key_columns:
-                raise ValueError(f"result row: key column {name!r} is None")
+                raise InvalidOptionError(f"result row: key column {name!r} is None")
             out[name] = None
         elif typ == "TEXT":
             out[name] = str(value)
@@ -465,7 +481,7 @@ def _encode_row(row: dict, columns, key_columns, json_columns=()) -> dict[str, A
             try:
                 out[name] = float(value)
             except (TypeError, ValueError) as exc:
-                raise ValueError(f"result row: {name}={value!r} is not a number") from exc
+                raise InvalidOptionError(f"result row: {name}={value!r} is not a number") from exc
     return out
 
 
@@ -476,9 +492,9 @@ def _as_int(name: str, value: Any) -> int:
         as_float = float(value)
         as_int = int(value)
     except (TypeError, ValueError, OverflowError) as exc:
-        raise ValueError(f"result row: {name}={value!r} is not an integer") from exc
+        raise InvalidOptionError(f"result row: {name}={value!r} is not an integer") from exc
     if as_float != as_int:
-        raise ValueError(f"result row: {name}={value!r} is not an integer")
+        raise InvalidOptionError(f"result row: {name}={value!r} is not an integer")
     return as_int
 
 
@@ -490,16 +506,16 @@ def _encode_losses(value: Any) -> str | None:
         try:
             decoded = json.loads(text)
         except json.JSONDecodeError as exc:
-            raise ValueError(f"result row: losses {text!r} is not JSON") from exc
+            raise InvalidOptionError(f"result row: losses {text!r} is not JSON") from exc
         if not isinstance(decoded, list):
-            raise ValueError(f"result row: losses {text!r} is not a JSON list")
+            raise InvalidOptionError(f"result row: losses {text!r} is not a JSON list")
         value = decoded
     if hasattr(value, "tolist"):  # numpy array / torch tensor
         value = value.tolist()
     try:
         return json.dumps([float(x) for x in _iter(value)])
     except (TypeError, ValueError) as exc:
-        raise ValueError(f"result row: losses must be a list of floats ({exc})") from exc
+        raise InvalidOptionError(f"result row: losses must be a list of floats ({exc})") from exc
 
 
 def _iter(value: Any) -> Iterable:
@@ -508,8 +524,74 @@ def _iter(value: Any) -> Iterable:
     return iter(value)
 
 
-def merge_results(target: str | os.PathLike, sources: Iterable[str | os.PathLike]) -> tuple[int, int]:
-    """Join shard databases into ``target``: :func:`greedyprune.studies.merging.merge_results`."""
-    from .merging import merge_results as merge
+# ------------------------------------------------------------------------------------------ merging shards
 
-    return merge(target, sources)
+#: Columns that may differ between two computations of the same row (timings, insert times).
+VOLATILE_SUFFIXES = ("seconds", "created")
+
+
+def merge_results(target: str | os.PathLike, sources: Iterable[str | os.PathLike]) -> tuple[int, int]:
+    """Join the databases of a study's shards (or of any runs of one configuration) into ``target``.
+
+    Every source must be a results database of the same study kind, key and configuration (the target too,
+    if it exists); otherwise ValueError / :class:`ConfigMismatchError` names the file and the difference. A
+    key found in more than one database must hold the same values in each (timing columns aside), else
+    ValueError names the key, the column and both files. Nothing is written unless every check passes.
+    Returns ``(rows added, rows already there)``.
+    """
+    stores = []
+    try:
+        for src in sources:
+            stores.append(ResultsStore(src))
+        if not stores:
+            raise InvalidOptionError("nothing to merge: name at least one results database")
+        first = stores[0]
+        config = first.config()
+        for other in stores[1:]:
+            if (other.kind, other.key_columns) != (first.kind, first.key_columns):
+                raise ConfigMismatchError(f"{other.path} holds {other.kind!r} rows keyed by {list(other.key_columns)}, "
+                                          f"{first.path} {first.kind!r} rows keyed by {list(first.key_columns)}")
+            diffs = config_differences(config or {}, other.config() or {})
+            if diffs:
+                raise ConfigMismatchError(f"{other.path} and {first.path} hold results of different configurations:"
+                                          "\n" + "\n".join(f"  {d}" for d in diffs))
+        have: dict[tuple, tuple[dict, Path]] = {}
+        existing = Path(target).is_file()
+        if existing:
+            with ResultsStore(target, first.schema) as out:
+                if config is not None:
+                    out.bind_config(config)  # refuses a target of another configuration before any write
+                have = {tuple(r[c] for c in out.key_columns): (r, out.path) for r in out.rows()}
+        new, kept = [], 0
+        for store in stores:
+            for row in store.rows():
+                key = tuple(row[c] for c in first.key_columns)
+                if key in have:
+                    _check_same(have[key], (row, store.path), dict(zip(first.key_columns, key)))
+                    kept += 1
+                    continue
+                have[key] = (row, store.path)
+                new.append(row)
+        with ResultsStore(target, first.schema) as out:
+            if config is not None:
+                out.bind_config(config)
+            for row in new:
+                out.add(row)
+        return len(new), kept
+    finally:
+        for store in stores:
+            store.close()
+
+
+def _check_same(a: tuple[dict, Path], b: tuple[dict, Path], key: dict) -> None:
+    (first, first_path), (second, second_path) = a, b
+    for name in first:
+        if name.endswith(VOLATILE_SUFFIXES):
+            continue
+        x, y = first[name], second.get(name)
+        same = x == y or (isinstance(x, float) and isinstance(y, float) and math.isnan(x) and math.isnan(y))
+        if not same:
+            row = ", ".join(f"{k}={v}" for k, v in key.items())
+            raise InvalidOptionError(
+                f"the row {row} differs between {first_path} and {second_path} in {name!r} ({x!r} vs "
+                f"{y!r}), so these databases do not come from one configuration; nothing was merged")

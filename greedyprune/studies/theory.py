@@ -52,6 +52,7 @@ import numpy as np
 import torch
 
 from .._text import format_table
+from ..errors import InvalidOptionError
 
 __all__ = [
     "Definition1",
@@ -111,10 +112,10 @@ def definition1(model: torch.nn.Module, X: torch.Tensor) -> Definition1:
     from ..twolayer import hidden_features
 
     if not isinstance(X, torch.Tensor) or X.dim() != 2:
-        raise ValueError(f"X must be a 2-D tensor (m, d), got {type(X).__name__}"
-                         + (f" of shape {tuple(X.shape)}" if isinstance(X, torch.Tensor) else ""))
+        raise InvalidOptionError(f"X must be a 2-D tensor (m, d), got {type(X).__name__}"
+                                 + (f" of shape {tuple(X.shape)}" if isinstance(X, torch.Tensor) else ""))
     if X.shape[0] < 1:
-        raise ValueError("X has no examples (m = 0)")
+        raise InvalidOptionError("X has no examples (m = 0)")
     model64 = copy.deepcopy(model).to(device="cpu", dtype=torch.float64)
     H = hidden_features(model64, X.detach().to(device="cpu", dtype=torch.float64))
     m, width = int(H.shape[0]), int(H.shape[1])
@@ -132,10 +133,10 @@ def definition1(model: torch.nn.Module, X: torch.Tensor) -> Definition1:
 def predicted_order(kappa: float, m: int) -> float:
     """Theorem 3's order of the pre-training threshold, ``kappa * log(m)`` (natural log; no constant)."""
     if isinstance(m, bool) or not isinstance(m, (int, np.integer)) or m < 1:
-        raise ValueError(f"m must be a positive int, got {m!r}")
+        raise InvalidOptionError(f"m must be a positive int, got {m!r}")
     kappa = float(kappa)
     if math.isnan(kappa) or kappa < 0:
-        raise ValueError(f"kappa must be a non-negative number, got {kappa!r}")
+        raise InvalidOptionError(f"kappa must be a non-negative number, got {kappa!r}")
     return kappa * math.log(int(m))
 
 
@@ -148,15 +149,16 @@ def fit_constant(predicted: Sequence[float], observed: Sequence[float | None]) -
     """
     predicted, observed = list(predicted), list(observed)
     if len(predicted) != len(observed):
-        raise ValueError(f"predicted has {len(predicted)} values but observed has {len(observed)}; they must pair up")
+        raise InvalidOptionError(
+            f"predicted has {len(predicted)} values but observed has {len(observed)}; they must pair up")
     pairs = [(float(p), float(o)) for p, o in zip(predicted, observed)
              if o is not None and math.isfinite(float(p)) and not math.isnan(float(o))]
     if not pairs:
-        raise ValueError("no size has an observed threshold (all None) with a finite prediction; "
-                         "cannot fit the constant")
+        raise InvalidOptionError("no size has an observed threshold (all None) with a finite prediction; "
+                                 "cannot fit the constant")
     den = sum(p * p for p, _ in pairs)
     if den == 0:
-        raise ValueError("every predicted value is 0; cannot fit the constant")
+        raise InvalidOptionError("every predicted value is 0; cannot fit the constant")
     return sum(p * o for p, o in pairs) / den
 
 
@@ -198,24 +200,24 @@ def _read_study(study_dir: Path) -> tuple[dict, list[dict]]:
     if not db.is_file():
         raise FileNotFoundError(f"{study_dir}: no {DB_NAME} in this directory, so no study results; {run_first}")
     if db.stat().st_size == 0:  # ResultsStore would create its tables in an empty file; do not write there
-        raise ValueError(f"{db}: empty database file with no study results; {run_first}")
+        raise InvalidOptionError(f"{db}: empty database file with no study results; {run_first}")
     with ResultsStore(db, SCHEMA) as store:
         kind = store.stored_kind()
         config = store.config()
         rows = store.rows()
     if kind is not None and kind != "pretraining":
-        raise ValueError(f"{db}: holds results of a {kind!r} study, not of a 'pretraining' study; "
-                         "give the output directory of `greedyprune study pretraining`")
+        raise InvalidOptionError(f"{db}: holds results of a {kind!r} study, not of a 'pretraining' study; "
+                                 "give the output directory of `greedyprune study pretraining`")
     if config is None:
-        raise ValueError(f"{db}: the database has no pre-training study config bound to it"
-                         + ("" if rows else f" and no rows; {run_first}")
-                         + ("; it was not written by `greedyprune study pretraining`" if rows else ""))
+        raise InvalidOptionError(f"{db}: the database has no pre-training study config bound to it"
+                                 + ("" if rows else f" and no rows; {run_first}")
+                                 + ("; it was not written by `greedyprune study pretraining`" if rows else ""))
     missing = [k for k in _CONFIG_KEYS if k not in config]
     if missing:
-        raise ValueError(f"{db}: the bound config lacks {missing}; it is not a pre-training study config "
-                         "(or was written by an incompatible version of greedyprune)")
+        raise InvalidOptionError(f"{db}: the bound config lacks {missing}; it is not a pre-training study config "
+                                 "(or was written by an incompatible version of greedyprune)")
     if not rows:
-        raise ValueError(f"{db}: the database has no result rows yet; {run_first}")
+        raise InvalidOptionError(f"{db}: the database has no result rows yet; {run_first}")
     widths = {int(w) for w in config["widths"]}
     sizes = {int(s) for s in config["sizes"]}
     trials = int(config["trials"])
@@ -229,9 +231,9 @@ def _read_study(study_dir: Path) -> tuple[dict, list[dict]]:
                         f"x sizes {sorted(sizes)}")
         if bad_trials:
             what.append(f"trials {bad_trials} outside the config's {trials} trials")
-        raise ValueError(f"{db}: mismatched database: its rows have " + " and ".join(what)
-                         + "; re-run the study into a fresh directory with "
-                         "`greedyprune study pretraining --out NEW_DIR`")
+        raise InvalidOptionError(f"{db}: mismatched database: its rows have " + " and ".join(what)
+                                 + "; re-run the study into a fresh directory with "
+                                 "`greedyprune study pretraining --out NEW_DIR`")
     return config, rows
 
 
@@ -261,16 +263,16 @@ def threshold_table(study_dir: str | os.PathLike, *, max_trials: int | None = No
 
     if max_trials is not None and (isinstance(max_trials, bool) or not isinstance(max_trials, int)
                                    or max_trials < 1):
-        raise ValueError(f"max_trials must be a positive int or None, got {max_trials!r}")
+        raise InvalidOptionError(f"max_trials must be a positive int or None, got {max_trials!r}")
     study_dir = Path(study_dir)
     config, rows = _read_study(study_dir)
     db = study_dir / "results.sqlite"
     try:
         ds = load_dataset(config["data"], normalize=config["normalize"], seed=int(config["seed"]))
     except (ValueError, OSError) as exc:
-        raise ValueError(f"{db}: cannot load the study's data set {config['data']!r} "
-                         f"(normalize={config['normalize']!r}): {exc}; make the data available at the same "
-                         "place as when the study ran") from exc
+        raise InvalidOptionError(f"{db}: cannot load the study's data set {config['data']!r} "
+                                 f"(normalize={config['normalize']!r}): {exc}; make the data available at the same "
+                                 "place as when the study ran") from exc
 
     trials_of: dict[tuple[int, int], set[int]] = {}
     for r in rows:
@@ -297,8 +299,9 @@ def threshold_table(study_dir: str | os.PathLike, *, max_trials: int | None = No
                 try:  # the study's own sub-dataset and initial network for this run
                     X, _, model, _ = setup_run(study_config, ds, width, size, trial)
                 except ValueError as exc:
-                    raise ValueError(f"{db}: mismatched database: size {size} cannot be drawn from the data set "
-                                     f"{config['data']!r} as loaded now ({exc})") from exc
+                    raise InvalidOptionError(
+                        f"{db}: mismatched database: size {size} cannot be drawn from the data set "
+                        f"{config['data']!r} as loaded now ({exc})") from exc
                 defs.append(definition1(model, X))
                 if bar is not None:
                     bar.update(1)
@@ -410,7 +413,7 @@ def plot_thresholds(rows: Sequence[ThresholdRow], constants: dict[int, float], p
 
     rows = list(rows)
     if not rows:
-        raise ValueError("no threshold rows to plot")
+        raise InvalidOptionError("no threshold rows to plot")
     widths = sorted({r.width for r in rows})
     cmap = colormaps["tab10"]
     colours = {w: cmap(i % 10) for i, w in enumerate(widths)}

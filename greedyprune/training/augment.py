@@ -13,6 +13,8 @@ import hashlib
 import torch
 import torch.nn.functional as F
 
+from ..errors import InvalidOptionError
+
 __all__ = ["AUGMENTATIONS", "CropFlip", "augment_generator", "crop_flip"]
 
 AUGMENTATIONS = ("none", "crop-flip")
@@ -41,8 +43,9 @@ class CropFlip:
     def apply(self, x: torch.Tensor, lo: int = 0) -> torch.Tensor:
         """Rows ``lo .. lo + len(x)`` of the batch, cropped and flipped: a new tensor, ``x`` is unchanged."""
         if x.dim() != 4:
-            raise ValueError(f"crop-and-flip augmentation needs images (B, C, H, W), got shape {tuple(x.shape)}; "
-                             f"use augment='none' for flat inputs")
+            raise InvalidOptionError(
+                f"crop-and-flip augmentation needs images (B, C, H, W), got shape {tuple(x.shape)}; "
+                f"use augment='none' for flat inputs")
         b, c, h, w = x.shape
         dev = x.device
         dy, dx, flip = (t[lo:lo + b].to(dev) for t in (self.dy, self.dx, self.flip))
@@ -50,8 +53,8 @@ class CropFlip:
         rows = dy[:, None] + torch.arange(h, device=dev)
         cols = dx[:, None] + torch.arange(w, device=dev)
         cols = torch.where(flip[:, None], cols.flip(1), cols)
-        return padded[torch.arange(b, device=dev)[:, None, None, None], torch.arange(c, device=dev)[None, :, None, None],
-                      rows[:, None, :, None], cols[:, None, None, :]]
+        return padded[torch.arange(b, device=dev)[:, None, None, None],
+                      torch.arange(c, device=dev)[None, :, None, None], rows[:, None, :, None], cols[:, None, None, :]]
 
 
 def crop_flip(x: torch.Tensor, seed: int, iteration: int, *, batch: int | None = None, lo: int = 0) -> torch.Tensor:

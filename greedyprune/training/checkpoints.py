@@ -51,6 +51,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from ..errors import InvalidOptionError
 from ..fileio import UnsafeFileError, load_torch, save_torch, torch_bytes
 from .loop import CHECKPOINT_FORMAT as TRAIN_CHECKPOINT_FORMAT
 from .loop import TrainConfig
@@ -83,10 +84,10 @@ def _check_plain(value: Any, where: str) -> None:
     if isinstance(value, dict):
         for key, item in value.items():
             if not isinstance(key, (str, int)):
-                raise ValueError(f"{where} has a key {key!r} of type {type(key).__name__}; use str or int keys")
+                raise InvalidOptionError(f"{where} has a key {key!r} of type {type(key).__name__}; use str or int keys")
             _check_plain(item, f"{where}[{key!r}]")
         return
-    raise ValueError(
+    raise InvalidOptionError(
         f"{where} is a {type(value).__name__} ({value!r:.80}); checkpoints store only None, bool, int, float, str, "
         f"bytes, tensors and lists / tuples / dicts of them (convert numpy values with float() or int())"
     )
@@ -128,7 +129,8 @@ def build_model(name: str, model_kwargs: dict, meta: bool = False) -> nn.Module:
                 return get_model(name, **model_kwargs)
         return get_model(name, **model_kwargs)
     except (TypeError, RuntimeError) as exc:  # RuntimeError: a tensor size that overflows 64 bits
-        raise ValueError(f"cannot build model {name!r} with {model_kwargs}: {str(exc).splitlines()[0]}") from exc
+        raise InvalidOptionError(
+            f"cannot build model {name!r} with {model_kwargs}: {str(exc).splitlines()[0]}") from exc
 
 
 def materialise(model: nn.Module, state: dict, what: str) -> nn.Module:
@@ -136,14 +138,15 @@ def materialise(model: nn.Module, state: dict, what: str) -> nn.Module:
     (a mismatch is a ValueError starting with ``what``), so nothing is allocated for an architecture the
     weights do not fit - a file cannot make the loader build a model larger than the file itself."""
     if not _is_state_dict(state):
-        raise ValueError(f"{what}: its weights are {_describe(state)}, not a dict of named tensors")
+        raise InvalidOptionError(f"{what}: its weights are {_describe(state)}, not a dict of named tensors")
     lines = state_dict_mismatches(model.state_dict(), state)
     if lines:
-        raise ValueError(f"{what} ({_mismatch_message(lines)})")
+        raise InvalidOptionError(f"{what} ({_mismatch_message(lines)})")
     persistent = set(model.state_dict())
     if any(name not in persistent for name, _ in model.named_buffers()):
-        raise ValueError(f"{what}: the model has buffers that are not stored (persistent=False), so it cannot be "
-                         f"rebuilt from the file's weights alone")
+        raise InvalidOptionError(
+            f"{what}: the model has buffers that are not stored (persistent=False), so it cannot be "
+            f"rebuilt from the file's weights alone")
     model = model.to_empty(device="cpu")
     model.load_state_dict(state)
     return model
@@ -182,17 +185,17 @@ def save_model(
             **model_kwargs)``'s - the message lists the first differences and suggests ``full_module=True``.
     """
     if not isinstance(model, nn.Module):
-        raise ValueError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+        raise InvalidOptionError(f"model must be a torch.nn.Module, got {type(model).__name__}")
     if not isinstance(name, str) or not name:
-        raise ValueError(f"name must be a model name (str), got {name!r}")
+        raise InvalidOptionError(f"name must be a model name (str), got {name!r}")
     from ..models import MODEL_NAMES
 
     if name.lower() not in MODEL_NAMES:
-        raise ValueError(f"unknown model {name!r}; expected one of {', '.join(MODEL_NAMES)}")
+        raise InvalidOptionError(f"unknown model {name!r}; expected one of {', '.join(MODEL_NAMES)}")
     name = name.lower()
     model_kwargs = dict(model_kwargs or {})
     if "seed" in model_kwargs:
-        raise ValueError("model_kwargs must not hold 'seed': the checkpoint stores the weights themselves")
+        raise InvalidOptionError("model_kwargs must not hold 'seed': the checkpoint stores the weights themselves")
     extra = dict(extra or {})
     _check_plain(model_kwargs, "model_kwargs")
     _check_plain(extra, "extra")
@@ -204,7 +207,7 @@ def save_model(
         reference = build_model(name, model_kwargs, meta=True).state_dict()
         lines = state_dict_mismatches(reference, state)
         if lines:
-            raise ValueError(
+            raise InvalidOptionError(
                 f"the model does not have the architecture of get_model({name!r}, **{model_kwargs}) "
                 f"({_mismatch_message(lines)}); pass the model_kwargs it was built with, or full_module=True "
                 f"for a model whose architecture changed (a pruned model)"
@@ -305,13 +308,14 @@ def load_model(
     if isinstance(payload, dict) and payload.get("format") == MODEL_CHECKPOINT_FORMAT:
         stored, stored_kwargs = payload["name"], dict(payload.get("model_kwargs") or {})
         if wanted is not None and wanted != stored:
-            raise ValueError(
+            raise InvalidOptionError(
                 f"checkpoint {path} holds a {stored} but you asked for {name} (--model {name}); "
                 f"pass --model {stored} (name={stored!r}) or use another checkpoint"
             )
         if model_kwargs is not None and dict(model_kwargs) != stored_kwargs:
-            raise ValueError(
-                f"checkpoint {path} holds a {stored} built with {stored_kwargs} but you asked for {dict(model_kwargs)}; "
+            raise InvalidOptionError(
+                f"checkpoint {path} holds a {stored} built with {stored_kwargs} but you asked for "
+                f"{dict(model_kwargs)}; "
                 f"leave model_kwargs out to use the stored ones, or use another checkpoint"
             )
         full = payload.get("module") is not None
@@ -323,7 +327,7 @@ def load_model(
                     f"(--trust-pickle on the command line)")
             model = torch.load(io.BytesIO(payload["module"]), map_location="cpu", weights_only=False)
             if not isinstance(model, nn.Module):
-                raise ValueError(f"checkpoint {path} embeds a {type(model).__name__}, not a torch.nn.Module")
+                raise InvalidOptionError(f"checkpoint {path} embeds a {type(model).__name__}, not a torch.nn.Module")
         else:
             model = materialise(build_model(stored, stored_kwargs, meta=True), payload["state_dict"],
                                 f"checkpoint {path} does not fit get_model({stored!r}, **{stored_kwargs}); the file "
@@ -336,7 +340,7 @@ def load_model(
         if weights is None or name is None:
             hint = ("; it has weights but no architecture record: pass name=... (--model NAME) and model_kwargs "
                     "to load them into get_model(NAME)") if weights is not None else ""
-            raise ValueError(f"{path} is not a greedyprune model checkpoint: it is {_describe(payload)}{hint}")
+            raise InvalidOptionError(f"{path} is not a greedyprune model checkpoint: it is {_describe(payload)}{hint}")
         kwargs = dict(model_kwargs or {})
         model = materialise(build_model(wanted, kwargs, meta=True), weights,
                             f"the state_dict in {path} does not fit get_model({wanted!r}, **{kwargs}): it was saved "
@@ -428,7 +432,7 @@ def train_with_checkpoints(
     from .loop import evaluate, pretrain
 
     if isinstance(checkpoint_every, bool) or not isinstance(checkpoint_every, int) or checkpoint_every < 1:
-        raise ValueError(f"checkpoint_every must be a positive int, got {checkpoint_every!r}")
+        raise InvalidOptionError(f"checkpoint_every must be a positive int, got {checkpoint_every!r}")
     state_every = min(checkpoint_every, 100) if state_every is None else state_every
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -471,7 +475,8 @@ def _check_earlier_checkpoints(out_dir: Path, iterations: int, every: int) -> No
     expected = set(range(0, start + 1, every)) | ({start} if start == iterations else set())
     missing = sorted(t for t in expected if not checkpoint_path(out_dir, t).is_file())
     if missing:
-        raise ValueError(f"{out_dir} lacks the model checkpoints of iteration(s) {missing}, but its resume state "
-                         f"{state.name} is at iteration {start}, so resuming would not write them again. Delete "
-                         f"{state} to train again from the start: training is deterministic, so the checkpoints "
-                         f"still there are kept and the missing ones are written with the same weights")
+        raise InvalidOptionError(
+            f"{out_dir} lacks the model checkpoints of iteration(s) {missing}, but its resume state "
+            f"{state.name} is at iteration {start}, so resuming would not write them again. Delete "
+            f"{state} to train again from the start: training is deterministic, so the checkpoints "
+            f"still there are kept and the missing ones are written with the same weights")

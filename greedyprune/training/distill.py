@@ -19,6 +19,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..checks import check_int, check_number
+from ..errors import InvalidOptionError
 
 __all__ = ["distill"]
 
@@ -50,7 +51,7 @@ def distill(student: nn.Module, teacher: nn.Module, inputs: torch.Tensor | Calla
         raise TypeError(f"inputs must be a tensor of inputs or a callable (step, generator) -> batch, got "
                         f"{type(inputs).__name__}")
     if isinstance(inputs, torch.Tensor) and (inputs.dim() == 0 or inputs.shape[0] == 0):
-        raise ValueError("inputs is empty: pass at least one calibration input")
+        raise InvalidOptionError("inputs is empty: pass at least one calibration input")
     generator = torch.Generator().manual_seed(seed)
     params = [p for p in student.parameters() if p.requires_grad]
     optimizer = torch.optim.Adam(params, lr=lr)

@@ -22,8 +22,13 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..checks import check_finite, non_finite_weights
+from ..errors import InvalidOptionError
 from ..fileio import load_torch, payload_digest, save_torch
 from .augment import AUGMENTATIONS, CropFlip, augment_generator
+
+__all__ = ["TRAIN_LOSSES", "SCHEDULES", "CHECKPOINT_FORMAT", "TrainConfig", "learning_rate", "training_loss",
+           "accuracy", "evaluate", "save_checkpoint", "load_checkpoint", "data_digest", "train_step", "param_groups",
+           "pretrain"]
 
 TRAIN_LOSSES = ("logistic", "squared", "cross_entropy")
 SCHEDULES = ("constant", "cosine")
@@ -55,23 +60,24 @@ class TrainConfig:
 
     def validate(self) -> None:
         if isinstance(self.iterations, bool) or not isinstance(self.iterations, int) or self.iterations < 0:
-            raise ValueError(f"iterations must be an int >= 0, got {self.iterations!r}")
+            raise InvalidOptionError(f"iterations must be an int >= 0, got {self.iterations!r}")
         if isinstance(self.lr, bool) or not (isinstance(self.lr, (int, float)) and 0 < self.lr < math.inf):
-            raise ValueError(f"lr must be a positive finite number, got {self.lr!r}")
+            raise InvalidOptionError(f"lr must be a positive finite number, got {self.lr!r}")
         if self.batch_size is not None and (
             isinstance(self.batch_size, bool) or not isinstance(self.batch_size, int) or self.batch_size < 1
         ):
-            raise ValueError(f"batch_size must be a positive int, or None for full-batch GD; got {self.batch_size!r}")
+            raise InvalidOptionError(
+                f"batch_size must be a positive int, or None for full-batch GD; got {self.batch_size!r}")
         if self.loss not in TRAIN_LOSSES:
-            raise ValueError(f"unknown loss {self.loss!r}; expected one of {TRAIN_LOSSES}")
+            raise InvalidOptionError(f"unknown loss {self.loss!r}; expected one of {TRAIN_LOSSES}")
         if not 0 <= self.momentum < 1:
-            raise ValueError(f"momentum must be in [0, 1), got {self.momentum!r}")
+            raise InvalidOptionError(f"momentum must be in [0, 1), got {self.momentum!r}")
         if not 0 <= self.weight_decay < math.inf:
-            raise ValueError(f"weight_decay must be a finite number >= 0, got {self.weight_decay!r}")
+            raise InvalidOptionError(f"weight_decay must be a finite number >= 0, got {self.weight_decay!r}")
         if self.schedule not in SCHEDULES:
-            raise ValueError(f"unknown schedule {self.schedule!r}; expected one of {SCHEDULES}")
+            raise InvalidOptionError(f"unknown schedule {self.schedule!r}; expected one of {SCHEDULES}")
         if self.augment not in AUGMENTATIONS:
-            raise ValueError(f"unknown augment {self.augment!r}; expected one of {AUGMENTATIONS}")
+            raise InvalidOptionError(f"unknown augment {self.augment!r}; expected one of {AUGMENTATIONS}")
 
 
 def learning_rate(config: TrainConfig, iteration: int) -> float:
@@ -90,7 +96,7 @@ def learning_rate(config: TrainConfig, iteration: int) -> float:
         return float(config.lr)
     if config.schedule == "cosine":
         return float(config.lr) * 0.5 * (1.0 + math.cos(math.pi * iteration / config.iterations))
-    raise ValueError(f"unknown schedule {config.schedule!r}; expected one of {SCHEDULES}")
+    raise InvalidOptionError(f"unknown schedule {config.schedule!r}; expected one of {SCHEDULES}")
 
 
 def _stored_config(stored: dict) -> dict:
@@ -108,7 +114,7 @@ def training_loss(output: torch.Tensor, y: torch.Tensor, loss: str) -> torch.Ten
         return ((output - y.to(output.dtype)) ** 2).reshape(output.shape[0], -1).sum(dim=1).mean()
     if loss == "cross_entropy":
         return F.cross_entropy(output, y)
-    raise ValueError(f"unknown loss {loss!r}; expected one of {TRAIN_LOSSES}")
+    raise InvalidOptionError(f"unknown loss {loss!r}; expected one of {TRAIN_LOSSES}")
 
 
 def accuracy(output: torch.Tensor, y: torch.Tensor, loss: str) -> float:
@@ -124,7 +130,8 @@ def accuracy(output: torch.Tensor, y: torch.Tensor, loss: str) -> float:
 
 
 @torch.no_grad()
-def evaluate(model: nn.Module, X: torch.Tensor, y: torch.Tensor, loss: str, batch_size: int = 8192) -> tuple[float, float]:
+def evaluate(model: nn.Module, X: torch.Tensor, y: torch.Tensor, loss: str,
+             batch_size: int = 8192) -> tuple[float, float]:
     """``(loss, accuracy)`` of ``model`` on (X, y), computed in batches without gradients.
 
     The model is put in eval mode for the evaluation (BatchNorm uses its running statistics, dropout is
@@ -161,7 +168,8 @@ def load_checkpoint(path: str | os.PathLike, map_location="cpu") -> dict:
     payload = load_torch(path, what="greedyprune training checkpoint", require_checksum=True,
                          map_location=map_location, offer_trust=False)
     if not isinstance(payload, dict) or payload.get("format") != CHECKPOINT_FORMAT:
-        raise ValueError(f"{path} is not a greedyprune training checkpoint (format {CHECKPOINT_FORMAT!r} expected)")
+        raise InvalidOptionError(
+            f"{path} is not a greedyprune training checkpoint (format {CHECKPOINT_FORMAT!r} expected)")
     return payload
 
 
@@ -264,7 +272,7 @@ def pretrain(
     config.validate()
     for name, every in (("checkpoint_every", checkpoint_every), ("callback_every", callback_every)):
         if every is not None and (isinstance(every, bool) or not isinstance(every, int) or every < 1):
-            raise ValueError(f"{name} must be a positive int or None, got {every!r}")
+            raise InvalidOptionError(f"{name} must be a positive int or None, got {every!r}")
     _check_data(X, y, config)
     digest = data_digest(X, y)
     device = next(model.parameters()).device
@@ -279,8 +287,8 @@ def pretrain(
         from .. import parallel
 
         if not parallel.is_initialised():
-            raise ValueError("distributed=True needs an initialised torch.distributed process group; start the "
-                             "program with torchrun, or call greedyprune.parallel.init_process_group() first")
+            raise InvalidOptionError("distributed=True needs an initialised torch.distributed process group; start the "
+                                     "program with torchrun, or call greedyprune.parallel.init_process_group() first")
         main = parallel.is_main()
 
     def checkpoint(t: int) -> None:
@@ -331,16 +339,19 @@ def pretrain(
 
 def _check_data(X: torch.Tensor, y: torch.Tensor, config: TrainConfig) -> None:
     if not isinstance(X, torch.Tensor) or X.dim() < 2 or X.shape[0] == 0:
-        raise ValueError(f"X must be a non-empty tensor of shape (m, ...), got {getattr(X, 'shape', type(X))}")
+        raise InvalidOptionError(f"X must be a non-empty tensor of shape (m, ...), got {getattr(X, 'shape', type(X))}")
     if not isinstance(y, torch.Tensor) or y.shape[0] != X.shape[0]:
-        raise ValueError(f"y must be a tensor with {X.shape[0]} rows (one per example), got {getattr(y, 'shape', type(y))}")
+        raise InvalidOptionError(
+            f"y must be a tensor with {X.shape[0]} rows (one per example), got {getattr(y, 'shape', type(y))}")
     check_finite("X", X)
     if config.loss in ("logistic", "cross_entropy") and y.numel() and bool((y == y.reshape(-1)[0]).all()):
-        raise ValueError(f"every label is {y.reshape(-1)[0].item()!r}: a classifier needs at least two classes in "
-                         f"its training data (check the labels or the sub-dataset size)")
+        raise InvalidOptionError(
+            f"every label is {y.reshape(-1)[0].item()!r}: a classifier needs at least two classes in "
+            f"its training data (check the labels or the sub-dataset size)")
     if config.augment != "none" and X.dim() != 4:
-        raise ValueError(f"augment={config.augment!r} needs images of shape (m, C, H, W), got {tuple(X.shape)}; "
-                         f"use augment='none' for flat inputs")
+        raise InvalidOptionError(
+            f"augment={config.augment!r} needs images of shape (m, C, H, W), got {tuple(X.shape)}; "
+            f"use augment='none' for flat inputs")
 
 
 def _resume(path, model, optimizer, config, digest, device) -> tuple[int, dict | None]:
@@ -349,15 +360,15 @@ def _resume(path, model, optimizer, config, digest, device) -> tuple[int, dict |
     stored = _stored_config(state["config"])
     if stored != asdict(config):
         diff = {k: (stored.get(k), v) for k, v in asdict(config).items() if stored.get(k) != v}
-        raise ValueError(f"checkpoint {path} was made with another configuration "
-                         f"(stored, requested): {diff}; use another checkpoint path or the same configuration")
+        raise InvalidOptionError(f"checkpoint {path} was made with another configuration "
+                                 f"(stored, requested): {diff}; use another checkpoint path or the same configuration")
     if "data" not in state:
         warnings.warn(f"checkpoint {path} predates data digests: resuming without checking that it was "
                       f"made on the same training data", stacklevel=3)
     elif state["data"] != digest:
-        raise ValueError(f"checkpoint {path} was made on other training data (its data digest "
-                         f"differs); resuming would mix two runs. Use another checkpoint path, or delete it to "
-                         f"start over")
+        raise InvalidOptionError(f"checkpoint {path} was made on other training data (its data digest "
+                                 f"differs); resuming would mix two runs. Use another checkpoint path, or delete it to "
+                                 f"start over")
     model.load_state_dict(state["model"])
     optimizer.load_state_dict(state["optimizer"])
     for group in optimizer.param_groups:  # checkpoints written before lr scales existed
@@ -371,8 +382,9 @@ def _batch(X, y, config: TrainConfig, t: int, cache: dict, share):
     size = X.shape[0] if idx is None else idx.numel()
     lo, length, world = share(size)
     if length == 0:
-        raise ValueError(f"a batch of {size} examples leaves this process no share among {world}; use a batch size "
-                         f"of at least the number of processes")
+        raise InvalidOptionError(
+            f"a batch of {size} examples leaves this process no share among {world}; use a batch size "
+            f"of at least the number of processes")
     if idx is None and length == size:
         xb, yb = X, y
     else:

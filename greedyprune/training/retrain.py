@@ -30,6 +30,7 @@ import torch
 from torch import nn
 
 from ..checks import check_int
+from ..errors import InvalidOptionError
 from ..models import init_weights
 from .loop import SCHEDULES, TrainConfig, pretrain
 
@@ -84,16 +85,16 @@ def reinitialize(
         ValueError: Bad ``seed`` or ``init``, or (``strict``) modules that cannot be reset, named in the message.
     """
     if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
-        raise ValueError(f"seed must be a non-negative int, got {seed!r}")
+        raise InvalidOptionError(f"seed must be a non-negative int, got {seed!r}")
     if not callable(init) and init not in INITS:
-        raise ValueError(f"unknown init {init!r}; expected one of {INITS} or a callable init(model)")
+        raise InvalidOptionError(f"unknown init {init!r}; expected one of {INITS} or a callable init(model)")
     if not isinstance(model, nn.Module):
-        raise ValueError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+        raise InvalidOptionError(f"model must be a torch.nn.Module, got {type(model).__name__}")
     stuck = [name or type(m).__name__ for name, m in model.named_modules()
              if next(m.parameters(recurse=False), None) is not None
              and not callable(getattr(m, "reset_parameters", None))]
     if stuck and strict:
-        raise ValueError(
+        raise InvalidOptionError(
             f"cannot re-initialise {', '.join(stuck[:5])}{' ...' if len(stuck) > 5 else ''}: these modules hold "
             f"parameters but have no reset_parameters(); give them one, or pass strict=False to keep their values"
         )
@@ -116,7 +117,7 @@ def reinitialize(
 
 def _check_macs(name: str, value) -> Fraction:
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value <= 0:
-        raise ValueError(f"{name} must be a positive finite number (multiply-accumulates), got {value!r}")
+        raise InvalidOptionError(f"{name} must be a positive finite number (multiply-accumulates), got {value!r}")
     return Fraction(value)
 
 
@@ -154,14 +155,15 @@ def scratch_iterations(
     """
     key = mode.upper().removeprefix("SCRATCH-") if isinstance(mode, str) else mode
     if key not in ("E", "B"):
-        raise ValueError(f"unknown scratch mode {mode!r}; expected 'E' (same iterations) or 'B' (same compute)")
+        raise InvalidOptionError(f"unknown scratch mode {mode!r}; expected 'E' (same iterations) or 'B' (same compute)")
     dense_iterations = check_int("dense_iterations", dense_iterations, 1)
     dense, pruned = _check_macs("dense_macs", dense_macs), _check_macs("pruned_macs", pruned_macs)
     if pruned > dense:
-        raise ValueError(f"pruned_macs ({pruned_macs}) exceeds dense_macs ({dense_macs}); are the arguments swapped?")
+        raise InvalidOptionError(
+            f"pruned_macs ({pruned_macs}) exceeds dense_macs ({dense_macs}); are the arguments swapped?")
     if max_factor is not None and (isinstance(max_factor, bool) or not isinstance(max_factor, (int, float))
                                    or not max_factor >= 1):
-        raise ValueError(f"max_factor must be a number >= 1 or None, got {max_factor!r}")
+        raise InvalidOptionError(f"max_factor must be a number >= 1 or None, got {max_factor!r}")
     if key == "E":
         return dense_iterations
     factor = dense / pruned
@@ -280,9 +282,9 @@ def retrain(
         ValueError: Unknown mode, missing MACs for scratch-b, or a bad training setting.
     """
     if mode not in RETRAIN_MODES:
-        raise ValueError(f"unknown retraining mode {mode!r}; expected one of {RETRAIN_MODES}")
+        raise InvalidOptionError(f"unknown retraining mode {mode!r}; expected one of {RETRAIN_MODES}")
     if schedule is not None and schedule not in SCHEDULES:
-        raise ValueError(f"unknown schedule {schedule!r}; expected one of {SCHEDULES}")
+        raise InvalidOptionError(f"unknown schedule {schedule!r}; expected one of {SCHEDULES}")
     if mode == "finetune":
         steps = check_int("iterations", iterations, 0)
         trained = copy.deepcopy(model)
@@ -291,8 +293,9 @@ def retrain(
     else:
         if mode == "scratch-b":
             if dense_macs is None or pruned_macs is None:
-                raise ValueError("mode 'scratch-b' needs dense_macs and pruned_macs (multiply-accumulates of one "
-                                 "forward pass of the dense and of the pruned model)")
+                raise InvalidOptionError(
+                    "mode 'scratch-b' needs dense_macs and pruned_macs (multiply-accumulates of one "
+                    "forward pass of the dense and of the pruned model)")
             steps = scratch_iterations(iterations, dense_macs, pruned_macs, "B", max_factor=max_factor)
         else:
             steps = check_int("iterations", iterations, 1)

@@ -44,6 +44,7 @@ from dataclasses import dataclass
 
 import torch
 
+from ..errors import InvalidOptionError
 from ..selection.block import ReaderProblem, ridge_refit, select_units
 from ..selection.engine import MAX_STEPS, greedy_forward_selection
 from ..selection.result import SelectionResult
@@ -188,7 +189,7 @@ def unit_scores(method: str, weight: torch.Tensor, stats: InputStats | None, gro
         if group > 1:
             per_channel = per_channel ** 2  # FLAP squares the head metric before summing a head's channels
     else:
-        raise ValueError(f"no score for method {method!r}")
+        raise InvalidOptionError(f"no score for method {method!r}")
     return per_channel.reshape(n, group).sum(dim=1)
 
 

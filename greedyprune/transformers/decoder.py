@@ -25,6 +25,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from ..errors import GreedyPruneError, InvalidOptionError
 from .support import UnsupportedModelError, require_transformers
 from .surgery import new_linear
 
@@ -39,7 +40,7 @@ _ATTN = ("q_proj", "k_proj", "v_proj", "o_proj")
 _MLP = ("gate_proj", "up_proj", "down_proj")
 
 
-class HalfPrecisionError(ValueError):
+class HalfPrecisionError(GreedyPruneError, ValueError):
     """The model is in half precision; pruning measures float64 statistics on a float32 model."""
 
 
@@ -165,8 +166,9 @@ def shrink_query_heads(layer: nn.Module, keep: torch.Tensor, out_weight: torch.T
     kv = attn.k_proj.out_features // hd
     per_group = torch.bincount(keep.cpu() // r, minlength=kv)
     if int(per_group.min()) != int(per_group.max()) or int(per_group.min()) == 0:
-        raise ValueError(f"query heads {keep.tolist()} keep {per_group.tolist()} heads in the {kv} key/value groups; "
-                         f"every group must keep the same number (at least 1)")
+        raise InvalidOptionError(
+            f"query heads {keep.tolist()} keep {per_group.tolist()} heads in the {kv} key/value groups; "
+            f"every group must keep the same number (at least 1)")
     ch = kv_channels(keep.to(attn.q_proj.weight.device), hd)
     with torch.no_grad():
         _slice_rows(attn, "q_proj", ch)
@@ -178,5 +180,5 @@ def add_bias(linear_owner: nn.Module, name: str) -> None:
     """Give ``linear_owner.<name>`` (an nn.Linear without bias) a zero bias, in place (used on load)."""
     lin = getattr(linear_owner, name)
     if lin.bias is None:
-        setattr(linear_owner, name, new_linear(lin.weight.detach(), torch.zeros(lin.out_features, dtype=lin.weight.dtype),
-                                            lin))
+        zeros = torch.zeros(lin.out_features, dtype=lin.weight.dtype)
+        setattr(linear_owner, name, new_linear(lin.weight.detach(), zeros, lin))

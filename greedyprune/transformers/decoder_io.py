@@ -26,6 +26,7 @@ from pathlib import Path
 
 import torch
 
+from ..errors import InvalidOptionError
 from ..fileio import IntegrityError, atomic_write, atomic_write_text
 from ..result import PruneResult
 from .decoder import add_bias, decoder_layer_shape, decoder_of, shrink_kv_groups, shrink_mlp, shrink_query_heads
@@ -93,10 +94,11 @@ def _class(meta, transformers, where):
     module = str(meta.get("module", ""))
     family = module.split(".")[-2] if module.count(".") >= 2 else ""
     if module != f"transformers.models.{family}.modeling_{family}" or family not in _MODULES:
-        raise ValueError(f"unknown model module {module!r} in {where}; only {', '.join(_MODULES)} decoders are built")
+        raise InvalidOptionError(
+            f"unknown model module {module!r} in {where}; only {', '.join(_MODULES)} decoders are built")
     cls = getattr(getattr(transformers.models, family), str(meta.get("architecture")), None)
     if not (isinstance(cls, type) and issubclass(cls, transformers.PreTrainedModel)):
-        raise ValueError(f"unknown model class {meta.get('architecture')!r} in {where}")
+        raise InvalidOptionError(f"unknown model class {meta.get('architecture')!r} in {where}")
     return cls
 
 
@@ -106,7 +108,7 @@ def _reshape(layer, shape, where, index) -> None:
     kv, heads = int(shape["kv_heads"]), int(shape["heads"])
     if not (0 < kv <= now["kv_heads"] and heads % kv == 0 and 0 < heads // kv <= r
             and 0 < int(shape["intermediate"]) <= now["intermediate"]):
-        raise ValueError(f"{where}: layer {index} shape {shape} does not fit the dense layer {now}")
+        raise InvalidOptionError(f"{where}: layer {index} shape {shape} does not fit the dense layer {now}")
     if kv < now["kv_heads"]:
         shrink_kv_groups(layer, torch.arange(kv))
     if heads // kv < r:
@@ -133,7 +135,7 @@ def read_meta(directory: Path):
     try:
         return json.loads((directory / META).read_text(encoding="utf-8"))
     except json.JSONDecodeError as exc:
-        raise ValueError(f"{directory / META} is damaged: {exc}") from None
+        raise InvalidOptionError(f"{directory / META} is damaged: {exc}") from None
 
 
 def load_pruned_decoder(path: str | os.PathLike, meta: dict | None = None):
@@ -149,7 +151,7 @@ def load_pruned_decoder(path: str | os.PathLike, meta: dict | None = None):
     if meta is None:
         meta = read_meta(directory)
     if not isinstance(meta, dict) or meta.get("format") != DECODER_FORMAT:
-        raise ValueError(f"{directory / META} is not a {DECODER_FORMAT} file (format {meta.get('format')!r})")
+        raise InvalidOptionError(f"{directory / META} is not a {DECODER_FORMAT} file (format {meta.get('format')!r})")
     check_digests(directory, META, meta, (WEIGHTS, CONFIG))
     data = (directory / WEIGHTS).read_bytes()
     digest = hashlib.sha256(data).hexdigest()
@@ -163,7 +165,7 @@ def load_pruned_decoder(path: str | os.PathLike, meta: dict | None = None):
     base = decoder_of(model)
     shapes = meta.get("layers", [])
     if not isinstance(shapes, list) or len(shapes) != len(base.layers):
-        raise ValueError(f"{directory / META} describes {len(shapes)} layers, the config {len(base.layers)}")
+        raise InvalidOptionError(f"{directory / META} describes {len(shapes)} layers, the config {len(base.layers)}")
     for i, (layer, shape) in enumerate(zip(base.layers, shapes)):
         _reshape(layer, shape, directory / META, i)
     return load_weights(model, data, directory / WEIGHTS)
@@ -181,10 +183,10 @@ def load_weights(model, data: bytes, where: Path):
     try:
         state = load(data)
     except (SafetensorError, OSError) as exc:
-        raise ValueError(f"{where} is not a readable safetensors file: {exc}") from None
+        raise InvalidOptionError(f"{where} is not a readable safetensors file: {exc}") from None
     try:
         model.load_state_dict(state, strict=True)
     except RuntimeError as exc:
-        raise ValueError(f"the weights in {where} do not match the recorded layer shapes: "
-                         f"{str(exc).splitlines()[0]}") from None
+        raise InvalidOptionError(f"the weights in {where} do not match the recorded layer shapes: "
+                                 f"{str(exc).splitlines()[0]}") from None
     return model.eval()

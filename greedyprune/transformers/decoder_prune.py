@@ -20,10 +20,11 @@ import time
 import torch
 
 from ..checks import check_choice, check_int, check_number
+from ..errors import InvalidOptionError
 from ..result import PruneResult
 from . import criteria
+from .blocks import REFITS, Block, prune_block
 from .decoder import decoder_layer_shape, decoder_of, shrink_kv_groups, shrink_mlp, shrink_query_heads
-from .prune import Block, prune_block
 from .stats import LayerInput, capture_layer_inputs, module_inputs, run_layer
 from .support import check_tokenizer, prepare_calibration
 from .taylor import taylor_scores
@@ -48,7 +49,7 @@ def decoder_calibration(calibration, base, *, tokenizer=None, window: int = 256,
         calibration = "\n".join(calibration)
     if isinstance(calibration, str):
         if tokenizer is None:
-            raise ValueError("calibration is text, so a tokenizer is needed: pass tokenizer= (the model's own)")
+            raise InvalidOptionError("calibration is text, so a tokenizer is needed: pass tokenizer= (the model's own)")
         check_tokenizer(tokenizer, base)
         calibration = {"input_ids": token_windows(tokenizer, calibration, window=window)}
     return prepare_calibration(calibration, base, batch_size=batch_size, min_tokens=min_tokens)
@@ -63,8 +64,9 @@ def _head_counts(heads_keep, unit, n_heads, n_kv):
         options = ", ".join(f"{m * step} ({m * step / n_heads:.3f})" for m in range(1, n_heads // step + 1))
         what = f"whole key/value groups of {r} query heads" if unit == "kv" else \
             f"the same number of query heads in each of the {n_kv} key/value groups"
-        raise ValueError(f"heads_keep={heads_keep} asks for {want} of {n_heads} query heads, which cannot be met by "
-                         f"keeping {what}; keep one of: {options} (heads_unit={unit!r})")
+        raise InvalidOptionError(
+            f"heads_keep={heads_keep} asks for {want} of {n_heads} query heads, which cannot be met by "
+            f"keeping {what}; keep one of: {options} (heads_unit={unit!r})")
     return (want // r, r) if unit == "kv" else (n_kv, want // n_kv)
 
 
@@ -129,13 +131,14 @@ def _check_widths(widths, ffn_keep, n_layers, layer_set, width):
     if widths is None or isinstance(widths, str):
         rule = check_choice("widths", widths or "uniform", WIDTH_RULES)
         if rule != "uniform" and ffn_keep is None:
-            raise ValueError(f"widths={rule!r} allocates a global MLP budget: give ffn_keep too")
+            raise InvalidOptionError(f"widths={rule!r} allocates a global MLP budget: give ffn_keep too")
         return rule
     if isinstance(widths, dict):
         widths = [widths.get(i, width) for i in range(n_layers)]
     widths = list(widths)
     if len(widths) != n_layers:
-        raise ValueError(f"widths has {len(widths)} entries for {n_layers} layers; give one kept MLP width per layer")
+        raise InvalidOptionError(
+            f"widths has {len(widths)} entries for {n_layers} layers; give one kept MLP width per layer")
     return [check_int(f"widths[{i}]", w, 1, maximum=width) for i, w in enumerate(widths)]
 
 
@@ -191,21 +194,21 @@ def prune_decoder(model, calibration, *, tokenizer=None, ffn_keep=None, heads_ke
                   layers=None, batch_size=8, max_length=256, min_tokens=128, seed=0, inplace=False,
                   progress=False) -> PruneResult:
     """``prune_transformer`` for a Llama-family decoder (see its docstring for the arguments)."""
-    from .prune import REFITS
-
     base = decoder_of(model)
     n_layers = len(base.layers)
     ffn_keep = check_number("ffn_keep", ffn_keep, low=0, high=1, low_open=True, allow_none=True)
     heads_keep = check_number("heads_keep", heads_keep, low=0, high=1, low_open=True, allow_none=True)
     if ffn_keep is None and heads_keep is None and (widths is None or isinstance(widths, str)):
-        raise ValueError("nothing to prune: give ffn_keep (or widths) and/or heads_keep, fractions in (0, 1] of the "
-                         "MLP neurons and query heads to keep")
+        raise InvalidOptionError(
+            "nothing to prune: give ffn_keep (or widths) and/or heads_keep, fractions in (0, 1] of the "
+            "MLP neurons and query heads to keep")
     check_choice("method", method, DECODER_METHODS)
     check_choice("refit", refit, REFITS)
     check_choice("heads_unit", heads_unit, HEAD_UNITS)
     if method == "gfs" and heads_keep is not None and heads_unit == "query":
-        raise ValueError("method 'gfs' (Algorithm 1, count-weighted with replacement) cannot keep equal query heads "
-                         "per key/value group; use heads_unit='kv' or another method (gfs-ls)")
+        raise InvalidOptionError(
+            "method 'gfs' (Algorithm 1, count-weighted with replacement) cannot keep equal query heads "
+            "per key/value group; use heads_unit='kv' or another method (gfs-ls)")
     ridge = check_number("ridge", ridge, low=0)
     layer_set = _layer_set(layers, n_layers)
     dense_shape = decoder_layer_shape(base.layers[0])

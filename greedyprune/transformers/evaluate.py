@@ -11,6 +11,8 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
+from ..errors import InvalidOptionError
+
 __all__ = ["compare_embeddings", "count_parameters", "embed", "latency", "paired_latency"]
 
 
@@ -60,7 +62,7 @@ def compare_embeddings(dense: torch.Tensor, pruned: torch.Tensor) -> dict:
         ``nn_agreement``: fraction of sentences whose nearest other sentence is the same under both.
     """
     if dense.shape != pruned.shape:
-        raise ValueError(f"embeddings differ in shape: {tuple(dense.shape)} vs {tuple(pruned.shape)}")
+        raise InvalidOptionError(f"embeddings differ in shape: {tuple(dense.shape)} vs {tuple(pruned.shape)}")
     cos = (dense * pruned).sum(1)
     out = {"cosine": float(cos.mean()), "cosine_min": float(cos.min())}
     if dense.shape[0] >= 2:

@@ -28,6 +28,7 @@ from .decoder_io import (DECODER_FORMAT, load_pruned_decoder, load_weights, read
                          write_meta)
 from .support import encoder_of, require_transformers
 from .surgery import layer_shape, shrink_ffn, shrink_heads
+from ..errors import InvalidOptionError
 
 __all__ = ["FORMAT", "load_pruned_transformer", "save_pruned_transformer"]
 
@@ -81,21 +82,22 @@ def load_pruned_transformer(path: str | os.PathLike):
     if isinstance(meta, dict) and meta.get("format") == DECODER_FORMAT:
         return load_pruned_decoder(directory, meta)
     if not isinstance(meta, dict) or meta.get("format") != FORMAT:
-        raise ValueError(f"{directory / META} is not a {FORMAT} file (format {meta.get('format')!r})")
+        raise InvalidOptionError(f"{directory / META} is not a {FORMAT} file (format {meta.get('format')!r})")
     check_digests(directory, META, meta, (WEIGHTS, CONFIG))
     from transformers.models import bert
 
     cls = getattr(bert, str(meta.get("architecture")), None)
     if not (isinstance(cls, type) and issubclass(cls, transformers.PreTrainedModel)):
-        raise ValueError(f"unknown model class {meta.get('architecture')!r} in {directory / META}; only "
-                         f"transformers.models.bert classes are loaded")
+        raise InvalidOptionError(f"unknown model class {meta.get('architecture')!r} in {directory / META}; only "
+                                 f"transformers.models.bert classes are loaded")
     config = transformers.BertConfig.from_json_file(str(directory / CONFIG))
     model = cls(config, add_pooling_layer=bool(meta.get("pooler", True))) if cls is transformers.BertModel \
         else cls(config)
     base = encoder_of(model)
     shapes = meta.get("layers", [])
     if len(shapes) != len(base.encoder.layer):
-        raise ValueError(f"{directory / META} describes {len(shapes)} layers, the config {len(base.encoder.layer)}")
+        raise InvalidOptionError(
+            f"{directory / META} describes {len(shapes)} layers, the config {len(base.encoder.layer)}")
     for layer, shape in zip(base.encoder.layer, shapes):
         if shape["heads"] < layer_shape(layer)["heads"]:
             shrink_heads(layer, torch.arange(shape["heads"]))

@@ -20,6 +20,7 @@ from pathlib import Path
 import torch
 
 from ..checks import check_int
+from ..errors import InvalidOptionError
 from .support import require_transformers
 
 __all__ = ["LLM_INSTALL_HINT", "SMOLLM2_GGUF", "cache_dir", "load_smollm2", "play_names", "read_play",
@@ -112,7 +113,8 @@ def read_play(name: str) -> str:
     path = folder / (name if name.endswith(".txt") else (name if "_gut" in name else f"{name}_gut") + ".txt")
     if not path.is_file():
         names = play_names()
-        raise ValueError(f"no play {name!r} under {folder}; one of {', '.join(names[:8])}, ... ({len(names)} in all)")
+        raise InvalidOptionError(
+            f"no play {name!r} under {folder}; one of {', '.join(names[:8])}, ... ({len(names)} in all)")
     return path.read_text(encoding="latin-1")
 
 
@@ -136,7 +138,8 @@ def token_windows(tokenizer, text: str, *, window: int = 256, count: int | None 
     available = max(0, len(ids) - start) // window
     need = 1 if count is None else count
     if available < need:
-        raise ValueError(f"calibration/evaluation text is too short: {len(ids)} tokens from token {start} give "
-                         f"{available} windows of {window}, {need} asked for; give more text or a shorter window")
+        raise InvalidOptionError(
+            f"calibration/evaluation text is too short: {len(ids)} tokens from token {start} give "
+            f"{available} windows of {window}, {need} asked for; give more text or a shorter window")
     n = available if count is None else count
     return torch.tensor(ids[start:start + n * window], dtype=torch.long).reshape(n, window)

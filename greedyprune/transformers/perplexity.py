@@ -11,6 +11,8 @@ import time
 import torch
 from torch import nn
 
+from ..errors import InvalidOptionError
+
 __all__ = ["generation_speed", "perplexity"]
 
 
@@ -18,7 +20,7 @@ __all__ = ["generation_speed", "perplexity"]
 def perplexity(model: nn.Module, windows: torch.Tensor, *, batch_size: int = 8) -> float:
     """``exp(mean cross-entropy)`` of a causal LM on (n, L) token windows (eval mode, restored after)."""
     if not isinstance(windows, torch.Tensor) or windows.dim() != 2 or windows.shape[1] < 2:
-        raise ValueError("windows must be an (n, L) integer tensor with L >= 2 (see token_windows)")
+        raise InvalidOptionError("windows must be an (n, L) integer tensor with L >= 2 (see token_windows)")
     was_training = model.training
     model.eval()
     total, count = 0.0, 0

@@ -11,20 +11,19 @@ from __future__ import annotations
 
 import copy
 import time
-from dataclasses import dataclass
 
 import torch
 
 from ..checks import check_choice, check_int, check_number
+from ..errors import InvalidOptionError
 from ..result import PruneResult
 from . import criteria
-from .stats import capture_layer_inputs, finish_ffn, input_stats, module_inputs, run_layer
+from .blocks import REFITS, Block, prune_block
+from .stats import capture_layer_inputs, finish_ffn, module_inputs, run_layer
 from .support import MIN_CALIBRATION_TOKENS, encoder_of, prepare_calibration, require_transformers
 from .surgery import head_size, shrink_ffn, shrink_heads
 
 __all__ = ["DEFAULT_METHOD", "DEFAULT_REFIT", "DEFAULT_RIDGE", "prune_block", "prune_transformer", "REFITS"]
-
-REFITS = (None, "lstsq")
 
 DEFAULT_METHOD = "gfs-ls"
 """Forward selection with least-squares weights: on all-MiniLM-L6-v2 with the refit it kept the sentence
@@ -48,8 +47,9 @@ def _check_args(ffn_keep, heads_keep, method, refit, ridge, layers, n_layers):
     ffn_keep = check_number("ffn_keep", ffn_keep, low=0, high=1, low_open=True, allow_none=True)
     heads_keep = check_number("heads_keep", heads_keep, low=0, high=1, low_open=True, allow_none=True)
     if ffn_keep is None and heads_keep is None:
-        raise ValueError("nothing to prune: give ffn_keep and/or heads_keep, fractions in (0, 1] of the FFN neurons "
-                         "and attention heads to keep in each layer")
+        raise InvalidOptionError(
+            "nothing to prune: give ffn_keep and/or heads_keep, fractions in (0, 1] of the FFN neurons "
+            "and attention heads to keep in each layer")
     check_choice("method", method, criteria.METHODS)
     check_choice("refit", refit, REFITS)
     ridge = check_number("ridge", ridge, low=0)
@@ -145,8 +145,9 @@ def prune_transformer(model, calibration, *, tokenizer=None, ffn_keep: float | N
                              max_length=256 if max_length is None else max_length, min_tokens=min_tokens, seed=seed,
                              inplace=inplace, progress=progress)
     if heads_unit != "kv" or widths not in (None, "uniform"):
-        raise ValueError("heads_unit and widths apply to decoders only; an encoder keeps ffn_keep / heads_keep of "
-                         "every layer")
+        raise InvalidOptionError(
+            "heads_unit and widths apply to decoders only; an encoder keeps ffn_keep / heads_keep of "
+            "every layer")
     batch_size = 32 if batch_size is None else batch_size
     max_length = 128 if max_length is None else max_length
     base = encoder_of(model)
@@ -210,71 +211,9 @@ def _prune_layers(result, base, batches, ffn_keep, heads_keep, layer_set, progre
             inputs = run_layer(layer, inputs)
 
 
-@dataclass
-class Block:
-    """One prunable block of a layer: its output projection ``out`` (whose inputs' statistics decide), the
-    rows ``weight_in`` that feed each of its input channels (for the magnitude baseline), channels per unit,
-    the ``transform`` from the captured module inputs to ``out``'s inputs (None: they are ``out``'s inputs),
-    the in-place ``shrink(keep, kept_columns, new_bias)``, and whether ``out`` may gain a bias it lacks
-    (a decoder's, see :mod:`~greedyprune.transformers.decoder`)."""
-
-    out: torch.nn.Linear
-    weight_in: torch.Tensor | None
-    group: int
-    transform: object
-    shrink: object
-    add_bias: bool = False
-
-
 def _encoder_block(layer, kind) -> Block:
     if kind == "ffn":
         return Block(layer.output.dense, layer.intermediate.dense.weight.detach(), 1, layer.intermediate,
                      lambda *a: shrink_ffn(layer, *a))
     return Block(layer.attention.output.dense, layer.attention.self.value.weight.detach(), head_size(layer), None,
                  lambda *a: shrink_heads(layer, *a))
-
-
-def prune_block(result, name, kind, block: Block, xs, masks, n_keep: int, *, method, refit, ridge, replacement,
-                 max_steps, generator, plan=None) -> None:
-    """Select and remove the units of one block (``kind`` "ffn", "heads", ...), recording what was done.
-
-    ``plan(stats)``, when given, chooses the units instead of :func:`criteria.plan_block` (a decoder's
-    gradient baseline, or query heads kept equally in every key/value group)."""
-    t0 = time.perf_counter()
-    out, group = block.out, block.group
-    weight = out.weight.detach()
-    bias = out.bias.detach() if out.bias is not None else torch.zeros(weight.shape[0], dtype=weight.dtype)
-    n = weight.shape[1] // group
-    full = criteria.NEEDS_FULL_STATS.get(method, False) or refit is not None
-    needs_stats = full or method in ("wanda", "flap")
-    stats = input_stats(xs, masks, full=full, transform=block.transform) if needs_stats else None
-    if plan is None:
-        plan = criteria.plan_block(method, weight, stats, group, n_keep, weight_in=block.weight_in,
-                                   generator=generator, replacement=replacement, max_steps=max_steps)
-    else:
-        plan = plan(stats)
-    channels = criteria.channels_of(plan.keep, group)
-    new_full = weight.to(torch.float64) * plan.scale.repeat_interleave(group).reshape(1, -1)
-    bias_delta = plan.bias_delta
-    error_before_refit = None
-    if refit == "lstsq":
-        error_before_refit = criteria.reconstruction_error(weight, stats, new_full, bias_delta)
-        kept_cols, new_bias = criteria.refit_lstsq(weight, bias, stats, channels, ridge)
-        new_full = torch.zeros_like(new_full)
-        new_full[:, channels] = kept_cols
-        bias_delta = new_bias - bias.to(torch.float64)
-    error = criteria.reconstruction_error(weight, stats, new_full, bias_delta) if full else None
-    keeps_bias = out.bias is not None or block.add_bias
-    new_bias = None if bias_delta is None or not keeps_bias else bias.to(torch.float64) + bias_delta
-    to = dict(dtype=weight.dtype, device=weight.device)
-    cols = new_full[:, channels].to(**to)
-    new_bias = None if new_bias is None else new_bias.to(**to)
-    block.shrink(plan.keep, cols, new_bias)
-    result.kept[name] = plan.keep.tolist()
-    if plan.counts is not None:
-        result.counts[name] = plan.counts.tolist()
-    sel = plan.selection
-    result.layers.append({"name": name, "kind": kind, "units": n, "kept": int(plan.keep.numel()),
-                          "steps": None if sel is None else sel.k, "loss": error,
-                          "loss_before_refit": error_before_refit,
-                          "seconds": time.perf_counter() - t0, "selection": sel})

@@ -15,6 +15,7 @@ import torch
 from torch import nn
 
 from ..checks import check_int
+from ..errors import GreedyPruneError, InvalidOptionError
 
 __all__ = ["Calibration", "check_tokenizer", "encoder_of", "INSTALL_HINT", "load_minilm",
            "MIN_CALIBRATION_TOKENS", "minilm_path", "prepare_calibration", "require_transformers", "SUPPORTED",
@@ -31,7 +32,7 @@ MIN_CALIBRATION_TOKENS = 128
 statistics of a block (its N x N Gram matrix, means, variances) are measured on too few rows to mean much."""
 
 
-class UnsupportedModelError(TypeError):
+class UnsupportedModelError(GreedyPruneError, TypeError):
     """The model is not an encoder ``prune_transformer`` knows how to prune."""
 
 
@@ -102,8 +103,9 @@ class Calibration:
 
 def _tokenize(sentences: Sequence[str], tokenizer, batch_size: int, max_length: int) -> list[dict]:
     if tokenizer is None:
-        raise ValueError("calibration is a list of sentences, so a tokenizer is needed: pass tokenizer= (the one "
-                         "that belongs to the model), or pass the tokenised batch (a dict with input_ids)")
+        raise InvalidOptionError(
+            "calibration is a list of sentences, so a tokenizer is needed: pass tokenizer= (the one "
+            "that belongs to the model), or pass the tokenised batch (a dict with input_ids)")
     if not callable(tokenizer):
         raise TypeError(f"tokenizer must be a Hugging Face tokenizer, got {type(tokenizer).__name__}")
     bad = [i for i, s in enumerate(sentences) if not isinstance(s, str)]
@@ -122,17 +124,18 @@ def _tokenize(sentences: Sequence[str], tokenizer, batch_size: int, max_length: 
 
 def _from_mapping(calibration: Mapping, batch_size: int) -> list[dict]:
     if "input_ids" not in calibration:
-        raise ValueError(f"tokenised calibration must hold 'input_ids'; got keys {sorted(calibration)}")
+        raise InvalidOptionError(f"tokenised calibration must hold 'input_ids'; got keys {sorted(calibration)}")
     ids = calibration["input_ids"]
     if not isinstance(ids, torch.Tensor) or ids.dim() != 2 or ids.dtype not in (torch.int64, torch.int32):
-        raise ValueError("calibration['input_ids'] must be a (batch, length) integer tensor")
+        raise InvalidOptionError("calibration['input_ids'] must be a (batch, length) integer tensor")
     full = {"input_ids": ids.long(),
             "attention_mask": calibration.get("attention_mask", torch.ones_like(ids)).long()}
     if calibration.get("token_type_ids") is not None:
         full["token_type_ids"] = calibration["token_type_ids"].long()
     for key, value in full.items():
         if value.shape != ids.shape:
-            raise ValueError(f"calibration[{key!r}] has shape {tuple(value.shape)}, input_ids {tuple(ids.shape)}")
+            raise InvalidOptionError(
+                f"calibration[{key!r}] has shape {tuple(value.shape)}, input_ids {tuple(ids.shape)}")
     return [{k: v[s:s + batch_size] for k, v in full.items()} for s in range(0, ids.shape[0], batch_size)]
 
 
@@ -163,8 +166,8 @@ def prepare_calibration(calibration, base: nn.Module, *, tokenizer=None, batch_s
     elif isinstance(calibration, Sequence):
         sentences = [s for s in calibration if not (isinstance(s, str) and not s.strip())]
         if not sentences:
-            raise ValueError("calibration text is empty: give a list of sentences (e.g. "
-                             "greedyprune.transformers.default_sentences()[0])")
+            raise InvalidOptionError("calibration text is empty: give a list of sentences (e.g. "
+                                     "greedyprune.transformers.default_sentences()[0])")
         if tokenizer is not None:
             check_tokenizer(tokenizer, base)
         batches = _tokenize(sentences, tokenizer, batch_size, max_length)
@@ -174,8 +177,8 @@ def prepare_calibration(calibration, base: nn.Module, *, tokenizer=None, batch_s
     _check_ids(batches, base)
     tokens = sum(int(b["attention_mask"].sum()) for b in batches)
     if tokens < min_tokens:
-        raise ValueError(f"calibration text is too short: {tokens} tokens (padding not counted), at least "
-                         f"{min_tokens} are needed to measure a block's activations; pass more sentences")
+        raise InvalidOptionError(f"calibration text is too short: {tokens} tokens (padding not counted), at least "
+                                 f"{min_tokens} are needed to measure a block's activations; pass more sentences")
     return Calibration(batches=batches, sentences=sum(int(b["input_ids"].shape[0]) for b in batches), tokens=tokens)
 
 
@@ -187,8 +190,9 @@ def check_tokenizer(tokenizer, base) -> None:
         pass
     vocab = base.config.vocab_size
     if isinstance(size, int) and size > vocab:
-        raise ValueError(f"tokenizer/model mismatch: the tokenizer has {size} tokens but the model's vocabulary has "
-                         f"{vocab}; pass the tokenizer that was saved with the model")
+        raise InvalidOptionError(
+            f"tokenizer/model mismatch: the tokenizer has {size} tokens but the model's vocabulary has "
+            f"{vocab}; pass the tokenizer that was saved with the model")
 
 
 def _check_ids(batches, base) -> None:
@@ -196,12 +200,13 @@ def _check_ids(batches, base) -> None:
     for b in batches:
         ids = b["input_ids"]
         if int(ids.min()) < 0 or int(ids.max()) >= vocab:
-            raise ValueError(f"tokenizer/model mismatch: token id {int(ids.max())} (or a negative one) is outside the "
-                             f"model's vocabulary of {vocab}; pass the tokenizer that was saved with the model")
+            raise InvalidOptionError(
+                f"tokenizer/model mismatch: token id {int(ids.max())} (or a negative one) is outside the "
+                f"model's vocabulary of {vocab}; pass the tokenizer that was saved with the model")
         if ids.shape[1] > positions:
-            raise ValueError(f"calibration sequences have {ids.shape[1]} tokens but the model has {positions} "
-                             f"positions; lower max_length")
+            raise InvalidOptionError(f"calibration sequences have {ids.shape[1]} tokens but the model has {positions} "
+                                     f"positions; lower max_length")
         types = b.get("token_type_ids")
         if types is not None and types.numel() and int(types.max()) >= base.config.type_vocab_size:
-            raise ValueError(f"tokenizer/model mismatch: token type {int(types.max())} is outside the model's "
-                             f"{base.config.type_vocab_size} token types")
+            raise InvalidOptionError(f"tokenizer/model mismatch: token type {int(types.max())} is outside the model's "
+                                     f"{base.config.type_vocab_size} token types")

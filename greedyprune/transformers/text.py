@@ -13,6 +13,7 @@ import re
 from pathlib import Path
 
 from ..checks import check_int, check_number
+from ..errors import InvalidOptionError
 
 __all__ = ["MIN_WORDS", "MAX_WORDS", "corpus_sentences", "default_sentences", "read_sentences", "split_sentences"]
 
@@ -103,8 +104,9 @@ def default_sentences(calibration: int = 512, held_out: int = 256, seed: int = 0
     seed = check_int("seed", seed, 0)
     sentences = corpus_sentences()
     if calibration + held_out > len(sentences):
-        raise ValueError(f"the default corpus has {len(sentences)} sentences; {calibration} calibration + {held_out} "
-                         f"held-out were asked for; ask for fewer or pass your own text")
+        raise InvalidOptionError(
+            f"the default corpus has {len(sentences)} sentences; {calibration} calibration + {held_out} "
+            f"held-out were asked for; ask for fewer or pass your own text")
     order = list(range(len(sentences)))
     random.Random(seed).shuffle(order)
     held = [sentences[i] for i in order[:held_out]]
@@ -137,14 +139,15 @@ def read_sentences(path: str | os.PathLike, *, held_out_fraction: float = 0.2, s
     try:
         text = path.read_text(encoding="utf-8")
     except UnicodeDecodeError as exc:
-        raise ValueError(f"{path} is not UTF-8 text ({exc.reason} at byte {exc.start})") from None
+        raise InvalidOptionError(f"{path} is not UTF-8 text ({exc.reason} at byte {exc.start})") from None
     lines = [line.strip() for line in text.splitlines() if line.strip()]
     if one_per_line is None:
         one_per_line = bool(lines) and sum(len(line.split()) <= MAX_WORDS for line in lines) >= 0.9 * len(lines) \
             and not re.search(r"\n\s*\n", text.strip())
     sentences = list(dict.fromkeys(lines)) if one_per_line else split_sentences(text, min_words=1)
     if not sentences:
-        raise ValueError(f"{path} holds no sentence; give a UTF-8 text file with one sentence per line or prose")
+        raise InvalidOptionError(
+            f"{path} holds no sentence; give a UTF-8 text file with one sentence per line or prose")
     order = list(range(len(sentences)))
     random.Random(seed).shuffle(order)
     n_held = int(round(held_out_fraction * len(sentences)))

@@ -15,8 +15,9 @@ divided by a scale: ``scale="block"`` (default) the block's own dense error ``e_
 energy), so every layer's curve runs from 1 down to 0; ``scale="residual"`` the energy ``sum_t ||h_l(t)||^2``
 of the residual stream at the layer's output. On SmolLM2 the residual scale starved the middle layers (30 to
 60 of 1,536 neurons kept in layers 11-17): its energy is dominated by a few tokens' massive activations,
-which grow with depth, so the later layers' errors looked cheap. Then, as for the CNN budgets, neurons are removed one at a time from the layer whose
-error rises least, ``e_l(k_l - 1) - e_l(k_l)``, until ``K`` are left (at least ``min_keep`` per layer).
+which grow with depth, so the later layers' errors looked cheap. Then, as for the CNN budgets, neurons are
+removed one at a time from the layer whose error rises least, ``e_l(k_l - 1) - e_l(k_l)``, until ``K`` are
+left (at least ``min_keep`` per layer).
 
 ``rule="flap"`` (An et al. 2024, "adaptive structure"): the fluctuation scores ``var(x_i) ||W[:, i]||^2`` of
 each layer are standardised (minus the layer's mean, over its standard deviation) and the ``K`` highest
@@ -28,6 +29,7 @@ import heapq
 
 import torch
 
+from ..errors import InvalidOptionError
 from . import criteria
 from .stats import input_stats, module_inputs, run_layer
 
@@ -67,8 +69,8 @@ def allocate_widths(curves: list[torch.Tensor], total: int, min_keep: int = 1) -
     """
     widths = [len(c) - 1 for c in curves]
     if not len(curves) * min_keep <= total <= sum(widths):
-        raise ValueError(f"cannot keep {total} MLP neurons in {len(curves)} layers of {widths[0]}: between "
-                         f"{len(curves) * min_keep} and {sum(widths)}")
+        raise InvalidOptionError(f"cannot keep {total} MLP neurons in {len(curves)} layers of {widths[0]}: between "
+                                 f"{len(curves) * min_keep} and {sum(widths)}")
     best = [torch.cummin(c, 0).values for c in curves]  # made non-increasing in k
     heap = [(float(best[i][w - 1] - best[i][w]), i) for i, w in enumerate(widths) if w > min_keep]
     heapq.heapify(heap)

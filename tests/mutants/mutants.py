@@ -117,8 +117,10 @@ MUTANTS = [
          tests=DEEP,
          why="the winner's position in the candidate list is counted instead of its channel"),
     dict(name="deep-argmax", file="greedyprune/channels/search.py",
-         original="            for i in torch.argsort(losses, stable=True)[:take].tolist():  # the best, then the next ones\n",
-         replacement="            for i in torch.argsort(-losses, stable=True)[:take].tolist():  # the best, then the next ones\n",
+         original=("            for i in torch.argsort(losses, stable=True)[:take].tolist():  "
+                   "# the best, then the next ones\n"),
+         replacement=("            for i in torch.argsort(-losses, stable=True)[:take].tolist():  "
+                      "# the best, then the next ones\n"),
          tests=DEEP,
          why="the worst candidate is chosen"),
     dict(name="deep-rows-replace-base", file="greedyprune/channels/evaluators.py",
@@ -194,9 +196,10 @@ MUTANTS = [
          replacement="    xs = [col[t] + 1 if t is not None else np.nan for t in s.thresholds]\n",
          tests=["tests/test_plotting.py"],
          why="Figure 1's red line is drawn one column right of the thresholds (the PNG still looks fine)"),
-    dict(name="lemma1-first-trial-only", file="greedyprune/studies/pretraining_report.py",
-         original=("            gaps = np.mean([np.asarray(r[\"losses\"][:steps], dtype=float) - float(r[\"dense_loss\"]) "
-                   "for r in cell],\n"),
+    dict(name="lemma1-first-trial-only",
+         file="greedyprune/studies/pretraining_summary.py",
+         original=("            gaps = np.mean([np.asarray(r[\"losses\"][:steps], dtype=float) "
+                   "- float(r[\"dense_loss\"]) for r in cell],\n"),
          replacement=("            gaps = np.mean([np.asarray(cell[0][\"losses\"][:steps], dtype=float) "
                       "- float(cell[0][\"dense_loss\"])],\n"),
          tests=["tests/test_plotting.py"],

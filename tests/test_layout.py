@@ -1,0 +1,107 @@
+"""The package's layout (issue 20 part 5): no import cycle, even through imports inside functions, and every
+module declares its public names in ``__all__``."""
+import ast
+import importlib
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+PACKAGE = ROOT / "greedyprune"
+TOOL = ROOT / "tools" / "import_graph.py"
+
+
+def _modules():
+    for path in sorted(PACKAGE.rglob("*.py")):
+        parts = list(path.relative_to(ROOT).with_suffix("").parts)
+        if parts[-1] == "__init__":
+            parts.pop()
+        yield ".".join(parts), path
+
+
+def test_the_import_graph_has_no_cycle():
+    out = subprocess.run([sys.executable, str(TOOL)], capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert out.stdout.strip().endswith(", 0 cycle(s)"), out.stdout
+
+
+@pytest.mark.parametrize("importer", ["module level", "inside a function", "from the package"])
+def test_the_import_graph_finds_a_cycle_through_any_import(importer, tmp_path):
+    pkg = tmp_path / "greedyprune"
+    (pkg / "sub").mkdir(parents=True)
+    (pkg / "__init__.py").write_text("")
+    (pkg / "sub" / "__init__.py").write_text("")
+    back = {"module level": "from ..a import helper\n",
+            "inside a function": "def f():\n    from greedyprune.a import helper\n    return helper\n",
+            "from the package": "def f():\n    from .. import a\n    return a\n"}[importer]
+    (pkg / "a.py").write_text("from .sub.b import thing\n\n\ndef helper():\n    return thing\n")
+    (pkg / "sub" / "b.py").write_text("thing = 1\n" + back)
+    (pkg / "c.py").write_text("import greedyprune.a\n")  # an importer outside the cycle is not part of it
+    out = subprocess.run([sys.executable, str(TOOL), "--root", str(tmp_path)], capture_output=True, text=True,
+                         timeout=60)
+    assert out.returncode == 1, out.stdout + out.stderr
+    assert "cycle: greedyprune.a -> greedyprune.sub.b -> greedyprune.a" in out.stdout, out.stdout
+    assert out.stdout.strip().endswith(", 1 cycle(s)")
+
+
+def test_the_import_graph_skips_type_checking_imports(tmp_path):
+    pkg = tmp_path / "greedyprune"
+    pkg.mkdir()
+    (pkg / "__init__.py").write_text("")
+    (pkg / "a.py").write_text("from .b import thing\n")
+    (pkg / "b.py").write_text("from typing import TYPE_CHECKING\nthing = 1\nif TYPE_CHECKING:\n    from .a import x\n")
+    out = subprocess.run([sys.executable, str(TOOL), "--root", str(tmp_path)], capture_output=True, text=True,
+                         timeout=60)
+    assert out.returncode == 0, out.stdout
+
+
+def test_every_module_defines_all():
+    missing = []
+    for name, path in _modules():
+        tree = ast.parse(path.read_text(encoding="utf-8"))
+        if not any(isinstance(node, (ast.Assign, ast.AnnAssign)) and any(
+                isinstance(t, ast.Name) and t.id == "__all__"
+                for t in (node.targets if isinstance(node, ast.Assign) else [node.target])) for node in tree.body):
+            missing.append(name)
+    assert not missing, f"modules without __all__: {missing}"
+
+
+def test_every_name_in_all_exists():
+    for name, _ in _modules():
+        if name.endswith("__main__") or name in ("greedyprune.datafiles", "greedyprune.studies.merging"):
+            continue  # __main__ runs the CLI; the two deprecated aliases warn (checked below)
+        module = importlib.import_module(name)
+        assert len(set(module.__all__)) == len(module.__all__), name
+        assert [n for n in module.__all__ if not hasattr(module, n)] == [], name
+
+
+@pytest.mark.parametrize("old, new, names", [
+    ("greedyprune.datafiles", "greedyprune.data", ["load_mnist_idx", "load_cifar10"]),
+    ("greedyprune.studies.merging", "greedyprune.studies.store", ["merge_results", "VOLATILE_SUFFIXES"]),
+])
+def test_a_moved_module_still_imports_with_a_deprecation_warning(old, new, names):
+    sys.modules.pop(old, None)
+    with pytest.warns(DeprecationWarning, match=new.replace(".", r"\.")):
+        module = importlib.import_module(old)
+    target = importlib.import_module(new)
+    assert all(getattr(module, n) is getattr(target, n) for n in names)
+
+
+def test_moved_names_keep_their_old_import_paths():
+    from greedyprune import data, fileio, safepickle
+    from greedyprune._text import first_line
+    from greedyprune.data import files
+    from greedyprune.errors import UnsafeFileError
+    from greedyprune.studies import pretraining_figures, pretraining_report, pretraining_summary, store
+    from greedyprune.transformers import blocks, decoder_prune, prune
+
+    assert fileio.UnsafeFileError is UnsafeFileError and fileio.first_line is first_line
+    assert safepickle.UnsafeFileError is UnsafeFileError
+    assert data.load_mnist_idx is files.load_mnist_idx and data.load_cifar10 is files.load_cifar10
+    for name in pretraining_summary.__all__:
+        assert getattr(pretraining_report, name) is getattr(pretraining_summary, name), name
+    assert pretraining_figures.summarize is pretraining_summary.summarize
+    assert store.merge_results.__module__ == "greedyprune.studies.store"
+    assert prune.prune_block is blocks.prune_block is decoder_prune.prune_block and prune.REFITS is blocks.REFITS
