@@ -12,8 +12,8 @@ from .groups import ChannelGroup, UnsupportedLayerError
 from .reconstruct import DenseTargets, reconstruct_group, sub_readers
 from .rules import KeepCounts
 
-__all__ = ["CALIBRATION_MACS", "MAX_CALIBRATION", "calibration_size", "dense_targets", "reconstruct_step", "reconstructable",
-           "resolve_objective"]
+__all__ = ["CALIBRATION_MACS", "MAX_CALIBRATION", "calibration_size", "dense_targets", "reconstruct_step",
+           "reconstructable", "resolve_objective"]
 
 
 def resolve_objective(objective: str, stop) -> str:
