@@ -345,3 +345,44 @@ def test_sensitivity_interpolation_is_linear_between_points_and_steeper_below_th
     # a noisy curve (wider looks worse) is made non-increasing
     noisy = per_channel_sensitivity(group, [(2, 0.5), (6, 0.7), (10, 0.0)])
     assert all(a >= b for a, b in zip(noisy, noisy[1:]))
+
+
+def _bn_net():
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Conv2d(3, 6, 3), nn.BatchNorm2d(6), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(),
+                        nn.Linear(6, 4)).eval()
+    return net
+
+
+def test_recalibrate_if_closer_keeps_the_dense_statistics_when_they_are_right():
+    from greedyprune.channels.bn import recalibrate_bn
+    from greedyprune.channels.objectives import recalibrate_if_closer
+    from greedyprune.channels.sensitivity import log_probs
+
+    net = _bn_net()
+    x = torch.randn(64, 3, 8, 8) * 2 + 1
+    recalibrate_bn(net, x, 64)  # the statistics the data has: the "dense" network
+    dense = log_probs(net, x[:32])
+    stats = {k: v.clone() for k, v in net.state_dict().items()}
+    assert recalibrate_if_closer(net, x[:32], dense, 8) is False  # re-estimated on 32 examples: no closer
+    assert all(torch.equal(stats[k], v) for k, v in net.state_dict().items())
+
+
+def test_recalibrate_if_closer_keeps_re_estimated_statistics_when_they_help():
+    from greedyprune.channels.bn import recalibrate_bn
+    from greedyprune.channels.objectives import recalibrate_if_closer
+    from greedyprune.channels.sensitivity import log_probs
+
+    net = _bn_net()
+    x = torch.randn(64, 3, 8, 8) * 2 + 1
+    recalibrate_bn(net, x, 64)
+    dense = log_probs(net, x)
+    stale = copy.deepcopy(net)
+    stale[1].running_mean += 3.0  # statistics that no longer describe what the layer sees
+    stale[1].running_var *= 9.0
+    expected = copy.deepcopy(stale)
+    recalibrate_bn(expected, x, 16)
+    assert recalibrate_if_closer(stale, x, dense, 16) is True
+    assert torch.allclose(stale[1].running_mean, expected[1].running_mean)
+    assert torch.allclose(stale[1].running_var, expected[1].running_var)
+    assert not stale.training

@@ -10,10 +10,12 @@ from torch import nn
 
 from .groups import ChannelGroup, UnsupportedLayerError
 from .reconstruct import DenseTargets, reconstruct_group, sub_readers
+from .bn import recalibrate_bn
 from .rules import KeepCounts
+from .sensitivity import log_probs, mean_kl
 
 __all__ = ["CALIBRATION_MACS", "MAX_CALIBRATION", "calibration_size", "dense_targets", "reconstruct_step",
-           "reconstructable", "resolve_objective"]
+           "reconstructable", "recalibrate_if_closer", "resolve_objective"]
 
 
 def resolve_objective(objective: str, stop) -> str:
@@ -83,3 +85,25 @@ def reconstruct_step(search, group: ChannelGroup, stop) -> tuple[torch.Tensor, d
     record = {"name": group.name, "channels": group.channels, "steps": units, "rule": stop.name, "loss": error,
               "accuracy": None, "evaluator": "reconstruction", "ridge": ridges}
     return counts, record, weights
+
+
+def recalibrate_if_closer(model: nn.Module, inputs: torch.Tensor, dense: torch.Tensor, batch_size: int) -> bool:
+    """The local objective's ``recalibrate=None``: re-estimate the batch-norm statistics on ``inputs`` and keep
+    them only if the network's outputs on ``inputs`` then lie closer (mean KL) to the dense network's
+    (``dense``: its log-probabilities there); else restore the dense statistics. Returns whether kept.
+
+    The reconstruction keeps the dense statistics right while it is accurate; when a tight budget leaves
+    large errors, re-estimated statistics can do better (EfficientNet-Lite0 at 50% of its multiply-adds:
+    top-1 agreement 0.06 with the dense statistics, 0.24 re-estimated; at 70%: 0.66 and 0.55)."""
+    was = model.training
+    model.eval()
+    stats = {k: v.clone() for k, v in model.state_dict().items() if "running_" in k or "num_batches" in k}
+    before = mean_kl(dense, log_probs(model, inputs))
+    recalibrate_bn(model, inputs, batch_size)
+    after = mean_kl(dense, log_probs(model, inputs))
+    if after < before:
+        model.train(was)
+        return True
+    model.load_state_dict(stats, strict=False)
+    model.train(was)
+    return False

@@ -22,7 +22,8 @@ from ..selection.block import select_units
 from .groups import ChannelGroup
 from .reconstruct import _CAPTURE_BATCH, _accumulate, _problem, _refit, sub_readers
 
-__all__ = ["SENSITIVITY_FRACTIONS", "SENSITIVITY_MACS", "per_channel_sensitivity", "probe_size", "sensitivity_curves"]
+__all__ = ["SENSITIVITY_FRACTIONS", "SENSITIVITY_MACS", "log_probs", "mean_kl", "per_channel_sensitivity", "probe_size",
+           "sensitivity_curves"]
 
 SENSITIVITY_FRACTIONS = (0.1, 0.25, 0.4, 0.55, 0.7, 0.85)
 """The widths (fractions of a group's units) at which each group's sensitivity is measured."""
@@ -39,9 +40,15 @@ def probe_size(macs_per_example: float, groups: int, available: int) -> int:
 
 
 @torch.no_grad()
-def _log_probs(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
+def log_probs(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """The model's log-softmax outputs (float64, flattened per example), in batches of 64, in eval mode."""
     out = [model(x[i:i + 64]) for i in range(0, x.shape[0], 64)]
     return F.log_softmax(torch.cat(out).double().flatten(1), dim=1)
+
+
+def mean_kl(dense: torch.Tensor, other: torch.Tensor) -> float:
+    """Mean ``KL(dense || other)`` over examples, from log-probabilities (rows)."""
+    return float((dense.exp() * (dense - other)).sum(dim=1).mean())
 
 
 def sensitivity_curves(model: nn.Module, groups: list[ChannelGroup], inputs: torch.Tensor,
@@ -53,7 +60,7 @@ def sensitivity_curves(model: nn.Module, groups: list[ChannelGroup], inputs: tor
     ``inputs``: the calibration examples of the selection and the refit (cross-validated ridge when
     ``ridge`` is None, as :func:`~greedyprune.channels.reconstruct.reconstruct_group`); ``probe``: the
     examples the outputs are compared on."""
-    dense = _log_probs(model, probe)
+    dense = log_probs(model, probe)
     per_group = {g.name: sub_readers(model, g) for g in groups}
     subs = [s for group_subs in per_group.values() for s in group_subs]
     keys = {(s.name, s.channels.start, s.rows.start): s for s in subs}
@@ -77,11 +84,11 @@ def sensitivity_curves(model: nn.Module, groups: list[ChannelGroup], inputs: tor
             try:
                 for n, w in weights.items():
                     named[n].weight.data.copy_(w)
-                cut = _log_probs(model, probe)
+                cut = log_probs(model, probe)
             finally:
                 for n, w in saved.items():
                     named[n].weight.data.copy_(w)
-            points.append((units, float((dense.exp() * (dense - cut)).sum(dim=1).mean())))
+            points.append((units, mean_kl(dense, cut)))
         curves[group.name] = points + [(group.num_units, 0.0)]
     return curves
 

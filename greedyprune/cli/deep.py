@@ -7,6 +7,7 @@ import os
 import sys
 from pathlib import Path
 
+from .prune_options import add_prune_model_options, prune_model_overrides
 from .common import (UsageError, add_run_options, device, fraction, interrupted, key_value, nonnegative_float,
                      nonnegative_int, number, positive_float, positive_int, seed, set_threads, slug, workers)
 
@@ -46,6 +47,8 @@ def _register_prune(sub) -> None:
     rule.add_argument("--keep-ratio", type=number(0, 1, low_open=True), help="fraction of channels kept per group")
     rule.add_argument("--flops-target", type=number(0, 1, low_open=True, high_open=True),
                       help="fraction (0, 1) of the dense multiply-adds to keep")
+    rule.add_argument("--params-target", type=number(0, 1, low_open=True, high_open=True),
+                      help="fraction (0, 1) of the dense parameters to keep")
     pr.add_argument("--candidates", type=positive_int, default=50, help="channels evaluated per step (default 50)")
     pr.add_argument("--all-candidates", action="store_true", help="evaluate every channel at every step")
     pr.add_argument("--replacement", action="store_true", help="allow a channel to be chosen more than once")
@@ -73,6 +76,7 @@ def _register_prune(sub) -> None:
                                                          "pruned model")
     pr.add_argument("--trust-pickle", action="store_true", help=TRUST_HELP)
     add_run_options(pr)
+    add_prune_model_options(pr)
     pr.set_defaults(handler=cmd_prune)
 
 
@@ -336,11 +340,13 @@ def cmd_prune(args: argparse.Namespace) -> int:
         ds = fixed_subset(ds, args.size, args.seed)
     images, labels = ds.images(), ds.labels
     rule = {k: v for k, v in dict(epsilon=args.epsilon, accuracy_tolerance=args.accuracy_tolerance,
-                                  keep_ratio=args.keep_ratio, flops_target=args.flops_target).items()
+                                  keep_ratio=args.keep_ratio, flops_target=args.flops_target,
+                                  params_target=args.params_target).items()
             if v is not None}
     options = dict(candidates=None if args.all_candidates else args.candidates, replacement=args.replacement,
                    batch_size=args.batch_size, seed=args.seed, device=dev, finetune_steps=args.finetune_steps,
-                   method=args.method, objective=args.objective, calibration=args.calibration, **rule)
+                   method=args.method, objective=args.objective, calibration=args.calibration, **rule,
+                   **prune_model_overrides(args))
     if args.uniform:
         if args.flops_target is None:
             raise UsageError("--uniform applies to --flops-target; add --flops-target F or drop --uniform")
