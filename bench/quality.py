@@ -21,8 +21,8 @@ multiply-add budget, pruned by
   same keep fraction in every group at the same budget (``uniform``, the usual way to run them) and, at
   the main budget (0.5), also at GFS's widths (``same``: the criterion alone differs);
 
-every pruned network has its batch-norm statistics re-estimated on the same 512 training images, and is
-then fine-tuned with the same budget (SGD, momentum 0.9, cosine lr from 0.01). Test accuracy is recorded
+every baseline's pruned network has its batch-norm statistics re-estimated on the same 512 training images
+(GFS's are as ``prune_model`` leaves them: its defaults decide), and each is then fine-tuned with the same budget (SGD, momentum 0.9, cosine lr from 0.01). Test accuracy is recorded
 right after pruning (and recalibration) and after fine-tuning; the table gives mean and standard deviation
 over seeds. Results go to ``OUT/quality.json`` (rows appended as they finish; a rerun skips finished rows)
 and the Pareto plot to ``OUT/quality_pareto.png``. The last line reads
@@ -120,9 +120,11 @@ def accuracy(model, data, device) -> float:
     return evaluate(model, data[0].to(device), data[1].to(device), "cross_entropy", batch_size=500)[1]
 
 
-def finish(model, train, test, args, seed, device, calib):
-    """Recalibrate, measure, fine-tune, measure: (accuracy after pruning, accuracy after fine-tuning)."""
-    recalibrate_bn(model, calib)
+def finish(model, train, test, args, seed, device, calib, recalibrate=True):
+    """Recalibrate (the baselines; GFS as prune_model left it), measure, fine-tune, measure: (accuracy after
+    pruning, accuracy after fine-tuning)."""
+    if recalibrate:
+        recalibrate_bn(model, calib)
     before = accuracy(model, test, device)
     if args.finetune_iterations:
         finetune(model, train[0].to(device), train[1].to(device), args.finetune_iterations, 0.01,
@@ -192,7 +194,7 @@ def run(args) -> list[dict]:
                     if variant == "gfs":
                         gfs_widths = {k: len(v) for k, v in result.kept.items()}
                     if wanted and (name, seed, budget, variant, "own") not in done:
-                        pruned, tuned = finish(result.model, train, test, args, seed, device, calib)
+                        pruned, tuned = finish(result.model, train, test, args, seed, device, calib, recalibrate=False)
                         record({**base, "method": variant, "widths": "own", "pruned": pruned, "finetuned": tuned,
                                 "macs_ratio": count_macs(result.model, example) / dense_macs, "seconds": seconds,
                                 "kept": {k: len(v) for k, v in result.kept.items()}})
