@@ -19,6 +19,7 @@ from typing import Sequence
 import torch
 from torch import nn
 
+from ..errors import InvalidOptionError
 from ..metrics import count_macs, count_parameters, layer_macs
 from .groups import ChannelGroup, is_depthwise
 
@@ -32,7 +33,7 @@ class CostModel:
 
     def __init__(self, model: nn.Module, groups: list[ChannelGroup], example: torch.Tensor, DG, kind: str = "macs"):
         if kind not in ("macs", "params"):
-            raise ValueError(f"unknown cost {kind!r}; expected 'macs' or 'params'")
+            raise InvalidOptionError(f"unknown cost {kind!r}; expected 'macs' or 'params'")
         self.kind, self.groups = kind, groups
         names = {m: n for n, m in model.named_modules()}
         self.out_group: dict[str, ChannelGroup] = {}
@@ -82,7 +83,8 @@ def uniform_keep_counts(model: nn.Module, groups: list[ChannelGroup], example: t
     budget = target * model_cost.total
     floor = model_cost.cost(model_cost.uniform(0.0))
     if floor > budget:
-        raise ValueError(f"{_name(kind)}={target} is not reachable: keeping one channel in every prunable group "
+        raise InvalidOptionError(
+            f"{_name(kind)}={target} is not reachable: keeping one channel in every prunable group "
                          f"still costs {floor / model_cost.total:.3f} of the dense network's {_what(kind)} (the "
                          f"skipped layers alone); raise the target or skip fewer layers")
     lo, hi = 0.0, 1.0
@@ -117,11 +119,13 @@ def allocate(model_cost: CostModel, gaps: dict[str, list[float]], target: float)
     kept = {name: g.channels for name, g in groups.items()}
     for name, curve in gaps.items():
         if len(curve) != groups[name].channels:
-            raise ValueError(f"loss curve of group {name!r} has {len(curve)} points for {groups[name].channels} "
+            raise InvalidOptionError(
+                f"loss curve of group {name!r} has {len(curve)} points for {groups[name].channels} "
                              f"channels")
     floor = model_cost.cost({name: 1 for name in groups})
     if floor > budget:
-        raise ValueError(f"a budget of {target} is not reachable: keeping one channel in every prunable group still "
+        raise InvalidOptionError(
+            f"a budget of {target} is not reachable: keeping one channel in every prunable group still "
                          f"costs {floor / model_cost.total:.3f} of the dense network (closest reachable); raise the "
                          f"target or skip fewer layers")
     cost = model_cost.cost(kept)

@@ -8,6 +8,7 @@ import warnings
 import torch
 from torch import nn
 
+from ..errors import InvalidOptionError
 from .groups import ChannelGroup, UnsupportedLayerError
 from .reconstruct import DenseTargets, reconstruct_group, sub_readers
 from .bn import recalibrate_bn
@@ -24,7 +25,7 @@ def resolve_objective(objective: str, stop) -> str:
     if objective == "auto":
         return "local" if isinstance(stop, KeepCounts) or hasattr(stop, "targets") else "network"
     if objective in ("local", "local-gfs") and not (isinstance(stop, KeepCounts) or hasattr(stop, "targets")):
-        raise ValueError(f"objective={objective!r} needs a rule that fixes each group's width (keep_ratio, "
+        raise InvalidOptionError(f"objective={objective!r} needs a rule that fixes each group's width (keep_ratio, "
                          f"flops_target, params_target or KeepCounts); {stop.name!r} compares network losses - use "
                          f"objective='network' for it")
     return objective

@@ -32,6 +32,7 @@ from typing import Iterable
 import torch
 from torch import nn
 
+from ..errors import InvalidOptionError
 from ..checks import as_device, check_choice, check_int, check_number, non_finite_weights
 from ..metrics import count_macs
 from ..result import PruneResult
@@ -308,7 +309,8 @@ def prune_model(
     model.to(device).eval()
     bad = non_finite_weights(model)
     if bad:
-        raise ValueError(f"the model's weights hold NaN or infinite values ({bad}), so no subnetwork of it computes "
+        raise InvalidOptionError(
+            f"the model's weights hold NaN or infinite values ({bad}), so no subnetwork of it computes "
                          f"anything; it probably comes from a training run that diverged: prune a checkpoint from "
                          f"before that (or train again with a lower learning rate)")
     if options.bn == "auto":
@@ -331,7 +333,8 @@ def prune_model(
     if options.objective == "local":
         groups = reconstructable(model, groups, unsupported)
     if not groups:
-        raise ValueError("no prunable channel group: every group holds a skipped layer; pass skip=[] or fewer layers")
+        raise InvalidOptionError(
+            "no prunable channel group: every group holds a skipped layer; pass skip=[] or fewer layers")
     before = _measure(model, example, eval_x, eval_y)
     if options.stack_elements is None:
         options.stack_elements = GPU_STACK_ELEMENTS if device.type == "cuda" else CPU_STACK_ELEMENTS
@@ -524,7 +527,8 @@ def _sensitivity_curves(search: _Search, groups: list[ChannelGroup]) -> dict[str
 
 def _network_curves(search: _Search, groups: list[ChannelGroup]) -> dict[str, tuple[list[float], float]]:
     if search.holdout is None:
-        raise ValueError("adaptive budgets measure each group's loss curve on a held-out subset: pass holdout > 0, "
+        raise InvalidOptionError(
+            "adaptive budgets measure each group's loss curve on a held-out subset: pass holdout > 0, "
                          "or uniform=True")
     curves = {}
     for gi, group in enumerate(groups):
@@ -594,7 +598,8 @@ def _split_data(data, options: SearchOptions, device, needed: bool) -> tuple[Bat
         X, y = data
         n = X.shape[0] if X.dim() else 0
         if holdout >= n:
-            raise ValueError(f"holdout={holdout} examples is not less than the {n} examples of the data; pass a "
+            raise InvalidOptionError(
+                f"holdout={holdout} examples is not less than the {n} examples of the data; pass a "
                              f"smaller holdout (it is set aside from the search), or holdout=0 to measure the "
                              f"stopping rules on the step's batch")
         perm = torch.randperm(n, generator=torch.Generator().manual_seed(options.seed + 7919))
@@ -606,7 +611,8 @@ def _split_data(data, options: SearchOptions, device, needed: bool) -> tuple[Bat
         return batches, None
     x, y = batches.fixed(holdout)
     if x.shape[0] < holdout:
-        raise ValueError(f"holdout={holdout} examples asked for, but the data loader holds only {x.shape[0]}; pass "
+        raise InvalidOptionError(
+            f"holdout={holdout} examples asked for, but the data loader holds only {x.shape[0]}; pass "
                          f"a smaller holdout")
     return batches, (x, y)
 
@@ -630,7 +636,7 @@ def _trace_for(model: nn.Module, method: str):
         return trace(model)
     except Exception as exc:  # noqa: BLE001
         if method == "fast":
-            raise ValueError(f"method='fast' needs a torch.fx-traceable model, and tracing failed "
+            raise InvalidOptionError(f"method='fast' needs a torch.fx-traceable model, and tracing failed "
                              f"({type(exc).__name__}: {exc}); use method='reference'") from exc
         warnings.warn(f"torch.fx could not trace the model ({type(exc).__name__}); using the slower reference "
                       f"search (one full forward per candidate)", stacklevel=3)

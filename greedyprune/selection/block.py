@@ -43,6 +43,8 @@ from dataclasses import dataclass
 
 import torch
 
+from ..errors import InvalidOptionError
+
 __all__ = ["RIDGE_GRID", "ReaderProblem", "Selected", "cross_validated_ridge", "ridge_lambda", "ridge_refit",
            "select_units"]
 
@@ -160,12 +162,12 @@ def select_units(problems: list[ReaderProblem], n_keep: int, step: int = 1) -> S
         :class:`Selected` with the order chosen and the relative residual after each step.
     """
     if not problems:
-        raise ValueError("select_units needs at least one reader problem")
+        raise InvalidOptionError("select_units needs at least one reader problem")
     n_units = problems[0].unit_columns.shape[0]
     if any(p.unit_columns.shape[0] != n_units for p in problems):
-        raise ValueError(f"every reader must list the same {n_units} units")
+        raise InvalidOptionError(f"every reader must list the same {n_units} units")
     if not 1 <= n_keep <= n_units:
-        raise ValueError(f"n_keep={n_keep} must be between 1 and the {n_units} units")
+        raise InvalidOptionError(f"n_keep={n_keep} must be between 1 and the {n_units} units")
     readers = [_Reader(p, p.fixed.numel() + n_keep * p.unit_columns.shape[1]) for p in problems]
     for reader, p in zip(readers, problems):
         reader.add(p.fixed.long())
