@@ -85,8 +85,8 @@ def uniform_keep_counts(model: nn.Module, groups: list[ChannelGroup], example: t
     if floor > budget:
         raise InvalidOptionError(
             f"{_name(kind)}={target} is not reachable: keeping one channel in every prunable group "
-                         f"still costs {floor / model_cost.total:.3f} of the dense network's {_what(kind)} (the "
-                         f"skipped layers alone); raise the target or skip fewer layers")
+            f"still costs {floor / model_cost.total:.3f} of the dense network's {_what(kind)} (the "
+            f"skipped layers alone); raise the target or skip fewer layers")
     lo, hi = 0.0, 1.0
     for _ in range(40):
         mid = (lo + hi) / 2
@@ -121,13 +121,13 @@ def allocate(model_cost: CostModel, gaps: dict[str, list[float]], target: float)
         if len(curve) != groups[name].channels:
             raise InvalidOptionError(
                 f"loss curve of group {name!r} has {len(curve)} points for {groups[name].channels} "
-                             f"channels")
+                f"channels")
     floor = model_cost.cost({name: 1 for name in groups})
     if floor > budget:
         raise InvalidOptionError(
             f"a budget of {target} is not reachable: keeping one channel in every prunable group still "
-                         f"costs {floor / model_cost.total:.3f} of the dense network (closest reachable); raise the "
-                         f"target or skip fewer layers")
+            f"costs {floor / model_cost.total:.3f} of the dense network (closest reachable); raise the "
+            f"target or skip fewer layers")
     cost = model_cost.cost(kept)
 
     def price(name: str) -> tuple[float, float]:

@@ -25,9 +25,9 @@ def resolve_objective(objective: str, stop) -> str:
     if objective == "auto":
         return "local" if isinstance(stop, KeepCounts) or hasattr(stop, "targets") else "network"
     if objective in ("local", "local-gfs") and not (isinstance(stop, KeepCounts) or hasattr(stop, "targets")):
-        raise InvalidOptionError(f"objective={objective!r} needs a rule that fixes each group's width (keep_ratio, "
-                         f"flops_target, params_target or KeepCounts); {stop.name!r} compares network losses - use "
-                         f"objective='network' for it")
+        raise InvalidOptionError(
+            f"objective={objective!r} needs a rule that fixes each group's width (keep_ratio, flops_target, "
+            f"params_target or KeepCounts); {stop.name!r} compares network losses - use objective='network' for it")
     return objective
 
 

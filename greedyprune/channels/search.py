@@ -311,8 +311,8 @@ def prune_model(
     if bad:
         raise InvalidOptionError(
             f"the model's weights hold NaN or infinite values ({bad}), so no subnetwork of it computes "
-                         f"anything; it probably comes from a training run that diverged: prune a checkpoint from "
-                         f"before that (or train again with a lower learning rate)")
+            f"anything; it probably comes from a training run that diverged: prune a checkpoint from "
+            f"before that (or train again with a lower learning rate)")
     if options.bn == "auto":
         options.bn = "batch" if has_batch_norm(model) else "running"
     options.objective = resolve_objective(options.objective, stop)
@@ -529,7 +529,7 @@ def _network_curves(search: _Search, groups: list[ChannelGroup]) -> dict[str, tu
     if search.holdout is None:
         raise InvalidOptionError(
             "adaptive budgets measure each group's loss curve on a held-out subset: pass holdout > 0, "
-                         "or uniform=True")
+            "or uniform=True")
     curves = {}
     for gi, group in enumerate(groups):
         curve: list = []
@@ -600,8 +600,8 @@ def _split_data(data, options: SearchOptions, device, needed: bool) -> tuple[Bat
         if holdout >= n:
             raise InvalidOptionError(
                 f"holdout={holdout} examples is not less than the {n} examples of the data; pass a "
-                             f"smaller holdout (it is set aside from the search), or holdout=0 to measure the "
-                             f"stopping rules on the step's batch")
+                f"smaller holdout (it is set aside from the search), or holdout=0 to measure the "
+                f"stopping rules on the step's batch")
         perm = torch.randperm(n, generator=torch.Generator().manual_seed(options.seed + 7919))
         hold, rest = perm[:holdout].sort().values, perm[holdout:].sort().values
         batches = Batches((X[rest], y[rest]), options.batch_size, options.seed, device)
@@ -613,7 +613,7 @@ def _split_data(data, options: SearchOptions, device, needed: bool) -> tuple[Bat
     if x.shape[0] < holdout:
         raise InvalidOptionError(
             f"holdout={holdout} examples asked for, but the data loader holds only {x.shape[0]}; pass "
-                         f"a smaller holdout")
+            f"a smaller holdout")
     return batches, (x, y)
 
 
@@ -637,7 +637,7 @@ def _trace_for(model: nn.Module, method: str):
     except Exception as exc:  # noqa: BLE001
         if method == "fast":
             raise InvalidOptionError(f"method='fast' needs a torch.fx-traceable model, and tracing failed "
-                             f"({type(exc).__name__}: {exc}); use method='reference'") from exc
+                                     f"({type(exc).__name__}: {exc}); use method='reference'") from exc
         warnings.warn(f"torch.fx could not trace the model ({type(exc).__name__}); using the slower reference "
                       f"search (one full forward per candidate)", stacklevel=3)
         return None
