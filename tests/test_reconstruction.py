@@ -386,3 +386,13 @@ def test_recalibrate_if_closer_keeps_re_estimated_statistics_when_they_help():
     assert torch.allclose(stale[1].running_mean, expected[1].running_mean)
     assert torch.allclose(stale[1].running_var, expected[1].running_var)
     assert not stale.training
+
+
+def test_probe_size_spends_the_sensitivity_budget_within_its_bounds():
+    from greedyprune.channels.sensitivity import SENSITIVITY_FRACTIONS, SENSITIVITY_MACS, probe_size
+
+    forwards = 24 * len(SENSITIVITY_FRACTIONS)
+    assert probe_size(385e6, 24, 80) == int(SENSITIVITY_MACS // (385e6 * forwards))  # EfficientNet-Lite0: 27
+    assert probe_size(4e9, 50, 1000) == 8  # a large network: the floor
+    assert probe_size(1e5, 10, 10_000) == 256  # a tiny one: the cap
+    assert probe_size(1e5, 10, 40) == 40  # never more than the calibration examples

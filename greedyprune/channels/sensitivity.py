@@ -33,10 +33,10 @@ SENSITIVITY_MACS = 1.5e12
 
 def probe_size(macs_per_example: float, groups: int, available: int) -> int:
     """Probe examples: as many as :data:`SENSITIVITY_MACS` allows over every group's and width's forward,
-    between 16 and 256, and no more than ``available``."""
+    between 8 and 256, and no more than ``available``."""
     forwards = max(1, groups * len(SENSITIVITY_FRACTIONS))
     n = int(SENSITIVITY_MACS // max(macs_per_example * forwards, 1.0))
-    return max(1, min(available, 256, max(16, n)))
+    return max(1, min(available, 256, max(8, n)))
 
 
 @torch.no_grad()
