@@ -209,3 +209,43 @@ def test_allocation_takes_channels_where_the_loss_curve_is_flat():
     assert kept[flat] == 1 and kept[steep] == groups[1].channels
     with pytest.raises(ValueError, match="not reachable.*closest reachable"):
         allocate(cost, gaps, 0.001)
+
+
+def test_stopping_rule_is_declared_with_defaults_and_duck_typed_rules_get_them():
+    import ast
+    import pathlib
+
+    from greedyprune.channels.objectives import resolve_objective
+    from greedyprune.channels.rules import KeepRatio, StoppingRule, rule_from_options
+
+    class Plain:  # a user's rule with only the four required members
+        name, needs_unpruned = "plain", False
+
+        def plan(self, context):
+            pass
+
+        def stop(self, step):
+            return step.kept >= 2
+
+    class Widths(Plain):  # a user's rule that fixes widths in its constructor
+        def __init__(self):
+            self.targets = {"conv1": 3}
+
+    plain = rule_from_options(Plain())
+    assert isinstance(plain, StoppingRule)
+    assert (plain.name, plain.needs_unpruned, plain.needs_curves, plain.targets, plain.value) == \
+        ("plain", False, False, None, None)
+    assert resolve_objective("auto", plain) == "network"
+    widths = rule_from_options(Widths())
+    assert widths.targets == {"conv1": 3} and resolve_objective("auto", widths) == "local"
+    ratio = KeepRatio(0.5)
+    assert rule_from_options(ratio) is ratio and ratio.value == 0.5 and not ratio.needs_curves
+    with pytest.raises(NotImplementedError):
+        StoppingRule().stop(None)
+    # the search reads a rule's members directly: no getattr/hasattr on it
+    for path in pathlib.Path("greedyprune/channels").glob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            called = isinstance(node, ast.Call) and isinstance(node.func, ast.Name) and node.func.id
+            if called in ("getattr", "hasattr"):
+                first = node.args[0] if node.args else None
+                assert not (isinstance(first, ast.Name) and first.id == "stop"), f"{path}:{node.lineno}"

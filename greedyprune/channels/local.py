@@ -127,7 +127,7 @@ def local_selection(gram: torch.Tensor, cross: torch.Tensor, norm: float, positi
 
 def local_group(search, group: ChannelGroup, stop) -> tuple[torch.Tensor, dict]:
     """One group of ``prune_model(objective="local")``: Algorithm 1 on its readers' reconstruction."""
-    targets = getattr(stop, "targets", None)
+    targets = stop.targets
     if targets is None:
         raise InvalidOptionError(
             f"objective='local' needs a rule that fixes each group's width (keep_ratio, flops_target, "

@@ -23,8 +23,8 @@ def resolve_objective(objective: str, stop) -> str:
     """``"auto"``: the block-reconstruction objective when the rule fixes each group's width (it needs no
     candidate forwards), the network objective for the rules that compare network losses."""
     if objective == "auto":
-        return "local" if isinstance(stop, KeepCounts) or hasattr(stop, "targets") else "network"
-    if objective in ("local", "local-gfs") and not (isinstance(stop, KeepCounts) or hasattr(stop, "targets")):
+        return "local" if isinstance(stop, KeepCounts) or stop.targets is not None else "network"
+    if objective in ("local", "local-gfs") and not (isinstance(stop, KeepCounts) or stop.targets is not None):
         raise InvalidOptionError(
             f"objective={objective!r} needs a rule that fixes each group's width (keep_ratio, flops_target, "
             f"params_target or KeepCounts); {stop.name!r} compares network losses - use objective='network' for it")

@@ -5,19 +5,21 @@ the network's loss and accuracy with the group pruned to the current selection a
 for them, with the group unpruned) and answers ``stop(step)``. Rules that fix channel counts up front
 (a keep ratio, a multiply-add budget) compute them once in ``plan``.
 
-To add a rule, write a class with ``name``, ``needs_unpruned`` and ``stop`` (and ``plan`` if it needs the
-groups) and pass an instance as ``prune_model(..., rule=MyRule())``::
+To add a rule, subclass :class:`StoppingRule` (its members and their defaults say what the search reads),
+override ``stop`` (and ``plan`` if it needs the groups) and pass an instance as
+``prune_model(..., rule=MyRule())``::
 
-    class KeepAtLeast:
-        name, needs_unpruned = "keep_at_least", False
+    class KeepAtLeast(StoppingRule):
+        name = "keep_at_least"
         def __init__(self, n): self.n = n
-        def plan(self, context): pass
         def stop(self, step): return step.kept >= min(self.n, step.channels)
+
+A rule that fixes every group's width in ``plan`` (sets ``targets``) can run with the block-reconstruction
+objective and take part in budgets; one that compares losses runs with the network objective.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Protocol
 
 from ..checks import check_number
 from ..errors import InvalidOptionError
@@ -54,18 +56,54 @@ class PlanContext:
     extra: dict = field(default_factory=dict)
 
 
-class StoppingRule(Protocol):
-    name: str
-    needs_unpruned: bool
+class StoppingRule:
+    """The base of every stopping rule: what the search reads from one, with its defaults.
+
+    * ``name``: how the rule appears in reports.
+    * ``needs_unpruned``: the search also measures each step's network with the group unpruned (``Step``'s
+      ``unpruned_*`` fields).
+    * ``needs_curves``: ``plan`` reads ``context.curves()`` (each group's loss curve on the dense network).
+    * ``targets``: ``{group: channels}`` once planned, for a rule that fixes each group's width (then the
+      block-reconstruction objective can run it); None for a rule that compares losses.
+    * ``value``: the rule's number (epsilon, a keep ratio, a budget) for the report, or None.
+
+    Subclass it and override ``stop`` (and ``plan``); an object that only has ``name``, ``needs_unpruned``,
+    ``plan`` and ``stop`` is accepted too (:func:`rule_from_options` gives it these defaults)."""
+
+    name: str = "rule"
+    needs_unpruned: bool = False
+    needs_curves: bool = False
+    targets: dict | None = None
+    value: float | None = None
 
     def plan(self, context: PlanContext) -> None:
-        ...
+        """Called once before the search, with the model and its groups."""
 
     def stop(self, step: Step) -> bool:
-        ...
+        raise NotImplementedError(f"{type(self).__name__} must define stop(step)")
 
 
-class LossGap:
+class _Declared(StoppingRule):
+    """A user's duck-typed rule seen through :class:`StoppingRule`: its own attributes where it has them,
+    the defaults where it does not."""
+
+    def __init__(self, rule):
+        self.rule = rule
+
+    def __getattribute__(self, attr):
+        if attr in ("name", "needs_unpruned", "needs_curves", "targets", "value"):
+            rule = object.__getattribute__(self, "rule")
+            return getattr(rule, attr, getattr(StoppingRule, attr))
+        return object.__getattribute__(self, attr)
+
+    def plan(self, context: PlanContext) -> None:
+        self.rule.plan(context)
+
+    def stop(self, step: Step) -> bool:
+        return self.rule.stop(step)
+
+
+class LossGap(StoppingRule):
     """Stop when the pruned loss is within a relative gap of the unpruned group's loss on the same data:
     ``loss - unpruned_loss <= epsilon * |unpruned_loss|``."""
 
@@ -81,7 +119,7 @@ class LossGap:
         return step.loss - step.unpruned_loss <= self.value * abs(step.unpruned_loss)
 
 
-class AccuracyTolerance:
+class AccuracyTolerance(StoppingRule):
     """Stop when top-1 accuracy is at least ``(1 - tolerance)`` x the unpruned group's (the public
     implementation's rule, with tolerance 0.02)."""
 
@@ -97,7 +135,7 @@ class AccuracyTolerance:
         return step.accuracy >= (1 - self.value) * step.unpruned_accuracy
 
 
-class KeepCounts:
+class KeepCounts(StoppingRule):
     """Stop each named group when it keeps the given number of distinct channels."""
 
     name, needs_unpruned = "keep_counts", False
@@ -208,7 +246,7 @@ def rule_from_options(rule: StoppingRule | None = None, *, uniform: bool = False
             if not hasattr(rule, attr):
                 raise TypeError(f"rule must be a stopping rule with name, needs_unpruned, plan() and stop(); "
                                 f"{type(rule).__name__} has no {attr!r}")
-        return rule
+        return rule if isinstance(rule, StoppingRule) else _Declared(rule)
     if len(given) > 1:
         raise InvalidOptionError(f"give one stopping rule, got {sorted(given)}; choose one of {', '.join(_KEYWORDS)}")
     if not given:

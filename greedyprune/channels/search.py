@@ -320,7 +320,7 @@ def prune_model(
     auto_recalibrate = options.recalibrate is None and options.objective == "local"
     if options.recalibrate is None:  # the block reconstruction keeps the dense statistics right
         options.recalibrate = 0 if options.objective == "local" else DEFAULT_RECALIBRATE
-    needs_holdout = stop.needs_unpruned or (getattr(stop, "needs_curves", False) and not local
+    needs_holdout = stop.needs_unpruned or (stop.needs_curves and not local
                                             and options.budget_curves == "network")
     batches, holdout_set = _split_data(data, options, device, needs_holdout)
     eval_x, eval_y = batches.fixed(options.eval_examples)
@@ -343,7 +343,7 @@ def prune_model(
         calibration = batches.fixed(options.recalibrate)[0]
     search = _Search(model, DG, None if local else _trace_for(model, options.method), batches, options, split,
                      device, calibration, holdout_set, eval_x[:8])
-    if local or (getattr(stop, "needs_curves", False) and options.budget_curves in ("local", "sensitivity")):
+    if local or (stop.needs_curves and options.budget_curves in ("local", "sensitivity")):
         search.local_inputs = batches.fixed(calibration_size(options.calibration, before["macs"]))[0]
     if options.objective == "local":
         search.dense = dense_targets(model, groups, search.local_inputs)
@@ -388,7 +388,7 @@ def prune_model(
     after = _measure(model, example, eval_x, eval_y)
     report = {f"{key}_{when}": value for when, m in (("before", before), ("after", after)) for key, value in m.items()}
     report.update(eval_examples=int(eval_x.shape[0]), input_shape=list(example.shape[1:]), rule=stop.name,
-                  value=getattr(stop, "value", None), bn=options.bn, recalibrated=recalibrated,
+                  value=stop.value, bn=options.bn, recalibrated=recalibrated,
                   holdout=0 if holdout_set is None else int(holdout_set[0].shape[0]),
                   seconds=time.perf_counter() - start_time)
     return PruneResult(model=model, kept=kept, counts=counts_out, report=report, layers=records,
@@ -469,7 +469,7 @@ def search_group(search: _Search, group: ChannelGroup, index: int, stop: Stoppin
 def _step_size(step: int, group: ChannelGroup, counts: torch.Tensor, stop, candidates: int) -> int:
     """Units to add this step: ``step``, but no more than the candidates scored nor than a fixed target of
     channels (a keep-count rule) still allows."""
-    target = getattr(stop, "targets", {}).get(group.name) if stop is not None else None
+    target = (stop.targets or {}).get(group.name) if stop is not None else None
     if step == "auto":  # about AUTO_STEPS steps to a fixed width; one channel at a time otherwise
         per_unit = group.channels // group.num_units
         step = 1 if target is None else max(1, -(-target // (per_unit * AUTO_STEPS)))
