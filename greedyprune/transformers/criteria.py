@@ -99,11 +99,10 @@ def gfs_select(gram: torch.Tensor, cross: torch.Tensor, target_norm: float, toke
                replacement: bool = True, max_steps: int | None = None) -> SelectionResult:
     """Algorithm 1 run until ``n_keep`` distinct units are chosen.
 
-    With replacement, the number of steps this takes is not known in advance: the selection is run for
-    ``n_keep`` steps, then for twice as many, and so on (a longer run repeats the shorter one's choices,
-    so this is the same as running step by step), and cut at the step that chose the ``n_keep``-th
-    distinct unit. ``max_steps`` (default ``50 * N``) bounds the steps; if the selection keeps re-choosing
-    the units it has before reaching ``n_keep``, the result holds fewer (and a warning says so).
+    With replacement, the number of steps this takes is not known in advance: the engine's loop stops after
+    the step that chose the ``n_keep``-th distinct unit (``distinct=``; the first T steps of a longer run are
+    exactly a T-step run). ``max_steps`` (default ``50 * N``) bounds the steps; if the selection keeps
+    re-choosing the units it has before reaching ``n_keep``, the result holds fewer (and a warning says so).
 
     Returns:
         The (cut) :class:`SelectionResult`: its ``counts`` weight the kept units.
@@ -113,25 +112,15 @@ def gfs_select(gram: torch.Tensor, cross: torch.Tensor, target_norm: float, toke
         return greedy_forward_selection(None, None, n_keep, replacement=False, gram=gram, cross=cross,
                                         target_norm=target_norm, examples=tokens)
     limit = min(MAX_STEPS, 50 * n if max_steps is None else max_steps)
-    k = min(n_keep, limit)
-    while True:
-        res = greedy_forward_selection(None, None, k, replacement=True, gram=gram, cross=cross,
-                                       target_norm=target_norm, examples=tokens)
-        first = torch.zeros(n, dtype=torch.bool)
-        distinct = 0
-        for step, i in enumerate(res.indices.tolist()):
-            if not first[i]:
-                first[i] = True
-                distinct += 1
-                if distinct == n_keep:
-                    return _cut(res, step + 1, n_keep)
-        if k >= limit:
-            import warnings
+    res = greedy_forward_selection(None, None, limit, replacement=True, gram=gram, cross=cross,
+                                   target_norm=target_norm, examples=tokens, distinct=n_keep)
+    distinct = int((res.counts > 0).sum())
+    if distinct < n_keep:
+        import warnings
 
-            warnings.warn(f"greedy selection chose {distinct} distinct units of {n} in {k} steps, fewer than the "
-                          f"{n_keep} asked for (max_steps={limit}); keeping {distinct}", stacklevel=3)
-            return _cut(res, k, n_keep)
-        k = min(2 * k, limit)
+        warnings.warn(f"greedy selection chose {distinct} distinct units of {n} in {res.k} steps, fewer than the "
+                      f"{n_keep} asked for (max_steps={limit}); keeping {distinct}", stacklevel=3)
+    return _cut(res, res.k, n_keep)
 
 
 def _cut(res: SelectionResult, steps: int, n_keep: int) -> SelectionResult:
