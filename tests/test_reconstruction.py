@@ -396,3 +396,36 @@ def test_probe_size_spends_the_sensitivity_budget_within_its_bounds():
     assert probe_size(4e9, 50, 1000) == 8  # a large network: the floor
     assert probe_size(1e5, 10, 10_000) == 256  # a tiny one: the cap
     assert probe_size(1e5, 10, 40) == 40  # never more than the calibration examples
+
+
+def test_held_out_sensitivity_refits_on_the_first_half_and_compares_on_the_second():
+    """Independent computation: explicit hidden activations, the ridge normal equations on the first half's
+    examples only (lam = ridge * mean diag A_KK * |K| / T), the KL measured on the second half."""
+    from greedyprune.channels.reconstruct import _accumulate, _problem
+    from greedyprune.channels.sensitivity import sensitivity_curves
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(10, 12), nn.ReLU(), nn.Linear(12, 5)).eval()
+    x = torch.randn(48, 10)  # three batches of 16: the first half is batches 0-1, the second batch 2
+    DG, groups = find_groups(model, x[:1], skip=[])
+    group = next(g for g in groups if g.name == "0")
+    ridge = 0.1
+    curves = sensitivity_curves(model, [group], x, x[:10], ridge=ridge, fractions=(0.25, 0.5))
+    subs = sub_readers(model, group)
+    order = select_units([_problem(subs[0], _accumulate(model, subs, x, None)[0])], 6).order
+    with torch.no_grad():
+        h = torch.relu(model[0](x)).double()  # (48, 12): the reader's inputs
+        W = model[2].weight.double()
+        dense = F.log_softmax(model(x[32:42]).double(), 1)
+    first = h[:32]
+    for units, kl in curves[group.name][:-1]:
+        keep = order[:units].sort().values
+        A = first[:, keep].T @ first[:, keep]
+        lam = ridge * float(torch.diagonal(A).mean()) * len(keep) / first.shape[0]
+        rhs = first[:, keep].T @ (first @ W.T) + lam * W[:, keep].T
+        V = torch.linalg.solve(A + lam * torch.eye(len(keep), dtype=torch.float64), rhs).T
+        out = h[32:42, keep] @ V.T + model[2].bias.detach().double()
+        expected = float((dense.exp() * (dense - F.log_softmax(out, 1))).sum(1).mean())
+        assert kl == pytest.approx(expected, rel=1e-6, abs=1e-9)
+    in_sample = sensitivity_curves(model, [group], x, x[:10], ridge=ridge, fractions=(0.25, 0.5), held_out=False)
+    assert in_sample[group.name] != curves[group.name]

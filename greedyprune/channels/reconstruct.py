@@ -272,9 +272,11 @@ def reconstruct_group(model: nn.Module, group: ChannelGroup, n_keep: int, inputs
 
 
 def _refit(model: nn.Module, subs: list[SubReader], sums: list[dict], problems: list[ReaderProblem],
-           kept_units: torch.Tensor, ridge: float | None, cv: bool) -> tuple[dict, dict]:
+           kept_units: torch.Tensor, ridge: float | None, cv: bool,
+           fold: int | None = None) -> tuple[dict, dict]:
     """Each reader's kept columns re-solved by the ridge refit (``ridge``, or cross-validated when ``cv``):
-    ``({reader: new weight in its full layout, removed columns zero}, {reader: ridge used})``."""
+    ``({reader: new weight in its full layout, removed columns zero}, {reader: ridge used})``. ``fold``: solve
+    on that half of the calibration set only (the ridge still chosen by cross-validation over both)."""
     weights: dict[str, torch.Tensor] = {}
     ridges: dict[str, float] = {}
     for sub, acc, problem in zip(subs, sums, problems):
@@ -286,7 +288,8 @@ def _refit(model: nn.Module, subs: list[SubReader], sums: list[dict], problems: 
             folds = [(f["gram"], f["cross"], f["sq"], f["tokens"]) for f in acc["folds"]]
             value = cross_validated_ridge(folds, keep, prior, problem.out_weight)
         ridges[sub.name] = value
-        solved = ridge_refit(acc["gram"], acc["cross"], keep, prior, acc["tokens"], value)
+        solve = acc if fold is None else acc["folds"][fold]
+        solved = ridge_refit(solve["gram"], solve["cross"], keep, prior, solve["tokens"], value)
         full = weights.setdefault(sub.name, torch.zeros_like(sub.module.weight, dtype=torch.float64))
         block = torch.zeros(w2d.shape, dtype=torch.float64)
         block[:, keep] = solved.to(torch.float64)

@@ -53,19 +53,30 @@ def mean_kl(dense: torch.Tensor, other: torch.Tensor) -> float:
 
 def sensitivity_curves(model: nn.Module, groups: list[ChannelGroup], inputs: torch.Tensor,
                        probe: torch.Tensor, ridge: float | None = None,
-                       fractions: tuple = SENSITIVITY_FRACTIONS) -> dict[str, list[tuple[int, float]]]:
+                       fractions: tuple = SENSITIVITY_FRACTIONS,
+                       held_out: bool = True) -> dict[str, list[tuple[int, float]]]:
     """``{group: [(units kept, mean KL(dense || cut) on probe), ...]}``, one point per fraction and
     ``(U, 0.0)``; each group cut alone on the dense ``model`` (restored before returning).
 
     ``inputs``: the calibration examples of the selection and the refit (cross-validated ridge when
     ``ridge`` is None, as :func:`~greedyprune.channels.reconstruct.reconstruct_group`); ``probe``: the
-    examples the outputs are compared on."""
-    dense = log_probs(model, probe)
+    examples the outputs are compared on. ``held_out`` (default, when ``inputs`` spans more than one batch of
+    16): each width's readers are refitted on the first half of ``inputs`` and the outputs compared on as
+    many examples of the second half as ``probe`` holds - a refit measured on its own examples looks better
+    than it is, most of all for a reader with few positions (a classifier on 80 pooled images would look
+    free to cut)."""
     per_group = {g.name: sub_readers(model, g) for g in groups}
     subs = [s for group_subs in per_group.values() for s in group_subs]
     keys = {(s.name, s.channels.start, s.rows.start): s for s in subs}
     cv = ridge is None and inputs.shape[0] > _CAPTURE_BATCH
-    sums = dict(zip(keys, _accumulate(model, list(keys.values()), inputs, None, folds=cv)))
+    folds = inputs.shape[0] > _CAPTURE_BATCH
+    sums = dict(zip(keys, _accumulate(model, list(keys.values()), inputs, None, folds=folds)))
+    fold = None
+    if folds and held_out:  # refit on the first half, compare the outputs on the second (see above)
+        batches = -(-inputs.shape[0] // _CAPTURE_BATCH)
+        start = -(-batches // 2) * _CAPTURE_BATCH
+        probe, fold = inputs[start:start + probe.shape[0]], 0
+    dense = log_probs(model, probe)
     named = dict(model.named_modules())
     curves = {}
     for group in groups:
@@ -79,7 +90,7 @@ def sensitivity_curves(model: nn.Module, groups: list[ChannelGroup], inputs: tor
         for units in widths:
             kept = torch.zeros(group.num_units, dtype=torch.bool)
             kept[chosen.order[:units]] = True
-            weights, _ = _refit(model, subs, accs, problems, kept, ridge, cv)
+            weights, _ = _refit(model, subs, accs, problems, kept, ridge, cv, fold=fold)
             saved = {n: named[n].weight.data.clone() for n in weights}
             try:
                 for n, w in weights.items():
