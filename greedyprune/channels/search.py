@@ -249,7 +249,8 @@ def prune_model(
             units, and for the rules that compare losses).
         budget_curves: what adaptive budgets (flops_target, params_target) allocate widths by:
             "sensitivity" (default: each group alone cut to six widths by the block reconstruction on the
-            dense network, the curve the mean KL divergence of the network's outputs on a probe subset,
+            dense network, refitted on the first half of the calibration examples, the curve the mean KL
+            divergence of the network's outputs on examples of the second half,
             :mod:`greedyprune.channels.sensitivity`; a probe forward per group and width), "local" (each
             group's reconstruction-error curve, one calibration pass for all groups: cheaper, but blind to
             how much a layer's error matters downstream) or, with the network objective, "network" (each

@@ -6,8 +6,10 @@ error matters downstream: a layer before the classifier and a layer in the stem 
 move the predictions by very different amounts. Here each group, alone on the dense network, is cut to a few
 widths (fractions :data:`SENSITIVITY_FRACTIONS` of its units), the units chosen by the same greedy
 selection as :func:`~greedyprune.channels.reconstruct.reconstruct_group` (one selection path per group, one
-calibration pass for all groups) and its readers refitted; the curve is the mean
-``KL(dense || cut)`` of the network's softmax outputs on a probe set. The budget then spends its
+calibration pass for all groups) and its readers refitted on the first half of the calibration set; the
+curve is the mean ``KL(dense || cut)`` of the network's softmax outputs on examples of the second half (a
+refit judged on its own examples hides its overfitting: on EfficientNet-Lite0 calibrated on 10 images,
+judging it held out took top-1 agreement at 70% of the multiply-adds from 0.66 to 0.81). The budget then spends its
 multiply-adds where they buy the least KL, as it does with any loss curve (sensitivity analysis, as in
 "Pruning Filters for Efficient ConvNets", with the refit in the loop). Cost: one probe forward per group and
 fraction.
