@@ -1,7 +1,8 @@
-"""Greedy forward selection for transformers: the Gram form against the explicit form and brute force,
-the physically pruned encoder against the masked / scaled one, sequential pruning, the baselines' defining
-properties, saving and loading, the command line, and bad input. A tiny randomly initialised BertModel
-(no download); one end-to-end test on the real all-MiniLM-L6-v2 when the optional extra is installed."""
+"""Pruning Hugging Face encoders (needs the ``transformers`` extra; the maths that needs only torch is in
+test_transformer_maths.py): the physically pruned encoder against the masked / scaled one, sequential
+pruning, the baselines' counts, saving and loading, the command line, and bad input. A tiny randomly
+initialised BertModel (no download); one end-to-end test on the real all-MiniLM-L6-v2 when the optional
+extra is installed."""
 from __future__ import annotations
 
 import copy
@@ -12,11 +13,7 @@ import sys
 import pytest
 import torch
 
-from greedyprune.selection import greedy_forward_selection
-from greedyprune.transformers import criteria
-from greedyprune.transformers.stats import input_stats
-from greedyprune.transformers.text import default_sentences, read_sentences, split_sentences
-from reference import brute_force_selection
+from greedyprune.transformers.text import default_sentences
 
 transformers = pytest.importorskip("transformers", reason='needs pip install "greedyprune[transformers]"')
 pytest.importorskip("safetensors")
@@ -30,24 +27,7 @@ WORDS = ("the a an of to in is are be can for with as by on this that it its fro
          "object objects function functions class method methods name names module modules list string number "
          "python statement expression returns return called used new default first two each all other").split()
 
-SENTENCES = [
-    "The value of the name is returned when the function is called.",
-    "A class can have methods that are called with an object as the first value.",
-    "Each module has its own list of names.",
-    "This statement is used for the new objects of a class.",
-    "When the expression is a string it returns the number of values.",
-    "All other objects can be used as a value for the function.",
-    "The default value is used when no value is given.",
-    "A list of names is returned by the method.",
-    "Two objects with the same value are not the same object.",
-    "It is not called when the module is imported.",
-    "The first statement of the function is a string.",
-    "Names in a module can be used by other modules.",
-    "Functions and methods return a value or the default value.",
-    "A number can be used as the name of a value.",
-    "The class of an object is returned by this function.",
-    "Each statement is an expression or a list of expressions.",
-]
+from test_transformer_maths import SENTENCES  # noqa: E402  (calibration sentences shared with the maths tests)
 
 
 def _vocab():
@@ -74,159 +54,7 @@ def tokens(tmp_path, sentences=SENTENCES):
     return make_tokenizer(tmp_path)(sentences, padding=True, return_tensors="pt")
 
 
-def _stats_from(x):
-    return input_stats([x.unsqueeze(0)], [torch.ones(1, x.shape[0], dtype=torch.bool)], full=True)
-
-
 # ------------------------------------------------------------------------------ the Gram form is exact
-
-
-@pytest.mark.parametrize("group", [1, 3])
-def test_gram_selection_equals_explicit_and_brute_force(group):
-    g = torch.Generator().manual_seed(group)
-    m, d_in, d, n = 40, 6, 5, 8
-    x = torch.randn(m, d_in, generator=g, dtype=torch.float64)
-    w1 = torch.randn(n * group, d_in, generator=g, dtype=torch.float64)
-    acts = torch.nn.functional.gelu(x @ w1.T)  # (m, D): an FFN's hidden activations (or a head's context)
-    w2 = torch.randn(d, n * group, generator=g, dtype=torch.float64)
-    # explicit (N, m, C): phi_i = N * (unit i's contribution to the block output); target = dense output - bias
-    contrib = torch.stack([acts[:, i * group:(i + 1) * group] @ w2[:, i * group:(i + 1) * group].T for i in range(n)])
-    phi, y = n * contrib, acts @ w2.T
-    k = 20  # more steps than units: with replacement
-    explicit = greedy_forward_selection(phi, y, k)
-    brute, brute_losses = brute_force_selection(phi, y, k)
-    gram, cross, target_norm = criteria.unit_gram(w2, _stats_from(acts), group)
-    gram_form = greedy_forward_selection(None, None, k, gram=gram, cross=cross, target_norm=target_norm, examples=m)
-    assert gram_form.indices.tolist() == explicit.indices.tolist() == brute
-    # the Gram form's losses are the squared loss itself (target_norm and examples given)
-    torch.testing.assert_close(gram_form.losses, torch.tensor(brute_losses, dtype=torch.float64), rtol=1e-9, atol=1e-9)
-
-
-def test_gfs_select_stops_at_the_distinct_count_and_repeats_the_long_run():
-    g = torch.Generator().manual_seed(3)
-    acts = torch.randn(50, 30, generator=g, dtype=torch.float64).relu()
-    w2 = torch.randn(4, 30, generator=g, dtype=torch.float64)
-    gram, cross, tn = criteria.unit_gram(w2, _stats_from(acts), 1)
-    for n_keep in (1, 7, 15, 30):
-        sel = criteria.gfs_select(gram, cross, tn, 50, n_keep)
-        assert int(sel.selected.numel()) == n_keep and int(sel.counts.sum()) == sel.k
-        assert sel.indices[-1] not in sel.indices[:-1]  # the last step chose the n_keep-th new unit
-        long = greedy_forward_selection(None, None, sel.k + 40, gram=gram, cross=cross, target_norm=tn, examples=50)
-        assert sel.indices.tolist() == long.indices[:sel.k].tolist()
-    no_repl = criteria.gfs_select(gram, cross, tn, 50, 7, replacement=False)
-    assert no_repl.k == 7 and int(no_repl.selected.numel()) == 7
-
-
-def _explicit_sum_and_ls(acts, w2, b2, group, n_keep):
-    """Brute-force greedy: each step tries every free unit and forms the whole error explicitly."""
-    n = w2.shape[1] // group
-    y = acts @ w2.T + b2
-    chans = lambda units: [c for u in units for c in range(u * group, (u + 1) * group)]  # noqa: E731
-    out = {}
-    for form in ("gfs-sum", "gfs-ls"):
-        chosen = []
-        for _ in range(n_keep):
-            best, best_err = None, None
-            for u in (u for u in range(n) if u not in chosen):
-                ch = chans(chosen + [u])
-                xk = acts[:, ch]
-                if form == "gfs-sum":  # kept weights unchanged, the bias takes the removed units' mean
-                    pred = xk @ w2[:, ch].T + b2 + (y - xk @ w2[:, ch].T - b2).mean(dim=0)
-                else:  # least-squares weights and bias
-                    design = torch.cat([xk, torch.ones(len(xk), 1, dtype=xk.dtype)], dim=1)
-                    pred = design @ torch.linalg.lstsq(design, y).solution
-                err = float(((pred - y) ** 2).sum())
-                if best_err is None or err < best_err - 1e-9:
-                    best, best_err = u, err
-            chosen.append(best)
-        out[form] = chosen
-    return out
-
-
-@pytest.mark.parametrize("group", [1, 3])
-def test_sum_and_least_squares_forms_equal_brute_force(group):
-    g = torch.Generator().manual_seed(10 + group)
-    m, d_in, d, n = 80, 5, 4, 7
-    x = torch.randn(m, d_in, generator=g, dtype=torch.float64)
-    acts = torch.nn.functional.gelu(x @ torch.randn(d_in, n * group, generator=g, dtype=torch.float64) + 0.3)
-    w2 = torch.randn(d, n * group, generator=g, dtype=torch.float64)
-    b2 = torch.randn(d, generator=g, dtype=torch.float64)
-    stats = _stats_from(acts)
-    brute = _explicit_sum_and_ls(acts, w2, b2, group, 5)
-    assert criteria.sum_select(w2, stats, group, 5).tolist() == brute["gfs-sum"]
-    assert criteria.ls_select(w2, stats, group, 5).tolist() == brute["gfs-ls"]
-    # plan_block keeps them ascending, with weight 1 and the removed units' mean in the bias
-    for method in ("gfs-sum", "gfs-ls"):
-        plan = criteria.plan_block(method, w2, stats, group, 5)
-        assert plan.keep.tolist() == sorted(brute[method])
-        removed = [c for u in range(n) if u not in brute[method] for c in range(u * group, (u + 1) * group)]
-        torch.testing.assert_close(plan.bias_delta, w2[:, removed] @ acts[:, removed].mean(dim=0))
-
-
-def _block(seed, m=60, big=6, n=10):
-    g = torch.Generator().manual_seed(seed)
-    x = torch.randn(m, n, generator=g, dtype=torch.float64) + torch.linspace(-1, 1, n, dtype=torch.float64)
-    w = torch.randn(big, n, generator=g, dtype=torch.float64)
-    b = torch.randn(big, generator=g, dtype=torch.float64)
-    return x, w, b
-
-
-def test_refit_is_least_squares_and_large_ridge_keeps_the_start():
-    x, w, b = _block(0)
-    stats = _stats_from(x)
-    keep = torch.tensor([0, 2, 3, 7])
-    y = x @ w.T + b
-    v, c = criteria.refit_lstsq(w, b, stats, keep, ridge=0.0)
-    design = torch.cat([x[:, keep], torch.ones(x.shape[0], 1, dtype=torch.float64)], dim=1)
-    sol = torch.linalg.lstsq(design, y).solution  # independent: the explicit least-squares problem
-    torch.testing.assert_close(v, sol[:-1].T)
-    torch.testing.assert_close(c, sol[-1])
-    v_big, _ = criteria.refit_lstsq(w, b, stats, keep, ridge=1e9, start=w[:, keep] * 2)
-    torch.testing.assert_close(v_big, w[:, keep] * 2, rtol=1e-4, atol=1e-6)
-    v_prior, _ = criteria.refit_lstsq(w, b, stats, keep, ridge=1e9)  # default prior: the kept columns
-    torch.testing.assert_close(v_prior, w[:, keep], rtol=1e-4, atol=1e-6)
-    # a ridge in between: the explicit penalised problem, lam = ridge * |K| * mean per-token variance
-    lam = 0.3 * len(keep) * float(x[:, keep].var(0, unbiased=False).mean())
-    xc, yc = x[:, keep] - x[:, keep].mean(0), y - y.mean(0)
-    a = torch.cat([xc, lam ** 0.5 * torch.eye(len(keep), dtype=torch.float64)])
-    t = torch.cat([yc, lam ** 0.5 * w[:, keep].T])
-    v_mid, _ = criteria.refit_lstsq(w, b, stats, keep, ridge=0.3)
-    torch.testing.assert_close(v_mid, torch.linalg.lstsq(a, t).solution.T)
-
-
-def test_reconstruction_error_matches_the_explicit_error():
-    x, w, b = _block(1)
-    stats = _stats_from(x)
-    new_w = w * torch.rand(w.shape[1], dtype=torch.float64, generator=torch.Generator().manual_seed(1))
-    new_w[:, 3] = 0
-    db = torch.randn(w.shape[0], dtype=torch.float64)
-    want = float(((x @ new_w.T + db - x @ w.T) ** 2).sum() / ((x @ w.T) ** 2).sum())
-    assert criteria.reconstruction_error(w, stats, new_w, db) == pytest.approx(want, rel=1e-10)
-
-
-def test_baselines_follow_their_definitions():
-    x, w, b = _block(2)
-    stats = _stats_from(x)
-    w_in = torch.randn(w.shape[1], 3, dtype=torch.float64)
-    mag = criteria.unit_scores("magnitude", w, stats, 1, w_in)
-    torch.testing.assert_close(mag, w_in.norm(dim=1) * w.norm(dim=0))
-    wanda = criteria.unit_scores("wanda", w, stats, 1)
-    torch.testing.assert_close(wanda, x.pow(2).mean(0).sqrt() * w.abs().mean(0))
-    flap = criteria.unit_scores("flap", w, stats, 1)
-    torch.testing.assert_close(flap, x.var(0, unbiased=False) * w.pow(2).sum(0))
-    plan = criteria.plan_block("flap", w, stats, 1, 4)
-    assert plan.keep.tolist() == sorted(torch.topk(flap, 4).indices.tolist())
-    # bias compensation keeps the block's mean output over the calibration tokens
-    kept = w * plan.scale.reshape(1, -1)
-    torch.testing.assert_close((x @ kept.T + b + plan.bias_delta).mean(0), (x @ w.T + b).mean(0))
-    r1 = criteria.plan_block("random", w, stats, 1, 4, generator=torch.Generator().manual_seed(5))
-    r2 = criteria.plan_block("random", w, stats, 1, 4, generator=torch.Generator().manual_seed(5))
-    assert r1.keep.tolist() == r2.keep.tolist() and r1.keep.numel() == 4
-
-
-def test_keep_count():
-    assert [criteria.keep_count(f, 1536) for f in (0.75, 0.5, 0.25)] == [1152, 768, 384]
-    assert criteria.keep_count(0.01, 12) == 1 and criteria.keep_count(1.0, 12) == 12
 
 
 # ------------------------------------------------------------------ the pruned encoder equals the masked one
@@ -435,28 +263,6 @@ def test_missing_extra_names_the_install_command(tmp_path, monkeypatch):
 
 
 # ------------------------------------------------------------------------------------------ text and the CLI
-
-
-def test_default_sentences_are_prose_and_disjoint():
-    calib, held = default_sentences(64, 32)
-    assert len(calib) == 64 and len(held) == 32 and not set(calib) & set(held)
-    assert default_sentences(64, 32) == (calib, held)
-    assert default_sentences(128, 32)[1] == held  # the held-out set does not move with the calibration size
-    assert all(s[0].isupper() and s[-1] in ".!?" and "::=" not in s for s in calib + held)
-    text = "Title\n*****\n\nFirst sentence is here. Second one\nwraps a line.\n\n   code = 1\n   more = 2\n"
-    assert split_sentences(text, min_words=2) == ["First sentence is here.", "Second one wraps a line."]
-    with pytest.raises(ValueError, match="corpus has"):
-        default_sentences(100000, 10)
-
-
-def test_read_sentences(tmp_path):
-    path = tmp_path / "s.txt"
-    path.write_text("\n".join(SENTENCES) + "\n")
-    calib, held = read_sentences(path, held_out_fraction=0.25)
-    assert len(held) == 4 and len(calib) == 12 and sorted(calib + held) == sorted(SENTENCES)
-    (tmp_path / "empty.txt").write_text("\n\n")
-    with pytest.raises(ValueError, match="no sentence"):
-        read_sentences(tmp_path / "empty.txt")
 
 
 def test_cli_prunes_a_local_model(tmp_path, capsys):
