@@ -35,7 +35,8 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from .errors import InvalidOptionError
 
-__all__ = ["compare_models", "count_macs", "count_parameters", "layer_macs", "measure_latency", "model_report"]
+__all__ = ["compare_models", "count_macs", "count_parameters", "layer_macs", "measure_latency", "model_device_dtype",
+           "model_report"]
 
 DEFAULT_INPUT_SHAPE = (1, 3, 32, 32)
 
@@ -60,7 +61,7 @@ def _check_shape(input_shape) -> tuple[int, ...]:
     return tuple(int(d) for d in shape)
 
 
-def _model_device_dtype(model: nn.Module) -> tuple[torch.device, torch.dtype]:
+def model_device_dtype(model: nn.Module) -> tuple[torch.device, torch.dtype]:
     """Device and floating dtype of the model's first floating parameter or buffer (CPU float32 if none)."""
     for t in list(model.parameters()) + list(model.buffers()):
         if t.is_floating_point():
@@ -70,7 +71,7 @@ def _model_device_dtype(model: nn.Module) -> tuple[torch.device, torch.dtype]:
 
 def _example_input(model: nn.Module, input_shape, device=None) -> torch.Tensor:
     """A tensor on the model's device / dtype: ``input_shape`` itself if it is a tensor, else random normal."""
-    model_device, dtype = _model_device_dtype(model)
+    model_device, dtype = model_device_dtype(model)
     device = model_device if device is None else torch.device(device)
     if isinstance(input_shape, torch.Tensor):
         x = input_shape
@@ -185,7 +186,7 @@ def measure_latency(model: nn.Module, input_shape=DEFAULT_INPUT_SHAPE, *, repeat
         dev = torch.device(device)
     except (RuntimeError, TypeError) as exc:
         raise InvalidOptionError(f"device must be a torch device such as 'cpu' or 'cuda', got {device!r}") from exc
-    model_device, _ = _model_device_dtype(model)
+    model_device, _ = model_device_dtype(model)
     if next(iter(model.parameters()), None) is not None and model_device.type != dev.type:
         raise InvalidOptionError(
             f"model is on {model_device} but device={str(dev)!r}; move it first with model.to({str(dev)!r})")

@@ -401,7 +401,7 @@ def test_probe_size_spends_the_sensitivity_budget_within_its_bounds():
 def test_held_out_sensitivity_refits_on_the_first_half_and_compares_on_the_second():
     """Independent computation: explicit hidden activations, the ridge normal equations on the first half's
     examples only (lam = ridge * mean diag A_KK * |K| / T), the KL measured on the second half."""
-    from greedyprune.channels.reconstruct import _accumulate, _problem
+    from greedyprune.channels.reconstruct import accumulate, reader_problem
     from greedyprune.channels.sensitivity import sensitivity_curves
 
     torch.manual_seed(0)
@@ -412,7 +412,7 @@ def test_held_out_sensitivity_refits_on_the_first_half_and_compares_on_the_secon
     ridge = 0.1
     curves = sensitivity_curves(model, [group], x, x[:10], ridge=ridge, fractions=(0.25, 0.5))
     subs = sub_readers(model, group)
-    order = select_units([_problem(subs[0], _accumulate(model, subs, x, None)[0])], 6).order
+    order = select_units([reader_problem(subs[0], accumulate(model, subs, x, None)[0])], 6).order
     with torch.no_grad():
         h = torch.relu(model[0](x)).double()  # (48, 12): the reader's inputs
         W = model[2].weight.double()

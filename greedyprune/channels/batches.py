@@ -8,7 +8,7 @@ import torch
 from ..checks import check_finite
 from ..errors import InvalidOptionError
 
-__all__ = ["Batches"]
+__all__ = ["Batches", "split_data"]
 
 _LABEL_DTYPES = (torch.int64, torch.int32, torch.int16, torch.uint8)
 
@@ -108,3 +108,33 @@ def _check_batch(x: torch.Tensor, y: torch.Tensor) -> None:
     check_finite("the inputs", x)
     if y.numel() and int(y.min()) < 0:
         raise InvalidOptionError(f"labels must be class indices >= 0, got {int(y.min())}")
+
+
+def split_data(data, holdout: int | None, batch_size: int, seed: int, device) -> tuple[Batches, tuple | None]:
+    """The search's batches and the fixed held-out subset of ``holdout`` examples (0: none; None: 512, or a
+    quarter of a smaller (X, y) pair), set aside from an (X, y) pair, or a loader's first examples."""
+    pair = isinstance(data, (tuple, list)) and len(data) == 2 and isinstance(data[0], torch.Tensor)
+    if holdout is None:
+        n = data[0].shape[0] if pair and data[0].dim() else None
+        holdout = 512 if n is None else min(512, n // 4)
+    if holdout and pair:
+        X, y = data
+        n = X.shape[0] if X.dim() else 0
+        if holdout >= n:
+            raise InvalidOptionError(
+                f"holdout={holdout} examples is not less than the {n} examples of the data; pass a "
+                f"smaller holdout (it is set aside from the search), or holdout=0 to measure the "
+                f"stopping rules on the step's batch")
+        perm = torch.randperm(n, generator=torch.Generator().manual_seed(seed + 7919))
+        hold, rest = perm[:holdout].sort().values, perm[holdout:].sort().values
+        batches = Batches((X[rest], y[rest]), batch_size, seed, device)
+        return batches, (X[hold].to(device), y[hold].to(device, torch.long))
+    batches = Batches(data, batch_size, seed, device)
+    if not holdout:
+        return batches, None
+    x, y = batches.fixed(holdout)
+    if x.shape[0] < holdout:
+        raise InvalidOptionError(
+            f"holdout={holdout} examples asked for, but the data loader holds only {x.shape[0]}; pass "
+            f"a smaller holdout")
+    return batches, (x, y)

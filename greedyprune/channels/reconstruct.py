@@ -32,9 +32,11 @@ from torch import nn
 from ..selection.block import ReaderProblem, cross_validated_ridge, ridge_refit, select_units
 from .groups import ChannelGroup, UnsupportedLayerError
 
-__all__ = ["DenseTargets", "SubReader", "reconstruct_group", "reconstruction_curves", "sub_readers"]
+__all__ = ["CAPTURE_BATCH", "DenseTargets", "SubReader", "accumulate", "reader_problem", "reconstruct_group",
+           "reconstruction_curves", "refit_kept", "sub_readers"]
 
-_CAPTURE_BATCH = 16
+CAPTURE_BATCH = 16
+"""Calibration examples per forward; the refit's cross-validation folds are halves of these batches."""
 POSITIONS_PER_COLUMN = 64
 MIN_POSITIONS = 8192
 DEFAULT_RIDGE = 0.5
@@ -142,11 +144,11 @@ class DenseTargets:
                  for n in names]
         try:
             with torch.no_grad():
-                for start in range(0, inputs.shape[0], _CAPTURE_BATCH):
-                    model(inputs[start:start + _CAPTURE_BATCH])
+                for start in range(0, inputs.shape[0], CAPTURE_BATCH):
+                    model(inputs[start:start + CAPTURE_BATCH])
                     if start == 0:
                         size = sum(t[0].numel() * 4 for t in self.outputs.values()) * -(-inputs.shape[0] //
-                                                                                     _CAPTURE_BATCH)
+                                                                                     CAPTURE_BATCH)
                         if size > _MAX_TARGET_BYTES:
                             raise MemoryError(size)
         finally:
@@ -177,8 +179,8 @@ class DenseTargets:
                     del self.rows[name]
 
 
-def _accumulate(model: nn.Module, subs: list[SubReader], inputs: torch.Tensor,
-                dense: DenseTargets | None, folds: bool = False) -> list[dict]:
+def accumulate(model: nn.Module, subs: list[SubReader], inputs: torch.Tensor,
+               dense: DenseTargets | None, folds: bool = False) -> list[dict]:
     """Per sub-reader sums over the calibration positions: gram, cross (with the dense target when known,
     else the reader's own full-width output), the target's square sums and sums, and the positions."""
     named = dict(model.named_modules())
@@ -192,16 +194,16 @@ def _accumulate(model: nn.Module, subs: list[SubReader], inputs: torch.Tensor,
 
     hooks = [named[n].register_forward_pre_hook(lambda m, a, n=n: capture(n, a[0])) for n in names]
     sums = [dict(gram=0.0, cross=0.0, sq=0.0, total=0.0, tokens=0) for _ in subs]
-    batches = -(-inputs.shape[0] // _CAPTURE_BATCH)
+    batches = -(-inputs.shape[0] // CAPTURE_BATCH)
     if folds:  # the same sums over the first and the second half of the calibration batches
         for acc in sums:
             acc["folds"] = [dict(gram=0.0, cross=0.0, sq=0.0, tokens=0) for _ in range(2)]
     try:
         with torch.no_grad():
-            for batch, start in enumerate(range(0, inputs.shape[0], _CAPTURE_BATCH)):
+            for batch, start in enumerate(range(0, inputs.shape[0], CAPTURE_BATCH)):
                 captured.clear()
                 try:
-                    model(inputs[start:start + _CAPTURE_BATCH])
+                    model(inputs[start:start + CAPTURE_BATCH])
                 except _Captured:
                     pass
                 for sub, acc in zip(subs, sums):
@@ -240,7 +242,9 @@ def _positions(shape: tuple, batches: int, batch: int) -> torch.Tensor | None:
     return torch.randperm(n, generator=generator)[:per_batch].sort().values
 
 
-def _problem(sub: SubReader, acc: dict) -> ReaderProblem:
+def reader_problem(sub: SubReader, acc: dict) -> ReaderProblem:
+    """The selection problem of one sub-reader from its :func:`accumulate` sums, each output weighted by
+    the inverse of its variance."""
     T = max(acc["tokens"], 1)
     variance = (acc["sq"] / T - (acc["total"] / T) ** 2).clamp_min(0.0)
     floor = 1e-3 * float(variance.mean()) + 1e-30
@@ -260,20 +264,20 @@ def reconstruct_group(model: nn.Module, group: ChannelGroup, n_keep: int, inputs
     Returns ``(per-channel counts (1 kept, 0 removed), {reader name: new weight in its full layout},
     relative reconstruction error after the refit's selection, {reader: ridge used})``."""
     subs = sub_readers(model, group)
-    cv = ridge is None and inputs.shape[0] > _CAPTURE_BATCH
-    sums = _accumulate(model, subs, inputs, dense, folds=cv)
-    problems = [_problem(s, acc) for s, acc in zip(subs, sums)]
+    cv = ridge is None and inputs.shape[0] > CAPTURE_BATCH
+    sums = accumulate(model, subs, inputs, dense, folds=cv)
+    problems = [reader_problem(s, acc) for s, acc in zip(subs, sums)]
     chosen = select_units(problems, n_keep)
     kept_units = torch.zeros(group.num_units, dtype=torch.bool)
     kept_units[chosen.order] = True
-    weights, ridges = _refit(model, subs, sums, problems, kept_units, ridge, cv)
+    weights, ridges = refit_kept(model, subs, sums, problems, kept_units, ridge, cv)
     counts = group.channel_counts(kept_units.long())
     return counts, weights, float(chosen.errors[-1]), ridges
 
 
-def _refit(model: nn.Module, subs: list[SubReader], sums: list[dict], problems: list[ReaderProblem],
-           kept_units: torch.Tensor, ridge: float | None, cv: bool,
-           fold: int | None = None) -> tuple[dict, dict]:
+def refit_kept(model: nn.Module, subs: list[SubReader], sums: list[dict], problems: list[ReaderProblem],
+               kept_units: torch.Tensor, ridge: float | None, cv: bool,
+               fold: int | None = None) -> tuple[dict, dict]:
     """Each reader's kept columns re-solved by the ridge refit (``ridge``, or cross-validated when ``cv``):
     ``({reader: new weight in its full layout, removed columns zero}, {reader: ridge used})``. ``fold``: solve
     on that half of the calibration set only (the ridge still chosen by cross-validation over both)."""
@@ -306,11 +310,11 @@ def reconstruction_curves(model: nn.Module, groups: list[ChannelGroup], inputs: 
     subs = [s for group_subs in per_group.values() for s in group_subs]
     # one pass: the Gram of each distinct (reader, conv group) input, shared by the groups that read it
     keys = {(s.name, s.channels.start, s.rows.start): s for s in subs}
-    sums = dict(zip(keys, _accumulate(model, list(keys.values()), inputs, None)))
+    sums = dict(zip(keys, accumulate(model, list(keys.values()), inputs, None)))
     curves = {}
     for group in groups:
         subs = per_group[group.name]
-        problems = [_problem(s, sums[(s.name, s.channels.start, s.rows.start)]) for s in subs]
+        problems = [reader_problem(s, sums[(s.name, s.channels.start, s.rows.start)]) for s in subs]
         step = max(1, -(-group.num_units // CURVE_POINTS))
         chosen = select_units(problems, group.num_units, step=step)
         curves[group.name] = (_honest_curve(subs, problems, chosen, step), 0.0)

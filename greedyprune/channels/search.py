@@ -34,11 +34,11 @@ from torch import nn
 
 from ..errors import InvalidOptionError
 from ..checks import as_device, check_choice, check_int, check_number, non_finite_weights
-from ..metrics import count_macs
+from ..metrics import count_macs, model_device_dtype
 from ..result import PruneResult
 from ..selection import draw_candidates
 from ..training.loop import evaluate, train_step
-from .batches import Batches
+from .batches import Batches, split_data
 from .bn import exact_math, has_batch_norm, recalibrate_bn
 from .evaluators import (CPU_STACK_ELEMENTS, GPU_STACK_ELEMENTS, FastEvaluator, ReferenceEvaluator, checked,
                          step_rows, trace)
@@ -49,7 +49,7 @@ from .local import local_curves, local_group
 from .objectives import (calibration_size, dense_targets, recalibrate_if_closer, reconstruct_step, reconstructable,
                          resolve_objective)
 from .reconstruct import DenseTargets, reconstruction_curves
-from .sensitivity import log_probs, per_channel_sensitivity, probe_size, sensitivity_curves
+from .sensitivity import budget_sensitivity, log_probs
 from .preflight import check_model_accepts, check_train_mode, preflight
 from .rules import PlanContext, Step, StoppingRule, rule_from_options
 
@@ -306,7 +306,7 @@ def prune_model(
         split = CandidateSplit(process_group)
     if not inplace:
         model = copy.deepcopy(model)
-    device = _model_device(model) if device is None else as_device(device)
+    device = model_device_dtype(model)[0] if device is None else as_device(device)
     model.to(device).eval()
     bad = non_finite_weights(model)
     if bad:
@@ -323,7 +323,8 @@ def prune_model(
         options.recalibrate = 0 if options.objective == "local" else DEFAULT_RECALIBRATE
     needs_holdout = stop.needs_unpruned or (stop.needs_curves and not local
                                             and options.budget_curves == "network")
-    batches, holdout_set = _split_data(data, options, device, needs_holdout)
+    batches, holdout_set = split_data(data, options.holdout if needs_holdout else 0, options.batch_size,
+                                      options.seed, device)
     eval_x, eval_y = batches.fixed(options.eval_examples)
     check_model_accepts(model, eval_x, eval_y)
     example = eval_x[:1]
@@ -483,47 +484,35 @@ def _step_size(step: int, group: ChannelGroup, counts: torch.Tensor, stop, candi
 
 
 def loss_curves(search: _Search, groups: list[ChannelGroup]) -> dict[str, tuple[list[float], float]]:
-    """Every group grown on the dense network to its full width, one at a time (the others unpruned):
+    """Every group's loss curve on the dense network, one group at a time (the others unpruned):
     ``{group: (loss with k = 1..D channels, loss unpruned)}``.
 
-    With the network objective the loss is the held-out cross-entropy, a group grown about
-    ``curve_points`` units per point (``ceil(units / curve_points)`` per step; between points the loss of
-    the next point is used). With ``objective="local"`` it is the readers' relative reconstruction error
-    (greedy selection on the Gram form, without replacement: no candidate forwards at all).
+    ``budget_curves="sensitivity"``: the network's output KL with the group cut by the block reconstruction
+    (:func:`~greedyprune.channels.sensitivity.budget_sensitivity`); ``"local"`` (or the local objective with
+    ``"network"``): the readers' relative reconstruction error; ``"network"`` with the network objective: the
+    held-out cross-entropy of the group grown about ``curve_points`` units per point. ``local-gfs`` has its
+    own curves. Where the reconstruction cannot read a group, the network objective falls back to its own.
     """
-    if search.options.budget_curves == "sensitivity" and search.options.objective in ("local", "network"):
-        return _sensitivity_curves(search, groups)
-    if search.options.objective == "local" or (search.options.objective == "network"
-                                                and search.options.budget_curves == "local"):
-        try:
-            curves = reconstruction_curves(search.model, groups, search.local_inputs)
-        except UnsupportedLayerError as exc:
-            if search.options.objective == "local" or search.holdout is None:
-                raise
-            warnings.warn(f"budget curves measured by the network objective: {exc}", stacklevel=3)
-            return _network_curves(search, groups)
-        out = {}
-        for group in groups:
-            per_unit = group.channels // group.num_units
-            points = [((k + 1) * per_unit, err, 0.0) for k, err in enumerate(curves[group.name][0])]
-            out[group.name] = (per_channel(group, points), 0.0)
-        return out
-    if search.options.objective == "local-gfs":
+    options = search.options
+    if options.objective == "local-gfs":
         return local_curves(search, groups)
-    return _network_curves(search, groups)
-
-
-def _sensitivity_curves(search: _Search, groups: list[ChannelGroup]) -> dict[str, tuple[list[float], float]]:
-    inputs = search.local_inputs
-    probe = inputs[:probe_size(count_macs(search.model, inputs[:1]), len(groups), inputs.shape[0])]
+    if options.objective == "network" and options.budget_curves == "network":
+        return _network_curves(search, groups)
     try:
-        curves = sensitivity_curves(search.model, groups, inputs, probe, search.options.refit_ridge)
+        if options.budget_curves == "sensitivity":
+            return budget_sensitivity(search.model, groups, search.local_inputs, options.refit_ridge)
+        curves = reconstruction_curves(search.model, groups, search.local_inputs)
     except UnsupportedLayerError as exc:
-        if search.options.objective == "local" or search.holdout is None:
+        if options.objective == "local" or search.holdout is None:
             raise
         warnings.warn(f"budget curves measured by the network objective: {exc}", stacklevel=3)
         return _network_curves(search, groups)
-    return {g.name: (per_channel_sensitivity(g, curves[g.name]), 0.0) for g in groups}
+    out = {}
+    for group in groups:
+        per_unit = group.channels // group.num_units
+        points = [((k + 1) * per_unit, err, 0.0) for k, err in enumerate(curves[group.name][0])]
+        out[group.name] = (per_channel(group, points), 0.0)
+    return out
 
 
 def _network_curves(search: _Search, groups: list[ChannelGroup]) -> dict[str, tuple[list[float], float]]:
@@ -586,41 +575,6 @@ def _fold_checked(search: _Search, group: ChannelGroup, counts: torch.Tensor) ->
                 f"scored ({diff}); a layer in this group ({', '.join(group.writers + [r[0] for r in group.readers])}) "
                 f"is not pruned exactly by Torch-Pruning. Leave the group whole with skip=[...] naming its writers")
     return kept
-
-
-def _split_data(data, options: SearchOptions, device, needed: bool) -> tuple[Batches, tuple | None]:
-    """The search's batches and the fixed held-out subset (set aside from an (X, y) pair)."""
-    holdout = options.holdout if needed else 0
-    pair = isinstance(data, (tuple, list)) and len(data) == 2 and isinstance(data[0], torch.Tensor)
-    if holdout is None:
-        n = data[0].shape[0] if pair and data[0].dim() else None
-        holdout = 512 if n is None else min(512, n // 4)
-    if holdout and pair:
-        X, y = data
-        n = X.shape[0] if X.dim() else 0
-        if holdout >= n:
-            raise InvalidOptionError(
-                f"holdout={holdout} examples is not less than the {n} examples of the data; pass a "
-                f"smaller holdout (it is set aside from the search), or holdout=0 to measure the "
-                f"stopping rules on the step's batch")
-        perm = torch.randperm(n, generator=torch.Generator().manual_seed(options.seed + 7919))
-        hold, rest = perm[:holdout].sort().values, perm[holdout:].sort().values
-        batches = Batches((X[rest], y[rest]), options.batch_size, options.seed, device)
-        return batches, (X[hold].to(device), y[hold].to(device, torch.long))
-    batches = Batches(data, options.batch_size, options.seed, device)
-    if not holdout:
-        return batches, None
-    x, y = batches.fixed(holdout)
-    if x.shape[0] < holdout:
-        raise InvalidOptionError(
-            f"holdout={holdout} examples asked for, but the data loader holds only {x.shape[0]}; pass "
-            f"a smaller holdout")
-    return batches, (x, y)
-
-
-def _model_device(model: nn.Module) -> torch.device:
-    param = next(model.parameters(), None)
-    return param.device if param is not None else torch.device("cpu")
 
 
 def _measure(model: nn.Module, example: torch.Tensor, x: torch.Tensor, y: torch.Tensor) -> dict:

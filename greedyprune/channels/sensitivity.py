@@ -20,12 +20,13 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..metrics import count_macs
 from ..selection.block import select_units
 from .groups import ChannelGroup
-from .reconstruct import _CAPTURE_BATCH, _accumulate, _problem, _refit, sub_readers
+from .reconstruct import CAPTURE_BATCH, accumulate, reader_problem, refit_kept, sub_readers
 
-__all__ = ["SENSITIVITY_FRACTIONS", "SENSITIVITY_MACS", "log_probs", "mean_kl", "per_channel_sensitivity", "probe_size",
-           "sensitivity_curves"]
+__all__ = ["SENSITIVITY_FRACTIONS", "SENSITIVITY_MACS", "budget_sensitivity", "log_probs", "mean_kl",
+           "per_channel_sensitivity", "probe_size", "sensitivity_curves"]
 
 SENSITIVITY_FRACTIONS = (0.1, 0.25, 0.4, 0.55, 0.7, 0.85)
 """The widths (fractions of a group's units) at which each group's sensitivity is measured."""
@@ -70,13 +71,13 @@ def sensitivity_curves(model: nn.Module, groups: list[ChannelGroup], inputs: tor
     per_group = {g.name: sub_readers(model, g) for g in groups}
     subs = [s for group_subs in per_group.values() for s in group_subs]
     keys = {(s.name, s.channels.start, s.rows.start): s for s in subs}
-    cv = ridge is None and inputs.shape[0] > _CAPTURE_BATCH
-    folds = inputs.shape[0] > _CAPTURE_BATCH
-    sums = dict(zip(keys, _accumulate(model, list(keys.values()), inputs, None, folds=folds)))
+    cv = ridge is None and inputs.shape[0] > CAPTURE_BATCH
+    folds = inputs.shape[0] > CAPTURE_BATCH
+    sums = dict(zip(keys, accumulate(model, list(keys.values()), inputs, None, folds=folds)))
     fold = None
     if folds and held_out:  # refit on the first half, compare the outputs on the second (see above)
-        batches = -(-inputs.shape[0] // _CAPTURE_BATCH)
-        start = -(-batches // 2) * _CAPTURE_BATCH
+        batches = -(-inputs.shape[0] // CAPTURE_BATCH)
+        start = -(-batches // 2) * CAPTURE_BATCH
         probe, fold = inputs[start:start + probe.shape[0]], 0
     dense = log_probs(model, probe)
     named = dict(model.named_modules())
@@ -84,7 +85,7 @@ def sensitivity_curves(model: nn.Module, groups: list[ChannelGroup], inputs: tor
     for group in groups:
         subs = per_group[group.name]
         accs = [sums[(s.name, s.channels.start, s.rows.start)] for s in subs]
-        problems = [_problem(s, acc) for s, acc in zip(subs, accs)]
+        problems = [reader_problem(s, acc) for s, acc in zip(subs, accs)]
         widths = sorted({max(1, min(group.num_units - 1, round(f * group.num_units))) for f in fractions})
         widths = [w for w in widths if w < group.num_units]
         chosen = select_units(problems, widths[-1]) if widths else None
@@ -92,7 +93,7 @@ def sensitivity_curves(model: nn.Module, groups: list[ChannelGroup], inputs: tor
         for units in widths:
             kept = torch.zeros(group.num_units, dtype=torch.bool)
             kept[chosen.order[:units]] = True
-            weights, _ = _refit(model, subs, accs, problems, kept, ridge, cv, fold=fold)
+            weights, _ = refit_kept(model, subs, accs, problems, kept, ridge, cv, fold=fold)
             saved = {n: named[n].weight.data.clone() for n in weights}
             try:
                 for n, w in weights.items():
@@ -127,3 +128,12 @@ def per_channel_sensitivity(group: ChannelGroup, points: list[tuple[int, float]]
         t = (k - xs[i - 1]) / (xs[i] - xs[i - 1])
         out.append(ys[i - 1] + t * (ys[i] - ys[i - 1]))
     return out
+
+
+def budget_sensitivity(model: nn.Module, groups: list[ChannelGroup], inputs: torch.Tensor,
+                       ridge: float | None) -> dict[str, tuple[list[float], float]]:
+    """The budgets' curves ``{group: (loss with k = 1..D channels, 0.0)}`` from :func:`sensitivity_curves`
+    on the calibration ``inputs``, with a probe of :func:`probe_size` examples."""
+    probe = inputs[:probe_size(count_macs(model, inputs[:1]), len(groups), inputs.shape[0])]
+    curves = sensitivity_curves(model, groups, inputs, probe, ridge)
+    return {g.name: (per_channel_sensitivity(g, curves[g.name]), 0.0) for g in groups}
