@@ -1,9 +1,12 @@
-"""The package's layout (issue 20 part 5): no import cycle, even through imports inside functions, and every
-module declares its public names in ``__all__``."""
+"""The package's layout (issue 20 part 5): no import cycle, even through imports inside functions, every
+module declares its public names in ``__all__``, and every path (and name tied to one) that the README's layout
+section names exists (issue 20 part 2)."""
 import ast
 import importlib
+import re
 import subprocess
 import sys
+import warnings
 from pathlib import Path
 
 import pytest
@@ -105,3 +108,62 @@ def test_moved_names_keep_their_old_import_paths():
     assert pretraining_figures.summarize is pretraining_summary.summarize
     assert store.merge_results.__module__ == "greedyprune.studies.store"
     assert prune.prune_block is blocks.prune_block is decoder_prune.prune_block and prune.REFITS is blocks.REFITS
+
+
+# ------------------------------------------------------------------- the README's layout names real paths
+
+_OUTSIDE = ("tests/", "tools/", "bench/")
+
+
+def _layout_lines():
+    """Each line of the README's "How the code is laid out" section (to the next section or the end) with the
+    folder its bare file names are relative to: a table row's own folder, else ``greedyprune/``."""
+    text = (ROOT / "README.md").read_text(encoding="utf-8")
+    start = text.index("## How the code is laid out")
+    end = text.find("\n## ", start + 1)
+    for line in text[start:None if end < 0 else end].splitlines():
+        base = "greedyprune/"
+        first = re.match(r"\| `([^`]+)`", line)
+        if first and first.group(1).endswith("/"):
+            base = first.group(1)
+        yield line, base
+
+
+def _resolve(token: str, base: str) -> str:
+    return token if token.startswith(("greedyprune/",) + _OUTSIDE) else base + token
+
+
+def _module_of(path: str):
+    parts = path.rstrip("/").removesuffix(".py").split("/")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)  # the deprecated aliases the layout names warn
+        return importlib.import_module(".".join(parts))
+
+
+def test_every_path_the_readme_layout_names_exists_and_imports():
+    named = set()
+    for line, base in _layout_lines():
+        named |= {_resolve(t, base) for t in re.findall(r"`([\w/]+(?:\.py|/))`", line)}
+        named |= {t.replace(".", "/") + "/" for t in re.findall(r"`(greedyprune(?:\.\w+)+)`", line)}
+    assert {"greedyprune/transformers/criteria.py", "greedyprune/studies/registry.py",
+            "greedyprune/studies/catalog.py", "greedyprune/channels/rules.py"} <= named
+    missing = [p for p in sorted(named) if not (ROOT / p).exists() and not (ROOT / (p.rstrip("/") + ".py")).exists()]
+    assert missing == [], f"the README's layout names paths that do not exist: {missing}"
+    for path in sorted(named):
+        if path.startswith("greedyprune/"):
+            _module_of(path)
+
+
+def test_every_name_the_readme_layout_ties_to_a_module_is_in_it():
+    pairs = []
+    for line, base in _layout_lines():
+        # "subclass `Name` (`path.py`", "register it with `@name` (`path.py`)" and "`path.py` (`name`"
+        pairs += [(_resolve(p, base), n) for n, p in re.findall(r"`@?([A-Za-z_]\w*)` \(`([\w/]+\.py)`", line)]
+        pairs += [(_resolve(p, base), n) for p, n in re.findall(r"`([\w/]+\.py)` \(`([A-Za-z_]\w*)`", line)]
+        pairs += [("greedyprune/" + m + ".py", n) for m, n in re.findall(r"`([a-z_]+)\.([A-Z_]+)`", line)]
+    assert {("greedyprune/transformers/criteria.py", "Criterion"),
+            ("greedyprune/transformers/criteria.py", "register_criterion"),
+            ("greedyprune/studies/registry.py", "Study"), ("greedyprune/studies/registry.py", "register_study"),
+            ("greedyprune/baselines.py", "IMPORTANCES")} <= set(pairs)
+    absent = [(p, n) for p, n in pairs if not hasattr(_module_of(p), n)]
+    assert absent == [], f"the README ties names to modules that lack them: {absent}"

@@ -214,6 +214,36 @@ def test_shared_widths_and_report():
     assert result.report["mlp_widths"] == widths
 
 
+def test_a_decoder_only_criterion_ranks_query_heads_and_is_not_offered_to_encoders():
+    from greedyprune.cli import build_parser
+    from greedyprune.transformers import ScoreCriterion, register_criterion
+    from greedyprune.errors import InvalidOptionError
+    from greedyprune.transformers.criteria import CRITERIA, criterion_names, get_criterion
+
+    class LastUnits(ScoreCriterion):
+        name, encoders = "toy-last-decoder", False
+
+        def score(self, weight, stats, group, weight_in=None):
+            return torch.arange(weight.shape[1] // group, dtype=torch.float64)
+
+    dense = tiny_llama()
+    register_criterion(LastUnits)
+    try:
+        assert "toy-last-decoder" in criterion_names(decoder=True) and "toy-last-decoder" not in criterion_names()
+        with pytest.raises(InvalidOptionError, match="unknown method 'toy-last-decoder'"):
+            get_criterion("toy-last-decoder")  # what an encoder's prune_transformer checks
+        res = prune_transformer(dense, windows(), ffn_keep=0.5, heads_keep=1 / 3, heads_unit="query",
+                                method="toy-last-decoder", refit=None, min_tokens=64)
+        assert res.kept["model.layers.0.mlp"] == list(range(20, 40))
+        assert res.kept["model.layers.0.self_attn"] == [2, 5, 8]  # the last query head of each of the 3 groups
+        sub = next(a for a in build_parser()._actions if a.dest == "command").choices["prune-llm"]
+        assert "toy-last-decoder" in next(a for a in sub._actions if a.dest == "method").choices
+        assert next(a for a in sub._actions if a.dest == "baselines").help == (
+            "also prune with magnitude, wanda, flap, taylor, toy-last-decoder and random at the same widths")
+    finally:
+        del CRITERIA["toy-last-decoder"]
+
+
 def test_bad_input():
     dense = tiny_llama()
     ids = windows()

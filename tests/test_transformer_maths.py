@@ -206,3 +206,77 @@ def test_read_sentences(tmp_path):
     (tmp_path / "empty.txt").write_text("\n\n")
     with pytest.raises(ValueError, match="no sentence"):
         read_sentences(tmp_path / "empty.txt")
+
+
+# ----------------------------------------------------------------------------------- the criteria registry
+
+
+def test_the_builtin_criteria_are_registered_and_the_old_names_derive_from_the_registry():
+    from greedyprune.transformers.decoder_prune import DECODER_METHODS
+
+    assert criteria.METHODS == criteria.criterion_names() == (
+        "gfs", "gfs-sum", "gfs-ls", "magnitude", "wanda", "flap", "random")
+    assert DECODER_METHODS == criteria.criterion_names(decoder=True) == criteria.METHODS + ("taylor",)
+    assert criteria.GREEDY == ("gfs", "gfs-sum", "gfs-ls")
+    assert criteria.NEEDS_FULL_STATS == {"gfs": True, "gfs-sum": True, "gfs-ls": True, "magnitude": False,
+                                         "wanda": False, "flap": False, "random": False}
+    assert set(criteria.BIAS_COMPENSATED) == {"flap", "gfs-sum", "gfs-ls"}
+    assert all(isinstance(c, criteria.Criterion) and c.name == n for n, c in criteria.CRITERIA.items())
+
+
+def test_an_unknown_criterion_is_refused_naming_the_choices():
+    from greedyprune.errors import InvalidOptionError
+
+    with pytest.raises(InvalidOptionError, match=r"unknown method 'nope'; expected one of \('gfs', 'gfs-sum'"):
+        criteria.get_criterion("nope")
+    with pytest.raises(InvalidOptionError, match=r"unknown method 'taylor'.*'random'\)$"):
+        criteria.get_criterion("taylor")  # decoders only
+    assert criteria.get_criterion("taylor", decoder=True).name == "taylor"
+    x, w, _ = _block(0)
+    with pytest.raises(InvalidOptionError, match="unknown method 'nope'"):
+        criteria.plan_block("nope", w, _stats_from(x), 1, 3)
+    with pytest.raises(InvalidOptionError, match="no score for method 'gfs'"):
+        criteria.unit_scores("gfs", w, _stats_from(x), 1)
+
+
+class _LastUnits(criteria.ScoreCriterion):
+    """A toy baseline: keeps the units with the highest indices, bias compensated."""
+
+    name = "toy-last"
+    needs_stats = bias_compensated = True
+
+    def score(self, weight, stats, group, weight_in=None):
+        return torch.arange(weight.shape[1] // group, dtype=torch.float64)
+
+
+@pytest.fixture()
+def toy_criterion():
+    criteria.register_criterion(_LastUnits)
+    yield criteria.CRITERIA["toy-last"]
+    del criteria.CRITERIA["toy-last"]
+
+
+def test_a_registered_criterion_plans_blocks_through_the_registry(toy_criterion):
+    from greedyprune.errors import InvalidOptionError
+
+    assert criteria.criterion_names()[-1] == "toy-last" and "toy-last" not in criteria.METHODS  # METHODS: built-ins
+    x, w, b = _block(1)
+    stats = _stats_from(x)
+    plan = criteria.plan_block("toy-last", w, stats, 2, 3)
+    n = w.shape[1] // 2
+    assert plan.keep.tolist() == list(range(n - 3, n))
+    kept = w * plan.scale.repeat_interleave(2).reshape(1, -1)
+    torch.testing.assert_close((x @ kept.T + b + plan.bias_delta).mean(0), (x @ w.T + b).mean(0))
+    assert criteria.unit_scores("toy-last", w, stats, 2).tolist() == list(range(n))
+    with pytest.raises(InvalidOptionError, match="'toy-last' is already registered"):
+        criteria.register_criterion(_LastUnits)
+
+
+def test_register_criterion_refuses_what_is_not_a_named_criterion():
+    from greedyprune.errors import InvalidOptionError
+
+    with pytest.raises(TypeError, match="Criterion subclass"):
+        criteria.register_criterion(object)
+    with pytest.raises(InvalidOptionError, match="needs a name"):
+        criteria.register_criterion(type("Nameless", (criteria.Criterion,), {}))
+    assert "" not in criteria.CRITERIA

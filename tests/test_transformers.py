@@ -262,6 +262,33 @@ def test_missing_extra_names_the_install_command(tmp_path, monkeypatch):
     assert INSTALL_HINT == 'pip install "greedyprune[transformers]"'
 
 
+def test_a_registered_criterion_is_a_method_of_prune_transformer_and_of_the_cli(tmp_path):
+    from greedyprune.cli import build_parser
+    from greedyprune.errors import InvalidOptionError
+    from greedyprune.transformers import ScoreCriterion, register_criterion
+    from greedyprune.transformers.criteria import CRITERIA
+
+    class FirstUnits(ScoreCriterion):
+        name = "toy-first"
+
+        def score(self, weight, stats, group, weight_in=None):
+            return -torch.arange(weight.shape[1] // group, dtype=torch.float64)
+
+    model, calib = tiny_model(seed=2), tokens(tmp_path)
+    register_criterion(FirstUnits)
+    try:
+        res = prune_transformer(model, calib, ffn_keep=0.25, heads_keep=0.5, method="toy-first", refit=None,
+                                min_tokens=50)
+        assert res.kept["encoder.layer.0.intermediate"] == list(range(6))
+        assert res.kept["encoder.layer.1.attention"] == [0, 1]
+        sub = next(a for a in build_parser()._actions if a.dest == "command").choices["prune-transformer"]
+        assert "toy-first" in next(a for a in sub._actions if a.dest == "method").choices
+    finally:
+        del CRITERIA["toy-first"]
+    with pytest.raises(InvalidOptionError, match=r"unknown method 'toy-first'; expected one of \('gfs',"):
+        prune_transformer(model, calib, ffn_keep=0.25, method="toy-first", min_tokens=50)
+
+
 # ------------------------------------------------------------------------------------------ text and the CLI
 
 

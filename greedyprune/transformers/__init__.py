@@ -15,7 +15,7 @@ optional extra: ``pip install "greedyprune[transformers]"``; decoders from GGUF:
 Importing this package does not import ``transformers``; the functions that need it do, and say how
 to install it when it is missing.
 """
-from .criteria import METHODS
+from .criteria import METHODS, Criterion, ScoreCriterion, criterion_names, register_criterion
 from .decoder import DECODER_SUPPORTED, HalfPrecisionError
 from .decoder_io import IntegrityError
 from .decoder_prune import DECODER_METHODS, HEAD_UNITS, decoder_widths
@@ -42,8 +42,11 @@ __all__ = [
     "REFITS",
     "SUPPORTED",
     "UnsupportedModelError",
+    "Criterion",
+    "ScoreCriterion",
     "compare_embeddings",
     "count_parameters",
+    "criterion_names",
     "decoder_widths",
     "default_sentences",
     "embed",
@@ -59,6 +62,7 @@ __all__ = [
     "prune_transformer",
     "read_play",
     "read_sentences",
+    "register_criterion",
     "save_pruned_transformer",
     "split_sentences",
     "token_windows",

@@ -34,22 +34,24 @@ class Block:
 
 
 def prune_block(result, name, kind, block: Block, xs, masks, n_keep: int, *, method, refit, ridge, replacement,
-                 max_steps, generator, plan=None) -> None:
+                 max_steps, generator, plan=None, scores=None) -> None:
     """Select and remove the units of one block (``kind`` "ffn", "heads", ...), recording what was done.
 
-    ``plan(stats)``, when given, chooses the units instead of :func:`criteria.plan_block` (a decoder's
-    gradient baseline, or query heads kept equally in every key/value group)."""
+    The criterion registered as ``method`` (:func:`criteria.get_criterion`) chooses the units
+    (:meth:`~criteria.Criterion.plan`, given the block's ``scores`` from its ``model_scores`` if any), or
+    ``plan(stats)`` when given (query heads kept equally in every key/value group)."""
     t0 = time.perf_counter()
+    criterion = criteria.get_criterion(method, decoder=True)
     out, group = block.out, block.group
     weight = out.weight.detach()
     bias = out.bias.detach() if out.bias is not None else torch.zeros(weight.shape[0], dtype=weight.dtype)
     n = weight.shape[1] // group
-    full = criteria.NEEDS_FULL_STATS.get(method, False) or refit is not None
-    needs_stats = full or method in ("wanda", "flap")
+    full = criterion.needs_full_stats or refit is not None
+    needs_stats = full or criterion.needs_stats or criterion.bias_compensated
     stats = input_stats(xs, masks, full=full, transform=block.transform) if needs_stats else None
     if plan is None:
-        plan = criteria.plan_block(method, weight, stats, group, n_keep, weight_in=block.weight_in,
-                                   generator=generator, replacement=replacement, max_steps=max_steps)
+        plan = criterion.plan(weight, stats, group, n_keep, weight_in=block.weight_in, generator=generator,
+                              replacement=replacement, max_steps=max_steps, scores=scores)
     else:
         plan = plan(stats)
     channels = criteria.channels_of(plan.keep, group)

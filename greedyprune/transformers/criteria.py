@@ -37,32 +37,30 @@ Baselines (one score per unit, the top ``n_keep`` kept, ties to the lower index)
 
 ``refit="lstsq"`` re-solves the kept columns of W and the bias by ridge regression on the calibration
 tokens, towards the kept units' pretrained columns (see :func:`refit_lstsq`).
+
+Each method is a :class:`Criterion` subclass registered by name with :func:`register_criterion` (``taylor``,
+for decoders, too); every use of a method's name goes through the registry (:func:`get_criterion`). To add one,
+subclass :class:`Criterion` (or :class:`ScoreCriterion` for a one-score baseline) and decorate it.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import ClassVar
 
 import torch
 
+from ..checks import check_choice
 from ..errors import InvalidOptionError
 from ..selection.block import ReaderProblem, ridge_refit, select_units
 from ..selection.engine import MAX_STEPS, greedy_forward_selection
 from ..selection.result import SelectionResult
 from .stats import InputStats
+from .taylor import taylor_scores
 
-__all__ = ["BIAS_COMPENSATED", "GREEDY", "METHODS", "Plan", "gfs_select", "keep_count", "ls_select", "plan_block",
-           "plan_from_keep", "reconstruction_error",
-           "refit_lstsq", "sum_select", "unit_gram", "unit_scores"]
-
-METHODS = ("gfs", "gfs-sum", "gfs-ls", "magnitude", "wanda", "flap", "random")
-
-GREEDY = ("gfs", "gfs-sum", "gfs-ls")
-"""The greedy forward selections (the others are one-score baselines)."""
-
-NEEDS_FULL_STATS = {"gfs": True, "gfs-sum": True, "gfs-ls": True, "magnitude": False, "wanda": False, "flap": False,
-                    "random": False}
-"""Whether a method reads the whole Gram of the inputs (else its diagonal and the means are enough)."""
-
+__all__ = ["BIAS_COMPENSATED", "CRITERIA", "GREEDY", "METHODS", "NEEDS_FULL_STATS", "Criterion", "Plan",
+           "ScoreCriterion", "channels_of", "criterion_names", "get_criterion", "gfs_select", "keep_count",
+           "ls_select", "plan_block", "plan_from_keep", "reconstruction_error", "refit_lstsq", "register_criterion",
+           "sum_select", "unit_gram", "unit_scores"]
 
 def keep_count(fraction: float, n: int) -> int:
     """Units kept for a keep fraction: ``round(fraction * n)`` (halves up), at least 1."""
@@ -164,24 +162,6 @@ def ls_select(weight: torch.Tensor, stats: InputStats, group: int, n_keep: int) 
     return select_units([problem], n_keep).order
 
 
-def unit_scores(method: str, weight: torch.Tensor, stats: InputStats | None, group: int,
-                weight_in: torch.Tensor | None = None) -> torch.Tensor:
-    """One score per unit for the baselines (higher is kept first); see the module docstring."""
-    w = weight.to(torch.float64)
-    n = w.shape[1] // group
-    if method == "magnitude":
-        per_channel = weight_in.to(torch.float64).norm(dim=1) * w.norm(dim=0)
-    elif method == "wanda":
-        per_channel = (stats.sq / stats.tokens).sqrt() * w.abs().mean(dim=0)
-    elif method == "flap":
-        per_channel = stats.variance * (w * w).sum(dim=0)
-        if group > 1:
-            per_channel = per_channel ** 2  # FLAP squares the head metric before summing a head's channels
-    else:
-        raise InvalidOptionError(f"no score for method {method!r}")
-    return per_channel.reshape(n, group).sum(dim=1)
-
-
 @dataclass
 class Plan:
     """What a method keeps in one block: unit indices, a weight per unit (0 for removed) applied to its
@@ -194,12 +174,131 @@ class Plan:
     selection: SelectionResult | None
 
 
-def plan_block(method: str, weight: torch.Tensor, stats: InputStats | None, group: int, n_keep: int, *,
-               weight_in: torch.Tensor | None = None, generator: torch.Generator | None = None,
-               replacement: bool = True, max_steps: int | None = None) -> Plan:
-    """Choose the units of one block by ``method`` (one of :data:`METHODS`)."""
+def _kept_plan(weight: torch.Tensor, stats: InputStats | None, group: int, keep: torch.Tensor,
+               compensate: bool) -> Plan:
     n = weight.shape[1] // group
-    if method == "gfs":
+    keep = keep.sort().values
+    scale = torch.zeros(n, dtype=torch.float64)
+    scale[keep] = 1.0
+    bias_delta = None
+    if compensate:
+        removed = (scale == 0).repeat_interleave(group)
+        bias_delta = weight.to(torch.float64)[:, removed] @ stats.mean[removed]
+    return Plan(keep=keep, scale=scale, bias_delta=bias_delta, counts=None, selection=None)
+
+
+class Criterion:
+    """How one block's units are chosen: subclass it, set the class attributes, implement :meth:`rank` (or,
+    for a criterion that weights the units it keeps, :meth:`plan`) and register it with
+    :func:`register_criterion`; ``prune_transformer(method=NAME)`` and ``--method NAME`` then accept it.
+
+    A method receives the block's output projection ``weight`` (d, D), its input statistics ``stats``
+    (:class:`~greedyprune.transformers.stats.InputStats`; None unless :attr:`needs_stats`, with the full Gram
+    only if :attr:`needs_full_stats`, or always both when the refit runs), ``group`` channels per unit,
+    ``weight_in`` (the rows that feed each input channel), the seeded ``generator`` and, for a criterion with
+    :meth:`model_scores`, this block's ``scores``.
+    """
+
+    name: ClassVar[str] = ""
+    """``method=`` / ``--method`` name."""
+    summary: ClassVar[str] = ""
+    """A few words on what it does (messages name it)."""
+    greedy: ClassVar[bool] = False
+    """A greedy forward selection (else a one-score baseline)."""
+    needs_full_stats: ClassVar[bool] = False
+    """Reads the whole Gram of the inputs (else their diagonal and means are enough)."""
+    needs_stats: ClassVar[bool] = False
+    """Reads the input statistics at all (the full Gram only with :attr:`needs_full_stats`)."""
+    bias_compensated: ClassVar[bool] = False
+    """Keeps the kept units' own weights and moves the removed units' mean contribution into the bias."""
+    ranked: ClassVar[bool] = True
+    """:meth:`rank` orders all units, so a quota per key/value group can be kept (False: only :meth:`plan`)."""
+    encoders: ClassVar[bool] = True
+    """Applies to encoders too (False: decoders only, e.g. it needs a language-model loss)."""
+    control: ClassVar[bool] = False
+    """A control (the random draw): listed after the criteria in comparisons."""
+
+    def rank(self, weight: torch.Tensor, stats: InputStats | None, group: int, count: int, *,
+             weight_in: torch.Tensor | None = None, generator: torch.Generator | None = None,
+             scores: torch.Tensor | None = None) -> torch.Tensor:
+        """The first ``count`` units in the order this criterion keeps them (a LongTensor)."""
+        raise NotImplementedError(f"criterion {self.name!r} does not rank units")
+
+    def plan(self, weight: torch.Tensor, stats: InputStats | None, group: int, n_keep: int, *,
+             weight_in: torch.Tensor | None = None, generator: torch.Generator | None = None,
+             replacement: bool = True, max_steps: int | None = None, scores: torch.Tensor | None = None) -> Plan:
+        """What to keep in the block: by default the first ``n_keep`` units of :meth:`rank`, with their own
+        weights (:meth:`keep_plan`)."""
+        keep = self.rank(weight, stats, group, n_keep, weight_in=weight_in, generator=generator, scores=scores)
+        return self.keep_plan(weight, stats, group, keep)
+
+    def keep_plan(self, weight: torch.Tensor, stats: InputStats | None, group: int, keep: torch.Tensor) -> Plan:
+        """Keep the units ``keep`` with their own weights (scale 1); a :attr:`bias_compensated` criterion's bias
+        takes the removed channels' mean contribution ``W[:, removed] mean(x)``."""
+        return _kept_plan(weight, stats, group, keep, self.bias_compensated)
+
+    def model_scores(self, model, base, batches: list[dict]) -> list[dict] | None:
+        """Scores computed once on the whole dense decoder before any layer is pruned, per layer
+        ``{"mlp": (N,), "query": (H,), "kv": (KV,)}``, handed to :meth:`rank` as each block's ``scores``;
+        None (the default): each block is scored from its own statistics."""
+        return None
+
+
+class ScoreCriterion(Criterion):
+    """A one-score baseline: :meth:`score` gives each unit a score, the highest are kept (ties to the lower
+    index); ``scores`` handed to :meth:`rank` replace it."""
+
+    def score(self, weight: torch.Tensor, stats: InputStats | None, group: int,
+              weight_in: torch.Tensor | None = None) -> torch.Tensor:
+        """One score per unit (higher is kept first)."""
+        raise NotImplementedError
+
+    def rank(self, weight, stats, group, count, *, weight_in=None, generator=None, scores=None):
+        s = scores if scores is not None else self.score(weight, stats, group, weight_in)
+        return torch.sort(-s, stable=True).indices[:count]
+
+
+CRITERIA: dict[str, Criterion] = {}
+"""The registered criteria by name, in registration order (:func:`register_criterion`)."""
+
+
+def register_criterion(cls: type[Criterion]) -> type[Criterion]:
+    """Class decorator: register a :class:`Criterion` subclass under its ``name`` (an instance of it is kept in
+    :data:`CRITERIA`). Refuses a name already taken."""
+    if not (isinstance(cls, type) and issubclass(cls, Criterion)):
+        raise TypeError(f"register_criterion takes a Criterion subclass, got {cls!r}")
+    name = cls.name
+    if not isinstance(name, str) or not name:
+        raise InvalidOptionError(f"criterion class {cls.__name__} needs a name (a non-empty str)")
+    if name in CRITERIA:
+        raise InvalidOptionError(f"criterion {name!r} is already registered ({type(CRITERIA[name]).__name__}); "
+                                 f"choose another name")
+    CRITERIA[name] = cls()
+    return cls
+
+
+def criterion_names(*, decoder: bool = False) -> tuple[str, ...]:
+    """The registered criteria's names, in registration order: those for encoders, or (``decoder``) all."""
+    return tuple(name for name, c in CRITERIA.items() if decoder or c.encoders)
+
+
+def get_criterion(name: str, *, decoder: bool = False) -> Criterion:
+    """The criterion registered as ``name``; an :class:`~greedyprune.errors.InvalidOptionError` naming the
+    choices (for an encoder, or with ``decoder``) if there is none."""
+    return CRITERIA[check_choice("method", name, criterion_names(decoder=decoder))]
+
+
+@register_criterion
+class GFS(Criterion):
+    """``gfs``: Algorithm 1 with replacement on the block's local objective (see the module docstring)."""
+
+    name, summary = "gfs", "Algorithm 1, count-weighted with replacement"
+    greedy = needs_full_stats = needs_stats = True
+    ranked = False
+
+    def plan(self, weight, stats, group, n_keep, *, weight_in=None, generator=None, replacement=True,
+             max_steps=None, scores=None):
+        n = weight.shape[1] // group
         gram, cross, target_norm = unit_gram(weight, stats, group)
         # the selection is invariant to a common positive scale; a decoder's massive activations (and the N^2
         # of phi = N P) can push the Gram past what the engine accepts, so it is brought to order 1
@@ -209,34 +308,133 @@ def plan_block(method: str, weight: torch.Tensor, stats: InputStats | None, grou
         sel.losses.mul_(unit)  # back in the block's own units
         scale = n * sel.counts.to(torch.float64) / sel.k
         return Plan(keep=sel.selected, scale=scale, bias_delta=None, counts=sel.counts, selection=sel)
-    if method in ("gfs-sum", "gfs-ls"):
-        keep = (sum_select if method == "gfs-sum" else ls_select)(weight, stats, group, n_keep).sort().values
-    elif method == "random":
-        keep = torch.randperm(n, generator=generator)[:n_keep].sort().values
-    else:
-        scores = unit_scores(method, weight, stats, group, weight_in)
-        order = torch.sort(-scores, stable=True).indices
-        keep = order[:n_keep].sort().values
-    return plan_from_keep(method, weight, stats, group, keep)
 
 
-BIAS_COMPENSATED = ("flap", "gfs-sum", "gfs-ls")
-"""Methods that keep the kept units' weights and move the removed units' mean contribution into the bias."""
+@register_criterion
+class GFSSum(Criterion):
+    """``gfs-sum``: :func:`sum_select`, bias compensated."""
+
+    name, summary = "gfs-sum", "greedy forward selection of the sum of the kept units' contributions"
+    greedy = needs_full_stats = needs_stats = bias_compensated = True
+
+    def rank(self, weight, stats, group, count, *, weight_in=None, generator=None, scores=None):
+        return sum_select(weight, stats, group, count)
+
+
+@register_criterion
+class GFSLeastSquares(Criterion):
+    """``gfs-ls``: :func:`ls_select`, bias compensated (without the refit)."""
+
+    name, summary = "gfs-ls", "forward selection with least-squares weights"
+    greedy = needs_full_stats = needs_stats = bias_compensated = True
+
+    def rank(self, weight, stats, group, count, *, weight_in=None, generator=None, scores=None):
+        return ls_select(weight, stats, group, count)
+
+
+@register_criterion
+class Magnitude(ScoreCriterion):
+    """``magnitude``: ``sum_c ||W_in[c, :]|| ||W[:, c]||``."""
+
+    name, summary = "magnitude", "weight magnitude"
+
+    def score(self, weight, stats, group, weight_in=None):
+        w = weight.to(torch.float64)
+        per_channel = weight_in.to(torch.float64).norm(dim=1) * w.norm(dim=0)
+        return per_channel.reshape(w.shape[1] // group, group).sum(dim=1)
+
+
+@register_criterion
+class Wanda(ScoreCriterion):
+    """``wanda`` (Wanda-sp): ``sum_c rms_t(x_c) * mean_j |W[j, c]|``."""
+
+    name, summary = "wanda", "Wanda-sp"
+    needs_stats = True
+
+    def score(self, weight, stats, group, weight_in=None):
+        w = weight.to(torch.float64)
+        per_channel = (stats.sq / stats.tokens).sqrt() * w.abs().mean(dim=0)
+        return per_channel.reshape(w.shape[1] // group, group).sum(dim=1)
+
+
+@register_criterion
+class Flap(ScoreCriterion):
+    """``flap``: FLAP's fluctuation metric ``var_t(x_c) * ||W[:, c]||^2``, bias compensated."""
+
+    name, summary = "flap", "FLAP's fluctuation metric"
+    needs_stats = bias_compensated = True
+
+    def score(self, weight, stats, group, weight_in=None):
+        w = weight.to(torch.float64)
+        per_channel = stats.variance * (w * w).sum(dim=0)
+        if group > 1:
+            per_channel = per_channel ** 2  # FLAP squares the head metric before summing a head's channels
+        return per_channel.reshape(w.shape[1] // group, group).sum(dim=1)
+
+
+@register_criterion
+class Random(Criterion):
+    """``random``: a uniform draw of the units (seeded by the generator)."""
+
+    name, summary = "random", "a uniform random draw"
+    control = True
+
+    def rank(self, weight, stats, group, count, *, weight_in=None, generator=None, scores=None):
+        return torch.randperm(weight.shape[1] // group, generator=generator)[:count]
+
+
+@register_criterion
+class Taylor(ScoreCriterion):
+    """``taylor`` (decoders): LLM-Pruner's first-order group importance (:mod:`~greedyprune.transformers.taylor`),
+    from the language-model loss's gradients on the whole dense model."""
+
+    name, summary = "taylor", "LLM-Pruner's first-order importance"
+    encoders = False
+
+    def score(self, weight, stats, group, weight_in=None):
+        raise InvalidOptionError("'taylor' scores come from the whole model's gradients (model_scores), not from "
+                                 "one block's statistics")
+
+    def model_scores(self, model, base, batches):
+        return taylor_scores(model, base, batches)
+
+
+METHODS = criterion_names()
+"""The built-in encoder criteria's names (the live list, with any registered since: :func:`criterion_names`)."""
+
+GREEDY = tuple(name for name in METHODS if CRITERIA[name].greedy)
+"""The built-in greedy forward selections (the others are one-score baselines)."""
+
+NEEDS_FULL_STATS = {name: CRITERIA[name].needs_full_stats for name in METHODS}
+"""Whether a built-in method reads the whole Gram of the inputs (else its diagonal and the means are enough)."""
+
+BIAS_COMPENSATED = tuple(name for name in METHODS if CRITERIA[name].bias_compensated)
+"""Built-in methods that keep the kept units' weights and move the removed units' mean contribution into the bias."""
+
+
+def unit_scores(method: str, weight: torch.Tensor, stats: InputStats | None, group: int,
+                weight_in: torch.Tensor | None = None) -> torch.Tensor:
+    """One score per unit for a one-score baseline (higher is kept first): :meth:`ScoreCriterion.score` of the
+    criterion registered as ``method``."""
+    criterion = CRITERIA.get(method)
+    if not isinstance(criterion, ScoreCriterion):
+        raise InvalidOptionError(f"no score for method {method!r}")
+    return criterion.score(weight, stats, group, weight_in)
+
+
+def plan_block(method: str, weight: torch.Tensor, stats: InputStats | None, group: int, n_keep: int, *,
+               weight_in: torch.Tensor | None = None, generator: torch.Generator | None = None,
+               replacement: bool = True, max_steps: int | None = None) -> Plan:
+    """Choose the units of one block by the criterion registered as ``method`` (:meth:`Criterion.plan`)."""
+    return get_criterion(method, decoder=True).plan(weight, stats, group, n_keep, weight_in=weight_in,
+                                                    generator=generator, replacement=replacement, max_steps=max_steps)
 
 
 def plan_from_keep(method: str, weight: torch.Tensor, stats: InputStats | None, group: int,
                    keep: torch.Tensor) -> Plan:
-    """The plan of a method that keeps the units ``keep`` with their own weights (scale 1): for the methods of
-    :data:`BIAS_COMPENSATED`, the bias takes the removed channels' mean contribution ``W[:, removed] mean(x)``."""
-    n = weight.shape[1] // group
-    keep = keep.sort().values
-    scale = torch.zeros(n, dtype=torch.float64)
-    scale[keep] = 1.0
-    bias_delta = None
-    if method in BIAS_COMPENSATED:
-        removed = (scale == 0).repeat_interleave(group)
-        bias_delta = weight.to(torch.float64)[:, removed] @ stats.mean[removed]
-    return Plan(keep=keep, scale=scale, bias_delta=bias_delta, counts=None, selection=None)
+    """The plan of a method that keeps the units ``keep`` with their own weights (scale 1): for a bias-compensated
+    method, the bias takes the removed channels' mean contribution ``W[:, removed] mean(x)``."""
+    return get_criterion(method, decoder=True).keep_plan(weight, stats, group, keep)
 
 
 def channels_of(units: torch.Tensor, group: int) -> torch.Tensor:

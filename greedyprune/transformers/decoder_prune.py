@@ -9,8 +9,8 @@ attention context), then the MLP neurons on the outputs of the pruned attention 
 residual after attention - captured there, so the layer's output ``h + mlp(n)`` needs no second attention
 pass; for neuron i, the scalar activation ``a_i`` whose
 ``down_proj`` column ``w_i`` gives its contribution ``P_i = w_i a_i``, exactly an encoder FFN neuron).
-Every method of :mod:`~greedyprune.transformers.criteria` applies unchanged; ``"taylor"`` (LLM-Pruner)
-is added for decoders (:mod:`~greedyprune.transformers.taylor`).
+Every criterion registered in :mod:`~greedyprune.transformers.criteria` applies unchanged, with those for
+decoders only: ``"taylor"`` (LLM-Pruner, :mod:`~greedyprune.transformers.taylor`).
 """
 from __future__ import annotations
 
@@ -27,12 +27,12 @@ from .blocks import REFITS, Block, prune_block
 from .decoder import decoder_layer_shape, decoder_of, shrink_kv_groups, shrink_mlp, shrink_query_heads
 from .stats import LayerInput, capture_layer_inputs, module_inputs, run_layer
 from .support import check_tokenizer, prepare_calibration
-from .taylor import taylor_scores
 from .widths import SCALES, WIDTH_RULES, allocate_widths, flap_allocation, layer_steps, measure_dense_mlps
 
 __all__ = ["DECODER_METHODS", "HEAD_UNITS", "decoder_calibration", "decoder_widths", "prune_decoder"]
 
-DECODER_METHODS = criteria.METHODS + ("taylor",)
+DECODER_METHODS = criteria.criterion_names(decoder=True)
+"""The built-in criteria's names for decoders (the live list: ``criteria.criterion_names(decoder=True)``)."""
 HEAD_UNITS = ("kv", "query")
 
 
@@ -89,40 +89,23 @@ def _head_block(layer, unit) -> Block:
                  add_bias=True)
 
 
-def _quota_plan(method, block, n_groups, per_group, scores, generator):
-    """A plan keeping ``per_group`` query heads in each key/value group: the method's ranking of all heads
+def _quota_plan(criterion, block, n_groups, per_group, scores, generator):
+    """A plan keeping ``per_group`` query heads in each key/value group: the criterion's ranking of all heads
     (a greedy selection's order, or the scores), filtered to the first ``per_group`` of each group."""
     weight = block.out.weight.detach()
     n = weight.shape[1] // block.group
     r = n // n_groups
 
     def plan(stats):
-        if method in ("gfs-ls", "gfs-sum"):
-            order = (criteria.ls_select if method == "gfs-ls" else criteria.sum_select)(weight, stats, block.group, n)
-        elif method == "random":
-            order = torch.randperm(n, generator=generator)
-        else:
-            s = scores if scores is not None else criteria.unit_scores(method, weight, stats, block.group,
-                                                                       block.weight_in)
-            order = torch.sort(-s, stable=True).indices
+        order = criterion.rank(weight, stats, block.group, n, weight_in=block.weight_in, generator=generator,
+                               scores=scores)
         taken = [0] * n_groups
         keep = []
         for u in order.tolist():
             if taken[u // r] < per_group:
                 taken[u // r] += 1
                 keep.append(u)
-        return criteria.plan_from_keep(method, weight, stats, block.group, torch.tensor(keep, dtype=torch.long))
-
-    return plan
-
-
-def _score_plan(method, block, scores, n_keep):
-    """The plan of a baseline whose scores come from outside the block statistics (``"taylor"``)."""
-    weight = block.out.weight.detach()
-
-    def plan(stats):
-        keep = torch.sort(-scores, stable=True).indices[:n_keep]
-        return criteria.plan_from_keep(method, weight, stats, block.group, keep)
+        return criterion.keep_plan(weight, stats, block.group, torch.tensor(keep, dtype=torch.long))
 
     return plan
 
@@ -202,12 +185,12 @@ def prune_decoder(model, calibration, *, tokenizer=None, ffn_keep=None, heads_ke
         raise InvalidOptionError(
             "nothing to prune: give ffn_keep (or widths) and/or heads_keep, fractions in (0, 1] of the "
             "MLP neurons and query heads to keep")
-    check_choice("method", method, DECODER_METHODS)
+    criterion = criteria.get_criterion(method, decoder=True)
     check_choice("refit", refit, REFITS)
     check_choice("heads_unit", heads_unit, HEAD_UNITS)
-    if method == "gfs" and heads_keep is not None and heads_unit == "query":
+    if not criterion.ranked and heads_keep is not None and heads_unit == "query":
         raise InvalidOptionError(
-            "method 'gfs' (Algorithm 1, count-weighted with replacement) cannot keep equal query heads "
+            f"method {method!r} ({criterion.summary}) cannot keep equal query heads "
             "per key/value group; use heads_unit='kv' or another method (gfs-ls)")
     ridge = check_number("ridge", ridge, low=0)
     layer_set = _layer_set(layers, n_layers)
@@ -227,7 +210,7 @@ def prune_decoder(model, calibration, *, tokenizer=None, ffn_keep=None, heads_ke
         base = decoder_of(model)
     was_training = model.training
     model.eval()
-    scores = taylor_scores(model, base, calib.batches) if method == "taylor" else None
+    scores = criterion.model_scores(model, base, calib.batches)
     generator = torch.Generator().manual_seed(check_int("seed", seed, 0))
     options = dict(method=method, refit=refit, ridge=ridge, replacement=replacement,
                    max_steps=check_int("max_steps", max_steps, 1, allow_none=True), generator=generator)
@@ -250,9 +233,8 @@ def prune_decoder(model, calibration, *, tokenizer=None, ffn_keep=None, heads_ke
                         mids = module_inputs(layer, layer.post_attention_layernorm, inputs)
                         xs = [layer.post_attention_layernorm(h) for h in mids]
                         block = _mlp_block(layer)
-                        plan = None if scores is None else _score_plan(method, block, scores[li]["mlp"], n_keep)
-                        prune_block(result, f"model.layers.{li}.mlp", "mlp", block, xs, masks, n_keep, plan=plan,
-                                     **options)
+                        prune_block(result, f"model.layers.{li}.mlp", "mlp", block, xs, masks, n_keep,
+                                     scores=None if scores is None else scores[li]["mlp"], **options)
                         if li < n_layers - 1:
                             inputs = [LayerInput(h + layer.mlp(x), item.args, item.kwargs, item.mask)
                                       for h, x, item in zip(mids, xs, inputs)]
@@ -280,13 +262,11 @@ def _prune_heads(result, li, layer, inputs, masks, head_plan, unit, scores, opti
         return
     context = module_inputs(layer, attn.o_proj, inputs)
     block = _head_block(layer, unit)
-    method = options["method"]
+    criterion = criteria.get_criterion(options["method"], decoder=True)
     plan = None
     if unit == "query":
-        plan = _quota_plan(method, block, n_kv, per_group, None if scores is None else scores[li]["query"],
+        plan = _quota_plan(criterion, block, n_kv, per_group, None if scores is None else scores[li]["query"],
                            options["generator"])
-    elif scores is not None:
-        plan = _score_plan(method, block, scores[li]["kv"], n_groups)
     n_keep = n_groups if unit == "kv" else n_kv * per_group
     prune_block(result, f"model.layers.{li}.self_attn", f"heads-{unit}", block, context, masks, n_keep, plan=plan,
-                 **options)
+                 scores=None if scores is None or unit == "query" else scores[li]["kv"], **options)

@@ -50,7 +50,7 @@ def _check_args(ffn_keep, heads_keep, method, refit, ridge, layers, n_layers):
         raise InvalidOptionError(
             "nothing to prune: give ffn_keep and/or heads_keep, fractions in (0, 1] of the FFN neurons "
             "and attention heads to keep in each layer")
-    check_choice("method", method, criteria.METHODS)
+    criteria.get_criterion(method)
     check_choice("refit", refit, REFITS)
     ridge = check_number("ridge", ridge, low=0)
     if layers is None:
@@ -90,7 +90,8 @@ def prune_transformer(model, calibration, *, tokenizer=None, ffn_keep: float | N
             average of ``N * P_i`` with replacement, kept units scaled by their counts), ``"gfs-sum"`` (the
             sum of the kept units' own contributions, bias compensated), ``"gfs-ls"`` (forward selection
             with least-squares weights, for the refit) - or a baseline: ``"magnitude"``, ``"wanda"``
-            (Wanda-sp), ``"flap"`` (FLAP's fluctuation metric with bias compensation), ``"random"``. See
+            (Wanda-sp), ``"flap"`` (FLAP's fluctuation metric with bias compensation), ``"random"`` - or any
+            other criterion registered with :func:`~greedyprune.transformers.criteria.register_criterion`. See
             :mod:`greedyprune.transformers.criteria` and the README's table.
         refit: ``"lstsq"`` (default) re-solves the kept output-projection columns and bias by ridge
             regression on the calibration tokens (towards the kept units' pretrained columns); None
