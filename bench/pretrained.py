@@ -198,7 +198,7 @@ def main(argv=None) -> int:
             if method.startswith("gfs"):
                 options = {"uniform": method == "gfs-uniform"}
                 if method == "gfs-network":
-                    options.update(objective="network", candidates=8, step=8, batch_size=16)
+                    options.update(objective="network", candidates=8)  # step and batch: the search's budget
                 result = prune_model(model, (calib_x, pseudo), flops_target=budget, calibration=calib_x.shape[0],
                                      eval_examples=16, progress=True, **options)
                 pruned, recalibrated = result.model, result.report["recalibrated"]

@@ -70,7 +70,9 @@ def parse_args(argv=None):
     p.add_argument("--train-iterations", type=int, default=2000)
     p.add_argument("--finetune-iterations", type=int, default=300)
     p.add_argument("--candidates", type=int, default=50)
-    p.add_argument("--batch-size", type=int, default=128)
+    p.add_argument("--batch-size", type=int, default=128, help="training and fine-tuning batch")
+    p.add_argument("--search-batch", type=int, default=None,
+                   help="prune_model's batch_size (the network objective's examples a step; default: its budget)")
     p.add_argument("--device", default="cpu")
     p.add_argument("--threads", type=int, default=None)
     p.add_argument("--out", type=Path, default=Path("runs/quality"))
@@ -188,7 +190,7 @@ def run(args) -> list[dict]:
                     key = (name, seed, extra.get("bn", "batch"), extra.get("objective", "auto"))
                     rule = FlopsTarget(budget, curves=curves.get(key))
                     result = prune_model(model, (train[0], train[1]), rule=rule, candidates=args.candidates,
-                                         batch_size=args.batch_size, seed=seed, device=device, **extra)
+                                         batch_size=args.search_batch, seed=seed, device=device, **extra)
                     curves[key] = rule.curves
                     seconds = time.perf_counter() - start
                     if variant == "gfs":

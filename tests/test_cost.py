@@ -58,7 +58,7 @@ def test_downstream_macs_are_the_layers_from_the_first_reader_on():
 
 def test_planned_steps_equal_the_steps_the_search_takes():
     model, data = _stack(), _data()
-    for step, candidates in (("auto", 50), ("auto", 2), (3, 50)):
+    for step, candidates in (("auto", 50), ("auto", 2), (3, 50), (3, 2)):
         result = prune_model(model, data, keep_ratio=0.5, objective="network", candidates=candidates, step=step,
                              check=False, eval_examples=16)
         _, groups = find_groups(model, data[0][:1], None)
