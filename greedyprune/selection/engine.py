@@ -45,14 +45,18 @@ def prepare_outputs(outputs: torch.Tensor, target: torch.Tensor, loss: str) -> t
 
 def run_selection(scorer, n: int, k: int, *, replacement: bool, candidates: int | None, seed: int,
                   duplicates: dict[int, list[int]], progress: str | None = None, distinct: int | None = None):
-    """Algorithm 1's loop over any :class:`~greedyprune.selection.scorers.Scorer` of n candidates.
+    """Algorithm 1's loop - the only one - over any :class:`~greedyprune.selection.scorers.Scorer` of n
+    candidates (Algorithm 2 is a scorer too: ``sharded.ShardedScorer``).
 
-    Returns ``(indices, counts, losses)``. ``duplicates`` maps a row to the rows exactly equal to it: a
-    lower-index copy that is eligible ties and wins, as in a brute-force loop. With ``distinct``, the loop
-    stops after the step that chose the ``distinct``-th distinct row (k is then a cap), and the returned
-    tensors hold the steps taken: the first T steps of a longer run are exactly a T-step run.
+    Each step draws the candidates (all of them, or ``candidates`` of the available ones with a generator
+    seeded with ``seed``: the same draws wherever this runs), asks ``scorer.pick`` for the choice, lets
+    ``scorer.resolve_duplicate`` choose among its eligible exact copies (``duplicates`` maps a row to the
+    rows exactly equal to it) and adds the chosen row with ``scorer.add``.
+
+    Returns ``(indices, counts, losses)``. The loop runs k steps, or stops earlier after the step that chose
+    the ``distinct``-th distinct row; the returned tensors then hold the steps taken: the first T steps of a
+    longer run are exactly a T-step run.
     """
-    device = scorer.device
     generator = torch.Generator().manual_seed(seed)
     all_rows = torch.arange(n)
     available = torch.ones(n, dtype=torch.bool)
@@ -66,21 +70,14 @@ def run_selection(scorer, n: int, k: int, *, replacement: bool, candidates: int 
 
         steps = tqdm(steps, desc=progress, unit="step", leave=False)
     for step in steps:
-        if candidates is None:
-            rows_cpu = None
-            _, best = scorer.best(step, None if replacement else available.to(device))
-            if best < 0:
-                raise RuntimeError(f"greedy selection found no candidate at step {step}; please report this "
-                                   f"with the inputs")
-        else:
-            pool = all_rows if replacement else all_rows[available]
-            rows_cpu = draw_candidates(generator, pool, candidates)
-            score = scorer.scores(rows_cpu.to(device), step)
-            best = int(rows_cpu[int(torch.argmin(score))])
+        rows = None
+        if candidates is not None:
+            rows = draw_candidates(generator, all_rows if replacement else all_rows[available], candidates)
+        best = scorer.pick(step, None if replacement else available, rows)
         if best in duplicates:  # an exact copy with a lower index, if eligible, ties and wins
-            eligible = set(rows_cpu.tolist()) if rows_cpu is not None else None
-            best = min(j for j in duplicates[best]
-                       if (replacement or available[j]) and (eligible is None or j in eligible))
+            eligible = set(rows.tolist()) if rows is not None else None
+            best = scorer.resolve_duplicate(step, best, [
+                j for j in duplicates[best] if (replacement or available[j]) and (eligible is None or j in eligible)])
         indices[step] = best
         chosen += int(counts[best] == 0)
         counts[best] += 1
