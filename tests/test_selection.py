@@ -154,6 +154,38 @@ def test_progress_bar_runs():
     assert greedy_forward_selection(phi, y, 3, progress=True).k == 3
 
 
+@pytest.mark.parametrize("loss", ["squared", "logistic", "cross_entropy"])
+@pytest.mark.parametrize("candidates", [None, 3])
+def test_early_stops_end_a_run_after_the_step_that_meets_them(loss, candidates):
+    """``distinct=`` and ``stop=`` end the engine's loop after the first step that meets them: the result is
+    that prefix of a k-step run (itself the brute-force loop's selection), and ``stop`` sees every step."""
+    for seed in range(4):
+        phi, y = random_problem(seed, loss, n=12, m=8)
+        k = 30
+        full = greedy_forward_selection(phi, y, k, loss=loss, candidates=candidates, seed=seed)
+        indices, _ = brute_force_selection(phi, y, k, loss=loss, candidates=candidates, seed=seed)
+        assert full.indices.tolist() == indices
+        chosen = [len(set(full.indices[:t].tolist())) for t in range(1, k + 1)]
+        losses = full.losses.tolist()
+        threshold = sorted(losses)[k // 3]
+        calls = []
+
+        def stop(steps, distinct, loss_so_far):
+            calls.append((steps, distinct, loss_so_far))
+            return loss_so_far <= threshold
+
+        cuts = {"stop": (dict(stop=stop), next(t for t in range(1, k + 1) if losses[t - 1] <= threshold)),
+                "distinct": (dict(distinct=chosen[-1]), chosen.index(chosen[-1]) + 1),
+                "never": (dict(stop=lambda *_: False, distinct=phi.shape[0] + 1), k)}
+        for name, (option, t) in cuts.items():
+            cut = greedy_forward_selection(phi, y, k, loss=loss, candidates=candidates, seed=seed, **option)
+            assert cut.k == t and cut.indices.tolist() == indices[:t], (seed, name)
+            assert cut.losses.tolist() == losses[:t], (seed, name)
+            assert cut.counts.tolist() == torch.bincount(full.indices[:t], minlength=phi.shape[0]).tolist()
+            torch.testing.assert_close(cut.output, phi[cut.indices].mean(dim=0))
+        assert calls == [(t, chosen[t - 1], losses[t - 1]) for t in range(1, cuts["stop"][1] + 1)], seed
+
+
 # --- bad input ------------------------------------------------------------------------------------
 
 @pytest.mark.parametrize(
@@ -175,6 +207,7 @@ def test_progress_bar_runs():
         (lambda: (torch.randn(4, 3), torch.randn(3), 1, {"candidates": 0}), "candidates must be >= 1"),
         (lambda: (torch.randn(4, 3), torch.randn(3), 1, {"seed": -1}), "seed must be >= 0"),
         (lambda: (torch.empty(0, 3), torch.randn(3), 1, {}), "non-empty"),
+        (lambda: (torch.randn(4, 3), torch.randn(3), 1, {"stop": 0.01}), "stop must be a function"),
     ],
 )
 def test_bad_input_value_errors(make, match):

@@ -17,6 +17,8 @@ Ties are broken by the lowest neuron index, as a brute-force loop with ``argmin`
 """
 from __future__ import annotations
 
+from typing import Callable
+
 import torch
 
 from ..errors import InvalidOptionError
@@ -44,15 +46,21 @@ def prepare_outputs(outputs: torch.Tensor, target: torch.Tensor, loss: str) -> t
 
 
 def run_selection(scorer, n: int, k: int, *, replacement: bool, candidates: int | None, seed: int,
-                  duplicates: dict[int, list[int]], progress: str | None = None, distinct: int | None = None):
-    """Algorithm 1's loop over any :class:`~greedyprune.selection.scorers.Scorer` of n candidates.
+                  duplicates: dict[int, list[int]], progress: str | None = None, distinct: int | None = None,
+                  stop: Callable[[int, int, float], bool] | None = None):
+    """Algorithm 1's loop - the only one - over any :class:`~greedyprune.selection.scorers.Scorer` of n
+    candidates (Algorithm 2 is a scorer too: ``sharded.ShardedScorer``).
 
-    Returns ``(indices, counts, losses)``. ``duplicates`` maps a row to the rows exactly equal to it: a
-    lower-index copy that is eligible ties and wins, as in a brute-force loop. With ``distinct``, the loop
-    stops after the step that chose the ``distinct``-th distinct row (k is then a cap), and the returned
-    tensors hold the steps taken: the first T steps of a longer run are exactly a T-step run.
+    Each step draws the candidates (all of them, or ``candidates`` of the available ones with a generator
+    seeded with ``seed``: the same draws wherever this runs), asks ``scorer.pick`` for the choice, lets
+    ``scorer.resolve_duplicate`` choose among its eligible exact copies (``duplicates`` maps a row to the
+    rows exactly equal to it) and adds the chosen row with ``scorer.add``.
+
+    Returns ``(indices, counts, losses)``. The loop runs k steps, or stops earlier after the step that chose
+    the ``distinct``-th distinct row, or after the first step at which ``stop(steps, distinct, loss)`` - the
+    steps taken, the distinct rows chosen and the loss so far - is true; the returned tensors then hold the
+    steps taken: the first T steps of a longer run are exactly a T-step run.
     """
-    device = scorer.device
     generator = torch.Generator().manual_seed(seed)
     all_rows = torch.arange(n)
     available = torch.ones(n, dtype=torch.bool)
@@ -66,28 +74,22 @@ def run_selection(scorer, n: int, k: int, *, replacement: bool, candidates: int 
 
         steps = tqdm(steps, desc=progress, unit="step", leave=False)
     for step in steps:
-        if candidates is None:
-            rows_cpu = None
-            _, best = scorer.best(step, None if replacement else available.to(device))
-            if best < 0:
-                raise RuntimeError(f"greedy selection found no candidate at step {step}; please report this "
-                                   f"with the inputs")
-        else:
-            pool = all_rows if replacement else all_rows[available]
-            rows_cpu = draw_candidates(generator, pool, candidates)
-            score = scorer.scores(rows_cpu.to(device), step)
-            best = int(rows_cpu[int(torch.argmin(score))])
+        rows = None
+        if candidates is not None:
+            rows = draw_candidates(generator, all_rows if replacement else all_rows[available], candidates)
+        best = scorer.pick(step, None if replacement else available, rows)
         if best in duplicates:  # an exact copy with a lower index, if eligible, ties and wins
-            eligible = set(rows_cpu.tolist()) if rows_cpu is not None else None
-            best = min(j for j in duplicates[best]
-                       if (replacement or available[j]) and (eligible is None or j in eligible))
+            eligible = set(rows.tolist()) if rows is not None else None
+            best = scorer.resolve_duplicate(step, best, [
+                j for j in duplicates[best] if (replacement or available[j]) and (eligible is None or j in eligible)])
         indices[step] = best
         chosen += int(counts[best] == 0)
         counts[best] += 1
         available[best] = False
         scorer.add(scorer.row(best), best)
         losses[step] = scorer.loss(step + 1)
-        if distinct is not None and chosen >= distinct:
+        if (distinct is not None and chosen >= distinct) or (stop is not None and stop(step + 1, chosen,
+                                                                                            float(losses[step]))):
             return indices[:step + 1].clone(), counts, losses[:step + 1].clone()
     return indices, counts, losses
 
@@ -108,6 +110,7 @@ def greedy_forward_selection(
     chunk_elements: int | None = None,
     progress: bool = False,
     distinct: int | None = None,
+    stop: Callable[[int, int, float], bool] | None = None,
 ) -> SelectionResult:
     """Select k neurons greedily (Algorithm 1) from their output vectors.
 
@@ -135,6 +138,10 @@ def greedy_forward_selection(
         progress: show a progress bar over the k steps.
         distinct: stop after the step that chose this many distinct neurons (k is then the most steps taken;
             ``result.k`` is the steps taken). The selections are those of the first steps of a k-step run.
+        stop: a function ``stop(steps, distinct, loss)`` called after every step with the steps taken, the
+            distinct neurons chosen and the loss so far; the selection ends after the first step at which it
+            returns true (as with ``distinct``, k is then the most steps taken), e.g.
+            ``stop=lambda steps, distinct, loss: loss <= 0.01``.
 
     Returns:
         A :class:`SelectionResult` with ``indices``, ``counts``, ``losses`` and ``output`` (None with
@@ -144,6 +151,9 @@ def greedy_forward_selection(
     output and evaluates its loss, with ties broken by the lowest index (up to floating-point rounding
     of near-ties; the statistics are accumulated in float64).
     """
+    if stop is not None and not callable(stop):
+        raise InvalidOptionError(f"stop must be a function stop(steps, distinct, loss) -> bool, got "
+                                 f"{type(stop).__name__}")
     if gram is not None or cross is not None:
         if outputs is not None or target is not None:
             raise InvalidOptionError("give either outputs and target, or gram and cross (the Gram form), not both")
@@ -176,7 +186,7 @@ def greedy_forward_selection(
     indices, counts, losses = run_selection(
         scorer, n, k, replacement=replacement, candidates=candidates, seed=seed,
         duplicates=duplicate_groups(keys), progress=f"greedy selection ({loss})" if progress else None,
-        distinct=distinct)
+        distinct=distinct, stop=stop)
     if gram is None:
         output = scorer.s / int(indices.numel())
     return SelectionResult(indices=indices, counts=counts, losses=losses, output=output, loss=loss,

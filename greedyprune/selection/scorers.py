@@ -7,8 +7,15 @@ running sum ``s`` of the outputs chosen so far, and answers three questions at s
     best(k, available)    -> (score, index) of the lowest-index minimiser over all candidates
     add(row, key)         -> add a chosen output ``row`` (``key`` is its global index) to the sum
 
-That is the whole protocol (:class:`Scorer`); the engine (``engine.py``) drives it one step at a time,
-and Algorithm 2 (``sharded.py``) wraps one per process. A new loss is one new scorer class.
+The engine (``engine.py``) drives a scorer one step at a time through two more methods, whose defaults
+(:class:`ScorerBase`) are written with the three above::
+
+    pick(k, available, rows)          -> the step's choice: ``best`` over all, or the argmin of ``scores(rows)``
+    resolve_duplicate(k, best, copies) -> which of the eligible exact copies of ``best`` is taken (the lowest)
+
+That is the whole protocol (:class:`Scorer`). Algorithm 2 (``sharded.py``) is a scorer composed around one
+of these per process, overriding ``pick`` and ``resolve_duplicate`` with collectives. A new loss is one new
+scorer class.
 
 Exact arithmetic across processes. Where a row's rounding depends on where it sits in a batched product
 (BLAS matrix-vector kernels treat rows in blocks; SIMD loops round a buffer's last elements
@@ -33,6 +40,7 @@ __all__ = [
     "LogisticScorer",
     "Placement",
     "Scorer",
+    "ScorerBase",
     "SquaredScorer",
     "SubsetSquaredScorer",
     "default_chunk_elements",
@@ -151,8 +159,37 @@ class Scorer(Protocol):
     def loss(self, k: int) -> float:
         ...
 
+    def pick(self, k: int, available: torch.Tensor | None, rows: torch.Tensor | None) -> int:
+        ...
 
-class _PhiScorer:
+    def resolve_duplicate(self, k: int, best: int, copies: list[int]) -> int:
+        ...
+
+
+class ScorerBase:
+    """The engine's two per-step questions, answered with a scorer's ``best`` and ``scores``."""
+
+    device: torch.device
+
+    def pick(self, k: int, available: torch.Tensor | None, rows: torch.Tensor | None) -> int:
+        """The index chosen at step k: the lowest-index minimiser over every row (``rows=None``; only the
+        ``available`` ones when that CPU mask is given) or over the ascending CPU index tensor ``rows``."""
+        if rows is None:
+            _, best = self.best(k, None if available is None else available.to(self.device))
+            if best < 0:
+                raise RuntimeError(f"greedy selection found no candidate at step {k}; please report this "
+                                   f"with the inputs")
+            return best
+        score = self.scores(rows.to(self.device), k)
+        return int(rows[int(torch.argmin(score))])
+
+    def resolve_duplicate(self, k: int, best: int, copies: list[int]) -> int:
+        """The row taken when ``best`` has exact copies: ``copies`` are the eligible ones (``best`` among
+        them), all with its loss; a brute-force loop takes the lowest."""
+        return min(copies)
+
+
+class _PhiScorer(ScorerBase):
     """Shared state of the scorers that hold the outputs ``phi`` (N, m[, C])."""
 
     def __init__(self, phi: torch.Tensor, target: torch.Tensor, chunk_elements: int,
@@ -238,7 +275,7 @@ class SubsetSquaredScorer(SquaredScorer):
         self.s += row
 
 
-class GramScorer:
+class GramScorer(ScorerBase):
     """The squared loss from inner products alone: ``gram[i, j] = <phi_i, phi_j>``, ``cross[i] = <phi_i, y>``.
 
     The scores are those of :class:`SquaredScorer`, ``G_ii - 2 (k+1) c_i + 2 sum_{j in S} G_ij``, and the

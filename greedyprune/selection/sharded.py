@@ -2,7 +2,9 @@
 
 The N candidate neurons are split into contiguous slices, one per process (rank). Every rank holds the
 data's target and its own rows of the (N, m[, C]) output matrix, in an ordinary scorer from
-``scorers.py`` told where its rows sit (:class:`~greedyprune.selection.scorers.Placement`). At each step::
+``scorers.py`` told where its rows sit (:class:`~greedyprune.selection.scorers.Placement`), composed into a
+:class:`ShardedScorer` that the engine's one loop (:func:`~greedyprune.selection.engine.run_selection`)
+drives on every rank, with the same candidate draws everywhere. At each step::
 
     every rank:  (loss_r, i_r) = its scorer's best local candidate and that candidate's exact score
     all ranks:   i_k = the (loss, global index) pair with the lowest loss; ties -> lowest global index
@@ -48,12 +50,12 @@ import torch.distributed as dist
 from ..checks import check_int
 from ..errors import InvalidOptionError
 from ..parallel import DistributedSelectionError, is_initialised
-from .engine import prepare_outputs
+from .engine import prepare_outputs, run_selection
 from .losses import validate_inputs
 from .result import SelectionResult
-from .scorers import FIRST_BATCH, LogisticScorer, Placement, default_chunk_elements, draw_candidates, make_scorer
+from .scorers import FIRST_BATCH, LogisticScorer, Placement, ScorerBase, default_chunk_elements, make_scorer
 
-__all__ = ["greedy_forward_selection", "row_digests"]
+__all__ = ["ShardedScorer", "greedy_forward_selection", "row_digests"]
 
 # Rows up to this many bytes (as float64, times the ranks) travel with the per-step all_gather.
 FUSED_BYTES = 1 << 20
@@ -199,32 +201,26 @@ def _check_tiling(infos: list[dict]) -> int:
     return position
 
 
-class _Shard:
-    """One rank's part of the search: its scorer, where its rows sit, and the per-step exchange."""
+class ShardedScorer(ScorerBase):
+    """Algorithm 2 as a scorer: one rank's ``local`` scorer of its rows ``offset .. offset + n - 1`` of a
+    ``total``-row problem, composed with the per-step exchange so that the engine's loop
+    (:func:`~greedyprune.selection.engine.run_selection`) runs unchanged on every rank.
 
-    def __init__(self, comm: _Comm, phi, target, infos, digests, *, loss, candidates, chunk_elements):
-        self.comm, self.phi = comm, phi
-        self.n = phi.shape[0]
-        self.offset = infos[comm.rank]["offset"]
-        self.total = _check_tiling(infos)
-        device = phi.device
-        chunk = default_chunk_elements(loss, device) if chunk_elements is None else chunk_elements
-        holder = phi if self.n else phi.new_zeros((1,) + tuple(phi.shape[1:]))  # a rank without rows keeps s
-        placement = Placement(self.offset, self.total) if self.n else Placement(0, 1)
-        self.scorer = make_scorer(loss, holder, target, chunk, candidates=candidates, total=self.total,
-                                  placement=placement)
-        self.bounded = isinstance(self.scorer, LogisticScorer)
+    ``pick`` returns the global choice - the lowest (score, global index) over the ranks' local bests - and
+    brings its output row to every rank (``row`` then returns it); ``resolve_duplicate`` agrees on the lowest
+    eligible exact copy across the ranks (one all-reduce); ``add`` and ``loss`` are the local scorer's.
+    """
+
+    def __init__(self, comm: _Comm, local, phi: torch.Tensor, offset: int, total: int,
+                 slices: list[tuple[int, int, int]]):
+        self.comm, self.local, self.phi = comm, local, phi
+        self.n, self.offset, self.total, self.slices = phi.shape[0], offset, total, slices
+        self.device = phi.device
+        self.bounded = isinstance(local, LogisticScorer)
         self.first_batch = -(-FIRST_BATCH // comm.world)  # the engine's first batch, shared out between ranks
-        # exact duplicates anywhere (the same 64-bit digest; equality is confirmed when it matters)
-        owners: dict[int, list[int]] = {}
-        for info, rank_digests in zip(infos, digests):
-            for j, d in enumerate(rank_digests):
-                owners.setdefault(d, []).append(info["offset"] + j)
-        self.duplicates = {j: sorted(m) for m in owners.values() if len(m) > 1 for j in m}
-        self.slices = sorted((i["offset"], i["offset"] + i["n"], r) for r, i in enumerate(infos) if i["n"])
         # each step exchanges every rank's (score, global index, exact evaluations) - and, when rows are
         # small, its best row too (exactly, as float64), which saves the broadcast
-        self.comm_device = comm.device(device)
+        self.comm_device = comm.device(phi.device)
         self.row_shape = tuple(phi.shape[1:])
         row_numel = math.prod(self.row_shape)
         self.fused = comm.world * (3 + row_numel) * 8 <= FUSED_BYTES
@@ -234,7 +230,12 @@ class _Shard:
         self.one = torch.empty(1, dtype=torch.int64, device=self.comm_device)
         self.bound_buf = torch.empty(1, dtype=torch.float64, device=self.comm_device)
         self.share_bound = False
-        self.evaluated_before = self.scorer.evaluated
+        self.evaluated_before = local.evaluated
+        self.chosen_row: torch.Tensor | None = None
+
+    @property
+    def s(self) -> torch.Tensor:
+        return self.local.s
 
     def owner_of(self, j: int) -> int:
         for lo, hi, r in self.slices:
@@ -242,7 +243,22 @@ class _Shard:
                 return r
         raise RuntimeError(f"internal error: no rank owns row {j}")
 
-    def local_best(self, step: int, available: torch.Tensor, rows_cpu: torch.Tensor | None) -> tuple[float, int]:
+    def pick(self, k: int, available: torch.Tensor | None, rows: torch.Tensor | None) -> int:
+        score, i = self.local_best(k, available, rows)
+        best, self.chosen_row = self.global_best(k, score, i)
+        return best
+
+    def row(self, i: int) -> torch.Tensor:
+        """The output row of this step's choice (or of an exact copy of it), on every rank."""
+        return self.chosen_row
+
+    def add(self, row: torch.Tensor, key: int) -> None:
+        self.local.add(row, key)
+
+    def loss(self, k: int) -> float:
+        return self.local.loss(k)
+
+    def local_best(self, step: int, available: torch.Tensor | None, rows_cpu: torch.Tensor | None) -> tuple[float, int]:
         """``(score, local index)`` of this rank's best candidate; ``(inf, -1)`` if it has none."""
         if rows_cpu is None:
             share = None
@@ -257,19 +273,19 @@ class _Shard:
                     share(math.inf)
                 return math.inf, -1
             local = None if available is None else available[self.offset:self.offset + self.n].to(self.phi.device)
-            return self.scorer.best(step, local, share=share, first_batch=self.first_batch)
+            return self.local.best(step, local, share=share, first_batch=self.first_batch)
         lo = int(torch.searchsorted(rows_cpu, self.offset))
         hi = int(torch.searchsorted(rows_cpu, self.offset + self.n))
         if hi <= lo:
             return math.inf, -1
         local_rows = (rows_cpu[lo:hi] - self.offset).to(self.phi.device)
-        values = self.scorer.scores(local_rows, step, position=(lo, rows_cpu.numel()))
+        values = self.local.scores(local_rows, step, position=(lo, rows_cpu.numel()))
         j = int(torch.argmin(values))
         return float(values[j]), int(local_rows[j])
 
     def global_best(self, step: int, score: float, i: int) -> tuple[int, torch.Tensor]:
         """The lowest (score, global index) over the ranks, and its output row on every rank."""
-        evaluated = self.scorer.evaluated
+        evaluated = self.local.evaluated
         self.pair[0], self.pair[1] = score, (self.offset + i if i >= 0 else self.total)
         self.pair[2] = evaluated - self.evaluated_before
         self.evaluated_before = evaluated
@@ -293,22 +309,35 @@ class _Shard:
             self.row_buf, src=self.comm.global_rank(src), group=self.comm.group))
         return best, self.row_buf.to(self.phi.device)
 
-    def lowest_copy(self, step: int, best: int, row: torch.Tensor, available: torch.Tensor,
-                    rows_cpu: torch.Tensor | None, replacement: bool) -> int:
-        """An exact copy of the chosen row with a lower index, if eligible, ties and wins (as in the engine)."""
-        if best not in self.duplicates:
-            return best
-        eligible = set(rows_cpu.tolist()) if rows_cpu is not None else None
-        lower = [j for j in self.duplicates[best] if j < best and (replacement or bool(available[j]))
-                 and (eligible is None or j in eligible)]
+    def resolve_duplicate(self, k: int, best: int, copies: list[int]) -> int:
+        """The lowest eligible copy whose row its owner finds exactly equal to the chosen one (the copies
+        were found by digest); the same answer on every rank."""
+        lower = [j for j in copies if j < best]
         if not lower:
             return best
-        mine = [j for j in lower if self.offset <= j < self.offset + self.n and torch.equal(self.phi[j - self.offset],
-                                                                                           row)]
+        mine = [j for j in lower if self.offset <= j < self.offset + self.n
+                and torch.equal(self.phi[j - self.offset], self.chosen_row)]
         self.one[0] = min(mine, default=best)
-        self.comm.run("resolving a tie between duplicate neurons", step, lambda: dist.all_reduce(
+        self.comm.run("resolving a tie between duplicate neurons", k, lambda: dist.all_reduce(
             self.one, op=dist.ReduceOp.MIN, group=self.comm.group))
         return int(self.one[0])
+
+
+def _sharded_scorer(comm: _Comm, phi, target, infos, digests, *, loss, candidates, chunk_elements):
+    """This rank's :class:`ShardedScorer` around a scorer of its rows told where they sit, and the exact
+    duplicates anywhere (rows with the same 64-bit digest; equality is confirmed when it matters)."""
+    n, offset, total = phi.shape[0], infos[comm.rank]["offset"], _check_tiling(infos)
+    chunk = default_chunk_elements(loss, phi.device) if chunk_elements is None else chunk_elements
+    holder = phi if n else phi.new_zeros((1,) + tuple(phi.shape[1:]))  # a rank without rows keeps s
+    placement = Placement(offset, total) if n else Placement(0, 1)
+    local = make_scorer(loss, holder, target, chunk, candidates=candidates, total=total, placement=placement)
+    owners: dict[int, list[int]] = {}
+    for info, rank_digests in zip(infos, digests):
+        for j, d in enumerate(rank_digests):
+            owners.setdefault(d, []).append(info["offset"] + j)
+    duplicates = {j: sorted(m) for m in owners.values() if len(m) > 1 for j in m}
+    slices = sorted((i["offset"], i["offset"] + i["n"], r) for r, i in enumerate(infos) if i["n"])
+    return ShardedScorer(comm, local, phi, offset, total, slices), duplicates
 
 
 def greedy_forward_selection(
@@ -364,37 +393,15 @@ def greedy_forward_selection(
     comm = _Comm(process_group, k)
     k, phi, target, infos, digests = _exchange_inputs(comm, local_outputs, target, k, offset, loss, replacement,
                                                    candidates, seed, chunk_elements)
-    shard = _Shard(comm, phi, target, infos, digests, loss=loss, candidates=candidates,
-                   chunk_elements=chunk_elements)
-    n_total = shard.total
-    if not replacement and k > n_total:
-        raise InvalidOptionError(f"k={k} exceeds the number of neurons N={n_total}; without replacement k must be <= N")
-
-    generator = torch.Generator().manual_seed(seed)
-    all_rows = torch.arange(n_total)
-    available = torch.ones(n_total, dtype=torch.bool)
-    indices = torch.empty(k, dtype=torch.int64)
-    losses = torch.empty(k, dtype=torch.float64)
-    counts = torch.zeros(n_total, dtype=torch.int64)
-    steps = range(k)
-    if progress and comm.rank == 0:
-        from tqdm.auto import tqdm
-
-        steps = tqdm(steps, desc=f"distributed greedy selection ({loss}, {comm.world} ranks)", unit="step",
-                     leave=False)
-    for step in steps:
-        rows_cpu = None
-        if candidates is not None:  # the same draw on every rank
-            rows_cpu = draw_candidates(generator, all_rows if replacement else all_rows[available], candidates)
-        score, i = shard.local_best(step, None if replacement else available, rows_cpu)
-        best, row = shard.global_best(step, score, i)
-        best = shard.lowest_copy(step, best, row, available, rows_cpu, replacement)
-        indices[step] = best
-        counts[best] += 1
-        available[best] = False
-        shard.scorer.add(row, best)
-        losses[step] = shard.scorer.loss(step + 1)
-
-    return SelectionResult(indices=indices, counts=counts, losses=losses, output=shard.scorer.s / k, loss=loss,
+    scorer, duplicates = _sharded_scorer(comm, phi, target, infos, digests, loss=loss, candidates=candidates,
+                                         chunk_elements=chunk_elements)
+    if not replacement and k > scorer.total:
+        raise InvalidOptionError(f"k={k} exceeds the number of neurons N={scorer.total}; without replacement k must "
+                                 f"be <= N")
+    progress_text = f"distributed greedy selection ({loss}, {comm.world} ranks)" if progress and comm.rank == 0 \
+        else None
+    indices, counts, losses = run_selection(scorer, scorer.total, k, replacement=replacement, candidates=candidates,
+                                            seed=seed, duplicates=duplicates, progress=progress_text)
+    return SelectionResult(indices=indices, counts=counts, losses=losses, output=scorer.s / k, loss=loss,
                            replacement=replacement, candidates=candidates, seed=seed,
                            extra={"world_size": comm.world})
