@@ -4,6 +4,7 @@ refit against its closed form, pruned == the refitted dense network for plain, g
 readers, exact channel counts, MACs of layers with children, and the caller's timers."""
 import copy
 import signal
+import warnings
 
 import pytest
 import torch
@@ -217,6 +218,27 @@ def test_local_objective_reconstructs_through_a_padding_child():
     result = prune_model(model, (X, y), flops_target=0.6, uniform=True, skip=["6"], eval_examples=8)
     assert result.report["macs_after"] <= 0.6 * result.report["macs_before"] * 1.02
     assert len(result.kept["0"]) < 8
+
+
+@pytest.mark.parametrize("bn", ["batch", "running"])
+def test_network_objective_searches_fast_through_a_padding_child(bn):
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(), nn.Conv2d(8, 8, 1), nn.BatchNorm2d(8), nn.ReLU(),
+                          _Padded(8, 6, 2, stride=2), nn.BatchNorm2d(6), nn.ReLU(), nn.AdaptiveAvgPool2d(1),
+                          nn.Flatten(), nn.Linear(6, 3)).eval()  # the padding conv reads group "2"
+    for m in model.modules():
+        if isinstance(m, nn.BatchNorm2d):
+            m.running_mean.normal_(0, 0.1)
+            m.running_var.uniform_(0.5, 1.5)
+    X, y = torch.randn(32, 3, 12, 12), torch.randint(0, 3, (32,))
+    opts = dict(objective="network", keep_ratio=0.5, candidates=4, batch_size=16, bn=bn, eval_examples=8)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # the fast evaluator, no fallback to the reference
+        fast = prune_model(model, (X, y), method="fast", **opts)
+    ref = prune_model(model, (X, y), method="reference", **opts)
+    assert {r["evaluator"] for r in fast.layers} == {"fast"} and fast.kept == ref.kept and "2" in fast.kept
+    torch.testing.assert_close(torch.tensor([r["loss"] for r in fast.layers]),
+                               torch.tensor([r["loss"] for r in ref.layers]), rtol=1e-4, atol=1e-5)
 
 
 def test_a_callers_alarm_survives_prune_model():

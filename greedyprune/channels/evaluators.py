@@ -87,9 +87,21 @@ def _bn_mode(model: nn.Module, bn: str):
     return batch_statistics(model) if bn == "batch" else contextlib.nullcontext()
 
 
+class _LayerTracer(fx.Tracer):
+    """torch.fx's tracer, with every convolution and linear layer a leaf, subclasses included (a ``Conv2d``
+    that pads through a child module, as EfficientNet's, would otherwise be traced into, and its reader
+    would not be called as a module)."""
+
+    def is_leaf_module(self, m: nn.Module, module_qualified_name: str) -> bool:
+        return isinstance(m, LAYERS) or super().is_leaf_module(m, module_qualified_name)
+
+
+LAYERS = (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Linear)
+
+
 def trace(model: nn.Module) -> fx.Graph:
-    """The model's ``torch.fx`` graph (leaf modules kept as calls)."""
-    return fx.Tracer().trace(model)
+    """The model's ``torch.fx`` graph (leaf modules, and every conv / linear layer, kept as calls)."""
+    return _LayerTracer().trace(model)
 
 
 class FastEvaluator:
@@ -134,7 +146,7 @@ class FastEvaluator:
                 continue
             bn, src = self.named[n.target], (n.args[0] if n.args else None)
             if (len(n.args) == 1 and not n.kwargs and getattr(src, "op", None) == "call_module"
-                    and src in self.dependent and isinstance(self.named[src.target], nn.Conv2d)
+                    and src in self.dependent and type(self.named[src.target]) is nn.Conv2d
                     and len(src.users) == 1 and bn.track_running_stats and bn.running_var is not None):
                 conv = self.named[src.target]
                 w, b = fuse_conv_bn_weights(conv.weight, conv.bias, bn.running_mean, bn.running_var, bn.eps,
