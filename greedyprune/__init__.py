@@ -8,7 +8,7 @@ The verbs::
     result = greedyprune.prune_model(cnn, (images, labels), flops_target=0.5)   # deep networks -> PruneResult
 """
 from .advisor import PretrainingAdvisor
-from .channels import UnsupportedLayerError, load_pruned, prune_model, save_pruned
+from .channels import PruneOptions, UnsupportedLayerError, load_pruned, prune_model, save_pruned
 from .models import MODEL_NAMES, get_model
 from .result import PruneResult
 from .selection import LOSSES, SelectionResult, greedy_forward_selection, loss_value
@@ -19,6 +19,7 @@ __version__ = "0.2.0"
 __all__ = [
     "LOSSES",
     "MODEL_NAMES",
+    "PruneOptions",
     "PruneResult",
     "PretrainingAdvisor",
     "SelectionResult",

@@ -1,12 +1,15 @@
-"""``greedyprune prune`` offers every prune_model option: the generated flags against the signature."""
+"""``greedyprune prune`` offers every prune_model option: the generated flags against the fields of
+PruneOptions and prune_model's explicit keywords."""
 import argparse
 import inspect
+from dataclasses import fields
 
 import pytest
 
-from greedyprune.channels import prune_model
+from greedyprune.channels import PruneOptions, prune_model
 from greedyprune.cli import build_parser
-from greedyprune.cli.prune_options import HAND_WRITTEN, NOT_FLAGS, docstring_help, prune_model_overrides
+from greedyprune.cli.prune_options import (HAND_WRITTEN, KEYWORD_FLAGS, NOT_FLAGS, docstring_help, generated_flags,
+                                           prune_model_overrides)
 
 # hand-written flags whose destination is not the option's own name
 SPELLED = {"distributed": "workers", "progress": "no_progress"}
@@ -21,7 +24,7 @@ def _prune_parser():
 
 def test_prune_help_lists_every_prune_model_option():
     dests = {a.dest for a in _prune_parser()._actions}
-    options = set(inspect.signature(prune_model).parameters) - NOT_FLAGS
+    options = ({f.name for f in fields(PruneOptions)} | set(inspect.signature(prune_model).parameters)) - NOT_FLAGS
     missing = {name for name in options if SPELLED.get(name, name) not in dests}
     assert not missing, f"prune_model options without a `greedyprune prune` flag: {sorted(missing)}"
     help_text = _prune_parser().format_help()
@@ -56,4 +59,23 @@ def test_help_comes_from_the_docstring_entry_even_when_it_names_several_options(
 
     assert docstring_help(f, "b") == "the first two, on two lines with thing and code."
     assert docstring_help(f, "c") == "the third."
-    assert docstring_help(prune_model, "budget_curves").startswith("what adaptive budgets")
+    assert docstring_help(prune_model, "skip").startswith("layers whose groups stay whole")
+
+
+def test_the_generated_flags_are_the_option_fields_without_a_hand_written_flag():
+    option_fields = {f.name for f in fields(PruneOptions)}
+    explicit = set(inspect.signature(prune_model).parameters) - NOT_FLAGS
+    assert not option_fields & explicit, "an option is both a PruneOptions field and an explicit keyword"
+    generated = [name for name, _, _ in generated_flags()]
+    assert set(generated) == (option_fields - HAND_WRITTEN) | set(KEYWORD_FLAGS)
+    assert HAND_WRITTEN <= option_fields | explicit
+    assert set(KEYWORD_FLAGS) <= explicit
+    by_dest = {a.dest: a for a in _prune_parser()._actions}
+    for f in fields(PruneOptions):
+        if f.name not in HAND_WRITTEN:  # the flag's help is the field's (markup removed), then its default
+            flag = by_dest[f.name]
+            assert flag.option_strings[0] == "--" + f.name.replace("_", "-")
+            help_text = f.metadata["help"]
+            assert help_text and flag.help.startswith(help_text.replace("``", "")[:20]), f.name
+    assert by_dest["budget_curves"].help.startswith("what adaptive budgets")
+    assert "(default: sensitivity)" in by_dest["budget_curves"].help

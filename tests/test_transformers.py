@@ -335,3 +335,25 @@ def test_minilm_end_to_end():
     refit = prune_transformer(model, calib, tokenizer=tok, ffn_keep=0.25, layers=[0, 1])
     for block in refit.layers:  # the refit never does worse on the calibration tokens than the GFS scales
         assert block["loss"] <= block["loss_before_refit"]
+
+
+def test_an_options_object_and_keywords_give_the_same_pruning(tmp_path):
+    from dataclasses import FrozenInstanceError, fields
+
+    from greedyprune.transformers import TransformerPruneOptions
+
+    model, calib = tiny_model(seed=2), tokens(tmp_path)
+    keywords = dict(ffn_keep=0.5, heads_keep=0.5, method="gfs", refit="lstsq", min_tokens=50, seed=1)
+    by_keywords = prune_transformer(model, calib, **keywords)
+    options = TransformerPruneOptions(**{**keywords, "ffn_keep": 0.75})
+    by_object = prune_transformer(model, calib, options=options, ffn_keep=0.5)
+    assert by_object.kept == by_keywords.kept and by_object.counts == by_keywords.counts
+    with torch.no_grad():
+        torch.testing.assert_close(by_object.model(**calib).last_hidden_state,
+                                   by_keywords.model(**calib).last_hidden_state, rtol=0, atol=0)
+    with pytest.raises(TypeError, match=r"prune_transformer\(\) got an unexpected keyword argument 'ffn_kep'.*"
+                                        r"did you mean 'ffn_keep'"):
+        prune_transformer(model, calib, ffn_kep=0.5)
+    with pytest.raises(FrozenInstanceError):
+        options.seed = 2
+    assert all(f.metadata.get("help") for f in fields(TransformerPruneOptions))

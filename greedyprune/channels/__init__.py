@@ -7,6 +7,7 @@
 * ``budget.py`` - multiply-add budgets over groups;
 * ``reconstruct.py`` - the block-reconstruction objective (the default for width rules), ``objectives.py`` -
   how the driver runs it; ``local.py`` - the paper's local objective (``local-gfs``);
+* ``options.py`` - :class:`PruneOptions`, every tuning option of :func:`prune_model` (fields with their help);
 * ``search.py`` - :func:`prune_model`, the driver;
 * ``io.py`` - :func:`save_pruned` / :func:`load_pruned` without unpickling.
 """
@@ -15,10 +16,12 @@ from .groups import ChannelGroup, UnsupportedLayerError, find_groups, refresh_gr
 from .io import PRUNED_FORMAT, load_pruned, save_pruned
 from .masks import apply_masks, fold_and_remove, group_scales
 from .rules import AccuracyTolerance, FlopsTarget, KeepCounts, KeepRatio, LossGap, Step, StoppingRule
+from .options import PruneOptions
 from .search import METHODS, SearchOptions, prune_model
 
 __all__ = [
     "METHODS", "PRUNED_FORMAT", "AccuracyTolerance", "Batches", "ChannelGroup", "FlopsTarget", "KeepCounts",
-    "KeepRatio", "LossGap", "SearchOptions", "Step", "StoppingRule", "UnsupportedLayerError", "apply_masks",
-    "find_groups", "fold_and_remove", "group_scales", "load_pruned", "prune_model", "refresh_group", "save_pruned",
+    "KeepRatio", "LossGap", "PruneOptions", "SearchOptions", "Step", "StoppingRule", "UnsupportedLayerError",
+    "apply_masks", "find_groups", "fold_and_remove", "group_scales", "load_pruned", "prune_model", "refresh_group",
+    "save_pruned",
 ]

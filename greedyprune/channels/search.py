@@ -26,15 +26,16 @@ from __future__ import annotations
 import copy
 import time
 import warnings
-from dataclasses import dataclass
+from dataclasses import replace
 from typing import Iterable
 
 import torch
 from torch import nn
 
 from ..errors import InvalidOptionError
-from ..checks import as_device, check_choice, check_int, check_number, non_finite_weights
+from ..checks import as_device, non_finite_weights
 from ..metrics import count_macs, model_device_dtype
+from ..options import with_overrides
 from ..result import PruneResult
 from ..selection import draw_candidates
 from ..training.loop import evaluate
@@ -44,6 +45,7 @@ from .evaluators import (CPU_STACK_ELEMENTS, GPU_STACK_ELEMENTS, FastEvaluator, 
                          step_rows, trace)
 from .groups import ChannelGroup, UnsupportedLayerError, find_groups, refresh_group
 from .masks import apply_masks, fold_and_remove, group_scales
+from .options import BN_MODES, METHODS, OBJECTIVES, PruneOptions
 from .budget import per_channel
 from .local import local_curves, local_group
 from .objectives import (calibration_size, dense_targets, recalibrate_if_closer, reconstruct_step, reconstructable,
@@ -54,79 +56,21 @@ from .sensitivity import budget_sensitivity, log_probs
 from .preflight import check_model_accepts, check_train_mode, preflight
 from .rules import PlanContext, Step, StoppingRule, rule_from_options
 
-__all__ = ["BN_MODES", "METHODS", "OBJECTIVES", "SearchOptions", "prune_model"]
+__all__ = ["BN_MODES", "METHODS", "OBJECTIVES", "PruneOptions", "SearchOptions", "prune_model"]
 
-METHODS = ("auto", "fast", "reference")
-OBJECTIVES = ("auto", "network", "local", "local-gfs")
 RECALIBRATE_EACH_GROUP = False
 DEFAULT_RECALIBRATE = 512
 """Examples the batch-norm statistics are re-estimated on by default (objectives other than "local")."""
 PROBE_EXAMPLES = 256
 """Calibration examples on which ``recalibrate=None`` compares the outputs with and without re-estimated statistics."""
-BN_MODES = ("auto", "batch", "running")
-
-
-@dataclass
-class SearchOptions:
-    """How each group is searched (see :func:`prune_model` for the meaning of each field)."""
-
-    candidates: int | None = 50
-    replacement: bool = False
-    batch_size: int | None = None
-    max_steps: int | None = None
-    seed: int = 0
-    finetune_steps: int = 0
-    finetune_lr: float = 0.01
-    finetune_weight_decay: float = 5e-4
-    method: str = "auto"
-    eval_examples: int = 1024
-    stack_elements: int | None = None
-    bn: str = "auto"
-    recalibrate: int | None = None
-    holdout: int | None = None
-    check: bool = True
-    step: int | str = "auto"
-    curve_points: int = 32
-    refit: str | None = None
-    refit_ridge: float | None = None
-    objective: str = "auto"
-    calibration: int | None = None
-    budget_curves: str = "sensitivity"
-
-    def validate(self) -> None:
-        self.candidates = check_int("candidates", self.candidates, 1, allow_none=True)
-        if not isinstance(self.replacement, bool):
-            raise TypeError(f"replacement must be True or False, got {self.replacement!r}")
-        self.batch_size = check_int("batch_size", self.batch_size, 1, allow_none=True)
-        self.max_steps = check_int("max_steps", self.max_steps, 1, allow_none=True)
-        self.seed = check_int("seed", self.seed, 0)
-        self.finetune_steps = check_int("finetune_steps", self.finetune_steps, 0)
-        self.finetune_lr = check_number("finetune_lr", self.finetune_lr, low=0, low_open=True)
-        self.finetune_weight_decay = check_number("finetune_weight_decay", self.finetune_weight_decay, low=0)
-        check_choice("method", self.method, METHODS)
-        check_choice("bn", self.bn, BN_MODES)
-        self.eval_examples = check_int("eval_examples", self.eval_examples, 1)
-        self.stack_elements = check_int("stack_elements", self.stack_elements, 1, allow_none=True)
-        self.recalibrate = check_int("recalibrate", self.recalibrate, 0, allow_none=True)
-        self.holdout = check_int("holdout", self.holdout, 0, allow_none=True)
-        if self.step != "auto":
-            self.step = check_int("step", self.step, 1)
-        check_choice("budget_curves", self.budget_curves, ("local", "network", "sensitivity"))
-        self.curve_points = check_int("curve_points", self.curve_points, 2)
-        if self.refit is not None:
-            check_choice("refit", self.refit, ("lstsq",))
-        if self.refit_ridge is not None:
-            self.refit_ridge = check_number("refit_ridge", self.refit_ridge, low=0)
-        check_choice("objective", self.objective, OBJECTIVES)
-        self.calibration = check_int("calibration", self.calibration, 1, allow_none=True)
-        if not isinstance(self.check, bool):
-            raise TypeError(f"check must be True or False, got {self.check!r}")
+SearchOptions = PruneOptions
+"""The former name of :class:`PruneOptions` (the search reads the resolved copy, ``options.resolved(...)``)."""
 
 
 class _Search:
     """Everything one pruning run shares: the model, its graph, the data subsets, the options."""
 
-    def __init__(self, model, DG, graph, batches: Batches, options: SearchOptions, split, device,
+    def __init__(self, model, DG, graph, batches: Batches, options: PruneOptions, split, device,
                  calibration: torch.Tensor | None, holdout: tuple | None, check_x: torch.Tensor):
         self.model, self.DG, self.graph, self.batches = model, DG, graph, batches
         self.options, self.split, self.device = options, split, device
@@ -156,129 +100,38 @@ def prune_model(
     model: nn.Module,
     data,
     *,
+    options: PruneOptions | None = None,
     rule: StoppingRule | None = None,
-    epsilon: float | None = None,
-    accuracy_tolerance: float | None = None,
-    keep_ratio: float | None = None,
-    flops_target: float | None = None,
-    params_target: float | None = None,
-    uniform: bool = False,
-    candidates: int | None = 50,
-    replacement: bool = False,
-    batch_size: int | None = None,
-    max_steps: int | None = None,
-    seed: int = 0,
     device: str | torch.device | None = None,
     skip: Iterable | None = None,
     extra_skip: Iterable = (),
-    bn: str = "auto",
-    recalibrate: int | None = None,
-    holdout: int | None = None,
-    finetune_steps: int = 0,
-    finetune_lr: float = 0.01,
-    finetune_weight_decay: float = 5e-4,
-    method: str = "auto",
-    eval_examples: int = 1024,
-    stack_elements: int | None = None,
-    check: bool = True,
-    unsupported: str = "error",
-    step: int | str = "auto",
-    curve_points: int = 32,
-    refit: str | None = None,
-    refit_ridge: float | None = None,
-    objective: str = "auto",
-    calibration: int | None = None,
-    budget_curves: str = "sensitivity",
     inplace: bool = False,
     progress: bool = False,
     distributed: bool = False,
     process_group=None,
+    **overrides,
 ) -> PruneResult:
     """Prune the channels of a deep network by layer-wise greedy forward selection.
+
+    ``prune_model(model, data, options=PruneOptions(keep_ratio=0.5, seed=1))``, or the same options as keywords,
+    ``prune_model(model, data, keep_ratio=0.5, seed=1)``; keywords given with ``options`` replace its fields.
 
     Args:
         model: the network (not changed unless ``inplace``). Anything Torch-Pruning can trace; the
             fast search needs ``torch.fx``-traceable models and falls back to the reference search.
         data: a DataLoader (or any iterable of ``(inputs, labels)`` batches, cycled) or an ``(X, y)``
             pair of tensors (X already shaped as the model's input, y integer labels). Inputs must be finite.
-        rule: a stopping rule object (:mod:`greedyprune.channels.rules`), or one keyword shortcut:
-        epsilon: stop a group when its held-out loss is within this relative gap of the loss with the
-            group unpruned: ``(loss_S - loss_full) <= epsilon * loss_full``.
-        accuracy_tolerance: stop when held-out top-1 accuracy is at least ``(1 - tolerance)`` x the
-            unpruned accuracy (the public implementation uses 0.02). The default rule when none is given.
-        keep_ratio: keep this fraction of each group's channels (at least one).
-        flops_target, params_target: keep this fraction (0, 1) of the dense network's multiply-adds or
-            parameters. By default each group's width follows its own loss curve (see
-            :class:`~greedyprune.channels.rules.Budget`); ``uniform=True`` keeps the same fraction in every
-            group instead.
-        candidates: channels evaluated per step (a seeded random subset), or None for all.
-        replacement: allow a channel to be chosen more than once (its scale grows).
-        batch_size: examples each greedy step of the network objective scores its candidates on. None
-            (default): up to 128, fewer (not under 16) when the search's estimated multiply-adds would
-            pass a budget (:mod:`~greedyprune.channels.cost`; ``report["step_batch"]`` says which).
-        max_steps: cap on steps per group (default: D without replacement, 2 D with).
-        seed: seeds the candidate subsets, the batches and the held-out / calibration subsets.
+        options: a :class:`~greedyprune.channels.options.PruneOptions` (default: its defaults): the stopping
+            rule's keyword shortcut (``epsilon``, ``accuracy_tolerance`` - the default rule, 0.02 -,
+            ``keep_ratio``, ``flops_target``, ``params_target``, ``uniform``) and how groups are searched
+            (``candidates``, ``objective``, ``bn``, ``recalibrate``, ``step``, ...); ``help(PruneOptions)``
+            describes each.
+        **overrides: any field of :class:`PruneOptions` as a keyword (an unknown name raises ``TypeError``).
+        rule: a stopping rule object (:mod:`greedyprune.channels.rules`) instead of a keyword shortcut.
         device: where to search (default: the model's device).
         skip: layers whose groups stay whole; None = the classifier, the input layer when its outputs
             are a group of their own (a stem that writes a residual stream is pruned with the stream),
             and ``model.greedyprune_skip_layers()``. ``extra_skip`` adds to it.
-        bn: "batch" (candidates scored with batch-statistics batch norms), "running" (with the stored
-            statistics), or "auto" (batch when the model has batch norms).
-        recalibrate: examples of the calibration subset the batch-norm statistics are re-estimated on
-            after every group and at the end (the local objective: at the end only); 0 = never. None
-            (default): 512 with the network objectives; with the local objective the dense statistics are
-            kept (each reader reproduces its dense outputs, so they stay right), unless statistics
-            re-estimated on the calibration examples bring the outputs there closer to the dense network's
-            (:func:`~greedyprune.channels.objectives.recalibrate_if_closer`: a tight budget's large errors).
-        holdout: examples of the fixed held-out subset on which the rules that compare with the unpruned
-            group and the loss curves of adaptive budgets are measured; 0 = the step's batch; None (default)
-            = 512, or a quarter of a smaller data set. From an (X, y) pair they are set aside (not used for
-            the search); from a loader they are its first examples. Unused by the other rules.
-        finetune_steps, finetune_lr, finetune_weight_decay: SGD steps (momentum 0.9) after each group; 0 =
-            none. The public implementation uses about 0.1 epoch at lr 2.5e-3 and weight decay 4e-5.
-        method: "fast" (stacked downstream-only evaluation), "reference" (full masked forward per
-            candidate), or "auto" (fast, falling back to reference with a warning).
-        eval_examples: size of the fixed set the report's before/after loss and accuracy use.
-        stack_elements: memory cap of the stacked forward: elements of its largest activation.
-        check: before the search, prune a copy group by group with random counts and compare it with the
-            masked copy (:func:`~greedyprune.channels.preflight.preflight`); after each group, compare the
-            physically pruned network with the masked one. A difference raises :class:`UnsupportedLayerError`.
-        unsupported: "error" (default) refuses a model with a group that cannot be masked and removed
-            exactly; "skip" leaves such groups whole, with a warning naming each and why.
-        step: channels (units) added per greedy step of the network objective: the best ``step`` candidates
-            of the step's scoring (1 = the paper's one at a time; larger is faster and less exact). "auto"
-            (default): about 16 steps to a group's fixed width (one at a time for groups keeping up to 16
-            units, and for the rules that compare losses).
-        budget_curves: what adaptive budgets (flops_target, params_target) allocate widths by:
-            "sensitivity" (default: each group alone cut to six widths by the block reconstruction on the
-            dense network, refitted on the first half of the calibration examples, the curve the mean KL
-            divergence of the network's outputs on examples of the second half,
-            :mod:`greedyprune.channels.sensitivity`; a probe forward per group and width), "local" (each
-            group's reconstruction-error curve, one calibration pass for all groups: cheaper, but blind to
-            how much a layer's error matters downstream) or, with the network objective, "network" (each
-            group grown on the dense network with the held-out loss measured about ``curve_points`` times:
-            a network search per group, slow on a CPU).
-        curve_points: points of each group's loss curve for adaptive budgets (the curve is measured with
-            ``ceil(D / curve_points)`` channels added per step).
-        refit: for the network objective: None (fold the scales ``D * count / |S|`` into the readers, the
-            paper's way) or "lstsq": re-solve the readers' weights on the kept channels by ridge regression on
-            the calibration subset (:mod:`greedyprune.channels.refit`). The local objective always refits.
-        refit_ridge: the refit's ridge, ``lam = refit_ridge * mean(diag P_K P_K') * |K| / positions``
-            (:func:`greedyprune.selection.block.ridge_refit`, the convention transformers use too). None
-            (default): with the local objective, chosen per reader by two-fold cross-validation over the two
-            halves of the calibration set (so few calibration images are not overfitted); 0.5 for the network
-            objective's ``refit="lstsq"``.
-        objective: "auto" (default): "local" when the rule fixes each group's width (keep_ratio, flops_target,
-            params_target, KeepCounts), else "network". "local" (block reconstruction,
-            :mod:`greedyprune.channels.reconstruct`): each group's readers reproduce their dense-network
-            outputs from the kept channels, on inputs from the network as already pruned, by greedy forward
-            selection with least-squares weights and a ridge refit (``refit_ridge``); no candidate forwards, one
-            calibration forward per group; adaptive budgets allocate widths by each group's reconstruction-error
-            curve. "network": each candidate scored by the whole network's loss (the paper's way; slower: a
-            stacked forward per step). "local-gfs": the paper's Algorithm 1 with replacement on the readers'
-            reconstruction, scales ``D * count / |S|`` folded, no refit.
-        calibration: examples whose statistics the local objective uses (default: as many as one dense
-            forward of about 150 G multiply-adds allows, between 32 and 4,096).
         inplace: prune ``model`` itself instead of a deep copy.
         progress: show a progress bar over groups.
         distributed: split each step's candidates across the ranks of the initialised
@@ -291,13 +144,11 @@ def prune_model(
         ``counts`` per group, one record per group in ``layers``, a before/after ``report`` (evaluated in
         eval mode; after recalibration when ``recalibrate``) and the replayable pruning ``history``.
     """
-    stop = rule_from_options(rule, uniform=uniform, epsilon=epsilon, accuracy_tolerance=accuracy_tolerance,
-                             keep_ratio=keep_ratio, flops_target=flops_target, params_target=params_target)
-    options = SearchOptions(candidates, replacement, batch_size, max_steps, seed, finetune_steps, finetune_lr,
-                            finetune_weight_decay, method, eval_examples, stack_elements, bn, recalibrate, holdout,
-                            check, step, curve_points, refit, refit_ridge, objective, calibration, budget_curves)
-    options.validate()
-    check_choice("unsupported", unsupported, ("error", "skip"))
+    options = with_overrides(PruneOptions, options, overrides, "prune_model")
+    stop = rule_from_options(rule, uniform=options.uniform, epsilon=options.epsilon,
+                             accuracy_tolerance=options.accuracy_tolerance, keep_ratio=options.keep_ratio,
+                             flops_target=options.flops_target, params_target=options.params_target)
+    options = options.validate()
     if not isinstance(model, nn.Module):
         raise TypeError(f"model must be an nn.Module, got {type(model).__name__}")
     start_time = time.perf_counter()
@@ -316,13 +167,17 @@ def prune_model(
             f"the model's weights hold NaN or infinite values ({bad}), so no subnetwork of it computes "
             f"anything; it probably comes from a training run that diverged: prune a checkpoint from "
             f"before that (or train again with a lower learning rate)")
-    if options.bn == "auto":
-        options.bn = "batch" if has_batch_norm(model) else "running"
-    options.objective = resolve_objective(options.objective, stop)
+    objective = resolve_objective(options.objective, stop)
+    auto_recalibrate = options.recalibrate is None and objective == "local"
+    options = options.resolved(  # the block reconstruction keeps the dense statistics right: no recalibration
+        objective=objective,
+        bn=("batch" if has_batch_norm(model) else "running") if options.bn == "auto" else options.bn,
+        recalibrate=(0 if objective == "local" else DEFAULT_RECALIBRATE) if options.recalibrate is None
+        else options.recalibrate,
+        stack_elements=options.stack_elements or (GPU_STACK_ELEMENTS if device.type == "cuda"
+                                                  else CPU_STACK_ELEMENTS))
     local = options.objective in ("local", "local-gfs")
-    auto_recalibrate = options.recalibrate is None and options.objective == "local"
-    if options.recalibrate is None:  # the block reconstruction keeps the dense statistics right
-        options.recalibrate = 0 if options.objective == "local" else DEFAULT_RECALIBRATE
+    unsupported = options.unsupported
     needs_holdout = stop.needs_unpruned or (stop.needs_curves and not local
                                             and options.budget_curves == "network")
     batches, holdout_set = split_data(data, options.holdout if needs_holdout else 0,
@@ -340,8 +195,6 @@ def prune_model(
         raise InvalidOptionError(
             "no prunable channel group: every group holds a skipped layer; pass skip=[] or fewer layers")
     before = _measure(model, example, eval_x, eval_y)
-    if options.stack_elements is None:
-        options.stack_elements = GPU_STACK_ELEMENTS if device.type == "cuda" else CPU_STACK_ELEMENTS
     calibration = None
     if options.recalibrate and has_batch_norm(model):
         calibration = batches.fixed(options.recalibrate)[0]
@@ -409,12 +262,13 @@ def prune_model(
 
 
 def search_group(search: _Search, group: ChannelGroup, index: int, stop: StoppingRule | None,
-                 curve: list | None = None) -> tuple[torch.Tensor, dict]:
+                 curve: list | None = None, opts: PruneOptions | None = None) -> tuple[torch.Tensor, dict]:
     """Grow one group's multiset until ``stop`` says so (``None``: to its full width). Returns
     ``(per-channel counts, record)``. With ``curve`` (a list), ``(channels kept, held-out loss, unpruned
     held-out loss)`` is appended after every step. Channels tied in units (:attr:`ChannelGroup.units`) are
-    selected a unit at a time."""
-    opts, device, D, U = search.options, search.device, group.channels, group.num_units
+    selected a unit at a time. ``opts``: the run's resolved options unless given (a loss curve's)."""
+    opts = search.options if opts is None else opts
+    device, D, U = search.device, group.channels, group.num_units
     units = None if group.units is None else group.units.to(device)
 
     def widen(rows: torch.Tensor) -> torch.Tensor:  # (K, U) unit scales -> (K, D) channel scales
@@ -535,14 +389,9 @@ def _network_curves(search: _Search, groups: list[ChannelGroup]) -> dict[str, tu
     curves = {}
     for gi, group in enumerate(groups):
         curve: list = []
-        without_replacement = copy.copy(search.options)
-        without_replacement.replacement, without_replacement.max_steps = False, None
-        without_replacement.step = max(1, -(-group.num_units // search.options.curve_points))
-        search.options, saved = without_replacement, search.options
-        try:
-            search_group(search, refresh_group(search.DG, search.model, group), gi, None, curve)
-        finally:
-            search.options = saved
+        grow = replace(search.options, replacement=False, max_steps=None,
+                       step=max(1, -(-group.num_units // search.options.curve_points)))
+        search_group(search, refresh_group(search.DG, search.model, group), gi, None, curve, grow)
         curves[group.name] = (per_channel(group, curve), curve[-1][2] if curve else float("nan"))
     return curves
 

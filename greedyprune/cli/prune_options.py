@@ -1,26 +1,32 @@
 """``greedyprune prune``'s flags for the :func:`~greedyprune.channels.prune_model` options that have no hand-written
-flag: generated from its signature (the name, the default) and its docstring (the help), with a parsing type
-per option in :data:`OPTION_TYPES`. A new ``prune_model`` keyword without an entry there (or in
-:data:`HAND_WRITTEN` / :data:`NOT_FLAGS`) fails at import, so the CLI cannot fall behind the library."""
+flag: one per field of :class:`~greedyprune.channels.PruneOptions` (the name, the default, the help from the
+field's metadata) and one per explicit keyword in :data:`KEYWORD_FLAGS` (``skip``, ``extra_skip``: help from
+``prune_model``'s docstring), with a parsing type per flag in :data:`OPTION_TYPES`. A new field without an entry
+there (or in :data:`HAND_WRITTEN`) fails at import, so the CLI cannot fall behind the library."""
 from __future__ import annotations
 
 import argparse
 import inspect
 import re
+from dataclasses import fields
 
+from ..options import plain_help
 from .common import int_at_least, name_list, nonnegative_float, nonnegative_int, number, positive_int
 
-__all__ = ["HAND_WRITTEN", "NOT_FLAGS", "OPTION_TYPES", "add_prune_model_options", "docstring_help",
-           "prune_model_overrides"]
+__all__ = ["HAND_WRITTEN", "KEYWORD_FLAGS", "NOT_FLAGS", "OPTION_TYPES", "add_prune_model_options",
+           "docstring_help", "generated_flags", "prune_model_overrides"]
 
 HAND_WRITTEN = {"epsilon", "accuracy_tolerance", "keep_ratio", "flops_target", "params_target", "candidates",
                 "replacement", "batch_size", "seed", "device", "finetune_steps", "method", "objective", "calibration",
                 "uniform", "distributed", "progress"}
 """Options with a flag written in ``cli/deep.py`` (rule flags are mutually exclusive there; ``--workers``
 sets ``distributed``; ``--no-progress`` sets ``progress``)."""
-NOT_FLAGS = {"model", "data", "rule", "process_group", "inplace"}
-"""Arguments a command line cannot give: the model and data are loaded by the command, a rule object and a
-process group are Python objects, and the CLI never prunes the loaded model in place."""
+KEYWORD_FLAGS = ("skip", "extra_skip")
+"""``prune_model``'s explicit keywords (not :class:`PruneOptions` fields) with a generated flag."""
+NOT_FLAGS = {"model", "data", "options", "rule", "process_group", "inplace", "overrides"}
+"""Arguments a command line cannot give: the model and data are loaded by the command, an options object, a rule
+object and a process group are Python objects (the options' fields are flags), and the CLI never prunes the
+loaded model in place."""
 
 
 def _step(text: str):
@@ -53,36 +59,39 @@ def docstring_help(function, name: str) -> str:
     arguments, ``a, b: ...``), joined into one line."""
     doc = inspect.getdoc(function) or ""
     args = doc.split("Args:", 1)[-1].split("\nReturns:", 1)[0]
-    entries = re.split(r"\n(?=    [a-z][a-z_0-9]*(?:, [a-z][a-z_0-9]*)*:)", "\n" + args.strip("\n"))
+    entries = re.split(r"\n(?=    [a-z*][a-z_0-9*]*(?:, [a-z][a-z_0-9]*)*:)", "\n" + args.strip("\n"))
     for entry in entries:
         head, _, text = entry.strip().partition(":")
         if name in [h.strip() for h in head.split(",")]:
-            text = re.sub(r":[a-z]+:`~?([^`]+)`", lambda m: m.group(1).rsplit(".", 1)[-1], text)  # Sphinx roles
-            return " ".join(text.replace("``", "").split())
+            return plain_help(text)
     return ""
 
 
-def _generated(prune_model) -> list[inspect.Parameter]:
-    params = [p for p in inspect.signature(prune_model).parameters.values()
-              if p.name not in HAND_WRITTEN | NOT_FLAGS]
-    missing = [p.name for p in params if p.name not in OPTION_TYPES]
+def generated_flags() -> list[tuple[str, str, object]]:
+    """``(name, help, default)`` of every generated flag: the explicit keywords of :data:`KEYWORD_FLAGS`, then
+    the fields of :class:`PruneOptions` not in :data:`HAND_WRITTEN`, in their order."""
+    from ..channels.options import PruneOptions
+    from ..channels.search import prune_model  # the defining module: tests may stub the package's name
+
+    params = inspect.signature(prune_model).parameters
+    out = [(name, docstring_help(prune_model, name), params[name].default) for name in KEYWORD_FLAGS]
+    out += [(f.name, plain_help(f.metadata.get("help", "")), f.default) for f in fields(PruneOptions)
+            if f.name not in HAND_WRITTEN]
+    missing = [name for name, _, _ in out if name not in OPTION_TYPES]
     if missing:
-        raise RuntimeError(f"prune_model options without a CLI flag: {missing}; add each to OPTION_TYPES (or to "
-                           f"HAND_WRITTEN / NOT_FLAGS) in greedyprune/cli/prune_options.py")
-    return params
+        raise RuntimeError(f"PruneOptions fields without a CLI flag: {missing}; add each to OPTION_TYPES (or to "
+                           f"HAND_WRITTEN) in greedyprune/cli/prune_options.py")
+    return out
 
 
 def add_prune_model_options(parser: argparse.ArgumentParser) -> None:
-    """One flag per :func:`prune_model` option not written by hand, in a group of its own; absent flags are
-    left out of the call (``prune_model``'s own defaults apply)."""
-    from ..channels.search import prune_model  # the defining module: tests may stub the package's name
-
-    group = parser.add_argument_group("more prune_model options (generated; see help(greedyprune.prune_model))")
-    for p in _generated(prune_model):
-        default = "" if p.default is None else f" (default: {p.default})"
-        text = (docstring_help(prune_model, p.name) + default).replace("%", "%%")
-        group.add_argument("--" + p.name.replace("_", "-"), dest=p.name, default=argparse.SUPPRESS, help=text,
-                           **OPTION_TYPES[p.name])
+    """One flag per :class:`PruneOptions` field (and explicit keyword) not written by hand, in a group of its
+    own; absent flags are left out of the call (``prune_model``'s own defaults apply)."""
+    group = parser.add_argument_group("more prune_model options (generated; see help(greedyprune.PruneOptions))")
+    for name, text, default in generated_flags():
+        shown = "" if default is None else f" (default: {default})"
+        group.add_argument("--" + name.replace("_", "-"), dest=name, default=argparse.SUPPRESS,
+                           help=(text + shown).replace("%", "%%"), **OPTION_TYPES[name])
 
 
 def prune_model_overrides(args: argparse.Namespace) -> dict:

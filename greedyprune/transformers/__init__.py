@@ -23,6 +23,7 @@ from .evaluate import compare_embeddings, count_parameters, embed, latency, pair
 from .io import load_pruned_transformer, save_pruned_transformer
 from .llm import LLM_INSTALL_HINT, load_smollm2, play_names, read_play, token_windows
 from .perplexity import generation_speed, perplexity
+from .options import TransformerPruneOptions
 from .prune import DEFAULT_METHOD, DEFAULT_REFIT, DEFAULT_RIDGE, REFITS, prune_transformer
 from .support import INSTALL_HINT, SUPPORTED, UnsupportedModelError, load_minilm, minilm_path
 from .text import default_sentences, read_sentences, split_sentences
@@ -41,6 +42,7 @@ __all__ = [
     "METHODS",
     "REFITS",
     "SUPPORTED",
+    "TransformerPruneOptions",
     "UnsupportedModelError",
     "Criterion",
     "ScoreCriterion",

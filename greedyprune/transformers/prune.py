@@ -16,28 +16,17 @@ import torch
 
 from ..checks import check_choice, check_int, check_number
 from ..errors import InvalidOptionError
+from ..options import with_overrides
 from ..result import PruneResult
 from . import criteria
 from .blocks import REFITS, Block, prune_block
 from .stats import capture_layer_inputs, finish_ffn, module_inputs, run_layer
-from .support import MIN_CALIBRATION_TOKENS, encoder_of, prepare_calibration, require_transformers
+from .options import DEFAULT_METHOD, DEFAULT_REFIT, DEFAULT_RIDGE, TransformerPruneOptions
+from .support import encoder_of, prepare_calibration, require_transformers
 from .surgery import head_size, shrink_ffn, shrink_heads
 
-__all__ = ["DEFAULT_METHOD", "DEFAULT_REFIT", "DEFAULT_RIDGE", "prune_block", "prune_transformer", "REFITS"]
-
-DEFAULT_METHOD = "gfs-ls"
-"""Forward selection with least-squares weights: on all-MiniLM-L6-v2 with the refit it kept the sentence
-embeddings closest to the dense model's at 75, 50 and 25% of the FFN neurons (README table)."""
-
-DEFAULT_REFIT = "lstsq"
-"""Re-solve the kept output columns by default: see the README's measurements (the GFS count scale
-alone moves the embeddings far from the dense model's once fewer than ~3/4 of the neurons are kept)."""
-
-DEFAULT_RIDGE = 0.5
-"""Ridge of the refit (``lam = ridge * |K| * mean per-token variance``, see :func:`criteria.refit_lstsq`),
-chosen from held-out block errors on MiniLM at 874 to 15,870 calibration tokens (``bench/transformer.py
---ridge-sweep``; README)."""
-
+__all__ = ["DEFAULT_METHOD", "DEFAULT_REFIT", "DEFAULT_RIDGE", "prune_block", "prune_transformer", "REFITS",
+           "TransformerPruneOptions"]
 
 def _count_params(model) -> int:
     return sum(p.numel() for p in model.parameters())
@@ -61,13 +50,8 @@ def _check_args(ffn_keep, heads_keep, method, refit, ridge, layers, n_layers):
     return ffn_keep, heads_keep, ridge, layers
 
 
-def prune_transformer(model, calibration, *, tokenizer=None, ffn_keep: float | None = None,
-                      heads_keep: float | None = None, method: str = DEFAULT_METHOD,
-                      refit: str | None = DEFAULT_REFIT,
-                      ridge: float = DEFAULT_RIDGE, replacement: bool = True, max_steps: int | None = None,
-                      layers=None, batch_size: int | None = None, max_length: int | None = None,
-                      min_tokens: int = MIN_CALIBRATION_TOKENS, seed: int = 0, inplace: bool = False,
-                      progress: bool = False, heads_unit: str = "kv", widths=None) -> PruneResult:
+def prune_transformer(model, calibration, *, options: TransformerPruneOptions | None = None, tokenizer=None,
+                      inplace: bool = False, progress: bool = False, **overrides) -> PruneResult:
     """Prune the FFN (MLP) neurons and/or attention heads of every layer of an encoder or a decoder.
 
     Encoders: BERT-family (``BertModel`` and models built on one). Decoders: Llama-family
@@ -83,37 +67,14 @@ def prune_transformer(model, calibration, *, tokenizer=None, ffn_keep: float | N
             (and ``attention_mask``). Decoders: a text (str; cut into windows of ``max_length`` tokens), or a
             (B, L) tensor / dict of token windows.
         tokenizer: the model's tokenizer (for sentences).
-        ffn_keep: fraction in (0, 1] of each layer's FFN neurons to keep (``round(f * N)``, at least 1);
-            None leaves the FFNs alone.
-        heads_keep: fraction in (0, 1] of each layer's attention heads to keep; None leaves them alone.
-        method: a greedy forward selection on the block's local objective - ``"gfs"`` (Algorithm 1: the
-            average of ``N * P_i`` with replacement, kept units scaled by their counts), ``"gfs-sum"`` (the
-            sum of the kept units' own contributions, bias compensated), ``"gfs-ls"`` (forward selection
-            with least-squares weights, for the refit) - or a baseline: ``"magnitude"``, ``"wanda"``
-            (Wanda-sp), ``"flap"`` (FLAP's fluctuation metric with bias compensation), ``"random"`` - or any
-            other criterion registered with :func:`~greedyprune.transformers.criteria.register_criterion`. See
-            :mod:`greedyprune.transformers.criteria` and the README's table.
-        refit: ``"lstsq"`` (default) re-solves the kept output-projection columns and bias by ridge
-            regression on the calibration tokens (towards the kept units' pretrained columns); None
-            keeps the method's own weights (GFS: scaled by ``N * count / k``; FLAP: bias compensated).
-        ridge: the refit's ridge: ``lam = ridge * |K| * mean per-token variance of the kept channels``.
-        replacement: GFS with replacement (Algorithm 1); a keep fraction is then a number of *distinct*
-            units, and the selection runs until that many are chosen (see ``criteria.gfs_select``).
-        max_steps: GFS step limit per block (default 50 * N).
-        layers: indices of the encoder layers to prune (default all).
-        batch_size, max_length: calibration sentences per forward pass, tokens per sentence (default 32 and
-            128; decoders: 8 windows of 256 tokens).
-        min_tokens: fewest calibration tokens accepted (padding not counted).
-        seed: seeds the ``"random"`` baseline.
+        options: a :class:`~greedyprune.transformers.options.TransformerPruneOptions` (default: its defaults):
+            ``ffn_keep``, ``heads_keep``, ``method`` (default "gfs-ls"), ``refit`` (default "lstsq"), ``ridge``,
+            ``replacement``, ``max_steps``, ``layers``, ``batch_size``, ``max_length``, ``min_tokens``, ``seed``,
+            ``heads_unit``, ``widths``; ``help(TransformerPruneOptions)`` describes each.
+        **overrides: any field of :class:`TransformerPruneOptions` as a keyword (an unknown name raises
+            ``TypeError``); keywords given with ``options`` replace its fields.
         inplace: prune ``model`` itself instead of a copy.
         progress: a progress bar over the layers.
-        heads_unit: decoders with grouped-query attention: ``"kv"`` removes whole key/value groups (with their
-            query heads), ``"query"`` the same number of query heads in every group; ``heads_keep`` is then a
-            fraction of the query heads that must be met exactly (else a ValueError lists the ones that can).
-        widths: decoders: MLP widths per layer - ``"uniform"`` (default: ``ffn_keep`` of every layer),
-            ``"gfs"`` (a global budget of ``ffn_keep`` split by the marginal rule on measured error curves),
-            ``"flap"`` (FLAP's adaptive structure), or a list of kept widths, one per layer (e.g. from
-            :func:`~greedyprune.transformers.decoder_prune.decoder_widths`, to give methods the same widths).
 
     Returns:
         A :class:`~greedyprune.result.PruneResult`: ``model`` (physically smaller; heads' and neurons'
@@ -133,6 +94,11 @@ def prune_transformer(model, calibration, *, tokenizer=None, ffn_keep: float | N
             for a decoder), tokenizer/model mismatch, a ``heads_keep`` that whole key/value groups (or equal
             query heads per group) cannot meet.
     """
+    o = with_overrides(TransformerPruneOptions, options, overrides, "prune_transformer")
+    ffn_keep, heads_keep, method, refit, ridge = o.ffn_keep, o.heads_keep, o.method, o.refit, o.ridge
+    replacement, max_steps, layers, seed = o.replacement, o.max_steps, o.layers, o.seed
+    batch_size, max_length, min_tokens = o.batch_size, o.max_length, o.min_tokens
+    heads_unit, widths = o.heads_unit, o.widths
     require_transformers()
     from .decoder import is_decoder
 
@@ -168,11 +134,11 @@ def prune_transformer(model, calibration, *, tokenizer=None, ffn_keep: float | N
     was_training = model.training
     model.eval()
     generator = torch.Generator().manual_seed(check_int("seed", seed, 0))
-    options = dict(method=method, refit=refit, ridge=ridge, replacement=replacement, max_steps=max_steps,
-                   generator=generator)
+    block_options = dict(method=method, refit=refit, ridge=ridge, replacement=replacement, max_steps=max_steps,
+                         generator=generator)
     result = PruneResult(model=model, kept={}, method=method)
     with torch.no_grad():
-        _prune_layers(result, base, calib.batches, ffn_keep, heads_keep, layer_set, progress, options)
+        _prune_layers(result, base, calib.batches, ffn_keep, heads_keep, layer_set, progress, block_options)
     model.train(was_training)
     result.report.update(params_before=params_before, params_after=_count_params(model),
                          seconds=time.perf_counter() - start, method=method, refit=refit, ridge=ridge,

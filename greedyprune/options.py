@@ -1,0 +1,67 @@
+"""Typed option objects shared by the pruners: frozen, keyword-only dataclasses whose fields carry their help.
+
+A pruner's tuning options are declared once, as the fields of one dataclass (:class:`~greedyprune.channels.
+PruneOptions`, :class:`~greedyprune.transformers.TransformerPruneOptions`): each field made by :func:`option`
+holds its default and its help text (``field.metadata["help"]``). The pruner takes ``options=`` (an instance)
+and ``**overrides`` (the same names as keywords, checked by :func:`with_overrides`); the command line builds its
+flags from the same fields and help; :func:`document_fields` appends the help to the class docstring.
+"""
+from __future__ import annotations
+
+import difflib
+import re
+import textwrap
+from dataclasses import MISSING, field, fields, replace
+
+__all__ = ["document_fields", "field_help", "option", "plain_help", "with_overrides"]
+
+
+def option(default, help: str):
+    """A dataclass field with ``default`` and its ``help`` (one text, Sphinx roles and ``code`` allowed)."""
+    return field(default=default, metadata={"help": " ".join(help.split())})
+
+
+def field_help(cls, name: str) -> str:
+    """The help text of field ``name`` of an option dataclass, as written (see :func:`plain_help`)."""
+    for f in fields(cls):
+        if f.name == name:
+            return f.metadata.get("help", "")
+    raise KeyError(name)
+
+
+def plain_help(text: str) -> str:
+    """``text`` without reStructuredText markup: ``:func:`~a.b.c``` -> ``c``, ````code```` -> ``code``
+    (for command-line help)."""
+    text = re.sub(r":[a-z]+:`~?([^`]+)`", lambda m: m.group(1).rsplit(".", 1)[-1], text)
+    return " ".join(text.replace("``", "").split())
+
+
+def with_overrides(cls, options, overrides: dict, caller: str):
+    """``options`` (an instance of ``cls``, or None for the defaults) with the fields named in ``overrides``
+    replaced. A name that is no field raises ``TypeError`` as Python does for an unexpected keyword argument of
+    ``caller``, with the close matches; ``options`` of another type raises ``TypeError`` too."""
+    if options is None:
+        options = cls()
+    elif not isinstance(options, cls):
+        raise TypeError(f"{caller}() options must be a {cls.__name__}, got {type(options).__name__}")
+    names = [f.name for f in fields(cls)]
+    unknown = [key for key in overrides if key not in names]
+    if unknown:
+        key = unknown[0]
+        close = difflib.get_close_matches(key, names, n=3)
+        hint = f"; did you mean {' or '.join(repr(c) for c in close)}?" if close else \
+            f" (its options are the fields of {cls.__name__})"
+        raise TypeError(f"{caller}() got an unexpected keyword argument {key!r}{hint}")
+    return replace(options, **overrides) if overrides else options
+
+
+def document_fields(cls):
+    """Class decorator: append an ``Attributes:`` section built from the fields' help to ``cls.__doc__``."""
+    lines = []
+    for f in fields(cls):
+        default = "" if f.default is MISSING else f" (default: {f.default!r})"
+        body = textwrap.fill(f.metadata.get("help", "") + default, 100, initial_indent=" " * 8,
+                             subsequent_indent=" " * 8)
+        lines.append(f"    {f.name}:\n{body}")
+    cls.__doc__ = (cls.__doc__ or "").rstrip() + "\n\n    Attributes:\n" + "\n".join(lines) + "\n"
+    return cls
