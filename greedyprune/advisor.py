@@ -35,7 +35,7 @@ import torch
 from torch import nn
 
 from .checks import check_int
-from .errors import InvalidOptionError
+from .errors import InvalidOptionError, InvalidTypeError
 from .result import PruneResult
 from .training.loop import evaluate
 from .twolayer import is_two_layer, prune_two_layer, save_two_layer
@@ -108,7 +108,7 @@ class PretrainingAdvisor:
         if max_distance is not None and not (isinstance(max_distance, (int, float)) and 0 <= max_distance <= 1):
             raise InvalidOptionError(f"max_distance must be None or in [0, 1], got {max_distance!r}")
         if pruner is not None and not callable(pruner):
-            raise TypeError(f"pruner must be callable as pruner(model, X, y), got {type(pruner).__name__}")
+            raise InvalidTypeError(f"pruner must be callable as pruner(model, X, y), got {type(pruner).__name__}")
         self.k, self.loss, self.patience = k, loss, patience
         self.tolerance, self.distance_tolerance = float(tolerance), float(distance_tolerance)
         self.max_distance = None if max_distance is None else float(max_distance)
@@ -130,8 +130,8 @@ class PretrainingAdvisor:
         if self.pruner is not None:
             result = self.pruner(model, X, y)
             if not isinstance(result, PruneResult):
-                raise TypeError(f"pruner must return a PruneResult (what prune_two_layer, prune_model and the "
-                                f"baselines return), got {type(result).__name__}")
+                raise InvalidTypeError(f"pruner must return a PruneResult (what prune_two_layer, prune_model and the "
+                                       f"baselines return), got {type(result).__name__}")
         elif is_two_layer(model):
             result = prune_two_layer(model, X, y, self.k, loss=self.loss, **self.selection_options)
         elif any(isinstance(m, nn.Conv2d) for m in model.modules()):
@@ -141,7 +141,7 @@ class PretrainingAdvisor:
                     f"advisor has loss={self.loss!r}: pass PretrainingAdvisor(k, loss='cross_entropy')")
             result = deep_pruner(**self.selection_options)(model, X, y)
         else:
-            raise TypeError(
+            raise InvalidTypeError(
                 f"PretrainingAdvisor cannot prune a {type(model).__name__}: it prunes two-layer networks "
                 "(greedyprune.TwoLayerNet or nn.Sequential(nn.Linear, activation, nn.Linear)) and CNNs "
                 "(with greedyprune.prune_model) by itself; for other networks pass "

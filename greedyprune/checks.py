@@ -9,19 +9,17 @@ numpy integers or 0-d integer tensors (anything with ``__index__``); ``bool`` is
 """
 from __future__ import annotations
 
-import dis
 import math
 import numbers
 import operator
 import os
-from pathlib import Path
 
 import torch
 
-from .errors import InvalidOptionError
+from .errors import InvalidOptionError, InvalidTypeError
 
 __all__ = ["as_device", "check_choice", "check_int", "check_number", "check_finite", "check_fits_in_memory",
-           "check_model_size", "memory_bytes", "non_finite_weights", "raised_by_package"]
+           "check_model_size", "memory_bytes", "non_finite_weights"]
 
 
 def check_int(name: str, value, minimum: int | None = None, *, maximum: int | None = None,
@@ -35,13 +33,13 @@ def check_int(name: str, value, minimum: int | None = None, *, maximum: int | No
     if value is None and allow_none:
         return None
     if isinstance(value, bool) or isinstance(value, float):
-        raise TypeError(f"{name} must be an int{' or None' if allow_none else ''}, got {type(value).__name__} "
-                        f"({value!r})")
+        raise InvalidTypeError(f"{name} must be an int{' or None' if allow_none else ''}, got {type(value).__name__} "
+                               f"({value!r})")
     try:
         out = operator.index(value)
     except TypeError:
-        raise TypeError(f"{name} must be an int{' or None' if allow_none else ''}, got {type(value).__name__} "
-                        f"({value!r:.60})") from None
+        raise InvalidTypeError(f"{name} must be an int{' or None' if allow_none else ''}, got {type(value).__name__} "
+                               f"({value!r:.60})") from None
     if minimum is not None and out < minimum:
         raise InvalidOptionError(f"{name} must be >= {minimum}, got {out}")
     if maximum is not None and out > maximum:
@@ -61,7 +59,7 @@ def check_number(name: str, value, *, low: float | None = None, high: float | No
         return None
     if isinstance(value, bool) or not isinstance(value, (numbers.Real, torch.Tensor)) or (
             isinstance(value, torch.Tensor) and (value.numel() != 1 or value.is_complex())):
-        raise TypeError(f"{name} must be a number, got {type(value).__name__} ({value!r:.60})")
+        raise InvalidTypeError(f"{name} must be a number, got {type(value).__name__} ({value!r:.60})")
     out = float(value)
     if not math.isfinite(out):
         raise InvalidOptionError(f"{name} must be a finite number, got {out!r}")
@@ -139,21 +137,3 @@ def as_device(device) -> torch.device:
         raise InvalidOptionError(f"device {str(device)!r} does not exist: this machine has {torch.cuda.device_count()} "
                                  f"CUDA device(s)")
     return dev
-
-
-_PACKAGE = str(Path(__file__).resolve().parent)
-
-
-def raised_by_package(exc: BaseException) -> bool:
-    """Whether ``exc`` is a deliberate message of greedyprune's own code: raised by a ``raise`` statement in a
-    package frame, not by a call from there into torch, numpy or Python's C code (``int("x")``, a numpy
-    reshape), whose errors have no frame of their own and would otherwise pass for the package's."""
-    tb = exc.__traceback__
-    if tb is None:
-        return False
-    while tb.tb_next is not None:
-        tb = tb.tb_next
-    code = tb.tb_frame.f_code
-    if not str(Path(code.co_filename).resolve()).startswith(_PACKAGE):
-        return False
-    return any(ins.offset == tb.tb_lasti and ins.opname == "RAISE_VARARGS" for ins in dis.get_instructions(code))

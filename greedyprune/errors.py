@@ -4,6 +4,7 @@
 
     GreedyPruneError                                   the root: catch it to tell greedyprune's messages from bugs
     ├── InvalidOptionError (also a ValueError)         a bad argument, option, data set or file contents
+    ├── InvalidTypeError (also a TypeError)            an argument of the wrong type
     ├── HalfPrecisionError, IntegrityError, UnsafeFileError, UnsupportedLayerError,
     │   ConfigMismatchError, DamagedDatabaseError    (also ValueErrors, as before)
     ├── UnsupportedModelError (also a TypeError)
@@ -18,7 +19,7 @@ the root, the errors several modules raise, and imports nothing from the package
 """
 from __future__ import annotations
 
-__all__ = ["GreedyPruneError", "InvalidOptionError", "UnsafeFileError"]
+__all__ = ["GreedyPruneError", "InvalidOptionError", "InvalidTypeError", "UnsafeFileError"]
 
 
 class GreedyPruneError(Exception):
@@ -28,6 +29,11 @@ class GreedyPruneError(Exception):
 class InvalidOptionError(GreedyPruneError, ValueError):
     """A value of the right type that greedyprune cannot use: an option out of range, an unknown name, data or a
     file that does not fit. A ``ValueError``, so callers that catch ``ValueError`` are unaffected."""
+
+
+class InvalidTypeError(GreedyPruneError, TypeError):
+    """An argument of a type greedyprune cannot use (a model that is not a module, labels that are not a tensor of
+    class indices, ...). A ``TypeError``, so callers that catch ``TypeError`` are unaffected."""
 
 
 class UnsafeFileError(GreedyPruneError, ValueError):

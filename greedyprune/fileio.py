@@ -28,7 +28,7 @@ from typing import Any, Iterator
 import torch
 
 from ._text import first_line
-from .errors import GreedyPruneError, InvalidOptionError, UnsafeFileError
+from .errors import GreedyPruneError, InvalidOptionError, InvalidTypeError, UnsafeFileError
 
 __all__ = ["atomic_write", "atomic_write_text", "check_writable_dir", "check_writable_file", "CHECKSUM_KEY",
            "first_line", "IntegrityError", "load_pickle_restricted", "load_torch", "payload_digest",
@@ -143,7 +143,7 @@ def payload_digest(payload: Any) -> str:
 def save_torch(path: str | os.PathLike, payload: dict) -> Path:
     """``torch.save(payload)`` to ``path`` atomically, with ``payload["checksum"]`` added."""
     if not isinstance(payload, dict):
-        raise TypeError(f"payload must be a dict, got {type(payload).__name__}")
+        raise InvalidTypeError(f"payload must be a dict, got {type(payload).__name__}")
     body = {k: v for k, v in payload.items() if k != CHECKSUM_KEY}
     body[CHECKSUM_KEY] = payload_digest(body)
     with atomic_write(path) as f:

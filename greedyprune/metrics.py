@@ -33,7 +33,7 @@ import torch
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
-from .errors import InvalidOptionError
+from .errors import InvalidOptionError, InvalidTypeError
 
 __all__ = ["compare_models", "count_macs", "count_parameters", "layer_macs", "measure_latency", "model_device_dtype",
            "model_report"]
@@ -43,14 +43,14 @@ DEFAULT_INPUT_SHAPE = (1, 3, 32, 32)
 
 def _check_model(model) -> nn.Module:
     if not isinstance(model, nn.Module):
-        raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+        raise InvalidTypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
     return model
 
 
 def _check_shape(input_shape) -> tuple[int, ...]:
     """A non-empty sequence of positive ints (e.g. ``(1, 3, 32, 32)`` or a ``torch.Size``)."""
     if isinstance(input_shape, (str, bytes)) or not isinstance(input_shape, (Sequence, torch.Size)):
-        raise TypeError(
+        raise InvalidTypeError(
             f"input_shape must be a sequence of positive ints such as (1, 3, 32, 32) or an example "
             f"input tensor, got {type(input_shape).__name__} {input_shape!r}"
         )

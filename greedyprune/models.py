@@ -70,7 +70,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .errors import InvalidOptionError
+from .errors import InvalidOptionError, InvalidTypeError
 
 __all__ = [
     "MODEL_NAMES",
@@ -470,7 +470,7 @@ def get_model(name: str, num_classes: int = 10, in_channels: int = 3, *, seed: i
     unknown = sorted(set(kw) - set(accepted))
     if unknown:
         allowed = ", ".join(("num_classes", "in_channels", "seed") + accepted)
-        raise TypeError(f"get_model({key!r}) got unexpected keyword argument(s) {unknown}; accepted: {allowed}")
+        raise InvalidTypeError(f"get_model({key!r}) got unexpected keyword argument(s) {unknown}; accepted: {allowed}")
     _check_positive_int("num_classes", num_classes)
     _check_positive_int("in_channels", in_channels)
     if torch.empty(0).device.type != "meta":

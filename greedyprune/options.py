@@ -12,6 +12,7 @@ import difflib
 import re
 import textwrap
 from dataclasses import MISSING, field, fields, replace
+from .errors import InvalidTypeError
 
 __all__ = ["document_fields", "field_help", "option", "plain_help", "with_overrides"]
 
@@ -43,7 +44,7 @@ def with_overrides(cls, options, overrides: dict, caller: str):
     if options is None:
         options = cls()
     elif not isinstance(options, cls):
-        raise TypeError(f"{caller}() options must be a {cls.__name__}, got {type(options).__name__}")
+        raise InvalidTypeError(f"{caller}() options must be a {cls.__name__}, got {type(options).__name__}")
     names = [f.name for f in fields(cls)]
     unknown = [key for key in overrides if key not in names]
     if unknown:
@@ -51,7 +52,7 @@ def with_overrides(cls, options, overrides: dict, caller: str):
         close = difflib.get_close_matches(key, names, n=3)
         hint = f"; did you mean {' or '.join(repr(c) for c in close)}?" if close else \
             f" (its options are the fields of {cls.__name__})"
-        raise TypeError(f"{caller}() got an unexpected keyword argument {key!r}{hint}")
+        raise InvalidTypeError(f"{caller}() got an unexpected keyword argument {key!r}{hint}")
     return replace(options, **overrides) if overrides else options
 
 

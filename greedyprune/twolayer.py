@@ -26,7 +26,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .errors import InvalidOptionError
+from .errors import InvalidOptionError, InvalidTypeError
 from .result import PruneResult
 from .selection import greedy_forward_selection, loss_value
 
@@ -184,19 +184,20 @@ class TwoLayerNet(nn.Sequential):
 def _layers(model: nn.Module) -> tuple[nn.Linear, nn.Module, nn.Linear]:
     """The (Linear, activation, Linear) of a TwoLayerNet or a 3-module nn.Sequential, validated."""
     if not isinstance(model, nn.Sequential) or len(model) != 3:
-        raise TypeError(
+        raise InvalidTypeError(
             "prune_two_layer needs a greedyprune.TwoLayerNet or an nn.Sequential(nn.Linear, activation, nn.Linear); "
             f"got {type(model).__name__}" + (f" with {len(model)} modules" if isinstance(model, nn.Sequential) else "")
         )
     first, act, second = model[0], model[1], model[2]
     if not isinstance(first, nn.Linear) or not isinstance(second, nn.Linear):
-        raise TypeError(f"modules 0 and 2 must be nn.Linear, got {type(first).__name__} and {type(second).__name__}")
+        raise InvalidTypeError(f"modules 0 and 2 must be nn.Linear, got {type(first).__name__} and "
+                               f"{type(second).__name__}")
     if first.out_features != second.in_features:
         raise InvalidOptionError(f"hidden sizes do not match: Linear 0 has {first.out_features} outputs, "
                                  f"Linear 2 has {second.in_features} inputs")
     if list(act.parameters()) or list(act.buffers()):
-        raise TypeError(f"the activation {type(act).__name__} has parameters or buffers (per-neuron state); only "
-                        "parameter-free activations can be pruned neuron by neuron")
+        raise InvalidTypeError(f"the activation {type(act).__name__} has parameters or buffers (per-neuron state); "
+                               "only parameter-free activations can be pruned neuron by neuron")
     _check_elementwise(act, first.out_features, first.weight.dtype)
     return first, act, second
 
@@ -223,14 +224,14 @@ def _check_elementwise(act: nn.Module, width: int, dtype: torch.dtype = torch.fl
         with torch.no_grad():
             y, y_moved = act(x), act(moved)
     except Exception as exc:  # noqa: BLE001 - reported as the activation's problem
-        raise TypeError(f"the activation {type(act).__name__} cannot be applied to a (batch, {width}) tensor "
-                        f"({type(exc).__name__}: {exc})") from exc
+        raise InvalidTypeError(f"the activation {type(act).__name__} cannot be applied to a (batch, {width}) tensor "
+                               f"({type(exc).__name__}: {exc})") from exc
     same = torch.ones_like(y, dtype=torch.bool)
     same[0, 0] = False
     if y.shape != x.shape or not torch.equal(y[same], y_moved[same]):
-        raise TypeError(f"the activation {type(act).__name__} is not element-wise (changing one neuron's input "
-                        f"changed other outputs, as softmax or normalisation do), so neurons cannot be pruned "
-                        f"one by one; use an element-wise activation such as ReLU, tanh or GELU")
+        raise InvalidTypeError(f"the activation {type(act).__name__} is not element-wise (changing one neuron's input "
+                               f"changed other outputs, as softmax or normalisation do), so neurons cannot be pruned "
+                               f"one by one; use an element-wise activation such as ReLU, tanh or GELU")
 
 
 @torch.no_grad()

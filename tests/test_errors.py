@@ -12,7 +12,7 @@ import greedyprune
 from greedyprune.channels.groups import GroupDiscoveryTimeout, UnsupportedLayerError
 from greedyprune.cli import main
 from greedyprune.cli.common import UsageError
-from greedyprune.errors import GreedyPruneError, InvalidOptionError
+from greedyprune.errors import GreedyPruneError, InvalidOptionError, InvalidTypeError
 from greedyprune.fileio import IntegrityError, RunLockedError, UnsafeFileError
 from greedyprune.parallel import DistributedSelectionError, WorkerError
 from greedyprune.studies.store import ConfigMismatchError, DamagedDatabaseError, ResultsNotWritableError
@@ -22,14 +22,13 @@ from greedyprune.transformers.support import UnsupportedModelError
 PACKAGE = Path(greedyprune.__file__).parent
 
 #: each of the package's error classes and the built-in base it had before the hierarchy
-BASES = {InvalidOptionError: ValueError, HalfPrecisionError: ValueError, IntegrityError: ValueError,
-         UnsafeFileError: ValueError, UnsupportedLayerError: ValueError, GroupDiscoveryTimeout: ValueError,
+BASES = {InvalidOptionError: ValueError, InvalidTypeError: TypeError, HalfPrecisionError: ValueError,
+         IntegrityError: ValueError, UnsafeFileError: ValueError, UnsupportedLayerError: ValueError,
+         GroupDiscoveryTimeout: ValueError,
          ConfigMismatchError: ValueError, DamagedDatabaseError: ValueError, UnsupportedModelError: TypeError,
          RunLockedError: RuntimeError, DistributedSelectionError: RuntimeError, WorkerError: RuntimeError,
          ResultsNotWritableError: OSError, UsageError: Exception}
 
-#: files whose plain ``raise ValueError`` are still to be converted (another change is editing them)
-NOT_YET_CONVERTED: set = set()
 
 
 def _error_classes():
@@ -68,19 +67,27 @@ def test_every_invalid_option_error_is_a_value_error():
         raise AssertionError("get_model accepted an unknown name")
 
 
-def test_no_plain_value_error_is_raised_outside_the_files_still_to_convert():
+def test_no_plain_value_or_type_error_is_raised_by_the_package():
     plain = []
     for path in sorted(PACKAGE.rglob("*.py")):
         rel = path.relative_to(PACKAGE).as_posix()
         for node in ast.walk(ast.parse(path.read_text())):
-            if (isinstance(node, ast.Raise) and isinstance(node.exc, ast.Call)
-                    and isinstance(node.exc.func, ast.Name) and node.exc.func.id == "ValueError"
-                    and rel not in NOT_YET_CONVERTED):
-                plain.append(f"{rel}:{node.lineno}")
-    assert not plain, f"raise InvalidOptionError (greedyprune.errors) instead of ValueError at {plain}"
+            exc = node.exc.func if isinstance(node, ast.Raise) and isinstance(node.exc, ast.Call) else None
+            if isinstance(exc, ast.Name) and exc.id in ("ValueError", "TypeError"):
+                plain.append(f"{rel}:{node.lineno} {exc.id}")
+    assert not plain, f"raise InvalidOptionError / InvalidTypeError (greedyprune.errors) instead, at {plain}"
+
+
+def test_a_wrong_type_is_an_invalid_type_error_and_the_cli_prints_it_on_one_line(tmp_path, capsys):
+    with pytest.raises(TypeError, match="model must be an nn.Module") as caught:
+        greedyprune.prune_model("not a model", (torch.ones(2, 3), torch.zeros(2, dtype=torch.long)), keep_ratio=0.5)
+    assert type(caught.value) is InvalidTypeError and isinstance(caught.value, GreedyPruneError)
+    with pytest.raises(TypeError, match="y must be a tensor of class labels"):
+        greedyprune.prune_model(torch.nn.Linear(3, 2), (torch.ones(2, 3), [0, 1]), keep_ratio=0.5)
 
 
 @pytest.mark.parametrize("error", [InvalidOptionError("the option is out of range"),
+                                   InvalidTypeError("the option is out of range"),
                                    UsageError("the option is out of range"),
                                    RunLockedError("the option is out of range")])
 def test_the_cli_prints_one_line_for_a_greedyprune_error(error, tmp_path, monkeypatch, capsys):
@@ -97,12 +104,13 @@ def test_the_cli_prints_one_line_for_a_greedyprune_error(error, tmp_path, monkey
     assert err.splitlines() == ["greedyprune: error: the option is out of range"], err
 
 
-def test_the_cli_keeps_the_traceback_of_a_plain_value_error_from_outside_the_package(tmp_path, monkeypatch):
+@pytest.mark.parametrize("plain", [ValueError, TypeError])
+def test_the_cli_keeps_the_traceback_of_a_plain_value_or_type_error(plain, tmp_path, monkeypatch):
     from greedyprune.studies import store
 
     def fail(directory):
-        raise ValueError("a bug, not a user's mistake")
+        raise plain("a bug, not a user's mistake")
 
     monkeypatch.setattr(store, "open_results", fail)
-    with pytest.raises(ValueError, match="a bug"):
+    with pytest.raises(plain, match="a bug"):
         main(["export", str(tmp_path)])

@@ -7,7 +7,7 @@ import torch
 from torch import nn
 
 from ..checks import check_finite
-from ..errors import InvalidOptionError
+from ..errors import InvalidOptionError, InvalidTypeError
 from ..training.loop import train_step
 
 __all__ = ["Batches", "finetune", "split_data"]
@@ -26,7 +26,7 @@ class Batches:
         if isinstance(data, (tuple, list)) and len(data) == 2 and isinstance(data[0], torch.Tensor):
             X, y = data
             if not isinstance(y, torch.Tensor):
-                raise TypeError(f"data=(X, y): y must be a tensor of class labels, got {type(y).__name__}")
+                raise InvalidTypeError(f"data=(X, y): y must be a tensor of class labels, got {type(y).__name__}")
             if X.dim() < 2 or X.shape[0] == 0:
                 raise InvalidOptionError(
                     f"data=(X, y): X must be a non-empty batch of inputs (n, ...), got shape {tuple(X.shape)}")
@@ -41,8 +41,8 @@ class Batches:
             self.iterator = None
             self.pending = [self._from_loader()]
         else:
-            raise TypeError(f"data must be a DataLoader (an iterable of (inputs, labels) batches) or an (X, y) pair "
-                            f"of tensors, got {type(data).__name__}")
+            raise InvalidTypeError(f"data must be a DataLoader (an iterable of (inputs, labels) batches) or an (X, y) "
+                                   f"pair of tensors, got {type(data).__name__}")
 
     def _from_loader(self):
         for _ in range(2):
@@ -58,8 +58,8 @@ class Batches:
                 "the data loader is empty: it yielded no batches; pass a loader over a non-empty data "
                 "set (check the dataset length, batch_size and drop_last)")
         if not (isinstance(batch, (tuple, list)) and len(batch) >= 2):
-            raise TypeError("each batch of the data loader must be (inputs, labels), got "
-                            f"{type(batch).__name__}")
+            raise InvalidTypeError("each batch of the data loader must be (inputs, labels), got "
+                                   f"{type(batch).__name__}")
         _check_batch(batch[0], batch[1])
         return batch[0], batch[1]
 
@@ -104,9 +104,9 @@ class Batches:
 
 def _check_batch(x: torch.Tensor, y: torch.Tensor) -> None:
     if not isinstance(x, torch.Tensor) or not isinstance(y, torch.Tensor):
-        raise TypeError(f"inputs and labels must be tensors, got {type(x).__name__} and {type(y).__name__}")
+        raise InvalidTypeError(f"inputs and labels must be tensors, got {type(x).__name__} and {type(y).__name__}")
     if y.dtype not in _LABEL_DTYPES:
-        raise TypeError(f"labels must be integer class indices, got dtype {y.dtype}")
+        raise InvalidTypeError(f"labels must be integer class indices, got dtype {y.dtype}")
     check_finite("the inputs", x)
     if y.numel() and int(y.min()) < 0:
         raise InvalidOptionError(f"labels must be class indices >= 0, got {int(y.min())}")

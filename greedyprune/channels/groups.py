@@ -21,7 +21,7 @@ from typing import Any, Iterable
 import torch
 from torch import nn
 
-from ..errors import GreedyPruneError, InvalidOptionError
+from ..errors import GreedyPruneError, InvalidOptionError, InvalidTypeError
 
 __all__ = ["ChannelGroup", "GroupDiscoveryTimeout", "UnsupportedLayerError", "execution_order", "find_groups",
            "refresh_group"]
@@ -120,7 +120,7 @@ def _resolve_layers(model: nn.Module, layers: Iterable, what: str) -> list[nn.Mo
         elif isinstance(layer, nn.Module):
             out.append(layer)
         else:
-            raise TypeError(f"{what}: expected layer names or modules, got {type(layer).__name__}")
+            raise InvalidTypeError(f"{what}: expected layer names or modules, got {type(layer).__name__}")
     return out
 
 

@@ -24,7 +24,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from ..errors import InvalidOptionError
+from ..errors import InvalidOptionError, InvalidTypeError
 from ..fileio import UnsafeFileError, load_torch, save_torch, torch_bytes
 from ..result import PruneResult
 
@@ -63,7 +63,7 @@ def save_pruned(path: str | os.PathLike, result: PruneResult, *, name: str | Non
             that part needs ``trust_pickle=True``.
     """
     if not isinstance(result, PruneResult):
-        raise TypeError(f"result must be a PruneResult (what prune_model returns), got {type(result).__name__}")
+        raise InvalidTypeError(f"result must be a PruneResult (what prune_model returns), got {type(result).__name__}")
     shape = input_shape if input_shape is not None else result.report.get("input_shape")
     if shape is None:
         raise InvalidOptionError("input_shape is unknown: pass input_shape=(C, H, W), the shape of one example")

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, replace
 
+from ..errors import InvalidTypeError
 from ..checks import check_choice, check_int, check_number
 from ..options import document_fields, option
 
@@ -153,5 +154,5 @@ class PruneOptions:
 
 def _flag(name: str, value) -> bool:
     if not isinstance(value, bool):
-        raise TypeError(f"{name} must be True or False, got {value!r}")
+        raise InvalidTypeError(f"{name} must be True or False, got {value!r}")
     return value

@@ -22,7 +22,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from ..checks import check_number
-from ..errors import InvalidOptionError
+from ..errors import InvalidOptionError, InvalidTypeError
 
 __all__ = ["AccuracyTolerance", "Budget", "FlopsTarget", "KeepCounts", "KeepRatio", "LossGap", "ParamsTarget",
            "PlanContext", "Step", "StoppingRule", "rule_from_options"]
@@ -191,7 +191,7 @@ class Budget(KeepCounts):
                 f"below the dense network (1.0)")
         self.value = check_number(keyword, target, low=0, high=1, low_open=True, high_open=True)
         if not isinstance(uniform, bool):
-            raise TypeError(f"uniform must be True or False, got {uniform!r}")
+            raise InvalidTypeError(f"uniform must be True or False, got {uniform!r}")
         self.name, self.kind, self.uniform = keyword, kind, uniform
         self.needs_curves = not uniform
         self.allocated_cost: float | None = None
@@ -244,8 +244,8 @@ def rule_from_options(rule: StoppingRule | None = None, *, uniform: bool = False
                 f"give rule= or one of {sorted(_KEYWORDS)}, not both (got rule and {sorted(given)})")
         for attr in ("name", "needs_unpruned", "stop", "plan"):
             if not hasattr(rule, attr):
-                raise TypeError(f"rule must be a stopping rule with name, needs_unpruned, plan() and stop(); "
-                                f"{type(rule).__name__} has no {attr!r}")
+                raise InvalidTypeError(f"rule must be a stopping rule with name, needs_unpruned, plan() and stop(); "
+                                       f"{type(rule).__name__} has no {attr!r}")
         return rule if isinstance(rule, StoppingRule) else _Declared(rule)
     if len(given) > 1:
         raise InvalidOptionError(f"give one stopping rule, got {sorted(given)}; choose one of {', '.join(_KEYWORDS)}")

@@ -32,7 +32,7 @@ from typing import Iterable
 import torch
 from torch import nn
 
-from ..errors import InvalidOptionError
+from ..errors import InvalidOptionError, InvalidTypeError
 from ..checks import as_device, non_finite_weights
 from ..metrics import count_macs, model_device_dtype
 from ..options import with_overrides
@@ -150,7 +150,7 @@ def prune_model(
                              flops_target=options.flops_target, params_target=options.params_target)
     options = options.validate()
     if not isinstance(model, nn.Module):
-        raise TypeError(f"model must be an nn.Module, got {type(model).__name__}")
+        raise InvalidTypeError(f"model must be an nn.Module, got {type(model).__name__}")
     start_time = time.perf_counter()
     split = None
     if distributed:

@@ -9,9 +9,9 @@
 A user's mistake (a bad option, a missing file, a damaged file, a locked output) is printed as
 ``greedyprune: error: ...`` with exit status 2: any :class:`greedyprune.errors.GreedyPruneError` (an
 ``InvalidOptionError``, a ``UsageError``, ...), an ``OSError`` or a ``FloatingPointError``. An internal failure
-keeps its traceback (exit 1). A plain ``ValueError`` / ``TypeError`` still raised by a ``raise`` statement in
-greedyprune's code (not yet converted to the hierarchy) also counts as a user's mistake; one raised inside torch,
-numpy or Python itself does not, even when C code called from the package raised it.
+keeps its traceback (exit 1): greedyprune raises no plain ``ValueError`` or ``TypeError`` of its own (its checks
+raise ``InvalidOptionError`` / ``InvalidTypeError``, subclasses of both), so one of those comes from torch,
+numpy, Python itself or a bug.
 ``GREEDYPRUNE_DEBUG=1`` shows the traceback of every error.
 """
 from __future__ import annotations
@@ -21,7 +21,6 @@ import os
 import sys
 
 from .. import __version__
-from ..checks import raised_by_package
 from ..errors import GreedyPruneError
 from .common import UsageError
 
@@ -53,10 +52,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _user_error(exc: BaseException) -> bool:
-    if isinstance(exc, (GreedyPruneError, OSError, FloatingPointError)):
-        return True
-    # the package's remaining plain ValueError / TypeError messages (see the module docstring)
-    return isinstance(exc, (ValueError, TypeError)) and raised_by_package(exc)
+    return isinstance(exc, (GreedyPruneError, OSError, FloatingPointError))
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -6,7 +6,7 @@ import math
 import torch
 
 from ..checks import check_int
-from ..errors import InvalidOptionError
+from ..errors import InvalidOptionError, InvalidTypeError
 
 __all__ = ["LOSSES", "MAX_MAGNITUDE", "loss_value", "validate_inputs", "validate_gram"]
 
@@ -45,7 +45,7 @@ def _check_options(k, loss, replacement, candidates, seed, n: int | None) -> int
         raise InvalidOptionError(f"unknown loss {loss!r}; expected one of {LOSSES}")
     k = check_int("k", k, 1)
     if not isinstance(replacement, bool):
-        raise TypeError(f"replacement must be True or False, got {replacement!r}")
+        raise InvalidTypeError(f"replacement must be True or False, got {replacement!r}")
     if n is not None and not replacement and k > n:
         raise InvalidOptionError(f"k={k} exceeds the number of neurons N={n}; without replacement k must be <= N")
     check_int("candidates", candidates, 1, allow_none=True)
@@ -75,11 +75,12 @@ def validate_inputs(outputs, target, k, loss, replacement, candidates, seed, *, 
     ``check_rows=False`` skips ``k <= N`` (for a rank that holds only a slice of the rows).
     """
     if not isinstance(outputs, torch.Tensor):
-        raise TypeError(f"outputs must be a torch.Tensor of shape (N, m) or (N, m, C), got {type(outputs).__name__}")
+        raise InvalidTypeError(f"outputs must be a torch.Tensor of shape (N, m) or (N, m, C), "
+                               f"got {type(outputs).__name__}")
     if not isinstance(target, torch.Tensor):
-        raise TypeError(f"target must be a torch.Tensor, got {type(target).__name__}")
+        raise InvalidTypeError(f"target must be a torch.Tensor, got {type(target).__name__}")
     if not outputs.is_floating_point():
-        raise TypeError(
+        raise InvalidTypeError(
             f"outputs must be a floating-point tensor, got dtype {outputs.dtype}; convert with outputs.float()")
     if outputs.dim() not in (2, 3):
         raise InvalidOptionError(
@@ -105,7 +106,7 @@ def validate_inputs(outputs, target, k, loss, replacement, candidates, seed, *, 
             raise InvalidOptionError(
                 f"target must have shape (m,) = ({m},) of class indices, got {tuple(target.shape)}")
         if target.dtype not in _INT_DTYPES:
-            raise TypeError(f"cross_entropy target must hold integer class indices, got dtype {target.dtype}")
+            raise InvalidTypeError(f"cross_entropy target must hold integer class indices, got dtype {target.dtype}")
         c = outputs.shape[2]
         if target.numel() and (int(target.min()) < 0 or int(target.max()) >= c):
             raise InvalidOptionError(f"cross_entropy target must lie in [0, {c - 1}] (C={c} classes), got values in "
@@ -117,7 +118,7 @@ def validate_inputs(outputs, target, k, loss, replacement, candidates, seed, *, 
         if target.shape != (m,):
             raise InvalidOptionError(f"target must have shape (m,) = ({m},), got {tuple(target.shape)}")
         if target.is_complex():
-            raise TypeError(f"target must be real, got dtype {target.dtype}")
+            raise InvalidTypeError(f"target must be real, got dtype {target.dtype}")
         bad = (target != 0) & (target != 1)
         if bool(bad.any()):
             j = int(torch.nonzero(bad)[0])
@@ -128,7 +129,7 @@ def validate_inputs(outputs, target, k, loss, replacement, candidates, seed, *, 
             raise InvalidOptionError(
                 f"target must have shape {expected} (the outputs' shape without N), got {tuple(target.shape)}")
         if not target.is_floating_point():
-            raise TypeError(
+            raise InvalidTypeError(
                 f"loss='squared' needs a floating-point target, got dtype {target.dtype}; use target.float()")
         if not bool(torch.isfinite(target).all()):
             raise InvalidOptionError("target contains NaN or inf")
@@ -140,9 +141,9 @@ def validate_gram(gram, cross, k, replacement, candidates, seed, target_norm, ex
     """Check the Gram form's inputs (squared loss); returns k as an int."""
     for name, value in (("gram", gram), ("cross", cross)):
         if not isinstance(value, torch.Tensor):
-            raise TypeError(f"{name} must be a torch.Tensor, got {type(value).__name__}")
+            raise InvalidTypeError(f"{name} must be a torch.Tensor, got {type(value).__name__}")
         if not value.is_floating_point():
-            raise TypeError(f"{name} must be a floating-point tensor, got dtype {value.dtype}")
+            raise InvalidTypeError(f"{name} must be a floating-point tensor, got dtype {value.dtype}")
     if gram.dim() != 2 or gram.shape[0] != gram.shape[1] or gram.shape[0] == 0:
         raise InvalidOptionError(
             f"gram must be a non-empty square (N, N) matrix of inner products <phi_i, phi_j>, got shape "

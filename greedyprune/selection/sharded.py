@@ -48,7 +48,7 @@ import torch
 import torch.distributed as dist
 
 from ..checks import check_int
-from ..errors import InvalidOptionError
+from ..errors import InvalidOptionError, InvalidTypeError
 from ..parallel import DistributedSelectionError, is_initialised
 from .engine import prepare_outputs, run_selection
 from .losses import validate_inputs
@@ -160,8 +160,9 @@ def _exchange_inputs(comm: _Comm, local_outputs, target, k, offset, loss, replac
         if own_error is not None:
             raise own_error
         r, (kind, text) = failed[0]
-        error_type = {"TypeError": TypeError, "ValueError": ValueError,
-                      "InvalidOptionError": InvalidOptionError}.get(kind, RuntimeError)
+        refusals = {"TypeError": InvalidTypeError, "InvalidTypeError": InvalidTypeError,
+                    "ValueError": InvalidOptionError, "InvalidOptionError": InvalidOptionError}
+        error_type = refusals.get(kind, RuntimeError)
         raise error_type(f"rank {r}'s input is invalid: {text}")
     infos = [i for i, _ in gathered]
     _agree(infos, ("k", "loss", "replacement", "candidates", "seed", "chunk_elements", "dtype", "device_type",

@@ -21,7 +21,7 @@ from typing import Callable, Iterable, Iterator
 
 import torch
 
-from ..checks import check_int, raised_by_package
+from ..checks import check_int
 from ..errors import GreedyPruneError
 
 __all__ = ["available_cpus", "default_workers", "one_thread", "run_cells"]
@@ -153,7 +153,7 @@ def _worker(task: Callable, pipe, parent: int) -> None:
             pipe.send(("done", task(cell, emit)))
         except Exception as exc:  # noqa: BLE001 - sent back whole, to be raised in the parent
             text = traceback.format_exc()
-            passes = isinstance(exc, (GreedyPruneError, OSError, FloatingPointError)) or raised_by_package(exc)
+            passes = isinstance(exc, (GreedyPruneError, OSError, FloatingPointError))
             try:
                 pickle.loads(pickle.dumps(exc))
             except Exception:  # noqa: BLE001 - an exception that does not travel: its text does

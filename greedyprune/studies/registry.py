@@ -15,7 +15,7 @@ from types import ModuleType
 from typing import ClassVar
 
 from ..checks import check_choice
-from ..errors import InvalidOptionError
+from ..errors import InvalidOptionError, InvalidTypeError
 
 __all__ = ["STUDIES", "Study", "get_study", "register_study", "report", "study_for_kind", "study_kinds",
            "study_names"]
@@ -64,7 +64,7 @@ def register_study(cls: type[Study]) -> type[Study]:
     """Class decorator: register a :class:`Study` subclass under its ``name`` (an instance is kept in
     :data:`STUDIES`). Refuses a name, or a results kind, already taken."""
     if not (isinstance(cls, type) and issubclass(cls, Study)):
-        raise TypeError(f"register_study takes a Study subclass, got {cls!r}")
+        raise InvalidTypeError(f"register_study takes a Study subclass, got {cls!r}")
     name = cls.name
     if not isinstance(name, str) or not name:
         raise InvalidOptionError(f"study class {cls.__name__} needs a name (a non-empty str)")

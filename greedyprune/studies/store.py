@@ -32,6 +32,7 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Iterable
+from ..errors import InvalidTypeError
 
 try:
     from ..errors import GreedyPruneError, InvalidOptionError
@@ -291,7 +292,7 @@ class ResultsStore:
         otherwise. Values that JSON cannot encode are stored as ``str(value)``.
         """
         if not isinstance(config, dict):
-            raise TypeError(f"config must be a dict, not {type(config).__name__}")
+            raise InvalidTypeError(f"config must be a dict, not {type(config).__name__}")
         text = json.dumps(config, sort_keys=True, default=str)
         requested = json.loads(text)
         conn = self._require_open()
@@ -446,7 +447,7 @@ def config_differences(stored: dict, requested: dict) -> list[str]:
 
 def _encode_row(row: dict, columns, key_columns, json_columns=()) -> dict[str, Any]:
     if not isinstance(row, dict):
-        raise TypeError(f"row must be a dict, not {type(row).__name__}")
+        raise InvalidTypeError(f"row must be a dict, not {type(row).__name__}")
     names = [n for n, _ in columns]
     unknown = sorted(set(row) - set(names), key=str)
     missing = [n for n in names if n not in row and n not in _OPTIONAL_COLUMNS]
@@ -520,7 +521,7 @@ def _encode_losses(value: Any) -> str | None:
 
 def _iter(value: Any) -> Iterable:
     if isinstance(value, dict):
-        raise TypeError("a dict is not a list")
+        raise InvalidTypeError("a dict is not a list")
     return iter(value)
 
 

@@ -19,7 +19,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..checks import check_int, check_number
-from ..errors import InvalidOptionError
+from ..errors import InvalidOptionError, InvalidTypeError
 
 __all__ = ["distill"]
 
@@ -48,8 +48,8 @@ def distill(student: nn.Module, teacher: nn.Module, inputs: torch.Tensor | Calla
     lr = check_number("lr", lr, low=0, low_open=True)
     temperature = check_number("temperature", temperature, low=0, low_open=True)
     if not callable(inputs) and not isinstance(inputs, torch.Tensor):
-        raise TypeError(f"inputs must be a tensor of inputs or a callable (step, generator) -> batch, got "
-                        f"{type(inputs).__name__}")
+        raise InvalidTypeError(f"inputs must be a tensor of inputs or a callable (step, generator) -> batch, got "
+                               f"{type(inputs).__name__}")
     if isinstance(inputs, torch.Tensor) and (inputs.dim() == 0 or inputs.shape[0] == 0):
         raise InvalidOptionError("inputs is empty: pass at least one calibration input")
     generator = torch.Generator().manual_seed(seed)

@@ -50,7 +50,7 @@ from typing import ClassVar
 import torch
 
 from ..checks import check_choice
-from ..errors import InvalidOptionError
+from ..errors import InvalidOptionError, InvalidTypeError
 from ..selection.block import ReaderProblem, ridge_refit, select_units
 from ..selection.engine import MAX_STEPS, greedy_forward_selection
 from ..selection.result import SelectionResult
@@ -266,7 +266,7 @@ def register_criterion(cls: type[Criterion]) -> type[Criterion]:
     """Class decorator: register a :class:`Criterion` subclass under its ``name`` (an instance of it is kept in
     :data:`CRITERIA`). Refuses a name already taken."""
     if not (isinstance(cls, type) and issubclass(cls, Criterion)):
-        raise TypeError(f"register_criterion takes a Criterion subclass, got {cls!r}")
+        raise InvalidTypeError(f"register_criterion takes a Criterion subclass, got {cls!r}")
     name = cls.name
     if not isinstance(name, str) or not name:
         raise InvalidOptionError(f"criterion class {cls.__name__} needs a name (a non-empty str)")

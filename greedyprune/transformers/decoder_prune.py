@@ -20,7 +20,7 @@ import time
 import torch
 
 from ..checks import check_choice, check_int, check_number
-from ..errors import InvalidOptionError
+from ..errors import InvalidOptionError, InvalidTypeError
 from ..result import PruneResult
 from . import criteria
 from .blocks import REFITS, Block, prune_block
@@ -168,7 +168,7 @@ def _layer_set(layers, n_layers):
     if layers is None:
         return set(range(n_layers))
     if isinstance(layers, (str, bytes)) or not hasattr(layers, "__iter__"):
-        raise TypeError(f"layers must be a list of layer indices or None, got {type(layers).__name__}")
+        raise InvalidTypeError(f"layers must be a list of layer indices or None, got {type(layers).__name__}")
     return {check_int("layers[]", i, 0, maximum=n_layers - 1) for i in layers}
 
 

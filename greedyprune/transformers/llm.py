@@ -20,7 +20,7 @@ from pathlib import Path
 import torch
 
 from ..checks import check_int
-from ..errors import InvalidOptionError
+from ..errors import InvalidOptionError, InvalidTypeError
 from .support import require_transformers
 
 __all__ = ["LLM_INSTALL_HINT", "SMOLLM2_GGUF", "cache_dir", "load_smollm2", "play_names", "read_play",
@@ -133,7 +133,7 @@ def token_windows(tokenizer, text: str, *, window: int = 256, count: int | None 
     start = check_int("start", start, 0)
     count = check_int("count", count, 1, allow_none=True)
     if not isinstance(text, str):
-        raise TypeError(f"text must be a str, got {type(text).__name__}")
+        raise InvalidTypeError(f"text must be a str, got {type(text).__name__}")
     ids = tokenizer(text, add_special_tokens=False)["input_ids"]
     available = max(0, len(ids) - start) // window
     need = 1 if count is None else count

@@ -15,7 +15,7 @@ import time
 import torch
 
 from ..checks import check_choice, check_int, check_number
-from ..errors import InvalidOptionError
+from ..errors import InvalidOptionError, InvalidTypeError
 from ..options import with_overrides
 from ..result import PruneResult
 from . import criteria
@@ -45,7 +45,7 @@ def _check_args(ffn_keep, heads_keep, method, refit, ridge, layers, n_layers):
     if layers is None:
         layers = range(n_layers)
     if isinstance(layers, (str, bytes)) or not hasattr(layers, "__iter__"):
-        raise TypeError(f"layers must be a list of layer indices or None, got {type(layers).__name__}")
+        raise InvalidTypeError(f"layers must be a list of layer indices or None, got {type(layers).__name__}")
     layers = {check_int("layers[]", i, 0, maximum=n_layers - 1) for i in layers}
     return ffn_keep, heads_keep, ridge, layers
 
@@ -123,7 +123,7 @@ def prune_transformer(model, calibration, *, options: TransformerPruneOptions | 
                                                          n_layers)
     max_steps = check_int("max_steps", max_steps, 1, allow_none=True)
     if not isinstance(replacement, bool):
-        raise TypeError(f"replacement must be True or False, got {type(replacement).__name__}")
+        raise InvalidTypeError(f"replacement must be True or False, got {type(replacement).__name__}")
     start = time.perf_counter()
     calib = prepare_calibration(calibration, base, tokenizer=tokenizer, batch_size=batch_size,
                                 max_length=max_length, min_tokens=min_tokens)

@@ -15,7 +15,7 @@ import torch
 from torch import nn
 
 from ..checks import check_int
-from ..errors import GreedyPruneError, InvalidOptionError
+from ..errors import GreedyPruneError, InvalidOptionError, InvalidTypeError
 
 __all__ = ["Calibration", "check_tokenizer", "encoder_of", "INSTALL_HINT", "load_minilm",
            "MIN_CALIBRATION_TOKENS", "minilm_path", "prepare_calibration", "require_transformers", "SUPPORTED",
@@ -107,10 +107,11 @@ def _tokenize(sentences: Sequence[str], tokenizer, batch_size: int, max_length: 
             "calibration is a list of sentences, so a tokenizer is needed: pass tokenizer= (the one "
             "that belongs to the model), or pass the tokenised batch (a dict with input_ids)")
     if not callable(tokenizer):
-        raise TypeError(f"tokenizer must be a Hugging Face tokenizer, got {type(tokenizer).__name__}")
+        raise InvalidTypeError(f"tokenizer must be a Hugging Face tokenizer, got {type(tokenizer).__name__}")
     bad = [i for i, s in enumerate(sentences) if not isinstance(s, str)]
     if bad:
-        raise TypeError(f"calibration sentences must be str; item {bad[0]} is {type(sentences[bad[0]]).__name__}")
+        raise InvalidTypeError(f"calibration sentences must be str; item {bad[0]} is "
+                               f"{type(sentences[bad[0]]).__name__}")
     # batch sentences of similar length together (stable order), so little of each batch is padding
     lengths = [len(ids) for ids in tokenizer(list(sentences), truncation=True, max_length=max_length)["input_ids"]]
     order = sorted(range(len(sentences)), key=lengths.__getitem__)
@@ -159,8 +160,8 @@ def prepare_calibration(calibration, base: nn.Module, *, tokenizer=None, batch_s
     max_length = check_int("max_length", max_length, 2)
     min_tokens = check_int("min_tokens", min_tokens, 1)
     if isinstance(calibration, str):
-        raise TypeError("calibration must be a list of sentences, not one str; split the text into sentences "
-                        "(greedyprune.transformers.split_sentences does)")
+        raise InvalidTypeError("calibration must be a list of sentences, not one str; split the text into sentences "
+                               "(greedyprune.transformers.split_sentences does)")
     if isinstance(calibration, Mapping):
         batches = _from_mapping(calibration, batch_size)
     elif isinstance(calibration, Sequence):
@@ -172,8 +173,8 @@ def prepare_calibration(calibration, base: nn.Module, *, tokenizer=None, batch_s
             check_tokenizer(tokenizer, base)
         batches = _tokenize(sentences, tokenizer, batch_size, max_length)
     else:
-        raise TypeError(f"calibration must be a list of sentences or a tokenised dict, got "
-                        f"{type(calibration).__name__}")
+        raise InvalidTypeError(f"calibration must be a list of sentences or a tokenised dict, got "
+                               f"{type(calibration).__name__}")
     _check_ids(batches, base)
     tokens = sum(int(b["attention_mask"].sum()) for b in batches)
     if tokens < min_tokens:

@@ -13,7 +13,7 @@ import re
 from pathlib import Path
 
 from ..checks import check_int, check_number
-from ..errors import InvalidOptionError
+from ..errors import InvalidOptionError, InvalidTypeError
 
 __all__ = ["MIN_WORDS", "MAX_WORDS", "corpus_sentences", "default_sentences", "read_sentences", "split_sentences"]
 
@@ -44,7 +44,7 @@ def split_sentences(text: str, *, min_words: int = MIN_WORDS, max_words: int = M
         The sentences, first occurrence order.
     """
     if not isinstance(text, str):
-        raise TypeError(f"text must be a str, got {type(text).__name__}")
+        raise InvalidTypeError(f"text must be a str, got {type(text).__name__}")
     min_words = check_int("min_words", min_words, 1)
     max_words = check_int("max_words", max_words, min_words)
     out, seen = [], set()
