@@ -214,9 +214,10 @@ def prune_model(
                                          options.batch_size, batches.size)
         if plan.macs > plan.budget:
             warnings.warn(f"the network objective's search is estimated at {plan.macs / 1e12:.1f}e12 multiply-adds "
-                          f"(the default budget: {plan.budget / 1e12:.1f}e12), {plan.batch} examples a step: at "
-                          f"~1e10 a second on a CPU core, ~{plan.macs / 6e11:.0f} min. Fewer candidates or a "
-                          f"larger step= shorten it; objective='local' takes no candidate forwards", stacklevel=2)
+                          f"(the default budget: {plan.budget / 1e12:.1f}e12), {plan.batch or options.batch_size} "
+                          f"examples a step: at ~1e10 a second on a CPU core, ~{plan.macs / 6e11:.0f} min. Fewer "
+                          f"candidates or a larger step= shorten it; objective='local' takes no candidate forwards",
+                          stacklevel=2)
 
     kept, counts_out, records = {}, {}, []
     bar = groups
