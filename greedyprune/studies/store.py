@@ -32,16 +32,18 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Iterable
-from ..errors import InvalidTypeError
 
 try:
-    from ..errors import GreedyPruneError, InvalidOptionError
+    from ..errors import GreedyPruneError, InvalidOptionError, InvalidTypeError
 except ImportError:  # this file loaded on its own, outside the package (the storage tests' SIGKILL child does)
     class GreedyPruneError(Exception):
         """Stand-in for greedyprune.errors.GreedyPruneError."""
 
     class InvalidOptionError(GreedyPruneError, ValueError):
         """Stand-in for greedyprune.errors.InvalidOptionError."""
+
+    class InvalidTypeError(GreedyPruneError, TypeError):
+        """Stand-in for greedyprune.errors.InvalidTypeError."""
 
 __all__ = ["config_differences", "ConfigMismatchError", "DamagedDatabaseError", "FORMAT_NAME", "merge_results",
            "open_results", "ResultsNotWritableError", "ResultsStore", "Schema", "SCHEMA_VERSION",
