@@ -15,7 +15,7 @@ from greedyprune.training import checkpoints
 from greedyprune.training.checkpoints import list_checkpoints, load_model
 
 torch.set_num_threads(1)
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 # resnet20 on 100 mnist5k images, batch 10: 40 steps take about a second
 TINY = ["train", "--model", "resnet20", "--data", "mnist5k", "--size", "100", "--iterations", "40",
         "--checkpoint-every", "10", "--state-every", "5", "--batch-size", "10", "--eval-examples", "50",
