@@ -8,7 +8,6 @@ from torch import nn
 from greedyprune import PretrainingAdvisor, TrainConfig, TwoLayerNet, pretrain
 from greedyprune.advisor import AdvisorCheck, jaccard_distance
 from greedyprune.cli import main
-from greedyprune.data import load_dataset
 from greedyprune.result import PruneResult
 from greedyprune.studies.advisor import compare_with_study
 from greedyprune.studies.pretraining import config_with, get_preset, run_pretraining_study
@@ -61,8 +60,8 @@ def test_max_distance_adds_an_absolute_bound():
     assert fire_step(acc, dist, max_distance=0.5) is None
 
 
-def test_advisor_on_a_real_training_run_saves_a_working_pruned_net(tmp_path):
-    ds = load_dataset("digits")
+def test_advisor_on_a_real_training_run_saves_a_working_pruned_net(tmp_path, digits_unit):
+    ds = digits_unit  # load_dataset("digits")
     X, y = ds.X, ds.binary_labels()
     net = TwoLayerNet(ds.in_features, 100, seed=0)
     advisor = PretrainingAdvisor(20, save_path=tmp_path / "pruned.pt", log=None)

@@ -23,7 +23,7 @@ from greedyprune.selection import MAX_STEPS, greedy_forward_selection
 from greedyprune.training.loop import TrainConfig, pretrain
 from greedyprune.twolayer import prune_two_layer
 
-TINY = {"in_channels": 1, "num_classes": 10, "width": 4}
+TINY = {"in_channels": 1, "num_classes": 10, "width": 4}  # conftest.TINY_RESNET8, the `checkpoint` fixture's model
 TRAIN = ["train", "--model", "resnet8", "--model-arg", "width=4", "--data", "digits", "--size", "64",
          "--iterations", "4", "--checkpoint-every", "2", "--batch-size", "16", "--eval-examples", "16",
          "--threads", "1", "--no-progress"]
@@ -40,15 +40,6 @@ def _fails(capsys, argv, *needles) -> str:
     for needle in needles:
         assert needle in err, err
     return err
-
-
-@pytest.fixture()
-def checkpoint(tmp_path):
-    from greedyprune.training.checkpoints import save_model
-
-    path = tmp_path / "resnet8.pt"
-    save_model(path, get_model("resnet8", seed=0, **TINY), name="resnet8", model_kwargs=TINY)
-    return path
 
 
 @pytest.fixture()

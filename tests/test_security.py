@@ -28,7 +28,7 @@ from greedyprune.studies.store import DamagedDatabaseError, ResultsStore
 from greedyprune.training.checkpoints import MODEL_CHECKPOINT_FORMAT, load_model, save_model
 from greedyprune.training.loop import TrainConfig, load_checkpoint, pretrain
 
-TINY = {"in_channels": 1, "num_classes": 10, "width": 4}
+TINY = {"in_channels": 1, "num_classes": 10, "width": 4}  # conftest.TINY_RESNET8, the `checkpoint` fixture's model
 # `greedyprune train` / `prune` on 64 scikit-learn digits (1 x 8 x 8): a second or two each
 TRAIN = ["train", "--model", "resnet8", "--model-arg", "width=4", "--data", "digits", "--size", "64",
          "--iterations", "4", "--checkpoint-every", "2", "--batch-size", "16", "--eval-examples", "16",
@@ -82,13 +82,6 @@ def pruned():
     result = prune_model(dense, (X, y), objective="network", keep_ratio=0.5, candidates=2, batch_size=16,
                          eval_examples=16)
     return dense, result, X
-
-
-@pytest.fixture()
-def checkpoint(tmp_path):
-    path = tmp_path / "resnet8.pt"
-    save_model(path, get_model("resnet8", seed=0, **TINY), name="resnet8", model_kwargs=TINY)
-    return path
 
 
 @pytest.mark.parametrize("payload", PAYLOADS)

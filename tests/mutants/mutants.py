@@ -6,10 +6,10 @@ kill it; ``why``, what the bug is. A mutant that no longer applies after the cod
 STALE: update its snippet (or drop it if the code it targeted is gone).
 """
 
-SELECTION = ["tests/test_selection_exact.py", "tests/test_selection.py"]
-DEEP = ["tests/test_deep_reference.py", "tests/test_deep.py"]
-RULES = ["tests/test_rules.py", "tests/test_deep_reference.py"]
-DISTRIBUTED = ["tests/test_distributed.py"]
+SELECTION = ["tests/selection/test_engine_exact.py", "tests/selection/test_engine.py"]
+DEEP = ["tests/channels/test_deep_reference.py", "tests/channels/test_deep.py"]
+RULES = ["tests/channels/test_rules.py", "tests/channels/test_deep_reference.py"]
+DISTRIBUTED = ["tests/selection/test_sharded.py"]
 
 MUTANTS = [
     # ------------------------------------------------------------------ the engine: bounded search
@@ -56,7 +56,7 @@ MUTANTS = [
     dict(name="engine-stop-sees-steps-from-zero", file="greedyprune/selection/engine.py",
          original="stop(step + 1, chosen,",
          replacement="stop(step, chosen,",
-         tests=["tests/test_selection.py"],
+         tests=["tests/selection/test_engine.py"],
          why="the stop condition is told one step fewer than were taken (a stop by step count ends a step late)"),
     dict(name="engine-no-replacement-repeats", file="greedyprune/selection/engine.py",
          original="        available[best] = False\n        scorer.add(",
@@ -194,12 +194,12 @@ MUTANTS = [
     dict(name="scratch-keeps-trained-weights", file="greedyprune/training/retrain.py",
          original="        trained = reinitialize(model, seed, init=init)\n",
          replacement="        trained = copy.deepcopy(model)\n",
-         tests=["tests/test_cnn_train.py"],
+         tests=["tests/training/test_cnn_train.py"],
          why="Scratch-E / Scratch-B train the pruned weights instead of a new initialisation"),
     dict(name="figure1-red-line-off-by-one", file="greedyprune/studies/pretraining_figures.py",
          original="    xs = [col[t] if t is not None else np.nan for t in s.thresholds]\n",
          replacement="    xs = [col[t] + 1 if t is not None else np.nan for t in s.thresholds]\n",
-         tests=["tests/test_plotting.py"],
+         tests=["tests/studies/test_pretraining_report.py"],
          why="Figure 1's red line is drawn one column right of the thresholds (the PNG still looks fine)"),
     dict(name="lemma1-first-trial-only",
          file="greedyprune/studies/pretraining_summary.py",
@@ -207,48 +207,48 @@ MUTANTS = [
                    "- float(r[\"dense_loss\"]) for r in cell],\n"),
          replacement=("            gaps = np.mean([np.asarray(cell[0][\"losses\"][:steps], dtype=float) "
                       "- float(cell[0][\"dense_loss\"])],\n"),
-         tests=["tests/test_plotting.py"],
+         tests=["tests/studies/test_pretraining_report.py"],
          why="the Lemma-1 figure plots one trial's gap instead of the mean over trials"),
     dict(name="transformer-sum-form-half-cross", file="greedyprune/transformers/criteria.py",
          original="        delta = torch.where(free, diag + 2.0 * (current - cross), torch.inf)\n",
          replacement="        delta = torch.where(free, diag + 1.0 * (current - cross), torch.inf)\n",
-         tests=["tests/test_transformer_maths.py"],
+         tests=["tests/transformers_/test_transformer_maths.py"],
          why="gfs-sum's step drops the factor 2 of the cross term: another unit order, same shapes"),
     dict(name="transformer-flap-not-bias-compensated", file="greedyprune/transformers/criteria.py",
          original=("    name, summary = \"flap\", \"FLAP's fluctuation metric\"\n"
                    "    needs_stats = bias_compensated = True\n"),
          replacement="    name, summary = \"flap\", \"FLAP's fluctuation metric\"\n    needs_stats = True\n",
-         tests=["tests/test_transformer_maths.py"],
+         tests=["tests/transformers_/test_transformer_maths.py"],
          why="the flap criterion's registry entry drops its bias compensation: same units kept, another bias"),
     dict(name="transformer-ls-residual-not-projected", file="greedyprune/selection/block.py",
          original="        self.r -= new @ coeff\n",
          replacement="        self.r -= 0.5 * new @ coeff\n",
-         tests=["tests/test_reconstruction.py", "tests/test_transformers.py"],
+         tests=["tests/channels/test_reconstruction.py", "tests/transformers_/test_transformers.py"],
          why="gfs-ls (the shared block engine) removes only half of the chosen columns' fit from the residual"),
     dict(name="sensitivity-refit-in-sample", file="greedyprune/channels/sensitivity.py",
          original="        probe, fold = inputs[start:start + probe.shape[0]], 0\n",
          replacement="        probe, fold = inputs[start:start + probe.shape[0]], None\n",
-         tests=["tests/test_reconstruction.py"],
+         tests=["tests/channels/test_reconstruction.py"],
          why="the held-out sensitivity curve refits on every calibration example, its own probe included"),
     dict(name="recalibrate-if-closer-inverted", file="greedyprune/channels/objectives.py",
          original="    if after < before:\n",
          replacement="    if after > before:\n",
-         tests=["tests/test_reconstruction.py"],
+         tests=["tests/channels/test_reconstruction.py"],
          why="the local objective keeps re-estimated batch-norm statistics when they move the outputs away"),
     dict(name="per-candidate-bn-pooled", file="greedyprune/channels/bn.py",
          original="                      for k in range(K)])\n",
          replacement=("                      for k in range(K)]) if False else \\\n"
                       "        F.batch_norm(x, None, None, weight, bias, True, 0.0, bn.eps)\n"),
-         tests=["tests/test_cost.py"],
+         tests=["tests/channels/test_cost.py"],
          why="the network objective's batch norms pool the statistics of all stacked candidates"),
     dict(name="cost-steps-ignore-candidates", file="greedyprune/channels/cost.py",
          original="    take = min(take, candidates if candidates is not None else units)\n",
          replacement="",
-         tests=["tests/test_cost.py"],
+         tests=["tests/channels/test_cost.py"],
          why="the cost model lets a step take more units than the candidates it scored"),
     dict(name="cost-downstream-from-writer", file="greedyprune/channels/cost.py",
          original="        out[g.name] = sum(m for name, m in macs.items() if position[name] >= first)\n",
          replacement="        out[g.name] = sum(m for name, m in macs.items() if position[name] > first)\n",
-         tests=["tests/test_cost.py"],
+         tests=["tests/channels/test_cost.py"],
          why="the downstream multiply-adds leave out the group's first reader"),
 ]

@@ -15,37 +15,32 @@ from greedyprune.training import checkpoints
 from greedyprune.training.checkpoints import list_checkpoints, load_model
 
 torch.set_num_threads(1)
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 # resnet20 on 100 mnist5k images, batch 10: 40 steps take about a second
 TINY = ["train", "--model", "resnet20", "--data", "mnist5k", "--size", "100", "--iterations", "40",
         "--checkpoint-every", "10", "--state-every", "5", "--batch-size", "10", "--eval-examples", "50",
         "--seed", "3", "--threads", "1", "--no-progress"]
 
 
-@pytest.fixture(scope="module")
-def mnist5k():
-    return data.load_dataset("mnist5k", normalize="pixel")
-
-
 @pytest.fixture
-def cached_data(monkeypatch, mnist5k):
+def cached_data(monkeypatch, mnist5k_pixel):
     """Load mnist5k once for the in-process runs (loading takes seconds)."""
     real = data.load_dataset
 
     def load(spec, **kw):
         if spec == "mnist5k" and kw.get("normalize") == "pixel" and kw.get("split", "train") == "train":
-            return mnist5k
+            return mnist5k_pixel
         return real(spec, **kw)
 
     monkeypatch.setattr(data, "load_dataset", load)
 
 
 @pytest.fixture(scope="module")
-def reference(tmp_path_factory, mnist5k):
+def reference(tmp_path_factory, mnist5k_pixel):
     """An uninterrupted run of TINY."""
     out = tmp_path_factory.mktemp("reference")
     mp = pytest.MonkeyPatch()
-    mp.setattr(data, "load_dataset", lambda spec, **kw: mnist5k)
+    mp.setattr(data, "load_dataset", lambda spec, **kw: mnist5k_pixel)
     try:
         assert main(TINY + ["--out", str(out)]) == 0
     finally:

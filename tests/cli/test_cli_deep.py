@@ -6,16 +6,8 @@ from greedyprune.channels import load_pruned
 from greedyprune.cli import main
 from greedyprune.models import get_model
 from greedyprune.studies.store import ResultsStore
-from greedyprune.training.checkpoints import save_model
 
-TINY = {"in_channels": 1, "num_classes": 10, "width": 4}
-
-
-@pytest.fixture()
-def checkpoint(tmp_path):
-    path = tmp_path / "resnet8.pt"
-    save_model(path, get_model("resnet8", seed=0, **TINY), name="resnet8", model_kwargs=TINY)
-    return path
+TINY = {"in_channels": 1, "num_classes": 10, "width": 4}  # conftest.TINY_RESNET8, the `checkpoint` fixture's model
 
 
 def _fails(capsys, argv, *needles):

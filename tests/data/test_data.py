@@ -51,9 +51,7 @@ def test_module_docstring_documents_normalisation():
 # ----------------------------------------------------------------------------- mnist5k
 
 
-@pytest.fixture(scope="module")
-def mnist5k_unit() -> Dataset:
-    return load_mnist5k()
+# mnist5k_unit: the session fixture in tests/conftest.py (load_mnist5k(), loaded once)
 
 
 def test_mnist5k_shape_and_classes(mnist5k_unit):

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from greedyprune.data import balanced_subsample, load_dataset
+from greedyprune.data import balanced_subsample
 from greedyprune.studies.pretraining import DB_NAME, SCHEMA, config_with, get_preset, run_pretraining_study
 from greedyprune.studies.store import ResultsStore, Schema
 from greedyprune.studies.theory import (
@@ -117,12 +117,12 @@ def test_fit_constant_closed_form():
 
 
 # ------------------------------------------------------------------------------ the table of a real study
-def test_threshold_table_equals_direct_recomputation(tiny_study):
+def test_threshold_table_equals_direct_recomputation(tiny_study, digits_unit):
     rows, constants = threshold_table(tiny_study)
     assert [(r.width, r.size) for r in rows] == [(20, 200), (20, 400)]
     assert all(isinstance(r, ThresholdRow) and r.trials == 1 and r.rank_deficient for r in rows)
 
-    ds = load_dataset("digits", normalize="unit", seed=0)
+    ds = digits_unit  # load_dataset("digits", normalize="unit", seed=0)
     for r in rows:  # the study's seed 0, trial 0: seeds 0 * 1_000_003 + 0
         idx = balanced_subsample(ds.labels, r.size, seed=0)
         d = definition1(TwoLayerNet(ds.in_features, 20, activation="relu", seed=0), ds.X[idx])

@@ -134,7 +134,7 @@ def test_keep_ratio_and_flops_target_and_report():
     assert r.report["params_after"] == sum(p.numel() for p in r.model.parameters())
     f = prune_model(model, (X, y), objective="network", flops_target=0.5, candidates=4, batch_size=16)
     ratio = f.report["macs_after"] / f.report["macs_before"]
-    assert 0.8 * 0.5 < ratio <= 0.5  # meets the target, and not far under it (tests/test_rules.py: the largest fit)
+    assert 0.8 * 0.5 < ratio <= 0.5  # meets the target, and not far under it (channels/test_rules.py: the largest fit)
     # the dense model is untouched
     assert sum(p.numel() for p in model.parameters()) == r.report["params_before"]
 

@@ -106,12 +106,10 @@ def test_mean_field_pruned_weights_by_hand():
 
 
 # ------------------------------------------------------------------------------- directly trained nets
-def test_direct_nets_are_runs_of_the_pruned_width():
-    from greedyprune.data import load_dataset
-
+def test_direct_nets_are_runs_of_the_pruned_width(digits_unit):
     config = pretraining.config_with(pretraining.get_preset("quick"), data="digits", widths=(30,), sizes=(300,),
                                       trials=1, iterations=20, eval_every=10, k=10, reference="largest")
-    ds = load_dataset("digits", normalize="unit")
+    ds = digits_unit  # load_dataset("digits", normalize="unit")
     n, matched = pretraining.direct_schedule(config, 30)
     assert n == 10 and matched == {0: 0, 10: 30, 20: 60}  # Scratch-B: t * width / n
     found = pretraining.train_direct(config, ds, 30, 300, 0)
