@@ -80,8 +80,8 @@ def recalibrate_bn(model: nn.Module, inputs: torch.Tensor, batch_size: int = 128
 def per_candidate_batch_norm(x: torch.Tensor, bn: nn.Module, K: int) -> torch.Tensor:
     """Train-mode batch norm of ``K`` stacked candidates' batches ``(K*B, C, ...)``, each normalised with
     its own batch's statistics (what ``bn`` in train mode computes for each candidate alone; the running
-    statistics are not touched). One fused ``F.batch_norm`` per candidate: on a CPU, 4-6x faster than
-    the same statistics computed with broadcasting tensor operations."""
+    statistics are not touched). One fused ``F.batch_norm`` per candidate: on a CPU, 6-20x faster than
+    the same statistics computed with broadcasting tensor operations (``bench/per_candidate_bn.py``)."""
     B = x.shape[0] // K
     weight, bias = (bn.weight, bn.bias) if bn.affine else (None, None)
     return torch.cat([F.batch_norm(x[k * B:(k + 1) * B], None, None, weight, bias, True, 0.0, bn.eps)
