@@ -315,14 +315,14 @@ def prune_two_layer(model: nn.Module, X: torch.Tensor, y: torch.Tensor, k: int, 
             the selection until k distinct neurons are chosen ("pruned to k hidden nodes"), or until
             ``max_steps`` steps, whichever comes first; ``result.k`` is the steps taken. Needs k <= width.
         max_steps: cap on the steps of ``prune_to="distinct"`` (default ``DISTINCT_STEP_FACTOR * k``);
-            ``result.extra["reached"]`` says whether k distinct neurons were reached.
+            ``result.selection.reached`` says whether k distinct neurons were reached.
         **selection_options: ``replacement``, ``candidates``, ``seed``, ``progress``, ... passed on.
 
     Returns:
         A :class:`~greedyprune.result.PruneResult`: ``.model`` is a new model of the same kind with only
         the distinct selected neurons, whose output on X equals ``.selection.output`` up to float
         rounding (the input model is left unchanged); ``.kept["hidden"]`` the kept neurons;
-        ``.selection.extra["dense_loss"]`` the dense network's loss on (X, y). It unpacks as
+        ``.selection.dense_loss`` the dense network's loss on (X, y). It unpacks as
         ``pruned_model, selection = prune_two_layer(...)``.
     """
     first, _, second = _layers(model)
@@ -353,7 +353,7 @@ def prune_two_layer(model: nn.Module, X: torch.Tensor, y: torch.Tensor, k: int, 
     start = time.perf_counter()
     result = _select(phi, y, k, loss, prune_to, max_steps, selection_options)
     dense_loss = loss_value(phi.mean(dim=0), y, loss)
-    result.extra["dense_loss"] = dense_loss
+    result.dense_loss = dense_loss
     pruned = build_pruned(model, result.counts)
     distinct = result.selected.tolist()
     report = {"params_before": sum(p.numel() for p in model.parameters()),
@@ -380,7 +380,7 @@ def _select(phi, y, k, loss, prune_to, max_steps, options):
 
     if prune_to == "steps" or not options.get("replacement", True):
         result = greedy_forward_selection(phi, y, k, loss=loss, **options)
-        result.extra["reached"] = prune_to == "steps" or int(result.selected.numel()) >= k
+        result.reached = prune_to == "steps" or int(result.selected.numel()) >= k
         return result
     k = check_int("k", k, 1)
     cap = check_int("max_steps", DISTINCT_STEP_FACTOR * k if max_steps is None else max_steps, k)
@@ -391,7 +391,7 @@ def _select(phi, y, k, loss, prune_to, max_steps, options):
     output = torch.tensordot(weights, phi.to(torch.float64), dims=1).to(result.output.dtype)
     out = SelectionResult(indices=result.indices, counts=result.counts, losses=result.losses, output=output,
                           loss=loss, replacement=True, candidates=result.candidates, seed=result.seed)
-    out.extra["reached"] = reached
+    out.reached = reached
     return out
 
 

@@ -2,7 +2,8 @@
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+import warnings
+from dataclasses import dataclass
 
 import torch
 
@@ -21,6 +22,13 @@ class SelectionResult:
             a selection made from a Gram matrix (``gram=``), which never forms the outputs.
         loss: the loss name used.
         replacement: whether a neuron could be chosen more than once.
+        candidates, seed: the candidate subsets' size (None: all) and their seed.
+        reached: with a distinct-count stop (``prune_two_layer(prune_to="distinct")``, the transformer
+            criteria), whether that many distinct neurons were chosen; None otherwise.
+        dense_loss: ``prune_two_layer``: the dense network's loss on the data; None otherwise.
+        target_distinct, steps_run: the transformer criteria: the distinct units asked for, and the steps the
+            run took before the result was cut to them; None otherwise.
+        world_size: Algorithm 2 (:mod:`greedyprune.selection.sharded`): the number of ranks; None otherwise.
     """
 
     indices: torch.Tensor
@@ -31,7 +39,19 @@ class SelectionResult:
     replacement: bool
     candidates: int | None = None
     seed: int = 0
-    extra: dict = field(default_factory=dict, repr=False)
+    reached: bool | None = None
+    dense_loss: float | None = None
+    target_distinct: int | None = None
+    steps_run: int | None = None
+    world_size: int | None = None
+
+    @property
+    def extra(self) -> dict:
+        """Deprecated: the named fields above that are set, as a dict (read the fields instead)."""
+        warnings.warn("SelectionResult.extra is deprecated: read its named fields (reached, dense_loss, "
+                      "target_distinct, steps_run, world_size)", DeprecationWarning, stacklevel=2)
+        names = ("reached", "dense_loss", "target_distinct", "steps_run", "world_size")
+        return {name: getattr(self, name) for name in names if getattr(self, name) is not None}
 
     @property
     def k(self) -> int:

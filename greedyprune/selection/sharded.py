@@ -375,7 +375,7 @@ def greedy_forward_selection(
 
     Returns:
         A :class:`SelectionResult` with global ``indices`` (k,), ``counts`` (N,), ``losses`` (k,) and the
-        final averaged ``output``; ``extra["world_size"]`` holds the number of ranks.
+        final averaged ``output``; ``world_size`` holds the number of ranks.
 
     Raises:
         RuntimeError: ``torch.distributed`` is not initialised.
@@ -405,4 +405,4 @@ def greedy_forward_selection(
                                             seed=seed, duplicates=duplicates, progress=progress_text)
     return SelectionResult(indices=indices, counts=counts, losses=losses, output=scorer.s / k, loss=loss,
                            replacement=replacement, candidates=candidates, seed=seed,
-                           extra={"world_size": comm.world})
+                           world_size=comm.world)

@@ -414,7 +414,7 @@ def _run_one(config, ds, width, size, trial, dev, out, emit, done) -> int:
             "pruned_accuracy": pruned_acc, "pruned_loss": pruned_loss,
             "dense_accuracy": dense_acc, "dense_loss": dense_loss,
             "distinct": int(result.selected.numel()), "k": config.k, "prune_to": config.prune_to,
-            "steps": result.k, "reached": bool(result.extra["reached"]),
+            "steps": result.k, "reached": bool(result.reached),
             "parameterization": config.parameterization, "prune_seconds": seconds,
             "losses": [float(v) for v in result.losses],
             "direct_width": n_direct if config.direct else None, "direct_loss": same[0], "direct_accuracy": same[1],

@@ -125,8 +125,7 @@ def _cut(res: SelectionResult, steps: int, n_keep: int) -> SelectionResult:
     indices = res.indices[:steps].clone()
     counts = torch.bincount(indices, minlength=res.num_neurons)
     return SelectionResult(indices=indices, counts=counts, losses=res.losses[:steps].clone(), output=None,
-                           loss=res.loss, replacement=res.replacement, extra={"target_distinct": n_keep,
-                                                                             "steps_run": res.k})
+                           loss=res.loss, replacement=res.replacement, target_distinct=n_keep, steps_run=res.k)
 
 
 def sum_select(weight: torch.Tensor, stats: InputStats, group: int, n_keep: int) -> torch.Tensor:

@@ -160,7 +160,7 @@ def run_world(world):
     selections = []
     for spec in make_cases(world):
         result = run_case(spec)
-        selections.append((result.indices, result.counts, result.losses, result.output, result.extra))
+        selections.append((result.indices, result.counts, result.losses, result.output, result.world_size))
     errors = {}
     for name, make in error_cases(world):
         try:
@@ -186,7 +186,7 @@ def test_same_selections_as_the_single_process_engine(world):
     selections = ranks[0][0]
     specs = make_cases(size)
     assert len(selections) == len(specs)
-    for spec, (indices, counts, losses, output, extra) in zip(specs, selections):
+    for spec, (indices, counts, losses, output, world_size) in zip(specs, selections):
         phi, y = build(spec)
         ref = greedy_forward_selection(phi, y, spec["k"], loss=spec["loss"], replacement=spec["replacement"],
                                        candidates=spec["candidates"], seed=spec["seed"])
@@ -195,7 +195,7 @@ def test_same_selections_as_the_single_process_engine(world):
         assert counts.tolist() == ref.counts.tolist(), label
         torch.testing.assert_close(losses, ref.losses, rtol=1e-12, atol=0, msg=str(label))
         torch.testing.assert_close(output, ref.output, rtol=0, atol=0, msg=str(label))
-        assert extra == {"world_size": size}
+        assert world_size == size
 
 
 def test_every_rank_returns_the_same_result(world):

@@ -75,7 +75,7 @@ def test_pruned_mean_field_net_reproduces_the_selection(prune_to):
     assert small.parameterization == "mean-field" and small[2].scale == pytest.approx(1 / small.hidden)
     torch.testing.assert_close(small(X), result.output, rtol=1e-10, atol=1e-10)
     if prune_to == "distinct":
-        assert result.extra["reached"] and small.hidden == 8
+        assert result.reached and small.hidden == 8
         # the cut is the first step at which 8 distinct neurons were chosen, and a prefix of a longer run
         longer = greedy_forward_selection(neuron_outputs(net, X), y, result.k + 5, loss="logistic")
         assert longer.indices[:result.k].tolist() == result.indices.tolist()
