@@ -14,7 +14,7 @@ from greedyprune.cli import main
 from greedyprune.cli.common import UsageError
 from greedyprune.errors import GreedyPruneError, InvalidOptionError, InvalidTypeError
 from greedyprune.fileio import IntegrityError, RunLockedError, UnsafeFileError
-from greedyprune.parallel import DistributedSelectionError, WorkerError
+from greedyprune.distributed import DistributedSelectionError, WorkerError
 from greedyprune.studies.store import ConfigMismatchError, DamagedDatabaseError, ResultsNotWritableError
 from greedyprune.transformers.decoder import HalfPrecisionError
 from greedyprune.transformers.support import UnsupportedModelError

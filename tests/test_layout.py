@@ -73,23 +73,105 @@ def test_every_module_defines_all():
 
 def test_every_name_in_all_exists():
     for name, _ in _modules():
-        if name.endswith("__main__") or name in ("greedyprune.datafiles", "greedyprune.studies.merging"):
-            continue  # __main__ runs the CLI; the two deprecated aliases warn (checked below)
+        if name.endswith("__main__") or name in DEPRECATED:
+            continue  # __main__ runs the CLI; the deprecated aliases warn (checked below)
         module = importlib.import_module(name)
         assert len(set(module.__all__)) == len(module.__all__), name
         assert [n for n in module.__all__ if not hasattr(module, n)] == [], name
 
 
-@pytest.mark.parametrize("old, new, names", [
+MOVED = [
     ("greedyprune.datafiles", "greedyprune.data", ["load_mnist_idx", "load_cifar10"]),
     ("greedyprune.studies.merging", "greedyprune.studies.store", ["merge_results", "VOLATILE_SUFFIXES"]),
-])
+    ("greedyprune.mobilenetv3", "greedyprune.models.mobilenetv3",
+     ["MOBILENETV3_SMALL_CFG", "MobileNetV3Small", "SqueezeExcitation", "make_divisible"]),
+    ("greedyprune.parallel", "greedyprune.distributed.parallel",
+     ["DEFAULT_TIMEOUT_S", "CandidateSplit", "DistributedSelectionError", "WorkerError", "init_process_group",
+      "is_initialised", "is_main", "launch", "rank", "split_range", "world_size"]),
+    ("greedyprune.training.ddp", "greedyprune.distributed.ddp", ["GlobalBatchNormMixin", "cross_rank_batchnorm"]),
+]
+DEPRECATED = {old for old, _, _ in MOVED}
+
+
+@pytest.mark.parametrize("old, new, names", MOVED)
 def test_a_moved_module_still_imports_with_a_deprecation_warning(old, new, names):
     sys.modules.pop(old, None)
     with pytest.warns(DeprecationWarning, match=new.replace(".", r"\.")):
         module = importlib.import_module(old)
     target = importlib.import_module(new)
+    assert sorted(module.__all__) == sorted(names)
     assert all(getattr(module, n) is getattr(target, n) for n in names)
+
+
+def test_importing_the_package_and_its_entry_points_warns_of_nothing():
+    # internal code imports the new paths: only a user's own import of an old one warns
+    code = ("import greedyprune, greedyprune.cli, greedyprune.studies, greedyprune.distributed, "
+            "greedyprune.models, greedyprune.selection.sharded, greedyprune.training.loop")
+    out = subprocess.run([sys.executable, "-W", "error::DeprecationWarning", "-c", code], capture_output=True,
+                         text=True, timeout=120, cwd=ROOT)
+    assert out.returncode == 0, out.stderr
+
+
+@pytest.mark.parametrize("first", ["greedyprune.selection.sharded", "greedyprune.distributed",
+                                   "greedyprune.distributed.parallel"])
+def test_the_distributed_package_imports_in_any_order(first):
+    # selection/sharded.py imports distributed/parallel.py, which runs distributed/__init__.py first; that one
+    # must not import sharded back (it imports greedy_forward_selection on first use)
+    code = (f"import {first}\nimport greedyprune.distributed as gd\nfrom greedyprune.selection import sharded\n"
+            "assert gd.greedy_forward_selection is sharded.greedy_forward_selection\n"
+            "from greedyprune.distributed import greedy_forward_selection\n"
+            "assert 'greedy_forward_selection' in dir(gd)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, cwd=ROOT)
+    assert out.returncode == 0, out.stderr
+
+
+def test_the_models_package_keeps_its_names():
+    from greedyprune import models
+    from greedyprune.models import mobilenetv3, zoo
+
+    assert set(zoo.__all__) <= set(models.__all__)
+    assert all(getattr(models, n) is getattr(zoo, n) for n in zoo.__all__)
+    assert models.MobileNetV3Small is mobilenetv3.MobileNetV3Small and models.init_weights is zoo.init_weights
+    assert type(models.get_model("mobilenetv3_small")) is models.MobileNetV3Small
+
+
+@pytest.mark.parametrize("name, old", [("mobilenetv3_small", "greedyprune.mobilenetv3"),
+                                       ("resnet20", "greedyprune.models"), ("mobilenetv2", "greedyprune.models"),
+                                       ("vgg16", "greedyprune.models")])
+def test_a_module_pickled_under_an_old_class_path_still_loads(name, old):
+    # save_checkpoint(full_module=True) / save_pruned(full_module=True) pickle the module, its classes by path:
+    # a file saved before the move names every class of the model by its old module
+    import io
+
+    import torch
+
+    from greedyprune.models import get_model
+
+    model = get_model(name, num_classes=3, seed=0, **({"shortcut": "A"} if name == "resnet20" else {})).eval()
+    classes = {type(m) for m in model.modules() if type(m).__module__.startswith("greedyprune.")}
+    assert classes
+    sys.modules.pop(old, None)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)
+        importlib.import_module(old)  # pickle checks that the old path names the same class
+    buffer = io.BytesIO()
+    saved = {cls: cls.__module__ for cls in classes}
+    try:
+        for cls in classes:
+            cls.__module__ = old
+        torch.save(model, buffer)
+    finally:
+        for cls, module in saved.items():
+            cls.__module__ = module
+    assert f"{old}\n".encode() in buffer.getvalue() or old.encode() in buffer.getvalue()
+    sys.modules.pop(old, None)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)
+        loaded = torch.load(io.BytesIO(buffer.getvalue()), weights_only=False)
+    assert type(loaded) is type(model)
+    assert {type(m) for m in loaded.modules()} == {type(m) for m in model.modules()}
+    x = torch.randn(2, 3, 32, 32)
+    assert torch.equal(loaded(x), model(x))
 
 
 def test_moved_names_keep_their_old_import_paths():

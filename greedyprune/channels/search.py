@@ -154,7 +154,7 @@ def prune_model(
     start_time = time.perf_counter()
     split = None
     if distributed:
-        from ..parallel import CandidateSplit
+        from ..distributed.parallel import CandidateSplit
 
         split = CandidateSplit(process_group)
     if not inplace:

@@ -264,8 +264,8 @@ def device(text: str) -> str:
 def launched_by_torchrun() -> bool:
     """Whether this process is one of several started by torchrun (or a launcher that sets the same
     variables): then the process group is initialised here (gloo on CPU, NCCL on CUDA) and True returned.
-    A process group that exists already (greedyprune.parallel.launch) counts too."""
-    from .. import parallel
+    A process group that exists already (greedyprune.distributed.launch) counts too."""
+    from ..distributed import parallel
 
     if parallel.is_initialised():
         return parallel.world_size() > 1

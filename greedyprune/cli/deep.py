@@ -188,7 +188,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     import contextlib
     import dataclasses
 
-    from .. import parallel
+    from ..distributed import parallel
     from ..fileio import atomic_write_text, run_directory
     from ..models import get_model
     from ..training.checkpoints import TRAIN_STATE, train_with_checkpoints
@@ -315,7 +315,7 @@ def _train_and_test(args):
 
 
 def cmd_prune(args: argparse.Namespace) -> int:
-    from .. import parallel
+    from ..distributed import parallel
     from ..channels import prune_model, save_pruned
     from ..data import load_dataset
     from ..fileio import RunLock, check_writable_file
@@ -423,7 +423,7 @@ def _check_train_out(out: Path) -> None:
 def _prune_worker(model, images, labels, options):
     """One rank of ``greedyprune prune --workers P``: every rank searches; rank 0 returns the result."""
     from ..channels import prune_model
-    from ..parallel import is_main
+    from ..distributed.parallel import is_main
 
     result = prune_model(model, (images, labels), distributed=True, **options)
     return result if is_main() else None

@@ -32,7 +32,7 @@ same sensitivity to its batching).
 
 Example::
 
-    from greedyprune.parallel import init_process_group, rank, split_range, world_size
+    from greedyprune.distributed import init_process_group, rank, split_range, world_size
     from greedyprune.selection.sharded import greedy_forward_selection
 
     init_process_group()                                     # under torchrun
@@ -49,7 +49,7 @@ import torch.distributed as dist
 
 from ..checks import check_int
 from ..errors import InvalidOptionError, InvalidTypeError
-from ..parallel import DistributedSelectionError, is_initialised
+from ..distributed.parallel import DistributedSelectionError, is_initialised
 from .engine import prepare_outputs, run_selection
 from .losses import validate_inputs
 from .result import SelectionResult
@@ -367,7 +367,7 @@ def greedy_forward_selection(
         target: as for the single-process function; the same on every rank, on ``local_outputs``' device.
         k: selection steps; without replacement ``k <= N``.
         offset: global index of this rank's first row. The slices of all ranks must tile ``[0, N)``; see
-            :func:`greedyprune.parallel.split_range`.
+            :func:`greedyprune.distributed.split_range`.
         loss, replacement, candidates, seed, chunk_elements: as for the single-process function; the
             candidate subsets are drawn from all N with ``seed``, identically on every rank.
         process_group: the ranks that share the work; default the world group.
@@ -387,8 +387,8 @@ def greedy_forward_selection(
     """
     if not is_initialised():
         raise RuntimeError(
-            "torch.distributed is not initialised: call greedyprune.parallel.init_process_group() first "
-            "(or run under greedyprune.parallel.launch() or torchrun), or use "
+            "torch.distributed is not initialised: call greedyprune.distributed.init_process_group() first "
+            "(or run under greedyprune.distributed.launch() or torchrun), or use "
             "greedyprune.greedy_forward_selection for a single process"
         )
     comm = _Comm(process_group, k)

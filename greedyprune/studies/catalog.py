@@ -139,7 +139,7 @@ class CNN(Study):
         cli.add_shard_option(parser)
 
     def main(self, args, cli):
-        from .. import parallel
+        from ..distributed import parallel
         from .cnn import RULES, CNNStudyConfig, config_with, get_preset, run_cnn_study
 
         cli.set_threads(args)

@@ -291,7 +291,7 @@ class _Run:
 
     @property
     def main(self) -> bool:
-        from .. import parallel
+        from ..distributed import parallel
 
         return not self.distributed or parallel.is_main()
 

@@ -260,9 +260,9 @@ def pretrain(
             iteration, so it must be idempotent (the studies skip work already recorded).
         progress: show a progress bar.
         distributed: data-parallel over the initialised ``torch.distributed`` process group (torchrun, or
-            :func:`greedyprune.parallel.launch`): every process takes its share of each batch, gradients
+            :func:`greedyprune.distributed.launch`): every process takes its share of each batch, gradients
             are summed by ``DistributedDataParallel``, BatchNorm uses the whole batch's statistics
-            (:mod:`greedyprune.training.ddp`), so the steps are those of one process up to float rounding.
+            (:mod:`greedyprune.distributed.ddp`), so the steps are those of one process up to float rounding.
             Every process must call it with the same arguments; only rank 0 writes the checkpoint and
             runs the callback, and all processes wait for it at the end.
 
@@ -284,11 +284,12 @@ def pretrain(
         start, rng = _resume(checkpoint_path, model, optimizer, config, digest, device)
     main = True
     if distributed:
-        from .. import parallel
+        from ..distributed import parallel
 
         if not parallel.is_initialised():
-            raise InvalidOptionError("distributed=True needs an initialised torch.distributed process group; start the "
-                                     "program with torchrun, or call greedyprune.parallel.init_process_group() first")
+            raise InvalidOptionError("distributed=True needs an initialised torch.distributed process group; "
+                                     "start the program with torchrun, or call "
+                                     "greedyprune.distributed.init_process_group() first")
         main = parallel.is_main()
 
     def checkpoint(t: int) -> None:
@@ -404,8 +405,8 @@ def _data_parallel(model: nn.Module, distributed: bool):
         return
     from torch.nn.parallel import DistributedDataParallel
 
-    from ..parallel import rank, split_range, world_size
-    from .ddp import cross_rank_batchnorm
+    from ..distributed.parallel import rank, split_range, world_size
+    from ..distributed.ddp import cross_rank_batchnorm
 
     world, r = world_size(), rank()
     device = next(model.parameters()).device

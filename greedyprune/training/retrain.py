@@ -31,7 +31,7 @@ from torch import nn
 
 from ..checks import check_int
 from ..errors import InvalidOptionError
-from ..models import init_weights
+from ..models.zoo import init_weights
 from .loop import SCHEDULES, TrainConfig, pretrain
 
 __all__ = [

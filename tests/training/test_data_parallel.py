@@ -8,7 +8,7 @@ import pytest
 import torch
 from torch import nn
 
-from greedyprune import parallel
+from greedyprune.distributed import parallel
 from greedyprune.training.loop import TrainConfig, pretrain
 
 torch.set_num_threads(1)

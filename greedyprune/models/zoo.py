@@ -10,7 +10,7 @@ Every model is built by :func:`get_model` from a name in :data:`MODEL_NAMES`:
   classifier ``model.fc``.
 * ``mobilenetv2`` -- MobileNetV2 (Sandler et al. 2018) with CIFAR strides, classifier
   ``model.classifier``.
-* ``mobilenetv3_small`` -- MobileNetV3-Small (:mod:`greedyprune.mobilenetv3`), stride 1 in the stem and
+* ``mobilenetv3_small`` -- MobileNetV3-Small (:mod:`greedyprune.models.mobilenetv3`), stride 1 in the stem and
   first block for 32x32 / 28x28 inputs (``small_inputs=False``: the ImageNet strides), classifier
   ``model.classifier``.
 * ``vgg16`` -- VGG-16 with BatchNorm (configuration D), the pruning papers' CIFAR variant,
@@ -70,7 +70,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .errors import InvalidOptionError, InvalidTypeError
+from ..errors import InvalidOptionError, InvalidTypeError
 
 __all__ = [
     "MODEL_NAMES",
@@ -502,7 +502,7 @@ def _check_size(key: str, builder, num_classes: int, in_channels: int, kw: dict)
     except RuntimeError as exc:  # a tensor size that overflows 64 bits
         raise InvalidOptionError(f"get_model({key!r}, {options}) describes tensors too large to exist "
                                  f"({str(exc).splitlines()[0]}); {fix}") from None
-    from .checks import check_model_size
+    from ..checks import check_model_size
 
     check_model_size(model, f"get_model({key!r}, {options})", fix)
 
