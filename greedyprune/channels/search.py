@@ -93,7 +93,7 @@ class _Search:
 
     def recalibrate(self) -> None:
         if self.calibration is not None:
-            recalibrate_bn(self.model, self.calibration, self.options.batch_size or MAX_SEARCH_BATCH)
+            recalibrate_bn(self.model, self.calibration, self.batches.batch_size)
 
 
 def prune_model(
@@ -250,7 +250,7 @@ def prune_model(
     search.recalibrate()
     recalibrated = calibration is not None
     if auto_recalibrate:
-        recalibrated = recalibrate_if_closer(model, probe, dense_probe, options.batch_size or MAX_SEARCH_BATCH)
+        recalibrated = recalibrate_if_closer(model, probe, dense_probe, batches.batch_size)
     after = _measure(model, example, eval_x, eval_y)
     report = {f"{key}_{when}": value for when, m in (("before", before), ("after", after)) for key, value in m.items()}
     report.update(eval_examples=int(eval_x.shape[0]), input_shape=list(example.shape[1:]), rule=stop.name,
