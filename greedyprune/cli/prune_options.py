@@ -2,15 +2,16 @@
 flag: one per field of :class:`~greedyprune.channels.PruneOptions` (the name, the default, the help from the
 field's metadata) and one per explicit keyword in :data:`KEYWORD_FLAGS` (``skip``, ``extra_skip``: help from
 ``prune_model``'s docstring), with a parsing type per flag in :data:`OPTION_TYPES`. A new field without an entry
-there (or in :data:`HAND_WRITTEN`) fails at import, so the CLI cannot fall behind the library."""
+there (or in :data:`HAND_WRITTEN`) fails when the parser is built, so the CLI cannot fall behind the library (the
+generator is :mod:`~greedyprune.cli.option_flags`, shared with ``prune-transformer`` and ``prune-llm``)."""
 from __future__ import annotations
 
 import argparse
 import inspect
 import re
-from dataclasses import fields
 
 from ..options import plain_help
+from .option_flags import add_option_flags, given_options, option_flags
 from .common import int_at_least, name_list, nonnegative_float, nonnegative_int, number, positive_int
 
 __all__ = ["HAND_WRITTEN", "KEYWORD_FLAGS", "NOT_FLAGS", "OPTION_TYPES", "add_prune_model_options",
@@ -75,25 +76,17 @@ def generated_flags() -> list[tuple[str, str, object]]:
 
     params = inspect.signature(prune_model).parameters
     out = [(name, docstring_help(prune_model, name), params[name].default) for name in KEYWORD_FLAGS]
-    out += [(f.name, plain_help(f.metadata.get("help", "")), f.default) for f in fields(PruneOptions)
-            if f.name not in HAND_WRITTEN]
-    missing = [name for name, _, _ in out if name not in OPTION_TYPES]
-    if missing:
-        raise RuntimeError(f"PruneOptions fields without a CLI flag: {missing}; add each to OPTION_TYPES (or to "
-                           f"HAND_WRITTEN) in greedyprune/cli/prune_options.py")
-    return out
+    return out + option_flags(PruneOptions, OPTION_TYPES, hand_written=HAND_WRITTEN,
+                              where="greedyprune/cli/prune_options.py (OPTION_TYPES, HAND_WRITTEN)")
 
 
 def add_prune_model_options(parser: argparse.ArgumentParser) -> None:
     """One flag per :class:`PruneOptions` field (and explicit keyword) not written by hand, in a group of its
     own; absent flags are left out of the call (``prune_model``'s own defaults apply)."""
     group = parser.add_argument_group("more prune_model options (generated; see help(greedyprune.PruneOptions))")
-    for name, text, default in generated_flags():
-        shown = "" if default is None else f" (default: {default})"
-        group.add_argument("--" + name.replace("_", "-"), dest=name, default=argparse.SUPPRESS,
-                           help=(text + shown).replace("%", "%%"), **OPTION_TYPES[name])
+    add_option_flags(group, generated_flags(), OPTION_TYPES)
 
 
 def prune_model_overrides(args: argparse.Namespace) -> dict:
     """The generated options given on the command line, as ``prune_model`` keywords."""
-    return {name: getattr(args, name) for name in OPTION_TYPES if hasattr(args, name)}
+    return given_options(args, OPTION_TYPES)
