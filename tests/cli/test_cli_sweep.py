@@ -24,7 +24,7 @@ BASE = {
     ("study", "pretraining"): [], ("study", "appendix-c"): [], ("study", "cnn"): [], ("study", "rethinking"): [],
     ("train",): ["--model", "resnet8", "--iterations", "1"], ("prune",): ["ck.pt"], ("plot",): ["d"],
     ("export",): ["d"], ("merge",): ["o", "s"], ("theory", "threshold"): ["d"], ("advise",): [],
-    ("prune-transformer",): [],
+    ("prune-transformer",): [], ("prune-llm",): [],
 }
 
 
@@ -155,6 +155,7 @@ RUNTIME_CASES = {  # values that parse, refused by the command's first check (no
     "advise-huge-width": ["advise", "--data", "digits", "--width", "1000000000", "--no-progress"],
     "advise-compare-missing": ["advise", "--compare", "ünï©ødé", "--no-progress"],
     "prune-transformer-model": ["prune-transformer", "--model", "ünï©ødé", "--no-progress"],
+    "prune-llm-model": ["prune-llm", "--model", "ünï©ødé", "--no-progress"],
     "no-command": [],
     "unknown-command": ["ünï©ødé"],
 }
@@ -174,4 +175,5 @@ def test_the_sweep_covers_every_command():
                 for argv in RUNTIME_CASES.values() if argv and argv[0] != "ünï©ødé"}
     assert covered >= set(BASE)
     assert {argv[0] for argv in RUNTIME_CASES.values() if argv} >= {"train", "prune", "study", "plot", "export",
-                                                                   "merge", "theory", "advise", "prune-transformer"}
+                                                                   "merge", "theory", "advise", "prune-transformer",
+                                                                   "prune-llm"}

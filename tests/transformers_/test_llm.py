@@ -188,6 +188,23 @@ def test_baselines_follow_their_formulas(method):
         assert bias is None
 
 
+def test_prune_decoder_takes_the_options_object_and_its_old_keywords():
+    from greedyprune.errors import InvalidTypeError
+    from greedyprune.transformers import TransformerPruneOptions
+    from greedyprune.transformers.decoder_prune import prune_decoder
+
+    dense, ids = tiny_llama(), windows()
+    keywords = dict(ffn_keep=0.5, heads_keep=2 / 3, method="wanda", refit=None, layers=[0, 2], min_tokens=64)
+    by_keywords = prune_decoder(dense, ids, batch_size=8, max_length=256, seed=0, **keywords)  # a call of before
+    by_object = prune_decoder(dense, ids, options=TransformerPruneOptions(**keywords))
+    mixed = prune_decoder(dense, ids, options=TransformerPruneOptions(**{**keywords, "method": "flap"}), method="wanda")
+    via = prune_transformer(dense, ids, **keywords)
+    for other in (by_object, mixed, via):
+        assert other.kept == by_keywords.kept and other.report["method"] == "wanda"
+    with pytest.raises(InvalidTypeError, match=r"prune_decoder\(\) got an unexpected keyword argument 'widht'"):
+        prune_decoder(dense, ids, widht="gfs")
+
+
 def test_width_rules():
     torch.manual_seed(0)
     x = torch.randn(300, 6, dtype=torch.float64) @ torch.randn(6, 6, dtype=torch.float64)
