@@ -8,7 +8,7 @@ Rows:
 
 * ``main`` - a ResNet-20 on 3x32x32, 50 candidates per step, batch 64, half of every group kept. The
   reference is the public implementation's way: one full forward of the masked network per candidate.
-  Ours (``method="fast"``) runs the layers upstream of the group once per batch, stacks the candidates
+  Ours (``evaluator="fast"``) runs the layers upstream of the group once per batch, stacks the candidates
   along the batch dimension, and folds batch norms (``bn="running"`` for both: the scoring the two share).
   Both runs see the same batches and candidates; the script checks that they keep the same channels.
   A third run adds the best 2 candidates of each step (``step=2``): half the steps; its held-out loss
@@ -63,8 +63,8 @@ def main_row(args) -> None:
     print(f"resnet20, 3x32x32, batch {args.batch_size}, {args.candidates} candidates per step, keep 0.5, "
           f"{torch.get_num_threads()} threads, {args.device}")
     results, seconds = {}, {}
-    for key, extra in (("fast", {"method": "fast"}), ("reference", {"method": "reference"}),
-                       ("fast, step 2", {"method": "fast", "step": 2})):
+    for key, extra in (("fast", {"evaluator": "fast"}), ("reference", {"evaluator": "reference"}),
+                       ("fast, step 2", {"evaluator": "fast", "step": 2})):
         start = time.perf_counter()
         results[key] = prune_model(model, (X, y), **opts, **extra)
         seconds[key] = time.perf_counter() - start

@@ -194,7 +194,7 @@ def run_deep_case(case: DeepCase, distributed: bool):
     dist.barrier()
     result = prune_model(model, (X, y), keep_ratio=1.0, max_steps=case.steps, candidates=case.candidates,
                          batch_size=case.batch, extra_skip=others, distributed=distributed and world > 1,
-                         method="fast", eval_examples=64)
+                         evaluator="fast", eval_examples=64)
     seconds = result.layers[0]["seconds"]
     times = [None] * world
     dist.all_gather_object(times, seconds)

@@ -303,7 +303,7 @@ def _checked(evaluator, model, group, x, y, rows, strict):
     if not torch.allclose(fast.cpu(), slow.cpu(), rtol=1e-3, atol=1e-4):
         if strict:
             raise RuntimeError(f"group {group.name!r}: the fast search disagrees with a full forward "
-                               f"({fast.tolist()} vs {slow.tolist()}); use method='reference'")
+                               f"({fast.tolist()} vs {slow.tolist()}); use evaluator='reference'")
         warnings.warn(f"group {group.name!r}: the fast search disagrees with a full forward; using the reference "
                       f"search", stacklevel=3)
         return ref

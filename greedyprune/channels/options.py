@@ -5,6 +5,11 @@ which ``help(PruneOptions)`` lists and ``greedyprune prune`` turns into its flag
 options=PruneOptions(...), **overrides)`` takes one, with keyword overrides; :meth:`PruneOptions.validate`
 returns a checked copy and :meth:`PruneOptions.resolved` one with the ``"auto"`` / None choices the search
 settles made concrete (both new instances: an options object is never changed).
+
+``evaluator`` was called ``method`` up to 0.2.0: the word *method* means what selects the units everywhere
+(``prune_transformer(method=...)``, ``PruneResult.method``), so the option that picks how the network objective
+scores candidates has its own name. ``PruneOptions(method=...)``, ``prune_model(method=...)`` and reading
+``options.method`` still work for one release, with a ``DeprecationWarning``.
 """
 from __future__ import annotations
 
@@ -12,17 +17,21 @@ from dataclasses import dataclass, replace
 
 from ..errors import InvalidTypeError
 from ..checks import check_choice, check_int, check_number
-from ..options import document_fields, option
+from ..options import document_fields, option, renamed_fields
 
-__all__ = ["BN_MODES", "BUDGET_CURVES", "METHODS", "OBJECTIVES", "UNSUPPORTED", "PruneOptions"]
+__all__ = ["BN_MODES", "BUDGET_CURVES", "EVALUATORS", "METHODS", "OBJECTIVES", "UNSUPPORTED", "PruneOptions"]
 
-METHODS = ("auto", "fast", "reference")
+EVALUATORS = ("auto", "fast", "reference")
+"""The values of :attr:`PruneOptions.evaluator`."""
+METHODS = EVALUATORS
+"""The former name of :data:`EVALUATORS` (kept for imports of it)."""
 OBJECTIVES = ("auto", "network", "local", "local-gfs")
 BN_MODES = ("auto", "batch", "running")
 BUDGET_CURVES = ("local", "network", "sensitivity")
 UNSUPPORTED = ("error", "skip")
 
 
+@renamed_fields("'method' means what selects the units", method="evaluator")
 @document_fields
 @dataclass(frozen=True, kw_only=True)
 class PruneOptions:
@@ -69,8 +78,9 @@ class PruneOptions:
         2.5e-3).""")
     finetune_weight_decay: float = option(5e-4, """weight decay of the fine-tuning steps (the public
         implementation: 4e-5).""")
-    method: str = option("auto", """"fast" (stacked downstream-only evaluation), "reference" (full masked
-        forward per candidate), or "auto" (fast, falling back to reference with a warning).""")
+    evaluator: str = option("auto", """how the network objective scores a step's candidates: "fast" (stacked
+        downstream-only evaluation), "reference" (a full masked forward per candidate), or "auto" (fast, falling
+        back to reference with a warning). Formerly ``method`` (deprecated).""")
     eval_examples: int = option(1024, "size of the fixed set the report's before/after loss and accuracy use.")
     stack_elements: int | None = option(None, """memory cap of the stacked forward: elements of its largest
         activation (None: a default for the device).""")
@@ -129,7 +139,7 @@ class PruneOptions:
             finetune_steps=check_int("finetune_steps", self.finetune_steps, 0),
             finetune_lr=check_number("finetune_lr", self.finetune_lr, low=0, low_open=True),
             finetune_weight_decay=check_number("finetune_weight_decay", self.finetune_weight_decay, low=0),
-            method=check_choice("method", self.method, METHODS),
+            evaluator=check_choice("evaluator", self.evaluator, EVALUATORS),
             bn=check_choice("bn", self.bn, BN_MODES),
             eval_examples=check_int("eval_examples", self.eval_examples, 1),
             stack_elements=check_int("stack_elements", self.stack_elements, 1, allow_none=True),

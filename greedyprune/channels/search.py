@@ -85,7 +85,7 @@ class _Search:
             try:
                 return FastEvaluator(self.model, self.graph, group, opts.stack_elements, bn=opts.bn)
             except RuntimeError as exc:
-                if opts.method == "fast":
+                if opts.evaluator == "fast":
                     raise
                 warnings.warn(f"group {group.name!r}: fast search unavailable ({exc}); using the reference search",
                               stacklevel=3)
@@ -198,7 +198,7 @@ def prune_model(
     calibration = None
     if options.recalibrate and has_batch_norm(model):
         calibration = batches.fixed(options.recalibrate)[0]
-    search = _Search(model, DG, None if local else _trace_for(model, options.method), batches, options, split,
+    search = _Search(model, DG, None if local else _trace_for(model, options.evaluator), batches, options, split,
                      device, calibration, holdout_set, eval_x[:8])
     if local or (stop.needs_curves and options.budget_curves in ("local", "sensitivity")):
         search.local_inputs = batches.fixed(calibration_size(options.calibration, before["macs"]))[0]
@@ -298,7 +298,7 @@ def search_group(search: _Search, group: ChannelGroup, index: int, stop: Stoppin
             base = (counts.to(torch.float32) * delta).to(device)
             if step == 0 and isinstance(evaluator, FastEvaluator):
                 evaluator = checked(evaluator, search.model, group, x, y, widen(step_rows(base, cand[:2], delta)),
-                                    strict=opts.method == "fast")
+                                    strict=opts.evaluator == "fast")
                 if held is not None and not isinstance(evaluator, FastEvaluator):
                     held = ReferenceEvaluator(search.model, group, bn=opts.bn)
                     held.prepare(search.holdout[0])
@@ -432,15 +432,15 @@ def _measure(model: nn.Module, example: torch.Tensor, x: torch.Tensor, y: torch.
             "loss": loss, "accuracy": accuracy}
 
 
-def _trace_for(model: nn.Module, method: str):
-    if method == "reference":
+def _trace_for(model: nn.Module, evaluator: str):
+    if evaluator == "reference":
         return None
     try:
         return trace(model)
     except Exception as exc:  # noqa: BLE001
-        if method == "fast":
-            raise InvalidOptionError(f"method='fast' needs a torch.fx-traceable model, and tracing failed "
-                                     f"({type(exc).__name__}: {exc}); use method='reference'") from exc
+        if evaluator == "fast":
+            raise InvalidOptionError(f"evaluator='fast' needs a torch.fx-traceable model, and tracing failed "
+                                     f"({type(exc).__name__}: {exc}); use evaluator='reference'") from exc
         warnings.warn(f"torch.fx could not trace the model ({type(exc).__name__}); using the slower reference "
                       f"search (one full forward per candidate)", stacklevel=3)
         return None

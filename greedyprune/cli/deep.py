@@ -7,6 +7,7 @@ import os
 import sys
 from pathlib import Path
 
+from .option_flags import deprecated_alias
 from .prune_options import add_prune_model_options, prune_model_overrides
 from .common import (UsageError, add_run_options, device, fraction, interrupted, key_value, nonnegative_float,
                      nonnegative_int, number, positive_float, positive_int, seed, set_threads, slug, workers)
@@ -54,8 +55,8 @@ def _register_prune(sub) -> None:
     pr.add_argument("--replacement", action="store_true", help="allow a channel to be chosen more than once")
     pr.add_argument("--batch-size", type=positive_int, default=128)
     pr.add_argument("--finetune-steps", type=nonnegative_int, default=0, help="SGD steps after each group")
-    pr.add_argument("--method", choices=["auto", "fast", "reference"], default="auto",
-                    help="network objective: stacked downstream forwards (fast) or full forwards (reference)")
+    pr.add_argument("--method", choices=["auto", "fast", "reference"], dest="evaluator", default=argparse.SUPPRESS,
+                    action=deprecated_alias("--evaluator"), help="deprecated: the former name of --evaluator")
     pr.add_argument("--objective", choices=["auto", "local", "network", "local-gfs"], default="auto",
                     help="auto (default): block reconstruction for --keep-ratio / --flops-target, the network "
                          "objective for --epsilon / --accuracy-tolerance")
@@ -345,7 +346,7 @@ def cmd_prune(args: argparse.Namespace) -> int:
             if v is not None}
     options = dict(candidates=None if args.all_candidates else args.candidates, replacement=args.replacement,
                    batch_size=args.batch_size, seed=args.seed, device=dev, finetune_steps=args.finetune_steps,
-                   method=args.method, objective=args.objective, calibration=args.calibration, **rule,
+                   objective=args.objective, calibration=args.calibration, **rule,
                    **prune_model_overrides(args))
     if args.uniform:
         if args.flops_target is None:

@@ -18,10 +18,11 @@ __all__ = ["HAND_WRITTEN", "KEYWORD_FLAGS", "NOT_FLAGS", "OPTION_TYPES", "add_pr
            "docstring_help", "generated_flags", "prune_model_overrides"]
 
 HAND_WRITTEN = {"epsilon", "accuracy_tolerance", "keep_ratio", "flops_target", "params_target", "candidates",
-                "replacement", "batch_size", "seed", "device", "finetune_steps", "method", "objective", "calibration",
+                "replacement", "batch_size", "seed", "device", "finetune_steps", "objective", "calibration",
                 "uniform", "distributed", "progress"}
 """Options with a flag written in ``cli/deep.py`` (rule flags are mutually exclusive there; ``--workers``
-sets ``distributed``; ``--no-progress`` sets ``progress``)."""
+sets ``distributed``; ``--no-progress`` sets ``progress``). ``--method`` there is the deprecated spelling of the
+generated ``--evaluator``."""
 KEYWORD_FLAGS = ("skip", "extra_skip")
 """``prune_model``'s explicit keywords (not :class:`PruneOptions` fields) with a generated flag."""
 NOT_FLAGS = {"model", "data", "options", "rule", "process_group", "inplace", "overrides"}
@@ -43,6 +44,7 @@ OPTION_TYPES: dict[str, dict] = {
     "holdout": dict(type=nonnegative_int),
     "finetune_lr": dict(type=number(0, low_open=True)),
     "finetune_weight_decay": dict(type=nonnegative_float),
+    "evaluator": dict(choices=("auto", "fast", "reference")),
     "eval_examples": dict(type=positive_int),
     "stack_elements": dict(type=positive_int),
     "check": dict(action=argparse.BooleanOptionalAction),

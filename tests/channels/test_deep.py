@@ -90,8 +90,8 @@ def test_fast_search_chooses_the_same_channels_as_the_reference():
     opts = dict(objective="network", keep_ratio=0.5, candidates=5, batch_size=16, seed=3)
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # no silent fallback to the reference
-        fast = prune_model(model, (X, y), method="fast", **opts)
-    ref = prune_model(model, (X, y), method="reference", **opts)
+        fast = prune_model(model, (X, y), evaluator="fast", **opts)
+    ref = prune_model(model, (X, y), evaluator="reference", **opts)
     assert fast.kept == ref.kept
     assert all(r["evaluator"] == "fast" for r in fast.layers)
     torch.testing.assert_close(torch.tensor([r["loss"] for r in fast.layers]),
@@ -313,7 +313,7 @@ def test_a_fast_search_that_disagrees_with_full_forwards_falls_back_to_the_refer
     model = _randomize_bn(get_model("resnet8", in_channels=1, width=4, seed=0))
     X, y = _data((1, 12, 12), n=48)
     opts = dict(objective="network", keep_ratio=0.5, candidates=3, batch_size=16, seed=1)
-    expected = prune_model(model, (X, y), method="reference", **opts)
+    expected = prune_model(model, (X, y), evaluator="reference", **opts)
     real = evaluators.FastEvaluator.evaluate
 
     def skewed(self, rows, labels):  # a fast path gone wrong: later candidates look better than they are
@@ -322,17 +322,17 @@ def test_a_fast_search_that_disagrees_with_full_forwards_falls_back_to_the_refer
 
     monkeypatch.setattr(evaluators.FastEvaluator, "evaluate", skewed)
     with pytest.warns(UserWarning, match="disagrees with a full forward") as caught:
-        result = prune_model(model, (X, y), method="auto", **opts)
+        result = prune_model(model, (X, y), evaluator="auto", **opts)
     assert sum("disagrees" in str(w.message) for w in caught) == len(result.layers)  # one warning per group
     assert all(r["evaluator"] == "reference" for r in result.layers)
     assert result.counts == expected.counts and result.kept == expected.kept
     with pytest.raises(RuntimeError, match="disagrees with a full forward"):
-        prune_model(model, (X, y), method="fast", **opts)
+        prune_model(model, (X, y), evaluator="fast", **opts)
 
     def broken(self, rows, labels):
         raise RuntimeError("no kernel for this layer")
 
     monkeypatch.setattr(evaluators.FastEvaluator, "evaluate", broken)
     with pytest.warns(UserWarning, match="fast search failed on this model"):
-        result = prune_model(model, (X, y), method="auto", **opts)
+        result = prune_model(model, (X, y), evaluator="auto", **opts)
     assert result.counts == expected.counts

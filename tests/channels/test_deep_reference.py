@@ -118,14 +118,14 @@ def test_fast_and_reference_search_choose_what_the_explicit_loop_chooses(arch, c
         assert any(max(c) >= 2 for c in ref.counts.values())  # a channel chosen twice: its scale grows
     if arch == "flatten":  # a conv group read through a flatten, and a linear layer's group
         assert list(ref.counts) == ["conv2", "fc1"]
-    methods = ["fast", "reference"] if arch in ("resnet8-A", "mobilenetv2") else ["fast"]
-    for method in methods:
+    evaluators = ["fast", "reference"] if arch in ("resnet8-A", "mobilenetv2") else ["fast"]
+    for evaluator in evaluators:
         recorder = Recorder(KeepRatio(0.5))
         with warnings.catch_warnings():
             warnings.simplefilter("error")  # no silent fallback from the fast search
-            result = prune_model(model, (X, y), objective="network", rule=recorder, method=method, recalibrate=0,
-                                 **opts)
-        assert all(r["evaluator"] == method for r in result.layers)
+            result = prune_model(model, (X, y), objective="network", rule=recorder, evaluator=evaluator,
+                                 recalibrate=0, **opts)
+        assert all(r["evaluator"] == evaluator for r in result.layers)
         compare(result, recorder, ref, model, X)
 
 

@@ -2,6 +2,10 @@
 override it; unknown keywords are refused as Python refuses them; validation returns a new object."""
 import dataclasses
 import inspect
+import subprocess
+import sys
+import warnings
+from pathlib import Path
 
 import pytest
 import torch
@@ -77,11 +81,11 @@ def test_every_old_keyword_keeps_its_default_and_every_field_has_help():
     explicit = set(inspect.signature(prune_model).parameters) - {"model", "data", "options", "overrides"}
     assert {"rule", "device", "skip", "extra_skip", "inplace", "progress", "distributed",
             "process_group"} == explicit
-    # the defaults prune_model's keywords had before the dataclass
+    # the defaults prune_model's keywords had before the dataclass (evaluator: formerly method, below)
     old = dict(epsilon=None, accuracy_tolerance=None, keep_ratio=None, flops_target=None, params_target=None,
                uniform=False, candidates=50, replacement=False, batch_size=None, max_steps=None, seed=0, bn="auto",
                recalibrate=None, holdout=None, finetune_steps=0, finetune_lr=0.01, finetune_weight_decay=5e-4,
-               method="auto", eval_examples=1024, stack_elements=None, check=True, unsupported="error", step="auto",
+               evaluator="auto", eval_examples=1024, stack_elements=None, check=True, unsupported="error", step="auto",
                curve_points=32, refit=None, refit_ridge=None, objective="auto", calibration=None,
                budget_curves="sensitivity")
     assert {name: f.default for name, f in names.items()} == old
@@ -89,3 +93,67 @@ def test_every_old_keyword_keeps_its_default_and_every_field_has_help():
     assert "budget_curves:" in PruneOptions.__doc__  # help() lists every field
     assert greedyprune.PruneOptions is PruneOptions is SearchOptions
     assert "PruneOptions" in greedyprune.__all__ and "PruneOptions" in greedyprune.channels.__all__
+
+
+# ------------------------------------------------------------------ evaluator, formerly method (issue 20)
+
+
+def test_the_former_name_method_still_works_with_a_deprecation_warning_naming_evaluator():
+    with pytest.warns(DeprecationWarning, match=r"PruneOptions\(\): method= is deprecated.*now called 'evaluator'"
+                                                r".*'method' means what selects the units") as caught:
+        options = PruneOptions(method="reference", seed=1)
+    assert caught[0].filename == __file__  # points at the caller
+    assert options == PruneOptions(evaluator="reference", seed=1)
+    with pytest.warns(DeprecationWarning, match=r"PruneOptions: \.method is deprecated.*'evaluator'"):
+        assert options.method == "reference"
+    for make in (lambda: PruneOptions(method="fast", evaluator="fast"),
+                 lambda: dataclasses.replace(options, method="fast")):  # replace passes every field on
+        with pytest.raises(TypeError, match="both method= and evaluator=.*give evaluator= only"):
+            make()
+    with pytest.raises(InvalidOptionError, match="evaluator"):
+        PruneOptions(evaluator="slow").validate()
+    assert "method" not in {f.name for f in dataclasses.fields(PruneOptions)}
+    assert "evaluator" in inspect.signature(PruneOptions).parameters
+
+
+def test_the_new_name_evaluator_does_not_warn():
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        options = dataclasses.replace(PruneOptions(evaluator="fast"), seed=2).validate()
+        assert options.evaluator == "fast" and "evaluator:" in PruneOptions.__doc__
+
+
+def test_prune_model_takes_method_with_a_warning_and_prunes_as_with_evaluator():
+    model, data = _tiny()
+    keywords = dict(objective="network", keep_ratio=0.5, candidates=3, batch_size=16, check=False, eval_examples=16)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", DeprecationWarning)
+        new = prune_model(model, data, evaluator="reference", **keywords)
+    with pytest.warns(DeprecationWarning, match=r"prune_model\(\): method= is deprecated.*'evaluator'") as caught:
+        old = prune_model(model, data, method="reference", **keywords)
+    assert caught[0].filename == __file__
+    _same(new, old)
+    assert all(r["evaluator"] == "reference" for r in old.layers)
+
+
+def test_the_cli_flag_is_evaluator_and_method_a_deprecated_alias(capsys):
+    from greedyprune.cli import build_parser
+    from greedyprune.cli.prune_options import prune_model_overrides
+
+    args = build_parser().parse_args(["prune", "ck.pt", "--evaluator", "fast"])
+    assert prune_model_overrides(args) == {"evaluator": "fast"} and capsys.readouterr().err == ""
+    args = build_parser().parse_args(["prune", "ck.pt", "--method", "reference"])
+    assert prune_model_overrides(args) == {"evaluator": "reference"}
+    err = capsys.readouterr().err
+    assert err.startswith("greedyprune: warning: --method is deprecated") and "use --evaluator" in err
+    assert prune_model_overrides(build_parser().parse_args(["prune", "ck.pt"])) == {}
+
+
+def test_importing_and_building_the_cli_warns_of_no_deprecation():
+    code = ("import greedyprune, greedyprune.channels, greedyprune.transformers\n"
+            "from greedyprune.cli import build_parser\n"
+            "build_parser().parse_args(['prune', 'ck.pt', '--evaluator', 'fast'])\n"
+            "greedyprune.PruneOptions().validate()\n")
+    out = subprocess.run([sys.executable, "-W", "error::DeprecationWarning", "-c", code], capture_output=True,
+                         text=True, timeout=120, cwd=Path(__file__).resolve().parents[2])
+    assert out.returncode == 0, out.stderr

@@ -234,8 +234,8 @@ def test_network_objective_searches_fast_through_a_padding_child(bn):
     opts = dict(objective="network", keep_ratio=0.5, candidates=4, batch_size=16, bn=bn, eval_examples=8)
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # the fast evaluator, no fallback to the reference
-        fast = prune_model(model, (X, y), method="fast", **opts)
-    ref = prune_model(model, (X, y), method="reference", **opts)
+        fast = prune_model(model, (X, y), evaluator="fast", **opts)
+    ref = prune_model(model, (X, y), evaluator="reference", **opts)
     assert {r["evaluator"] for r in fast.layers} == {"fast"} and fast.kept == ref.kept and "2" in fast.kept
     torch.testing.assert_close(torch.tensor([r["loss"] for r in fast.layers]),
                                torch.tensor([r["loss"] for r in ref.layers]), rtol=1e-4, atol=1e-5)

@@ -36,7 +36,7 @@ def test_prune_writes_a_smaller_model_that_loads(checkpoint, tmp_path, capsys):
 @pytest.mark.slow
 def test_prune_with_two_workers_keeps_the_same_channels(checkpoint, tmp_path, capsys):
     common = [str(checkpoint), "--size", "200", "--keep-ratio", "0.5", "--candidates", "3", "--batch-size", "32",
-              "--no-progress", "--method", "fast"]
+              "--no-progress", "--evaluator", "fast"]
     assert main(["prune"] + common + ["--out", str(tmp_path / "one.pt")]) == 0
     assert main(["prune"] + common + ["--workers", "2", "--out", str(tmp_path / "two.pt")]) == 0
     assert "2 worker processes" in capsys.readouterr().out
