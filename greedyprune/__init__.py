@@ -10,7 +10,7 @@ The verbs::
 from .advisor import PretrainingAdvisor
 from .channels import PruneOptions, UnsupportedLayerError, load_pruned, prune_model, save_pruned
 from .models import MODEL_NAMES, get_model
-from .result import PruneResult
+from .result import LayerRecord, PruneResult
 from .selection import LOSSES, SelectionResult, greedy_forward_selection, loss_value
 from .training.loop import TrainConfig, evaluate, pretrain
 from .twolayer import TwoLayerNet, build_pruned, neuron_outputs, prune_two_layer
@@ -18,6 +18,7 @@ from .twolayer import TwoLayerNet, build_pruned, neuron_outputs, prune_two_layer
 __version__ = "0.2.0"
 __all__ = [
     "LOSSES",
+    "LayerRecord",
     "MODEL_NAMES",
     "PruneOptions",
     "PruneResult",

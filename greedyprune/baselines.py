@@ -30,7 +30,7 @@ from .channels.groups import find_groups, refresh_group
 from .checks import check_int
 from .errors import InvalidOptionError
 from .metrics import count_macs
-from .result import PruneResult
+from .result import LayerRecord, PruneResult
 
 __all__ = ["CRITERIA", "IMPORTANCES", "prune_like"]
 
@@ -123,6 +123,6 @@ def prune_like(model: nn.Module, keep: Mapping[str, int], criterion: str, *, dat
     report = {"params_before": before["params"], "params_after": sum(p.numel() for p in model.parameters()),
               "macs_before": before["macs"], "macs_after": count_macs(model, example),
               "input_shape": list(example.shape[1:]), "seconds": time.perf_counter() - start}
-    layers = [{"name": name, "channels": by_name[name].channels, "kept": n} for name, n in keep.items()]
+    layers = [LayerRecord(name=name, units=by_name[name].channels, unit="channels", kept=n) for name, n in keep.items()]
     return PruneResult(model=model, kept=kept, report=report, layers=layers,
                        history=[list(h) for h in DG.pruning_history()], method=criterion)

@@ -27,7 +27,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .errors import InvalidOptionError, InvalidTypeError
-from .result import PruneResult
+from .result import LayerRecord, PruneResult
 from .selection import greedy_forward_selection, loss_value
 
 __all__ = ["ACTIVATIONS", "PARAMETERIZATIONS", "PRUNE_TO", "ScaledLinear", "output_scale", "check_two_layer_size",
@@ -360,9 +360,8 @@ def prune_two_layer(model: nn.Module, X: torch.Tensor, y: torch.Tensor, k: int, 
               "params_after": sum(p.numel() for p in pruned.parameters()),
               "loss_before": dense_loss, "loss_after": float(result.losses[-1]), "eval_examples": int(X.shape[0]),
               "seconds": time.perf_counter() - start}
-    layer = {"name": "hidden", "units": first.out_features, "kept": len(distinct), "steps": result.k,
-             "rule": f"k={k} {prune_to}", "loss": float(result.losses[-1]), "accuracy": None,
-             "seconds": report["seconds"]}
+    layer = LayerRecord(name="hidden", units=first.out_features, kept=len(distinct), steps=result.k,
+                        rule=f"k={k} {prune_to}", loss=float(result.losses[-1]), seconds=report["seconds"])
     return PruneResult(model=pruned, kept={"hidden": distinct}, counts={"hidden": result.counts.tolist()},
                        report=report, selection=result, layers=[layer], method="gfs")
 

@@ -23,6 +23,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..errors import InvalidOptionError
+from ..result import LayerRecord
 from ..selection import greedy_forward_selection
 from .budget import per_channel
 from .groups import ChannelGroup, UnsupportedLayerError, refresh_group
@@ -137,9 +138,8 @@ def local_group(search, group: ChannelGroup, stop) -> tuple[torch.Tensor, dict]:
     gram, cross, norm, positions = local_problem(search.model, group, inputs)
     per_unit = group.channels // group.num_units
     counts = local_selection(gram, cross, norm, positions, -(-targets[group.name] // per_unit), search.options.seed)
-    return group.channel_counts(counts), {"name": group.name, "channels": group.channels,
-                                          "steps": int(counts.sum()), "rule": stop.name, "loss": None,
-                                          "accuracy": None, "evaluator": "local"}
+    return group.channel_counts(counts), LayerRecord(name=group.name, units=group.channels, unit="channels",
+                                                     steps=int(counts.sum()), rule=stop.name, evaluator="local")
 
 
 def local_curves(search, groups: list[ChannelGroup]) -> dict[str, tuple[list[float], float]]:

@@ -9,6 +9,7 @@ import torch
 from torch import nn
 
 from ..errors import InvalidOptionError
+from ..result import LayerRecord
 from .groups import ChannelGroup, UnsupportedLayerError
 from .reconstruct import DenseTargets, reconstruct_group, sub_readers
 from .bn import recalibrate_bn
@@ -83,8 +84,8 @@ def reconstruct_step(search, group: ChannelGroup, stop) -> tuple[torch.Tensor, d
                       f"convolution), so {units * per_unit} channels are kept for the {target} asked", stacklevel=3)
     counts, weights, error, ridges = reconstruct_group(search.model, group, units, search.local_inputs,
                                                        search.dense, search.options.refit_ridge)
-    record = {"name": group.name, "channels": group.channels, "steps": units, "rule": stop.name, "loss": error,
-              "accuracy": None, "evaluator": "reconstruction", "ridge": ridges}
+    record = LayerRecord(name=group.name, units=group.channels, unit="channels", steps=units, rule=stop.name,
+                         loss=error, evaluator="reconstruction", extra={"ridge": ridges})
     return counts, record, weights
 
 

@@ -10,6 +10,7 @@ from dataclasses import dataclass
 
 import torch
 
+from ..result import LayerRecord
 from . import criteria
 from .stats import input_stats
 
@@ -75,7 +76,7 @@ def prune_block(result, name, kind, block: Block, xs, masks, n_keep: int, *, met
     if plan.counts is not None:
         result.counts[name] = plan.counts.tolist()
     sel = plan.selection
-    result.layers.append({"name": name, "kind": kind, "units": n, "kept": int(plan.keep.numel()),
-                          "steps": None if sel is None else sel.k, "loss": error,
-                          "loss_before_refit": error_before_refit,
-                          "seconds": time.perf_counter() - t0, "selection": sel})
+    result.layers.append(LayerRecord(name=name, units=n, kept=int(plan.keep.numel()),
+                                     steps=None if sel is None else sel.k, loss=error,
+                                     seconds=time.perf_counter() - t0,
+                                     extra={"kind": kind, "loss_before_refit": error_before_refit, "selection": sel}))
