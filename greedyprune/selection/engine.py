@@ -54,44 +54,56 @@ def run_selection(scorer, n: int, k: int, *, replacement: bool, candidates: int 
     Each step draws the candidates (all of them, or ``candidates`` of the available ones with a generator
     seeded with ``seed``: the same draws wherever this runs), asks ``scorer.pick`` for the choice, lets
     ``scorer.resolve_duplicate`` choose among its eligible exact copies (``duplicates`` maps a row to the
-    rows exactly equal to it) and adds the chosen row with ``scorer.add``.
+    rows exactly equal to it) and adds the chosen row with ``scorer.add``. A scorer whose steps add several
+    rows at once (the deep search's ``step=``) returns them from ``pick`` as a list, best first; each is
+    added in turn, and without replacement the loop ends early when no row is left.
 
-    Returns ``(indices, counts, losses)``. The loop runs k steps, or stops earlier after the step that chose
-    the ``distinct``-th distinct row, or after the first step at which ``stop(steps, distinct, loss)`` - the
+    Returns ``(indices, counts, losses)``: the rows in the order added, each row's count, and the loss
+    after each step. The loop runs k steps, or stops earlier after the step that chose the
+    ``distinct``-th distinct row, or after the first step at which ``stop(steps, distinct, loss)`` - the
     steps taken, the distinct rows chosen and the loss so far - is true; the returned tensors then hold the
     steps taken: the first T steps of a longer run are exactly a T-step run.
     """
     generator = torch.Generator().manual_seed(seed)
     all_rows = torch.arange(n)
     available = torch.ones(n, dtype=torch.bool)
-    indices = torch.empty(k, dtype=torch.int64)
+    picked: list[int] = []
     losses = torch.empty(k, dtype=torch.float64)
     counts = torch.zeros(n, dtype=torch.int64)
     steps = range(k)
     chosen = 0
+    left = n  # rows not yet chosen
     if progress:
         from tqdm.auto import tqdm
 
         steps = tqdm(steps, desc=progress, unit="step", leave=False)
+    taken = k
     for step in steps:
+        if not replacement and left == 0:
+            taken = step
+            break
         rows = None
         if candidates is not None:
             rows = draw_candidates(generator, all_rows if replacement else all_rows[available], candidates)
         best = scorer.pick(step, None if replacement else available, rows)
-        if best in duplicates:  # an exact copy with a lower index, if eligible, ties and wins
-            eligible = set(rows.tolist()) if rows is not None else None
-            best = scorer.resolve_duplicate(step, best, [
-                j for j in duplicates[best] if (replacement or available[j]) and (eligible is None or j in eligible)])
-        indices[step] = best
-        chosen += int(counts[best] == 0)
-        counts[best] += 1
-        available[best] = False
-        scorer.add(scorer.row(best), best)
+        for best in best if isinstance(best, (list, tuple)) else (best,):
+            if best in duplicates:  # an exact copy with a lower index, if eligible, ties and wins
+                eligible = set(rows.tolist()) if rows is not None else None
+                best = scorer.resolve_duplicate(step, best, [j for j in duplicates[best] if (
+                    replacement or available[j]) and (eligible is None or j in eligible)])
+            picked.append(best)
+            if counts[best] == 0:
+                chosen += 1
+                left -= 1
+            counts[best] += 1
+            available[best] = False
+            scorer.add(scorer.row(best), best)
         losses[step] = scorer.loss(step + 1)
         if (distinct is not None and chosen >= distinct) or (stop is not None and stop(step + 1, chosen,
                                                                                             float(losses[step]))):
-            return indices[:step + 1].clone(), counts, losses[:step + 1].clone()
-    return indices, counts, losses
+            taken = step + 1
+            break
+    return torch.tensor(picked, dtype=torch.int64), counts, losses[:taken].clone() if taken < k else losses
 
 
 def greedy_forward_selection(
