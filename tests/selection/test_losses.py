@@ -7,8 +7,8 @@ import torch
 from greedyprune import LOSSES, greedy_forward_selection, loss_value, prune_two_layer
 from greedyprune.errors import InvalidOptionError, InvalidTypeError
 from greedyprune.selection import Loss, draw_candidates, get_loss, register_loss
-from greedyprune.selection.losses import unregister_loss
 from greedyprune.selection.scorers import BruteForceScorer, LogisticScorer
+from toy_loss import AbsoluteLoss, registered
 
 F64 = torch.float64
 
@@ -57,23 +57,11 @@ def test_a_scorer_built_without_its_loss_says_so():
 
 
 # ------------------------------------------------------------------------------------------ a toy loss
-class AbsoluteLoss(Loss):
-    """Mean absolute error (summed over the outputs): a value and nothing else, so the brute-force scorer."""
-
-    name = "absolute"
-
-    def value(self, u, target):
-        diff = (u.double() - target.double()).abs()
-        return float(diff.sum() / u.shape[0])
-
-
 @pytest.fixture
 def absolute():
-    register_loss(AbsoluteLoss)
-    try:
+    assert "absolute" not in LOSSES
+    with registered(AbsoluteLoss):
         yield get_loss("absolute")
-    finally:
-        unregister_loss("absolute")
     assert "absolute" not in LOSSES
 
 
