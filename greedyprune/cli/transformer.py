@@ -40,7 +40,7 @@ def register(sub) -> None:
     p.add_argument("--refit", choices=["lstsq", "none"], default="lstsq",
                    help="re-solve the kept output weights by ridge least squares (default lstsq), or none")
     p.add_argument("--ridge", type=number(0), default=DEFAULT_RIDGE,
-                   help=f"refit ridge: penalty = ridge * kept units * their mean per-token variance (default "
+                   help=f"refit ridge: penalty = ridge * kept channels * their mean per-token variance (default "
                         f"{DEFAULT_RIDGE:g})")
     p.add_argument("--baselines", action="store_true",
                    help="also prune with every other method at the same kept counts and print them in the table")

@@ -22,6 +22,7 @@ import torch
 from ..checks import check_choice, check_int, check_number
 from ..errors import InvalidOptionError, InvalidTypeError
 from ..result import PruneResult
+from ..selection.block import DEFAULT_RIDGE
 from . import criteria
 from .blocks import REFITS, Block, prune_block
 from .decoder import decoder_layer_shape, decoder_of, shrink_kv_groups, shrink_mlp, shrink_query_heads
@@ -173,8 +174,8 @@ def _layer_set(layers, n_layers):
 
 
 def prune_decoder(model, calibration, *, tokenizer=None, ffn_keep=None, heads_keep=None, heads_unit="kv",
-                  widths=None, method="gfs-ls", refit="lstsq", ridge=0.5, replacement=True, max_steps=None,
-                  layers=None, batch_size=8, max_length=256, min_tokens=128, seed=0, inplace=False,
+                  widths=None, method="gfs-ls", refit="lstsq", ridge=DEFAULT_RIDGE, replacement=True,
+                  max_steps=None, layers=None, batch_size=8, max_length=256, min_tokens=128, seed=0, inplace=False,
                   progress=False) -> PruneResult:
     """``prune_transformer`` for a Llama-family decoder (see its docstring for the arguments)."""
     base = decoder_of(model)
