@@ -84,7 +84,7 @@ def main_row(args) -> None:
     print(f"held-out loss of the pruned net: one channel per step {quality['fast']:.4f}, step=2 "
           f"{quality['fast, step 2']:.4f} (dense {evaluate(model, hold[0], hold[1], 'cross_entropy')[0]:.4f})")
     if not same and args.device == "cpu":
-        raise SystemExit("the two methods chose different channels")
+        raise SystemExit("the two evaluators chose different channels")
     print(f"speedup vs reference: {search['reference'] / search['fast']:.1f}x "
           f"({search['reference'] / search['fast, step 2']:.1f}x with step=2)")
 
@@ -159,7 +159,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--seed", type=int, default=0)
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
-    # full float32 on GPUs (no TF32), so that the two methods score candidates with the same arithmetic
+    # full float32 on GPUs (no TF32), so that the two evaluators score candidates with the same arithmetic
     torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = False
     rows = {"main": main_row, "local": local_row, "resnet18": resnet18_row, "mobilenetv2": mobilenet_row}
     for name in args.rows.split(","):

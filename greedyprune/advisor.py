@@ -34,10 +34,11 @@ from typing import Callable
 import torch
 from torch import nn
 
-from .checks import check_int
+from .checks import check_choice, check_int
 from .errors import InvalidOptionError, InvalidTypeError
 from .result import PruneResult
-from .training.loop import evaluate
+from .selection import LOSSES
+from .training.loop import TRAIN_LOSSES, evaluate
 from .twolayer import is_two_layer, prune_two_layer, save_two_layer
 
 __all__ = ["AdvisorCheck", "jaccard_distance", "PretrainingAdvisor", "deep_pruner"]
@@ -99,8 +100,8 @@ class PretrainingAdvisor:
                  log: Callable[[str], None] | None = print):
         check_int("k", k, 1)
         check_int("patience", patience, 1)
-        if loss not in ("logistic", "squared", "cross_entropy"):
-            raise InvalidOptionError(f"unknown loss {loss!r}; expected 'logistic', 'squared' or 'cross_entropy'")
+        # a loss both greedy selection (the registry) and the training loop's evaluate know
+        check_choice("loss", loss, [name for name in LOSSES if name in TRAIN_LOSSES])
         if not (isinstance(tolerance, (int, float)) and tolerance >= 0):
             raise InvalidOptionError(f"tolerance must be a number >= 0, got {tolerance!r}")
         if not (isinstance(distance_tolerance, (int, float)) and distance_tolerance >= 0):

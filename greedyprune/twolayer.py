@@ -28,7 +28,7 @@ from torch import nn
 
 from .errors import InvalidOptionError, InvalidTypeError
 from .result import LayerRecord, PruneResult
-from .selection import greedy_forward_selection, loss_value
+from .selection import get_loss, greedy_forward_selection, loss_value
 
 __all__ = ["ACTIVATIONS", "PARAMETERIZATIONS", "PRUNE_TO", "ScaledLinear", "output_scale", "check_two_layer_size",
            "TwoLayerNet", "is_two_layer", "hidden_features", "neuron_outputs", "build_pruned", "prune_two_layer",
@@ -338,18 +338,10 @@ def prune_two_layer(model: nn.Module, X: torch.Tensor, y: torch.Tensor, k: int, 
     if not isinstance(X, torch.Tensor) or X.dim() != 2 or X.shape[1] != first.in_features:
         shape = tuple(X.shape) if isinstance(X, torch.Tensor) else type(X).__name__
         raise InvalidOptionError(f"X must be a tensor of shape (m, {first.in_features}), got {shape}")
-    if loss == "logistic" and second.out_features != 1:
-        raise InvalidOptionError(
-            f"loss='logistic' needs a network with one output, this one has {second.out_features}; "
-            "use loss='cross_entropy'")
-    if loss == "cross_entropy" and second.out_features < 2:
-        raise InvalidOptionError(
-            "loss='cross_entropy' needs a network with C >= 2 outputs; use loss='logistic' for one logit")
+    y = get_loss(loss).network_target(y, second.out_features)  # refuses a width the loss cannot read
     X = X.to(device=first.weight.device, dtype=first.weight.dtype)
     y = y.to(first.weight.device)
     phi = neuron_outputs(model, X)
-    if loss == "squared" and second.out_features == 1 and y.dim() == 2 and y.shape[1] == 1:
-        y = y.squeeze(1)
     start = time.perf_counter()
     result = _select(phi, y, k, loss, prune_to, max_steps, selection_options)
     dense_loss = loss_value(phi.mean(dim=0), y, loss)

@@ -25,8 +25,10 @@ Which ``prune_model`` options it mirrors (update this file when the deep search 
   candidate's forward normalised with its own batch's statistics: here simply every forward in batch-norm
   train mode without updating the statistics), and ``recalibrate=n`` (after each group, the running
   statistics re-estimated on ``X[:n]`` in batches of ``batch_size``; 0 = never).
+* ``step`` (an int): each step adds the ``step`` lowest-loss candidates (no more than the candidates
+  drawn nor, with ``keep_ratio``, than the channels still missing), each scored with the counts before the step.
 * ``holdout=0`` (the tolerance rules measured on the step's batch).
-* no fine-tuning, no distributed split (the results must not depend on it), ``method`` irrelevant (both
+* no fine-tuning, no distributed split (the results must not depend on it), ``evaluator`` irrelevant (both
   evaluators must choose what this loop chooses).
 
 A step: with counts n (the multiset S so far, |S| = step) and candidate c, the group's readers see channel
@@ -84,8 +86,9 @@ def _loss_and_accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> tu
 def reference_prune(model: nn.Module, X: torch.Tensor, y: torch.Tensor, *, rule: str, value: float = 0.0,
                     candidates: int | None = 50, replacement: bool = False, batch_size: int = 128,
                     max_steps: int | None = None, seed: int = 0, skip=None, bn: str = "running",
-                    recalibrate: int = 0) -> ReferenceRun:
+                    recalibrate: int = 0, step: int = 1) -> ReferenceRun:
     """The deep search by explicit masked networks; see the module docstring for what it mirrors."""
+    per_step = step  # the loop below counts steps with ``step``
     model = copy.deepcopy(model).eval()
     batches = Batches((X, y), batch_size, seed, torch.device("cpu"))
     example = X[:1]
@@ -112,8 +115,13 @@ def reference_prune(model: nn.Module, X: torch.Tensor, y: torch.Tensor, *, rule:
                 scale = trial.to(torch.float32) * D / int(trial.sum())  # D * count_j / |S|
                 with apply_masks(model, {group: scale}), _scoring(model, bn):
                     results.append(_loss_and_accuracy(model, x, yb))
-            best = min(range(len(cand)), key=lambda i: (results[i][0], cand[i]))
-            counts[cand[best]] += 1
+            order = sorted(range(len(cand)), key=lambda i: (results[i][0], cand[i]))
+            best = order[0]
+            take = min(per_step, len(cand))
+            if rule == "keep_ratio" and take > 1:  # no more than the width still missing
+                take = max(1, min(take, max(1, min(D, round(value * D))) - int((counts > 0).sum())))
+            for i in order[:take]:  # the best, then the next ones, each scored against the counts before the step
+                counts[cand[i]] += 1
             record = {"step": step + 1, "channel": cand[best], "loss": results[best][0],
                       "accuracy": results[best][1], "kept": int((counts > 0).sum())}
             if rule in ("epsilon", "accuracy_tolerance"):

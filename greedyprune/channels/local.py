@@ -108,22 +108,30 @@ def local_problem(model: nn.Module, group: ChannelGroup, inputs: torch.Tensor,
 
 def local_selection(gram: torch.Tensor, cross: torch.Tensor, norm: float, positions: int, distinct: int,
                     seed: int = 0) -> torch.Tensor:
-    """Unit counts of Algorithm 1 (with replacement) run on the Gram form until ``distinct`` units are chosen."""
+    """Unit counts of Algorithm 1 (with replacement) run on the Gram form until ``distinct`` units are chosen:
+    the steps before the one that would choose a (``distinct`` + 1)-th unit, or, where the selection keeps
+    re-weighting the units it has, the first ``2 distinct x 2^j`` steps that hold ``distinct`` of them (at
+    most the first such count past ``64 U``). One engine run with a stop condition (the first steps of a
+    longer run are exactly a shorter run)."""
     U = gram.shape[0]
     distinct = max(1, min(distinct, U))
-    k = 2 * distinct
-    while True:
-        result = greedy_forward_selection(None, None, k, replacement=True, gram=gram, cross=cross, target_norm=norm,
-                                          examples=max(positions, 1), seed=seed)
-        seen, counts = set(), torch.zeros(U, dtype=torch.long)
-        for i in result.indices.tolist():
-            if i not in seen and len(seen) == distinct:
-                return counts
-            seen.add(i)
-            counts[i] += 1
-        if len(seen) >= distinct or k >= 64 * U:
-            return counts  # every chosen unit is in (or the selection keeps re-weighting the same few)
-        k *= 2
+    checkpoints = [2 * distinct]
+    while checkpoints[-1] < 64 * U:
+        checkpoints.append(2 * checkpoints[-1])
+    marks = set(checkpoints)
+
+    def stop(steps: int, chosen: int, loss: float) -> bool:
+        return chosen > distinct or (chosen == distinct and steps in marks)
+
+    result = greedy_forward_selection(None, None, checkpoints[-1], replacement=True, gram=gram, cross=cross,
+                                      target_norm=norm, examples=max(positions, 1), seed=seed, stop=stop)
+    seen, counts = set(), torch.zeros(U, dtype=torch.long)
+    for i in result.indices.tolist():
+        if i not in seen and len(seen) == distinct:
+            break  # the step that chose one unit too many
+        seen.add(i)
+        counts[i] += 1
+    return counts
 
 
 def local_group(search, group: ChannelGroup, stop) -> tuple[torch.Tensor, dict]:

@@ -101,10 +101,12 @@ class PruneOptions:
         ridge regression on the calibration subset (:mod:`greedyprune.channels.refit`). The local objective
         always refits.""")
     refit_ridge: float | None = option(None, """the refit's ridge, ``lam = refit_ridge * mean(diag P_K P_K') *
-        |K| / positions`` (:func:`greedyprune.selection.block.ridge_refit`, the convention transformers use
-        too). None (default): with the local objective, chosen per reader by two-fold cross-validation over the
-        two halves of the calibration set (so few calibration images are not overfitted); 0.5 for the network
-        objective's ``refit="lstsq"``.""")
+        |K| / T`` over a reader's kept columns K and its T calibration positions, from the raw patch sums
+        (:func:`greedyprune.selection.block.ridge_lambda`, the formula transformers use too, on centred sums there
+        since they re-solve the bias). None (default): with the local objective, chosen per reader by two-fold
+        cross-validation over the two halves of the calibration set from ``RIDGE_GRID`` (so few calibration
+        images are not overfitted; 0.5 when there is one batch only); 0.5 for the network objective's
+        ``refit="lstsq"`` - the transformers' default (``selection.block.DEFAULT_RIDGE``).""")
     objective: str = option("auto", """"auto" (default): "local" when the rule fixes each group's width
         (keep_ratio, flops_target, params_target, KeepCounts), else "network". "local" (block reconstruction,
         :mod:`greedyprune.channels.reconstruct`): each group's readers reproduce their dense-network outputs

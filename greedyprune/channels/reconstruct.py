@@ -29,7 +29,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..selection.block import ReaderProblem, cross_validated_ridge, ridge_refit, select_units
+from ..selection.block import DEFAULT_RIDGE, ReaderProblem, cross_validated_ridge, ridge_refit, select_units
 from .groups import ChannelGroup, UnsupportedLayerError
 
 __all__ = ["CAPTURE_BATCH", "DenseTargets", "SubReader", "accumulate", "reader_problem", "reconstruct_group",
@@ -39,8 +39,6 @@ CAPTURE_BATCH = 16
 """Calibration examples per forward; the refit's cross-validation folds are halves of these batches."""
 POSITIONS_PER_COLUMN = 64
 MIN_POSITIONS = 8192
-DEFAULT_RIDGE = 0.5
-"""The refit's ridge when the calibration set is too small to cross-validate (one batch)."""
 CURVE_POINTS = 64
 """Points of each group's reconstruction-error curve for adaptive budgets (units added per step: U / 64)."""
 _MAX_TARGET_BYTES = 6 * 2 ** 30

@@ -6,18 +6,19 @@ A refit instead re-solves each reader's weights on the kept input channels so th
 calibration inputs matches its output with the group unpruned, by ridge regression pulled towards the
 folded weights::
 
-    W* = argmin_W  ||W P_kept - W_full P_full||^2 / n  +  lam * ||W - W_folded||^2
+    W* = argmin_W  ||W P_kept - W_full P_full||^2  +  lam * ||W - W_folded||^2
 
 where P are the reader's input patches (``unfold`` for convolutions; the inputs themselves for linear
-layers), solved by the shared :func:`greedyprune.selection.block.ridge_refit` (``lam = ridge * mean(diag
-P_kept P_kept') * |kept| / positions``, the one convention of channels and transformers alike).
+layers; one column per position), solved by the shared :func:`greedyprune.selection.block.ridge_refit` from the
+raw sums over the T positions (the reader's bias is kept, so nothing is centred): ``lam = ridge * mean(diag
+P_kept P_kept') * |kept| / T``, the one convention of channels and transformers alike (``selection/block.py``).
 """
 from __future__ import annotations
 
 import torch
 from torch import nn
 
-from ..selection.block import ridge_refit
+from ..selection.block import DEFAULT_RIDGE, ridge_refit
 from .groups import ChannelGroup
 from .masks import reader_scale
 from .reconstruct import patches
@@ -31,9 +32,10 @@ def _weight2d(module: nn.Module) -> torch.Tensor:
 
 @torch.no_grad()
 def refit_readers(model: nn.Module, group: ChannelGroup, counts: torch.Tensor, scale: torch.Tensor,
-                  inputs: torch.Tensor, ridge: float = 0.5, batch_size: int = 64) -> dict[str, torch.Tensor]:
+                  inputs: torch.Tensor, ridge: float = DEFAULT_RIDGE, batch_size: int = 64) -> dict[str, torch.Tensor]:
     """New weights for the group's plain (ungrouped) conv and linear readers, in the readers' full input
-    layout (the removed channels' columns are zero), to be used in place of folding ``scale``.
+    layout (the removed channels' columns are zero), to be used in place of folding ``scale``. ``ridge``: the
+    refit's (:func:`~greedyprune.selection.block.ridge_lambda`; default ``DEFAULT_RIDGE``, 0.5).
 
     Returns ``{reader name: weight}``; readers it cannot refit (grouped convolutions) are left out.
     """

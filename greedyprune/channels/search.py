@@ -37,7 +37,8 @@ from ..checks import as_device, non_finite_weights
 from ..metrics import count_macs, model_device_dtype
 from ..options import with_overrides
 from ..result import PruneResult
-from ..selection import draw_candidates
+from ..selection.engine import run_selection
+from ..selection.scorers import ScorerBase
 from ..training.loop import evaluate
 from .batches import Batches, finetune, split_data
 from .bn import exact_math, has_batch_norm, recalibrate_bn
@@ -56,7 +57,7 @@ from .sensitivity import budget_sensitivity, log_probs
 from .preflight import check_model_accepts, check_train_mode, preflight
 from .rules import PlanContext, Step, StoppingRule, rule_from_options
 
-__all__ = ["BN_MODES", "METHODS", "OBJECTIVES", "PruneOptions", "SearchOptions", "prune_model"]
+__all__ = ["BN_MODES", "METHODS", "OBJECTIVES", "NetworkScorer", "PruneOptions", "SearchOptions", "prune_model"]
 
 RECALIBRATE_EACH_GROUP = False
 DEFAULT_RECALIBRATE = 512
@@ -267,72 +268,103 @@ def search_group(search: _Search, group: ChannelGroup, index: int, stop: Stoppin
     """Grow one group's multiset until ``stop`` says so (``None``: to its full width). Returns
     ``(per-channel counts, record)``. With ``curve`` (a list), ``(channels kept, held-out loss, unpruned
     held-out loss)`` is appended after every step. Channels tied in units (:attr:`ChannelGroup.units`) are
-    selected a unit at a time. ``opts``: the run's resolved options unless given (a loss curve's)."""
+    selected a unit at a time. ``opts``: the run's resolved options unless given (a loss curve's).
+
+    Algorithm 1's loop is the engine's (:func:`~greedyprune.selection.engine.run_selection`); what is
+    particular to a deep network - candidates scored by network forwards on a fresh batch, several units
+    a step, the rule's per-step measurements - is :class:`NetworkScorer`'s."""
     opts = search.options if opts is None else opts
-    device, D, U = search.device, group.channels, group.num_units
-    units = None if group.units is None else group.units.to(device)
-
-    def widen(rows: torch.Tensor) -> torch.Tensor:  # (K, U) unit scales -> (K, D) channel scales
-        return rows if units is None else rows[:, units]
-
-    evaluator = search.evaluator(group)
-    held = None
-    if search.holdout is not None and (curve is not None or (stop is not None and stop.needs_unpruned)):
-        held = search.evaluator(group)
-        held.prepare(search.holdout[0])
-    counts = torch.zeros(U, dtype=torch.long)
-    generator = torch.Generator().manual_seed(opts.seed * 1_000_003 + index)
-    steps_cap = opts.max_steps if opts.max_steps is not None else (2 * U if opts.replacement else U)
-    unpruned = torch.ones(1, D, device=device)
-    last = Step(group.name, D, 0, 0, float("nan"), float("nan"))
-    held_unpruned = None
+    scorer = NetworkScorer(search, group, stop, curve, opts)
+    U = group.num_units
+    rule = None if stop is None else lambda steps, distinct, loss: stop.stop(scorer.last)
     with torch.inference_mode():
-        for step in range(steps_cap):
-            pool = torch.arange(U) if opts.replacement else torch.nonzero(counts == 0).flatten()
-            if pool.numel() == 0:
-                break
-            x, y = search.batches.next()
-            x, y = x[:search.plan.batch], y[:search.plan.batch]
-            cand = draw_candidates(generator, pool, opts.candidates)
-            delta = U / (int(counts.sum()) + 1)
-            base = (counts.to(torch.float32) * delta).to(device)
-            if step == 0 and isinstance(evaluator, FastEvaluator):
-                evaluator = checked(evaluator, search.model, group, x, y, widen(step_rows(base, cand[:2], delta)),
-                                    strict=opts.evaluator == "fast")
-                if held is not None and not isinstance(evaluator, FastEvaluator):
-                    held = ReferenceEvaluator(search.model, group, bn=opts.bn)
-                    held.prepare(search.holdout[0])
-            evaluator.prepare(x)
+        run_selection(scorer, U, opts.max_steps if opts.max_steps is not None else (2 * U if opts.replacement else U),
+                      replacement=opts.replacement, candidates=opts.candidates, seed=opts.seed * 1_000_003 + index,
+                      duplicates={}, stop=rule)
+    last = scorer.last
+    return group.channel_counts(scorer.counts), {
+        "name": group.name, "channels": group.channels, "steps": last.step,
+        "rule": stop.name if stop is not None else "curve", "loss": last.loss, "accuracy": last.accuracy,
+        "evaluator": "fast" if isinstance(scorer.evaluator, FastEvaluator) else "reference"}
 
-            def score(share: torch.Tensor) -> torch.Tensor:
-                return torch.stack(evaluator.evaluate(widen(step_rows(base, share, delta)), y))
 
-            scores = score(cand) if search.split is None else search.split.evaluate(score, cand, 2, device)
-            losses, accs = scores[0].cpu(), scores[1].cpu()
-            j = int(torch.argmin(losses))
-            take = _step_size(opts.step, group, counts, stop, len(cand), search.plan.auto_steps)
-            for i in torch.argsort(losses, stable=True)[:take].tolist():  # the best, then the next ones
-                counts[int(cand[i])] += 1
-            kept = int((group.channel_counts(counts) > 0).sum())
-            last = Step(group.name, D, step + 1, kept, float(losses[j]), float(accs[j]))
-            if held is not None:
-                hy = search.holdout[1]
-                if held_unpruned is None:
-                    held_unpruned = [float(v[0]) for v in held.evaluate(unpruned, hy)]
-                loss, acc = held.evaluate(widen(group_scales(counts).to(device).reshape(1, -1)), hy)
-                last.loss, last.accuracy = float(loss[0]), float(acc[0])
-                last.unpruned_loss, last.unpruned_accuracy = held_unpruned
-            elif stop is not None and stop.needs_unpruned:
-                full_loss, full_acc = evaluator.evaluate(unpruned, y)
-                last.unpruned_loss, last.unpruned_accuracy = float(full_loss[0]), float(full_acc[0])
-            if curve is not None:
-                curve.append((last.kept, last.loss, held_unpruned[0] if held_unpruned else float("nan")))
-            if stop is not None and stop.stop(last):
-                break
-    rule = stop.name if stop is not None else "curve"
-    return group.channel_counts(counts), {
-        "name": group.name, "channels": D, "steps": last.step, "rule": rule, "loss": last.loss,
-        "accuracy": last.accuracy, "evaluator": "fast" if isinstance(evaluator, FastEvaluator) else "reference"}
+class NetworkScorer(ScorerBase):
+    """The deep search's scorer for the engine: the rows are a group's units, a candidate's score is the
+    cross-entropy of the whole network on the step's batch with the group's readers seeing channel j scaled
+    by ``D * n'_j / |S'|`` (``n'`` the counts with the candidate added, ``|S'| = |S| + 1``), and a step adds
+    the ``step`` best candidates (one by default). After each step :attr:`last` holds what the stopping rule
+    reads (:class:`~greedyprune.channels.rules.Step`), measured on the held-out subset when there is one."""
+
+    def __init__(self, search: _Search, group: ChannelGroup, stop: StoppingRule | None, curve: list | None,
+                 opts: PruneOptions):
+        self.search, self.group, self.rule, self.curve, self.opts = search, group, stop, curve, opts
+        self.device = search.device
+        self.units = None if group.units is None else group.units.to(search.device)
+        self.counts = torch.zeros(group.num_units, dtype=torch.long)
+        self.evaluator = search.evaluator(group)
+        self.held = None
+        if search.holdout is not None and (curve is not None or (stop is not None and stop.needs_unpruned)):
+            self.held = search.evaluator(group)
+            self.held.prepare(search.holdout[0])
+        self.unpruned = torch.ones(1, group.channels, device=search.device)
+        self.held_unpruned = None
+        self.last = Step(group.name, group.channels, 0, 0, float("nan"), float("nan"))
+        self.y = self.best_loss = self.best_accuracy = None
+
+    def _widen(self, rows: torch.Tensor) -> torch.Tensor:  # (K, U) unit scales -> (K, D) channel scales
+        return rows if self.units is None else rows[:, self.units]
+
+    def pick(self, k: int, available: torch.Tensor | None, rows: torch.Tensor | None) -> list[int]:
+        search, group, opts = self.search, self.group, self.opts
+        cand = rows if rows is not None else (torch.arange(group.num_units) if available is None
+                                              else torch.nonzero(available).flatten())
+        x, y = search.batches.next()
+        x, y = x[:search.plan.batch], y[:search.plan.batch]
+        delta = group.num_units / (int(self.counts.sum()) + 1)
+        base = (self.counts.to(torch.float32) * delta).to(self.device)
+        if k == 0 and isinstance(self.evaluator, FastEvaluator):
+            self.evaluator = checked(self.evaluator, search.model, group, x, y,
+                                     self._widen(step_rows(base, cand[:2], delta)), strict=opts.evaluator == "fast")
+            if self.held is not None and not isinstance(self.evaluator, FastEvaluator):
+                self.held = ReferenceEvaluator(search.model, group, bn=opts.bn)
+                self.held.prepare(search.holdout[0])
+        self.evaluator.prepare(x)
+        self.y = y
+
+        def score(share: torch.Tensor) -> torch.Tensor:
+            return torch.stack(self.evaluator.evaluate(self._widen(step_rows(base, share, delta)), y))
+
+        scores = score(cand) if search.split is None else search.split.evaluate(score, cand, 2, self.device)
+        losses, accs = scores[0].cpu(), scores[1].cpu()
+        j = int(torch.argmin(losses))
+        self.best_loss, self.best_accuracy = float(losses[j]), float(accs[j])
+        take = _step_size(opts.step, group, self.counts, self.rule, len(cand), search.plan.auto_steps)
+        return [int(cand[i]) for i in torch.argsort(losses, stable=True)[:take].tolist()]  # the best, then the next
+
+    def row(self, i: int) -> int:
+        return i
+
+    def add(self, row: int, i: int) -> None:
+        self.counts[i] += 1
+
+    def loss(self, steps: int) -> float:
+        """Called once a step's units are added: measures :attr:`last` (and extends the curve)."""
+        group, search = self.group, self.search
+        kept = int((group.channel_counts(self.counts) > 0).sum())
+        last = self.last = Step(group.name, group.channels, steps, kept, self.best_loss, self.best_accuracy)
+        if self.held is not None:
+            hy = search.holdout[1]
+            if self.held_unpruned is None:
+                self.held_unpruned = [float(v[0]) for v in self.held.evaluate(self.unpruned, hy)]
+            loss, acc = self.held.evaluate(self._widen(group_scales(self.counts).to(self.device).reshape(1, -1)), hy)
+            last.loss, last.accuracy = float(loss[0]), float(acc[0])
+            last.unpruned_loss, last.unpruned_accuracy = self.held_unpruned
+        elif self.rule is not None and self.rule.needs_unpruned:
+            full_loss, full_acc = self.evaluator.evaluate(self.unpruned, self.y)
+            last.unpruned_loss, last.unpruned_accuracy = float(full_loss[0]), float(full_acc[0])
+        if self.curve is not None:
+            self.curve.append((last.kept, last.loss, self.held_unpruned[0] if self.held_unpruned else float("nan")))
+        return last.loss
 
 
 def _step_size(step: int, group: ChannelGroup, counts: torch.Tensor, stop, candidates: int, auto_steps: int) -> int:

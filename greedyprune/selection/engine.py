@@ -22,9 +22,9 @@ from typing import Callable
 import torch
 
 from ..errors import InvalidOptionError
-from .losses import validate_gram, validate_inputs
+from .losses import LOSSES, get_loss, validate_gram, validate_inputs
 from .result import SelectionResult
-from .scorers import GramScorer, default_chunk_elements, draw_candidates, duplicate_groups, make_scorer
+from .scorers import draw_candidates, duplicate_groups
 
 __all__ = ["MAX_STEPS", "greedy_forward_selection", "prepare_outputs", "run_selection"]
 
@@ -35,13 +35,13 @@ changes the selection."""
 
 def prepare_outputs(outputs: torch.Tensor, target: torch.Tensor, loss: str) -> tuple[torch.Tensor, torch.Tensor]:
     """Detached, contiguous outputs (half precision computed in float32) and the target in the form the
-    scorers read (class indices as int64, else the outputs' dtype)."""
+    scorers read (``get_loss(loss).prepare_target``: class indices as int64, else the outputs' dtype)."""
     phi = outputs.detach()
     if phi.dtype in (torch.float16, torch.bfloat16):
         phi = phi.float()  # half precision cannot hold the running sums and scores: computed in float32
     phi = phi.contiguous()
     target = target.detach()
-    target = target.long() if loss == "cross_entropy" else target.to(phi.dtype)
+    target = get_loss(loss).prepare_target(target, phi.dtype)
     return phi, target
 
 
@@ -54,44 +54,56 @@ def run_selection(scorer, n: int, k: int, *, replacement: bool, candidates: int 
     Each step draws the candidates (all of them, or ``candidates`` of the available ones with a generator
     seeded with ``seed``: the same draws wherever this runs), asks ``scorer.pick`` for the choice, lets
     ``scorer.resolve_duplicate`` choose among its eligible exact copies (``duplicates`` maps a row to the
-    rows exactly equal to it) and adds the chosen row with ``scorer.add``.
+    rows exactly equal to it) and adds the chosen row with ``scorer.add``. A scorer whose steps add several
+    rows at once (the deep search's ``step=``) returns them from ``pick`` as a list, best first; each is
+    added in turn, and without replacement the loop ends early when no row is left.
 
-    Returns ``(indices, counts, losses)``. The loop runs k steps, or stops earlier after the step that chose
-    the ``distinct``-th distinct row, or after the first step at which ``stop(steps, distinct, loss)`` - the
+    Returns ``(indices, counts, losses)``: the rows in the order added, each row's count, and the loss
+    after each step. The loop runs k steps, or stops earlier after the step that chose the
+    ``distinct``-th distinct row, or after the first step at which ``stop(steps, distinct, loss)`` - the
     steps taken, the distinct rows chosen and the loss so far - is true; the returned tensors then hold the
     steps taken: the first T steps of a longer run are exactly a T-step run.
     """
     generator = torch.Generator().manual_seed(seed)
     all_rows = torch.arange(n)
     available = torch.ones(n, dtype=torch.bool)
-    indices = torch.empty(k, dtype=torch.int64)
+    picked: list[int] = []
     losses = torch.empty(k, dtype=torch.float64)
     counts = torch.zeros(n, dtype=torch.int64)
     steps = range(k)
     chosen = 0
+    left = n  # rows not yet chosen
     if progress:
         from tqdm.auto import tqdm
 
         steps = tqdm(steps, desc=progress, unit="step", leave=False)
+    taken = k
     for step in steps:
+        if not replacement and left == 0:
+            taken = step
+            break
         rows = None
         if candidates is not None:
             rows = draw_candidates(generator, all_rows if replacement else all_rows[available], candidates)
         best = scorer.pick(step, None if replacement else available, rows)
-        if best in duplicates:  # an exact copy with a lower index, if eligible, ties and wins
-            eligible = set(rows.tolist()) if rows is not None else None
-            best = scorer.resolve_duplicate(step, best, [
-                j for j in duplicates[best] if (replacement or available[j]) and (eligible is None or j in eligible)])
-        indices[step] = best
-        chosen += int(counts[best] == 0)
-        counts[best] += 1
-        available[best] = False
-        scorer.add(scorer.row(best), best)
+        for best in best if isinstance(best, (list, tuple)) else (best,):
+            if best in duplicates:  # an exact copy with a lower index, if eligible, ties and wins
+                eligible = set(rows.tolist()) if rows is not None else None
+                best = scorer.resolve_duplicate(step, best, [j for j in duplicates[best] if (
+                    replacement or available[j]) and (eligible is None or j in eligible)])
+            picked.append(best)
+            if counts[best] == 0:
+                chosen += 1
+                left -= 1
+            counts[best] += 1
+            available[best] = False
+            scorer.add(scorer.row(best), best)
         losses[step] = scorer.loss(step + 1)
         if (distinct is not None and chosen >= distinct) or (stop is not None and stop(step + 1, chosen,
                                                                                             float(losses[step]))):
-            return indices[:step + 1].clone(), counts, losses[:step + 1].clone()
-    return indices, counts, losses
+            taken = step + 1
+            break
+    return torch.tensor(picked, dtype=torch.int64), counts, losses[:taken].clone() if taken < k else losses
 
 
 def greedy_forward_selection(
@@ -123,7 +135,8 @@ def greedy_forward_selection(
             "cross_entropy": (m,) integer class indices in [0, C). Same device as ``outputs``.
         k: number of selection steps (1 .. 1,000,000). With replacement the result has at most k distinct
             neurons.
-        loss: "squared" (the theory), "logistic" or "cross_entropy" (the experiments).
+        loss: "squared" (the theory), "logistic" or "cross_entropy" (the experiments), or the name of any
+            loss registered with :func:`~greedyprune.selection.losses.register_loss` (``LOSSES``).
         replacement: True (the paper's multiset: a neuron may be chosen again, which re-weights it);
             False never picks a neuron twice (then k <= N).
         candidates: None evaluates every neuron at every step; an int c evaluates a random subset of c
@@ -159,12 +172,14 @@ def greedy_forward_selection(
             raise InvalidOptionError("give either outputs and target, or gram and cross (the Gram form), not both")
         if gram is None or cross is None:
             raise InvalidOptionError("the Gram form needs both gram (N, N) and cross (N,)")
-        if loss != "squared":
-            raise InvalidOptionError(f"the Gram form computes the squared loss; got loss={loss!r}")
+        if loss not in LOSSES or not get_loss(loss).gram:
+            names = " or ".join(name for name in LOSSES if get_loss(name).gram)
+            raise InvalidOptionError(f"the Gram form computes the {names} loss; got loss={loss!r}")
         k = validate_gram(gram, cross, k, replacement, candidates, seed, target_norm, examples)
         _check_steps(k)
         gram = gram.detach().to(torch.float64 if gram.dtype != torch.float64 else gram.dtype).contiguous()
-        scorer = GramScorer(gram, cross.detach(), 0.0 if target_norm is None else target_norm, examples)
+        scorer = get_loss(loss).make_gram_scorer(gram, cross.detach(), 0.0 if target_norm is None else target_norm,
+                                                 examples)
         keys = torch.cat([gram, scorer.py.reshape(-1, 1)], dim=1)
         n, output = gram.shape[0], None
     else:
@@ -172,12 +187,12 @@ def greedy_forward_selection(
         _check_steps(k)
         phi, target = prepare_outputs(outputs, target, loss)
         if chunk_elements is None:
-            chunk_elements = default_chunk_elements(loss, phi.device)
+            chunk_elements = get_loss(loss).chunk_elements(phi.device)
         else:
             from ..checks import check_int
 
             check_int("chunk_elements", chunk_elements, 1)
-        scorer = make_scorer(loss, phi, target, chunk_elements, candidates=candidates)
+        scorer = get_loss(loss).make_scorer(phi, target, chunk_elements, candidates=candidates)
         keys, n = phi, phi.shape[0]
     if distinct is not None:
         from ..checks import check_int

@@ -14,8 +14,12 @@ The engine (``engine.py``) drives a scorer one step at a time through two more m
     resolve_duplicate(k, best, copies) -> which of the eligible exact copies of ``best`` is taken (the lowest)
 
 That is the whole protocol (:class:`Scorer`). Algorithm 2 (``sharded.py``) is a scorer composed around one
-of these per process, overriding ``pick`` and ``resolve_duplicate`` with collectives. A new loss is one new
-scorer class.
+of these per process, overriding ``pick`` and ``resolve_duplicate`` with collectives.
+
+A loss (``losses.py``: a registered :class:`~greedyprune.selection.losses.Loss`) makes its scorer and hands it
+itself as ``objective``, whose ``value`` gives the loss the scorer reports. A loss without a scorer of its own
+gets :class:`BruteForceScorer`, which evaluates ``value`` for every candidate; a fast scorer is one new class
+here, returned by its loss's ``make_scorer``.
 
 Exact arithmetic across processes. Where a row's rounding depends on where it sits in a batched product
 (BLAS matrix-vector kernels treat rows in blocks; SIMD loops round a buffer's last elements
@@ -32,9 +36,12 @@ from typing import Callable, Protocol
 import torch
 import torch.nn.functional as F
 
+from ..errors import InvalidOptionError
+
 __all__ = [
     "CPU_CHUNK_ELEMENTS",
     "GPU_CHUNK_ELEMENTS",
+    "BruteForceScorer",
     "CrossEntropyScorer",
     "GramScorer",
     "LogisticScorer",
@@ -43,10 +50,8 @@ __all__ = [
     "ScorerBase",
     "SquaredScorer",
     "SubsetSquaredScorer",
-    "default_chunk_elements",
     "draw_candidates",
     "duplicate_groups",
-    "make_scorer",
 ]
 
 # Rows per chunk are chosen so that one chunk holds about this many elements. On CPU a chunk that
@@ -57,14 +62,6 @@ GPU_CHUNK_ELEMENTS = 1 << 26
 FIRST_BATCH = 32
 # Rows are re-blocked on this grid when a slice does not start on it (any multiple of the BLAS row block).
 ROW_BLOCK = 64
-
-
-def default_chunk_elements(loss: str, device: torch.device) -> int:
-    """Elements per row chunk of the logistic / cross-entropy passes on ``device``."""
-    if device.type == "cuda":
-        return GPU_CHUNK_ELEMENTS
-    # cross-entropy's passes are several short ops per chunk: bigger chunks amortise their overhead
-    return CPU_CHUNK_ELEMENTS * (4 if loss == "cross_entropy" else 1)
 
 
 def draw_candidates(generator: torch.Generator, pool: torch.Tensor, c: int | None) -> torch.Tensor:
@@ -193,7 +190,7 @@ class _PhiScorer(ScorerBase):
     """Shared state of the scorers that hold the outputs ``phi`` (N, m[, C])."""
 
     def __init__(self, phi: torch.Tensor, target: torch.Tensor, chunk_elements: int,
-                 placement: Placement | None = None, loss_name: str = "squared"):
+                 placement: Placement | None = None, objective=None):
         self.phi = phi
         self.n = phi.shape[0]
         self.flat = phi.reshape(self.n, -1)
@@ -201,7 +198,7 @@ class _PhiScorer(ScorerBase):
         self.chunk_rows = max(1, chunk_elements // self.per_row)
         self.placement = placement or Placement(0, self.n)
         self.target = target
-        self.loss_name = loss_name
+        self.objective = objective  # the Loss whose value(u, target) loss(k) reports
         self.s = torch.zeros(phi.shape[1:], dtype=phi.dtype, device=phi.device)  # running sum of chosen outputs
         self.device = phi.device
         self.evaluated = 0  # exact candidate evaluations, for diagnostics
@@ -210,9 +207,10 @@ class _PhiScorer(ScorerBase):
         return self.phi[i]
 
     def loss(self, k: int) -> float:
-        from .losses import loss_value
-
-        return loss_value(self.s / k, self.target, self.loss_name)
+        if self.objective is None:
+            raise InvalidOptionError(f"this {type(self).__name__} was built without its loss; build scorers with "
+                                     f"get_loss(name).make_scorer(...) or pass objective=get_loss(name)")
+        return self.objective.value(self.s / k, self.target)
 
     def best(self, k, available, share=None, first_batch=FIRST_BATCH):
         """Lowest-index minimiser over all rows by a full pass (``(inf, -1)`` when none is available)."""
@@ -236,8 +234,8 @@ class SquaredScorer(_PhiScorer):
     (a repeat reuses its cached column), so a step costs one (N x m) product or O(N).
     """
 
-    def __init__(self, phi, target, chunk_elements, placement=None):
-        super().__init__(phi, target, chunk_elements, placement, "squared")
+    def __init__(self, phi, target, chunk_elements, placement=None, objective=None):
+        super().__init__(phi, target, chunk_elements, placement, objective)
         flat = self.flat
         y = target.reshape(-1).to(phi.dtype)
         self.sq = (flat * flat).sum(dim=1, dtype=torch.float64) if phi.dtype != torch.float64 \
@@ -270,6 +268,27 @@ class SubsetSquaredScorer(SquaredScorer):
         start, total = position if position is not None else (0, rows.numel())
         g = self.placement.matvec(self.flat[rows], self.s.reshape(-1), start, total).double()
         return self.sq[rows] - (2.0 * (k + 1)) * self.py[rows] + 2.0 * g
+
+    def add(self, row, key):
+        self.s += row
+
+
+class BruteForceScorer(_PhiScorer):
+    """Any loss, by its definition: candidate i's score at step k is ``objective.value((s + phi_i) / (k+1), y)``,
+    one evaluation per candidate per step (what a brute-force loop computes; slow, for a loss without a scorer
+    of its own). Each score depends on its own row only, so a slice of the rows scores them as the whole does."""
+
+    def __init__(self, phi, target, chunk_elements, placement=None, objective=None):
+        if objective is None:
+            raise InvalidOptionError("BruteForceScorer needs objective=, the Loss whose value(u, target) it evaluates")
+        super().__init__(phi, target, chunk_elements, placement, objective)
+
+    def scores(self, rows, k, position=None):
+        rows = range(self.n) if rows is None else rows.tolist()
+        self.evaluated += len(rows)
+        value = self.objective.value
+        return torch.tensor([value((self.s + self.phi[i]) / (k + 1), self.target) for i in rows],
+                            dtype=torch.float64, device=self.device)
 
     def add(self, row, key):
         self.s += row
@@ -336,10 +355,8 @@ class LogisticScorer(_PhiScorer):
     is moved to the current ``a`` (one new product) when a step needed many exact evaluations.
     """
 
-    loss_name = "logistic"
-
-    def __init__(self, phi, target, chunk_elements, placement=None):
-        super().__init__(phi, target, chunk_elements, placement, self.loss_name)
+    def __init__(self, phi, target, chunk_elements, placement=None, objective=None):
+        super().__init__(phi, target, chunk_elements, placement, objective)
         self._prepare_target(target)
         self.norm = (self.flat * self.flat).sum(dim=1, dtype=torch.float64).sqrt()
         self.eps = torch.finfo(phi.dtype).eps
@@ -466,8 +483,6 @@ class CrossEntropyScorer(LogisticScorer):
     ``log1p(R)`` when the right class wins (``top = 0``) and ``top + log(exp(-top) + R)`` otherwise: no
     cancellation when the right class wins by a wide margin, and no overflow when it loses."""
 
-    loss_name = "cross_entropy"
-
     def _prepare_target(self, target):
         self.labels = target.long()
         self.onehot = F.one_hot(self.labels, self.phi.shape[2]).to(self.phi.dtype)
@@ -491,16 +506,3 @@ class CrossEntropyScorer(LogisticScorer):
         loss = torch.where(top > 0, top + torch.log(torch.exp(-top) + rest), torch.log1p(rest))
         return loss.sum(dim=1, dtype=torch.float64) * (k + 1)
 
-
-def make_scorer(loss: str, phi: torch.Tensor, target: torch.Tensor, chunk_elements: int, *,
-                candidates: int | None = None, total: int | None = None,
-                placement: Placement | None = None):
-    """The scorer for ``loss`` over ``phi``. ``total`` is the number of candidates in the whole problem
-    (``phi`` may be one process's slice of it); the squared loss with a small candidate subset per step
-    uses :class:`SubsetSquaredScorer`, which never updates all N inner products."""
-    total = phi.shape[0] if total is None else total
-    if loss == "squared":
-        subset = candidates is not None and candidates < total // 2
-        return (SubsetSquaredScorer if subset else SquaredScorer)(phi, target, chunk_elements, placement)
-    cls = LogisticScorer if loss == "logistic" else CrossEntropyScorer
-    return cls(phi, target, chunk_elements, placement)

@@ -51,9 +51,9 @@ from ..checks import check_int
 from ..errors import InvalidOptionError, InvalidTypeError
 from ..distributed.parallel import DistributedSelectionError, is_initialised
 from .engine import prepare_outputs, run_selection
-from .losses import validate_inputs
+from .losses import get_loss, validate_inputs
 from .result import SelectionResult
-from .scorers import FIRST_BATCH, LogisticScorer, Placement, ScorerBase, default_chunk_elements, make_scorer
+from .scorers import FIRST_BATCH, LogisticScorer, Placement, ScorerBase
 
 __all__ = ["ShardedScorer", "greedy_forward_selection", "row_digests"]
 
@@ -328,10 +328,11 @@ def _sharded_scorer(comm: _Comm, phi, target, infos, digests, *, loss, candidate
     """This rank's :class:`ShardedScorer` around a scorer of its rows told where they sit, and the exact
     duplicates anywhere (rows with the same 64-bit digest; equality is confirmed when it matters)."""
     n, offset, total = phi.shape[0], infos[comm.rank]["offset"], _check_tiling(infos)
-    chunk = default_chunk_elements(loss, phi.device) if chunk_elements is None else chunk_elements
+    objective = get_loss(loss)
+    chunk = objective.chunk_elements(phi.device) if chunk_elements is None else chunk_elements
     holder = phi if n else phi.new_zeros((1,) + tuple(phi.shape[1:]))  # a rank without rows keeps s
     placement = Placement(offset, total) if n else Placement(0, 1)
-    local = make_scorer(loss, holder, target, chunk, candidates=candidates, total=total, placement=placement)
+    local = objective.make_scorer(holder, target, chunk, candidates=candidates, total=total, placement=placement)
     owners: dict[int, list[int]] = {}
     for info, rank_digests in zip(infos, digests):
         for j, d in enumerate(rank_digests):

@@ -51,7 +51,7 @@ import torch
 
 from ..checks import check_choice
 from ..errors import InvalidOptionError, InvalidTypeError
-from ..selection.block import ReaderProblem, ridge_refit, select_units
+from ..selection.block import ReaderProblem, ridge_refit_with_bias, select_units
 from ..selection.engine import MAX_STEPS, greedy_forward_selection
 from ..selection.result import SelectionResult
 from .stats import InputStats
@@ -447,25 +447,23 @@ def refit_lstsq(weight: torch.Tensor, bias: torch.Tensor, stats: InputStats, cha
 
     Solves ``min ||X_K V' + 1 c' - (X W' + 1 b')||^2 + lam ||V - V0||^2`` over V (d x |K|) and c: the
     target is the dense block's output on the same inputs, the prior ``V0 = start`` defaults to the
-    kept units' own (pretrained) columns ``W[:, K]``, and the bias is not penalised. The penalty is
+    kept units' own (pretrained) columns ``W[:, K]``, and the bias is not penalised. This is
+    :func:`~greedyprune.selection.block.ridge_refit_with_bias` on the raw token sums (``stats.gram``,
+    ``stats.total``, T = ``stats.tokens``), the channel refits' convention: eliminating the free bias centres
+    the tokens, so with K the kept *channels* (a head's ``head_dim`` channels each)
 
-        lam = ridge * (|K| / T) * mean_c Var_T(x_c) * T  =  ridge * |K| * (mean per-token variance),
+        lam = ridge * mean(diag Cov_KK) * |K| / T  =  ridge * |K| * (mean over K of the per-token variance),
 
-    so it weighs more when there are few calibration tokens per kept unit and fades as T grows; with
-    ``T < |K|`` the problem is underdetermined and only the penalty keeps it well-posed. ``ridge = 0`` is
-    plain least squares (minimum-norm where singular), ``ridge -> inf`` returns the prior with the best
-    bias for it. The normal equations are solved in float64 by Cholesky.
+    with ``Cov = sum_t (x_t - mean)(x_t - mean)'``. Relative to the data term (which grows with T) the penalty
+    weighs more when there are few calibration tokens per kept channel and fades as T grows; with ``T < |K|``
+    the problem is underdetermined and only the penalty keeps it well-posed. ``ridge = 0`` is plain least
+    squares (minimum-norm where singular), ``ridge -> inf`` returns the prior with the best bias for it. The
+    normal equations are solved in float64 by Cholesky.
 
     Returns:
         ``(V, c)``: the new kept columns (d, |K|) and bias (d,), float64.
     """
-    w = weight.to(torch.float64)
-    prior = w[:, channels] if start is None else start.to(torch.float64)
-    cov = stats.covariance
-    v = ridge_refit(cov, cov @ w.T, channels, prior, stats.tokens, ridge)
-    mean = stats.mean
-    c = bias.to(torch.float64) + w @ mean - v @ mean[channels]
-    return v, c
+    return ridge_refit_with_bias(stats.gram, stats.total, stats.tokens, weight, bias, channels, ridge, start)
 
 
 def reconstruction_error(weight: torch.Tensor, stats: InputStats, new_weight: torch.Tensor,

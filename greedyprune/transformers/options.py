@@ -10,6 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from ..options import document_fields, option
+from ..selection.block import DEFAULT_RIDGE
 from .support import MIN_CALIBRATION_TOKENS
 
 __all__ = ["DEFAULT_METHOD", "DEFAULT_REFIT", "DEFAULT_RIDGE", "TransformerPruneOptions"]
@@ -22,10 +23,8 @@ DEFAULT_REFIT = "lstsq"
 """Re-solve the kept output columns by default: see the README's measurements (the GFS count scale
 alone moves the embeddings far from the dense model's once fewer than ~3/4 of the neurons are kept)."""
 
-DEFAULT_RIDGE = 0.5
-"""Ridge of the refit (``lam = ridge * |K| * mean per-token variance``, see :func:`criteria.refit_lstsq`),
-chosen from held-out block errors on MiniLM at 874 to 15,870 calibration tokens (``bench/transformer.py
---ridge-sweep``; README)."""
+# DEFAULT_RIDGE (0.5): the one default of both refits, greedyprune.selection.block.DEFAULT_RIDGE, chosen from
+# held-out block errors on MiniLM at 874 to 15,870 calibration tokens (bench/transformer.py --ridge-sweep; README)
 
 
 @document_fields
@@ -47,8 +46,11 @@ class TransformerPruneOptions:
     refit: str | None = option(DEFAULT_REFIT, """"lstsq" (default) re-solves the kept output-projection columns
         and bias by ridge regression on the calibration tokens (towards the kept units' pretrained columns);
         None keeps the method's own weights (GFS: scaled by ``N * count / k``; FLAP: bias compensated).""")
-    ridge: float = option(DEFAULT_RIDGE, """the refit's ridge: ``lam = ridge * |K| * mean per-token variance of
-        the kept channels``.""")
+    ridge: float = option(DEFAULT_RIDGE, """the refit's ridge: ``lam = ridge * mean(diag A_KK) * |K| / T``
+        (:func:`greedyprune.selection.block.ridge_lambda`, the formula the CNN refits use too) on the kept channels
+        K and the T calibration tokens, with A their centred Gram since the bias is re-solved too: ``lam = ridge *
+        |K| * the kept channels' mean per-token variance``. Default 0.5, the CNNs' too
+        (``selection.block.DEFAULT_RIDGE``, chosen from held-out block errors on MiniLM).""")
     replacement: bool = option(True, """GFS with replacement (Algorithm 1); a keep fraction is then a number of
         *distinct* units, and the selection runs until that many are chosen.""")
     max_steps: int | None = option(None, "GFS step limit per block (default 50 * N).")

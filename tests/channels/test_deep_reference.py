@@ -77,6 +77,10 @@ class Recorder:
     def plan(self, context):
         self.inner.plan(context)
 
+    @property
+    def targets(self):  # a keep-count rule's widths: a step of several channels takes no more than still missing
+        return self.inner.targets
+
     def stop(self, step):
         self.steps.setdefault(step.group, []).append(step)
         return self.inner.stop(step)
@@ -127,6 +131,18 @@ def test_fast_and_reference_search_choose_what_the_explicit_loop_chooses(arch, c
                                  recalibrate=0, **opts)
         assert all(r["evaluator"] == evaluator for r in result.layers)
         compare(result, recorder, ref, model, X)
+
+
+@pytest.mark.parametrize("arch, step, replacement", [("resnet8-B", 2, False), ("resnet8-A", 3, True)])
+def test_steps_of_several_channels_take_the_best_candidates_in_order(arch, step, replacement):
+    model = randomize_bn(MODELS[arch](), 8)
+    X, y = data(8)
+    opts = dict(candidates=5, replacement=replacement, batch_size=16, seed=8, bn="running")
+    ref = reference_prune(model, X, y, rule="keep_ratio", value=0.5, step=step, **opts)
+    assert any(sum(c) - len(s) >= 2 for c, s in zip(ref.counts.values(), ref.steps.values()))  # several a step
+    recorder = Recorder(KeepRatio(0.5))
+    result = prune_model(model, (X, y), objective="network", rule=recorder, recalibrate=0, step=step, **opts)
+    compare(result, recorder, ref, model, X)
 
 
 @pytest.mark.parametrize("rule, value", [("epsilon", 0.02), ("accuracy_tolerance", 0.1)])

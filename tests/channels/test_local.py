@@ -85,3 +85,41 @@ def test_local_objective_needs_a_width_rule():
 
     with pytest.raises(ValueError, match="objective='local' needs a rule that fixes each group's width"):
         prune_model(model, (X, y), accuracy_tolerance=0.02, objective="local", holdout=8)
+
+
+def _doubling_reference(gram, cross, norm, positions, distinct):
+    """The former way: re-run Algorithm 1 from scratch with 2d, 4d, ... steps until ``distinct`` units are
+    in (or 64 U steps are passed), keeping the steps before the one that chose a unit too many."""
+    U = gram.shape[0]
+    k = 2 * distinct
+    while True:
+        result = greedy_forward_selection(None, None, k, replacement=True, gram=gram, cross=cross, target_norm=norm,
+                                          examples=positions)
+        seen, counts = set(), torch.zeros(U, dtype=torch.long)
+        for i in result.indices.tolist():
+            if i not in seen and len(seen) == distinct:
+                return counts
+            seen.add(i)
+            counts[i] += 1
+        if len(seen) >= distinct or k >= 64 * U:
+            return counts
+        k *= 2
+
+
+def test_local_selection_is_one_run_equal_to_the_doubling_re_runs():
+    torch.manual_seed(0)
+    reweighted = 0
+    for t in range(30):
+        U = int(torch.randint(2, 10, (1,)))
+        a = torch.randn(U, U + 3, dtype=torch.float64)
+        gram = a @ a.T
+        if t % 3 == 0:  # two nearly silent units: the selection re-weights the others for many steps
+            gram[:, :2] *= 0.01
+            gram[:2, :] *= 0.01
+        cross = torch.randn(U, dtype=torch.float64) * float(torch.rand(1) * 5)
+        for distinct in range(1, U + 1):
+            counts = local_selection(gram, cross, float(cross.abs().sum() + 10), 7, distinct)
+            assert counts.tolist() == _doubling_reference(gram, cross, float(cross.abs().sum() + 10), 7,
+                                                          distinct).tolist()
+            reweighted += int(counts.sum()) > 2 * distinct
+    assert reweighted > 20  # the re-run path (more steps than 2d) is exercised

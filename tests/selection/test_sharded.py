@@ -19,6 +19,7 @@ from greedyprune import distributed as D
 from greedyprune import greedy_forward_selection
 from greedyprune.selection import sharded as S
 from greedyprune.selection.scorers import CrossEntropyScorer, LogisticScorer, Placement
+from toy_loss import registered
 
 torch.set_num_threads(1)
 
@@ -79,6 +80,10 @@ def make_cases(world):
     cases[-1]["kw"]["shape3"] = True
     cases.append(case(18, "logistic", 25, 10, dtype=torch.float64))
     cases.append(case(19, "logistic", 25, 10, dtype=torch.float16))
+    # a registered toy loss (tests/toy_loss.py) runs on its brute-force scorer: slices score as the whole
+    for replacement in (True, False):
+        for candidates in (None, 5):
+            cases.append(case(24, "absolute", 30 + world, 7, k=12, replacement=replacement, candidates=candidates))
     if world == 2:  # uneven slices: a duplicate pair across the boundary, and rank 0 holding the end
         cases.append(case(20, "logistic", 7, 9, copies=4, split=[(0, 9), (9, 19)]))
         cases.append(case(21, "cross_entropy", 20, 8, split=[(13, 7), (0, 13)]))
@@ -158,9 +163,10 @@ def run_world(world):
     """Runs on every rank: all selection cases, then all error cases, then one more selection (the
     group must still be usable after the errors). Returns every rank's results (on rank 0)."""
     selections = []
-    for spec in make_cases(world):
-        result = run_case(spec)
-        selections.append((result.indices, result.counts, result.losses, result.output, result.world_size))
+    with registered():
+        for spec in make_cases(world):
+            result = run_case(spec)
+            selections.append((result.indices, result.counts, result.losses, result.output, result.world_size))
     errors = {}
     for name, make in error_cases(world):
         try:
@@ -188,8 +194,9 @@ def test_same_selections_as_the_single_process_engine(world):
     assert len(selections) == len(specs)
     for spec, (indices, counts, losses, output, world_size) in zip(specs, selections):
         phi, y = build(spec)
-        ref = greedy_forward_selection(phi, y, spec["k"], loss=spec["loss"], replacement=spec["replacement"],
-                                       candidates=spec["candidates"], seed=spec["seed"])
+        with registered():
+            ref = greedy_forward_selection(phi, y, spec["k"], loss=spec["loss"], replacement=spec["replacement"],
+                                           candidates=spec["candidates"], seed=spec["seed"])
         label = {k: v for k, v in spec.items() if k != "kw"} | spec["kw"]
         assert indices.tolist() == ref.indices.tolist(), label
         assert counts.tolist() == ref.counts.tolist(), label

@@ -1,0 +1,100 @@
+"""One ridge convention for both refits (``selection/block.py``): a CNN channel group's readers and a transformer
+block's kept units are re-solved with ``lam = ridge * mean(diag A_KK) * |K| / T`` from sums over the T rows of
+the regression - the raw patch sums for the channels, the centred token sums for the transformer (it re-solves its
+bias, unpenalised) - each checked here against the closed form ``(P_K P_K' + lam I)^-1 (P_K Y' + lam V0')``."""
+import inspect
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from greedyprune.channels import PruneOptions, find_groups
+from greedyprune.channels.reconstruct import reconstruct_group
+from greedyprune.channels.refit import refit_readers
+from greedyprune.selection.block import DEFAULT_RIDGE, RIDGE_GRID, ridge_lambda
+from greedyprune.transformers import criteria
+from greedyprune.transformers.decoder_prune import prune_decoder
+from greedyprune.transformers.options import TransformerPruneOptions
+from greedyprune.transformers.stats import input_stats
+
+torch.set_num_threads(1)
+F64 = torch.float64
+
+
+def closed_form(P_K, Y, prior, ridge):
+    """The documented refit, written out: rows of P_K are the kept columns over T rows (positions / tokens)."""
+    k, T = P_K.shape
+    A = P_K @ P_K.T
+    lam = ridge * float(torch.diagonal(A).mean()) * k / T
+    assert lam == ridge_lambda(A, T, ridge)
+    return torch.linalg.solve(A + lam * torch.eye(k, dtype=F64), P_K @ Y.T + lam * prior.T).T
+
+
+class _Plain(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.a = nn.Conv2d(3, 6, 3, padding=1, bias=False)
+        self.bn = nn.BatchNorm2d(6)
+        self.b = nn.Conv2d(6, 5, 3, padding=1)
+        self.fc = nn.Linear(5, 4)
+
+    def forward(self, x):
+        x = self.b(F.relu(self.bn(self.a(x))))
+        return self.fc(F.relu(x).mean((2, 3)))
+
+
+def _channel_case():
+    torch.manual_seed(0)
+    model = _Plain().eval()
+    x = torch.randn(6, 3, 8, 8)
+    _, groups = find_groups(model, x[:1], skip=["fc"])
+    group = next(g for g in groups if g.name == "a")
+    h = F.relu(model.bn(model.a(x))).detach()
+    P = F.unfold(h, 3, padding=1).transpose(0, 1).reshape(54, -1).double()  # (C_in * 9, positions): raw
+    W = model.b.weight.detach().reshape(5, -1).double()
+    return model, group, x, P, W
+
+
+def test_the_channel_refits_are_the_closed_form_on_raw_patch_sums():
+    model, group, x, P, W = _channel_case()
+    # the local objective (reconstruct_group, own-output targets): prior = the kept columns' own weights
+    counts, weights, _, _ = reconstruct_group(model, group, 3, x, None, ridge=0.7)
+    kept = torch.nonzero(counts).flatten()
+    K = (kept.reshape(-1, 1) * 9 + torch.arange(9)).reshape(-1)
+    got = weights["b"].reshape(5, -1).double()
+    torch.testing.assert_close(got[:, K], closed_form(P[K], W @ P, W[:, K], 0.7), rtol=1e-4, atol=1e-6)
+    assert not got[:, [c for c in range(54) if c not in K.tolist()]].any()
+    # the network objective's refit (refit_readers): the dense reader's output, prior = the folded weights
+    scale = torch.tensor([1.5, 0.0, 2.0, 0.0, 0.5, 1.0])
+    out = refit_readers(model, group, (scale > 0).long(), scale, x, ridge=0.7)
+    K = torch.tensor([c for c in range(54) if scale[c // 9] > 0])
+    folded = W * scale.double().repeat_interleave(9)
+    torch.testing.assert_close(out["b"].reshape(5, -1).double()[:, K], closed_form(P[K], W @ P, folded[:, K], 0.7),
+                               rtol=1e-5, atol=1e-6)
+
+
+def test_the_transformer_refit_is_the_closed_form_on_centred_token_sums():
+    g = torch.Generator().manual_seed(2)
+    T, D, d, group = 50, 18, 7, 3
+    x = torch.randn(T, D, generator=g, dtype=F64) * 0.5 + torch.linspace(-2, 3, D, dtype=F64)  # far from centred
+    w, b = torch.randn(d, D, generator=g, dtype=F64), torch.randn(d, generator=g, dtype=F64)
+    stats = input_stats([x.unsqueeze(0)], [torch.ones(1, T, dtype=torch.bool)], full=True)
+    units = torch.tensor([0, 2, 5])  # heads of 3 channels each
+    K = criteria.channels_of(units, group)
+    v, c = criteria.refit_lstsq(w, b, stats, K, ridge=0.7)
+    y = x @ w.T + b
+    xc, yc = (x[:, K] - x[:, K].mean(0)).T, (y - y.mean(0)).T  # eliminating the free bias centres the rows
+    want = closed_form(xc, yc, w[:, K], 0.7)
+    torch.testing.assert_close(v, want, rtol=1e-10, atol=1e-12)
+    torch.testing.assert_close(c, y.mean(0) - want @ x[:, K].mean(0), rtol=1e-10, atol=1e-12)
+    # the documented reading of that lam: ridge * |K| * the kept channels' mean per-token variance
+    lam = ridge_lambda(xc @ xc.T, T, 0.7)
+    assert abs(lam - 0.7 * len(K) * float(x[:, K].var(0, unbiased=False).mean())) < 1e-12 * lam
+
+
+def test_one_default_ridge_for_both_families():
+    assert DEFAULT_RIDGE == 0.5 and DEFAULT_RIDGE in RIDGE_GRID
+    assert TransformerPruneOptions().ridge == DEFAULT_RIDGE
+    assert inspect.signature(prune_decoder).parameters["ridge"].default == DEFAULT_RIDGE
+    assert inspect.signature(refit_readers).parameters["ridge"].default == DEFAULT_RIDGE
+    assert PruneOptions().refit_ridge is None  # CNNs: cross-validated from RIDGE_GRID, else DEFAULT_RIDGE
