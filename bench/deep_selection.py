@@ -22,11 +22,23 @@ Rows:
   (``--mobilenet-objective network`` for the whole-network search, ``--mobilenet-step`` channels per step);
   the held-out loss of the pruned net is printed as its quality.
 
+* ``engine`` - the deep search through the engine's one loop against the same search before it moved there
+  (``--old``, a git revision; its ``greedyprune/`` is extracted to a temporary folder): ResNet-20, keep 0.5,
+  8 candidates per step, batch 16, one thread, each run a fresh process, old and new alternating ``--repeats``
+  times. Both must keep the same channels; prints the median search seconds of each and ``new/old: X.XXx``.
+  Not in the default rows (it needs the repository's git history).
+
 The ``main`` row ends with ``speedup vs reference: X.Xx`` (one channel per step; ``step=2`` in brackets).
 """
 from __future__ import annotations
 
 import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
 import time
 
 import torch
@@ -143,6 +155,54 @@ def mobilenet_row(args) -> None:
           f"{result.ratio('params'):.3f}x, {len(result.kept)} groups; held-out loss {loss:.4f} (dense {dense:.4f})")
 
 
+ENGINE_REVISION = "88b7265"
+"""The last revision whose deep search ran its own loop (``channels/search.search_group``)."""
+ENGINE_CANDIDATES, ENGINE_BATCH = 8, 16
+
+
+def engine_child(args) -> None:
+    """One timed run for the ``engine`` row, in whatever ``greedyprune`` is first on the path."""
+    import greedyprune
+
+    model = _pretrained_like(get_model("resnet20", seed=args.seed), args.seed)
+    X, y = _data(1024, args.seed)
+    result = prune_model(model, (X, y), keep_ratio=0.5, candidates=args.candidates, batch_size=args.batch_size,
+                         seed=args.seed, eval_examples=64, bn="running", recalibrate=0, check=False,
+                         objective="network")
+    print(json.dumps({"search": sum(r["seconds"] for r in result.layers), "kept": result.kept,
+                      "package": os.path.dirname(greedyprune.__file__)}))
+
+
+def engine_row(args) -> None:
+    here = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    with tempfile.TemporaryDirectory() as old:
+        archive = subprocess.run(["git", "-C", here, "archive", args.old, "greedyprune"], check=True,
+                                 capture_output=True).stdout
+        subprocess.run(["tar", "-x", "-C", old], input=archive, check=True)
+        trees = {"old": old, "new": here}
+        runs: dict[str, list] = {"old": [], "new": []}
+        print(f"\nengine row: resnet20 3x32x32, keep 0.5, {ENGINE_CANDIDATES} candidates, batch {ENGINE_BATCH}, "
+              f"1 thread; old = {args.old}, new = this tree; alternating, {args.repeats} runs each")
+        for r in range(args.repeats):
+            for key in (("old", "new") if r % 2 == 0 else ("new", "old")):
+                env = dict(os.environ, PYTHONPATH=trees[key], OMP_NUM_THREADS="1")
+                out = subprocess.run([sys.executable, os.path.abspath(__file__), "--rows", "engine-child",
+                                      "--threads", "1", "--candidates", str(ENGINE_CANDIDATES),
+                                      "--batch-size", str(ENGINE_BATCH), "--seed", str(args.seed)],
+                                     env=env, check=True, capture_output=True, text=True, cwd=trees[key]).stdout
+                run = json.loads(out.strip().splitlines()[-1])
+                if not os.path.samefile(os.path.dirname(run["package"]), trees[key]):
+                    raise SystemExit(f"the {key} run imported {run['package']}, not its own tree")
+                runs[key].append(run)
+                print(f"  {key}: search {run['search']:.2f} s", flush=True)
+    same = all(run["kept"] == runs["old"][0]["kept"] for run in runs["old"] + runs["new"])
+    old_s, new_s = (statistics.median(x["search"] for x in runs[k]) for k in ("old", "new"))
+    print(f"same channels kept in every run: {same}")
+    print(f"median search: old {old_s:.2f} s, new {new_s:.2f} s; new/old: {new_s / old_s:.3f}x")
+    if not same:
+        raise SystemExit("the engine's deep search kept other channels than the old loop")
+
+
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--rows", default="main,local,resnet18,mobilenetv2")
@@ -154,6 +214,8 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--mobilenet-objective", choices=["local", "network"], default="local",
                    help="objective of the mobilenetv2 row (default local: the whole-network search does not "
                         "finish in 10 minutes on 2 CPU cores, even with --mobilenet-step 8)")
+    p.add_argument("--old", default=ENGINE_REVISION, help="engine row: the git revision to compare with")
+    p.add_argument("--repeats", type=int, default=3, help="engine row: runs of each, alternating")
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--device", default="cpu")
     p.add_argument("--seed", type=int, default=0)
@@ -161,7 +223,8 @@ def main(argv: list[str] | None = None) -> None:
     torch.set_num_threads(args.threads)
     # full float32 on GPUs (no TF32), so that the two evaluators score candidates with the same arithmetic
     torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = False
-    rows = {"main": main_row, "local": local_row, "resnet18": resnet18_row, "mobilenetv2": mobilenet_row}
+    rows = {"main": main_row, "local": local_row, "resnet18": resnet18_row, "mobilenetv2": mobilenet_row,
+            "engine": engine_row, "engine-child": engine_child}
     for name in args.rows.split(","):
         rows[name](args)
 

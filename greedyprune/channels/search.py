@@ -434,11 +434,12 @@ def _fold_checked(search: _Search, group: ChannelGroup, counts: torch.Tensor) ->
     model, x = search.model, search.check_x
     masked = weights = None
     if search.options.refit == "lstsq":
+        from ..selection.block import DEFAULT_RIDGE
         from .refit import refit_readers
 
         inputs = search.calibration if search.calibration is not None else search.batches.fixed(256)[0]
         weights = refit_readers(model, group, counts, group_scales(counts).to(search.device), inputs,
-                                0.5 if search.options.refit_ridge is None else search.options.refit_ridge)
+                                DEFAULT_RIDGE if search.options.refit_ridge is None else search.options.refit_ridge)
     elif search.options.check:
         with torch.no_grad(), exact_math(), apply_masks(model, {group: group_scales(counts).to(search.device)}):
             masked = model(x)
