@@ -17,10 +17,11 @@ from .io import PRUNED_FORMAT, load_pruned, save_pruned
 from .masks import apply_masks, fold_and_remove, group_scales
 from .rules import AccuracyTolerance, FlopsTarget, KeepCounts, KeepRatio, LossGap, Step, StoppingRule
 from .options import PruneOptions
-from .search import METHODS, SearchOptions, prune_model
+from .search import EVALUATORS, METHODS, SearchOptions, prune_model
 
 __all__ = [
-    "METHODS", "PRUNED_FORMAT", "AccuracyTolerance", "Batches", "ChannelGroup", "FlopsTarget", "KeepCounts",
+    "EVALUATORS", "METHODS", "PRUNED_FORMAT", "AccuracyTolerance", "Batches", "ChannelGroup", "FlopsTarget",
+    "KeepCounts",
     "KeepRatio", "LossGap", "PruneOptions", "SearchOptions", "Step", "StoppingRule", "UnsupportedLayerError",
     "apply_masks", "find_groups", "fold_and_remove", "group_scales", "load_pruned", "prune_model", "refresh_group",
     "save_pruned",

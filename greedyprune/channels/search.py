@@ -36,7 +36,7 @@ from ..errors import InvalidOptionError, InvalidTypeError
 from ..checks import as_device, non_finite_weights
 from ..metrics import count_macs, model_device_dtype
 from ..options import with_overrides
-from ..result import PruneResult
+from ..result import LayerRecord, PruneResult
 from ..selection.engine import run_selection
 from ..selection.scorers import ScorerBase
 from ..training.loop import evaluate
@@ -46,7 +46,7 @@ from .evaluators import (CPU_STACK_ELEMENTS, GPU_STACK_ELEMENTS, FastEvaluator, 
                          step_rows, trace)
 from .groups import ChannelGroup, UnsupportedLayerError, find_groups, refresh_group
 from .masks import apply_masks, fold_and_remove, group_scales
-from .options import BN_MODES, METHODS, OBJECTIVES, PruneOptions
+from .options import BN_MODES, EVALUATORS, METHODS, OBJECTIVES, PruneOptions
 from .budget import per_channel
 from .local import local_curves, local_group
 from .objectives import (calibration_size, dense_targets, recalibrate_if_closer, reconstruct_step, reconstructable,
@@ -57,7 +57,8 @@ from .sensitivity import budget_sensitivity, log_probs
 from .preflight import check_model_accepts, check_train_mode, preflight
 from .rules import PlanContext, Step, StoppingRule, rule_from_options
 
-__all__ = ["BN_MODES", "METHODS", "OBJECTIVES", "NetworkScorer", "PruneOptions", "SearchOptions", "prune_model"]
+__all__ = ["BN_MODES", "EVALUATORS", "METHODS", "OBJECTIVES", "NetworkScorer", "PruneOptions", "SearchOptions",
+           "prune_model"]
 
 RECALIBRATE_EACH_GROUP = False
 DEFAULT_RECALIBRATE = 512
@@ -264,7 +265,7 @@ def prune_model(
 
 
 def search_group(search: _Search, group: ChannelGroup, index: int, stop: StoppingRule | None,
-                 curve: list | None = None, opts: PruneOptions | None = None) -> tuple[torch.Tensor, dict]:
+                 curve: list | None = None, opts: PruneOptions | None = None) -> tuple[torch.Tensor, LayerRecord]:
     """Grow one group's multiset until ``stop`` says so (``None``: to its full width). Returns
     ``(per-channel counts, record)``. With ``curve`` (a list), ``(channels kept, held-out loss, unpruned
     held-out loss)`` is appended after every step. Channels tied in units (:attr:`ChannelGroup.units`) are
@@ -282,10 +283,10 @@ def search_group(search: _Search, group: ChannelGroup, index: int, stop: Stoppin
                       replacement=opts.replacement, candidates=opts.candidates, seed=opts.seed * 1_000_003 + index,
                       duplicates={}, stop=rule)
     last = scorer.last
-    return group.channel_counts(scorer.counts), {
-        "name": group.name, "channels": group.channels, "steps": last.step,
-        "rule": stop.name if stop is not None else "curve", "loss": last.loss, "accuracy": last.accuracy,
-        "evaluator": "fast" if isinstance(scorer.evaluator, FastEvaluator) else "reference"}
+    return group.channel_counts(scorer.counts), LayerRecord(
+        name=group.name, units=group.channels, unit="channels", steps=last.step,
+        rule=stop.name if stop is not None else "curve", loss=last.loss, accuracy=last.accuracy,
+        evaluator="fast" if isinstance(scorer.evaluator, FastEvaluator) else "reference")
 
 
 class NetworkScorer(ScorerBase):
