@@ -286,7 +286,7 @@ def run_method(method, dense, X, y, limit):
             signal.setitimer(signal.ITIMER_REAL, 0)
     row["warnings"] = sorted({str(w.message).splitlines()[0][:300] for w in caught})
     if report is not None:
-        row["report"] = report
+        row["report"] = report.to_dict()
     return pruned, row
 
 

@@ -10,7 +10,7 @@ The verbs::
 from .advisor import PretrainingAdvisor
 from .channels import PruneOptions, UnsupportedLayerError, load_pruned, prune_model, save_pruned
 from .models import MODEL_NAMES, get_model
-from .result import LayerRecord, PruneResult
+from .result import LayerRecord, PruneReport, PruneResult
 from .selection import LOSSES, SelectionResult, greedy_forward_selection, loss_value
 from .training.loop import TrainConfig, evaluate, pretrain
 from .twolayer import TwoLayerNet, build_pruned, neuron_outputs, prune_two_layer
@@ -21,6 +21,7 @@ __all__ = [
     "LayerRecord",
     "MODEL_NAMES",
     "PruneOptions",
+    "PruneReport",
     "PruneResult",
     "PretrainingAdvisor",
     "SelectionResult",

@@ -34,9 +34,10 @@ from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
 from .errors import InvalidOptionError, InvalidTypeError
+from .training.loop import evaluate
 
-__all__ = ["compare_models", "count_macs", "count_parameters", "layer_macs", "measure_latency", "model_device_dtype",
-           "model_report"]
+__all__ = ["compare_models", "count_macs", "count_parameters", "layer_macs", "measure_latency", "measure_model",
+           "model_device_dtype", "model_report"]
 
 DEFAULT_INPUT_SHAPE = (1, 3, 32, 32)
 
@@ -247,6 +248,34 @@ def model_report(model: nn.Module, input_shape=DEFAULT_INPUT_SHAPE) -> dict:
     _check_model(model)
     shape = tuple(input_shape.shape) if isinstance(input_shape, torch.Tensor) else _check_shape(input_shape)
     return {"params": count_parameters(model), "macs": count_macs(model, input_shape), "input_shape": shape}
+
+
+def measure_model(model: nn.Module, example=None, x: torch.Tensor | None = None, y: torch.Tensor | None = None,
+                  loss: str = "cross_entropy", *, batch_size: int = 512) -> dict:
+    """What a pruner measures of a network before and after pruning, the one way every pruner measures it
+    (:meth:`greedyprune.result.PruneReport.from_measures` turns two of these into a report).
+
+    Args:
+        model: the network, evaluated in eval mode (its training flags are restored).
+        example: an input tensor (one example, batch of 1) or shape to count multiply-adds on
+            (:func:`count_macs`); None: not counted.
+        x, y: examples and targets to measure the loss and accuracy on
+            (:func:`greedyprune.training.evaluate`, in batches of ``batch_size``); None: not measured.
+        loss: the loss ``evaluate`` computes ("cross_entropy", "logistic", "squared").
+
+    Returns:
+        ``{"params": int, "macs": int | None, "loss": float | None, "accuracy": float | None}``.
+    """
+    _check_model(model)
+    if (x is None) != (y is None):
+        raise InvalidOptionError("pass both x and y (examples and their targets) to measure the loss, or neither")
+    measured = {"params": None, "macs": None, "loss": None, "accuracy": None}
+    if x is not None:
+        measured["loss"], measured["accuracy"] = evaluate(model, x, y, loss, batch_size=batch_size)
+    measured["params"] = count_parameters(model)
+    if example is not None:
+        measured["macs"] = count_macs(model, example)
+    return measured
 
 
 def compare_models(original: nn.Module, pruned: nn.Module, input_shape=DEFAULT_INPUT_SHAPE) -> dict:

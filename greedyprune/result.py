@@ -1,4 +1,5 @@
-"""What every pruner returns: :class:`PruneResult`, with one :class:`LayerRecord` per pruned layer or group.
+"""What every pruner returns: :class:`PruneResult`, with one :class:`LayerRecord` per pruned layer or group and
+one :class:`PruneReport` of whole-network numbers.
 
 ``prune_two_layer``, ``prune_model``, the baselines (``greedyprune.baselines.prune_like``) and
 ``prune_transformer`` all return one; code that compares methods reads the same fields from each.
@@ -6,15 +7,16 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field, fields, replace
 from typing import Iterator
 
+import torch
 from torch import nn
 
 from .errors import InvalidOptionError
 from .selection.result import SelectionResult
 
-__all__ = ["LayerRecord", "PruneResult"]
+__all__ = ["LayerRecord", "PruneReport", "PruneResult"]
 
 _UNIT_KEYS = ("channels", "units")
 
@@ -105,6 +107,129 @@ class LayerRecord(Mapping):
             self[key] = value
 
 
+#: What :func:`greedyprune.metrics.measure_model` measures; a report lists each as ``<name>_before`` and
+#: ``<name>_after``.
+MEASURES = ("params", "macs", "loss", "accuracy")
+
+
+@dataclass(eq=False)
+class PruneReport(Mapping):
+    """Whole-network numbers of one pruning run: a typed record that still reads as the dict it was.
+
+    Every pruner fills the same fields, None where it does not measure one (the baselines measure no loss or
+    accuracy, a transformer no multiply-adds); the "before" and "after" numbers come from one helper,
+    :func:`greedyprune.metrics.measure_model`, built into a report by :meth:`from_measures`. Anything
+    pruner-specific is in ``extra``: the deep search's ``rule``, ``value``, ``bn``, ``recalibrated``,
+    ``holdout``, ``step_batch``; a transformer's ``method``, ``refit``, ``ridge``, ``mlp_widths``, ...
+
+    The report is also a mapping over the same entries, as before: ``report["macs_after"]``,
+    ``report.get("rule")``, ``"bn" in report``, ``dict(report)``; ``report.update(...)`` and
+    ``report[key] = value`` set a field, or an entry of ``extra``. As in :class:`LayerRecord`, every common
+    field is listed whether or not it was measured: ``"macs_after" in report`` is always true, and
+    ``report["macs_after"]`` is None where multiply-adds were not counted - ask :meth:`measured` (or
+    ``report.get("macs_after") is not None``). A report equals any mapping of the same entries, its None
+    fields included (``report == dict(report)``). :meth:`to_dict` is the plain, JSON-ready form that
+    savers write; :meth:`from_dict` reads it back, and reads a report saved before the fields were typed
+    (without its None entries).
+
+    Attributes:
+        params_before, params_after: parameters of the network before and after pruning.
+        macs_before, macs_after: multiply-adds of one forward pass on one example
+            (:func:`~greedyprune.metrics.count_macs`).
+        loss_before, loss_after: the network's loss on the evaluation examples (two-layer nets: the selection's
+            loss).
+        accuracy_before, accuracy_after: its accuracy on them.
+        eval_examples: how many examples the loss and accuracy were measured on.
+        input_shape: one example's shape (what multiply-adds were counted on).
+        seconds: the time the whole pruning took.
+        extra: pruner-specific entries.
+    """
+
+    params_before: int | None = None
+    params_after: int | None = None
+    macs_before: int | None = None
+    macs_after: int | None = None
+    loss_before: float | None = None
+    loss_after: float | None = None
+    accuracy_before: float | None = None
+    accuracy_after: float | None = None
+    eval_examples: int | None = None
+    input_shape: list[int] | None = None
+    seconds: float | None = None
+    extra: dict = field(default_factory=dict)
+
+    @classmethod
+    def from_dict(cls, entries: Mapping | None) -> PruneReport:
+        """A report from a plain dict of the former kind (the common entries, the rest going to ``extra``), such
+        as a saved one; a report is returned as it is, None gives an empty one."""
+        if isinstance(entries, PruneReport):
+            return entries
+        report = cls()
+        report.update(entries or {})
+        return report
+
+    @classmethod
+    def from_measures(cls, before: Mapping, after: Mapping, /, **entries) -> PruneReport:
+        """The report of two :func:`~greedyprune.metrics.measure_model` results (``before["params"]`` becomes
+        ``params_before``, ...) and further ``entries`` (common fields or ``extra``), which take precedence."""
+        report = cls()
+        for when, measures in (("before", before), ("after", after)):
+            report.update({f"{key}_{when}": value for key, value in measures.items() if key in MEASURES})
+        report.update(entries)
+        return report
+
+    def _common(self) -> tuple[str, ...]:
+        return tuple(f.name for f in fields(self) if f.name != "extra")
+
+    def __getitem__(self, key: str):
+        if key in self._common():
+            return getattr(self, key)
+        return self.extra[key]
+
+    def __iter__(self) -> Iterator[str]:
+        yield from self._common()
+        yield from self.extra
+
+    def __len__(self) -> int:
+        return len(self._common()) + len(self.extra)
+
+    def __setitem__(self, key: str, value) -> None:
+        if key in self._common():
+            setattr(self, key, value)
+        else:
+            self.extra[key] = value
+
+    def update(self, entries: Mapping = (), /, **more) -> None:
+        """Set fields (or ``extra`` entries) by name, as ``dict.update``."""
+        for key, value in {**dict(entries), **more}.items():
+            self[key] = value
+
+    def copy(self) -> PruneReport:
+        """A shallow copy (its own ``extra``), as ``dict.copy``."""
+        return replace(self, extra=dict(self.extra))
+
+    def measured(self, key: str) -> bool:
+        """Whether ``key`` (``"params"``, ``"macs"``, ``"loss"``, ``"accuracy"``) was measured before and after."""
+        return self.get(f"{key}_before") is not None and self.get(f"{key}_after") is not None
+
+    def to_dict(self) -> dict:
+        """The entries as a plain dict of plain values (tuples as lists; numpy and 0-d torch scalars as Python
+        numbers), None fields included: what a JSON or weights-only file stores."""
+        return {key: _plain(value) for key, value in self.items()}
+
+
+def _plain(value):
+    if isinstance(value, Mapping):
+        return {str(k): _plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    if isinstance(value, torch.Tensor) and value.dim() == 0:
+        return value.item()
+    if hasattr(value, "item") and not isinstance(value, torch.Tensor):
+        return value.item()
+    return value
+
+
 @dataclass
 class PruneResult:
     """A pruned network and how it was obtained.
@@ -115,9 +240,10 @@ class PruneResult:
         counts: layer or group name -> how many times each original unit was selected (all zeros but the
             kept ones; above 1 where a unit was chosen again with replacement). Empty for criteria that
             select no multiset (magnitude baselines).
-        report: whole-network numbers. Always ``params_before``, ``params_after``, ``seconds``; where the
-            pruner measures them ``macs_before``, ``macs_after``, ``loss_before``, ``loss_after``,
-            ``accuracy_before``, ``accuracy_after`` and ``eval_examples``; plus method-specific entries.
+        report: a :class:`PruneReport` of whole-network numbers, the same fields from every pruner:
+            ``params_before`` / ``params_after``, ``macs_*``, ``loss_*``, ``accuracy_*`` (None where the pruner
+            does not measure them), ``eval_examples``, ``input_shape``, ``seconds``, and the pruner's own entries
+            in ``extra``; a plain dict given here is turned into one.
         selection: the :class:`SelectionResult` when the whole pruning is one selection (two-layer nets).
         layers: one :class:`LayerRecord` per pruned layer / group (name, units before and kept, steps,
             stopping rule, loss and accuracy when it stopped, seconds, pruner-specific ``extra``); plain dicts
@@ -131,7 +257,7 @@ class PruneResult:
     model: nn.Module
     kept: dict[str, list[int]]
     counts: dict[str, list[int]] = field(default_factory=dict)
-    report: dict = field(default_factory=dict)
+    report: PruneReport = field(default_factory=PruneReport)
     selection: SelectionResult | None = None
     layers: list[LayerRecord] = field(default_factory=list)
     history: list = field(default_factory=list, repr=False)
@@ -139,14 +265,23 @@ class PruneResult:
 
     def __post_init__(self):
         self.layers = [LayerRecord.from_dict(record) for record in self.layers]
+        self.report = PruneReport.from_dict(self.report)
 
     def __iter__(self) -> Iterator:
         """``model, selection = result``: unpacking gives the pruned model and the selection."""
         return iter((self.model, self.selection))
 
     def ratio(self, key: str) -> float:
-        """``report[key + "_after"] / report[key + "_before"]``, e.g. ``ratio("macs")``."""
-        return self.report[f"{key}_after"] / self.report[f"{key}_before"]
+        """``report[key + "_after"] / report[key + "_before"]``, e.g. ``ratio("macs")``.
+
+        Raises:
+            InvalidOptionError: the pruner did not measure ``key`` (the report holds None).
+        """
+        report = PruneReport.from_dict(self.report)
+        if not report.measured(key):
+            raise InvalidOptionError(f"the report has no {key} before and after: this pruner does not measure {key} "
+                                     f"({key}_before={report.get(f'{key}_before')!r})")
+        return report[f"{key}_after"] / report[f"{key}_before"]
 
     def summary(self) -> str:
         """A per-layer table and the before -> after numbers, as text."""
@@ -158,14 +293,14 @@ class PruneResult:
             rows = [[str(g.name), _fmt(g.units, ""), _fmt(g.kept, ""), _fmt(g.steps, ""), _fmt(g.loss, ".4f"),
                      _fmt(g.accuracy, ".3f")] for g in map(LayerRecord.from_dict, self.layers)]
             lines += [format_table(header, rows), ""]
-        r = self.report
+        r = PruneReport.from_dict(self.report)
         for key, label in (("params", "params"), ("macs", "mult-adds")):
-            if f"{key}_before" in r:
+            if r.measured(key):
                 lines.append(f"{label:<11} {r[f'{key}_before']:,} -> {r[f'{key}_after']:,} ({self.ratio(key):.3f}x)")
         for key in ("loss", "accuracy"):
-            if f"{key}_before" in r:
+            if r.measured(key):
                 lines.append(f"{key:<11} {r[f'{key}_before']:.4f} -> {r[f'{key}_after']:.4f}")
-        if "seconds" in r:
+        if r.seconds is not None:
             lines.append(f"{'time':<11} {r['seconds']:.1f} s")
         return "\n".join(lines)
 

@@ -7,7 +7,8 @@ A pruned-model file (format ``"greedyprune-pruned-v2"``) holds only tensors and 
 * the pruning ``history`` (Torch-Pruning's record of which channels were removed from which group);
 * how to build the dense architecture: a :func:`~greedyprune.models.get_model` ``name`` and
   ``model_kwargs``, and the ``input_shape`` the groups were traced on;
-* ``kept``, the ``report`` and free-form ``extra`` metadata.
+* ``kept``, the ``report`` (:meth:`~greedyprune.result.PruneReport.to_dict`; :func:`load_pruned` gives it back
+  as a :class:`~greedyprune.result.PruneReport`) and free-form ``extra`` metadata.
 
 :func:`load_pruned` rebuilds the model by building the dense architecture (from ``name``, or from a dense
 model you pass, for your own classes), replaying the history on it and loading the weights. Only a file
@@ -26,7 +27,7 @@ from torch import nn
 
 from ..errors import InvalidOptionError, InvalidTypeError
 from ..fileio import UnsafeFileError, load_torch, save_torch, torch_bytes
-from ..result import PruneResult
+from ..result import PruneReport, PruneResult
 
 __all__ = ["PRUNED_FORMAT", "load_pruned", "save_pruned"]
 
@@ -64,7 +65,8 @@ def save_pruned(path: str | os.PathLike, result: PruneResult, *, name: str | Non
     """
     if not isinstance(result, PruneResult):
         raise InvalidTypeError(f"result must be a PruneResult (what prune_model returns), got {type(result).__name__}")
-    shape = input_shape if input_shape is not None else result.report.get("input_shape")
+    report = PruneReport.from_dict(result.report)
+    shape = input_shape if input_shape is not None else report.get("input_shape")
     if shape is None:
         raise InvalidOptionError("input_shape is unknown: pass input_shape=(C, H, W), the shape of one example")
     payload = {
@@ -75,7 +77,7 @@ def save_pruned(path: str | os.PathLike, result: PruneResult, *, name: str | Non
         "model_kwargs": _plain(dict(model_kwargs or {})),
         "input_shape": [int(d) for d in shape],
         "kept": _plain(result.kept),
-        "report": _plain(result.report),
+        "report": report.to_dict(),
         "extra": _plain(dict(extra or {})),
         "module": torch_bytes(result.model) if full_module else None,
     }
@@ -110,6 +112,8 @@ def load_pruned(path: str | os.PathLike, *, model: nn.Module | None = None, trus
             f"{path} is not a pruned model saved by this version of greedyprune (no {PRUNED_FORMAT!r} "
             f"marker)")
     info = {k: v for k, v in payload.items() if k not in ("module", "state_dict")}
+    if isinstance(info.get("report"), dict):  # a saved report, old (without its None fields) or new
+        info["report"] = PruneReport.from_dict(info["report"])
     info["full_module"] = payload.get("module") is not None
     if model is None and payload.get("name"):
         from ..training.checkpoints import build_model

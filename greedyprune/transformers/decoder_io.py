@@ -28,7 +28,7 @@ import torch
 
 from ..errors import InvalidOptionError
 from ..fileio import IntegrityError, atomic_write, atomic_write_text
-from ..result import PruneResult
+from ..result import PruneReport, PruneResult
 from .decoder import add_bias, decoder_layer_shape, decoder_of, shrink_kv_groups, shrink_mlp, shrink_query_heads
 from .integrity import check_digests, write_checked_meta
 from .support import require_transformers
@@ -80,7 +80,7 @@ def write_meta(directory: Path, meta: dict, result, tokenizer) -> Path:
     tokenizer's files when one is given; returns the directory."""
     if isinstance(result, PruneResult):
         meta.update(method=result.method, kept=_plain(result.kept),
-                    report={k: _plain(v) for k, v in result.report.items()})
+                    report=PruneReport.from_dict(result.report).to_dict())
     written = [WEIGHTS, CONFIG]
     if tokenizer is not None:
         for name in tokenizer.save_pretrained(str(directory)):
