@@ -29,8 +29,8 @@ from .channels.batches import Batches
 from .channels.groups import find_groups, refresh_group
 from .checks import check_int
 from .errors import InvalidOptionError
-from .metrics import count_macs
-from .result import LayerRecord, PruneResult
+from .metrics import measure_model
+from .result import LayerRecord, PruneReport, PruneResult
 
 __all__ = ["CRITERIA", "IMPORTANCES", "prune_like"]
 
@@ -94,7 +94,7 @@ def prune_like(model: nn.Module, keep: Mapping[str, int], criterion: str, *, dat
             f"keep names groups the model does not have: {unknown}; its groups are {sorted(by_name)}")
     for name, n in keep.items():
         check_int(f"keep[{name!r}]", n, 1, maximum=by_name[name].channels)
-    before = {"params": sum(p.numel() for p in model.parameters()), "macs": count_macs(model, example)}
+    before = measure_model(model, example)
     if criterion in NEEDS_GRADIENTS:
         model.eval()
         model.zero_grad(set_to_none=True)
@@ -120,9 +120,8 @@ def prune_like(model: nn.Module, keep: Mapping[str, int], criterion: str, *, dat
         if remove:
             DG.get_pruning_group(g.root, g.root_fn, remove).prune()
     model.eval()
-    report = {"params_before": before["params"], "params_after": sum(p.numel() for p in model.parameters()),
-              "macs_before": before["macs"], "macs_after": count_macs(model, example),
-              "input_shape": list(example.shape[1:]), "seconds": time.perf_counter() - start}
+    report = PruneReport.from_measures(before, measure_model(model, example), input_shape=list(example.shape[1:]),
+                                       seconds=time.perf_counter() - start)
     layers = [LayerRecord(name=name, units=by_name[name].channels, unit="channels", kept=n) for name, n in keep.items()]
     return PruneResult(model=model, kept=kept, report=report, layers=layers,
                        history=[list(h) for h in DG.pruning_history()], method=criterion)

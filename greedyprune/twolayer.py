@@ -27,7 +27,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from .errors import InvalidOptionError, InvalidTypeError
-from .result import LayerRecord, PruneResult
+from .metrics import measure_model
+from .result import LayerRecord, PruneReport, PruneResult
 from .selection import get_loss, greedy_forward_selection, loss_value
 
 __all__ = ["ACTIVATIONS", "PARAMETERIZATIONS", "PRUNE_TO", "ScaledLinear", "output_scale", "check_two_layer_size",
@@ -348,12 +349,13 @@ def prune_two_layer(model: nn.Module, X: torch.Tensor, y: torch.Tensor, k: int, 
     result.dense_loss = dense_loss
     pruned = build_pruned(model, result.counts)
     distinct = result.selected.tolist()
-    report = {"params_before": sum(p.numel() for p in model.parameters()),
-              "params_after": sum(p.numel() for p in pruned.parameters()),
-              "loss_before": dense_loss, "loss_after": float(result.losses[-1]), "eval_examples": int(X.shape[0]),
-              "seconds": time.perf_counter() - start}
+    seconds = time.perf_counter() - start
+    # the loss is the selection's (the averaged outputs' loss on X), not a second evaluation of the networks
+    report = PruneReport.from_measures(measure_model(model, X[:1]), measure_model(pruned, X[:1]),
+                                       loss_before=dense_loss, loss_after=float(result.losses[-1]),
+                                       eval_examples=int(X.shape[0]), input_shape=list(X.shape[1:]), seconds=seconds)
     layer = LayerRecord(name="hidden", units=first.out_features, kept=len(distinct), steps=result.k,
-                        rule=f"k={k} {prune_to}", loss=float(result.losses[-1]), seconds=report["seconds"])
+                        rule=f"k={k} {prune_to}", loss=float(result.losses[-1]), seconds=seconds)
     return PruneResult(model=pruned, kept={"hidden": distinct}, counts={"hidden": result.counts.tolist()},
                        report=report, selection=result, layers=[layer], method="gfs")
 

@@ -34,12 +34,11 @@ from torch import nn
 
 from ..errors import InvalidOptionError, InvalidTypeError
 from ..checks import as_device, non_finite_weights
-from ..metrics import count_macs, model_device_dtype
+from ..metrics import measure_model, model_device_dtype
 from ..options import with_overrides
-from ..result import LayerRecord, PruneResult
+from ..result import LayerRecord, PruneReport, PruneResult
 from ..selection.engine import run_selection
 from ..selection.scorers import ScorerBase
-from ..training.loop import evaluate
 from .batches import Batches, finetune, split_data
 from .bn import exact_math, has_batch_norm, recalibrate_bn
 from .evaluators import (CPU_STACK_ELEMENTS, GPU_STACK_ELEMENTS, FastEvaluator, ReferenceEvaluator, checked,
@@ -143,8 +142,10 @@ def prune_model(
 
     Returns:
         A :class:`~greedyprune.result.PruneResult`: the physically smaller ``model``, ``kept`` and
-        ``counts`` per group, one record per group in ``layers``, a before/after ``report`` (evaluated in
-        eval mode; after recalibration when ``recalibrate``) and the replayable pruning ``history``.
+        ``counts`` per group, one record per group in ``layers``, a before/after ``report`` (a
+        :class:`~greedyprune.result.PruneReport`: parameters, multiply-adds, loss and accuracy on
+        ``eval_examples``, evaluated in eval mode, after recalibration when ``recalibrate``; the rule, ``bn``,
+        ``recalibrated``, ``holdout`` and ``step_batch`` in its ``extra``) and the replayable pruning ``history``.
     """
     options = with_overrides(PruneOptions, options, overrides, "prune_model")
     stop = rule_from_options(rule, uniform=options.uniform, epsilon=options.epsilon,
@@ -254,12 +255,12 @@ def prune_model(
     if auto_recalibrate:
         recalibrated = recalibrate_if_closer(model, probe, dense_probe, batches.batch_size)
     after = _measure(model, example, eval_x, eval_y)
-    report = {f"{key}_{when}": value for when, m in (("before", before), ("after", after)) for key, value in m.items()}
-    report.update(eval_examples=int(eval_x.shape[0]), input_shape=list(example.shape[1:]), rule=stop.name,
-                  value=stop.value, bn=options.bn, recalibrated=recalibrated,
-                  holdout=0 if holdout_set is None else int(holdout_set[0].shape[0]),
-                  step_batch=search.plan.batch or options.batch_size,
-                  seconds=time.perf_counter() - start_time)
+    report = PruneReport.from_measures(before, after, eval_examples=int(eval_x.shape[0]),
+                                       input_shape=list(example.shape[1:]), rule=stop.name, value=stop.value,
+                                       bn=options.bn, recalibrated=recalibrated,
+                                       holdout=0 if holdout_set is None else int(holdout_set[0].shape[0]),
+                                       step_batch=search.plan.batch or options.batch_size,
+                                       seconds=time.perf_counter() - start_time)
     return PruneResult(model=model, kept=kept, counts=counts_out, report=report, layers=records,
                        history=[list(h) for h in DG.pruning_history()], method="gfs")
 
@@ -460,10 +461,9 @@ def _fold_checked(search: _Search, group: ChannelGroup, counts: torch.Tensor) ->
 
 
 def _measure(model: nn.Module, example: torch.Tensor, x: torch.Tensor, y: torch.Tensor) -> dict:
-    loss, accuracy = evaluate(model, x, y, "cross_entropy", batch_size=512)
+    measured = measure_model(model, example, x, y, "cross_entropy", batch_size=512)
     model.eval()
-    return {"params": sum(p.numel() for p in model.parameters()), "macs": count_macs(model, example),
-            "loss": loss, "accuracy": accuracy}
+    return measured
 
 
 def _trace_for(model: nn.Module, evaluator: str):

@@ -22,7 +22,8 @@ import torch
 from ..checks import check_choice, check_int, check_number
 from ..errors import InvalidOptionError, InvalidTypeError
 from ..options import with_overrides
-from ..result import PruneResult
+from ..metrics import measure_model
+from ..result import PruneReport, PruneResult
 from . import criteria
 from .blocks import REFITS, Block, prune_block
 from .decoder import decoder_layer_shape, decoder_of, shrink_kv_groups, shrink_mlp, shrink_query_heads
@@ -212,7 +213,7 @@ def prune_decoder(model, calibration, *, options: TransformerPruneOptions | None
                               max_length=max_length, batch_size=batch_size, min_tokens=min_tokens, progress=progress)
     calib = decoder_calibration(calibration, base, tokenizer=tokenizer, window=max_length, batch_size=batch_size,
                                 min_tokens=min_tokens)
-    params_before = sum(p.numel() for p in model.parameters())
+    before = measure_model(model)  # parameters (no multiply-adds: a token batch's count depends on its length)
     if not inplace:
         model = copy.deepcopy(model)
         base = decoder_of(model)
@@ -252,12 +253,11 @@ def prune_decoder(model, calibration, *, options: TransformerPruneOptions | None
                     inputs = run_layer(layer, inputs)
     finally:
         model.train(was_training)
-    result.report.update(params_before=params_before, params_after=sum(p.numel() for p in model.parameters()),
-                         seconds=time.perf_counter() - start, method=method, refit=refit, ridge=ridge,
-                         ffn_keep=ffn_keep, heads_keep=heads_keep, heads_unit=heads_unit,
-                         widths=rule if isinstance(rule, str) else "per-layer", mlp_widths=widths_used,
-                         replacement=replacement, calibration_sentences=calib.sentences,
-                         calibration_tokens=calib.tokens)
+    result.report = PruneReport.from_measures(
+        before, measure_model(model), seconds=time.perf_counter() - start, method=method, refit=refit, ridge=ridge,
+        ffn_keep=ffn_keep, heads_keep=heads_keep, heads_unit=heads_unit,
+        widths=rule if isinstance(rule, str) else "per-layer", mlp_widths=widths_used, replacement=replacement,
+        calibration_sentences=calib.sentences, calibration_tokens=calib.tokens)
     return result
 
 

@@ -17,7 +17,8 @@ import torch
 from ..checks import check_choice, check_int, check_number
 from ..errors import InvalidOptionError, InvalidTypeError
 from ..options import with_overrides
-from ..result import PruneResult
+from ..metrics import measure_model
+from ..result import PruneReport, PruneResult
 from . import criteria
 from .blocks import REFITS, Block, prune_block
 from .stats import capture_layer_inputs, finish_ffn, module_inputs, run_layer
@@ -27,10 +28,6 @@ from .surgery import head_size, shrink_ffn, shrink_heads
 
 __all__ = ["DEFAULT_METHOD", "DEFAULT_REFIT", "DEFAULT_RIDGE", "prune_block", "prune_transformer", "REFITS",
            "TransformerPruneOptions"]
-
-def _count_params(model) -> int:
-    return sum(p.numel() for p in model.parameters())
-
 
 def _check_args(ffn_keep, heads_keep, method, refit, ridge, layers, n_layers):
     ffn_keep = check_number("ffn_keep", ffn_keep, low=0, high=1, low_open=True, allow_none=True)
@@ -81,8 +78,8 @@ def prune_transformer(model, calibration, *, options: TransformerPruneOptions | 
         kept indices in ``kept`` under ``"encoder.layer.L.attention"`` / ``"encoder.layer.L.intermediate"``),
         ``counts`` (GFS), ``layers`` (per block: units, kept, steps, ``loss`` = the block's relative
         reconstruction error ``||y_pruned - y||^2 / ||y - b||^2`` on the calibration tokens where measured
-        (GFS or a refit), ``loss_before_refit``, seconds, and the GFS ``selection``), ``report``
-        (parameters, seconds, settings).
+        (GFS or a refit), ``loss_before_refit``, seconds, and the GFS ``selection``), ``report`` (a
+        :class:`~greedyprune.result.PruneReport`: parameters before and after, seconds; the settings in ``extra``).
 
     Raises:
         ImportError: the optional extra is not installed (the message names the install command).
@@ -122,7 +119,7 @@ def prune_transformer(model, calibration, *, options: TransformerPruneOptions | 
     start = time.perf_counter()
     calib = prepare_calibration(calibration, base, tokenizer=tokenizer, batch_size=batch_size,
                                 max_length=max_length, min_tokens=min_tokens)
-    params_before = _count_params(model)
+    before = measure_model(model)  # parameters (no multiply-adds: a token batch's count depends on its length)
     if not inplace:
         model = copy.deepcopy(model)
         base = encoder_of(model)
@@ -135,10 +132,10 @@ def prune_transformer(model, calibration, *, options: TransformerPruneOptions | 
     with torch.no_grad():
         _prune_layers(result, base, calib.batches, ffn_keep, heads_keep, layer_set, progress, block_options)
     model.train(was_training)
-    result.report.update(params_before=params_before, params_after=_count_params(model),
-                         seconds=time.perf_counter() - start, method=method, refit=refit, ridge=ridge,
-                         ffn_keep=ffn_keep, heads_keep=heads_keep, replacement=replacement,
-                         calibration_sentences=calib.sentences, calibration_tokens=calib.tokens)
+    result.report = PruneReport.from_measures(
+        before, measure_model(model), seconds=time.perf_counter() - start, method=method, refit=refit, ridge=ridge,
+        ffn_keep=ffn_keep, heads_keep=heads_keep, replacement=replacement, calibration_sentences=calib.sentences,
+        calibration_tokens=calib.tokens)
     return result
 
 
