@@ -61,6 +61,33 @@ def test_accuracy_tolerance_stops_at_the_first_step_within_tolerance(tolerance):
     assert len(stops) >= 3  # the trajectories do exercise different stopping steps
 
 
+def test_the_tolerance_rules_stop_on_their_boundary_and_read_the_size_of_the_unpruned_loss():
+    # exactly on the boundary ("within epsilon", "at least (1 - tolerance) x"): stop. These numbers are exact in
+    # binary, and the case is not rare: a group searched to its full width has the unpruned loss and accuracy.
+    assert LossGap(0.0).stop(Step("g", 8, 8, 8, 0.75, 0.5, 0.75, 0.5))
+    assert LossGap(0.25).stop(Step("g", 8, 3, 3, 2.5, 0.5, 2.0, 0.5))
+    assert not LossGap(0.25).stop(Step("g", 8, 3, 3, 2.5 + 2 ** -40, 0.5, 2.0, 0.5))
+    assert AccuracyTolerance(0.0).stop(Step("g", 8, 8, 8, 1.0, 0.75, 1.0, 0.75))
+    assert AccuracyTolerance(0.5).stop(Step("g", 8, 3, 3, 1.0, 0.25, 1.0, 0.5))
+    assert not AccuracyTolerance(0.5).stop(Step("g", 8, 3, 3, 1.0, 0.25 - 2 ** -40, 1.0, 0.5))
+    # a negative unpruned loss (a user's objective): the allowed gap is epsilon x its size
+    assert LossGap(0.25).stop(Step("g", 8, 3, 3, -1.5, 0.5, -2.0, 0.5))
+    assert not LossGap(0.25).stop(Step("g", 8, 3, 3, -1.25, 0.5, -2.0, 0.5))
+
+
+def test_keep_counts_stop_at_the_count_and_keep_unnamed_groups_whole():
+    from greedyprune.channels.rules import KeepCounts
+
+    model, x = _resnet(), torch.randn(1, 1, 12, 12)
+    DG, groups = find_groups(model, x)
+    rule = KeepCounts({groups[0].name: 3})
+    rule.plan(PlanContext(model, groups, x, DG))
+    assert rule.targets == {g.name: 3 if g is groups[0] else g.channels for g in groups}
+    g = groups[0]
+    stops = [rule.stop(Step(g.name, g.channels, k, k, 1.0, 0.5)) for k in range(1, 6)]
+    assert stops == [False, False, True, True, True]
+
+
 def _resnet(width=4, **kw):
     return get_model("resnet8", in_channels=1, width=width, seed=0, **kw).eval()
 

@@ -1,9 +1,12 @@
 """One ridge convention for both refits (``selection/block.py``): a CNN channel group's readers and a transformer
 block's kept units are re-solved with ``lam = ridge * mean(diag A_KK) * |K| / T`` from sums over the T rows of
 the regression - the raw patch sums for the channels, the centred token sums for the transformer (it re-solves its
-bias, unpenalised) - each checked here against the closed form ``(P_K P_K' + lam I)^-1 (P_K Y' + lam V0')``."""
+bias, unpenalised) - each checked here against the closed form ``(P_K P_K' + lam I)^-1 (P_K Y' + lam V0')``; and
+the cross-validated ridge against the ridge whose explicit refit on one half of the calibration set has the lowest
+explicit squared error on the other half, summed over both directions (ties: the larger)."""
 import inspect
 
+import pytest
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -11,7 +14,7 @@ from torch import nn
 from greedyprune.channels import PruneOptions, find_groups
 from greedyprune.channels.reconstruct import reconstruct_group
 from greedyprune.channels.refit import refit_readers
-from greedyprune.selection.block import DEFAULT_RIDGE, RIDGE_GRID, ridge_lambda
+from greedyprune.selection.block import DEFAULT_RIDGE, RIDGE_GRID, cross_validated_ridge, ridge_lambda, ridge_refit
 from greedyprune.transformers import criteria
 from greedyprune.transformers.decoder_prune import prune_decoder
 from greedyprune.transformers.options import TransformerPruneOptions
@@ -98,3 +101,75 @@ def test_one_default_ridge_for_both_families():
     assert inspect.signature(prune_decoder).parameters["ridge"].default == DEFAULT_RIDGE
     assert inspect.signature(refit_readers).parameters["ridge"].default == DEFAULT_RIDGE
     assert PruneOptions().refit_ridge is None  # CNNs: cross-validated from RIDGE_GRID, else DEFAULT_RIDGE
+
+
+# ------------------------------------------------------------------- the penalty and its cross-validated choice
+GRID = (0.0, 0.05, 0.3, 1.0, 3.0, 10.0, 30.0)
+
+
+def test_ridge_lambda_is_ridge_times_the_mean_kept_diagonal_times_columns_per_position():
+    a = torch.diag(torch.tensor([1.0, 2.0, 6.0], dtype=torch.float64)) + 0.5
+    assert ridge_lambda(a, 40, 0.7) == pytest.approx(0.7 * (1.5 + 2.5 + 6.5) / 3 * 3 / 40, rel=1e-12)
+    assert ridge_lambda(a, 40, 0.0) == 0.0
+    assert ridge_lambda(torch.zeros(0, 0, dtype=torch.float64), 40, 0.7) == 0.0
+
+
+def _fold(P, Y):
+    return P @ P.T, P @ Y.T, (Y * Y).sum(1), P.shape[1]
+
+
+def _held_out_error(P_fit, Y_fit, P_out, Y_out, keep, prior, ridge, weight):
+    """Refit on one half by the explicit ridge normal equations, then the weighted squared error on the other."""
+    pk = P_fit[keep]
+    lam = ridge * float(torch.diagonal(pk @ pk.T).mean()) * len(keep) / P_fit.shape[1]
+    v = torch.linalg.solve(pk @ pk.T + lam * torch.eye(len(keep), dtype=torch.float64), pk @ Y_fit.T + lam * prior.T).T
+    return float((((v @ P_out[keep] - Y_out) ** 2).sum(1) * weight).sum())
+
+
+def _case(seed):
+    """Two halves of a calibration set (few positions per column, so the prior matters and the best ridge lies
+    inside the grid), the kept columns, a prior near the truth and output weights."""
+    g = torch.Generator().manual_seed(seed)
+    C, d, T = 9, 3, 14
+    keep = torch.tensor([0, 1, 3, 4, 6, 8])
+    true = torch.randn(d, C, generator=g, dtype=torch.float64)
+    prior = true[:, keep] + 0.6 * torch.randn(d, len(keep), generator=g, dtype=torch.float64)
+    halves = []
+    for _ in range(2):
+        P = torch.randn(C, T, generator=g, dtype=torch.float64)
+        halves.append((P, true @ P + 1.5 * torch.randn(d, T, generator=g, dtype=torch.float64)))
+    return halves, keep, prior, torch.rand(d, generator=g, dtype=torch.float64) + 0.2
+
+
+def test_cross_validated_ridge_is_the_lowest_held_out_error_of_the_explicit_refits():
+    picks = set()
+    for seed in range(6):
+        halves, keep, prior, weight = _case(seed)
+        errors = [sum(_held_out_error(*halves[i], *halves[1 - i], keep, prior, r, weight) for i in (0, 1))
+                  for r in GRID]
+        best = min(errors)
+        want = max(r for r, e in zip(GRID, errors) if e <= best + 1e-9 * abs(best))
+        got = cross_validated_ridge([_fold(*h) for h in halves], keep, prior, out_weight=weight, grid=GRID)
+        assert got == want, (seed, errors)
+        picks.add(got)
+    assert len(picks - {GRID[0], GRID[-1]}) >= 2, picks  # the cases do not all choose an end of the grid
+
+
+def test_equal_held_out_errors_choose_the_largest_ridge():
+    g = torch.Generator().manual_seed(9)
+    folds = [_fold(torch.randn(4, 10, generator=g, dtype=torch.float64), torch.randn(2, 10, generator=g,
+                                                                                    dtype=torch.float64))
+             for _ in range(2)]
+    prior = torch.randn(2, 4, generator=g, dtype=torch.float64)
+    # outputs of weight 0: every ridge predicts them equally well (not at all)
+    assert cross_validated_ridge(folds, torch.arange(4), prior, out_weight=torch.zeros(2, dtype=torch.float64),
+                                 grid=GRID) == max(GRID)
+
+
+def test_ridge_refit_with_a_large_ridge_returns_the_prior():
+    g = torch.Generator().manual_seed(3)
+    P, Y = torch.randn(5, 30, generator=g, dtype=torch.float64), torch.randn(2, 30, generator=g, dtype=torch.float64)
+    prior = torch.randn(2, 3, generator=g, dtype=torch.float64)
+    keep = torch.tensor([4, 0, 2])
+    torch.testing.assert_close(ridge_refit(P @ P.T, P @ Y.T, keep, prior, 30, ridge=1e10), prior, rtol=1e-6,
+                               atol=1e-8)
