@@ -137,3 +137,23 @@ def test_model_report_and_compare():
     assert cmp["params_ratio"] == pytest.approx(count_parameters(small) / count_parameters(big))
     assert cmp["macs_reduction"] == pytest.approx(1 - cmp["macs_ratio"])
     assert math.isnan(compare_models(nn.ReLU(), nn.ReLU(), (1, 3))["macs_ratio"])
+
+
+def test_layer_macs_of_a_nested_model_are_each_layers_own_closed_form():
+    from greedyprune.metrics import layer_macs
+
+    class Block(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv = nn.Conv2d(4, 6, 3, padding=1)
+            self.inner = nn.Sequential(nn.Conv2d(6, 5, 1, stride=2), nn.ReLU())
+
+        def forward(self, x):
+            return self.inner(self.conv(x))
+
+    net = nn.Sequential(nn.Conv2d(3, 4, 3), Block(), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(5, 7))
+    macs = layer_macs(net, (2, 3, 10, 10))
+    # per layer, batch of 2: Cout * Cin * kh * kw * Hout * Wout; containers (1, 1.inner) do nothing of their own
+    assert macs == {"0": 2 * 4 * 3 * 9 * 8 * 8, "1.conv": 2 * 6 * 4 * 9 * 8 * 8, "1.inner.0": 2 * 5 * 6 * 4 * 4,
+                    "4": 2 * 5 * 7}
+    assert sum(macs.values()) == count_macs(net, (2, 3, 10, 10))

@@ -3,6 +3,8 @@ greedy forward selection against the explicit form and brute force, the sum and 
 refit, the reconstruction error, the baselines' definitions, and the calibration text."""
 from __future__ import annotations
 
+import math
+
 import pytest
 import torch
 
@@ -10,6 +12,7 @@ from greedyprune.selection import greedy_forward_selection
 from greedyprune.transformers import criteria
 from greedyprune.transformers.stats import input_stats
 from greedyprune.transformers.text import default_sentences, read_sentences, split_sentences
+from greedyprune.transformers.widths import allocate_widths, flap_allocation
 from reference import brute_force_selection
 
 torch.set_num_threads(1)
@@ -280,3 +283,159 @@ def test_register_criterion_refuses_what_is_not_a_named_criterion():
     with pytest.raises(InvalidOptionError, match="needs a name"):
         criteria.register_criterion(type("Nameless", (criteria.Criterion,), {}))
     assert "" not in criteria.CRITERIA
+
+
+# ------------------------------------------------------------------- issue 20: each rule against its own loop
+def _masked_batches(seed, D=6):
+    """Two (B, L, D) batches with padding (False in the mask) and a shift, so that means matter."""
+    g = torch.Generator().manual_seed(seed)
+    xs = [torch.randn(2, 5, D, generator=g) * 2 + 1, torch.randn(3, 4, D, generator=g) - 0.5]
+    masks = [torch.tensor([[1, 1, 1, 0, 0], [1, 1, 1, 1, 1]]).bool(), torch.tensor([[1, 0, 0, 0], [1, 1, 1, 0],
+                                                                                   [1, 1, 0, 0]]).bool()]
+    return xs, masks
+
+
+def test_input_stats_are_sums_over_the_real_tokens_and_their_moments_the_population_ones():
+    xs, masks = _masked_batches(0)
+    real = torch.cat([x[m] for x, m in zip(xs, masks)]).double()  # (T, D): padding dropped
+    close = dict(rtol=1e-5, atol=1e-5)  # the Gram's products are formed in float32
+    for full in (False, True):  # the full Gram last: its covariance below
+        stats = input_stats(xs, masks, full=full)
+        assert stats.tokens == real.shape[0] == 14
+        torch.testing.assert_close(stats.total, real.sum(0), **close)
+        torch.testing.assert_close(stats.sq, (real * real).sum(0), **close)
+        torch.testing.assert_close(stats.mean, real.mean(0), **close)
+        torch.testing.assert_close(stats.variance, real.var(0, unbiased=False), **close)
+    centred = real - real.mean(0)
+    torch.testing.assert_close(stats.covariance, centred.T @ centred, **close)
+
+
+@pytest.mark.parametrize("group", [1, 3])
+def test_the_one_score_baselines_of_units_are_their_formulas_summed_over_each_units_channels(group):
+    g = torch.Generator().manual_seed(20 + group)
+    n, d = 5, 4
+    x = torch.randn(50, n * group, generator=g, dtype=torch.float64) * torch.rand(n * group, generator=g,
+                                                                                  dtype=torch.float64) + 0.3
+    w = torch.randn(d, n * group, generator=g, dtype=torch.float64)
+    w_in = torch.randn(n * group, 7, generator=g, dtype=torch.float64)
+    stats = _stats_from(x)
+    want = {name: torch.zeros(n, dtype=torch.float64) for name in ("magnitude", "wanda", "flap")}
+    for u in range(n):
+        for c in range(u * group, (u + 1) * group):
+            col = w[:, c]
+            want["magnitude"][u] += torch.sqrt((w_in[c] ** 2).sum()) * torch.sqrt((col ** 2).sum())
+            want["wanda"][u] += torch.sqrt((x[:, c] ** 2).sum() / len(x)) * col.abs().sum() / d
+            fluctuation = ((x[:, c] - x[:, c].mean()) ** 2).sum() / len(x) * (col ** 2).sum()
+            want["flap"][u] += fluctuation ** 2 if group > 1 else fluctuation  # FLAP squares a head's metric
+    for name, scores in want.items():
+        torch.testing.assert_close(criteria.unit_scores(name, w, stats, group, w_in), scores, msg=name)
+        plan = criteria.plan_block(name, w, stats, group, 2, weight_in=w_in)
+        assert plan.keep.tolist() == sorted(torch.argsort(scores, descending=True)[:2].tolist()), name
+        assert plan.scale.tolist() == [1.0 if u in plan.keep.tolist() else 0.0 for u in range(n)]
+
+
+def test_gfs_plan_weights_each_kept_unit_by_n_times_its_count_over_the_steps():
+    g = torch.Generator().manual_seed(4)
+    m, n = 30, 6
+    acts = torch.randn(m, n, generator=g, dtype=torch.float64).relu() + 0.1
+    w2 = torch.randn(3, n, generator=g, dtype=torch.float64)
+    contrib = torch.stack([acts[:, [i]] @ w2[:, [i]].T for i in range(n)])
+    brute, losses = brute_force_selection(n * contrib, acts @ w2.T, 40)  # with replacement, long enough
+    for n_keep in (2, 4):
+        steps = next(t + 1 for t in range(len(brute)) if len(set(brute[:t + 1])) == n_keep)
+        counts = torch.bincount(torch.tensor(brute[:steps]), minlength=n).double()
+        plan = criteria.plan_block("gfs", w2, _stats_from(acts), 1, n_keep)
+        assert plan.keep.tolist() == sorted(set(brute[:steps]))
+        torch.testing.assert_close(plan.scale, n * counts / steps)
+        torch.testing.assert_close(plan.selection.losses, torch.tensor(losses[:steps], dtype=torch.float64))
+        assert plan.bias_delta is None
+
+
+def test_allocate_widths_is_the_marginal_rule_run_one_neuron_at_a_time():
+    """Naively: every step, over the layers above ``min_keep``, take a neuron from the one whose (running
+    minimum) error curve rises least when it loses one (ties: the lower layer)."""
+    for seed in range(8):
+        g = torch.Generator().manual_seed(seed)
+        sizes = [6, 4, 8]
+        curves = []
+        for size in sizes:  # decreasing with noise: the running minimum matters
+            base = torch.flip(torch.cumsum(torch.rand(size, generator=g, dtype=torch.float64), 0), [0])
+            noisy = torch.cat([base, torch.zeros(1, dtype=torch.float64)]) + 0.3 * torch.rand(size + 1, generator=g)
+            curves.append(noisy)
+        for total, min_keep in ((6, 1), (9, 2), (15, 1)):
+            best = [[min(float(v) for v in c[:k + 1]) for k in range(len(c))] for c in curves]
+            widths = list(sizes)
+            for _ in range(sum(sizes) - total):
+                rises = {i: best[i][w - 1] - best[i][w] for i, w in enumerate(widths) if w > min_keep}
+                widths[min(rises, key=lambda i: (rises[i], i))] -= 1
+            assert allocate_widths(curves, total, min_keep) == widths, (seed, total, min_keep)
+            assert min(widths) >= min_keep
+
+
+def test_flap_allocation_keeps_the_highest_standardised_scores_over_all_layers():
+    """FLAP's rule by hand: each layer's scores minus their mean over their standard deviation (n - 1, as
+    torch.std), ``min_keep`` per layer from its best, the rest the highest over all layers."""
+    for seed in range(8):
+        g = torch.Generator().manual_seed(seed)
+        scores = [torch.rand(size, generator=g, dtype=torch.float64) * (1 + 9 * torch.rand(1, generator=g,
+                  dtype=torch.float64)) for size in (3, 9, 5)]
+        for total, min_keep in ((5, 1), (9, 2), (14, 1)):
+            z = []
+            for s in scores:
+                mean = sum(float(v) for v in s) / len(s)
+                std = (sum((float(v) - mean) ** 2 for v in s) / (len(s) - 1)) ** 0.5
+                z.append(sorted(((float(v) - mean) / std for v in s), reverse=True))
+            rest = sorted(((v, i) for i, zi in enumerate(z) for v in zi[min_keep:]), reverse=True)
+            widths = [min_keep] * len(z)
+            for _, i in rest[:total - min_keep * len(z)]:
+                widths[i] += 1
+            assert flap_allocation(scores, total, min_keep) == widths, (seed, total, min_keep)
+
+
+def test_compare_embeddings_is_the_mean_cosine_and_the_nearest_neighbour_agreement():
+    from greedyprune.transformers.evaluate import compare_embeddings
+
+    g = torch.Generator().manual_seed(8)
+    dense = torch.nn.functional.normalize(torch.randn(7, 5, generator=g), dim=1)
+    pruned = torch.nn.functional.normalize(dense + 0.3 * torch.randn(7, 5, generator=g), dim=1)
+    cos = [float((dense[i] * pruned[i]).sum()) for i in range(7)]
+
+    def nearest(e, i):
+        return max((j for j in range(7) if j != i), key=lambda j: float((e[i] * e[j]).sum()))
+
+    same = [nearest(dense, i) == nearest(pruned, i) for i in range(7)]
+    out = compare_embeddings(dense, pruned)
+    assert out["cosine"] == pytest.approx(sum(cos) / 7, rel=1e-6)
+    assert out["cosine_min"] == pytest.approx(min(cos), rel=1e-6)
+    assert out["nn_agreement"] == pytest.approx(sum(same) / 7)
+    assert 0 < sum(same) < 7  # the case tells a right agreement from a constant
+    assert compare_embeddings(dense, dense)["nn_agreement"] == 1.0
+
+
+class _BigramLM(torch.nn.Module):
+    """A causal LM stand-in: the logits at position t depend on the tokens at t and t - 1 only."""
+
+    def __init__(self, vocab=11):
+        super().__init__()
+        g = torch.Generator().manual_seed(0)
+        self.now = torch.nn.Parameter(torch.randn(vocab, vocab, generator=g))
+        self.before = torch.nn.Parameter(torch.randn(vocab, vocab, generator=g))
+
+    def forward(self, input_ids, use_cache=False):
+        from types import SimpleNamespace
+
+        previous = torch.nn.functional.pad(input_ids[:, :-1], (1, 0))
+        return SimpleNamespace(logits=self.now[input_ids] + 0.5 * self.before[previous])
+
+
+def test_perplexity_is_exp_of_the_mean_next_token_cross_entropy():
+    from greedyprune.transformers.perplexity import perplexity
+
+    model = _BigramLM().train()
+    ids = torch.randint(0, 11, (5, 7), generator=torch.Generator().manual_seed(2))
+    with torch.no_grad():
+        logits = model(ids).logits
+    nll = [-float(torch.log_softmax(logits[i, t], 0)[ids[i, t + 1]]) for i in range(5) for t in range(6)]
+    want = math.exp(sum(nll) / len(nll))
+    assert perplexity(model, ids, batch_size=2) == pytest.approx(want, rel=1e-6)  # batches of 2, 2 and 1
+    assert model.training
