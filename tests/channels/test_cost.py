@@ -95,3 +95,17 @@ def test_budget_sets_the_batch_then_fewer_steps_and_warns_past_it(monkeypatch):
                              eval_examples=16)
     assert any("estimated at" in str(w.message) for w in caught)
     assert result.report["step_batch"] == cost.MIN_SEARCH_BATCH
+
+
+def test_planned_steps_closed_form():
+    from types import SimpleNamespace
+
+    group = SimpleNamespace(num_units=40, channels=40)
+    # step="auto": ceil(target / auto_steps) units a step, then ceil(target / take) steps
+    assert cost.planned_steps(group, 20, "auto", None, 16) == 10  # take ceil(20/16) = 2
+    assert cost.planned_steps(group, 37, "auto", None, 8) == 8  # take 5, ceil(37/5) = 8
+    assert cost.planned_steps(group, 37, "auto", 3, 8) == 13  # never more units a step than candidates
+    assert cost.planned_steps(group, 20, 3, None, 16) == 7
+    assert cost.planned_steps(group, None, "auto", None, 16) == 20  # no fixed width: half the units
+    grouped = SimpleNamespace(num_units=10, channels=40)  # 4 channels a unit
+    assert cost.planned_steps(grouped, 18, "auto", None, 2) == 2  # ceil(18/4) = 5 units, ceil(18/8) = 3 a step

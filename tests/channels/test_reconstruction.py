@@ -451,3 +451,23 @@ def test_held_out_sensitivity_refits_on_the_first_half_and_compares_on_the_secon
         assert kl == pytest.approx(expected, rel=1e-6, abs=1e-9)
     in_sample = sensitivity_curves(model, [group], x, x[:10], ridge=ridge, fractions=(0.25, 0.5), held_out=False)
     assert in_sample[group.name] != curves[group.name]
+
+
+def test_reader_problem_weights_each_output_by_its_inverse_variance_with_a_floor():
+    from types import SimpleNamespace
+
+    from greedyprune.channels.reconstruct import reader_problem
+
+    g = torch.Generator().manual_seed(11)
+    P = torch.randn(4, 50, generator=g, dtype=torch.float64)
+    Y = torch.randn(3, 4, generator=g, dtype=torch.float64) @ P + torch.tensor([[2.0], [-1.0], [0.5]])
+    Y[2] = 0.5 + 1e-4 * Y[2]  # an almost constant output: its weight stops at the floor
+    acc = {"gram": P @ P.T, "cross": P @ Y.T, "sq": (Y * Y).sum(1), "total": Y.sum(1), "tokens": 50}
+    sub = SimpleNamespace(unit_columns=torch.arange(4).reshape(4, 1), fixed=torch.empty(0, dtype=torch.long))
+    problem = reader_problem(sub, acc)
+    var = [float(((y - y.mean()) ** 2).mean()) for y in Y]  # population variance over the positions, by hand
+    floor = 1e-3 * sum(var) / 3
+    want = torch.tensor([1.0 / (50 * max(v, floor)) for v in var], dtype=torch.float64)
+    assert var[2] < floor
+    torch.testing.assert_close(problem.out_weight, want, rtol=1e-6, atol=0.0)
+    assert problem.tokens == 50 and torch.equal(problem.gram, acc["gram"])

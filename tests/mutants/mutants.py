@@ -11,6 +11,8 @@ DEEP = ["tests/channels/test_deep_reference.py", "tests/channels/test_deep.py"]
 RULES = ["tests/channels/test_rules.py", "tests/channels/test_deep_reference.py"]
 DISTRIBUTED = ["tests/selection/test_sharded.py"]
 MATHS = ["tests/transformers_/test_transformer_maths.py"]
+RECONSTRUCTION_WEIGHT = ("tests/channels/test_reconstruction.py::"
+                         "test_reader_problem_weights_each_output_by_its_inverse_variance_with_a_floor")
 RIDGE = ["tests/selection/test_block.py", "tests/channels/test_reconstruction.py::test_ridge_refit_is_its_closed_form"]
 
 MUTANTS = [
@@ -693,4 +695,25 @@ MUTANTS = [
          replacement="    k = int((counts > 0).sum())\n",
          tests=["tests/test_twolayer.py"],
          why="the pruned output weights divide by the distinct neurons instead of the steps"),
+    # the network objective's plan (channels/cost.py) and the local objective's output weights (reconstruct.py)
+    dict(name="cost-auto-take-floor", file="greedyprune/channels/cost.py",
+         original="    take = max(1, -(-int(target) // (per_unit * auto_steps))) if step == \"auto\" else int(step)\n",
+         replacement="    take = max(1, int(target) // (per_unit * auto_steps)) if step == \"auto\" else int(step)\n",
+         tests=["tests/channels/test_cost.py"],
+         why="step='auto' takes floor(target / auto_steps) units a step: more steps than the search takes"),
+    dict(name="cost-no-min-batch", file="greedyprune/channels/cost.py",
+         original="size = batch or max(MIN_SEARCH_BATCH, min(MAX_SEARCH_BATCH, int(budget // max(per_example, 1.0))))",
+         replacement="size = batch or min(MAX_SEARCH_BATCH, int(budget // max(per_example, 1.0)))",
+         tests=["tests/channels/test_cost.py"],
+         why="a tight budget shrinks the per-step batch below MIN_SEARCH_BATCH (to nothing)"),
+    dict(name="reconstruct-weight-uncentred", file="greedyprune/channels/reconstruct.py",
+         original="    variance = (acc[\"sq\"] / T - (acc[\"total\"] / T) ** 2).clamp_min(0.0)\n",
+         replacement="    variance = (acc[\"sq\"] / T).clamp_min(0.0)\n",
+         tests=[RECONSTRUCTION_WEIGHT],
+         why="each output is weighted by its inverse mean square instead of its inverse variance"),
+    dict(name="reconstruct-weight-floor", file="greedyprune/channels/reconstruct.py",
+         original="    floor = 1e-3 * float(variance.mean()) + 1e-30\n",
+         replacement="    floor = 1e-2 * float(variance.mean()) + 1e-30\n",
+         tests=[RECONSTRUCTION_WEIGHT],
+         why="the variance floor of a near-constant output is 10x the documented one"),
 ]
