@@ -8,7 +8,10 @@ Torch-Pruning's importance criteria (an ``Importance`` is a callable: group -> o
 * ``"bn"`` -- absolute batch-norm scale (``BNScaleImportance``), as in network slimming;
 * ``"taylor"`` -- first-order Taylor estimate |w * dL/dw| (``TaylorImportance``), with gradients of
   the cross-entropy on a few batches;
-* ``"fpgm"`` -- distance to the geometric median of the group's filters (``FPGMImportance``);
+* ``"fpgm"`` -- "Filter Pruning via Geometric Median": a filter of the group's first layer whose summed
+  Euclidean distance to that layer's other filters is small lies near their geometric median and is pruned
+  first (in-tree: Torch-Pruning's ``FPGMImportance`` measures distances between the element-wise squared
+  weights, averaged over the group's layers, which is not the paper's criterion);
 * ``"lamp"`` -- layer-adaptive magnitude scores (``LAMPImportance``);
 * ``"random"`` -- uniform random scores, seeded.
 
@@ -32,7 +35,7 @@ from .errors import InvalidOptionError
 from .metrics import measure_model
 from .result import LayerRecord, PruneReport, PruneResult
 
-__all__ = ["CRITERIA", "IMPORTANCES", "prune_like"]
+__all__ = ["CRITERIA", "IMPORTANCES", "FilterGeometricMedian", "prune_like"]
 
 
 def _tp():
@@ -41,12 +44,32 @@ def _tp():
     return tp
 
 
+class FilterGeometricMedian:
+    """FPGM's importance of each channel of a group: ``sum_k ||w_j - w_k||_2`` over the filters ``w`` of the
+    group's first (root) layer, as ``"l1"`` reads that layer; the smallest are nearest the geometric median."""
+
+    @torch.no_grad()
+    def __call__(self, group, **kwargs) -> torch.Tensor:
+        tp = _tp()
+        dep, idxs = group[0].dep, group[0].idxs
+        layer = dep.target.module
+        if dep.handler in (tp.pruner.function.prune_conv_out_channels, tp.pruner.function.prune_linear_out_channels):
+            weight = layer.weight.detach()
+            if getattr(layer, "transposed", False):
+                weight = weight.transpose(0, 1)
+            filters = weight[idxs].flatten(1).double()
+            return torch.cdist(filters[None], filters[None])[0].sum(0).float()
+        raise InvalidOptionError(
+            f"criterion 'fpgm' reads the filters of a group's first layer, and this group starts at a "
+            f"{type(layer).__name__}, whose output channels are not filters; use 'l1' or 'lamp' for it")
+
+
 IMPORTANCES: dict[str, Callable] = {
     # the filter-magnitude criterion: L1 norm of the first (root) layer's filters only
     "l1": lambda: _tp().importance.MagnitudeImportance(p=1, normalizer=None, group_reduction="first"),
     "bn": lambda: _tp().importance.BNScaleImportance(),
     "taylor": lambda: _tp().importance.TaylorImportance(),
-    "fpgm": lambda: _tp().importance.FPGMImportance(),
+    "fpgm": FilterGeometricMedian,
     "lamp": lambda: _tp().importance.LAMPImportance(),
     "random": lambda: _tp().importance.RandomImportance(),
 }

@@ -142,26 +142,6 @@ def test_l1_keeps_the_largest_l1_norms_of_the_root_layers_filters(setup):
     assert any(roots[g.name] is not named[g.name] for g in groups)  # the case is there
 
 
-def test_fpgm_keeps_torch_pruning_fpgm_scores(setup):
-    """Torch-Pruning's FPGMImportance (what ``"fpgm"`` runs): per layer of the group, each channel's summed
-    Euclidean distance to the group's other channels, taken between the element-wise *squared* weights, then
-    averaged over the group's conv / linear layers (batch norms take no part). Not the paper's distance between
-    the filters themselves: see the strict xfail below."""
-    model, X, y, groups, keep = setup
-    result = prune_like(model, keep, "fpgm", example_inputs=X[:1])
-    named = dict(model.named_modules())
-    for g in groups:
-        scores = torch.zeros(g.channels)
-        for vectors in _layer_vectors(named, g):
-            v = vectors.abs() ** 2
-            scores += torch.stack([sum(torch.sqrt(((v[j] - v[k]) ** 2).sum()) for k in range(g.channels))
-                                   for j in range(g.channels)])
-        assert result.kept[g.name] == _top(scores, keep[g.name]), g.name
-
-
-@pytest.mark.xfail(strict=True, reason="'fpgm' runs Torch-Pruning's FPGMImportance, whose distances are between the "
-                                       "element-wise squared weights |w|^2 (averaged with the readers' input slices), "
-                                       "not between the filters as in FPGM (He et al. 2019)")
 def test_fpgm_keeps_the_filters_farthest_from_the_others_as_in_the_paper(setup):
     model, X, y, groups, keep = setup
     result = prune_like(model, keep, "fpgm", example_inputs=X[:1])

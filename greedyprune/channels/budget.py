@@ -28,8 +28,10 @@ __all__ = ["CostModel", "allocate", "monotone_gaps", "per_channel", "uniform_kee
 
 class CostModel:
     """Multiply-adds (``kind="macs"``) or parameters (``kind="params"``) as a function of the channels
-    kept per group: ``cost(kept) = fixed + sum_layers cost_layer * f_out * f_in`` with ``f`` the kept
-    fraction of the layer's output / input group (1 for layers outside every group)."""
+    kept per group: ``cost(kept) = fixed + sum_layers (cost_layer * f_out * f_in + bias_layer * f_out)`` with
+    ``f`` the kept fraction of the layer's output / input group (1 for layers outside every group) and
+    ``bias_layer`` the parameters of a layer's bias (0 for multiply-adds): a bias has one entry per output
+    channel, however many inputs are kept."""
 
     def __init__(self, model: nn.Module, groups: list[ChannelGroup], example: torch.Tensor, DG, kind: str = "macs"):
         if kind not in ("macs", "params"):
@@ -48,16 +50,23 @@ class CostModel:
                     self.out_group[name] = g
                 elif DG.is_in_channel_pruning_fn(item.dep.handler) and not is_depthwise(module):
                     self.in_group[name] = g
+        self.out_only: dict[str, int] = {}  # parameters that scale with the output channels alone (a bias)
         if kind == "macs":
             self.per_layer = {n: c for n, c in layer_macs(model, example).items()}
             self.total = count_macs(model, example)
         else:
-            self.per_layer = {n: sum(p.numel() for p in m.parameters(recurse=False))
-                              for n, m in model.named_modules() if n and next(m.parameters(recurse=False), None)
-                              is not None}
+            self.per_layer = {}
+            for n, m in model.named_modules():
+                own = dict(m.named_parameters(recurse=False))
+                if not n or not own:
+                    continue
+                bias = own.get("bias") if "weight" in own else None
+                self.per_layer[n] = sum(p.numel() for p in own.values()) - (0 if bias is None else bias.numel())
+                if bias is not None:
+                    self.out_only[n] = bias.numel()
             self.total = count_parameters(model)
         layers = set(self.out_group) | set(self.in_group)
-        self.fixed = self.total - sum(self.per_layer.get(n, 0) for n in layers)
+        self.fixed = self.total - sum(self.per_layer.get(n, 0) + self.out_only.get(n, 0) for n in layers)
         self.layers = sorted(layers)
 
     def cost(self, kept: dict[str, int]) -> float:
@@ -67,7 +76,9 @@ class CostModel:
 
         total = float(self.fixed)
         for name in self.layers:
-            total += self.per_layer.get(name, 0) * fraction(self.out_group.get(name)) * fraction(self.in_group.get(name))
+            f_out = fraction(self.out_group.get(name))
+            total += self.per_layer.get(name, 0) * f_out * fraction(self.in_group.get(name))
+            total += self.out_only.get(name, 0) * f_out  # a bias: one per output channel, whatever the inputs
         return total
 
     def uniform(self, r: float) -> dict[str, int]:

@@ -52,9 +52,6 @@ def test_parameter_cost_model_counts_really_pruned_networks_without_biased_reade
         assert cost.cost(counts) == pytest.approx(_real_params(model, counts, x), rel=1e-12), counts
 
 
-@pytest.mark.xfail(strict=True, reason="the parameter cost model scales a reader's bias with the kept fraction of "
-                                       "its input group: resnet8's classifier bias (10) is counted as 10 * kept/32, "
-                                       "so params_target can overshoot by up to that many parameters")
 def test_parameter_cost_model_counts_the_bias_of_a_layer_reading_a_pruned_group():
     model, x = _resnet(), torch.randn(1, 1, 12, 12)
     DG, groups = find_groups(model, x)
