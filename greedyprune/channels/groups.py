@@ -39,7 +39,8 @@ class ChannelGroup:
     """One prunable set of coupled channels.
 
     Attributes:
-        name: the qualified name of the group's root layer (its first writer in forward order).
+        name: the qualified name of the group's first writer in forward order. (Torch-Pruning's root layer,
+            :attr:`root`, may be another writer: a residual stream's projection shortcut, for instance.)
         channels: number of channels D when the group was found.
         writers: names of the conv / linear layers whose output channels are the group's channels.
         readers: ``(layer name, reader channel indices, group channel indices)``: the layers that mix
@@ -48,6 +49,8 @@ class ChannelGroup:
         order: position of the first writer in forward execution order.
         units: None (each channel is selected on its own) or a (channels,) tensor of unit ids: the channels
             of a unit are selected and removed together (grouped convolutions, see :func:`_units`).
+        root, root_fn: the module and pruning function Torch-Pruning's dependency graph is entered by for this
+            group (the layer the ``"l1"`` and ``"fpgm"`` baselines read).
     """
 
     name: str
