@@ -287,6 +287,7 @@ def _distributed_prune(rank_unused=None):
     return result.kept, result.counts, [g["loss"] for g in result.layers], result.model.state_dict()
 
 
+@pytest.mark.slow  # 8-12 s: worker processes / a signal and a rerun; in the full suite
 def test_distributed_prune_model_matches_one_process():
     from greedyprune.distributed import launch
 

@@ -109,7 +109,7 @@ def _doubling_reference(gram, cross, norm, positions, distinct):
 def test_local_selection_is_one_run_equal_to_the_doubling_re_runs():
     torch.manual_seed(0)
     reweighted = 0
-    for t in range(30):
+    for t in range(12):
         U = int(torch.randint(2, 10, (1,)))
         a = torch.randn(U, U + 3, dtype=torch.float64)
         gram = a @ a.T
@@ -122,4 +122,4 @@ def test_local_selection_is_one_run_equal_to_the_doubling_re_runs():
             assert counts.tolist() == _doubling_reference(gram, cross, float(cross.abs().sum() + 10), 7,
                                                           distinct).tolist()
             reweighted += int(counts.sum()) > 2 * distinct
-    assert reweighted > 20  # the re-run path (more steps than 2d) is exercised
+    assert reweighted > 8  # the re-run path (more steps than 2d) is exercised

@@ -104,6 +104,7 @@ def test_interrupted_run_resumes_to_the_same_weights(tmp_path, reference, cached
     assert stamps(out) == after
 
 
+@pytest.mark.slow  # 8-12 s: worker processes / a signal and a rerun; in the full suite
 def test_sigint_then_rerun_gives_the_uninterrupted_weights(tmp_path, reference, cached_data, capsys):
     out = tmp_path / "run"
     env = {**os.environ, "PYTHONPATH": str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", "")}

@@ -144,6 +144,7 @@ def test_bad_input_is_refused_clearly(tmp_path, capsys):
         prune_two_layer(TwoLayerNet(3, 5), torch.randn(8, 3), torch.ones(8), 6, prune_to="distinct")
 
 
+@pytest.mark.slow  # 8-12 s: worker processes / a signal and a rerun; in the full suite
 def test_an_epsilon_grid_that_never_reaches_the_target_names_the_closest(tmp_path, capsys):
     argv = ["study", "cnn", "--data", "digits", "--models", "resnet8", "--sizes", "100", "--iterations", "4",
             "--checkpoint-every", "4", "--candidates", "2", "--epsilon-grid", "0,0.001", "--flops-reduction", "0.9",
