@@ -199,8 +199,8 @@ MUTANTS = [
          tests=RULES,
          why="flops_target never keeps more than half the channels: not the largest fraction that fits"),
     dict(name="budget-one-factor-per-layer", file="greedyprune/channels/budget.py",
-         original="fraction(self.out_group.get(name)) * fraction(self.in_group.get(name))",
-         replacement="fraction(self.out_group.get(name))",
+         original="total += self.per_layer.get(name, 0) * f_out * fraction(self.in_group.get(name))",
+         replacement="total += self.per_layer.get(name, 0) * f_out",
          tests=RULES,
          why="a layer that reads one group and writes another scales with only one of them"),
     # ------------------------------------------------------------------ baselines, retraining, figures
@@ -309,9 +309,8 @@ MUTANTS = [
          why="the uniform keep counts round down instead of to the nearest count (flops_target's own brute force "
              "enumerates the counts with the same function, so only a closed form sees it)"),
     dict(name="budget-params-count-buffers", file="greedyprune/channels/budget.py",
-         original="            self.per_layer = {n: sum(p.numel() for p in m.parameters(recurse=False))\n",
-         replacement=("            self.per_layer = {n: sum(p.numel() for p in m.parameters(recurse=False))"
-                      " + sum(b.numel() for b in m.buffers(recurse=False))\n"),
+         original="sum(p.numel() for p in own.values()) - (",
+         replacement="sum(p.numel() for p in own.values()) + sum(b.numel() for b in m.buffers(recurse=False)) - (",
          tests=["tests/channels/test_budget.py"],
          why="the parameter cost model counts batch-norm running statistics as parameters that shrink with the group"),
     dict(name="budget-gaps-no-running-min", file="greedyprune/channels/budget.py",
