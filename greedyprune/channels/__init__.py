@@ -16,13 +16,20 @@ from .groups import ChannelGroup, UnsupportedLayerError, find_groups, refresh_gr
 from .io import PRUNED_FORMAT, load_pruned, save_pruned
 from .masks import apply_masks, fold_and_remove, group_scales
 from .rules import AccuracyTolerance, FlopsTarget, KeepCounts, KeepRatio, LossGap, Step, StoppingRule
+from . import options as _options
 from .options import PruneOptions
-from .search import EVALUATORS, METHODS, SearchOptions, prune_model
+from .search import EVALUATORS, SearchOptions, prune_model
 
 __all__ = [
-    "EVALUATORS", "METHODS", "PRUNED_FORMAT", "AccuracyTolerance", "Batches", "ChannelGroup", "FlopsTarget",
+    "EVALUATORS", "PRUNED_FORMAT", "AccuracyTolerance", "Batches", "ChannelGroup", "FlopsTarget",
     "KeepCounts",
     "KeepRatio", "LossGap", "PruneOptions", "SearchOptions", "Step", "StoppingRule", "UnsupportedLayerError",
     "apply_masks", "find_groups", "fold_and_remove", "group_scales", "load_pruned", "prune_model", "refresh_group",
     "save_pruned",
 ]
+
+
+def __getattr__(name: str):
+    if name == "METHODS":  # the former name of EVALUATORS: warns (channels/options.py)
+        return _options.__getattr__(name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

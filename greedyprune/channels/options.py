@@ -19,12 +19,23 @@ from ..errors import InvalidTypeError
 from ..checks import check_choice, check_int, check_number
 from ..options import document_fields, option, renamed_fields
 
-__all__ = ["BN_MODES", "BUDGET_CURVES", "EVALUATORS", "METHODS", "OBJECTIVES", "UNSUPPORTED", "PruneOptions"]
+__all__ = ["BN_MODES", "BUDGET_CURVES", "EVALUATORS", "OBJECTIVES", "UNSUPPORTED", "PruneOptions"]
 
 EVALUATORS = ("auto", "fast", "reference")
 """The values of :attr:`PruneOptions.evaluator`."""
-METHODS = EVALUATORS
-"""The former name of :data:`EVALUATORS` (kept for imports of it)."""
+
+
+def __getattr__(name: str):
+    """``METHODS``, the former name of :data:`EVALUATORS`, for one release, with a ``DeprecationWarning``."""
+    if name == "METHODS":
+        import warnings
+
+        warnings.warn("greedyprune.channels METHODS is deprecated: the evaluator option's values are EVALUATORS "
+                      "('method' means what selects the units); METHODS will be removed in a future release",
+                      DeprecationWarning, stacklevel=2)
+        return EVALUATORS
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
 OBJECTIVES = ("auto", "network", "local", "local-gfs")
 BN_MODES = ("auto", "batch", "running")
 BUDGET_CURVES = ("local", "network", "sensitivity")

@@ -45,7 +45,7 @@ from .evaluators import (CPU_STACK_ELEMENTS, GPU_STACK_ELEMENTS, FastEvaluator, 
                          step_rows, trace)
 from .groups import ChannelGroup, UnsupportedLayerError, find_groups, refresh_group
 from .masks import apply_masks, fold_and_remove, group_scales
-from .options import BN_MODES, EVALUATORS, METHODS, OBJECTIVES, PruneOptions
+from .options import BN_MODES, EVALUATORS, OBJECTIVES, PruneOptions
 from .budget import per_channel
 from .local import local_curves, local_group
 from .objectives import (calibration_size, dense_targets, recalibrate_if_closer, reconstruct_step, reconstructable,
@@ -56,7 +56,7 @@ from .sensitivity import budget_sensitivity, log_probs
 from .preflight import check_model_accepts, check_train_mode, preflight
 from .rules import PlanContext, Step, StoppingRule, rule_from_options
 
-__all__ = ["BN_MODES", "EVALUATORS", "METHODS", "OBJECTIVES", "NetworkScorer", "PruneOptions", "SearchOptions",
+__all__ = ["BN_MODES", "EVALUATORS", "OBJECTIVES", "NetworkScorer", "PruneOptions", "SearchOptions",
            "prune_model"]
 
 RECALIBRATE_EACH_GROUP = False

@@ -157,3 +157,18 @@ def test_importing_and_building_the_cli_warns_of_no_deprecation():
     out = subprocess.run([sys.executable, "-W", "error::DeprecationWarning", "-c", code], capture_output=True,
                          text=True, timeout=120, cwd=Path(__file__).resolve().parents[2])
     assert out.returncode == 0, out.stderr
+
+
+def test_the_former_evaluator_constant_warns_and_unknown_names_still_raise():
+    import warnings
+
+    import greedyprune.channels as channels
+    from greedyprune.channels import options as channel_options
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        assert channels.METHODS == channel_options.METHODS == channels.EVALUATORS
+    assert caught and all(issubclass(w.category, DeprecationWarning) and "EVALUATORS" in str(w.message)
+                          for w in caught)
+    with pytest.raises(AttributeError, match="greedyprune.channels' has no attribute 'NOPE'"):
+        channels.NOPE
