@@ -21,8 +21,52 @@ __all__ = ["LayerRecord", "PruneReport", "PruneResult"]
 _UNIT_KEYS = ("channels", "units")
 
 
+class _Record(Mapping):
+    """Typed dataclass fields plus an ``extra`` dict, read and written as one dict (what a pruner's records were
+    before they were typed): ``record[key]`` is a field or an ``extra`` entry; iteration lists every field (set or
+    None), then ``extra``; ``record[key] = value`` and :meth:`update` set a field or an ``extra`` entry."""
+
+    extra: dict
+
+    def _common(self) -> tuple[str, ...]:
+        """The fields read as entries (every field but ``extra`` and the record's own settings)."""
+        return tuple(f.name for f in fields(self) if f.name not in ("unit", "extra"))
+
+    def _field(self, key: str) -> str | None:
+        """The field an entry ``key`` reads, or None for an ``extra`` entry."""
+        return key if key in self._common() else None
+
+    def _key(self, name: str) -> str:
+        """The entry a field is listed under."""
+        return name
+
+    def __getitem__(self, key: str):
+        name = self._field(key)
+        return self.extra[key] if name is None else getattr(self, name)
+
+    def __iter__(self) -> Iterator[str]:
+        for name in self._common():
+            yield self._key(name)
+        yield from self.extra
+
+    def __len__(self) -> int:
+        return len(self._common()) + len(self.extra)
+
+    def __setitem__(self, key: str, value) -> None:
+        name = self._field(key)
+        if name is None:
+            self.extra[key] = value
+        else:
+            setattr(self, name, value)
+
+    def update(self, entries: Mapping = (), /, **more) -> None:
+        """Set fields (or ``extra`` entries) by name, as ``dict.update``."""
+        for key, value in {**dict(entries), **more}.items():
+            self[key] = value
+
+
 @dataclass(eq=False)
-class LayerRecord(Mapping):
+class LayerRecord(_Record):
     """What a pruner did to one layer or channel group: a typed record that still reads as the dict it was.
 
     The fields every pruner shares are attributes (``record.kept``); anything pruner-specific is in ``extra``
@@ -75,36 +119,11 @@ class LayerRecord(Mapping):
         record.update({k: v for k, v in entries.items() if k != "name"})
         return record
 
-    def _common(self) -> tuple[str, ...]:
-        return tuple(f.name for f in fields(self) if f.name not in ("unit", "extra"))
+    def _field(self, key: str) -> str | None:
+        return "units" if key in _UNIT_KEYS else super()._field(key)
 
-    def __getitem__(self, key: str):
-        if key in _UNIT_KEYS:
-            return self.units
-        if key in self._common():
-            return getattr(self, key)
-        return self.extra[key]
-
-    def __iter__(self) -> Iterator[str]:
-        for key in self._common():
-            yield self.unit if key == "units" else key
-        yield from self.extra
-
-    def __len__(self) -> int:
-        return len(self._common()) + len(self.extra)
-
-    def __setitem__(self, key: str, value) -> None:
-        if key in _UNIT_KEYS:
-            self.units = value
-        elif key in self._common():
-            setattr(self, key, value)
-        else:
-            self.extra[key] = value
-
-    def update(self, entries: Mapping = (), /, **more) -> None:
-        """Set fields (or ``extra`` entries) by name, as ``dict.update``."""
-        for key, value in {**dict(entries), **more}.items():
-            self[key] = value
+    def _key(self, name: str) -> str:
+        return self.unit if name == "units" else name
 
 
 #: What :func:`greedyprune.metrics.measure_model` measures; a report lists each as ``<name>_before`` and
@@ -113,7 +132,7 @@ MEASURES = ("params", "macs", "loss", "accuracy")
 
 
 @dataclass(eq=False)
-class PruneReport(Mapping):
+class PruneReport(_Record):
     """Whole-network numbers of one pruning run: a typed record that still reads as the dict it was.
 
     Every pruner fills the same fields, None where it does not measure one (the baselines measure no loss or
@@ -177,32 +196,6 @@ class PruneReport(Mapping):
             report.update({f"{key}_{when}": value for key, value in measures.items() if key in MEASURES})
         report.update(entries)
         return report
-
-    def _common(self) -> tuple[str, ...]:
-        return tuple(f.name for f in fields(self) if f.name != "extra")
-
-    def __getitem__(self, key: str):
-        if key in self._common():
-            return getattr(self, key)
-        return self.extra[key]
-
-    def __iter__(self) -> Iterator[str]:
-        yield from self._common()
-        yield from self.extra
-
-    def __len__(self) -> int:
-        return len(self._common()) + len(self.extra)
-
-    def __setitem__(self, key: str, value) -> None:
-        if key in self._common():
-            setattr(self, key, value)
-        else:
-            self.extra[key] = value
-
-    def update(self, entries: Mapping = (), /, **more) -> None:
-        """Set fields (or ``extra`` entries) by name, as ``dict.update``."""
-        for key, value in {**dict(entries), **more}.items():
-            self[key] = value
 
     def copy(self) -> PruneReport:
         """A shallow copy (its own ``extra``), as ``dict.copy``."""

@@ -186,13 +186,14 @@ def greedy_forward_selection(
         k = validate_inputs(outputs, target, k, loss, replacement, candidates, seed)
         _check_steps(k)
         phi, target = prepare_outputs(outputs, target, loss)
+        objective = get_loss(loss)
         if chunk_elements is None:
-            chunk_elements = get_loss(loss).chunk_elements(phi.device)
+            chunk_elements = objective.chunk_elements(phi.device)
         else:
             from ..checks import check_int
 
             check_int("chunk_elements", chunk_elements, 1)
-        scorer = get_loss(loss).make_scorer(phi, target, chunk_elements, candidates=candidates)
+        scorer = objective.make_scorer(phi, target, chunk_elements, candidates=candidates)
         keys, n = phi, phi.shape[0]
     if distinct is not None:
         from ..checks import check_int
