@@ -139,6 +139,19 @@ def load_pruned(path: str | os.PathLike, *, model: nn.Module | None = None, trus
     return module, info
 
 
+def _add_biases(model: nn.Module, state_dict: dict) -> None:
+    """Give back the biases pruning added to bias-free convolutions and linear layers (the reconstruction's
+    bias compensation, :func:`~greedyprune.channels.masks.set_bias`) so that the stored weights fit."""
+    named = dict(model.named_modules())
+    for key, value in state_dict.items():
+        name, _, leaf = key.rpartition(".")
+        module = named.get(name)
+        if (leaf == "bias" and isinstance(module, (nn.Conv2d, nn.Linear)) and module.bias is None
+                and isinstance(value, torch.Tensor) and value.dim() == 1):
+            module.bias = nn.Parameter(torch.zeros(value.shape, dtype=module.weight.dtype,
+                                                   device=module.weight.device))
+
+
 def _replay(model: nn.Module, payload: dict, path: Path) -> nn.Module:
     import torch_pruning as tp
 
@@ -154,6 +167,7 @@ def _replay(model: nn.Module, payload: dict, path: Path) -> nn.Module:
     except Exception as exc:  # noqa: BLE001 - the history belongs to another architecture
         raise InvalidOptionError(f"{path}: the pruning history does not fit this dense model ({type(exc).__name__}: "
                                  f"{exc}); pass the model that was pruned") from exc
+    _add_biases(model, payload["state_dict"])
     what = f"{path}: the weights do not fit the rebuilt model; pass the dense model that was pruned"
     if next(model.parameters()).device.type == "meta":
         return materialise(model, payload["state_dict"], what).eval()

@@ -91,12 +91,25 @@ class apply_masks:
         self.hooks = []
 
 
+def set_bias(module: nn.Module, bias: torch.Tensor) -> None:
+    """Give ``module`` (a convolution or linear layer) the bias ``bias``, adding the parameter if it has none
+    (:func:`~greedyprune.channels.io.load_pruned` adds it back the same way)."""
+    bias = bias.detach().to(module.weight)
+    if module.bias is None:
+        module.bias = nn.Parameter(bias.clone(), requires_grad=module.weight.requires_grad)
+    else:
+        with torch.no_grad():
+            module.bias.copy_(bias)
+
+
 def fold_and_remove(DG, model: nn.Module, group: ChannelGroup, counts: torch.Tensor,
-                    scale: torch.Tensor | None = None, reader_weights: dict | None = None) -> list[int]:
+                    scale: torch.Tensor | None = None, reader_weights: dict | None = None,
+                    reader_biases: dict | None = None) -> list[int]:
     """Fold the group's scales into the readers' weights and remove the channels with count 0.
 
     ``scale`` defaults to :func:`group_scales` of ``counts``. ``reader_weights`` (reader name -> weight in
-    the reader's full layout) replaces folding for those readers (a least-squares refit). Returns the kept
+    the reader's full layout) replaces folding for those readers (a least-squares refit); ``reader_biases``
+    (reader name -> bias) replaces their biases (a reader without one gets one: :func:`set_bias`). Returns the kept
     channel indices; the model changes in place (Torch-Pruning removes the channels from writers, norms
     and readers alike).
     """
@@ -114,6 +127,8 @@ def fold_and_remove(DG, model: nn.Module, group: ChannelGroup, counts: torch.Ten
             module = named[name]
             if reader_weights and name in reader_weights:
                 module.weight.copy_(reader_weights[name])
+                if reader_biases and name in reader_biases:
+                    set_bias(module, reader_biases[name])
                 continue
             s = reader_scale(module, idx, root, scale)[0].to(module.weight.dtype)
             groups = getattr(module, "groups", 1)

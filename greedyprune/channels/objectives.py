@@ -75,18 +75,19 @@ def dense_targets(model: nn.Module, groups: list[ChannelGroup], inputs: torch.Te
 
 
 def reconstruct_step(search, group: ChannelGroup, stop) -> tuple[torch.Tensor, dict, dict]:
-    """One group of the local objective: ``(channel counts, record, refitted reader weights)``."""
+    """One group of the local objective: ``(channel counts, record, (refitted reader weights, their biases))``."""
     per_unit = group.channels // group.num_units
     target = stop.targets[group.name]
     units = max(1, min(group.num_units, -(-target // per_unit)))
     if units * per_unit != target and target < group.channels:
         warnings.warn(f"group {group.name!r}: its channels are selected in units of {per_unit} (a grouped "
                       f"convolution), so {units * per_unit} channels are kept for the {target} asked", stacklevel=3)
-    counts, weights, error, ridges = reconstruct_group(search.model, group, units, search.local_inputs,
-                                                       search.dense, search.options.refit_ridge)
+    counts, weights, error, ridges, biases = reconstruct_group(search.model, group, units, search.local_inputs,
+                                                               search.dense, search.options.refit_ridge,
+                                                               search.options.compensate)
     record = LayerRecord(name=group.name, units=group.channels, unit="channels", steps=units, rule=stop.name,
                          loss=error, evaluator="reconstruction", extra={"ridge": ridges})
-    return counts, record, weights
+    return counts, record, (weights, biases)
 
 
 def recalibrate_if_closer(model: nn.Module, inputs: torch.Tensor, dense: torch.Tensor, batch_size: int) -> bool:

@@ -19,7 +19,7 @@ from ..errors import InvalidTypeError
 from ..checks import check_choice, check_int, check_number
 from ..options import document_fields, option, renamed_fields
 
-__all__ = ["BN_MODES", "BUDGET_CURVES", "EVALUATORS", "OBJECTIVES", "UNSUPPORTED", "PruneOptions"]
+__all__ = ["BN_MODES", "BUDGET_CURVES", "EVALUATORS", "OBJECTIVES", "UNSUPPORTED", "COMPENSATE", "PruneOptions"]
 
 EVALUATORS = ("auto", "fast", "reference")
 """The values of :attr:`PruneOptions.evaluator`."""
@@ -40,6 +40,7 @@ OBJECTIVES = ("auto", "network", "local", "local-gfs")
 BN_MODES = ("auto", "batch", "running")
 BUDGET_CURVES = ("local", "network", "sensitivity")
 UNSUPPORTED = ("error", "skip")
+COMPENSATE = ("mean-var", "mean", "none")
 
 
 @renamed_fields("'method' means what selects the units", method="evaluator")
@@ -118,6 +119,13 @@ class PruneOptions:
         cross-validation over the two halves of the calibration set from ``RIDGE_GRID`` (so few calibration
         images are not overfitted; 0.5 when there is one batch only); 0.5 for the network objective's
         ``refit="lstsq"`` - the transformers' default (``selection.block.DEFAULT_RIDGE``).""")
+    compensate: str = option("mean-var", """what the local objective's refit gives back of each reader's dense
+        outputs besides the least-squares fit (:func:`~greedyprune.channels.reconstruct.refit_kept`): "mean-var"
+        (default) re-solves the bias (the mean the removed channels carried) and scales each output up to its
+        dense variance on the calibration examples (a least-squares fit is shrunk towards zero, and the batch norm
+        after it divides by the dense spread: signals would fade layer by layer); "mean" the bias only; "none"
+        neither (the weights alone, the bias kept). The selection fits the same model: about the means unless
+        "none".""")
     objective: str = option("auto", """"auto" (default): "local" when the rule fixes each group's width
         (keep_ratio, flops_target, params_target, KeepCounts), else "network". "local" (block reconstruction,
         :mod:`greedyprune.channels.reconstruct`): each group's readers reproduce their dense-network outputs
@@ -164,6 +172,7 @@ class PruneOptions:
             refit=None if self.refit is None else check_choice("refit", self.refit, ("lstsq",)),
             refit_ridge=None if self.refit_ridge is None else check_number("refit_ridge", self.refit_ridge, low=0),
             objective=check_choice("objective", self.objective, OBJECTIVES),
+            compensate=check_choice("compensate", self.compensate, COMPENSATE),
             calibration=check_int("calibration", self.calibration, 1, allow_none=True),
             check=_flag("check", self.check),
             unsupported=check_choice("unsupported", self.unsupported, UNSUPPORTED),

@@ -18,6 +18,13 @@ costs one calibration forward, cut at its last reader.
   at most ``max(64 * columns, 8192)`` of them.
 * Each output of a reader is weighted by the inverse of its variance on the calibration set (the batch norm
   that usually follows divides by its standard deviation), so every output counts alike.
+* The refit re-solves each reader's bias with its weights (the mean the removed channels carried goes back
+  into the outputs) and scales each output's fit up to the variance of its target on the calibration set
+  (``compensate="mean-var"``, the default; a reader without a bias gets one). A least-squares fit is
+  shrunk towards zero, and the batch norm after it divides by the dense spread, so without the rescale the
+  signals fade block by block: on EfficientNet-Lite0 at half its multiply-adds, with the dense statistics
+  kept, the mean alone left KL(dense || pruned) at 5.6 on held-out images, mean and variance 1.7 (README).
+  The selection fits the same model (about the means).
 * Adaptive budgets read each group's relative reconstruction error against its width, measured on the dense
   network by the same selection run to full width (:func:`reconstruction_curves`).
 """
@@ -39,6 +46,9 @@ CAPTURE_BATCH = 16
 """Calibration examples per forward; the refit's cross-validation folds are halves of these batches."""
 POSITIONS_PER_COLUMN = 64
 MIN_POSITIONS = 8192
+MAX_RESCALE = 4.0
+"""The most ``compensate="mean-var"`` scales a reader's output up by (its fit explaining a sixteenth of the
+target's variance or less)."""
 CURVE_POINTS = 64
 """Points of each group's reconstruction-error curve for adaptive budgets (units added per step: U / 64)."""
 _MAX_TARGET_BYTES = 6 * 2 ** 30
@@ -152,8 +162,10 @@ class DenseTargets:
         finally:
             for h in hooks:
                 h.remove()
+        self.biases: dict[str, torch.Tensor | None] = {}
         for n in names:
             self.rows[n] = torch.arange(named[n].weight.shape[0])
+            self.biases[n] = _bias_rows(named[n], slice(None))
 
     def target(self, name: str, batch: int, rows: slice) -> torch.Tensor | None:
         """The dense output rows of reader ``name`` that its current ``rows`` hold, on calibration batch
@@ -162,6 +174,11 @@ class DenseTargets:
         if dense_rows is None:
             return None
         return self.outputs[name][batch][dense_rows[rows]]
+
+    def bias(self, name: str, rows: slice) -> torch.Tensor | None:
+        """The dense bias of reader ``name`` on the rows :meth:`target` gives (None: it had none)."""
+        bias = self.biases.get(name)
+        return None if bias is None else bias[self.rows[name][rows]]
 
     def removed(self, group: ChannelGroup, kept: list[int], model: nn.Module) -> None:
         """Record that ``group``'s writers keep only the channels ``kept`` (their output rows)."""
@@ -191,11 +208,11 @@ def accumulate(model: nn.Module, subs: list[SubReader], inputs: torch.Tensor,
             raise _Captured
 
     hooks = [named[n].register_forward_pre_hook(lambda m, a, n=n: capture(n, a[0])) for n in names]
-    sums = [dict(gram=0.0, cross=0.0, sq=0.0, total=0.0, tokens=0) for _ in subs]
+    sums = [dict(gram=0.0, cross=0.0, sq=0.0, total=0.0, ptotal=0.0, tokens=0, base=None) for _ in subs]
     batches = -(-inputs.shape[0] // CAPTURE_BATCH)
     if folds:  # the same sums over the first and the second half of the calibration batches
         for acc in sums:
-            acc["folds"] = [dict(gram=0.0, cross=0.0, sq=0.0, tokens=0) for _ in range(2)]
+            acc["folds"] = [dict(gram=0.0, cross=0.0, sq=0.0, total=0.0, ptotal=0.0, tokens=0) for _ in range(2)]
     try:
         with torch.no_grad():
             for batch, start in enumerate(range(0, inputs.shape[0], CAPTURE_BATCH)):
@@ -207,6 +224,9 @@ def accumulate(model: nn.Module, subs: list[SubReader], inputs: torch.Tensor,
                 for sub, acc in zip(subs, sums):
                     p = patches(sub.module, captured[sub.name], sub.channels).float()
                     y = dense.target(sub.name, batch, sub.rows) if dense is not None else None
+                    if batch == 0:  # the bias the target was taken without: the dense one, else the current one
+                        acc["base"] = (dense.bias(sub.name, sub.rows) if y is not None
+                                       else _bias_rows(sub.module, sub.rows))
                     y = sub.weight2d().float() @ p if y is None else y.float()
                     keep = _positions(p.shape, batches, batch)
                     if keep is not None:
@@ -218,15 +238,34 @@ def accumulate(model: nn.Module, subs: list[SubReader], inputs: torch.Tensor,
                         fold["gram"] = fold["gram"] + (p @ p.T).double()
                         fold["cross"] = fold["cross"] + (p @ y.T).double()
                         fold["sq"] = fold["sq"] + (y.double() ** 2).sum(dim=1)
+                        fold["total"] = fold["total"] + y.double().sum(dim=1)
+                        fold["ptotal"] = fold["ptotal"] + p.double().sum(dim=1)
                         fold["tokens"] += p.shape[1]
                     y = y.double()
                     acc["sq"] = acc["sq"] + (y * y).sum(dim=1)
                     acc["total"] = acc["total"] + y.sum(dim=1)
+                    acc["ptotal"] = acc["ptotal"] + p.double().sum(dim=1)
                     acc["tokens"] += p.shape[1]
     finally:
         for h in hooks:
             h.remove()
     return sums
+
+
+def _bias_rows(module: nn.Module, rows: slice) -> torch.Tensor | None:
+    return None if module.bias is None else module.bias.detach()[rows].double().clone()
+
+
+def centred(stats: dict) -> dict:
+    """``stats`` (sums over ``tokens`` positions: gram, cross, sq, total = sum y, ptotal = sum p) about their
+    means: what a refit with a free bias solves (eliminating the bias centres the rows)."""
+    T = max(stats["tokens"], 1)
+    pt, yt = stats["ptotal"], stats["total"]
+    out = dict(stats)
+    out["gram"] = stats["gram"] - torch.outer(pt, pt) / T
+    out["cross"] = stats["cross"] - torch.outer(pt, yt) / T
+    out["sq"] = stats["sq"] - yt * yt / T
+    return out
 
 
 def _positions(shape: tuple, batches: int, batch: int) -> torch.Tensor | None:
@@ -240,19 +279,20 @@ def _positions(shape: tuple, batches: int, batch: int) -> torch.Tensor | None:
     return torch.randperm(n, generator=generator)[:per_batch].sort().values
 
 
-def reader_problem(sub: SubReader, acc: dict) -> ReaderProblem:
+def reader_problem(sub: SubReader, acc: dict, intercept: bool = True) -> ReaderProblem:
     """The selection problem of one sub-reader from its :func:`accumulate` sums, each output weighted by
-    the inverse of its variance."""
+    the inverse of its variance; ``intercept``: about the means (the refit re-solves the bias)."""
     T = max(acc["tokens"], 1)
     variance = (acc["sq"] / T - (acc["total"] / T) ** 2).clamp_min(0.0)
     floor = 1e-3 * float(variance.mean()) + 1e-30
     weight = 1.0 / (T * variance.clamp_min(floor))  # every output's target energy about 1
-    return ReaderProblem(gram=acc["gram"], cross=acc["cross"], target_sq=acc["sq"], unit_columns=sub.unit_columns,
-                         fixed=sub.fixed, tokens=acc["tokens"], out_weight=weight)
+    stats = centred(acc) if intercept else acc
+    return ReaderProblem(gram=stats["gram"], cross=stats["cross"], target_sq=stats["sq"],
+                         unit_columns=sub.unit_columns, fixed=sub.fixed, tokens=acc["tokens"], out_weight=weight)
 
 
 def reconstruct_group(model: nn.Module, group: ChannelGroup, n_keep: int, inputs: torch.Tensor,
-                      dense: DenseTargets | None, ridge: float | None) -> tuple[torch.Tensor, dict, float, dict]:
+                      dense: DenseTargets | None, ridge: float | None, compensate: str = "mean-var") -> tuple[torch.Tensor, dict, float, dict]:
     """Choose ``n_keep`` units of ``group`` and refit its readers.
 
     ``ridge=None`` picks each reader's ridge by two-fold cross-validation over the halves of the calibration
@@ -260,47 +300,72 @@ def reconstruct_group(model: nn.Module, group: ChannelGroup, n_keep: int, inputs
     batches of 16: keep examples that share a source image together in the order you pass them).
 
     Returns ``(per-channel counts (1 kept, 0 removed), {reader name: new weight in its full layout},
-    relative reconstruction error after the refit's selection, {reader: ridge used})``."""
+    relative reconstruction error after the refit's selection, {reader: ridge used}, {reader: new bias})``."""
     subs = sub_readers(model, group)
     cv = ridge is None and inputs.shape[0] > CAPTURE_BATCH
     sums = accumulate(model, subs, inputs, dense, folds=cv)
-    problems = [reader_problem(s, acc) for s, acc in zip(subs, sums)]
+    problems = [reader_problem(s, acc, compensate != "none") for s, acc in zip(subs, sums)]
     chosen = select_units(problems, n_keep)
     kept_units = torch.zeros(group.num_units, dtype=torch.bool)
     kept_units[chosen.order] = True
-    weights, ridges = refit_kept(model, subs, sums, problems, kept_units, ridge, cv)
+    weights, ridges, biases = refit_kept(model, subs, sums, problems, kept_units, ridge, cv, compensate=compensate)
     counts = group.channel_counts(kept_units.long())
-    return counts, weights, float(chosen.errors[-1]), ridges
+    return counts, weights, float(chosen.errors[-1]), ridges, biases
 
 
 def refit_kept(model: nn.Module, subs: list[SubReader], sums: list[dict], problems: list[ReaderProblem],
                kept_units: torch.Tensor, ridge: float | None, cv: bool,
-               fold: int | None = None) -> tuple[dict, dict]:
+               fold: int | None = None, compensate: str = "mean-var") -> tuple[dict, dict, dict]:
     """Each reader's kept columns re-solved by the ridge refit (``ridge``, or cross-validated when ``cv``):
-    ``({reader: new weight in its full layout, removed columns zero}, {reader: ridge used})``. ``fold``: solve
-    on that half of the calibration set only (the ridge still chosen by cross-validation over both)."""
+    ``({reader: new weight in its full layout, removed columns zero}, {reader: ridge used}, {reader: new
+    bias})``. ``fold``: solve on that half of the calibration set only (the ridge still chosen by
+    cross-validation over both). ``compensate`` (:class:`~greedyprune.channels.options.PruneOptions`): "mean"
+    re-solves the bias too, unpenalised (the mean the removed channels carried is given back to the outputs);
+    "mean-var" also scales each output's fit up to the target's variance on the same examples (never down, at
+    most :data:`MAX_RESCALE` times), the bias then re-solved for the scaled fit; "none": no bias is returned."""
+    intercept = compensate != "none"
     weights: dict[str, torch.Tensor] = {}
+    biases: dict[str, torch.Tensor] = {}
     ridges: dict[str, float] = {}
     for sub, acc, problem in zip(subs, sums, problems):
         w2d = sub.weight2d()
         keep = torch.cat([sub.fixed, sub.unit_columns[kept_units].reshape(-1)]).sort().values
         prior = w2d.detach().double()[:, keep]
         value = ridge if ridge is not None else DEFAULT_RIDGE
+        stats = centred if intercept else (lambda d: d)
         if cv:
-            folds = [(f["gram"], f["cross"], f["sq"], f["tokens"]) for f in acc["folds"]]
-            value = cross_validated_ridge(folds, keep, prior, problem.out_weight)
+            folds = [stats(f) for f in acc["folds"]]
+            value = cross_validated_ridge([(f["gram"], f["cross"], f["sq"], f["tokens"]) for f in folds], keep,
+                                          prior, problem.out_weight)
         ridges[sub.name] = value
-        solve = acc if fold is None else acc["folds"][fold]
-        solved = ridge_refit(solve["gram"], solve["cross"], keep, prior, solve["tokens"], value)
+        solve = stats(acc if fold is None else acc["folds"][fold])
+        solved = ridge_refit(solve["gram"], solve["cross"], keep, prior, solve["tokens"], value).to(torch.float64)
         full = weights.setdefault(sub.name, torch.zeros_like(sub.module.weight, dtype=torch.float64))
         block = torch.zeros(w2d.shape, dtype=torch.float64)
-        block[:, keep] = solved.to(torch.float64)
+        block[:, keep] = solved
         full[sub.rows] = block.reshape(full[sub.rows].shape)
+        if compensate == "mean-var":
+            raw = centred(acc if fold is None else acc["folds"][fold])
+            fit_var = ((solved @ raw["gram"][keep][:, keep]) * solved).sum(1)
+            ratio = (raw["sq"].clamp_min(0) / fit_var.clamp_min(1e-300)).sqrt()
+            ratio = torch.where(fit_var > 0, ratio.clamp(1.0, MAX_RESCALE), torch.ones_like(ratio))
+            solved = solved * ratio.unsqueeze(1)
+            block[:, keep] = solved
+            full[sub.rows] = block.reshape(full[sub.rows].shape)
+        if intercept:
+            raw = acc if fold is None else acc["folds"][fold]
+            T = max(raw["tokens"], 1)
+            shift = (raw["total"] - solved @ raw["ptotal"][keep]) / T
+            base = acc.get("base")
+            bias = biases.setdefault(sub.name, torch.zeros(sub.module.weight.shape[0], dtype=torch.float64))
+            bias[sub.rows] = shift + (0.0 if base is None else base)
     named = dict(model.named_modules())
-    return {n: w.to(named[n].weight) for n, w in weights.items()}, ridges
+    return ({n: w.to(named[n].weight) for n, w in weights.items()}, ridges,
+            {n: b.to(named[n].weight) for n, b in biases.items()})
 
 
-def reconstruction_curves(model: nn.Module, groups: list[ChannelGroup], inputs: torch.Tensor) -> dict:
+def reconstruction_curves(model: nn.Module, groups: list[ChannelGroup], inputs: torch.Tensor,
+                          compensate: str = "mean-var") -> dict:
     """``{group: (relative reconstruction error with k = 1..U units kept, 0.0)}`` on the dense network: the
     selection of :func:`reconstruct_group` run to each group's full width, each reader reproducing its own
     dense output, about :data:`CURVE_POINTS` units at a time. One calibration pass for all groups."""
@@ -312,7 +377,8 @@ def reconstruction_curves(model: nn.Module, groups: list[ChannelGroup], inputs: 
     curves = {}
     for group in groups:
         subs = per_group[group.name]
-        problems = [reader_problem(s, sums[(s.name, s.channels.start, s.rows.start)]) for s in subs]
+        problems = [reader_problem(s, sums[(s.name, s.channels.start, s.rows.start)], compensate != "none")
+                    for s in subs]
         step = max(1, -(-group.num_units // CURVE_POINTS))
         chosen = select_units(problems, group.num_units, step=step)
         curves[group.name] = (_honest_curve(subs, problems, chosen, step), 0.0)

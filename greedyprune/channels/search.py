@@ -232,8 +232,9 @@ def prune_model(
         t0 = time.perf_counter()
         group = refresh_group(DG, model, group)
         if options.objective == "local":
-            counts, record, weights = reconstruct_step(search, group, stop)
-            kept[group.name] = fold_and_remove(DG, model, group, counts, reader_weights=weights)
+            counts, record, (weights, biases) = reconstruct_step(search, group, stop)
+            kept[group.name] = fold_and_remove(DG, model, group, counts, reader_weights=weights,
+                                               reader_biases=biases)
             if search.dense is not None:
                 search.dense.removed(group, kept[group.name], model)
         else:
@@ -401,8 +402,9 @@ def loss_curves(search: _Search, groups: list[ChannelGroup]) -> dict[str, tuple[
         return _network_curves(search, groups)
     try:
         if options.budget_curves == "sensitivity":
-            return budget_sensitivity(search.model, groups, search.local_inputs, options.refit_ridge)
-        curves = reconstruction_curves(search.model, groups, search.local_inputs)
+            return budget_sensitivity(search.model, groups, search.local_inputs, options.refit_ridge,
+                                      options.compensate)
+        curves = reconstruction_curves(search.model, groups, search.local_inputs, options.compensate)
     except UnsupportedLayerError as exc:
         if options.objective == "local" or search.holdout is None:
             raise

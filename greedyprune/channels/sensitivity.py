@@ -57,7 +57,7 @@ def mean_kl(dense: torch.Tensor, other: torch.Tensor) -> float:
 def sensitivity_curves(model: nn.Module, groups: list[ChannelGroup], inputs: torch.Tensor,
                        probe: torch.Tensor, ridge: float | None = None,
                        fractions: tuple = SENSITIVITY_FRACTIONS,
-                       held_out: bool = True) -> dict[str, list[tuple[int, float]]]:
+                       held_out: bool = True, compensate: str = "mean-var") -> dict[str, list[tuple[int, float]]]:
     """``{group: [(units kept, mean KL(dense || cut) on probe), ...]}``, one point per fraction and
     ``(U, 0.0)``; each group cut alone on the dense ``model`` (restored before returning).
 
@@ -85,7 +85,7 @@ def sensitivity_curves(model: nn.Module, groups: list[ChannelGroup], inputs: tor
     for group in groups:
         subs = per_group[group.name]
         accs = [sums[(s.name, s.channels.start, s.rows.start)] for s in subs]
-        problems = [reader_problem(s, acc) for s, acc in zip(subs, accs)]
+        problems = [reader_problem(s, acc, compensate != "none") for s, acc in zip(subs, accs)]
         widths = sorted({max(1, min(group.num_units - 1, round(f * group.num_units))) for f in fractions})
         widths = [w for w in widths if w < group.num_units]
         chosen = select_units(problems, widths[-1]) if widths else None
@@ -93,15 +93,19 @@ def sensitivity_curves(model: nn.Module, groups: list[ChannelGroup], inputs: tor
         for units in widths:
             kept = torch.zeros(group.num_units, dtype=torch.bool)
             kept[chosen.order[:units]] = True
-            weights, _ = refit_kept(model, subs, accs, problems, kept, ridge, cv, fold=fold)
-            saved = {n: named[n].weight.data.clone() for n in weights}
+            weights, _, biases = refit_kept(model, subs, accs, problems, kept, ridge, cv, fold=fold,
+                                            compensate=compensate)
+            saved = {n: (named[n].weight.data.clone(), named[n].bias) for n in weights}
             try:
                 for n, w in weights.items():
                     named[n].weight.data.copy_(w)
+                    if n in biases:
+                        named[n].bias = nn.Parameter(biases[n], requires_grad=False)
                 cut = log_probs(model, probe)
             finally:
-                for n, w in saved.items():
+                for n, (w, b) in saved.items():
                     named[n].weight.data.copy_(w)
+                    named[n].bias = b
             points.append((units, mean_kl(dense, cut)))
         curves[group.name] = points + [(group.num_units, 0.0)]
     return curves
@@ -131,9 +135,9 @@ def per_channel_sensitivity(group: ChannelGroup, points: list[tuple[int, float]]
 
 
 def budget_sensitivity(model: nn.Module, groups: list[ChannelGroup], inputs: torch.Tensor,
-                       ridge: float | None) -> dict[str, tuple[list[float], float]]:
+                       ridge: float | None, compensate: str = "mean-var") -> dict[str, tuple[list[float], float]]:
     """The budgets' curves ``{group: (loss with k = 1..D channels, 0.0)}`` from :func:`sensitivity_curves`
     on the calibration ``inputs``, with a probe of :func:`probe_size` examples."""
     probe = inputs[:probe_size(count_macs(model, inputs[:1]), len(groups), inputs.shape[0])]
-    curves = sensitivity_curves(model, groups, inputs, probe, ridge)
+    curves = sensitivity_curves(model, groups, inputs, probe, ridge, compensate=compensate)
     return {g.name: (per_channel_sensitivity(g, curves[g.name]), 0.0) for g in groups}

@@ -54,6 +54,7 @@ OPTION_TYPES: dict[str, dict] = {
     "refit": dict(choices=("lstsq",)),
     "refit_ridge": dict(type=number(0, low_open=True)),
     "budget_curves": dict(choices=("sensitivity", "local", "network")),
+    "compensate": dict(choices=("mean-var", "mean", "none")),
 }
 
 

@@ -35,10 +35,11 @@ from the raw sums over the T rows of the regression (a reader's positions: image
 transformer layer's real tokens): ``A = sum_t p_t p_t'``, ``cross = sum_t p_t y_t'``. ``lam`` is ``ridge`` times
 |K| times the kept columns' mean second moment per row, so ``ridge`` is free of the inputs' scale; relative to
 the data term (which grows with T) the penalty fades as the calibration set grows. ``ridge = 0`` is plain least
-squares (minimum-norm where singular). Every caller passes raw sums:
+squares (minimum-norm where singular). The callers:
 
-* the channel refits (``channels/refit.py``, ``channels/reconstruct.py``) re-solve only the reader's weight
-  (its bias stays): :func:`ridge_refit` on ``A``, the raw second moments of the patches;
+* the network objective's channel refit (``channels/refit.py``) re-solves only the reader's weight (its bias
+  stays): :func:`ridge_refit` on ``A``, the raw second moments of the patches; the local objective's
+  (``channels/reconstruct.py``) re-solves the bias too by default (``compensate``), on the centred sums as below;
 * the transformer refit re-solves the bias too, unpenalised: :func:`ridge_refit_with_bias`. Eliminating a free
   bias centres the rows, so the same formula runs on the centred sums ``A - s s' / T`` (``s = sum_t p_t``): its
   ``lam`` is ``ridge * |K|`` times the kept columns' mean variance per token.

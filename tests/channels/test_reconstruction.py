@@ -13,7 +13,7 @@ from torch import nn
 
 from greedyprune import prune_model
 from greedyprune.channels import find_groups, fold_and_remove
-from greedyprune.channels.reconstruct import DenseTargets, reconstruct_group, sub_readers
+from greedyprune.channels.reconstruct import DenseTargets, reader_problem, reconstruct_group, sub_readers
 from greedyprune.metrics import count_macs, layer_macs
 from greedyprune.selection.block import ReaderProblem, ridge_refit, select_units
 
@@ -95,26 +95,73 @@ class _Plain(nn.Module):
         return self.fc(F.relu(x).mean((2, 3)))
 
 
-def test_conv_reader_selection_equals_brute_force_on_explicit_patches():
-    torch.manual_seed(0)
-    model = _Plain().eval()
-    x = torch.randn(6, 3, 8, 8)
-    DG, groups = find_groups(model, x[:1], skip=["fc"])
-    group = next(gr for gr in groups if gr.name == "a")
-    counts, _, _, _ = reconstruct_group(model, group, 3, x, None, ridge=0.0)
-    # explicit: patches of b's input, target b's own output (no dense targets), outputs weighted by 1/variance
+def _plain_problem(model, x):
+    """b's input patches, its own output (no dense targets) and the outputs' inverse-variance weights."""
     h = F.relu(model.bn(model.a(x))).detach()
     P = F.unfold(h, 3, padding=1).transpose(0, 1).reshape(54, -1).double()
     W = model.b.weight.detach().reshape(5, -1).double()
     Y = W @ P
     var = (Y * Y).mean(1) - Y.mean(1) ** 2
     weight = 1.0 / (P.shape[1] * var.clamp_min(1e-3 * float(var.mean())))
+    return P, Y, weight
+
+
+@pytest.mark.parametrize("compensate", ["none", "mean"])
+def test_conv_reader_selection_equals_brute_force_on_explicit_patches(compensate):
+    """"none": least squares on the raw patches; with a re-solved bias ("mean", "mean-var" select alike): least
+    squares with a constant row (the fit about the means)."""
+    torch.manual_seed(0)
+    model = _Plain().eval()
+    x = torch.randn(6, 3, 8, 8)
+    DG, groups = find_groups(model, x[:1], skip=["fc"])
+    group = next(gr for gr in groups if gr.name == "a")
+    counts, _, _, _, _ = reconstruct_group(model, group, 3, x, None, ridge=0.0, compensate=compensate)
+    P, Y, weight = _plain_problem(model, x)
+    if compensate != "none":
+        P, Y = P - P.mean(1, keepdim=True), Y - Y.mean(1, keepdim=True)
     unit_cols = torch.arange(54).reshape(6, 9)
     order = []
     for _ in range(3):
         errs = {u: _residual(P, Y, unit_cols[order + [u]].reshape(-1), weight) for u in range(6) if u not in order}
         order.append(min(errs, key=lambda u: (errs[u], u)))
     assert sorted(order) == torch.nonzero(counts).flatten().tolist()
+
+
+@pytest.mark.parametrize("compensate", ["none", "mean", "mean-var"])
+def test_compensated_refit_is_least_squares_with_a_constant_column(compensate):
+    """The refit (ridge 0) against an explicit least-squares fit of b's output on its kept patch rows plus a
+    row of ones: "mean" is that fit, weight and bias; "mean-var" scales each output's fit up to the target's
+    variance (never down) and re-solves the bias for it; "none" is the fit without the ones, the bias kept."""
+    torch.manual_seed(0)
+    model = _Plain().eval()
+    x = torch.randn(6, 3, 8, 8)
+    DG, groups = find_groups(model, x[:1], skip=["fc"])
+    group = next(gr for gr in groups if gr.name == "a")
+    bias = model.b.bias.detach().double().clone()
+    counts, weights, _, _, biases = reconstruct_group(model, group, 3, x, None, ridge=0.0, compensate=compensate)
+    P, Y, _ = _plain_problem(model, x)
+    keep = torch.nonzero(counts.repeat_interleave(9)).flatten()
+    if compensate == "none":
+        coef = torch.linalg.lstsq(P[keep].T, Y.T).solution.T
+        assert "b" not in biases
+        assert torch.allclose(weights["b"].reshape(5, -1)[:, keep].double(), coef, atol=1e-4)
+        return
+    design = torch.cat([P[keep], torch.ones(1, P.shape[1], dtype=torch.float64)])
+    solution = torch.linalg.lstsq(design.T, Y.T).solution.T
+    coef, shift = solution[:, :-1], solution[:, -1]
+    if compensate == "mean-var":
+        fit = coef @ P[keep]
+        ratio = (Y.var(1, correction=0) / fit.var(1, correction=0)).sqrt().clamp(1.0, 4.0)
+        assert bool((ratio > 1.0001).any())  # the case is not vacuous: some output is scaled
+        coef = coef * ratio.unsqueeze(1)
+        shift = Y.mean(1) - coef @ P[keep].mean(1)
+        refitted = weights["b"].reshape(5, -1)[:, keep].double() @ P[keep]
+        scaled = ratio < 3.999
+        assert torch.allclose(refitted.var(1, correction=0)[scaled], Y.var(1, correction=0)[scaled], rtol=1e-3)
+    assert torch.allclose(weights["b"].reshape(5, -1)[:, keep].double(), coef, atol=1e-4)
+    assert torch.allclose(biases["b"].double(), bias + shift, atol=1e-4)
+    assert torch.count_nonzero(weights["b"].reshape(5, -1)[:, torch.nonzero(counts.repeat_interleave(9) == 0)
+                                                            .flatten()]) == 0
 
 
 class _GroupedBlock(nn.Module):
@@ -153,7 +200,7 @@ def test_pruned_equals_the_refitted_dense_network(name):
     DG, groups = find_groups(model, x[:1])
     group = next(g for g in groups if g.name == name)
     dense = DenseTargets(model, {r for r, _, _ in group.readers}, x)
-    counts, weights, _, _ = reconstruct_group(model, group, group.num_units // 2, x, dense, ridge=0.1)
+    counts, weights, _, _, _ = reconstruct_group(model, group, group.num_units // 2, x, dense, ridge=0.1)
     masked = copy.deepcopy(model)
     named = dict(masked.named_modules())
     with torch.no_grad():
@@ -344,8 +391,8 @@ def test_sensitivity_curve_points_equal_the_kl_of_each_group_pruned_alone():
             copy_ = copy.deepcopy(model)
             DGc, gs = find_groups(copy_, x[:1])
             g = next(h for h in gs if h.name == group.name)
-            counts, weights, _, _ = reconstruct_group(copy_, g, units, x, None, ridge=0.1)
-            fold_and_remove(DGc, copy_, g, counts, reader_weights=weights)
+            counts, weights, _, _, biases = reconstruct_group(copy_, g, units, x, None, ridge=0.1)
+            fold_and_remove(DGc, copy_, g, counts, reader_weights=weights, reader_biases=biases)
             with torch.no_grad():
                 cut = F.log_softmax(copy_(x[:6]).double(), 1)
             expected = float((dense.exp() * (dense - cut)).sum(1).mean())
@@ -423,7 +470,7 @@ def test_probe_size_spends_the_sensitivity_budget_within_its_bounds():
 def test_held_out_sensitivity_refits_on_the_first_half_and_compares_on_the_second():
     """Independent computation: explicit hidden activations, the ridge normal equations on the first half's
     examples only (lam = ridge * mean diag A_KK * |K| / T), the KL measured on the second half."""
-    from greedyprune.channels.reconstruct import accumulate, reader_problem
+    from greedyprune.channels.reconstruct import accumulate
     from greedyprune.channels.sensitivity import sensitivity_curves
 
     torch.manual_seed(0)
@@ -432,9 +479,9 @@ def test_held_out_sensitivity_refits_on_the_first_half_and_compares_on_the_secon
     DG, groups = find_groups(model, x[:1], skip=[])
     group = next(g for g in groups if g.name == "0")
     ridge = 0.1
-    curves = sensitivity_curves(model, [group], x, x[:10], ridge=ridge, fractions=(0.25, 0.5))
+    curves = sensitivity_curves(model, [group], x, x[:10], ridge=ridge, fractions=(0.25, 0.5), compensate="none")
     subs = sub_readers(model, group)
-    order = select_units([reader_problem(subs[0], accumulate(model, subs, x, None)[0])], 6).order
+    order = select_units([reader_problem(subs[0], accumulate(model, subs, x, None)[0], intercept=False)], 6).order
     with torch.no_grad():
         h = torch.relu(model[0](x)).double()  # (48, 12): the reader's inputs
         W = model[2].weight.double()
@@ -449,14 +496,13 @@ def test_held_out_sensitivity_refits_on_the_first_half_and_compares_on_the_secon
         out = h[32:42, keep] @ V.T + model[2].bias.detach().double()
         expected = float((dense.exp() * (dense - F.log_softmax(out, 1))).sum(1).mean())
         assert kl == pytest.approx(expected, rel=1e-6, abs=1e-9)
-    in_sample = sensitivity_curves(model, [group], x, x[:10], ridge=ridge, fractions=(0.25, 0.5), held_out=False)
+    in_sample = sensitivity_curves(model, [group], x, x[:10], ridge=ridge, fractions=(0.25, 0.5), held_out=False,
+                                   compensate="none")
     assert in_sample[group.name] != curves[group.name]
 
 
 def test_reader_problem_weights_each_output_by_its_inverse_variance_with_a_floor():
     from types import SimpleNamespace
-
-    from greedyprune.channels.reconstruct import reader_problem
 
     g = torch.Generator().manual_seed(11)
     P = torch.randn(4, 50, generator=g, dtype=torch.float64)
@@ -464,10 +510,63 @@ def test_reader_problem_weights_each_output_by_its_inverse_variance_with_a_floor
     Y[2] = 0.5 + 1e-4 * Y[2]  # an almost constant output: its weight stops at the floor
     acc = {"gram": P @ P.T, "cross": P @ Y.T, "sq": (Y * Y).sum(1), "total": Y.sum(1), "tokens": 50}
     sub = SimpleNamespace(unit_columns=torch.arange(4).reshape(4, 1), fixed=torch.empty(0, dtype=torch.long))
-    problem = reader_problem(sub, acc)
+    problem = reader_problem(sub, acc, intercept=False)
     var = [float(((y - y.mean()) ** 2).mean()) for y in Y]  # population variance over the positions, by hand
     floor = 1e-3 * sum(var) / 3
     want = torch.tensor([1.0 / (50 * max(v, floor)) for v in var], dtype=torch.float64)
     assert var[2] < floor
     torch.testing.assert_close(problem.out_weight, want, rtol=1e-6, atol=0.0)
     assert problem.tokens == 50 and torch.equal(problem.gram, acc["gram"])
+    # with a re-solved bias (the default): the same weights, the sums about the means
+    centred = reader_problem(sub, {**acc, "ptotal": P.sum(1)})
+    Pc, Yc = P - P.mean(1, keepdim=True), Y - Y.mean(1, keepdim=True)
+    torch.testing.assert_close(centred.out_weight, want, rtol=1e-6, atol=0.0)
+    torch.testing.assert_close(centred.gram, Pc @ Pc.T)
+    torch.testing.assert_close(centred.cross, Pc @ Yc.T)
+    torch.testing.assert_close(centred.target_sq, (Yc * Yc).sum(1))
+
+
+def test_compensation_biases_survive_save_and_load(tmp_path):
+    """The local objective gives bias-free convolutions a bias (the compensated mean); a saved pruned network
+    loads back (the biases re-created on the rebuilt dense architecture) and computes the same outputs."""
+    from greedyprune.channels import load_pruned, save_pruned
+    from greedyprune.models import get_model
+
+    torch.manual_seed(0)
+    model = get_model("resnet8", in_channels=1, width=8, seed=0).eval()
+    assert all(m.bias is None for m in model.modules() if isinstance(m, nn.Conv2d))
+    X = torch.randn(48, 1, 28, 28)
+    y = torch.randint(0, 10, (48,))
+    result = prune_model(model, (X, y), keep_ratio=0.5, check=False)
+    with_bias = [n for n, m in result.model.named_modules() if isinstance(m, nn.Conv2d) and m.bias is not None]
+    assert with_bias  # compensation added biases
+    path = tmp_path / "pruned.pt"
+    save_pruned(path, result, name="resnet8", model_kwargs={"in_channels": 1, "width": 8})
+    for kwargs in ({}, {"model": get_model("resnet8", in_channels=1, width=8)}):
+        loaded, _ = load_pruned(path, **kwargs)
+        with torch.no_grad():
+            torch.testing.assert_close(loaded.eval()(X[:8]), result.model.eval()(X[:8]))
+
+
+def test_variance_rescale_never_shrinks_a_fit():
+    """A refit held at its prior (a huge ridge) whose output varies three times as much as the target: the
+    rescale leaves it as it is (it only scales fits up, towards the target's variance)."""
+    from greedyprune.channels.reconstruct import SubReader, refit_kept
+
+    g = torch.Generator().manual_seed(3)
+    model = nn.Sequential(nn.Linear(4, 2, bias=False))
+    true = torch.randn(2, 4, generator=g, dtype=torch.float64)
+    with torch.no_grad():
+        model[0].weight.copy_(3.0 * true)
+    P = torch.randn(4, 200, generator=g, dtype=torch.float64) + 0.5
+    Y = true @ P
+    acc = {"gram": P @ P.T, "cross": P @ Y.T, "sq": (Y * Y).sum(1), "total": Y.sum(1), "ptotal": P.sum(1),
+           "tokens": 200, "base": None}
+    sub = SubReader("0", model[0], slice(None), slice(None), torch.arange(4).reshape(4, 1),
+                    torch.empty(0, dtype=torch.long))
+    problem = reader_problem(sub, acc)
+    weights, _, biases = refit_kept(model, [sub], [acc], [problem], torch.ones(4, dtype=torch.bool), 1e9, False)
+    torch.testing.assert_close(weights["0"].double(), 3.0 * true, rtol=1e-4, atol=1e-6)
+    # the bias still re-solved for that fit: the outputs' means are the target's
+    torch.testing.assert_close(weights["0"].double() @ P.mean(1) + biases["0"].double(), Y.mean(1), rtol=1e-4,
+                               atol=1e-6)

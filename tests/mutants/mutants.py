@@ -13,6 +13,8 @@ DISTRIBUTED = ["tests/selection/test_sharded.py"]
 MATHS = ["tests/transformers_/test_transformer_maths.py"]
 RECONSTRUCTION_WEIGHT = ("tests/channels/test_reconstruction.py::"
                          "test_reader_problem_weights_each_output_by_its_inverse_variance_with_a_floor")
+COMPENSATION = ["tests/channels/test_reconstruction.py::test_compensated_refit_is_least_squares_with_a_constant_column",
+                "tests/channels/test_reconstruction.py::test_variance_rescale_never_shrinks_a_fit"]
 RIDGE = ["tests/selection/test_block.py", "tests/channels/test_reconstruction.py::test_ridge_refit_is_its_closed_form"]
 
 MUTANTS = [
@@ -761,4 +763,25 @@ MUTANTS = [
          replacement="    return int(min(MAX_CALIBRATION, max(16, CALIBRATION_MACS // max(macs_per_example, 1))))\n",
          tests=["tests/channels/test_objectives.py"],
          why="the local objective's default calibration set can fall to 16 examples instead of 32"),
+    # the local objective's compensation (reconstruct.py: the re-solved bias and the variance rescale)
+    dict(name="compensate-centred-cross-uncentred", file="greedyprune/channels/reconstruct.py",
+         original="    out[\"cross\"] = stats[\"cross\"] - torch.outer(pt, yt) / T\n",
+         replacement="    out[\"cross\"] = stats[\"cross\"]\n",
+         tests=COMPENSATION,
+         why="the fit about the means keeps the raw cross sums: it regresses centred inputs on raw targets"),
+    dict(name="compensate-bias-dropped", file="greedyprune/channels/reconstruct.py",
+         original="            shift = (raw[\"total\"] - solved @ raw[\"ptotal\"][keep]) / T\n",
+         replacement="            shift = 0.0 * raw[\"total\"]\n",
+         tests=COMPENSATION,
+         why="the re-solved bias is never given back: the mean the removed channels carried is lost"),
+    dict(name="compensate-rescale-down-too", file="greedyprune/channels/reconstruct.py",
+         original="ratio.clamp(1.0, MAX_RESCALE)",
+         replacement="ratio.clamp(0.5, MAX_RESCALE)",
+         tests=COMPENSATION,
+         why="the variance rescale may shrink an output's fit (documented: never down)"),
+    dict(name="compensate-rescale-uncentred", file="greedyprune/channels/reconstruct.py",
+         original="            raw = centred(acc if fold is None else acc[\"folds\"][fold])\n",
+         replacement="            raw = acc if fold is None else acc[\"folds\"][fold]\n",
+         tests=COMPENSATION,
+         why="the rescale compares mean squares instead of variances"),
 ]

@@ -60,13 +60,24 @@ def _channel_case():
 
 def test_the_channel_refits_are_the_closed_form_on_raw_patch_sums():
     model, group, x, P, W = _channel_case()
-    # the local objective (reconstruct_group, own-output targets): prior = the kept columns' own weights
-    counts, weights, _, _ = reconstruct_group(model, group, 3, x, None, ridge=0.7)
+    # the local objective (reconstruct_group, own-output targets): prior = the kept columns' own weights;
+    # compensate="none": the raw sums, the bias kept
+    counts, weights, _, _, biases = reconstruct_group(model, group, 3, x, None, ridge=0.7, compensate="none")
     kept = torch.nonzero(counts).flatten()
     K = (kept.reshape(-1, 1) * 9 + torch.arange(9)).reshape(-1)
     got = weights["b"].reshape(5, -1).double()
     torch.testing.assert_close(got[:, K], closed_form(P[K], W @ P, W[:, K], 0.7), rtol=1e-4, atol=1e-6)
-    assert not got[:, [c for c in range(54) if c not in K.tolist()]].any()
+    assert not got[:, [c for c in range(54) if c not in K.tolist()]].any() and not biases
+    # compensate="mean": the bias re-solved too, i.e. the same closed form on the centred sums (as transformers)
+    bias = model.b.bias.detach().double().clone()
+    counts, weights, _, _, biases = reconstruct_group(model, group, 3, x, None, ridge=0.7, compensate="mean")
+    kept = torch.nonzero(counts).flatten()
+    K = (kept.reshape(-1, 1) * 9 + torch.arange(9)).reshape(-1)
+    Y = W @ P
+    pc, yc = P[K] - P[K].mean(1, keepdim=True), Y - Y.mean(1, keepdim=True)
+    want = closed_form(pc, yc, W[:, K], 0.7)
+    torch.testing.assert_close(weights["b"].reshape(5, -1).double()[:, K], want, rtol=1e-4, atol=1e-6)
+    torch.testing.assert_close(biases["b"].double(), bias + Y.mean(1) - want @ P[K].mean(1), rtol=1e-4, atol=1e-5)
     # the network objective's refit (refit_readers): the dense reader's output, prior = the folded weights
     scale = torch.tensor([1.5, 0.0, 2.0, 0.0, 0.5, 1.0])
     out = refit_readers(model, group, (scale > 0).long(), scale, x, ridge=0.7)
