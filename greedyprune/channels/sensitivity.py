@@ -22,6 +22,7 @@ from torch import nn
 
 from ..metrics import count_macs
 from ..selection.block import select_units
+from .downstream import Downstream
 from .groups import ChannelGroup
 from .reconstruct import CAPTURE_BATCH, accumulate, reader_problem, refit_kept, sub_readers
 
@@ -80,6 +81,7 @@ def sensitivity_curves(model: nn.Module, groups: list[ChannelGroup], inputs: tor
         start = -(-batches // 2) * CAPTURE_BATCH
         probe, fold = inputs[start:start + probe.shape[0]], 0
     dense = log_probs(model, probe)
+    runners = _downstream(model, probe, [frozenset(s.name for s in per_group[g.name]) for g in groups], dense)
     named = dict(model.named_modules())
     curves = {}
     for group in groups:
@@ -101,7 +103,9 @@ def sensitivity_curves(model: nn.Module, groups: list[ChannelGroup], inputs: tor
                     named[n].weight.data.copy_(w)
                     if n in biases:
                         named[n].bias = nn.Parameter(biases[n], requires_grad=False)
-                cut = log_probs(model, probe)
+                layers = frozenset(s.name for s in subs)
+                cut = log_probs(model, probe) if runners is None else _log_softmax(
+                    [runner.run(layers) for runner in runners])
             finally:
                 for n, (w, b) in saved.items():
                     named[n].weight.data.copy_(w)
@@ -109,6 +113,26 @@ def sensitivity_curves(model: nn.Module, groups: list[ChannelGroup], inputs: tor
             points.append((units, mean_kl(dense, cut)))
         curves[group.name] = points + [(group.num_units, 0.0)]
     return curves
+
+
+def _log_softmax(outputs: list[torch.Tensor]) -> torch.Tensor:
+    return F.log_softmax(torch.cat(outputs).double().flatten(1), dim=1)
+
+
+def _downstream(model: nn.Module, probe: torch.Tensor, layer_sets: list[frozenset[str]],
+                dense: torch.Tensor) -> list[Downstream] | None:
+    """One :class:`~greedyprune.channels.downstream.Downstream` per batch of 64 probe examples, so that each
+    width's probe recomputes only what its group's readers change; None (full forwards) for a network
+    ``torch.fx`` cannot trace or whose traced outputs differ from its own."""
+    try:
+        runners = [Downstream(model, probe[i:i + 64], layer_sets) for i in range(0, probe.shape[0], 64)]
+        if layer_sets:
+            same = _log_softmax([runner.run(layer_sets[0]) for runner in runners])
+            if not torch.allclose(same, dense, rtol=1e-4, atol=1e-5):
+                return None
+        return runners
+    except Exception:  # noqa: BLE001 - any tracing failure: the full forwards are always right
+        return None
 
 
 def per_channel_sensitivity(group: ChannelGroup, points: list[tuple[int, float]]) -> list[float]:

@@ -1,0 +1,97 @@
+"""The network's outputs on fixed inputs when only a few layers change: run the part that depends on them.
+
+The budgets' sensitivity curves (:mod:`greedyprune.channels.sensitivity`) compare the network's outputs with
+one group's readers refitted at several widths, on the same probe examples. Everything upstream of those
+readers is the same in every such forward, so :class:`Downstream` traces the network once
+(:func:`~greedyprune.channels.evaluators.trace`: every conv and linear layer a call), runs one full pass that
+keeps, for each set of layers it will be asked about, the values that the part depending on them reads (its
+*frontier*), and then answers :meth:`Downstream.run` by recomputing only the nodes that depend on those layers.
+The layers' current weights are used, so a caller swaps weights in and calls :meth:`run`.
+"""
+from __future__ import annotations
+
+import torch
+import torch.fx as fx
+from torch import nn
+
+from .evaluators import trace
+
+__all__ = ["Downstream"]
+
+
+class Downstream:
+    """``Downstream(model, x, layer_sets)``: one pass over ``x`` keeps what each set's dependent part reads;
+    ``run(layers)`` (one of ``layer_sets``) is then ``model(x)`` with the current weights, recomputing only
+    the nodes that depend on ``layers``. Raises what ``torch.fx`` raises for a network it cannot trace
+    (callers fall back to full forwards)."""
+
+    def __init__(self, model: nn.Module, x: torch.Tensor, layer_sets: list[frozenset[str]]):
+        graph = trace(model)
+        self.model = model
+        self.named = dict(model.named_modules())
+        self.nodes = list(graph.nodes)
+        placeholders = [n for n in self.nodes if n.op == "placeholder"]
+        if len(placeholders) != 1:
+            raise RuntimeError(f"the traced network takes {len(placeholders)} inputs; Downstream feeds one")
+        self.parts: dict[frozenset[str], tuple[list[fx.Node], set[fx.Node]]] = {}
+        keep: set[fx.Node] = set()
+        for layers in layer_sets:
+            dependent = self._dependent(layers)
+            frontier = {a for n in dependent for a in n.all_input_nodes if a not in dependent}
+            self.parts[frozenset(layers)] = ([n for n in self.nodes if n in dependent], frontier)
+            keep |= frontier
+        self.values = self._full_pass(x, keep)
+
+    def _dependent(self, layers: frozenset[str]) -> set[fx.Node]:
+        out: set[fx.Node] = set()
+        for n in self.nodes:
+            own = (n.op == "call_module" and n.target in layers) or (
+                n.op == "get_attr" and any(n.target.startswith(layer + ".") for layer in layers))
+            if own or any(a in out for a in n.all_input_nodes):
+                out.add(n)
+        return out
+
+    def _call(self, n: fx.Node, env: dict) -> object:
+        args = fx.node.map_arg(n.args, lambda a: env[a])
+        kwargs = fx.node.map_arg(n.kwargs, lambda a: env[a])
+        if n.op == "call_module":
+            return self.named[n.target](*args, **kwargs)
+        if n.op == "call_function":
+            return n.target(*args, **kwargs)
+        if n.op == "call_method":
+            self_obj, *rest = args
+            return getattr(self_obj, n.target)(*rest, **kwargs)
+        if n.op == "get_attr":
+            obj = self.model
+            for part in n.target.split("."):
+                obj = getattr(obj, part)
+            return obj
+        raise RuntimeError(f"unexpected node {n.op}")
+
+    @torch.no_grad()
+    def _full_pass(self, x: torch.Tensor, keep: set[fx.Node]) -> dict:
+        last_use = {}
+        for i, n in enumerate(self.nodes):
+            for a in n.all_input_nodes:
+                last_use[a] = i
+        env: dict = {}
+        for i, n in enumerate(self.nodes):
+            if n.op == "placeholder":
+                env[n] = x
+            elif n.op != "output":
+                env[n] = self._call(n, env)
+            for a in n.all_input_nodes:  # free what nothing later reads and no frontier keeps
+                if last_use.get(a) == i and a not in keep:
+                    env.pop(a, None)
+        return {n: env[n] for n in keep}
+
+    @torch.no_grad()
+    def run(self, layers: frozenset[str]):
+        """The network's output on the pass's inputs with ``layers``' current weights."""
+        dependent, frontier = self.parts[frozenset(layers)]
+        env = {n: self.values[n] for n in frontier}
+        for n in dependent:
+            if n.op == "output":
+                return fx.node.map_arg(n.args[0], lambda a: env[a])
+            env[n] = self._call(n, env)
+        raise RuntimeError(f"the network's output does not depend on {sorted(layers)}")
