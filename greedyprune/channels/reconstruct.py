@@ -292,7 +292,8 @@ def reader_problem(sub: SubReader, acc: dict, intercept: bool = True) -> ReaderP
 
 
 def reconstruct_group(model: nn.Module, group: ChannelGroup, n_keep: int, inputs: torch.Tensor,
-                      dense: DenseTargets | None, ridge: float | None, compensate: str = "mean-var") -> tuple[torch.Tensor, dict, float, dict]:
+                      dense: DenseTargets | None, ridge: float | None,
+                      compensate: str = "mean-var") -> tuple[torch.Tensor, dict, float, dict, dict]:
     """Choose ``n_keep`` units of ``group`` and refit its readers.
 
     ``ridge=None`` picks each reader's ridge by two-fold cross-validation over the halves of the calibration
@@ -340,18 +341,15 @@ def refit_kept(model: nn.Module, subs: list[SubReader], sums: list[dict], proble
         ridges[sub.name] = value
         solve = stats(acc if fold is None else acc["folds"][fold])
         solved = ridge_refit(solve["gram"], solve["cross"], keep, prior, solve["tokens"], value).to(torch.float64)
+        if compensate == "mean-var":  # each output's fit scaled up to its target's variance (solve: centred)
+            fit_var = ((solved @ solve["gram"][keep][:, keep]) * solved).sum(1)
+            ratio = (solve["sq"].clamp_min(0) / fit_var.clamp_min(1e-300)).sqrt()
+            ratio = torch.where(fit_var > 0, ratio.clamp(1.0, MAX_RESCALE), torch.ones_like(ratio))
+            solved = solved * ratio.unsqueeze(1)
         full = weights.setdefault(sub.name, torch.zeros_like(sub.module.weight, dtype=torch.float64))
         block = torch.zeros(w2d.shape, dtype=torch.float64)
         block[:, keep] = solved
         full[sub.rows] = block.reshape(full[sub.rows].shape)
-        if compensate == "mean-var":
-            raw = centred(acc if fold is None else acc["folds"][fold])
-            fit_var = ((solved @ raw["gram"][keep][:, keep]) * solved).sum(1)
-            ratio = (raw["sq"].clamp_min(0) / fit_var.clamp_min(1e-300)).sqrt()
-            ratio = torch.where(fit_var > 0, ratio.clamp(1.0, MAX_RESCALE), torch.ones_like(ratio))
-            solved = solved * ratio.unsqueeze(1)
-            block[:, keep] = solved
-            full[sub.rows] = block.reshape(full[sub.rows].shape)
         if intercept:
             raw = acc if fold is None else acc["folds"][fold]
             T = max(raw["tokens"], 1)

@@ -780,8 +780,8 @@ MUTANTS = [
          tests=COMPENSATION,
          why="the variance rescale may shrink an output's fit (documented: never down)"),
     dict(name="compensate-rescale-uncentred", file="greedyprune/channels/reconstruct.py",
-         original="            raw = centred(acc if fold is None else acc[\"folds\"][fold])\n",
-         replacement="            raw = acc if fold is None else acc[\"folds\"][fold]\n",
+         original="            fit_var = ((solved @ solve[\"gram\"][keep][:, keep]) * solved).sum(1)\n",
+         replacement="            fit_var = ((solved @ acc[\"gram\"][keep][:, keep]) * solved).sum(1)\n",
          tests=COMPENSATION,
-         why="the rescale compares mean squares instead of variances"),
+         why="the rescale measures the fit by its mean square instead of its variance"),
 ]
