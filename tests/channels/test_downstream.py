@@ -79,3 +79,54 @@ def test_an_untraceable_network_falls_back_to_full_forwards():
     traceable = _Residual().eval()
     y = torch.randn(3, 3, 8, 8)
     assert _downstream(traceable, y, [frozenset({"a"})], log_probs(traceable, y)) is not None
+
+
+class _InPlace(nn.Module):
+    """``x.add_(f(x))``: a node that depends on the changed layer adds into a value the pass keeps (``x += ...``
+    traces as an out-of-place add)."""
+
+    def __init__(self):
+        super().__init__()
+        self.a = nn.Linear(4, 4)
+        self.f = nn.Linear(4, 4)
+        self.act = nn.ReLU(inplace=True)
+        self.b = nn.Linear(4, 3)
+
+    def forward(self, x):
+        x = self.a(x)
+        x = x.add_(self.f(x))
+        return self.b(self.act(x))
+
+
+def test_values_a_run_changes_in_place_are_copied_first():
+    torch.manual_seed(0)
+    model = _InPlace().eval()
+    x = torch.randn(5, 4)
+    runner = Downstream(model, x, [frozenset({"f"})])
+    with torch.no_grad():
+        want = model(x)
+        for _ in range(3):  # the kept input of `+=` would grow with each run if it were not copied
+            torch.testing.assert_close(runner.run(frozenset({"f"})), want)
+        model.f.weight.mul_(0.5)
+        torch.testing.assert_close(runner.run(frozenset({"f"})), model(x))
+
+
+class _InPlaceUpstream(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.a = nn.Linear(4, 4)
+        self.b = nn.Linear(4, 3)
+
+    def forward(self, x):
+        h = self.a(x)
+        y = self.b(h)  # reads h before...
+        h.mul_(2.0)  # ...a node that does not depend on b changes it in place
+        return y + h[:, :3]
+
+
+def test_a_value_changed_in_place_outside_the_part_is_refused():
+    model = _InPlaceUpstream().eval()
+    x = torch.randn(5, 4)
+    with pytest.raises(RuntimeError, match="changed in place"):
+        Downstream(model, x, [frozenset({"b"})])
+    assert _downstream(model, x, [frozenset({"b"})], log_probs(model, x)) is None
