@@ -231,21 +231,17 @@ def accumulate(model: nn.Module, subs: list[SubReader], inputs: torch.Tensor,
                     keep = _positions(p.shape, batches, batch)
                     if keep is not None:
                         p, y = p[:, keep], y[:, keep]
-                    acc["gram"] = acc["gram"] + (p @ p.T).double()
-                    acc["cross"] = acc["cross"] + (p @ y.T).double()
-                    if folds:
-                        fold = acc["folds"][0 if 2 * batch < batches else 1]
-                        fold["gram"] = fold["gram"] + (p @ p.T).double()
-                        fold["cross"] = fold["cross"] + (p @ y.T).double()
-                        fold["sq"] = fold["sq"] + (y.double() ** 2).sum(dim=1)
-                        fold["total"] = fold["total"] + y.double().sum(dim=1)
-                        fold["ptotal"] = fold["ptotal"] + p.double().sum(dim=1)
-                        fold["tokens"] += p.shape[1]
+                    gram, cross = (p @ p.T).double(), (p @ y.T).double()  # once: the folds share them
                     y = y.double()
-                    acc["sq"] = acc["sq"] + (y * y).sum(dim=1)
-                    acc["total"] = acc["total"] + y.sum(dim=1)
-                    acc["ptotal"] = acc["ptotal"] + p.double().sum(dim=1)
-                    acc["tokens"] += p.shape[1]
+                    sq, total, ptotal = (y * y).sum(dim=1), y.sum(dim=1), p.double().sum(dim=1)
+                    parts = [acc] + ([acc["folds"][0 if 2 * batch < batches else 1]] if folds else [])
+                    for part in parts:
+                        part["gram"] = part["gram"] + gram
+                        part["cross"] = part["cross"] + cross
+                        part["sq"] = part["sq"] + sq
+                        part["total"] = part["total"] + total
+                        part["ptotal"] = part["ptotal"] + ptotal
+                        part["tokens"] += p.shape[1]
     finally:
         for h in hooks:
             h.remove()

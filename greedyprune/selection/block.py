@@ -115,6 +115,9 @@ class _Reader:
         self.energy = float(target.sum())
         self.cols = problem.unit_columns.long()
         self.g = self.cols.shape[1]
+        first = self.cols[:, 0]
+        # one column a unit: its rows of r read directly (no gather) when the units are the columns in order
+        self.rows = None if torch.equal(first, torch.arange(gram.shape[0])) else first
         self.blocks = gram[self.cols[:, :, None], self.cols[:, None, :]].clone()  # (U, g, g)
         self.basis = torch.zeros(gram.shape[0], capacity, dtype=torch.float64)
         self.used = 0
@@ -122,11 +125,12 @@ class _Reader:
         self.explained = 0.0
 
     def gains(self) -> torch.Tensor:
-        rs = self.r[self.cols]  # (U, g, d)
         if self.g == 1:
+            rs = self.r if self.rows is None else self.r.index_select(0, self.rows)  # (U, d)
             pivots = self.blocks.reshape(-1)
-            gain = (rs.reshape(rs.shape[0], -1) ** 2).sum(dim=1) / pivots.clamp_min(self.floor)
+            gain = torch.linalg.vector_norm(rs, dim=1).square_() / pivots.clamp_min(self.floor)
             return torch.where(pivots > self.floor, gain, torch.zeros_like(gain))
+        rs = self.r[self.cols]  # (U, g, d)
         eye = torch.eye(self.g, dtype=torch.float64)
         blocks = (self.blocks + self.blocks.transpose(1, 2)) / 2
         solved, info = torch.linalg.solve_ex(blocks + self.floor * eye, rs)
@@ -155,13 +159,17 @@ class _Reader:
         new = torch.linalg.solve_triangular(chol, a_cols.T, upper=False).T  # (C, m)
         coeff = torch.linalg.solve_triangular(chol, self.r[columns], upper=False)  # (m, d)
         self.explained += float((coeff * coeff).sum())
-        self.r -= new @ coeff
+        self.r.addmm_(new, coeff, alpha=-1.0)
         if used + m > self.basis.shape[1]:
             grown = torch.zeros(self.basis.shape[0], used + m, dtype=torch.float64)
             grown[:, :used] = self.basis[:, :used]
             self.basis = grown
         self.basis[:, used:used + m] = new
         self.used = used + m
+        if self.g == 1:  # (U, 1, 1) pivots: minus each unit's squared row of the new basis columns
+            unit_rows = new if self.rows is None else new.index_select(0, self.rows)  # (U, m)
+            self.blocks.view(-1).sub_(unit_rows.square().sum(dim=1))
+            return
         unit_rows = new[self.cols]  # (U, g, m)
         self.blocks -= unit_rows @ unit_rows.transpose(1, 2)
 
@@ -290,17 +298,28 @@ def cross_validated_ridge(folds: list[tuple[torch.Tensor, torch.Tensor, torch.Te
     columns = columns.long()
     prior = prior.to(torch.float64)
     errors = torch.zeros(len(grid), dtype=torch.float64)
+    w = torch.ones(prior.shape[0], dtype=torch.float64) if out_weight is None else out_weight.to(torch.float64)
     for (g_fit, c_fit, _, t_fit), (g_out, c_out, sq_out, _) in ((folds[0], folds[1]), (folds[1], folds[0])):
         a = g_fit.to(torch.float64)[columns][:, columns]
         vals, vecs = torch.linalg.eigh(a)
-        rhs0 = c_fit.to(torch.float64)[columns]  # (|K|, d)
-        a_out, c_k = g_out.to(torch.float64)[columns][:, columns], c_out.to(torch.float64)[columns]
-        w = torch.ones(prior.shape[0], dtype=torch.float64) if out_weight is None else out_weight.to(torch.float64)
+        a_out = g_out.to(torch.float64)[columns][:, columns]
+        # everything in the fit fold's eigenbasis Q, computed once for the whole grid: V' = Q z with
+        # z = (Q' c_fit + lam Q' prior') / (vals + lam); held-out ||V P - Y||^2 per output is
+        # v' A_out v - 2 v' c_out + ||y||^2 = z' (Q' A_out Q) z - 2 z' (Q' c_out) + ||y||^2
+        fit_b, prior_b = vecs.T @ c_fit.to(torch.float64)[columns], vecs.T @ prior.T  # (|K|, d)
+        out_b = vecs.T @ c_out.to(torch.float64)[columns]
+        k, d = a.shape[0], prior.shape[0]
+        rotated = vecs.T @ a_out @ vecs if 2 * k < len(grid) * d else None  # cheaper than two products per value
+        sq = sq_out.to(torch.float64)
         for i, ridge in enumerate(grid):
             lam = ridge_lambda(a, t_fit, ridge)
-            v_t = vecs @ ((vecs.T @ (rhs0 + lam * prior.T)) / (vals.clamp_min(0) + lam + 1e-300).unsqueeze(1))
-            # held-out ||V P - Y||^2 per output = v' A v - 2 v' c + ||y||^2, weighted
-            per_out = (v_t * (a_out @ v_t)).sum(0) - 2 * (v_t * c_k).sum(0) + sq_out.to(torch.float64)
+            z = (fit_b + lam * prior_b) / (vals.clamp_min(0) + lam + 1e-300).unsqueeze(1)
+            if rotated is not None:
+                quad = (z * (rotated @ z)).sum(0)
+            else:
+                v_t = vecs @ z
+                quad = (v_t * (a_out @ v_t)).sum(0)
+            per_out = quad - 2 * (z * out_b).sum(0) + sq
             errors[i] += float((per_out * w).sum())
     errors = torch.nan_to_num(errors, nan=float("inf"))
     best = float(errors.min())
