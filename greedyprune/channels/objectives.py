@@ -11,13 +11,14 @@ from torch import nn
 from ..errors import InvalidOptionError
 from ..result import LayerRecord
 from .groups import ChannelGroup, UnsupportedLayerError
-from .reconstruct import DenseTargets, reconstruct_group, sub_readers
+from .prefix import PrefixInputs
+from .reconstruct import CAPTURE_BATCH, DenseTargets, reconstruct_group, sub_readers
 from .bn import recalibrate_bn
 from .rules import KeepCounts
 from .sensitivity import log_probs, mean_kl
 
-__all__ = ["CALIBRATION_MACS", "MAX_CALIBRATION", "calibration_size", "dense_targets", "reconstruct_step",
-           "reconstructable", "recalibrate_if_closer", "resolve_objective"]
+__all__ = ["CALIBRATION_MACS", "MAX_CALIBRATION", "calibration_size", "dense_targets", "prefix_inputs",
+           "reconstruct_step", "reconstructable", "recalibrate_if_closer", "resolve_objective"]
 
 
 def resolve_objective(objective: str, stop) -> str:
@@ -84,10 +85,22 @@ def reconstruct_step(search, group: ChannelGroup, stop) -> tuple[torch.Tensor, d
                       f"convolution), so {units * per_unit} channels are kept for the {target} asked", stacklevel=3)
     counts, weights, error, ridges, biases = reconstruct_group(search.model, group, units, search.local_inputs,
                                                                search.dense, search.options.refit_ridge,
-                                                               search.options.compensate)
+                                                               search.options.compensate, search.prefix)
     record = LayerRecord(name=group.name, units=group.channels, unit="channels", steps=units, rule=stop.name,
                          loss=error, evaluator="reconstruction", extra={"ridge": ridges})
     return counts, record, (weights, biases)
+
+
+def prefix_inputs(model: nn.Module, groups: list[ChannelGroup], inputs: torch.Tensor) -> PrefixInputs | None:
+    """The local objective's :class:`~greedyprune.channels.prefix.PrefixInputs` over the calibration batches of
+    ``inputs``; None (plain forwards) for a network ``torch.fx`` cannot trace or whose traced readers' inputs
+    differ from its own."""
+    readers = {s.name for g in groups for s in sub_readers(model, g)}
+    batches = [inputs[i:i + CAPTURE_BATCH] for i in range(0, inputs.shape[0], CAPTURE_BATCH)]
+    try:
+        return PrefixInputs(model, batches, readers)
+    except Exception:  # noqa: BLE001 - any tracing failure: the plain forwards are always right
+        return None
 
 
 def recalibrate_if_closer(model: nn.Module, inputs: torch.Tensor, dense: torch.Tensor, batch_size: int) -> bool:

@@ -30,6 +30,8 @@ costs one calibration forward, cut at its last reader.
 """
 from __future__ import annotations
 
+import warnings
+
 from dataclasses import dataclass
 
 import torch
@@ -148,8 +150,9 @@ class DenseTargets:
         named = dict(model.named_modules())
         self.outputs: dict[str, list[torch.Tensor]] = {n: [] for n in names}
         self.rows: dict[str, torch.Tensor] = {}
-        hooks = [named[n].register_forward_hook(lambda m, a, y, n=n: self.outputs[n].append(outputs2d(m, y).float()))
-                 for n in names]
+        # a copy: a later node may change the output in place (an in-place ReLU after a linear layer)
+        hooks = [named[n].register_forward_hook(
+            lambda m, a, y, n=n: self.outputs[n].append(outputs2d(m, y).to(torch.float32, copy=True))) for n in names]
         try:
             with torch.no_grad():
                 for start in range(0, inputs.shape[0], CAPTURE_BATCH):
@@ -195,9 +198,11 @@ class DenseTargets:
 
 
 def accumulate(model: nn.Module, subs: list[SubReader], inputs: torch.Tensor,
-               dense: DenseTargets | None, folds: bool = False) -> list[dict]:
+               dense: DenseTargets | None, folds: bool = False, feed=None) -> list[dict]:
     """Per sub-reader sums over the calibration positions: gram, cross (with the dense target when known,
-    else the reader's own full-width output), the target's square sums and sums, and the positions."""
+    else the reader's own full-width output), the target's square sums and sums, and the positions.
+    ``feed``: a :class:`~greedyprune.channels.prefix.PrefixInputs` already begun for these readers, which gives
+    their inputs per batch (else a forward per batch, stopped once every reader's input is in hand)."""
     named = dict(model.named_modules())
     names = {s.name for s in subs}
     captured: dict[str, torch.Tensor] = {}
@@ -207,7 +212,9 @@ def accumulate(model: nn.Module, subs: list[SubReader], inputs: torch.Tensor,
         if names <= set(captured):
             raise _Captured
 
-    hooks = [named[n].register_forward_pre_hook(lambda m, a, n=n: capture(n, a[0])) for n in names]
+    # a copy: a later node may change the value in place (x.add_(...), an in-place ReLU) before it is read
+    hooks = [] if feed is not None else [
+        named[n].register_forward_pre_hook(lambda m, a, n=n: capture(n, a[0].clone())) for n in names]
     sums = [dict(gram=0.0, cross=0.0, sq=0.0, total=0.0, ptotal=0.0, tokens=0, base=None) for _ in subs]
     batches = -(-inputs.shape[0] // CAPTURE_BATCH)
     if folds:  # the same sums over the first and the second half of the calibration batches
@@ -217,10 +224,13 @@ def accumulate(model: nn.Module, subs: list[SubReader], inputs: torch.Tensor,
         with torch.no_grad():
             for batch, start in enumerate(range(0, inputs.shape[0], CAPTURE_BATCH)):
                 captured.clear()
-                try:
-                    model(inputs[start:start + CAPTURE_BATCH])
-                except _Captured:
-                    pass
+                if feed is not None:
+                    captured.update(feed.inputs(batch))
+                else:
+                    try:
+                        model(inputs[start:start + CAPTURE_BATCH])
+                    except _Captured:
+                        pass
                 for sub, acc in zip(subs, sums):
                     p = patches(sub.module, captured[sub.name], sub.channels).float()
                     y = dense.target(sub.name, batch, sub.rows) if dense is not None else None
@@ -289,7 +299,7 @@ def reader_problem(sub: SubReader, acc: dict, intercept: bool = True) -> ReaderP
 
 def reconstruct_group(model: nn.Module, group: ChannelGroup, n_keep: int, inputs: torch.Tensor,
                       dense: DenseTargets | None, ridge: float | None,
-                      compensate: str = "mean-var") -> tuple[torch.Tensor, dict, float, dict, dict]:
+                      compensate: str = "mean-var", feed=None) -> tuple[torch.Tensor, dict, float, dict, dict]:
     """Choose ``n_keep`` units of ``group`` and refit its readers.
 
     ``ridge=None`` picks each reader's ridge by two-fold cross-validation over the halves of the calibration
@@ -297,10 +307,22 @@ def reconstruct_group(model: nn.Module, group: ChannelGroup, n_keep: int, inputs
     batches of 16: keep examples that share a source image together in the order you pass them).
 
     Returns ``(per-channel counts (1 kept, 0 removed), {reader name: new weight in its full layout},
-    relative reconstruction error after the refit's selection, {reader: ridge used}, {reader: new bias})``."""
+    relative reconstruction error after the refit's selection, {reader: ridge used}, {reader: new bias})``.
+    ``feed``: the run's :class:`~greedyprune.channels.prefix.PrefixInputs` over ``inputs`` (the readers' inputs
+    without re-running the network's unchanged prefix; None: plain forwards)."""
     subs = sub_readers(model, group)
     cv = ridge is None and inputs.shape[0] > CAPTURE_BATCH
-    sums = accumulate(model, subs, inputs, dense, folds=cv)
+    if feed is not None and not feed.begin(sorted({s.name for s in subs}), list(group.writers)):
+        feed = None
+    try:
+        sums = accumulate(model, subs, inputs, dense, folds=cv, feed=feed)
+    except Exception as exc:  # noqa: BLE001 - the cache is a shortcut: the plain forwards are always right
+        if feed is None:
+            raise
+        feed.broken = True
+        warnings.warn(f"the calibration prefix cache failed at group {group.name!r} ({type(exc).__name__}: {exc}); "
+                      f"plain forwards for the rest of the run", stacklevel=2)
+        sums = accumulate(model, subs, inputs, dense, folds=cv)
     problems = [reader_problem(s, acc, compensate != "none") for s, acc in zip(subs, sums)]
     chosen = select_units(problems, n_keep)
     kept_units = torch.zeros(group.num_units, dtype=torch.bool)

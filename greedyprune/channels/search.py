@@ -48,8 +48,9 @@ from .masks import apply_masks, fold_and_remove, group_scales
 from .options import BN_MODES, EVALUATORS, OBJECTIVES, PruneOptions
 from .budget import per_channel
 from .local import local_curves, local_group
-from .objectives import (calibration_size, dense_targets, recalibrate_if_closer, reconstruct_step, reconstructable,
-                         resolve_objective)
+from .objectives import (calibration_size, dense_targets, prefix_inputs, recalibrate_if_closer, reconstruct_step,
+                         reconstructable, resolve_objective)
+from .prefix import PrefixInputs
 from .cost import AUTO_STEPS, MAX_SEARCH_BATCH, SearchPlan, plan_search
 from .reconstruct import DenseTargets, reconstruction_curves
 from .sensitivity import budget_sensitivity, log_probs
@@ -78,6 +79,7 @@ class _Search:
         self.calibration, self.holdout, self.check_x = calibration, holdout, check_x
         self.local_inputs: torch.Tensor | None = None
         self.dense: DenseTargets | None = None
+        self.prefix: PrefixInputs | None = None
         self.plan = SearchPlan(None, AUTO_STEPS, 0.0, 0.0)  # the network objective's, set once groups are known
 
     def evaluator(self, group: ChannelGroup):
@@ -222,6 +224,8 @@ def prune_model(
                           f"candidates or a larger step= shorten it; objective='local' takes no candidate forwards",
                           stacklevel=2)
 
+    if options.objective == "local":
+        search.prefix = prefix_inputs(model, groups, search.local_inputs)
     kept, counts_out, records = {}, {}, []
     bar = groups
     if progress:
