@@ -53,7 +53,9 @@ class FilterGeometricMedian:
         tp = _tp()
         dep, idxs = group[0].dep, group[0].idxs
         layer = dep.target.module
-        if dep.handler in (tp.pruner.function.prune_conv_out_channels, tp.pruner.function.prune_linear_out_channels):
+        filter_handlers = (tp.pruner.function.prune_conv_out_channels, tp.pruner.function.prune_linear_out_channels,
+                           tp.pruner.function.prune_depthwise_conv_out_channels)  # a depthwise filter: (1, k, k)
+        if dep.handler in filter_handlers:
             weight = layer.weight.detach()
             if getattr(layer, "transposed", False):
                 weight = weight.transpose(0, 1)

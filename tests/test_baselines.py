@@ -167,3 +167,35 @@ def test_lamp_keeps_the_largest_lamp_scores_of_the_mean_squared_group_magnitude(
         u = sum((v ** 2).sum(1) for v in layers) / len(layers)
         lamp = torch.stack([u[j] / u[u >= u[j]].sum() for j in range(g.channels)])
         assert result.kept[g.name] == _top(lamp, keep[g.name]) == _top(u, keep[g.name]), g.name
+
+
+class _DepthwiseFirst(nn.Module):
+    """MobileNetV2's first block (expansion 1): stem -> depthwise -> project; Torch-Pruning may enter a group
+    by the depthwise conv (EfficientNet-Lite0's first block does)."""
+
+    def __init__(self):
+        super().__init__()
+        self.stem = nn.Sequential(nn.Conv2d(1, 8, 3, padding=1, bias=False), nn.BatchNorm2d(8), nn.ReLU())
+        self.dw = nn.Sequential(nn.Conv2d(8, 8, 3, padding=1, groups=8, bias=False), nn.BatchNorm2d(8), nn.ReLU())
+        self.project = nn.Sequential(nn.Conv2d(8, 6, 1, bias=False), nn.BatchNorm2d(6))
+        self.fc = nn.Linear(6, 10)
+
+    def forward(self, x):
+        return self.fc(self.project(self.dw(self.stem(x))).mean((2, 3)))
+
+
+def test_fpgm_reads_a_depthwise_root_layers_filters():
+    torch.manual_seed(0)
+    model = _DepthwiseFirst().eval()
+    x = torch.randn(1, *SHAPE)
+    groups = find_groups(model, x)[1]
+    keep = {g.name: max(1, g.channels // 3) for g in groups}
+    result = prune_like(model, keep, "fpgm", example_inputs=x)
+    depthwise = 0
+    for g in groups:
+        depthwise += getattr(g.root, "groups", 1) > 1
+        filters = g.root.weight.detach().flatten(1)
+        scores = torch.stack([sum(torch.linalg.vector_norm(filters[j] - filters[k]) for k in range(g.channels))
+                              for j in range(g.channels)])
+        assert result.kept[g.name] == _top(scores, keep[g.name]), g.name
+    assert depthwise  # the case is there

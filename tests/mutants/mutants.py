@@ -453,6 +453,11 @@ MUTANTS = [
          replacement="        rotated = vecs @ a_out @ vecs.T if 2 * k < len(grid) * d else None",
          tests=["tests/selection/test_block.py"],
          why="the held-out Gram is rotated into the wrong basis (the branch for readers with many outputs)"),
+    dict(name="fpgm-refuses-depthwise-root", file="greedyprune/baselines.py",
+         original="                           tp.pruner.function.prune_depthwise_conv_out_channels)",
+         replacement="                           )",
+         tests=["tests/test_baselines.py"],
+         why="FPGM refuses a group that Torch-Pruning enters by a depthwise conv (EfficientNet-Lite0's first block)"),
     # the local objective's prefix cache (channels/prefix.py)
     dict(name="prefix-resume-without-copy", file="greedyprune/channels/prefix.py",
          original="else {n: _copy(v) for n, v in self.kept[b].items()}",
