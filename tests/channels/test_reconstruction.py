@@ -38,9 +38,10 @@ def _residual(P, Y, columns, weight):
     return float((((Y - fit) ** 2).sum(1) * weight).sum())
 
 
-def test_select_units_equals_brute_force_least_squares():
+@pytest.mark.parametrize("group", [1, 2])  # one column a unit (a 1x1 reader) has a path of its own
+def test_select_units_equals_brute_force_least_squares(group):
     g = torch.Generator().manual_seed(0)
-    U, group, T = 7, 2, 60
+    U, T = 7, 60
     readers = []
     for C_extra, d in ((3, 4), (0, 5)):  # one reader with fixed columns, one without
         C = U * group + C_extra
