@@ -78,8 +78,9 @@ class PrefixInputs:
             return False
         if self.cut and not self._unchanged():
             self.cut, self.kept, self.guards = 0, [{} for _ in self.batches], []
-        self.start = self.cut
         self.wanted = [self.calls[r] for r in readers]
+        # a reader before the cut (a group out of execution order) has an input the kept values do not hold
+        self.start = self.cut if min(self.position[n] for n in self.wanted) >= self.cut else 0
         self.end = max(self.position[n] for n in self.wanted)  # run up to, not including, the last reader
         positions = [self.position[self.calls[w]] for w in writers if self.calls.get(w) is not None]
         next_cut = min(positions) if len(positions) == len(writers) and positions else self.start

@@ -97,6 +97,20 @@ def test_a_change_upstream_of_the_cut_restarts_from_the_input():
         assert torch.equal(feed.inputs(b)["c"], _plain_inputs(model, x, ["c"])["c"])
 
 
+def test_a_reader_before_the_cut_is_read_from_the_input():
+    torch.manual_seed(0)
+    model = _Chain().eval()
+    batches = [torch.randn(4, 1, 8, 8) for _ in range(2)]
+    feed = PrefixInputs(model, batches, {"a", "b", "c", "fc"})
+    assert feed.begin(["c"], ["b"])
+    [feed.inputs(b) for b in range(2)]
+    assert feed.cut > 0
+    assert feed.begin(["a"], ["stem"])  # a group out of execution order: its reader lies before the cut
+    assert feed.start == 0
+    for b, x in enumerate(batches):
+        assert torch.equal(feed.inputs(b)["a"], _plain_inputs(model, x, ["a"])["a"])
+
+
 def test_a_network_fx_cannot_trace_keeps_plain_forwards():
     class Untraceable(nn.Module):
         def __init__(self):
