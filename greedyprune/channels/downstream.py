@@ -18,7 +18,7 @@ from torch import nn
 
 from .evaluators import trace
 
-__all__ = ["Downstream"]
+__all__ = ["Downstream", "attribute", "call_node"]
 
 
 class Downstream:
@@ -74,21 +74,7 @@ class Downstream:
         return False
 
     def _call(self, n: fx.Node, env: dict) -> object:
-        args = fx.node.map_arg(n.args, lambda a: env[a])
-        kwargs = fx.node.map_arg(n.kwargs, lambda a: env[a])
-        if n.op == "call_module":
-            return self.named[n.target](*args, **kwargs)
-        if n.op == "call_function":
-            return n.target(*args, **kwargs)
-        if n.op == "call_method":
-            self_obj, *rest = args
-            return getattr(self_obj, n.target)(*rest, **kwargs)
-        if n.op == "get_attr":
-            obj = self.model
-            for part in n.target.split("."):
-                obj = getattr(obj, part)
-            return obj
-        raise RuntimeError(f"unexpected node {n.op}")
+        return call_node(self.model, self.named, n, env)
 
     @torch.no_grad()
     def _full_pass(self, x: torch.Tensor, keep: set[fx.Node], copies: set[fx.Node]) -> dict:
@@ -120,3 +106,28 @@ class Downstream:
                 return fx.node.map_arg(n.args[0], lambda a: env[a])
             env[n] = self._call(n, env)
         raise RuntimeError(f"the network's output does not depend on {sorted(layers)}")
+
+
+def attribute(model: nn.Module, target: str):
+    """``model``'s attribute at the dotted path ``target`` (an fx ``get_attr`` node's), as it is now."""
+    obj = model
+    for part in target.split("."):
+        obj = getattr(obj, part)
+    return obj
+
+
+def call_node(model: nn.Module, named: dict, n: fx.Node, env: dict) -> object:
+    """The value of traced node ``n`` from its inputs' values in ``env``, with ``model``'s current layers
+    (``named``: its named modules)."""
+    args = fx.node.map_arg(n.args, lambda a: env[a])
+    kwargs = fx.node.map_arg(n.kwargs, lambda a: env[a])
+    if n.op == "call_module":
+        return named[n.target](*args, **kwargs)
+    if n.op == "call_function":
+        return n.target(*args, **kwargs)
+    if n.op == "call_method":
+        self_obj, *rest = args
+        return getattr(self_obj, n.target)(*rest, **kwargs)
+    if n.op == "get_attr":
+        return attribute(model, n.target)
+    raise RuntimeError(f"unexpected node {n.op}")

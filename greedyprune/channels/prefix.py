@@ -19,6 +19,7 @@ import torch
 import torch.fx as fx
 from torch import nn
 
+from .downstream import attribute, call_node
 from .evaluators import trace
 
 __all__ = ["PrefixInputs"]
@@ -40,7 +41,7 @@ class PrefixInputs:
         graph = trace(model)
         self.model, self.batches, self.training = model, batches, model.training
         self.named = dict(model.named_modules())
-        self.nodes = [n for n in graph.nodes]
+        self.nodes = list(graph.nodes)
         placeholders = [n for n in self.nodes if n.op == "placeholder"]
         if len(placeholders) != 1:
             raise RuntimeError(f"the traced network takes {len(placeholders)} inputs; the prefix cache feeds one")
@@ -103,7 +104,7 @@ class PrefixInputs:
             if i == self.end:
                 break
             if n.op not in ("placeholder", "output"):
-                env[n] = self._call(n, env)
+                env[n] = call_node(self.model, self.named, n, env)
             for a in n.all_input_nodes:  # free what nothing later reads (the inputs asked for are in `out`)
                 if self.last_use.get(a) == i:
                     env.pop(a, None)
@@ -141,28 +142,8 @@ class PrefixInputs:
                 tensors = None if module is None else [*module.parameters(), *module.buffers()]
                 yield n.target, [torch.full((1,), float("nan"))] if tensors is None else [t.detach() for t in tensors]
             elif n.op == "get_attr":
-                value = self._attr(n.target)
+                value = attribute(self.model, n.target)
                 yield n.target, [value.detach()] if isinstance(value, torch.Tensor) else []
-
-    def _attr(self, target: str):
-        obj = self.model
-        for part in target.split("."):
-            obj = getattr(obj, part)
-        return obj
-
-    def _call(self, n: fx.Node, env: dict) -> object:
-        args = fx.node.map_arg(n.args, lambda a: env[a])
-        kwargs = fx.node.map_arg(n.kwargs, lambda a: env[a])
-        if n.op == "call_module":
-            return self.named[n.target](*args, **kwargs)
-        if n.op == "call_function":
-            return n.target(*args, **kwargs)
-        if n.op == "call_method":
-            self_obj, *rest = args
-            return getattr(self_obj, n.target)(*rest, **kwargs)
-        if n.op == "get_attr":
-            return self._attr(n.target)
-        raise RuntimeError(f"unexpected node {n.op}")
 
     @torch.no_grad()
     def _check(self, readers: set[str]) -> None:
