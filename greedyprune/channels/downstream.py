@@ -16,9 +16,9 @@ import torch
 import torch.fx as fx
 from torch import nn
 
-from .evaluators import trace
+from .evaluators import run_node, trace
 
-__all__ = ["Downstream", "attribute", "call_node"]
+__all__ = ["Downstream", "call_node"]
 
 
 class Downstream:
@@ -108,26 +108,7 @@ class Downstream:
         raise RuntimeError(f"the network's output does not depend on {sorted(layers)}")
 
 
-def attribute(model: nn.Module, target: str):
-    """``model``'s attribute at the dotted path ``target`` (an fx ``get_attr`` node's), as it is now."""
-    obj = model
-    for part in target.split("."):
-        obj = getattr(obj, part)
-    return obj
-
-
 def call_node(model: nn.Module, named: dict, n: fx.Node, env: dict) -> object:
-    """The value of traced node ``n`` from its inputs' values in ``env``, with ``model``'s current layers
-    (``named``: its named modules)."""
-    args = fx.node.map_arg(n.args, lambda a: env[a])
-    kwargs = fx.node.map_arg(n.kwargs, lambda a: env[a])
-    if n.op == "call_module":
-        return named[n.target](*args, **kwargs)
-    if n.op == "call_function":
-        return n.target(*args, **kwargs)
-    if n.op == "call_method":
-        self_obj, *rest = args
-        return getattr(self_obj, n.target)(*rest, **kwargs)
-    if n.op == "get_attr":
-        return attribute(model, n.target)
-    raise RuntimeError(f"unexpected node {n.op}")
+    """The value of traced node ``n`` from its inputs' values in ``env``, with ``model``'s current layers."""
+    return run_node(model, named, n, fx.node.map_arg(n.args, lambda a: env[a]),
+                    fx.node.map_arg(n.kwargs, lambda a: env[a]))

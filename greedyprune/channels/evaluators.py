@@ -28,7 +28,7 @@ from .bn import BATCH_NORMS, batch_statistics, exact_math, per_candidate_batch_n
 from .groups import ChannelGroup
 from .masks import apply_masks, channel_view, reader_scale, reads_last_dim, scale_input
 
-__all__ = ["Evaluator", "FastEvaluator", "ReferenceEvaluator", "checked", "step_rows", "trace"]
+__all__ = ["Evaluator", "FastEvaluator", "ReferenceEvaluator", "attribute", "checked", "run_node", "step_rows", "trace"]
 
 CPU_STACK_ELEMENTS = 1 << 19  # ~2 MB activations: on CPU, stacks that stay in cache beat bigger ones
 GPU_STACK_ELEMENTS = 1 << 28
@@ -99,6 +99,29 @@ class _LayerTracer(fx.Tracer):
 LAYERS = (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Linear)
 
 
+def attribute(model: nn.Module, target: str):
+    """``model``'s attribute at the dotted path ``target`` (an fx ``get_attr`` node's), as it is now."""
+    obj = model
+    for part in target.split("."):
+        obj = getattr(obj, part)
+    return obj
+
+
+def run_node(model: nn.Module, named: dict, n: fx.Node, args, kwargs) -> object:
+    """Traced node ``n`` applied to its argument values, with ``model``'s current layers (``named``: its
+    named modules)."""
+    if n.op == "call_module":
+        return named[n.target](*args, **kwargs)
+    if n.op == "call_function":
+        return n.target(*args, **kwargs)
+    if n.op == "call_method":
+        self_obj, *rest = args
+        return getattr(self_obj, n.target)(*rest, **kwargs)
+    if n.op == "get_attr":
+        return attribute(model, n.target)
+    raise RuntimeError(f"unexpected node {n.op}")
+
+
 def trace(model: nn.Module) -> fx.Graph:
     """The model's ``torch.fx`` graph (leaf modules, and every conv / linear layer, kept as calls)."""
     return _LayerTracer().trace(model)
@@ -156,19 +179,7 @@ class FastEvaluator:
         return fused, passthrough
 
     def _run(self, n: fx.Node, args, kwargs):
-        if n.op == "call_module":
-            return self.named[n.target](*args, **kwargs)
-        if n.op == "call_function":
-            return n.target(*args, **kwargs)
-        if n.op == "call_method":
-            self_obj, *rest = args
-            return getattr(self_obj, n.target)(*rest, **kwargs)
-        if n.op == "get_attr":
-            obj = self.model
-            for part in n.target.split("."):
-                obj = getattr(obj, part)
-            return obj
-        raise RuntimeError(f"unexpected node {n.op}")
+        return run_node(self.model, self.named, n, args, kwargs)
 
     def _call_layer(self, n: fx.Node, x: torch.Tensor) -> torch.Tensor:
         """A conv / linear node on input x, with its batch norm folded in when there is one."""

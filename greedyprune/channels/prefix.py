@@ -19,8 +19,8 @@ import torch
 import torch.fx as fx
 from torch import nn
 
-from .downstream import attribute, call_node
-from .evaluators import trace
+from .downstream import call_node
+from .evaluators import attribute, trace
 
 __all__ = ["PrefixInputs"]
 
