@@ -157,3 +157,58 @@ def test_layer_macs_of_a_nested_model_are_each_layers_own_closed_form():
     assert macs == {"0": 2 * 4 * 3 * 9 * 8 * 8, "1.conv": 2 * 6 * 4 * 9 * 8 * 8, "1.inner.0": 2 * 5 * 6 * 4 * 4,
                     "4": 2 * 5 * 7}
     assert sum(macs.values()) == count_macs(net, (2, 3, 10, 10))
+
+
+_FRESH_PROCESS_COUNT = r"""
+import json, sys, torch
+from torch import nn
+import torch.nn.functional as F
+from greedyprune.metrics import _flop_counter, count_macs, layer_macs
+
+class Net(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(3, 8, 3, padding=1)
+        self.grouped = nn.Conv2d(8, 8, 3, groups=4)
+        self.fc = nn.Linear(8, 6)
+
+    def forward(self, x):
+        h = self.grouped(self.conv(x)).flatten(2).transpose(1, 2)          # (B, 36, 8)
+        q = self.fc(h)                                                      # (B, 36, 6)
+        a = F.scaled_dot_product_attention(q, q, q)                         # matmuls without a module
+        return (a @ q.transpose(1, 2)).sum()
+
+torch.manual_seed(0)
+net = Net()
+light = (count_macs(net, (2, 3, 8, 8)), layer_macs(net, (2, 3, 8, 8)))
+light_is_torchs = type(_flop_counter()) is __import__("torch.utils.flop_counter").utils.flop_counter.FlopCounterMode
+dynamo_after_light = "torch._dynamo" in sys.modules
+import torch._dynamo  # noqa: F401,E402 - from here on the library uses torch's own FlopCounterMode
+from torch.utils.flop_counter import FlopCounterMode  # noqa: E402
+with FlopCounterMode(display=False) as c, torch.no_grad():
+    net(torch.randn(2, 3, 8, 8))
+print(json.dumps({"light": light, "dynamo_after_light": dynamo_after_light, "light_is_torchs": light_is_torchs,
+                  "standard_is_torchs": type(_flop_counter()) is FlopCounterMode, "reference": c.get_total_flops() // 2,
+                  "standard": (count_macs(net, (2, 3, 8, 8)), layer_macs(net, (2, 3, 8, 8)))}))
+"""
+
+
+def test_macs_counted_without_importing_dynamo_equal_flop_counter_modes():
+    """In a fresh process the count runs without importing torch._dynamo (~1.4 s) and gives exactly what
+    torch's FlopCounterMode gives, module attribution included; once dynamo is loaded the library uses
+    FlopCounterMode itself, with the same numbers."""
+    import json
+    import subprocess
+    import sys
+
+    out = subprocess.run([sys.executable, "-c", _FRESH_PROCESS_COUNT], capture_output=True, text=True, check=True,
+                         env={**__import__("os").environ, "OMP_NUM_THREADS": "1"})
+    got = json.loads(out.stdout.strip().splitlines()[-1])
+    assert got["dynamo_after_light"] is False
+    assert got["light_is_torchs"] is False and got["standard_is_torchs"] is True
+    total, per_layer = got["light"]
+    assert total == got["reference"] > 0
+    assert [total, per_layer] == got["standard"]
+    # conv 2*8*27*64, grouped 2*8*18*36, fc 2*36*8*6; the attention's matmuls belong to no layer
+    assert per_layer == {"conv": 2 * 8 * 27 * 64, "grouped": 2 * 8 * 18 * 36, "fc": 2 * 36 * 8 * 6}
+    assert total > sum(per_layer.values())

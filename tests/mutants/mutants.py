@@ -830,4 +830,15 @@ MUTANTS = [
          replacement="            fit_var = ((solved @ acc[\"gram\"][keep][:, keep]) * solved).sum(1)\n",
          tests=COMPENSATION,
          why="the rescale measures the fit by its mean square instead of its variance"),
+    # metrics: the count without torch._dynamo
+    dict(name="macs-light-counter-unused", file="greedyprune/metrics.py",
+         original="    if _LIGHT_COUNTER is None or \"torch._dynamo\" in sys.modules:\n",
+         replacement="    if True:\n",
+         tests=["tests/test_metrics.py::test_macs_counted_without_importing_dynamo_equal_flop_counter_modes"],
+         why="every MAC count imports torch._dynamo (1.4 s on the first prune_model call of a process)"),
+    dict(name="macs-light-counter-always", file="greedyprune/metrics.py",
+         original="    if _LIGHT_COUNTER is None or \"torch._dynamo\" in sys.modules:\n",
+         replacement="    if _LIGHT_COUNTER is None:\n",
+         tests=["tests/test_metrics.py::test_macs_counted_without_importing_dynamo_equal_flop_counter_modes"],
+         why="the dynamo-free counter is used even once dynamo is loaded (a compiled forward would be traced)"),
 ]
