@@ -13,7 +13,8 @@ costs one calibration forward, cut at its last reader.
   other channel groups (a concatenation) are *fixed* columns, kept and refitted with the chosen ones.
 * A depthwise convolution passes each kept channel through: its group's readers are the next layers that
   mix channels, which is where Torch-Pruning's dependency graph puts them.
-* The statistics are sums over the calibration positions (products in float32, sums in float64); a reader
+* The statistics are sums over the calibration positions (each batch's products and sums in float32,
+  their running sums in float64); a reader
   with far more positions than its columns need (an early, high-resolution layer) uses a seeded subset of
   at most ``max(64 * columns, 8192)`` of them.
 * Each output of a reader is weighted by the inverse of its variance on the calibration set (the batch norm
@@ -85,16 +86,57 @@ def _padding_child(module: nn.Module):
     return pad if isinstance(pad, nn.Module) else None
 
 
-def patches(module: nn.Module, x: torch.Tensor, channels: slice = slice(None)) -> torch.Tensor:
-    """(columns, positions): a reader's input as the columns its 2-d weight multiplies."""
-    if isinstance(module, nn.Linear):
-        return x.reshape(-1, x.shape[-1]).T
+def _conv_input(module: nn.Module, x: torch.Tensor, channels: slice) -> tuple[torch.Tensor, tuple[int, int]]:
+    """A conv reader's input as its kernel reads it and the zero padding still to apply: a padding child
+    (``Conv2dStaticSamePadding``) applied, then string padding ("same", "valid") or a ``padding_mode`` other
+    than zeros applied the way ``nn.Conv2d`` applies it, then the channels sliced."""
     pad = _padding_child(module)
     if pad is not None:
         x = pad(x)
-    x = x[:, channels]
-    cols = F.unfold(x, module.kernel_size, module.dilation, module.padding, module.stride)  # (B, C*k*k, L)
-    return cols.transpose(0, 1).reshape(cols.shape[1], -1)
+    padding = module.padding
+    if isinstance(padding, str) or module.padding_mode != "zeros":
+        mode = "constant" if module.padding_mode == "zeros" else module.padding_mode
+        x = F.pad(x, module._reversed_padding_repeated_twice, mode=mode)
+        padding = (0, 0)
+    return x[:, channels], tuple(padding)
+
+
+def positions(module: nn.Module, x: torch.Tensor) -> int:
+    """How many positions (rows of the statistics) a reader's input ``x`` gives: batch x output positions."""
+    if isinstance(module, nn.Linear):
+        return x.numel() // x.shape[-1]
+    size, padding = _conv_input(module, x[:1, :1], slice(None))
+    out = x.shape[0]
+    for i in range(2):
+        out *= ((size.shape[2 + i] + 2 * padding[i] - module.dilation[i] * (module.kernel_size[i] - 1) - 1)
+                // module.stride[i] + 1)
+    return out
+
+
+def patches(module: nn.Module, x: torch.Tensor, channels: slice = slice(None),
+            keep: torch.Tensor | None = None) -> torch.Tensor:
+    """(columns, positions): a reader's input as the columns its 2-d weight multiplies; ``keep``: only those
+    positions (indices into ``batch x output positions``, gathered without unfolding the rest)."""
+    if isinstance(module, nn.Linear):
+        rows = x.reshape(-1, x.shape[-1])
+        return (rows if keep is None else rows[keep]).T
+    x, padding = _conv_input(module, x, channels)
+    (kh, kw), (dh, dw), (sh, sw) = module.kernel_size, module.dilation, module.stride
+    if keep is None and kh * kw == 1:  # a 1x1 kernel: unfold is a strided view's copy
+        cols = F.unfold(x, module.kernel_size, module.dilation, padding, module.stride)  # (B, C, L)
+        return cols.transpose(0, 1).reshape(cols.shape[1], -1)
+    x = F.pad(x, (padding[1], padding[1], padding[0], padding[0]))
+    height, width = x.shape[-2:]
+    out_w = (width - dw * (kw - 1) - 1) // sw + 1
+    out_hw = ((height - dh * (kh - 1) - 1) // sh + 1) * out_w
+    if keep is None:  # every position, gathered: about twice as fast as unfold's (B, C*k*k, L) and its transpose
+        keep = torch.arange(x.shape[0] * out_hw)
+    flat = x.transpose(0, 1).reshape(x.shape[1], -1)  # (C, B*H*W): one gather of whole columns below
+    b, at = keep // out_hw, keep % out_hw
+    corner = b * (height * width) + (at // out_w * sh) * width + at % out_w * sw  # (n,) top-left of each patch
+    offsets = ((torch.arange(kh) * dh * width).reshape(-1, 1) + torch.arange(kw) * dw).reshape(-1, 1)  # (kh*kw, 1)
+    picked = flat.index_select(1, (offsets + corner).reshape(-1))  # (C, kh*kw*n)
+    return picked.reshape(-1, keep.numel())  # (C*kh*kw, n), unfold's column order
 
 
 def outputs2d(module: nn.Module, y: torch.Tensor) -> torch.Tensor:
@@ -232,18 +274,22 @@ def accumulate(model: nn.Module, subs: list[SubReader], inputs: torch.Tensor,
                     except _Captured:
                         pass
                 for sub, acc in zip(subs, sums):
-                    p = patches(sub.module, captured[sub.name], sub.channels).float()
+                    x = captured[sub.name]
+                    columns = sub.unit_columns.numel() + sub.fixed.numel()
+                    keep = _positions((columns, positions(sub.module, x)), batches, batch)
+                    p = patches(sub.module, x, sub.channels, keep).float()
                     y = dense.target(sub.name, batch, sub.rows) if dense is not None else None
                     if batch == 0:  # the bias the target was taken without: the dense one, else the current one
                         acc["base"] = (dense.bias(sub.name, sub.rows) if y is not None
                                        else _bias_rows(sub.module, sub.rows))
-                    y = sub.weight2d().float() @ p if y is None else y.float()
-                    keep = _positions(p.shape, batches, batch)
-                    if keep is not None:
-                        p, y = p[:, keep], y[:, keep]
-                    gram, cross = (p @ p.T).double(), (p @ y.T).double()  # once: the folds share them
-                    y = y.double()
-                    sq, total, ptotal = (y * y).sum(dim=1), y.sum(dim=1), p.double().sum(dim=1)
+                    if y is None:
+                        y = sub.weight2d().float() @ p
+                    else:
+                        y = y.float() if keep is None else y[:, keep].float()
+                    # products and per-batch sums in float32 (as fast as a float32 Gram is accurate), the
+                    # running sums in float64; computed once: the folds share them
+                    gram, cross = (p @ p.T).double(), (p @ y.T).double()
+                    sq, total, ptotal = (y * y).sum(dim=1).double(), y.sum(dim=1).double(), p.sum(dim=1).double()
                     parts = [acc] + ([acc["folds"][0 if 2 * batch < batches else 1]] if folds else [])
                     for part in parts:
                         part["gram"] = part["gram"] + gram

@@ -571,3 +571,44 @@ def test_variance_rescale_never_shrinks_a_fit():
     # the bias still re-solved for that fit: the outputs' means are the target's
     torch.testing.assert_close(weights["0"].double() @ P.mean(1) + biases["0"].double(), Y.mean(1), rtol=1e-4,
                                atol=1e-6)
+
+
+@pytest.mark.filterwarnings("ignore:Using padding=.same. with even kernel")
+@pytest.mark.parametrize("make", [
+    lambda: nn.Conv2d(6, 5, 3, padding=1),
+    lambda: nn.Conv2d(6, 5, (3, 2), stride=(2, 1), padding=(1, 0), dilation=(1, 2)),
+    lambda: nn.Conv2d(6, 5, 4, padding="same"),        # even kernel: torch pads one more on the right
+    lambda: nn.Conv2d(6, 5, 3, padding="valid", stride=2),
+    lambda: nn.Conv2d(6, 5, 3, padding=2, padding_mode="reflect"),
+    lambda: nn.Conv2d(6, 5, 3, padding=1, padding_mode="circular", stride=2),
+    lambda: _Padded(6, 5, 2, stride=2),
+    lambda: nn.Conv2d(6, 6, 3, padding=1, groups=3),
+    lambda: nn.Conv2d(6, 5, 1, stride=2),
+], ids=["plain", "strided-dilated", "same-even", "valid", "reflect", "circular", "padding-child", "grouped",
+        "pointwise-strided"])
+def test_patches_reproduce_the_conv_and_sampled_patches_are_its_columns(make):
+    """A reader's patches times its 2-d weight are its own output (bias removed), whatever its padding;
+    the positions gathered by ``keep`` are exactly those columns of the full patches."""
+    from greedyprune.channels.reconstruct import outputs2d, patches, positions
+
+    torch.manual_seed(0)
+    conv = make().double()
+    x = torch.randn(3, 6, 9, 11, dtype=torch.float64)
+    y = outputs2d(conv, conv(x))
+    groups = conv.groups
+    per_in, per_out = 6 // groups, conv.out_channels // groups
+    full = []
+    for g in range(groups):
+        w = conv.weight[g * per_out:(g + 1) * per_out]
+        p = patches(conv, x, slice(g * per_in, (g + 1) * per_in))
+        torch.testing.assert_close(w.reshape(w.shape[0], -1) @ p, y[g * per_out:(g + 1) * per_out])
+        full.append(p)
+    assert positions(conv, x) == y.shape[1] == full[0].shape[1]
+    keep = torch.randperm(y.shape[1], generator=torch.Generator().manual_seed(1))[:17].sort().values
+    for g in range(groups):
+        sampled = patches(conv, x, slice(g * per_in, (g + 1) * per_in), keep)
+        assert torch.equal(sampled, full[g][:, keep])
+    lin = nn.Linear(6, 4).double()
+    z = torch.randn(2, 5, 6, dtype=torch.float64)
+    assert positions(lin, z) == 10
+    assert torch.equal(patches(lin, z, keep=keep[keep < 10]), patches(lin, z)[:, keep[keep < 10]])
