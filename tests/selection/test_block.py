@@ -166,6 +166,48 @@ def test_cross_validated_ridge_is_the_lowest_held_out_error_of_the_explicit_refi
     assert len(picks - {GRID[0], GRID[-1]}) >= 2, picks  # the cases do not all choose an end of the grid
 
 
+def _wide_case(seed):
+    """Fewer positions per half (12) than kept columns (48): the Grams are low rank, the low-rank path runs."""
+    g = torch.Generator().manual_seed(seed)
+    C, d, T = 70, 4, 12
+    keep = torch.randperm(C, generator=g)[:48].sort().values
+    true = torch.randn(d, C, generator=g, dtype=torch.float64) / 4
+    prior = true[:, keep] + 0.05 * (seed + 1) * torch.randn(d, len(keep), generator=g, dtype=torch.float64)
+    halves = []
+    for _ in range(2):
+        P = torch.randn(C, T, generator=g, dtype=torch.float64) + 0.3
+        halves.append((P, true @ P + 0.5 * torch.randn(d, T, generator=g, dtype=torch.float64)))
+    return halves, keep, prior, torch.rand(d, generator=g, dtype=torch.float64) + 0.2
+
+
+def test_cross_validated_ridge_with_fewer_positions_than_columns_is_the_explicit_refits_choice():
+    """The low-rank path (each half's Gram solved in its range) chooses what explicit refits on the halves
+    choose, on centred and raw statistics, and its held-out errors are theirs: checked through the grid's
+    order of errors, which the choice of every two-value sub-grid reveals."""
+    from greedyprune.selection import block
+
+    picks = set()
+    for seed in range(6):
+        halves, keep, prior, weight = _wide_case(seed)
+        if seed % 2:  # centred statistics, as the refit with a free bias uses them
+            halves = [(P - P.mean(1, keepdim=True), Y - Y.mean(1, keepdim=True)) for P, Y in halves]
+        assert 2 * (halves[0][0].shape[1] + block._RANGE_MARGIN) <= len(keep)  # the low-rank branch
+        errors = [sum(_held_out_error(*halves[i], *halves[1 - i], keep, prior, r, weight) for i in (0, 1))
+                  for r in GRID]
+        best = min(errors)
+        want = max(r for r, e in zip(GRID, errors) if e <= best + 1e-9 * abs(best))
+        folds = [_fold(*h) for h in halves]
+        got = cross_validated_ridge(folds, keep, prior, out_weight=weight, grid=GRID)
+        assert got == want, (seed, errors)
+        for a in range(len(GRID)):
+            for b in range(a + 1, len(GRID)):
+                pair = (GRID[a], GRID[b])
+                pair_want = GRID[b] if errors[b] <= errors[a] * (1 + 1e-9) else GRID[a]
+                assert cross_validated_ridge(folds, keep, prior, out_weight=weight, grid=pair) == pair_want
+        picks.add(got)
+    assert len(picks) >= 2, picks
+
+
 def test_equal_held_out_errors_choose_the_largest_ridge():
     g = torch.Generator().manual_seed(9)
     folds = [_fold(torch.randn(4, 10, generator=g, dtype=torch.float64), torch.randn(2, 10, generator=g,
