@@ -55,6 +55,9 @@ target's variance or less)."""
 CURVE_POINTS = 64
 """Points of each group's reconstruction-error curve for adaptive budgets (units added per step: U / 64)."""
 _MAX_TARGET_BYTES = 6 * 2 ** 30
+MAX_GRAM_BYTES = 6 * 2 ** 30
+"""The most memory a reader's float64 statistics (its Gram and those of the two cross-validation halves) may
+take: a reader with more columns (VGG-16's 25,088-input classifier: 15 GiB) is refused before any work."""
 
 
 class _Captured(Exception):
@@ -169,6 +172,13 @@ def sub_readers(model: nn.Module, group: ChannelGroup) -> list[SubReader]:
         unit = torch.full((in_width,), -1, dtype=torch.long)
         unit[idx] = unit_of_channel[root]
         per_in, per_out = in_width // groups, module.weight.shape[0] // groups
+        gram_bytes = 3 * 8 * (per_in * kernel) ** 2  # float64 sums and their two cross-validation halves
+        if gram_bytes > MAX_GRAM_BYTES:
+            raise UnsupportedLayerError(
+                f"objective='local': reader {name!r} of group {group.name!r} reads {per_in * kernel:,} columns "
+                f"({per_in} channels x {kernel} positions); its statistics would take {gram_bytes / 2 ** 30:.1f} GiB "
+                f"(the limit is {MAX_GRAM_BYTES / 2 ** 30:.0f} GiB). Leave the group whole with "
+                f"skip=[{group.writers[0]!r}] (or unsupported='skip'), or use objective='network'")
         for g in range(groups):
             local = unit[g * per_in:(g + 1) * per_in].repeat_interleave(kernel)  # unit of each column, -1 fixed
             cols = [torch.nonzero(local == u).flatten() for u in range(U)]

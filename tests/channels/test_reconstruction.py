@@ -612,3 +612,28 @@ def test_patches_reproduce_the_conv_and_sampled_patches_are_its_columns(make):
     z = torch.randn(2, 5, 6, dtype=torch.float64)
     assert positions(lin, z) == 10
     assert torch.equal(patches(lin, z, keep=keep[keep < 10]), patches(lin, z)[:, keep[keep < 10]])
+
+
+def test_a_reader_too_wide_for_its_statistics_is_refused_before_any_work(monkeypatch):
+    """A reader whose Gram sums would not fit (VGG-16's classifier reads 25,088 columns) is refused by the
+    up-front check, naming the reader, the size and the way out; unsupported="skip" leaves its group whole."""
+    from greedyprune.channels import reconstruct
+    from greedyprune.channels.groups import UnsupportedLayerError
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(), nn.Conv2d(8, 8, 3, padding=1), nn.ReLU(),
+                          nn.Conv2d(8, 6, 3, padding=1), nn.ReLU(), nn.Flatten(), nn.Linear(6 * 8 * 8, 5)).eval()
+    X, y = torch.randn(32, 3, 8, 8), torch.randint(0, 5, (32,))
+    # the Linear reads 384 columns: 3 * 8 * 384^2 bytes = 3.4 MiB; the conv reads 72 columns
+    monkeypatch.setattr(reconstruct, "MAX_GRAM_BYTES", 3 * 8 * 300 ** 2)
+    calls = []
+    monkeypatch.setattr(reconstruct, "accumulate", lambda *a, **k: calls.append(1) or pytest.fail("computed"))
+    with pytest.raises(UnsupportedLayerError, match=r"reader '7' of group '4' reads 384 columns .*skip=\['4'\]"):
+        prune_model(copy.deepcopy(model), (X, y), keep_ratio=0.5, objective="local", eval_examples=8)
+    monkeypatch.undo()
+    monkeypatch.setattr(reconstruct, "MAX_GRAM_BYTES", 3 * 8 * 300 ** 2)
+    with pytest.warns(UserWarning, match="left whole.*reads 384 columns"):
+        result = prune_model(copy.deepcopy(model), (X, y), keep_ratio=0.5, objective="local", unsupported="skip",
+                             eval_examples=8)
+    assert result.model[4].out_channels == 6 and len(result.kept["2"]) == 4 == result.model[2].out_channels
+    assert not calls
