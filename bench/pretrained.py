@@ -149,7 +149,7 @@ def parse_args(argv=None):
     p.add_argument("--budgets", default="0.7,0.5", help="fractions of the dense multiply-adds kept")
     p.add_argument("--methods", default="gfs,gfs-uniform," + ",".join(BASELINES))
     p.add_argument("--network", action="store_true", help="also the network objective (gfs-network; slow on CPU)")
-    p.add_argument("--calib-crops", type=int, default=8, help="random crops per calibration image")
+    p.add_argument("--calib-crops", type=int, default=16, help="random crops per calibration image")
     p.add_argument("--distill-steps", type=int, default=40)
     p.add_argument("--distill-batch", type=int, default=8)
     p.add_argument("--distill-lr", type=float, default=1e-4)

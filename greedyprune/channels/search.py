@@ -63,8 +63,11 @@ __all__ = ["BN_MODES", "EVALUATORS", "OBJECTIVES", "NetworkScorer", "PruneOption
 RECALIBRATE_EACH_GROUP = False
 DEFAULT_RECALIBRATE = 512
 """Examples the batch-norm statistics are re-estimated on by default (objectives other than "local")."""
-PROBE_EXAMPLES = 256
-"""Calibration examples on which ``recalibrate=None`` compares the outputs with and without re-estimated statistics."""
+PROBE_EXAMPLES = 64
+"""Calibration examples on which ``recalibrate=None`` re-estimates the statistics and compares the outputs with
+and without them: evenly spaced through the calibration set (which may list the crops of one image together).
+Four forwards over them (the first 256 before: with 160 calibration crops of EfficientNet-Lite0 the same choice
+and the same pruned network, in 144-154 s instead of 162-204 s)."""
 SearchOptions = PruneOptions
 """The former name of :class:`PruneOptions` (the search reads the resolved copy, ``options.resolved(...)``)."""
 
@@ -211,7 +214,8 @@ def prune_model(
         search.dense = dense_targets(model, groups, search.local_inputs)
     auto_recalibrate = auto_recalibrate and has_batch_norm(model)
     if auto_recalibrate:
-        probe = search.local_inputs[:PROBE_EXAMPLES]
+        n = search.local_inputs.shape[0]
+        probe = search.local_inputs[torch.linspace(0, n - 1, min(n, PROBE_EXAMPLES)).round().long()]
         dense_probe = log_probs(model, probe)
     stop.plan(PlanContext(model, groups, example, DG, curves=lambda: loss_curves(search, groups)))
     if options.objective == "network":
