@@ -108,12 +108,15 @@ def positions(module: nn.Module, x: torch.Tensor) -> int:
     """How many positions (rows of the statistics) a reader's input ``x`` gives: batch x output positions."""
     if isinstance(module, nn.Linear):
         return x.numel() // x.shape[-1]
-    size, padding = _conv_input(module, x[:1, :1], slice(None))
-    out = x.shape[0]
-    for i in range(2):
-        out *= ((size.shape[2 + i] + 2 * padding[i] - module.dilation[i] * (module.kernel_size[i] - 1) - 1)
-                // module.stride[i] + 1)
-    return out
+    size, (ph, pw) = _conv_input(module, x[:1, :1], slice(None))
+    out_h, out_w = _output_size(module, size.shape[-2] + 2 * ph, size.shape[-1] + 2 * pw)
+    return x.shape[0] * out_h * out_w
+
+
+def _output_size(module: nn.Module, height: int, width: int) -> tuple[int, int]:
+    """A conv's output height and width on an input of ``height x width`` (its padding already applied)."""
+    (kh, kw), (dh, dw), (sh, sw) = module.kernel_size, module.dilation, module.stride
+    return (height - dh * (kh - 1) - 1) // sh + 1, (width - dw * (kw - 1) - 1) // sw + 1
 
 
 def patches(module: nn.Module, x: torch.Tensor, channels: slice = slice(None),
@@ -130,8 +133,8 @@ def patches(module: nn.Module, x: torch.Tensor, channels: slice = slice(None),
         return cols.transpose(0, 1).reshape(cols.shape[1], -1)
     x = F.pad(x, (padding[1], padding[1], padding[0], padding[0]))
     height, width = x.shape[-2:]
-    out_w = (width - dw * (kw - 1) - 1) // sw + 1
-    out_hw = ((height - dh * (kh - 1) - 1) // sh + 1) * out_w
+    out_h, out_w = _output_size(module, height, width)
+    out_hw = out_h * out_w
     if keep is None:  # every position, gathered: about twice as fast as unfold's (B, C*k*k, L) and its transpose
         keep = torch.arange(x.shape[0] * out_hw)
     flat = x.transpose(0, 1).reshape(x.shape[1], -1)  # (C, B*H*W): one gather of whole columns below
