@@ -439,8 +439,10 @@ MUTANTS = [
          tests=["tests/selection/test_block.py"],
          why="the held-out error ||VP - Y||^2 loses the factor 2 of its cross term"),
     dict(name="cv-ridge-unweighted", file="greedyprune/selection/block.py",
-         original="            per_out = quad - 2 * (z * out_b).sum(0) + sq\n            errors[i] += float((per_out * w).sum())\n",
-         replacement="            per_out = quad - 2 * (z * out_b).sum(0) + sq\n            errors[i] += float(per_out.sum())\n",
+         original=("            per_out = quad - 2 * (z * out_b).sum(0) + sq\n"
+                   "            errors[i] += float((per_out * w).sum())\n"),
+         replacement=("            per_out = quad - 2 * (z * out_b).sum(0) + sq\n"
+                      "            errors[i] += float(per_out.sum())\n"),
          tests=["tests/selection/test_block.py"],
          why="the held-out error ignores the outputs' weights"),
     dict(name="cv-ridge-low-rank-unweighted", file="greedyprune/selection/block.py",
