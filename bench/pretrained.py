@@ -29,7 +29,9 @@ the outputs there closer to the dense network's (``recalibrate=None``,
 (``--always-recalibrate``: always re-estimated; on this protocol re-estimating alone costs the *dense*
 network 22% agreement). Then each is
 distilled with the same recipe (:func:`greedyprune.training.distill.distill`: ``--distill-steps`` Adam
-steps of ``--distill-batch`` fresh random calibration crops, KL to the dense outputs) and measured again.
+steps of ``--distill-batch`` fresh random crops of the first 8 calibration images, KL to the dense outputs,
+keeping the weights with the lowest KL on the ten crops of the last ``--distill-holdout`` (2) calibration
+images, measured before the first step and after every fifth of the steps) and measured again.
 Rows are appended to ``--out`` as they finish (a rerun skips finished rows); the last line reads
 ``GFS vs best baseline at 50% MACs: agreement X vs Y``.
 """
@@ -153,6 +155,9 @@ def parse_args(argv=None):
     p.add_argument("--distill-steps", type=int, default=40)
     p.add_argument("--distill-batch", type=int, default=8)
     p.add_argument("--distill-lr", type=float, default=1e-4)
+    p.add_argument("--distill-holdout", type=int, default=2,
+                   help="calibration images whose ten crops the distillation holds out: it keeps the weights with "
+                        "the lowest KL on them (0: no held-out set, the last step's weights)")
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--always-recalibrate", action="store_true",
                    help="re-estimate every baseline's batch-norm statistics (default: only when that brings the "
@@ -187,8 +192,17 @@ def main(argv=None) -> int:
     done = {(r["method"], r["budget"]) for r in rows}
     methods = [m for m in args.methods.split(",") if m] + (["gfs-network"] if args.network else [])
 
+    # the distillation draws crops of the first calibration images and keeps the weights that do best on the
+    # ten crops of the last --distill-holdout ones (which pruning saw; the evaluation images stay unseen)
+    n_hold = args.distill_holdout
+    if not 0 <= n_hold < len(calib_imgs):
+        raise SystemExit(f"--distill-holdout must be 0..{len(calib_imgs) - 1}, got {n_hold}")
+    distill_imgs = calib_imgs[:len(calib_imgs) - n_hold]
+    holdout_x = (normalise(torch.stack([c for img in calib_imgs[len(distill_imgs):] for c in ten_crops(img)]))
+                 if n_hold else None)
+
     def crops(step, gen):
-        return random_crops(calib_imgs, args.distill_batch, gen)
+        return random_crops(distill_imgs, args.distill_batch, gen)
 
     for budget in [float(b) for b in args.budgets.split(",")]:
         for method in methods:
@@ -218,17 +232,20 @@ def main(argv=None) -> int:
             if args.distill_steps:
                 student = copy.deepcopy(pruned)
                 t0 = time.perf_counter()
-                distill(student, model, crops, steps=args.distill_steps, lr=args.distill_lr, seed=args.seed)
+                record = distill(student, model, crops, steps=args.distill_steps, lr=args.distill_lr, seed=args.seed,
+                                 holdout=holdout_x, eval_every=max(1, args.distill_steps // 5))
                 tuned = measure(student, dense_eval, eval_x, centre_x, labels, dense_macs, dense_params, args.threads)
                 row.update({f"distilled_{k}": v for k, v in tuned.items() if k in ("agreement", "kl", "top1")},
-                           distill_seconds=time.perf_counter() - t0)
+                           distill_seconds=time.perf_counter() - t0, distill_best_step=record.best_step,
+                           distill_holdout=record.holdout)
             rows.append(row)
             args.out.parent.mkdir(parents=True, exist_ok=True)
             args.out.write_text(json.dumps(rows, indent=1))
             print(f"{method:>12} {budget:.2f}: MACs {row['macs']:.3f} params {row['params']:.3f} | agreement "
                   f"{row['agreement']:.3f} KL {row['kl']:.3f} top-1 {row['top1']:.2f} | distilled "
                   f"{row.get('distilled_agreement', float('nan')):.3f} / {row.get('distilled_kl', float('nan')):.3f}"
-                  f" / {row.get('distilled_top1', float('nan')):.2f} | {row['latency_ms']:.1f} ms, pruned in "
+                  f" / {row.get('distilled_top1', float('nan')):.2f} (kept step {row.get('distill_best_step')}) | "
+                  f"{row['latency_ms']:.1f} ms, pruned in "
                   f"{seconds:.1f} s", flush=True)
     print_table(rows, dense)
     return 0

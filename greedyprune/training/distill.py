@@ -9,6 +9,13 @@ small learning rate; batch norms kept in eval mode (their statistics are the rec
 batches would only add noise), so only the weights move; the teacher is never changed. Inputs come from a
 tensor (mini-batches drawn with a seeded generator) or a callable ``inputs(step, generator) -> batch`` (fresh
 random crops per step, say). Deterministic for a seed.
+
+A few calibration inputs can be fitted rather than learnt from: on ten ImageNet images, 20 steps lowered the
+pruned network's agreement with the dense one on other images (``bench/pretrained.py``). Pass ``holdout=``
+(inputs the steps never see, e.g. a few of the user's images kept aside): the KL on them is measured before the
+first step and every ``eval_every`` steps, and the student ends with the weights of the best measurement, its
+own pruned weights if no step helped. The held-out measurements use no random numbers, so the steps are those of
+a run without ``holdout``.
 """
 from __future__ import annotations
 
@@ -21,12 +28,35 @@ from torch import nn
 from ..checks import check_int, check_number
 from ..errors import InvalidOptionError, InvalidTypeError
 
-__all__ = ["distill"]
+__all__ = ["distill", "DistillLosses"]
+
+
+class DistillLosses(list):
+    """The loss of every step (a list, as before ``holdout=``), with the held-out record: ``holdout``, the
+    ``(steps taken, KL on the held-out inputs)`` pairs measured, and ``best_step``, the number of steps whose
+    weights the student kept (``steps`` when there was no held-out set)."""
+
+    def __init__(self, losses=(), holdout=(), best_step=0):
+        super().__init__(losses)
+        self.holdout = list(holdout)
+        self.best_step = best_step
+
+
+def _holdout_kl(student: nn.Module, targets: list[tuple[torch.Tensor, torch.Tensor]], temperature: float) -> float:
+    """``T^2 KL(teacher_T || student_T)`` averaged over every held-out example (float64 sums)."""
+    total, count = 0.0, 0
+    with torch.no_grad():
+        for x, target in targets:
+            log_student = F.log_softmax(student(x).double() / temperature, dim=-1)
+            total += float((target.exp() * (target - log_student)).sum())
+            count += x.shape[0]
+    return total / count * temperature ** 2
 
 
 def distill(student: nn.Module, teacher: nn.Module, inputs: torch.Tensor | Callable, *, steps: int = 50,
             lr: float = 1e-4, batch_size: int = 16, temperature: float = 1.0, seed: int = 0,
-            progress: bool = False) -> list[float]:
+            holdout: torch.Tensor | None = None, eval_every: int | None = None,
+            progress: bool = False) -> DistillLosses:
     """Fine-tune ``student`` in place to match ``teacher``'s outputs on unlabelled ``inputs``.
 
     Args:
@@ -38,10 +68,14 @@ def distill(student: nn.Module, teacher: nn.Module, inputs: torch.Tensor | Calla
         batch_size: examples per step (drawn from a tensor ``inputs``).
         temperature: softmax temperature T of the KL divergence (scaled by T^2).
         seed: seeds the batches.
+        holdout: optional (M, ...) tensor of inputs the steps never draw: the student keeps the weights with the
+            lowest KL to the teacher on them, measured before the first step, every ``eval_every`` steps and
+            after the last (its own weights if no step lowered it).
+        eval_every: steps between held-out measurements (default: a tenth of ``steps``, at least 1).
         progress: show a progress bar.
 
     Returns:
-        The loss of every step.
+        The loss of every step (:class:`DistillLosses`, a list), with the held-out record.
     """
     steps = check_int("steps", steps, 0)
     batch_size = check_int("batch_size", batch_size, 1)
@@ -52,12 +86,26 @@ def distill(student: nn.Module, teacher: nn.Module, inputs: torch.Tensor | Calla
                                f"{type(inputs).__name__}")
     if isinstance(inputs, torch.Tensor) and (inputs.dim() == 0 or inputs.shape[0] == 0):
         raise InvalidOptionError("inputs is empty: pass at least one calibration input")
+    if holdout is not None:
+        if not isinstance(holdout, torch.Tensor):
+            raise InvalidTypeError(f"holdout must be a tensor of inputs kept out of the steps, got "
+                                   f"{type(holdout).__name__}")
+        if holdout.dim() == 0 or holdout.shape[0] == 0:
+            raise InvalidOptionError("holdout is empty: pass at least one held-out input, or holdout=None")
+    eval_every = max(1, steps // 10) if eval_every is None else check_int("eval_every", eval_every, 1)
     generator = torch.Generator().manual_seed(seed)
     params = [p for p in student.parameters() if p.requires_grad]
     optimizer = torch.optim.Adam(params, lr=lr)
     teacher.eval()
     student.eval()
-    losses = []
+    losses = DistillLosses(best_step=steps)
+    if holdout is not None:
+        with torch.no_grad():
+            targets = [(x, F.log_softmax(teacher(x).double() / temperature, dim=-1))
+                       for x in holdout.split(max(batch_size, 64))]
+        best = _holdout_kl(student, targets, temperature)
+        losses.holdout.append((0, best))
+        losses.best_step, best_state = 0, {k: v.clone() for k, v in student.state_dict().items()}
     iterator = range(steps)
     if progress:
         from tqdm.auto import tqdm
@@ -79,5 +127,13 @@ def distill(student: nn.Module, teacher: nn.Module, inputs: torch.Tensor | Calla
             loss.backward()
             optimizer.step()
         losses.append(float(loss.detach()))
+        if holdout is not None and ((step + 1) % eval_every == 0 or step + 1 == steps):
+            kl = _holdout_kl(student, targets, temperature)
+            losses.holdout.append((step + 1, kl))
+            if kl < best:
+                best, losses.best_step = kl, step + 1
+                best_state = {k: v.clone() for k, v in student.state_dict().items()}
+    if holdout is not None and losses.best_step != steps:
+        student.load_state_dict(best_state)
     student.eval()
     return losses

@@ -55,3 +55,56 @@ def test_batches_come_from_the_seeded_generator_and_the_teacher_and_the_statisti
     assert all(torch.equal(v, student.state_dict()[k]) for k, v in stats.items())  # batch norms in eval mode
     assert not student.training
     assert _kl_by_hand(teacher, student, X, 2.0) < _kl_by_hand(teacher, _net(1).eval(), X, 2.0)  # it did distil
+
+
+def _fresh_run(steps, X, **kw):
+    student = _net(1)
+    distill(student, _net(0), X, steps=steps, **kw)
+    return student
+
+
+@pytest.mark.parametrize("lr, eval_every", [(3e-3, 4), (0.2, 2)])
+def test_a_held_out_set_keeps_the_weights_of_its_best_measurement(lr, eval_every):
+    """The student ends as a run of ``best_step`` steps without ``holdout`` (the measurements draw no random
+    numbers), its KL on the held-out inputs is the record's lowest, the record's steps are 0, every
+    ``eval_every`` and the last, and each value is the KL computed by hand at that many steps."""
+    X = torch.randn(20, 6, generator=torch.Generator().manual_seed(4))
+    H = 3 * torch.randn(9, 6, generator=torch.Generator().manual_seed(5)) + 2  # not where the steps draw from
+    kw = dict(lr=lr, batch_size=5, temperature=2.0, seed=9)
+    student = _net(1)
+    losses = distill(student, _net(0), X, steps=10, holdout=H, eval_every=eval_every, **kw)
+    assert len(losses) == 10
+    assert [s for s, _ in losses.holdout] == sorted({0, *range(eval_every, 10, eval_every), 10})
+    for s, kl in losses.holdout:
+        assert kl == pytest.approx(_kl_by_hand(_net(0).eval(), _fresh_run(s, X, **kw).eval(), H, 2.0), rel=1e-6)
+    assert losses.best_step == min(losses.holdout, key=lambda p: p[1])[0]
+    assert 0 < losses.best_step < 10 if lr == 0.2 else losses.best_step == 10  # a middle one is restored
+    want = _fresh_run(losses.best_step, X, **kw)
+    assert all(torch.equal(v, want.state_dict()[k]) for k, v in student.state_dict().items())
+    assert not student.training
+
+
+def test_steps_that_only_hurt_the_held_out_set_leave_the_pruned_weights():
+    """A linear student equal to the teacher on the held-out inputs (they live on the last three coordinates, the
+    student's error on the first three): every step moves the bias, so every measurement after the first is
+    worse, and the student must end with its own weights."""
+    torch.manual_seed(0)
+    teacher = nn.Linear(6, 5)
+    student = copy.deepcopy(teacher)
+    with torch.no_grad():
+        student.weight[:, :3] += torch.randn(5, 3)
+    start = copy.deepcopy(student.state_dict())
+    X, H = torch.randn(20, 6), torch.randn(9, 6)
+    X[:, 3:], H[:, :3] = 0, 0
+    losses = distill(student, teacher, X, steps=6, lr=0.1, batch_size=5, seed=9, holdout=H, eval_every=2)
+    assert losses.holdout[0] == (0, pytest.approx(0.0, abs=1e-12))
+    assert losses.best_step == 0 and all(kl > 1e-6 for _, kl in losses.holdout[1:])
+    assert all(torch.equal(v, start[k]) for k, v in student.state_dict().items())
+
+
+@pytest.mark.parametrize("holdout, message", [([[0.0] * 6], "holdout must be a tensor"),
+                                              (torch.zeros(0, 6), "holdout is empty")])
+def test_a_bad_holdout_is_refused_by_name(holdout, message):
+    from greedyprune.errors import InvalidOptionError, InvalidTypeError
+    with pytest.raises((InvalidOptionError, InvalidTypeError), match=message):
+        distill(_net(1), _net(0), torch.randn(4, 6), steps=2, holdout=holdout)
