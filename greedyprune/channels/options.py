@@ -19,7 +19,8 @@ from ..errors import InvalidTypeError
 from ..checks import check_choice, check_int, check_number
 from ..options import document_fields, option, renamed_fields
 
-__all__ = ["BN_MODES", "BUDGET_CURVES", "EVALUATORS", "OBJECTIVES", "UNSUPPORTED", "COMPENSATE", "PruneOptions"]
+__all__ = ["BN_MODES", "BUDGET_CURVES", "EVALUATORS", "MEMORY_FORMATS", "OBJECTIVES", "UNSUPPORTED", "COMPENSATE",
+           "PruneOptions"]
 
 EVALUATORS = ("auto", "fast", "reference")
 """The values of :attr:`PruneOptions.evaluator`."""
@@ -41,6 +42,7 @@ BN_MODES = ("auto", "batch", "running")
 BUDGET_CURVES = ("local", "network", "sensitivity")
 UNSUPPORTED = ("error", "skip")
 COMPENSATE = ("mean-var", "mean", "none")
+MEMORY_FORMATS = ("auto", "channels_last", "keep")
 
 
 @renamed_fields("'method' means what selects the units", method="evaluator")
@@ -146,6 +148,14 @@ class PruneOptions:
         network objective, "network" (each group grown on the dense network with the held-out loss measured
         about ``curve_points`` times: a network search per group, slow on a CPU).""")
 
+    memory_format: str = option("auto", """the layout of the convolutions' weights while pruning
+        (:mod:`greedyprune.channels.layout`): "auto" (default) channels-last on a CPU, where its convolutions run
+        faster (EfficientNet-Lite0 pruned to 70% of its multiply-adds on 2 CPU cores: 143 s instead of 191 s, the
+        same network to 3 digits of its agreement and KL), unless the model has no 2-d convolution, already holds
+        channels-last weights or does not compute the same in that layout; "channels_last" (an error if the model
+        does not compute the same); "keep" (the model's own). The pruned model comes back in the layout it came
+        in.""")
+
     def validate(self) -> PruneOptions:
         """A checked copy: integers as Python ints, numbers as floats; ``TypeError`` for a wrong type,
         :class:`~greedyprune.errors.InvalidOptionError` for a value out of range or not among the choices.
@@ -176,6 +186,7 @@ class PruneOptions:
             calibration=check_int("calibration", self.calibration, 1, allow_none=True),
             check=_flag("check", self.check),
             unsupported=check_choice("unsupported", self.unsupported, UNSUPPORTED),
+            memory_format=check_choice("memory_format", self.memory_format, MEMORY_FORMATS),
         )
 
     def resolved(self, *, objective: str, bn: str, recalibrate: int, stack_elements: int) -> PruneOptions:

@@ -44,6 +44,7 @@ from .bn import exact_math, has_batch_norm, recalibrate_bn
 from .evaluators import (CPU_STACK_ELEMENTS, GPU_STACK_ELEMENTS, FastEvaluator, ReferenceEvaluator, checked,
                          step_rows, trace)
 from .groups import ChannelGroup, UnsupportedLayerError, find_groups, refresh_group
+from .layout import channels_last_for_run, restore_layout
 from .masks import apply_masks, fold_and_remove, group_scales
 from .options import BN_MODES, EVALUATORS, OBJECTIVES, PruneOptions
 from .budget import per_channel
@@ -194,85 +195,92 @@ def prune_model(
     eval_x, eval_y = batches.fixed(options.eval_examples)
     check_model_accepts(model, eval_x, eval_y)
     example = eval_x[:1]
-    check_train_mode(model, eval_x[:2])
-    DG, groups = find_groups(model, example, skip, extra_skip=extra_skip, unsupported=unsupported)
-    if options.check:
-        groups = preflight(model, groups, example, skip, extra_skip, unsupported)
-    if options.objective == "local":
-        groups = reconstructable(model, groups, unsupported)
-    if not groups:
-        raise InvalidOptionError(
-            "no prunable channel group: every group holds a skipped layer; pass skip=[] or fewer layers")
-    before = _measure(model, example, eval_x, eval_y)
-    calibration = None
-    if options.recalibrate and has_batch_norm(model):
-        calibration = batches.fixed(options.recalibrate)[0]
-    search = _Search(model, DG, None if local else _trace_for(model, options.evaluator), batches, options, split,
-                     device, calibration, holdout_set, eval_x[:8])
-    if local or (stop.needs_curves and options.budget_curves in ("local", "sensitivity")):
-        search.local_inputs = batches.fixed(calibration_size(options.calibration, before["macs"]))[0]
-    if options.objective == "local":
-        search.dense = dense_targets(model, groups, search.local_inputs)
-    auto_recalibrate = auto_recalibrate and has_batch_norm(model)
-    if auto_recalibrate:
-        n = search.local_inputs.shape[0]
-        probe = search.local_inputs[torch.linspace(0, n - 1, min(n, PROBE_EXAMPLES)).round().long()]
-        dense_probe = log_probs(model, probe)
-    stop.plan(PlanContext(model, groups, example, DG, curves=lambda: loss_curves(search, groups)))
-    if options.objective == "network":
-        search.plan = plan = plan_search(model, groups, example, stop.targets, options.step, options.candidates,
-                                         options.batch_size, batches.size)
-        if plan.macs > plan.budget:
-            warnings.warn(f"the network objective's search is estimated at {plan.macs / 1e12:.1f}e12 multiply-adds "
-                          f"(the default budget: {plan.budget / 1e12:.1f}e12), {plan.batch or options.batch_size} "
-                          f"examples a step: at ~1e10 a second on a CPU core, ~{plan.macs / 6e11:.0f} min. Fewer "
-                          f"candidates or a larger step= shorten it; objective='local' takes no candidate forwards",
-                          stacklevel=2)
-
-    if options.objective == "local":
-        search.prefix = prefix_inputs(model, groups, search.local_inputs)
-    kept, counts_out, records = {}, {}, []
-    bar = groups
-    if progress:
-        from tqdm.auto import tqdm
-
-        bar = tqdm(groups, desc="pruning groups", unit="group", leave=False)
-    for gi, group in enumerate(bar):
-        t0 = time.perf_counter()
-        group = refresh_group(DG, model, group)
+    converted = channels_last_for_run(model, eval_x[:2], options.memory_format, device)
+    try:
+        check_train_mode(model, eval_x[:2])
+        DG, groups = find_groups(model, example, skip, extra_skip=extra_skip, unsupported=unsupported)
+        if options.check:
+            groups = preflight(model, groups, example, skip, extra_skip, unsupported)
         if options.objective == "local":
-            counts, record, (weights, biases) = reconstruct_step(search, group, stop)
-            kept[group.name] = fold_and_remove(DG, model, group, counts, reader_weights=weights,
-                                               reader_biases=biases)
-            if search.dense is not None:
-                search.dense.removed(group, kept[group.name], model)
-        else:
-            if options.objective == "local-gfs":
-                counts, record = local_group(search, group, stop)
-            else:
-                counts, record = search_group(search, group, gi, stop)
-            kept[group.name] = _fold_checked(search, group, counts)
-        counts_out[group.name] = counts.tolist()
-        if options.objective != "local" or RECALIBRATE_EACH_GROUP:  # else recalibrated at the end
-            search.recalibrate()
-        finetune(model, batches, options.finetune_steps, options.finetune_lr, options.finetune_weight_decay)
-        record.update(kept=len(kept[group.name]), seconds=time.perf_counter() - t0)
-        records.append(record)
+            groups = reconstructable(model, groups, unsupported)
+        if not groups:
+            raise InvalidOptionError(
+                "no prunable channel group: every group holds a skipped layer; pass skip=[] or fewer layers")
+        before = _measure(model, example, eval_x, eval_y)
+        calibration = None
+        if options.recalibrate and has_batch_norm(model):
+            calibration = batches.fixed(options.recalibrate)[0]
+        search = _Search(model, DG, None if local else _trace_for(model, options.evaluator), batches, options, split,
+                         device, calibration, holdout_set, eval_x[:8])
+        if local or (stop.needs_curves and options.budget_curves in ("local", "sensitivity")):
+            search.local_inputs = batches.fixed(calibration_size(options.calibration, before["macs"]))[0]
+        if options.objective == "local":
+            search.dense = dense_targets(model, groups, search.local_inputs)
+        auto_recalibrate = auto_recalibrate and has_batch_norm(model)
+        if auto_recalibrate:
+            n = search.local_inputs.shape[0]
+            probe = search.local_inputs[torch.linspace(0, n - 1, min(n, PROBE_EXAMPLES)).round().long()]
+            dense_probe = log_probs(model, probe)
+        stop.plan(PlanContext(model, groups, example, DG, curves=lambda: loss_curves(search, groups)))
+        if options.objective == "network":
+            search.plan = plan = plan_search(model, groups, example, stop.targets, options.step, options.candidates,
+                                             options.batch_size, batches.size)
+            if plan.macs > plan.budget:
+                warnings.warn(f"the network objective's search is estimated at {plan.macs / 1e12:.1f}e12 multiply-adds "
+                              f"(the default budget: {plan.budget / 1e12:.1f}e12), {plan.batch or options.batch_size} "
+                              f"examples a step: at ~1e10 a second on a CPU core, ~{plan.macs / 6e11:.0f} min. Fewer "
+                              f"candidates or a larger step= shorten it; objective='local' takes no candidate forwards",
+                              stacklevel=2)
+
+        if options.objective == "local":
+            search.prefix = prefix_inputs(model, groups, search.local_inputs)
+        kept, counts_out, records = {}, {}, []
+        bar = groups
         if progress:
-            bar.set_postfix(group=group.name, kept=f"{len(kept[group.name])}/{group.channels}")
-    search.recalibrate()
-    recalibrated = calibration is not None
-    if auto_recalibrate:
-        recalibrated = recalibrate_if_closer(model, probe, dense_probe, batches.batch_size)
-    after = _measure(model, example, eval_x, eval_y)
-    report = PruneReport.from_measures(before, after, eval_examples=int(eval_x.shape[0]),
-                                       input_shape=list(example.shape[1:]), rule=stop.name, value=stop.value,
-                                       bn=options.bn, recalibrated=recalibrated,
-                                       holdout=0 if holdout_set is None else int(holdout_set[0].shape[0]),
-                                       step_batch=search.plan.batch or options.batch_size,
-                                       seconds=time.perf_counter() - start_time)
-    return PruneResult(model=model, kept=kept, counts=counts_out, report=report, layers=records,
-                       history=[list(h) for h in DG.pruning_history()], method="gfs")
+            from tqdm.auto import tqdm
+
+            bar = tqdm(groups, desc="pruning groups", unit="group", leave=False)
+        for gi, group in enumerate(bar):
+            t0 = time.perf_counter()
+            group = refresh_group(DG, model, group)
+            if options.objective == "local":
+                counts, record, (weights, biases) = reconstruct_step(search, group, stop)
+                kept[group.name] = fold_and_remove(DG, model, group, counts, reader_weights=weights,
+                                                   reader_biases=biases)
+                if search.dense is not None:
+                    search.dense.removed(group, kept[group.name], model)
+            else:
+                if options.objective == "local-gfs":
+                    counts, record = local_group(search, group, stop)
+                else:
+                    counts, record = search_group(search, group, gi, stop)
+                kept[group.name] = _fold_checked(search, group, counts)
+            if converted:  # the removal wrote the group's layers anew, in the default layout
+                model.to(memory_format=torch.channels_last)
+            counts_out[group.name] = counts.tolist()
+            if options.objective != "local" or RECALIBRATE_EACH_GROUP:  # else recalibrated at the end
+                search.recalibrate()
+            finetune(model, batches, options.finetune_steps, options.finetune_lr, options.finetune_weight_decay)
+            record.update(kept=len(kept[group.name]), seconds=time.perf_counter() - t0)
+            records.append(record)
+            if progress:
+                bar.set_postfix(group=group.name, kept=f"{len(kept[group.name])}/{group.channels}")
+        search.recalibrate()
+        recalibrated = calibration is not None
+        if auto_recalibrate:
+            recalibrated = recalibrate_if_closer(model, probe, dense_probe, batches.batch_size)
+        after = _measure(model, example, eval_x, eval_y)
+        report = PruneReport.from_measures(before, after, eval_examples=int(eval_x.shape[0]),
+                                           input_shape=list(example.shape[1:]), rule=stop.name, value=stop.value,
+                                           bn=options.bn, recalibrated=recalibrated,
+                                           holdout=0 if holdout_set is None else int(holdout_set[0].shape[0]),
+                                           step_batch=search.plan.batch or options.batch_size,
+                                           seconds=time.perf_counter() - start_time)
+        return PruneResult(model=model, kept=kept, counts=counts_out, report=report, layers=records,
+                           history=[list(h) for h in DG.pruning_history()], method="gfs")
+    finally:
+        if converted:  # the pruned model in the layout it came in
+            restore_layout(model)
 
 
 def search_group(search: _Search, group: ChannelGroup, index: int, stop: StoppingRule | None,

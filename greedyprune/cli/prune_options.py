@@ -55,6 +55,7 @@ OPTION_TYPES: dict[str, dict] = {
     "refit_ridge": dict(type=number(0, low_open=True)),
     "budget_curves": dict(choices=("sensitivity", "local", "network")),
     "compensate": dict(choices=("mean-var", "mean", "none")),
+    "memory_format": dict(choices=("auto", "channels_last", "keep")),
 }
 
 
