@@ -260,7 +260,11 @@ def prune_model(
             counts_out[group.name] = counts.tolist()
             if options.objective != "local" or RECALIBRATE_EACH_GROUP:  # else recalibrated at the end
                 search.recalibrate()
+            if converted and options.finetune_steps:  # see layout.py: backward passes in the default layout
+                restore_layout(model)
             finetune(model, batches, options.finetune_steps, options.finetune_lr, options.finetune_weight_decay)
+            if converted and options.finetune_steps:
+                model.to(memory_format=torch.channels_last)
             record.update(kept=len(kept[group.name]), seconds=time.perf_counter() - t0)
             records.append(record)
             if progress:

@@ -111,3 +111,20 @@ def test_a_bad_memory_format_is_refused_by_name():
     model = get_model("resnet8", in_channels=1, width=4, seed=0).eval()
     with pytest.raises(InvalidOptionError, match="memory_format"):
         prune_model(model, _data(), keep_ratio=0.5, memory_format="nhwc")
+
+
+def test_the_fine_tune_between_groups_trains_in_the_default_layout():
+    """torch 2.13's CPU backward of a channels-last 1x1 stride-2 conv corrupts memory (layout.py): the
+    fine-tune's forwards (the only ones in train mode with gradients on) must see the default layout, the rest
+    channels-last."""
+    model = get_model("resnet8", in_channels=1, width=8, seed=0).eval()
+    training, evaluating = [], []
+    for m in model.modules():
+        if isinstance(m, nn.Conv2d) and m.kernel_size != (1, 1) and m.in_channels > 1:
+            m.register_forward_pre_hook(lambda m, a: (training if m.training and torch.is_grad_enabled()
+                                                      else evaluating).append(
+                m.weight.is_contiguous(memory_format=torch.channels_last) and not m.weight.is_contiguous()))
+    result = prune_model(model, _data((1, 28, 28)), objective="network", keep_ratio=0.5, candidates=3,
+                         finetune_steps=2, eval_examples=16, inplace=True)
+    assert training and not any(training)
+    assert any(evaluating[-20:]) and _weights_contiguous(result.model)
