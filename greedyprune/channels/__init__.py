@@ -8,6 +8,7 @@
 * ``reconstruct.py`` - the block-reconstruction objective (the default for width rules), ``objectives.py`` -
   how the driver runs it; ``local.py`` - the paper's local objective (``local-gfs``);
 * ``options.py`` - :class:`PruneOptions`, every tuning option of :func:`prune_model` (fields with their help);
+* ``layout.py`` - the convolutions channels-last while pruning on a CPU (``memory_format``);
 * ``search.py`` - :func:`prune_model`, the driver;
 * ``io.py`` - :func:`save_pruned` / :func:`load_pruned` without unpickling.
 """

@@ -154,8 +154,11 @@ class PruneOptions:
         to 6 digits; 155 s instead of 178 s at 50%, where rounding turned a choice: KL 1.02 instead of 0.98),
         unless the model has no 2-d convolution, already holds
         channels-last weights or does not compute the same in that layout; "channels_last" (an error if the model
-        does not compute the same); "keep" (the model's own). The pruned model comes back in the layout it came
-        in.""")
+        does not compute the same); "keep" (the model's own). A model converted for the run comes back with its 4-d
+        weights and buffers in the default layout, as it came; one that came channels-last stays so. Tensors of
+        other ranks (a Conv3d's) are never touched. The fine-tune between groups (``finetune_steps``) always runs
+        in the default layout (torch 2.13's CPU backward of a channels-last 1x1 stride-2 conv corrupts
+        memory).""")
 
     def validate(self) -> PruneOptions:
         """A checked copy: integers as Python ints, numbers as floats; ``TypeError`` for a wrong type,

@@ -44,7 +44,7 @@ from .bn import exact_math, has_batch_norm, recalibrate_bn
 from .evaluators import (CPU_STACK_ELEMENTS, GPU_STACK_ELEMENTS, FastEvaluator, ReferenceEvaluator, checked,
                          step_rows, trace)
 from .groups import ChannelGroup, UnsupportedLayerError, find_groups, refresh_group
-from .layout import channels_last_for_run, restore_layout
+from .layout import channels_last_for_run, restore_layout, to_layout
 from .masks import apply_masks, fold_and_remove, group_scales
 from .options import BN_MODES, EVALUATORS, OBJECTIVES, PruneOptions
 from .budget import per_channel
@@ -195,7 +195,7 @@ def prune_model(
     eval_x, eval_y = batches.fixed(options.eval_examples)
     check_model_accepts(model, eval_x, eval_y)
     example = eval_x[:1]
-    converted = channels_last_for_run(model, eval_x[:2], options.memory_format, device)
+    converted, restore = channels_last_for_run(model, eval_x[:2], options.memory_format, device)
     try:
         check_train_mode(model, eval_x[:2])
         DG, groups = find_groups(model, example, skip, extra_skip=extra_skip, unsupported=unsupported)
@@ -256,15 +256,15 @@ def prune_model(
                     counts, record = search_group(search, group, gi, stop)
                 kept[group.name] = _fold_checked(search, group, counts)
             if converted:  # the removal wrote the group's layers anew, in the default layout
-                model.to(memory_format=torch.channels_last)
+                to_layout(model, torch.channels_last)
             counts_out[group.name] = counts.tolist()
             if options.objective != "local" or RECALIBRATE_EACH_GROUP:  # else recalibrated at the end
                 search.recalibrate()
-            if converted and options.finetune_steps:  # see layout.py: backward passes in the default layout
+            if options.finetune_steps:  # see layout.py: backward passes in the default layout, whoever chose
                 restore_layout(model)
             finetune(model, batches, options.finetune_steps, options.finetune_lr, options.finetune_weight_decay)
             if converted and options.finetune_steps:
-                model.to(memory_format=torch.channels_last)
+                to_layout(model, torch.channels_last)
             record.update(kept=len(kept[group.name]), seconds=time.perf_counter() - t0)
             records.append(record)
             if progress:
@@ -283,7 +283,7 @@ def prune_model(
         return PruneResult(model=model, kept=kept, counts=counts_out, report=report, layers=records,
                            history=[list(h) for h in DG.pruning_history()], method="gfs")
     finally:
-        if converted:  # the pruned model in the layout it came in
+        if restore:  # the pruned model in the layout it came in
             restore_layout(model)
 
 

@@ -71,7 +71,8 @@ def distill(student: nn.Module, teacher: nn.Module, inputs: torch.Tensor | Calla
         holdout: optional (M, ...) tensor of inputs the steps never draw: the student keeps the weights with the
             lowest KL to the teacher on them, measured before the first step, every ``eval_every`` steps and
             after the last (its own weights if no step lowered it).
-        eval_every: steps between held-out measurements (default: a tenth of ``steps``, at least 1).
+        eval_every: steps between held-out measurements (default: a tenth of ``steps``, at least 1); read only
+            with ``holdout``.
         progress: show a progress bar.
 
     Returns:
@@ -122,7 +123,12 @@ def distill(student: nn.Module, teacher: nn.Module, inputs: torch.Tensor | Calla
             log_student = F.log_softmax(student(x) / temperature, dim=-1)
             loss = F.kl_div(log_student, target, log_target=True, reduction="batchmean") * temperature ** 2
             if not torch.isfinite(loss):
-                raise FloatingPointError(f"distillation loss became {float(loss)} at step {step}; lower lr (now {lr})")
+                kept = ""
+                if holdout is not None:  # the best weights measured so far, not the diverging ones
+                    student.load_state_dict(best_state)
+                    kept = f"; the student holds the weights of step {losses.best_step}, the best held-out KL"
+                raise FloatingPointError(f"distillation loss became {float(loss.detach())} at step {step}; lower lr "
+                                         f"(now {lr}){kept}")
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()

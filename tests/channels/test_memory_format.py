@@ -6,7 +6,7 @@ import torch
 from torch import nn
 
 from greedyprune.channels import prune_model
-from greedyprune.channels.layout import channels_last_for_run
+from greedyprune.channels.layout import channels_last_for_run, restore_layout
 from greedyprune.errors import InvalidOptionError
 from greedyprune.models import get_model
 
@@ -81,20 +81,23 @@ def test_a_model_that_views_a_conv_output_is_left_alone_by_auto_and_refused_by_c
     assert seen[-1] is False and sum(seen) <= 2 and _weights_contiguous(result.model)  # only the trial forward
     with pytest.raises(InvalidOptionError, match=r"does not compute the same with channels-last.*\.view\(\).*"
                                                  r"memory_format='keep'"):
-        prune_model(model, data, keep_ratio=0.5, eval_examples=16, memory_format="channels_last")
-    assert _weights_contiguous(model)
+        prune_model(model, data, keep_ratio=0.5, eval_examples=16, memory_format="channels_last", inplace=True)
+    assert _weights_contiguous(model)  # put back before the error
 
 
 def test_auto_keeps_a_callers_channels_last_model_and_other_devices_and_layerless_models():
     model = get_model("resnet8", in_channels=1, width=4, seed=0).eval().to(memory_format=torch.channels_last)
     x = _data()[0][:2]
-    assert not channels_last_for_run(model, x, "auto", torch.device("cpu"))
+    assert channels_last_for_run(model, x, "auto", torch.device("cpu")) == (False, False)
     plain = get_model("resnet8", in_channels=1, width=4, seed=0).eval()
-    assert not channels_last_for_run(plain, x, "auto", torch.device("meta")) and _weights_contiguous(plain)
-    assert not channels_last_for_run(plain, x, "keep", torch.device("cpu")) and _weights_contiguous(plain)
-    assert channels_last_for_run(plain, x, "auto", torch.device("cpu")) and not _weights_contiguous(plain)
+    assert channels_last_for_run(plain, x, "auto", torch.device("meta")) == (False, False)
+    assert _weights_contiguous(plain)
+    assert channels_last_for_run(plain, x, "keep", torch.device("cpu")) == (False, False)
+    assert _weights_contiguous(plain)
+    assert channels_last_for_run(plain, x, "auto", torch.device("cpu")) == (True, True)
+    assert not _weights_contiguous(plain)
     mlp = nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 3))
-    assert not channels_last_for_run(mlp, torch.randn(2, 4), "auto", torch.device("cpu"))
+    assert channels_last_for_run(mlp, torch.randn(2, 4), "auto", torch.device("cpu")) == (False, False)
     with pytest.raises(InvalidOptionError, match="needs a model with 2-d convolutions"):
         channels_last_for_run(mlp, torch.randn(2, 4), "channels_last", torch.device("cpu"))
 
@@ -113,11 +116,14 @@ def test_a_bad_memory_format_is_refused_by_name():
         prune_model(model, _data(), keep_ratio=0.5, memory_format="nhwc")
 
 
-def test_the_fine_tune_between_groups_trains_in_the_default_layout():
+@pytest.mark.parametrize("caller_channels_last", [False, True])
+def test_the_fine_tune_between_groups_trains_in_the_default_layout(caller_channels_last):
     """torch 2.13's CPU backward of a channels-last 1x1 stride-2 conv corrupts memory (layout.py): the
     fine-tune's forwards (the only ones in train mode with gradients on) must see the default layout, the rest
     channels-last."""
     model = get_model("resnet8", in_channels=1, width=8, seed=0).eval()
+    if caller_channels_last:  # "auto" leaves the caller's layout, except around the fine-tune
+        model = model.to(memory_format=torch.channels_last)
     training, evaluating = [], []
     for m in model.modules():
         if isinstance(m, nn.Conv2d) and m.kernel_size != (1, 1) and m.in_channels > 1:
@@ -127,4 +133,47 @@ def test_the_fine_tune_between_groups_trains_in_the_default_layout():
     result = prune_model(model, _data((1, 28, 28)), objective="network", keep_ratio=0.5, candidates=3,
                          finetune_steps=2, eval_examples=16, inplace=True)
     assert training and not any(training)
-    assert any(evaluating[-20:]) and _weights_contiguous(result.model)
+    assert any(evaluating[-20:]) != caller_channels_last and _weights_contiguous(result.model)
+
+
+class _Asserting(nn.Module):
+    """A conv net whose forward insists on contiguous activations (a layer written for that layout)."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv, self.fc = nn.Conv2d(2, 4, 3), nn.Linear(4, 3)
+
+    def forward(self, x):
+        x = self.conv(x)
+        if not x.is_contiguous():
+            raise ValueError("expects contiguous activations")
+        return self.fc(x.mean((2, 3)))
+
+
+def test_the_trial_forward_falls_back_on_any_error_and_5d_tensors_are_left_alone():
+    x = torch.randn(2, 2, 8, 8)
+    asserting = _Asserting()
+    assert channels_last_for_run(asserting, x, "auto", torch.device("cpu")) == (False, False)
+    assert _weights_contiguous(asserting)
+    with pytest.raises(InvalidOptionError, match="ValueError: expects contiguous"):
+        channels_last_for_run(asserting, x, "channels_last", torch.device("cpu"))
+    # a 5-d tensor (a Conv3d's weight) has no channels-last form: Module.to(memory_format=...) raises on it
+    model = get_model("resnet8", in_channels=1, width=4, seed=0).eval()
+    model.volume = nn.Parameter(torch.randn(2, 3, 2, 2, 2))
+    before = model.volume.detach().clone()
+    with pytest.raises(RuntimeError, match="rank 4"):
+        copy_of = get_model("resnet8", in_channels=1, width=4, seed=0)
+        copy_of.volume = nn.Parameter(torch.randn(2, 3, 2, 2, 2))
+        copy_of.to(memory_format=torch.channels_last)  # the premise
+    assert channels_last_for_run(model, _data()[0][:2], "auto", torch.device("cpu")) == (True, True)
+    assert model.volume.is_contiguous() and torch.equal(model.volume, before) and not _weights_contiguous(model)
+    restore_layout(model)
+    assert _weights_contiguous(model)
+
+
+def test_channels_last_asked_for_a_channels_last_model_keeps_it_channels_last():
+    model = get_model("resnet8", in_channels=1, width=4, seed=0).eval().to(memory_format=torch.channels_last)
+    assert channels_last_for_run(model, _data()[0][:2], "channels_last", torch.device("cpu")) == (True, False)
+    result = prune_model(model, _data(), keep_ratio=0.5, eval_examples=16, memory_format="channels_last",
+                         inplace=True)
+    assert not _weights_contiguous(result.model)  # not put back to the default layout

@@ -108,3 +108,19 @@ def test_a_bad_holdout_is_refused_by_name(holdout, message):
     from greedyprune.errors import InvalidOptionError, InvalidTypeError
     with pytest.raises((InvalidOptionError, InvalidTypeError), match=message):
         distill(_net(1), _net(0), torch.randn(4, 6), steps=2, holdout=holdout)
+
+
+def test_a_diverging_step_leaves_the_best_held_out_weights_and_says_which():
+    X = torch.randn(20, 6, generator=torch.Generator().manual_seed(4))
+    H = 3 * torch.randn(9, 6, generator=torch.Generator().manual_seed(5)) + 2
+
+    def inputs(step, generator):  # the batches of a tensor run, then a NaN batch at step 4
+        x = X[torch.randint(20, (5,), generator=generator)]
+        return x * float("nan") if step == 4 else x
+
+    student = _net(1)
+    with pytest.raises(FloatingPointError, match=r"at step 4.*holds the weights of step (\d+)") as caught:
+        distill(student, _net(0), inputs, steps=10, lr=0.2, seed=9, holdout=H, eval_every=1)
+    best = int(__import__("re").search(r"weights of step (\d+)", str(caught.value)).group(1))
+    want = _fresh_run(best, X, lr=0.2, batch_size=5, seed=9)
+    assert all(torch.equal(v, want.state_dict()[k]) for k, v in student.state_dict().items())
