@@ -40,7 +40,8 @@ from torch.utils.flop_counter import FlopCounterMode
 from .errors import InvalidOptionError, InvalidTypeError
 from .training.loop import evaluate
 
-__all__ = ["compare_models", "count_macs", "count_parameters", "layer_macs", "measure_latency", "measure_model",
+__all__ = ["compare_models", "count_macs", "count_parameters", "layer_macs", "log_probs", "mean_kl",
+           "measure_latency", "measure_model",
            "model_device_dtype", "model_report"]
 
 DEFAULT_INPUT_SHAPE = (1, 3, 32, 32)
@@ -344,3 +345,16 @@ def compare_models(original: nn.Module, pruned: nn.Module, input_shape=DEFAULT_I
         out[f"{key}_ratio"] = ratio
         out[f"{key}_reduction"] = 1.0 - ratio
     return out
+
+
+@torch.no_grad()
+def log_probs(model: nn.Module, x: torch.Tensor, temperature: float = 1.0) -> torch.Tensor:
+    """The model's log-softmax outputs at ``temperature`` (float64, flattened per example), in batches of 64,
+    in the model's current mode."""
+    out = [model(x[i:i + 64]) for i in range(0, x.shape[0], 64)]
+    return torch.log_softmax(torch.cat(out).double().flatten(1) / temperature, dim=1)
+
+
+def mean_kl(dense: torch.Tensor, other: torch.Tensor) -> float:
+    """Mean ``KL(dense || other)`` over examples, from log-probabilities (rows)."""
+    return float((dense.exp() * (dense - other)).sum(dim=1).mean())

@@ -12,10 +12,10 @@ the same two examples each way decides, so the choice depends on the model, thos
 never on a timing. Tensors of other ranks (a Conv3d's 5-d weight) are never touched.
 
 Forward passes only. The fine-tune between groups (``finetune_steps``) runs in the default layout, whoever
-chose the model's layout: torch
-2.13's CPU backward of a channels-last 1x1 stride-2 convolution (4 -> 8 channels on 28x28 inputs, weight or
-input channels-last) corrupts memory and kills the process, while its forward gives the right outputs (checked
-on 8 such shapes, 20 draws each, under ``no_grad``, ``inference_mode`` and with gradients on).
+chose the model's layout: torch 2.13's CPU backward of a channels-last 1x1 stride-2 convolution (4 -> 8 channels
+on 28x28 inputs, weight or input channels-last) corrupts memory and kills the process, while its forward gives
+the right outputs (checked on 8 such shapes, 20 draws each, under ``no_grad``, ``inference_mode`` and with
+gradients on).
 """
 from __future__ import annotations
 
@@ -23,10 +23,9 @@ import torch
 from torch import nn
 
 from ..errors import InvalidOptionError
+from .options import MEMORY_FORMATS  # noqa: F401 - the option's values, named here too
 
 __all__ = ["MEMORY_FORMATS", "channels_last_for_run", "restore_layout", "to_layout"]
-
-from .options import MEMORY_FORMATS  # noqa: F401 - the option's values, named here too
 
 TOLERANCE = 1e-4
 """Largest difference of the outputs in the two layouts, relative to their largest magnitude (at least 1)."""

@@ -20,7 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..metrics import count_macs
+from ..metrics import count_macs, log_probs, mean_kl  # the KL helpers live in metrics (distillation reads them)
 from ..selection.block import select_units
 from .downstream import Downstream
 from .groups import ChannelGroup
@@ -41,18 +41,6 @@ def probe_size(macs_per_example: float, groups: int, available: int) -> int:
     forwards = max(1, groups * len(SENSITIVITY_FRACTIONS))
     n = int(SENSITIVITY_MACS // max(macs_per_example * forwards, 1.0))
     return max(1, min(available, 256, max(8, n)))
-
-
-@torch.no_grad()
-def log_probs(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
-    """The model's log-softmax outputs (float64, flattened per example), in batches of 64, in eval mode."""
-    out = [model(x[i:i + 64]) for i in range(0, x.shape[0], 64)]
-    return F.log_softmax(torch.cat(out).double().flatten(1), dim=1)
-
-
-def mean_kl(dense: torch.Tensor, other: torch.Tensor) -> float:
-    """Mean ``KL(dense || other)`` over examples, from log-probabilities (rows)."""
-    return float((dense.exp() * (dense - other)).sum(dim=1).mean())
 
 
 def sensitivity_curves(model: nn.Module, groups: list[ChannelGroup], inputs: torch.Tensor,

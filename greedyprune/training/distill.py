@@ -27,6 +27,7 @@ from torch import nn
 
 from ..checks import check_int, check_number
 from ..errors import InvalidOptionError, InvalidTypeError
+from ..metrics import log_probs, mean_kl
 
 __all__ = ["distill", "DistillLosses"]
 
@@ -40,17 +41,6 @@ class DistillLosses(list):
         super().__init__(losses)
         self.holdout = list(holdout)
         self.best_step = best_step
-
-
-def _holdout_kl(student: nn.Module, targets: list[tuple[torch.Tensor, torch.Tensor]], temperature: float) -> float:
-    """``T^2 KL(teacher_T || student_T)`` averaged over every held-out example (float64 sums)."""
-    total, count = 0.0, 0
-    with torch.no_grad():
-        for x, target in targets:
-            log_student = F.log_softmax(student(x).double() / temperature, dim=-1)
-            total += float((target.exp() * (target - log_student)).sum())
-            count += x.shape[0]
-    return total / count * temperature ** 2
 
 
 def distill(student: nn.Module, teacher: nn.Module, inputs: torch.Tensor | Callable, *, steps: int = 50,
@@ -101,10 +91,8 @@ def distill(student: nn.Module, teacher: nn.Module, inputs: torch.Tensor | Calla
     student.eval()
     losses = DistillLosses(best_step=steps)
     if holdout is not None:
-        with torch.no_grad():
-            targets = [(x, F.log_softmax(teacher(x).double() / temperature, dim=-1))
-                       for x in holdout.split(max(batch_size, 64))]
-        best = _holdout_kl(student, targets, temperature)
+        held = log_probs(teacher, holdout, temperature)  # KL(teacher_T || student_T) T^2 on the held-out inputs
+        best = mean_kl(held, log_probs(student, holdout, temperature)) * temperature ** 2
         losses.holdout.append((0, best))
         losses.best_step, best_state = 0, {k: v.clone() for k, v in student.state_dict().items()}
     iterator = range(steps)
@@ -134,7 +122,7 @@ def distill(student: nn.Module, teacher: nn.Module, inputs: torch.Tensor | Calla
             optimizer.step()
         losses.append(float(loss.detach()))
         if holdout is not None and ((step + 1) % eval_every == 0 or step + 1 == steps):
-            kl = _holdout_kl(student, targets, temperature)
+            kl = mean_kl(held, log_probs(student, holdout, temperature)) * temperature ** 2
             losses.holdout.append((step + 1, kl))
             if kl < best:
                 best, losses.best_step = kl, step + 1
