@@ -17,7 +17,9 @@ crops). No labels are used for pruning: the dense model's own top-1 serves where
 
 Measures, per method and multiply-add budget: top-1 agreement with the dense model and mean
 ``KL(dense || pruned)`` on the 100 evaluation crops, true top-1 on the 20 centre crops, MACs and parameters
-relative to dense, single-image CPU latency (median of 10, ``--threads`` threads) and pruning time.
+relative to dense, single-image CPU latency (median of 10, ``--threads`` threads) and pruning time. The
+agreement is also given per evaluation image (its ten crops) with a 95% bootstrap interval over the ten images
+(``agreement_ci95``: the crops of one image are not independent trials); GFS rows record each group's width.
 
 Methods: ``gfs`` - :func:`greedyprune.prune_model` with ``flops_target`` and the defaults (block
 reconstruction, adaptive widths); ``gfs-uniform`` the same with one keep fraction in every group;
@@ -134,15 +136,27 @@ def logits(model, x: torch.Tensor, batch: int = 25) -> torch.Tensor:
     return torch.cat([model(x[i:i + batch]) for i in range(0, x.shape[0], batch)])
 
 
+def image_bootstrap(per_image: torch.Tensor, draws: int = 10000) -> list[float]:
+    """95% interval of the mean agreement when the evaluation *images* are resampled (the crops of one image
+    agree or not together, so the 100 crops are not 100 independent trials); seeded, so reruns agree."""
+    g = torch.Generator().manual_seed(0)
+    idx = torch.randint(per_image.numel(), (draws, per_image.numel()), generator=g)
+    means = per_image[idx].mean(1)
+    return [round(float(torch.quantile(means, 0.025)), 3), round(float(torch.quantile(means, 0.975)), 3)]
+
+
 def measure(model, dense_eval: torch.Tensor, eval_x, centre_x, labels, dense_macs, dense_params, threads) -> dict:
     out = logits(model, eval_x)
     p_dense = F.log_softmax(dense_eval, -1)
     kl = float((p_dense.exp() * (p_dense - F.log_softmax(out, -1))).sum(-1).mean())
-    agree = float((out.argmax(-1) == dense_eval.argmax(-1)).float().mean())
+    hits = (out.argmax(-1) == dense_eval.argmax(-1)).float()
+    agree = float(hits.mean())
+    per_image = hits.view(-1, 10).mean(1)  # ten crops of each evaluation image, in image order
     top1 = float((logits(model, centre_x).argmax(-1) == torch.tensor(labels)).float().mean())
     example = eval_x[:1]
     lat = measure_latency(model, example, repeats=10, warmup=2, threads=threads)["median"]
-    return {"agreement": agree, "kl": kl, "top1": top1, "macs": count_macs(model, example) / dense_macs,
+    return {"agreement": agree, "agreement_per_image": [round(float(a), 2) for a in per_image],
+            "agreement_ci95": image_bootstrap(per_image), "kl": kl, "top1": top1, "macs": count_macs(model, example) / dense_macs,
             "params": count_parameters(model) / dense_params, "latency_ms": 1000 * lat}
 
 
@@ -208,7 +222,7 @@ def main(argv=None) -> int:
         for method in methods:
             if (method, budget) in done:
                 continue
-            start = time.perf_counter()
+            start, widths = time.perf_counter(), None
             if method.startswith("gfs"):
                 options = {"uniform": method == "gfs-uniform"}
                 if method == "gfs-network":
@@ -216,6 +230,7 @@ def main(argv=None) -> int:
                 result = prune_model(model, (calib_x, pseudo), flops_target=budget, calibration=calib_x.shape[0],
                                      eval_examples=16, progress=True, **options)
                 pruned, recalibrated = result.model, result.report["recalibrated"]
+                widths = {name: len(kept) for name, kept in result.kept.items()}
             else:
                 DG, groups = find_groups(model, example)
                 keep = uniform_keep_counts(model, groups, example, budget, DG)
@@ -229,6 +244,8 @@ def main(argv=None) -> int:
             seconds = time.perf_counter() - start
             row = {"method": method, "budget": budget, "seconds": seconds, "recalibrated": bool(recalibrated),
                    **measure(pruned, dense_eval, eval_x, centre_x, labels, dense_macs, dense_params, args.threads)}
+            if widths is not None:
+                row["widths"] = widths
             if args.distill_steps:
                 student = copy.deepcopy(pruned)
                 t0 = time.perf_counter()
@@ -237,12 +254,12 @@ def main(argv=None) -> int:
                 tuned = measure(student, dense_eval, eval_x, centre_x, labels, dense_macs, dense_params, args.threads)
                 row.update({f"distilled_{k}": v for k, v in tuned.items() if k in ("agreement", "kl", "top1")},
                            distill_seconds=time.perf_counter() - t0, distill_best_step=record.best_step,
-                           distill_holdout=record.holdout)
+                           distill_holdout=record.holdout, distilled_agreement_ci95=tuned["agreement_ci95"])
             rows.append(row)
             args.out.parent.mkdir(parents=True, exist_ok=True)
             args.out.write_text(json.dumps(rows, indent=1))
             print(f"{method:>12} {budget:.2f}: MACs {row['macs']:.3f} params {row['params']:.3f} | agreement "
-                  f"{row['agreement']:.3f} KL {row['kl']:.3f} top-1 {row['top1']:.2f} | distilled "
+                  f"{row['agreement']:.3f} {row['agreement_ci95']} KL {row['kl']:.3f} top-1 {row['top1']:.2f} | distilled "
                   f"{row.get('distilled_agreement', float('nan')):.3f} / {row.get('distilled_kl', float('nan')):.3f}"
                   f" / {row.get('distilled_top1', float('nan')):.2f} (kept step {row.get('distill_best_step')}) | "
                   f"{row['latency_ms']:.1f} ms, pruned in "
