@@ -156,7 +156,8 @@ def measure(model, dense_eval: torch.Tensor, eval_x, centre_x, labels, dense_mac
     example = eval_x[:1]
     lat = measure_latency(model, example, repeats=10, warmup=2, threads=threads)["median"]
     return {"agreement": agree, "agreement_per_image": [round(float(a), 2) for a in per_image],
-            "agreement_ci95": image_bootstrap(per_image), "kl": kl, "top1": top1, "macs": count_macs(model, example) / dense_macs,
+            "agreement_ci95": image_bootstrap(per_image), "kl": kl, "top1": top1,
+            "macs": count_macs(model, example) / dense_macs,
             "params": count_parameters(model) / dense_params, "latency_ms": 1000 * lat}
 
 
@@ -259,7 +260,8 @@ def main(argv=None) -> int:
             args.out.parent.mkdir(parents=True, exist_ok=True)
             args.out.write_text(json.dumps(rows, indent=1))
             print(f"{method:>12} {budget:.2f}: MACs {row['macs']:.3f} params {row['params']:.3f} | agreement "
-                  f"{row['agreement']:.3f} {row['agreement_ci95']} KL {row['kl']:.3f} top-1 {row['top1']:.2f} | distilled "
+                  f"{row['agreement']:.3f} {row['agreement_ci95']} KL {row['kl']:.3f} top-1 {row['top1']:.2f} | "
+                  f"distilled "
                   f"{row.get('distilled_agreement', float('nan')):.3f} / {row.get('distilled_kl', float('nan')):.3f}"
                   f" / {row.get('distilled_top1', float('nan')):.2f} (kept step {row.get('distill_best_step')}) | "
                   f"{row['latency_ms']:.1f} ms, pruned in "
