@@ -91,8 +91,12 @@ def distill(student: nn.Module, teacher: nn.Module, inputs: torch.Tensor | Calla
     student.eval()
     losses = DistillLosses(best_step=steps)
     if holdout is not None:
-        held = log_probs(teacher, holdout, temperature)  # KL(teacher_T || student_T) T^2 on the held-out inputs
-        best = mean_kl(held, log_probs(student, holdout, temperature)) * temperature ** 2
+        held = log_probs(teacher, holdout, temperature)
+
+        def held_out_kl() -> float:  # T^2 KL(teacher_T || student_T) on the held-out inputs
+            return mean_kl(held, log_probs(student, holdout, temperature)) * temperature ** 2
+
+        best = held_out_kl()
         losses.holdout.append((0, best))
         losses.best_step, best_state = 0, {k: v.clone() for k, v in student.state_dict().items()}
     iterator = range(steps)
@@ -122,7 +126,7 @@ def distill(student: nn.Module, teacher: nn.Module, inputs: torch.Tensor | Calla
             optimizer.step()
         losses.append(float(loss.detach()))
         if holdout is not None and ((step + 1) % eval_every == 0 or step + 1 == steps):
-            kl = mean_kl(held, log_probs(student, holdout, temperature)) * temperature ** 2
+            kl = held_out_kl()
             losses.holdout.append((step + 1, kl))
             if kl < best:
                 best, losses.best_step = kl, step + 1
